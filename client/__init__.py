@@ -1,0 +1,1 @@
+"""The client at the instrument."""

@@ -1,0 +1,1 @@
+"""Globus Compute endpoint configuration."""

@@ -1,0 +1,26 @@
+"""Pure computation: the multi-scale histologic feature detector (MHD).
+
+Image in, numbers out; NumPy/SciPy on the CPU or CuPy on a GPU from one code
+path. No Globus, no files, no command line here.
+
+>>> from mhd.functions import detect, normalize
+"""
+
+from ._backend import Backend, cuda_available, get_backend
+from ._detect import DEFAULTS, Detection, detect, detect_batch
+from ._normalize import estimate_noise, normalize, saturation_limits
+from ._scalespace import scales
+
+__all__ = [
+    "DEFAULTS",
+    "Backend",
+    "Detection",
+    "cuda_available",
+    "detect",
+    "detect_batch",
+    "estimate_noise",
+    "get_backend",
+    "normalize",
+    "saturation_limits",
+    "scales",
+]

@@ -1,0 +1,399 @@
+"""The MHD detector: count multi-scale histologic features in an EM tile."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.fft
+
+from ._backend import Backend, get_backend
+from ._nms import local_maxima
+from ._normalize import SATURATION_PCT, estimate_noise, normalize
+from ._scalespace import MAX_DECIMATION, FilterBank, filter_bank, noise_gains, scales
+
+__all__ = ["Detection", "detect", "detect_batch", "DEFAULTS"]
+
+#: Default parameters: they work on EM tiles of any size and bit depth.
+DEFAULTS: dict[str, Any] = dict(
+    n_bin=16,
+    min_t=1.0,
+    max_t=8.0,
+    threshold=0.02,
+    noise_k=4.0,
+    polarity="dark",
+    grid=(4, 4),
+    block_size=4096,
+    tol=1e-3,
+    saturation=SATURATION_PCT,
+)
+
+#: Smallest tile side the detector accepts (pixels).
+MIN_SIDE = 16
+
+
+@dataclass
+class Detection:
+    """What :func:`detect` found in one image.
+
+    Attributes
+    ----------
+    count : int
+        Number of features (the focus measure: it falls log-linearly with defocus).
+    features : (N, 3) float64 ndarray
+        ``(row, col, scale)``: pixel position and the Gaussian scale ``t`` (pixels)
+        of the DoG level that responded most strongly there.
+    grid : (gy, gx) int64 ndarray
+        Feature counts on a coarse grid over the image (row-major cells of equal
+        size), for spotting partly defocused tiles.
+    shape : (int, int)
+        Image shape (rows, cols).
+    scales : (n_bin,) float64 ndarray
+        Scale ``t_i`` (pixels) of each DoG level.
+    thresholds : (n_bin,) float64 ndarray
+        Response threshold used at each level: the larger of ``threshold`` and
+        ``noise_k`` times the level's response to the measured noise.
+    noise : float
+        Estimated noise standard deviation of the normalised image (0..1 units).
+    backend : str
+        ``"numpy"`` or ``"cupy:<device>"``.
+    timings : dict of str to float
+        Milliseconds spent in ``normalize``, ``fft`` (forward), ``levels``
+        (filtering, inverse FFTs and running maximum), ``nms`` and ``total``.
+    """
+
+    count: int
+    features: np.ndarray
+    grid: np.ndarray
+    shape: tuple[int, int]
+    scales: np.ndarray
+    thresholds: np.ndarray
+    noise: float
+    backend: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def density(self) -> float:
+        """Features per megapixel."""
+        return self.count / (self.shape[0] * self.shape[1]) * 1e6
+
+
+# ----------------------------------------------------------------- geometry
+
+
+def halo_width(max_t: float) -> int:
+    """Pixels of context needed on each side of a block: 4 sigma of the largest scale, plus the NMS margin."""
+    return int(np.ceil(4.0 * max_t)) + 2
+
+
+def _fast_size(n: int) -> int:
+    """Smallest m >= n that is a multiple of MAX_DECIMATION and has only factors 2, 3, 5, 7."""
+    m = -(-n // MAX_DECIMATION) * MAX_DECIMATION
+    while scipy.fft.next_fast_len(m, real=True) != m:
+        m += MAX_DECIMATION
+    return m
+
+
+def _blocks(n: int, size: int) -> list[tuple[int, int]]:
+    """Split ``range(n)`` into near-equal consecutive blocks of at most ``size``."""
+    k = -(-n // size)
+    edges = np.linspace(0, n, k + 1).round().astype(int)
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _extract(norm: Any, y0: int, y1: int, x0: int, x1: int, h: int, shape: tuple[int, int], xp: Any) -> Any:
+    """Block ``[y0, y1) x [x0, x1)`` of the (B, H, W) stack with ``h`` pixels of context.
+
+    Context comes from the image where it exists and by mirror reflection
+    beyond the image borders; the result is then padded to the FFT ``shape``.
+    """
+    H, W = norm.shape[1:]
+    a0, a1, b0, b1 = max(y0 - h, 0), min(y1 + h, H), max(x0 - h, 0), min(x1 + h, W)
+    block = norm[:, a0:a1, b0:b1]
+    P, Q = shape
+    top, left = a0 - (y0 - h), b0 - (x0 - h)
+    pad = ((0, 0), (top, P - (a1 - a0) - top), (left, Q - (b1 - b0) - left))
+    return xp.pad(block, pad, mode="reflect") if any(p for p in pad[1] + pad[2]) else block
+
+
+# ------------------------------------------------------------ scale space
+
+
+def _crop_spectrum(F: Any, d: int, xp: Any) -> Any:
+    """The rfft2 coefficients (last two axes) that an image decimated by ``d`` keeps."""
+    P = F.shape[-2]
+    half = P // (2 * d)
+    cols = (F.shape[-1] - 1) // d + 1
+    return xp.concatenate([F[..., :half, :cols], F[..., P - half :, :cols]], axis=-2)
+
+
+def _upsample_linear(x: Any, d: int, start: tuple[int, int], size: tuple[int, int], xp: Any) -> Any:
+    """Bilinear values of a periodic grid decimated by ``d`` on a full-resolution window.
+
+    Low-resolution sample ``j`` sits at full-resolution pixel ``j * d``.
+    """
+    out = x
+    for axis, (s, n) in enumerate(zip(start, size), start=1):
+        pos = np.arange(s, s + n)
+        j0 = pos // d
+        w = ((pos % d) / d).astype(np.float32)
+        m = x.shape[axis]
+        lo = xp.take(out, xp.asarray(j0 % m), axis=axis)
+        hi = xp.take(out, xp.asarray((j0 + 1) % m), axis=axis)
+        shape = [1] * out.ndim
+        shape[axis] = n
+        wv = xp.asarray(w).reshape(shape)
+        hi -= lo
+        hi *= wv
+        lo += hi
+        out = lo
+    return out
+
+
+def _upsample_nearest(x: Any, d: int, start: tuple[int, int], size: tuple[int, int], xp: Any) -> Any:
+    out = x
+    for axis, (s, n) in enumerate(zip(start, size), start=1):
+        j = (np.arange(s, s + n) + d // 2) // d % x.shape[axis]
+        out = xp.take(out, xp.asarray(j), axis=axis)
+    return out
+
+
+#: Low mantissa bits of a float32 response that carry its level index.
+LEVEL_BITS = 6
+_LEVEL_MASK = (1 << LEVEL_BITS) - 1
+
+
+def _tag(D: Any, i: Any, xp: Any) -> Any:
+    """Write level index ``i`` into the low mantissa bits of ``D`` (in place).
+
+    A running ``maximum`` over tagged responses then also carries the argmax,
+    for the cost of two integer operations instead of masked copies (which
+    are 20x slower on the CPU). The values move by < 2**-17 relative.
+    """
+    bits = D.view(xp.int32)
+    bits &= ~_LEVEL_MASK
+    bits |= i
+    return D
+
+
+def _level_of(D: Any, xp: Any) -> Any:
+    return (D.view(xp.int32) & _LEVEL_MASK).astype(xp.uint8)
+
+
+def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: str, window: tuple[int, int, int, int], be: Backend) -> Any:
+    """Running maximum over levels of (response - threshold) on a window.
+
+    Parameters
+    ----------
+    padded : (B, P, Q) float32 device array
+    thresholds : (B, n_bin) float64
+    window : (r0, c0, R, C)
+        Window of the padded grid to return (the block plus a one-pixel margin).
+
+    Returns
+    -------
+    best : (B, R, C) float32
+        ``max_i (D_i - thr_i)``, its level index tagged in the low mantissa
+        bits (see :func:`_level_of`); ``best > 0`` passes some level's threshold.
+    """
+    xp = be.xp
+    r0, c0, R, C = window
+    P, Q = padded.shape[1:]
+    F = be.rfft2(padded)
+    best = None
+    for g in bank.groups:
+        d = g.factor
+        Fd = F if d == 1 else _crop_spectrum(F, d, xp)
+        Pd, Qd = P // d, Q // d
+        buf = xp.empty_like(Fd)
+        gbest = None
+        for j, i in enumerate(g.levels):
+            xp.multiply(Fd, g.transfer[j], out=buf)
+            thr = xp.asarray(thresholds[:, i].astype(np.float32))
+            if polarity == "both":
+                D = xp.abs(be.irfft2(buf, (Pd, Qd)))
+                D -= thr[:, None, None]
+            else:  # subtracting the threshold is free: it is the (zero) DC coefficient
+                buf[:, 0, 0] = -thr * (Pd * Qd)
+                D = be.irfft2(buf, (Pd, Qd))
+            _tag(D, i, xp)
+            gbest = D if gbest is None else xp.maximum(gbest, D, out=gbest)
+        if d == 1:
+            gbest = gbest[:, r0 : r0 + R, c0 : c0 + C]
+        else:
+            level = _upsample_nearest(_level_of(gbest, xp), d, (r0, c0), (R, C), xp)
+            gbest = _tag(_upsample_linear(gbest, d, (r0, c0), (R, C), xp), level.astype(xp.int32), xp)
+        best = xp.ascontiguousarray(gbest) if best is None else xp.maximum(best, gbest, out=best)
+    return best
+
+
+# ----------------------------------------------------------------- public
+
+
+def _validate(image: Any) -> None:
+    shape = getattr(image, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise ValueError(f"image must be a 2-D array (rows, cols), got shape {shape}")
+    if min(shape) < MIN_SIDE:
+        raise ValueError(f"image is too small ({shape[0]} x {shape[1]}); need at least {MIN_SIDE} x {MIN_SIDE} pixels")
+
+
+def _check_params(p: dict[str, Any]) -> None:
+    if p["threshold"] < 0 or p["noise_k"] < 0:
+        raise ValueError("threshold and noise_k must be >= 0")
+    if p["block_size"] < 64:
+        raise ValueError("block_size must be at least 64 pixels")
+    gy, gx = p["grid"]
+    if gy < 1 or gx < 1:
+        raise ValueError("grid must be two positive integers (rows, cols)")
+
+
+def _grid_counts(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+    gy, gx = grid
+    cy = np.minimum(rows * gy // shape[0], gy - 1).astype(np.int64)
+    cx = np.minimum(cols * gx // shape[1], gx - 1).astype(np.int64)
+    return np.bincount(cy * gx + cx, minlength=gy * gx).reshape(gy, gx)
+
+
+def _detect_stack(norm: Any, thr: np.ndarray, p: dict[str, Any], be: Backend, timings: dict[str, float]) -> list[np.ndarray]:
+    """Features (row, col, level) for each image of a normalised (B, H, W) stack.
+
+    ``thr`` is the (B, n_bin) per-level threshold.
+    """
+    B, H, W = norm.shape
+    h = halo_width(p["max_t"])
+    out: list[list[np.ndarray]] = [[] for _ in range(B)]
+    for y0, y1 in _blocks(H, p["block_size"]):
+        for x0, x1 in _blocks(W, p["block_size"]):
+            shape = (_fast_size(y1 - y0 + 2 * h), _fast_size(x1 - x0 + 2 * h))
+            bank = filter_bank(shape, p["n_bin"], p["min_t"], p["max_t"], p["polarity"], p["tol"], be)
+            t0 = time.perf_counter()
+            padded = _extract(norm, y0, y1, x0, x1, h, shape, be.xp)
+            best = _response(padded, bank, thr, p["polarity"], (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2), be)
+            del padded
+            be.synchronize()
+            t1 = time.perf_counter()
+            feats = local_maxima(best, _level_of(best, be.xp), be)
+            timings["levels"] = timings.get("levels", 0.0) + (t1 - t0) * 1e3
+            timings["nms"] = timings.get("nms", 0.0) + (time.perf_counter() - t1) * 1e3
+            for b in range(B):
+                f = feats[feats[:, 0] == b, 1:]
+                out[b].append(f + np.array([y0, x0, 0]))
+    return [np.concatenate(o) if o else np.empty((0, 3), dtype=np.int64) for o in out]
+
+
+def detect_batch(images: Sequence[Any], backend: str | Backend = "auto", **params: Any) -> list[Detection]:
+    """Detect features in several images of one shape at once (batched FFTs).
+
+    Parameters
+    ----------
+    images : sequence of (M, N) arrays
+        All of the same shape; any numeric dtype.
+    backend, **params
+        As for :func:`detect`.
+
+    Returns
+    -------
+    list of Detection
+        One per image, in order; ``timings`` are those of the whole batch.
+    """
+    p = {**DEFAULTS, **params}
+    unknown = set(params) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown detector parameter(s): {', '.join(sorted(unknown))}")
+    _check_params(p)
+    be = get_backend(backend)
+    if len(images) == 0:
+        return []
+    shape = tuple(images[0].shape)
+    for im in images:
+        _validate(im)
+        if tuple(im.shape) != shape:
+            raise ValueError(f"all images of a batch must have one shape: {shape} != {tuple(im.shape)}")
+    timings: dict[str, float] = {}
+    with be.use():
+        t_start = time.perf_counter()
+        norm = be.xp.stack([normalize(im, p["saturation"], be) for im in images])
+        noise = np.array([estimate_noise(n, be) for n in norm])
+        be.synchronize()
+        timings["normalize"] = (time.perf_counter() - t_start) * 1e3
+        t = scales(p["n_bin"], p["min_t"], p["max_t"])
+        thr = np.maximum(p["threshold"], p["noise_k"] * noise[:, None] * noise_gains(t)[None, :])
+        feats = _detect_stack(norm, thr, p, be, timings)
+        del norm
+    timings["total"] = (time.perf_counter() - t_start) * 1e3
+    results = []
+    for f, nz, th in zip(feats, noise, thr):
+        features = np.column_stack([f[:, 0], f[:, 1], t[f[:, 2]]]).astype(np.float64) if len(f) else np.empty((0, 3))
+        results.append(
+            Detection(
+                count=len(f),
+                features=features,
+                grid=_grid_counts(f[:, 0], f[:, 1], shape, tuple(p["grid"])),
+                shape=shape,
+                scales=t[:-1].copy(),
+                thresholds=th,
+                noise=float(nz),
+                backend=be.name,
+                timings=dict(timings),
+            )
+        )
+    return results
+
+
+def detect(image: Any, n_bin: int = 16, min_t: float = 1.0, max_t: float = 8.0, threshold: float = 0.02, *, backend: str | Backend = "auto", **params: Any) -> Detection:
+    """Count multi-scale histologic features (MHD) in one EM tile.
+
+    Steps (paper, sections 3-4): saturate 0.175 % of the darkest and lightest
+    pixels and map to [0, 1]; one forward FFT; for each of ``n_bin`` levels the
+    scale-normalised DoG ``t_i (L(t_{i+1}) - L(t_i)) / dt`` from analytic
+    Gaussian transfer functions; per pixel the maximum over levels (streamed:
+    the stack is never held); 3 x 3 non-maximum suppression, a plateau
+    counting once. Borders are mirror-padded (no wrap-around); images larger
+    than ``block_size`` are processed in blocks with enough overlap that the
+    result equals the whole-image computation.
+
+    Parameters
+    ----------
+    image : (M, N) array
+        Grey levels, any numeric dtype and bit depth; at least 16 x 16 pixels.
+    n_bin : int
+        Number of DoG levels.
+    min_t, max_t : float
+        Smallest and largest Gaussian scale, in pixels.
+    threshold : float
+        Minimum response of a feature, in units of the normalised image
+        (the scale-normalised Laplacian of a [0, 1] image).
+    backend : {"auto", "numpy", "cupy", "cupy:N"} or Backend
+        Where to compute; ``"auto"`` uses a CUDA GPU when one is present.
+    **params
+        ``noise_k`` (float, default 4): a level's threshold is at least this
+        many standard deviations of its response to the tile's measured noise,
+        so shot noise is not counted as features. ``polarity`` ("dark",
+        "bright" or "both"), ``grid`` ((rows, cols) of the count grid,
+        default (4, 4)), ``block_size`` (pixels per block side),
+        ``tol`` (spectral tolerance for decimated coarse levels; 0 disables)
+        and ``saturation`` (percent at each end).
+
+    Returns
+    -------
+    Detection
+
+    Raises
+    ------
+    ValueError
+        For an image that is not 2-D, smaller than 16 x 16, or holds NaN/Inf,
+        and for invalid parameters.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mhd.functions import detect
+    >>> rng = np.random.default_rng(0)
+    >>> det = detect(rng.integers(0, 255, (256, 256), dtype=np.uint8), backend="numpy")
+    >>> det.features.shape[1]
+    3
+    """
+    return detect_batch([image], backend=backend, n_bin=n_bin, min_t=min_t, max_t=max_t, threshold=threshold, **params)[0]

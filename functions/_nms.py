@@ -1,0 +1,94 @@
+"""3 x 3 non-maximum suppression with plateaus counted once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
+
+from ._backend import Backend
+
+__all__ = ["local_maxima"]
+
+
+def _max3(x: Any, axis: int, xp: Any) -> Any:
+    """Maximum over a 3-sample window along ``axis`` (output 2 shorter)."""
+    n = x.shape[axis]
+    a = _slice(x, axis, 0, n - 2)
+    b = _slice(x, axis, 1, n - 1)
+    c = _slice(x, axis, 2, n)
+    out = xp.maximum(a, b)
+    return xp.maximum(out, c, out=out)
+
+
+def _slice(x: Any, axis: int, start: int, stop: int) -> Any:
+    idx = [slice(None)] * x.ndim
+    idx[axis] = slice(start, stop)
+    return x[tuple(idx)]
+
+
+def _merge_plateaus(b: np.ndarray, r: np.ndarray, c: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Indices of one representative per 8-connected group of candidates.
+
+    Two adjacent candidates are both 3x3 maxima, so they are equal: a group is a
+    plateau, which the paper's max-pool would count several times.
+    """
+    R, C = shape
+    lin = (b.astype(np.int64) * (R + 2) + r) * (C + 2) + c  # +2: neighbours never alias across rows
+    order = np.argsort(lin, kind="stable")
+    lin_sorted = lin[order]
+    src, dst = [], []
+    for dr, dc in ((0, 1), (1, -1), (1, 0), (1, 1)):
+        target = lin_sorted + dr * (C + 2) + dc
+        pos = np.searchsorted(lin_sorted, target)
+        pos = np.minimum(pos, len(lin_sorted) - 1)
+        hit = lin_sorted[pos] == target
+        src.append(np.nonzero(hit)[0])
+        dst.append(pos[hit])
+    src_all, dst_all = np.concatenate(src), np.concatenate(dst)
+    if src_all.size == 0:
+        return np.arange(len(b))
+    n = len(lin_sorted)
+    graph = scipy.sparse.coo_matrix((np.ones(src_all.size, dtype=np.int8), (src_all, dst_all)), shape=(n, n))
+    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    # keep the first (raster order) member of each plateau
+    _, first = np.unique(labels, return_index=True)
+    return np.sort(order[first])
+
+
+def local_maxima(response: Any, level: Any, backend: Backend) -> np.ndarray:
+    """Features: strict-or-plateau 3x3 maxima of a positive response.
+
+    Parameters
+    ----------
+    response : (B, R, C) float32 device array
+        Per-pixel maximum over scales of the response minus its threshold,
+        with a one-pixel margin on every side that is compared against but
+        never reported.
+    level : (B, R, C) uint8 device array
+        Index of the level that won at each pixel.
+    backend : Backend
+
+    Returns
+    -------
+    (N, 4) int64 array on the host
+        Columns ``(batch, row, col, level)``; rows and columns are relative to
+        the inside of the margin, i.e. in ``[0, R - 2)`` and ``[0, C - 2)``.
+        Pixels equal to their 3x3 maximum and > 0 are candidates; an
+        8-connected plateau of candidates yields one feature (its first pixel
+        in raster order).
+    """
+    xp = backend.xp
+    B, R, C = response.shape
+    if R < 3 or C < 3:
+        return np.empty((0, 4), dtype=np.int64)
+    pooled = _max3(_max3(response, 2, xp), 1, xp)
+    inner = response[:, 1:-1, 1:-1]
+    cand = (inner >= pooled) & (inner > 0)
+    b, r, c = xp.nonzero(cand)
+    lv = level[:, 1:-1, 1:-1][b, r, c]
+    b, r, c, lv = (backend.to_host(v).astype(np.int64) for v in (b, r, c, lv))
+    keep = _merge_plateaus(b, r, c, (R - 2, C - 2))
+    return np.stack([b[keep], r[keep], c[keep], lv[keep]], axis=1) if keep.size else np.empty((0, 4), dtype=np.int64)
