@@ -1,0 +1,267 @@
+"""Decode one EM tile (an encoded image file) into a 2-D array, safely.
+
+Formats are recognised by their magic bytes, never by the file name:
+PNG, BMP and JPEG through Pillow, TIFF (and BigTIFF) through tifffile. The
+image size is read from the header and checked against a pixel limit
+*before* any pixel data is decoded, so a small hostile file cannot make the
+worker allocate gigabytes.
+
+Policy
+------
+- Grey images of any integer depth (8, 16, 32 bit) and float32/float64 are
+  returned as stored. Float images must be finite (NaN/Inf is an error).
+- Colour images (RGB, RGBA, palette, CMYK, ...) are converted to grey with the
+  ITU-R BT.601 luma weights ``0.299 R + 0.587 G + 0.114 B`` (alpha is ignored)
+  and returned as float32. Grey + alpha keeps the grey channel.
+- A TIFF must hold one 2-D image: a multi-page stack, volume or time series
+  (any non-singleton axis besides rows, columns and colour samples) is refused
+  with a message that names its axes and shape. Further series in the file
+  (thumbnails, reduced resolutions) are ignored. Multi-frame PNG/BMP/JPEG are
+  refused likewise.
+- Bilevel (1-bit) and complex images are refused.
+- TIFF compressions that tifffile cannot decode without ``imagecodecs``
+  (LZW, JPEG) are decoded by Pillow once tifffile has checked the header.
+
+Every refusal raises :class:`TileError` with a message meant for the person
+who sent the tile; the caller prefixes the tile's name.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+
+__all__ = ["TileError", "ImageInfo", "sniff_format", "read_tile", "to_grey"]
+
+#: BT.601 luma weights for R, G, B.
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+_MAGIC = (
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),  # BigTIFF
+    (b"MM\x00+", "TIFF"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"BM", "BMP"),
+)
+_PIL_GREY_MODES = {"L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+_PIL_LOCK = threading.Lock()
+
+
+class TileError(ValueError):
+    """A tile that cannot be scored; the message says why, for the sender."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image header says, before any pixel is decoded.
+
+    Attributes
+    ----------
+    format : str
+        ``"PNG"``, ``"TIFF"``, ``"BMP"`` or ``"JPEG"``.
+    shape : (int, int)
+        Rows and columns.
+    samples : int
+        Values per pixel (1 grey, 2 grey + alpha, 3 RGB, 4 RGBA/CMYK).
+    itemsize : int
+        Bytes per decoded sample.
+    """
+
+    format: str
+    shape: tuple[int, int]
+    samples: int
+    itemsize: int
+
+    @property
+    def pixels(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self.pixels * self.samples * self.itemsize
+
+
+def sniff_format(head: bytes) -> str:
+    """Name the image format from the first bytes of a file.
+
+    Raises
+    ------
+    TileError
+        For an empty file or one that is not PNG, TIFF, BMP or JPEG.
+    """
+    if not head:
+        raise TileError("empty file (0 bytes)")
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    raise TileError("not a PNG, TIFF, BMP or JPEG image (unrecognised file header)")
+
+
+def read_tile(fh: BinaryIO, max_pixels: int, max_decoded_bytes: int | None = None) -> np.ndarray:
+    """Decode a seekable binary file into one 2-D grey image.
+
+    Parameters
+    ----------
+    fh : binary file object
+        Positioned at the start of the encoded image; must be seekable.
+    max_pixels : int
+        Largest ``rows * cols`` accepted, checked from the header before decoding.
+    max_decoded_bytes : int, optional
+        Largest decoded sample buffer (all channels); default ``4 * max_pixels``.
+
+    Returns
+    -------
+    (M, N) ndarray
+        Integer or float grey levels as stored, or float32 for colour input.
+
+    Raises
+    ------
+    TileError
+        For an unsupported, corrupt, too large, >2-D, bilevel or non-finite image.
+    """
+    limit_bytes = 4 * max_pixels if max_decoded_bytes is None else max_decoded_bytes
+    fmt = sniff_format(fh.read(8))
+    fh.seek(0)
+    try:
+        if fmt == "TIFF":
+            image = _read_tiff(fh, max_pixels, limit_bytes)
+        else:
+            image = _read_pil(fh, fmt, max_pixels, limit_bytes)
+    except TileError:
+        raise
+    except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, struct.error, ...
+        raise TileError(f"cannot decode {fmt} image: {exc}") from exc
+    _check_values(image)
+    return image
+
+
+def to_grey(pixels: np.ndarray) -> np.ndarray:
+    """Grey image from a (M, N, S) array of S samples per pixel.
+
+    S = 2 keeps channel 0 (grey + alpha); S = 3 or 4 applies the BT.601 luma
+    weights to the first three channels (alpha ignored) and returns float32.
+    """
+    samples = pixels.shape[2]
+    if samples in (1, 2):
+        return pixels[:, :, 0]
+    if samples in (3, 4):
+        return np.tensordot(pixels[:, :, :3].astype(np.float32, copy=False), LUMA, axes=([2], [0]))
+    raise TileError(f"{samples} samples per pixel is not a grey or colour image")
+
+
+def _check_limits(info: ImageInfo, max_pixels: int, max_decoded_bytes: int) -> None:
+    rows, cols = info.shape
+    if info.pixels > max_pixels:
+        raise TileError(f"image is {rows} x {cols} = {info.pixels:,} pixels, above the limit of {max_pixels:,} (MHD_MAX_PIXELS)")
+    if info.decoded_bytes > max_decoded_bytes:
+        raise TileError(
+            f"image would decode to {info.decoded_bytes:,} bytes ({rows} x {cols} x {info.samples} samples of "
+            f"{info.itemsize} bytes), above the limit of {max_decoded_bytes:,} bytes (4 bytes per MHD_MAX_PIXELS)"
+        )
+
+
+def _check_values(image: np.ndarray) -> None:
+    kind = image.dtype.kind
+    if kind == "b":
+        raise TileError("bilevel (1-bit) image: it has no grey levels to measure focus on")
+    if kind not in "uif":
+        raise TileError(f"unsupported pixel type {image.dtype}: use integer or float grey levels")
+    if kind == "f" and not np.isfinite(image).all():
+        raise TileError("image holds NaN or Inf values")
+
+
+# --------------------------------------------------------------------- TIFF
+
+
+def _read_tiff(fh: BinaryIO, max_pixels: int, max_decoded_bytes: int) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(fh) as tif:
+        if not tif.series:
+            raise TileError("TIFF file holds no image")
+        series = tif.series[0]
+        rows, cols, samples = _tiff_geometry(series.axes, series.shape)
+        info = ImageInfo("TIFF", (rows, cols), samples, np.dtype(series.dtype).itemsize)
+        _check_limits(info, max_pixels, max_decoded_bytes)
+        try:
+            data = series.asarray()
+        except (KeyError, ValueError) as exc:
+            if "imagecodecs" not in str(exc):
+                raise
+            data = None  # a codec tifffile lacks without imagecodecs (LZW, JPEG): Pillow has them
+    if data is None:
+        fh.seek(0)
+        return _read_pil(fh, "TIFF", max_pixels, max_decoded_bytes)
+    return _tiff_to_2d(data, series.axes)
+
+
+def _tiff_geometry(axes: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Rows, cols and samples of a TIFF series; refuse other non-singleton axes.
+
+    ``axes`` uses tifffile's letters: ``Y`` rows, ``X`` columns, ``S`` samples
+    (colour channels); anything else (``I`` pages, ``Z``, ``T``, ``C``, ``Q``)
+    must have length 1.
+    """
+    if "Y" not in axes or "X" not in axes:
+        raise TileError(f"TIFF image has no rows/columns (axes {axes!r}, shape {tuple(shape)})")
+    extra = [(a, n) for a, n in zip(axes, shape) if a not in "YXS" and n > 1]
+    if extra:
+        raise TileError(
+            f"image is {len(shape)}-D (axes {axes!r}, shape {tuple(shape)}, e.g. {extra[0][1]} pages): "
+            "MHD scores one 2-D image per tile; split the stack into single images"
+        )
+    size = dict(zip(axes, shape))
+    return size["Y"], size["X"], size.get("S", 1)
+
+
+def _tiff_to_2d(data: np.ndarray, axes: str) -> np.ndarray:
+    order = [axes.index(a) for a in "YXS" if a in axes]
+    others = [i for i in range(data.ndim) if i not in order]
+    pixels = data.transpose(others + order).reshape(data.shape[axes.index("Y")], data.shape[axes.index("X")], -1)
+    return to_grey(pixels)
+
+
+# --------------------------------------------------------- PNG, BMP, JPEG
+
+
+def _read_pil(fh: BinaryIO, fmt: str, max_pixels: int, max_decoded_bytes: int) -> np.ndarray:
+    from PIL import Image
+
+    with _pil_open(fh, fmt) as im:
+        if getattr(im, "n_frames", 1) > 1:
+            raise TileError(f"{fmt} holds {im.n_frames} frames: MHD scores one 2-D image per tile")
+        cols, rows = im.size
+        samples = len(im.getbands())
+        itemsize = 4 if im.mode in ("I", "F") else 2 if im.mode.startswith("I;16") else 1
+        _check_limits(ImageInfo(fmt, (rows, cols), samples, itemsize), max_pixels, max_decoded_bytes)
+        if im.mode == "1":
+            raise TileError("bilevel (1-bit) image: it has no grey levels to measure focus on")
+        if im.mode in _PIL_GREY_MODES:
+            return np.asarray(im)
+        if im.mode == "LA":
+            return np.asarray(im)[:, :, 0]
+        return to_grey(np.asarray(im.convert("RGB")))
+
+
+def _pil_open(fh: BinaryIO, fmt: str):
+    """Open lazily (header only), with only the sniffed format's plugin.
+
+    Pillow's own decompression-bomb check (``Image.MAX_IMAGE_PIXELS``, read
+    during ``open``) is switched off for the call, under a lock, and restored
+    at once: the caller checks the header against our limit before any pixel
+    is decoded, so one limit with one message decides.
+    """
+    from PIL import Image
+
+    with _PIL_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(fh, formats=[fmt])
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved

@@ -1,0 +1,252 @@
+"""score_tiles: results, per-tile errors, parameters and every confinement rule.
+
+These call the function in-process; ``test_backends.py`` runs the same
+function serialized by source through the endpoint's task execution path.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mhd.functions import detect
+from mhd.functions._score import RESULT_KEYS, _check_opened, check_params
+from mhd.functions.remote import score_tiles
+from mhd.functions.settings import Limits
+from mhd.functions.tileio import TileError
+from tilegen import blobs, encode, png_header_only
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    """A data root with two good tiles and one corrupt file; MHD_DATA_ROOT points at it."""
+    data = tmp_path / "root"
+    (data / "sec").mkdir(parents=True)
+    (data / "sec" / "a.png").write_bytes(encode(blobs((96, 96), 1), "PNG"))
+    (data / "sec" / "b.tif").write_bytes(encode(blobs((96, 80), 2), "TIFF"))
+    (data / "sec" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    monkeypatch.setenv("MHD_DATA_ROOT", str(data))
+    for name in ("MHD_MAX_PIXELS", "MHD_MAX_INLINE_BYTES", "MHD_MAX_TILES"):
+        monkeypatch.delenv(name, raising=False)
+    return data
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A valid tile outside the data root."""
+    path = tmp_path / "secret.png"
+    path.write_bytes(encode(blobs((64, 64), 3), "PNG"))
+    return path
+
+
+def refused(entry: dict, match: str) -> bool:
+    return entry["error"] is not None and match in entry["error"] and entry["features"] is None
+
+
+# ------------------------------------------------------------ results
+
+
+def test_path_tile_scores_like_the_detector(root):
+    [entry] = score_tiles(["sec/a.png"], {"backend": "numpy"})
+    det = detect(blobs((96, 96), 1), backend="numpy")
+    assert tuple(entry) == RESULT_KEYS
+    assert entry["error"] is None
+    assert entry["features"] == det.count > 0
+    assert entry["density"] == pytest.approx(det.count / (96 * 96) * 1e6)
+    assert entry["grid"] == det.grid.tolist() and entry["shape"] == [96, 96]
+    assert entry["backend"] == "numpy" and entry["ms"] >= entry["detect_ms"] > 0
+    json.dumps(entry)  # JSON-safe
+
+
+def test_inline_bytes_and_base64_match_the_path(root):
+    raw = (root / "sec" / "b.tif").read_bytes()
+    by_path, by_bytes, by_b64 = score_tiles(
+        ["sec/b.tif", {"name": "b.tif", "data": raw}, {"name": "b64.tif", "data": base64.b64encode(raw).decode()}]
+    )
+    assert by_path["features"] == by_bytes["features"] == by_b64["features"] > 0
+    assert by_bytes["tile"] == "b.tif" and by_b64["tile"] == "b64.tif"
+
+
+def test_one_bad_tile_never_fails_the_batch(root):
+    entries = score_tiles(["sec/a.png", "sec/bad.png", 42, {"name": "tiny", "data": encode(blobs((8, 8)), "PNG")}, "sec/b.tif"])
+    assert [e["error"] is None for e in entries] == [True, False, False, False, True]
+    assert entries[1]["error"].startswith("sec/bad.png: cannot decode PNG")
+    assert entries[2]["tile"] == "<tile 2>" and "must be a path" in entries[2]["error"]
+    assert entries[3]["error"].startswith("tiny: image is too small")
+    assert all(e["ms"] >= 0 for e in entries)
+
+
+def test_device_field_reports_cuda_visible_devices(root, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    [entry] = score_tiles(["sec/a.png"], {"backend": "numpy"})
+    assert entry["device"] == "3" and entry["backend"] == "numpy"
+
+
+def test_registered_source_is_self_contained(root):
+    namespace: dict = {}
+    exec(inspect.getsource(score_tiles), namespace)
+    [entry] = namespace["score_tiles"](["sec/a.png"])
+    assert entry["features"] > 0
+
+
+# ------------------------------------------------------------- params
+
+
+def test_params_change_the_detection(root):
+    [default] = score_tiles(["sec/a.png"])
+    [strict] = score_tiles(["sec/a.png"], {"threshold": 0.4, "grid": [2, 2]})
+    assert strict["features"] < default["features"]
+    assert np.array(strict["grid"]).shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    "params,match",
+    [
+        ({"nbins": 4}, "unknown parameter"),
+        ({"n_bin": 10_000}, "n_bin"),
+        ({"n_bin": 4.5}, "integer"),
+        ({"block_size": 10**6}, "block_size"),
+        ({"threshold": float("nan")}, "threshold"),
+        ({"threshold": True}, "threshold"),
+        ({"grid": [4]}, "grid"),
+        ({"min_t": 5.0, "max_t": 2.0}, "min_t < max_t"),
+        ({"polarity": "up"}, "polarity"),
+        ({"backend": "tpu"}, "backend"),
+        ([1, 2], "params must be a dict"),
+    ],
+)
+def test_bad_params_fail_the_task_with_a_clear_message(root, params, match):
+    with pytest.raises(ValueError, match=match):
+        score_tiles(["sec/a.png"], params)
+
+
+def test_check_params_defaults_backend_to_auto():
+    assert check_params(None) == {"backend": "auto"}
+    assert check_params({"n_bin": 8, "grid": (3, 5)}) == {"n_bin": 8, "grid": (3, 5), "backend": "auto"}
+
+
+# -------------------------------------------------------- confinement
+
+
+def test_dotdot_is_refused_without_opening(root, outside, monkeypatch):
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
+    entries = score_tiles(["../secret.png", "sec/../../secret.png", "sec/../sec/a.png"])
+    assert all(refused(e, "'..' in a path is refused") for e in entries)
+    assert opened == []
+
+
+def test_absolute_paths_are_refused_even_inside_the_root(root, outside):
+    entries = score_tiles([str(outside), str(root / "sec" / "a.png"), "/etc/passwd"])
+    assert all(refused(e, "absolute paths are refused") for e in entries)
+
+
+def test_symlink_out_of_the_root_is_refused_without_opening(root, outside, monkeypatch):
+    (root / "sec" / "link.png").symlink_to(outside)
+    (root / "outdir").symlink_to(outside.parent)
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
+    entries = score_tiles(["sec/link.png", "outdir/secret.png"])
+    assert all(refused(e, "resolves outside the data root") for e in entries)
+    assert opened == []
+
+
+def test_symlink_inside_the_root_is_followed(root):
+    (root / "alias.png").symlink_to(root / "sec" / "a.png")
+    [entry] = score_tiles(["alias.png"])
+    assert entry["error"] is None and entry["features"] > 0
+
+
+def test_file_swapped_for_an_outside_one_after_the_check_is_caught(root, outside):
+    fd = os.open(outside, os.O_RDONLY)
+    try:
+        with pytest.raises(TileError, match="outside the data root"):
+            _check_opened(fd, root)
+    finally:
+        os.close(fd)
+
+
+def test_fifo_directory_missing_and_empty_are_refused(root):
+    os.mkfifo(root / "pipe.png")  # opening it for reading would block without O_NONBLOCK
+    (root / "empty.png").write_bytes(b"")
+    entries = score_tiles(["pipe.png", "sec", "nope.png", "empty.png", "", "a\x00b"])
+    assert refused(entries[0], "not a regular file")
+    assert refused(entries[1], "not a regular file")
+    assert refused(entries[2], "no such file under the data root")
+    assert refused(entries[3], "empty file")
+    assert refused(entries[4], "empty path")
+    assert refused(entries[5], "NUL byte")
+
+
+def test_messages_never_reveal_the_data_root(root, outside):
+    (root / "sec" / "link.png").symlink_to(outside)
+    entries = score_tiles(["sec/link.png", "nope.png", "sec/bad.png", "../x"])
+    assert all(str(root) not in e["error"] for e in entries)
+
+
+def test_path_tiles_are_refused_when_no_data_root_is_set(root, monkeypatch):
+    monkeypatch.delenv("MHD_DATA_ROOT")
+    [path, inline] = score_tiles(["sec/a.png", {"name": "x", "data": (root / "sec" / "a.png").read_bytes()}])
+    assert refused(path, "MHD_DATA_ROOT is not set")
+    assert inline["error"] is None
+
+
+def test_pixel_limit_comes_from_the_environment(root, monkeypatch):
+    monkeypatch.setenv("MHD_MAX_PIXELS", "9000")  # a.png is 96 x 96 = 9216
+    entries = score_tiles(["sec/a.png", "sec/b.tif", {"name": "bomb", "data": png_header_only(50000, 50000)}])
+    assert refused(entries[0], "9,216 pixels, above the limit of 9,000 (MHD_MAX_PIXELS)")
+    assert entries[1]["error"] is None  # 96 x 80 = 7680
+    assert refused(entries[2], "above the limit of 9,000")
+
+
+def test_inline_size_limit_and_types(root, monkeypatch):
+    raw = (root / "sec" / "a.png").read_bytes()
+    monkeypatch.setenv("MHD_MAX_INLINE_BYTES", str(len(raw) - 1))
+    entries = score_tiles(
+        [
+            {"name": "big", "data": raw},
+            {"name": "big64", "data": base64.b64encode(raw).decode()},
+            {"name": "b64junk", "data": "not base64!"},
+            {"name": "nodata"},
+            {"name": "list", "data": [1, 2, 3]},
+        ]
+    )
+    assert refused(entries[0], "above the limit of") and "MHD_MAX_INLINE_BYTES" in entries[0]["error"]
+    assert refused(entries[1], "MHD_MAX_INLINE_BYTES")
+    assert refused(entries[2], "not valid base64")
+    assert refused(entries[3], "got NoneType")
+    assert refused(entries[4], "got list")
+
+
+def test_huge_base64_text_is_refused_before_decoding(root, monkeypatch):
+    monkeypatch.setenv("MHD_MAX_INLINE_BYTES", "1000")
+    [entry] = score_tiles([{"name": "x", "data": "A" * 10**6}])
+    assert refused(entry, "MHD_MAX_INLINE_BYTES")
+
+
+def test_too_many_tiles_fail_the_task(root, monkeypatch):
+    monkeypatch.setenv("MHD_MAX_TILES", "2")
+    with pytest.raises(ValueError, match="3 tiles in one task, above the limit of 2"):
+        score_tiles(["sec/a.png"] * 3)
+    with pytest.raises(ValueError, match="tiles must be a list"):
+        score_tiles("sec/a.png")
+
+
+@pytest.mark.parametrize("name,value", [("MHD_MAX_PIXELS", "lots"), ("MHD_MAX_TILES", "0"), ("MHD_MAX_INLINE_BYTES", "-5")])
+def test_bad_limit_settings_name_the_variable(name, value):
+    with pytest.raises(ValueError, match=name):
+        Limits.from_env({name: value})
+
+
+def test_limit_defaults():
+    limits = Limits.from_env({})
+    assert limits.data_root is None
+    assert (limits.max_pixels, limits.max_inline_bytes, limits.max_tiles) == (16384**2, 8 * 2**20, 1024)
+    assert limits.max_decoded_bytes == 4 * 16384**2

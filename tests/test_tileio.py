@@ -1,0 +1,192 @@
+"""Decoding tiles: formats, bit depths, colour policy, >2-D refusal, header-checked limits."""
+
+from __future__ import annotations
+
+import io
+import tracemalloc
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mhd.functions.tileio import LUMA, TileError, read_tile, sniff_format
+from tilegen import blobs, encode, png_header_only, tiff_header_only
+
+BIG = 10**8
+
+
+def decode(data: bytes, max_pixels: int = BIG, **kw) -> np.ndarray:
+    return read_tile(io.BytesIO(data), max_pixels, **kw)
+
+
+@pytest.mark.parametrize(
+    "fmt,dtype,options",
+    [
+        ("PNG", np.uint8, {}),
+        ("PNG", np.uint16, {}),
+        ("BMP", np.uint8, {}),
+        ("TIFF", np.uint8, {}),
+        ("TIFF", np.uint16, {}),
+        ("TIFF", np.uint16, {"compression": "zlib"}),
+        ("TIFF", np.float32, {}),
+        ("TIFF", np.uint8, {"bigtiff": True}),
+    ],
+)
+def test_grey_round_trip_is_exact(fmt, dtype, options):
+    image = (blobs((64, 48)).astype(np.float64) * (257 if dtype == np.uint16 else 1)).astype(dtype)
+    out = decode(encode(image, fmt, **options))
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, image)
+
+
+def test_jpeg_decodes_to_close_grey_levels():
+    image = blobs((64, 64))
+    out = decode(encode(image, "JPEG", quality=95))
+    assert out.shape == (64, 64) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - image).mean() < 3
+
+
+@pytest.mark.parametrize("compression", ["tiff_lzw", "jpeg"])
+def test_tiff_codecs_without_imagecodecs_fall_back_to_pillow(compression):
+    image = blobs((64, 64))
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="TIFF", compression=compression)
+    out = decode(buf.getvalue())
+    assert out.shape == (64, 64)
+    assert np.abs(out.astype(int) - image).mean() < (0.01 if compression == "tiff_lzw" else 3)
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., :3].astype(np.float32) @ LUMA
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "BMP"])
+def test_rgb_becomes_bt601_grey(fmt):
+    rgb = np.stack([blobs((40, 40), s) for s in range(3)], axis=-1)
+    out = decode(encode(rgb, fmt))
+    assert out.shape == (40, 40) and out.dtype == np.float32
+    np.testing.assert_allclose(out, luma(rgb), atol=1e-3)
+
+
+def test_rgba_ignores_alpha_and_la_keeps_grey():
+    rgba = np.stack([blobs((32, 32), s) for s in range(4)], axis=-1)
+    np.testing.assert_allclose(decode(encode(rgba, "PNG")), luma(rgba), atol=1e-3)
+    la = Image.fromarray(np.stack([blobs((32, 32)), np.full((32, 32), 7, np.uint8)], -1), mode="LA")
+    buf = io.BytesIO()
+    la.save(buf, format="PNG")
+    np.testing.assert_array_equal(decode(buf.getvalue()), blobs((32, 32)))
+
+
+def test_planar_rgb_tiff_16bit_becomes_grey():
+    rgb = np.stack([blobs((32, 32), s).astype(np.uint16) * 200 for s in range(3)])
+    out = decode(encode(rgb, "TIFF", photometric="rgb", planarconfig="separate"))
+    np.testing.assert_allclose(out, luma(np.moveaxis(rgb, 0, -1)), rtol=1e-5)
+
+
+def test_palette_png_becomes_grey():
+    image = Image.fromarray(blobs((32, 32))).convert("P")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    expected = luma(np.asarray(image.convert("RGB")))
+    np.testing.assert_allclose(decode(buf.getvalue()), expected, atol=1e-3)
+
+
+def test_singleton_page_axis_is_accepted():
+    out = decode(encode(blobs((32, 32))[None], "TIFF"))
+    assert out.shape == (32, 32)
+
+
+@pytest.mark.parametrize(
+    "stack,options,match",
+    [
+        (np.zeros((3, 32, 32), np.uint8), {}, r"3-D .*3 pages"),
+        (np.zeros((5, 32, 32), np.float32), {"imagej": True, "metadata": {"axes": "ZYX"}}, r"axes 'ZYX'"),
+        (np.zeros((2, 3, 32, 32), np.uint16), {}, r"4-D"),
+    ],
+)
+def test_stacks_are_refused_clearly(stack, options, match):
+    with pytest.raises(TileError, match=match) as info:
+        decode(encode(stack, "TIFF", photometric="minisblack", **options))
+    assert "one 2-D image per tile" in str(info.value)
+
+
+def test_multiframe_gif_like_png_is_refused():
+    frames = [Image.fromarray(blobs((32, 32), s)) for s in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="PNG", save_all=True, append_images=frames[1:])
+    with pytest.raises(TileError, match="3 frames"):
+        decode(buf.getvalue())
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_float_is_refused(bad):
+    image = np.ones((32, 32), np.float32)
+    image[3, 4] = bad
+    with pytest.raises(TileError, match="NaN or Inf"):
+        decode(encode(image, "TIFF"))
+
+
+def test_bilevel_and_complex_are_refused():
+    buf = io.BytesIO()
+    Image.fromarray(blobs((32, 32)) > 128).save(buf, format="PNG")
+    with pytest.raises(TileError, match="bilevel"):
+        decode(buf.getvalue())
+    with pytest.raises(TileError, match="unsupported pixel type complex64"):
+        decode(encode(np.ones((32, 32), np.complex64), "TIFF"))
+
+
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (b"", "empty file"),
+        (b"hello world, not an image", "not a PNG, TIFF, BMP or JPEG"),
+        (b"GIF89a" + bytes(64), "not a PNG, TIFF, BMP or JPEG"),
+        (encode(blobs((64, 64)), "PNG")[:80], "cannot decode PNG"),
+        (b"II*\x00" + bytes(12), "TIFF file holds no image"),
+        (encode(blobs((64, 64)), "TIFF")[:300], "cannot decode TIFF"),
+        (b"\xff\xd8\xff\xe0" + bytes(40), "cannot decode JPEG"),
+    ],
+)
+def test_corrupt_or_foreign_files_raise_tile_error(data, match):
+    with pytest.raises(TileError, match=match):
+        decode(data)
+
+
+def test_sniff_uses_magic_bytes_not_names():
+    assert sniff_format(encode(blobs((16, 16)), "BMP")) == "BMP"
+    assert sniff_format(b"MM\x00*....") == "TIFF"
+
+
+@pytest.mark.parametrize("make", [png_header_only, tiff_header_only])
+def test_huge_header_is_refused_before_decoding(make):
+    data = make(60000, 60000)  # 3.6 gigapixels claimed, a few hundred bytes of file
+    tracemalloc.start()
+    try:
+        with pytest.raises(TileError, match=r"60000 x 60000 = 3,600,000,000 pixels, above the limit of 268,435,456"):
+            decode(data, max_pixels=16384**2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5 * 2**20
+
+
+def test_pixel_limit_is_exact():
+    data = encode(blobs((40, 50)), "PNG")
+    assert decode(data, max_pixels=2000).shape == (40, 50)
+    with pytest.raises(TileError, match="2,000 pixels, above the limit of 1,999"):
+        decode(data, max_pixels=1999)
+
+
+def test_decoded_bytes_limit_counts_samples_and_depth():
+    rgb16 = np.zeros((50, 50, 3), np.uint16)  # 15,000 bytes decoded
+    with pytest.raises(TileError, match="decode to 15,000 bytes"):
+        decode(encode(rgb16, "TIFF"), max_pixels=2500)  # 10,000 bytes allowed
+    assert decode(encode(rgb16, "TIFF"), max_pixels=2500, max_decoded_bytes=15000).shape == (50, 50)
+
+
+def test_pillow_global_limit_is_restored():
+    before = Image.MAX_IMAGE_PIXELS
+    decode(encode(blobs((32, 32)), "PNG"), max_pixels=5000)
+    with pytest.raises(TileError):
+        decode(png_header_only(10**5, 10**5), max_pixels=5000)
+    assert Image.MAX_IMAGE_PIXELS == before
