@@ -58,7 +58,7 @@ def _merge_plateaus(b: np.ndarray, r: np.ndarray, c: np.ndarray, shape: tuple[in
     return np.sort(order[first])
 
 
-def local_maxima(response: Any, level: Any, backend: Backend) -> np.ndarray:
+def local_maxima(response: Any, backend: Backend) -> np.ndarray:
     """Features: strict-or-plateau 3x3 maxima of a positive response.
 
     Parameters
@@ -67,28 +67,26 @@ def local_maxima(response: Any, level: Any, backend: Backend) -> np.ndarray:
         Per-pixel maximum over scales of the response minus its threshold,
         with a one-pixel margin on every side that is compared against but
         never reported.
-    level : (B, R, C) uint8 device array
-        Index of the level that won at each pixel.
     backend : Backend
 
     Returns
     -------
-    (N, 4) int64 array on the host
-        Columns ``(batch, row, col, level)``; rows and columns are relative to
-        the inside of the margin, i.e. in ``[0, R - 2)`` and ``[0, C - 2)``.
-        Pixels equal to their 3x3 maximum and > 0 are candidates; an
-        8-connected plateau of candidates yields one feature (its first pixel
-        in raster order).
+    (N,) int64 array on the host
+        Flat indices into ``response`` of the features. Pixels equal to their
+        3x3 maximum and > 0 are candidates; an 8-connected plateau of
+        candidates yields one feature (its first pixel in raster order).
     """
     xp = backend.xp
     B, R, C = response.shape
     if R < 3 or C < 3:
-        return np.empty((0, 4), dtype=np.int64)
+        return np.empty(0, dtype=np.int64)
     pooled = _max3(_max3(response, 2, xp), 1, xp)
-    inner = response[:, 1:-1, 1:-1]
-    cand = (inner >= pooled) & (inner > 0)
-    b, r, c = xp.nonzero(cand)
-    lv = level[:, 1:-1, 1:-1][b, r, c]
-    b, r, c, lv = (backend.to_host(v).astype(np.int64) for v in (b, r, c, lv))
+    # clamping the pool to the smallest positive float folds "> 0" into one comparison
+    xp.maximum(pooled, np.finfo(np.float32).tiny, out=pooled)
+    cand = response[:, 1:-1, 1:-1] >= pooled
+    flat = backend.to_host(xp.flatnonzero(cand)).astype(np.int64)
+    b, rem = np.divmod(flat, (R - 2) * (C - 2))
+    r, c = np.divmod(rem, C - 2)
     keep = _merge_plateaus(b, r, c, (R - 2, C - 2))
-    return np.stack([b[keep], r[keep], c[keep], lv[keep]], axis=1) if keep.size else np.empty((0, 4), dtype=np.int64)
+    b, r, c = b[keep], r[keep], c[keep]
+    return (b * R + r + 1) * C + c + 1

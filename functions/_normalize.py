@@ -101,7 +101,7 @@ def normalize(image: Any, saturation: float = SATURATION_PCT, backend: str | Bac
     return xp.clip(out, 0.0, 1.0, out=out)
 
 
-def estimate_noise(image: Any, backend: str | Backend = "auto", row_step: int = 4) -> float:
+def estimate_noise(image: Any, backend: str | Backend = "auto", row_step: int = 8) -> float:
     """Robust standard deviation of additive white noise in ``image``.
 
     Immerkaer's Laplacian-difference operator (which cancels planar structure)

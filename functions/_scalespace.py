@@ -1,15 +1,18 @@
 """The Difference-of-Gaussians filter bank in the Fourier domain.
 
-Scales follow the paper: ``t_i = min_t + (i - 1) * dt`` for ``i = 1 .. n_bin + 1``
-with ``dt = (max_t - min_t) / n_bin`` (pixels). Level ``i`` is the
-scale-normalised DoG
+The ``n_bin`` level scales ``t_i`` are evenly spaced from ``min_t`` to ``max_t``
+(pixels), ``dt`` apart, as in the paper. Level ``i`` is the scale-normalised DoG
+centred on its scale,
 
-    D_i = s * t_i * (L(t_{i+1}) - L(t_i)) / dt  ~  s * t_i^2 * Laplacian(L)(t_i),
+    D_i = s * t_i * (L(t_i + dt/2) - L(t_i - dt/2)) / dt  ~  s * t_i^2 * Laplacian(L)(t_i),
 
 with polarity ``s = +1`` for dark features (as the paper writes the DoG) and
-``-1`` for bright ones. Dividing by ``dt`` makes a threshold mean the same for
-any number of levels; the analytic transfer function (no spatial kernels,
-no ``norm="ortho"``) makes it mean the same for any tile size.
+``-1`` for bright ones. The paper's one-sided DoG ``t_i (L(t_{i+1}) - L(t_i))``
+approximates the Laplacian at ``t_i + dt/2``, so its finest level moves with
+``n_bin``, and its magnitude grows with ``dt``; centring and dividing by ``dt``
+make the levels samples of one function, ``t^2 Laplacian(L)``, so a threshold
+means the same for any number of levels. The analytic transfer function (no
+spatial kernels, no ``norm="ortho"``) makes it mean the same for any tile size.
 
 Coarse levels are band-limited: level ``i`` is evaluated on a grid decimated by
 ``d`` (a power of two) when its transfer function is below ``tol`` of its peak
@@ -35,18 +38,31 @@ MAX_DECIMATION = 16
 
 
 def scales(n_bin: int, min_t: float, max_t: float) -> np.ndarray:
-    """The ``n_bin + 1`` Gaussian standard deviations (pixels) of the scale space.
+    """The scale (Gaussian standard deviation, pixels) of each DoG level.
 
     Returns
     -------
-    (n_bin + 1,) float64 array
-        ``t_1 = min_t`` ... ``t_{n_bin+1} = max_t``, evenly spaced.
+    (n_bin,) float64 array
+        ``min_t`` ... ``max_t``, evenly spaced.
     """
-    if int(n_bin) != n_bin or n_bin < 1:
-        raise ValueError("n_bin must be a positive integer")
+    if int(n_bin) != n_bin or n_bin < 2:
+        raise ValueError("n_bin must be an integer >= 2")
     if not 0 < min_t < max_t:
         raise ValueError("scales must satisfy 0 < min_t < max_t (pixels)")
-    return np.linspace(min_t, max_t, int(n_bin) + 1)
+    return np.linspace(min_t, max_t, int(n_bin))
+
+
+def dog_pairs(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inner and outer Gaussian scales and the gain of each level's DoG.
+
+    Returns
+    -------
+    t0, t1, gain : (n_bin,) float64 arrays
+        ``t_i -/+ dt/2`` (the step shrinks to ``t_i`` where ``dt`` > ``t_i``, so
+        both stay positive) and ``t_i / step``.
+    """
+    step = np.minimum(t[1] - t[0], t)
+    return t - step / 2, t + step / 2, t / step
 
 
 def noise_gains(t: np.ndarray) -> np.ndarray:
@@ -58,15 +74,14 @@ def noise_gains(t: np.ndarray) -> np.ndarray:
 
     Parameters
     ----------
-    t : (n_bin + 1,) array
-        Scales from :func:`scales`.
+    t : (n_bin,) array
+        Level scales from :func:`scales`.
 
     Returns
     -------
     (n_bin,) float64 array
     """
-    t0, t1 = t[:-1], t[1:]
-    gain = t0 / (t[1] - t[0])
+    t0, t1, gain = dog_pairs(t)
     return gain * np.sqrt(np.pi * (1 / t0**2 + 1 / t1**2 - 4 / (t0**2 + t1**2))) / (2 * np.pi)
 
 
@@ -108,8 +123,8 @@ class FilterBank:
     ----------
     shape : (int, int)
         Padded FFT shape ``(P, Q)``.
-    t : (n_bin + 1,) float64 array
-        Scales in pixels.
+    t : (n_bin,) float64 array
+        Level scales in pixels.
     groups : tuple of LevelGroup
         Finest (``factor == 1``) first.
     noise_gain : (n_bin,) float64 array
@@ -123,7 +138,7 @@ class FilterBank:
 
     @property
     def n_levels(self) -> int:
-        return len(self.t) - 1
+        return len(self.t)
 
 
 def _crop_rows(n: int, d: int) -> np.ndarray:
@@ -146,13 +161,13 @@ def _level_factor(t0: float, t1: float, gain: float, shape: tuple[int, int], tol
 def _bank_cached(shape: tuple[int, int], n_bin: int, min_t: float, max_t: float, polarity: str, tol: float, backend: Backend) -> FilterBank:
     P, Q = shape
     t = scales(n_bin, min_t, max_t)
-    dt = t[1] - t[0]
-    sign = -1.0 if polarity == "bright" else 1.0
-    gains = sign * t[:-1] / dt
+    t0, t1, gains = dog_pairs(t)
+    if polarity == "bright":
+        gains = -gains
     ky_full = 2 * np.pi * np.fft.fftfreq(P)
     kx_full = 2 * np.pi * np.fft.rfftfreq(Q)
     noise_gain = noise_gains(t)
-    factors = [_level_factor(t[i], t[i + 1], abs(gains[i]), shape, tol) if tol > 0 else 1 for i in range(n_bin)]
+    factors = [_level_factor(t0[i], t1[i], abs(gains[i]), shape, tol) if tol > 0 else 1 for i in range(n_bin)]
     groups = []
     with backend.use():
         for d in sorted(set(factors)):
@@ -160,7 +175,7 @@ def _bank_cached(shape: tuple[int, int], n_bin: int, min_t: float, max_t: float,
             ky = ky_full[_crop_rows(P, d)] if d > 1 else ky_full
             kx = kx_full[: Q // (2 * d) + 1]
             k2 = ky[:, None] ** 2 + kx[None, :] ** 2
-            h = np.stack([gains[i] * (_gauss(k2, t[i + 1]) - _gauss(k2, t[i])) / (d * d) for i in levels])
+            h = np.stack([gains[i] * (_gauss(k2, t1[i]) - _gauss(k2, t0[i])) / (d * d) for i in levels])
             groups.append(LevelGroup(d, levels, backend.asarray(h.astype(np.float32))))
     return FilterBank(shape, t, tuple(groups), noise_gain)
 

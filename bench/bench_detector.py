@@ -1,0 +1,180 @@
+"""Detector speed and memory against peers, measured in one run.
+
+Peers, run round-robin on the same tile so that a noisy machine slows them alike:
+
+* ``mhd``          the package's detector (decimated coarse levels, cubic upsampling)
+* ``mhd-exact``    the same with ``tol=0`` (every level at full resolution)
+* ``straightforward``  the paper done plainly: one rfft2, analytic Gaussian
+  transfer functions, one full-size irfft2 per DoG level, running max over
+  scales, ``scipy.ndimage.maximum_filter`` 3x3 (no padding: wraps around)
+* ``skimage``      ``skimage.feature.blob_dog`` (a different algorithm: geometric
+  scales, 3-D maxima, pruning), only up to ``--skimage-max`` pixels a side
+
+Prints, per size and number of levels, the median milliseconds per tile after
+a warm-up, peak memory allocated during one warm call (tracemalloc, MB; cached
+filter banks excluded), ratios to
+``straightforward``, and the feature agreement of ``mhd`` with ``mhd-exact``
+(fraction of features with a partner within 1 px, the smaller of both ways).
+
+With CuPy and a GPU (``--gpu``) it also measures ``detect`` on the GPU, batched
+throughput of 1024^2 tiles and the GPU memory of one 16384^2 tile with 64 levels.
+
+Usage::
+
+    python bench/bench_detector.py                      # 512..4096, 8/16/32 levels
+    python bench/bench_detector.py --sizes 1024 --levels 16 --repeat 21
+    python bench/bench_detector.py --gpu --sizes 1024 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+import tracemalloc
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import scipy.fft
+import scipy.ndimage as ndi
+from scipy.spatial import cKDTree
+
+from mhd.functions import cuda_available, detect, detect_batch, normalize, scales
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
+
+
+def em_tile(size: int) -> np.ndarray:
+    """A size x size uint8 EM tile: ISBI slices tiled (mirrored) to the size."""
+    paths = sorted(DATA.glob("train_*.png")) or sorted((Path(__file__).resolve().parents[1] / "examples" / "section_042").glob("*.png"))
+    slices = [iio.imread(p) for p in paths[:4]]
+    base = np.block([[slices[0], slices[1]], [slices[2], slices[3]]])
+    reps = -(-size // base.shape[0])
+    return np.tile(base, (reps, reps))[:size, :size]
+
+
+def straightforward(image: np.ndarray, n_bin: int, min_t: float = 1.0, max_t: float = 8.0, threshold: float = 0.02) -> np.ndarray:
+    """The paper without tricks; returns (N, 2) feature positions."""
+    x = normalize(image, backend="numpy")
+    F = scipy.fft.rfft2(x, workers=-1)
+    ky = 2 * np.pi * np.fft.fftfreq(x.shape[0])[:, None]
+    kx = 2 * np.pi * np.fft.rfftfreq(x.shape[1])[None, :]
+    k2 = ky**2 + kx**2
+    t = scales(n_bin, min_t, max_t)
+    dt = t[1] - t[0]
+    best = None
+    for i in range(n_bin):
+        h = (t[i] / dt) * (np.exp(-0.5 * k2 * t[i + 1] ** 2) - np.exp(-0.5 * k2 * t[i] ** 2))
+        d = scipy.fft.irfft2(F * h.astype(np.float32), s=x.shape, workers=-1)
+        best = d if best is None else np.maximum(best, d, out=best)
+    peaks = (best == ndi.maximum_filter(best, 3)) & (best > threshold)
+    return np.argwhere(peaks)
+
+
+def skimage_peer(image: np.ndarray, n_bin: int) -> np.ndarray:
+    from skimage.feature import blob_dog
+
+    ratio = (8.0 / 1.0) ** (1.0 / n_bin)
+    return blob_dog(normalize(image, backend="numpy"), min_sigma=1.0, max_sigma=8.0, sigma_ratio=ratio, threshold=0.02)[:, :2]
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) == 0 or len(b) == 0:
+        return float(len(a) == len(b))
+    da, _ = cKDTree(b[:, :2]).query(a[:, :2], distance_upper_bound=1.5)
+    db, _ = cKDTree(a[:, :2]).query(b[:, :2], distance_upper_bound=1.5)
+    return float(min(np.isfinite(da).mean(), np.isfinite(db).mean()))
+
+
+def peak_mb(fn) -> tuple[float, object]:
+    gc.collect()
+    tracemalloc.start()
+    out = fn()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 2**20, out
+
+
+def run_cpu(sizes, levels, repeat, skimage_max):
+    print("| size | levels | peer | median ms | peak MB | x straightforward | features |")
+    print("|---|---|---|---|---|---|---|")
+    for size in sizes:
+        img = em_tile(size)
+        for n_bin in levels:
+            peers = {
+                "mhd": lambda: detect(img, n_bin=n_bin, backend="numpy").features,
+                "mhd-exact": lambda: detect(img, n_bin=n_bin, backend="numpy", tol=0).features,
+                "straightforward": lambda: straightforward(img, n_bin),
+            }
+            if size <= skimage_max:
+                peers["skimage"] = lambda: skimage_peer(img, n_bin)
+            reps = repeat if size <= 1024 else max(3, repeat // 4)
+            results, times, mem = {}, {k: [] for k in peers}, {}
+            for name, fn in peers.items():  # warm-up (filter banks, FFT plans), then memory of a warm call
+                fn()
+                mem[name], results[name] = peak_mb(fn)
+            for _ in range(reps):
+                for name, fn in peers.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+            base = statistics.median(times["straightforward"])
+            for name in peers:
+                med = statistics.median(times[name])
+                print(f"| {size} | {n_bin} | {name} | {med:.1f} | {mem[name]:.0f} | {med / base:.2f} | {len(results[name])} |")
+            print(f"| {size} | {n_bin} | agreement mhd vs mhd-exact | {agreement(results['mhd'], results['mhd-exact']):.4f} | | | |")
+
+
+def run_gpu(sizes, levels, repeat):
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+    print("\n| GPU | size | levels | median ms | tiles/s | peak GPU MB |")
+    print("|---|---|---|---|---|---|")
+    for size in sizes:
+        img = cupy.asarray(em_tile(size))
+        for n_bin in levels:
+            detect(img, n_bin=n_bin, backend="cupy")
+            pool.free_all_blocks()
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                detect(img, n_bin=n_bin, backend="cupy")
+                times.append((time.perf_counter() - t0) * 1e3)
+            med = statistics.median(times)
+            print(f"| single | {size} | {n_bin} | {med:.2f} | {1e3 / med:.0f} | {pool.total_bytes() / 2**20:.0f} |")
+    for batch in (8, 32, 64):
+        tiles = [cupy.asarray(em_tile(1024))] * batch
+        detect_batch(tiles, backend="cupy")
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            detect_batch(tiles, backend="cupy")
+            times.append(time.perf_counter() - t0)
+        print(f"| batch {batch} | 1024 | 16 | {statistics.median(times) * 1e3 / batch:.2f} | {batch / statistics.median(times):.0f} | {pool.total_bytes() / 2**20:.0f} |")
+    pool.free_all_blocks()
+    big = cupy.asarray(em_tile(16384))
+    t0 = time.perf_counter()
+    det = detect(big, n_bin=64, backend="cupy")
+    print(f"| huge | 16384 | 64 | {(time.perf_counter() - t0) * 1e3:.0f} | - | {pool.total_bytes() / 2**20:.0f} (features {det.count}) |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
+    ap.add_argument("--levels", type=int, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--repeat", type=int, default=11, help="timed runs per peer (fewer above 1024^2)")
+    ap.add_argument("--skimage-max", type=int, default=1024, help="largest size at which blob_dog runs")
+    ap.add_argument("--gpu", action="store_true", help="also measure CuPy on the GPU")
+    args = ap.parse_args()
+    run_cpu(args.sizes, args.levels, args.repeat, args.skimage_max)
+    if args.gpu:
+        if not cuda_available():
+            raise SystemExit("--gpu: no CUDA device visible to CuPy")
+        run_gpu(args.sizes, args.levels, args.repeat)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The detector on synthetic images with known answers and on real EM slices."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from mhd.functions import DEFAULTS, detect, detect_batch, get_backend
+from mhd.functions._detect import _blocks, _fast_size, halo_width
+
+
+def blobs_image(centres, shape=(256, 256), sigma=3.0, depth=0.6, background=0.8, dtype=np.uint8):
+    """Dark Gaussian blobs (EM-like polarity) on a flat bright background."""
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    img = np.full(shape, background)
+    for r, c in centres:
+        img -= depth * np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / (2 * sigma**2))
+    if np.dtype(dtype).kind == "f":
+        return img.astype(dtype)
+    return np.round(img * np.iinfo(dtype).max).astype(dtype)
+
+
+CENTRES = [(40, 40), (40, 200), (128, 128), (200, 60), (210, 210)]
+
+
+def matched(found: np.ndarray, expected, tol: float = 1.5) -> int:
+    return sum(bool(np.any(np.hypot(found[:, 0] - r, found[:, 1] - c) <= tol)) for r, c in expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64])
+def test_isolated_blobs_are_found_once_each(dtype):
+    det = detect(blobs_image(CENTRES, dtype=dtype), backend="numpy")
+    assert det.count == len(CENTRES)
+    assert matched(det.features, CENTRES) == len(CENTRES)
+    assert det.features.shape == (len(CENTRES), 3)
+
+
+def test_scale_tracks_blob_size():
+    small = detect(blobs_image([(128, 128)], sigma=1.5), backend="numpy").features
+    large = detect(blobs_image([(128, 128)], sigma=5.0), backend="numpy").features
+    assert len(small) == len(large) == 1
+    # a blob of std s responds most at t ~ s (scale-normalised Laplacian of a Gaussian blob)
+    assert small[0, 2] < 2.5 < large[0, 2]
+
+
+def test_polarity_selects_the_blob_centres():
+    bright = 255 - blobs_image(CENTRES)
+    det = detect(bright, backend="numpy", polarity="bright")
+    assert det.count == len(CENTRES) and matched(det.features, CENTRES) == len(CENTRES)
+    # dark polarity only answers on the dark surround rings, never at a bright centre
+    dark = detect(bright, backend="numpy", polarity="dark").features
+    assert matched(dark, CENTRES, tol=2.0) == 0
+    assert matched(detect(bright, backend="numpy", polarity="both").features, CENTRES) == len(CENTRES)
+
+
+def test_constant_and_empty_results_keep_their_columns():
+    det = detect(np.full((64, 64), 7, dtype=np.uint16), backend="numpy")
+    assert det.count == 0
+    assert det.features.shape == (0, 3)
+    assert det.grid.sum() == 0 and det.grid.shape == (4, 4)
+    assert np.isfinite(det.density) and det.density == 0
+
+
+def test_no_wrap_around_at_tile_edges():
+    # one blob touching the left edge: circular convolution would also respond at the right edge
+    det = detect(blobs_image([(128, 2)], sigma=4.0), backend="numpy")
+    assert det.count == 1
+    assert det.features[0, 1] <= 4
+
+
+def test_features_fall_with_defocus(isbi):
+    counts = [detect(ndi.gaussian_filter(isbi[0].astype(np.float32), s) if s else isbi[0], backend="numpy").count for s in (0, 1, 2, 4, 8)]
+    assert all(a > b for a, b in zip(counts, counts[1:])), counts
+
+
+def test_threshold_means_the_same_for_any_number_of_levels(isbi):
+    counts = [detect(isbi[1], n_bin=n, backend="numpy").count for n in (8, 16, 32)]
+    assert max(counts) / min(counts) < 1.15, counts
+
+
+def test_density_is_independent_of_tile_size(isbi):
+    small = detect(isbi[2], backend="numpy").density
+    big = detect(np.block([[isbi[2], isbi[2][:, ::-1]], [isbi[2][::-1], isbi[2][::-1, ::-1]]]), backend="numpy").density
+    assert abs(big - small) / small < 0.05
+
+
+def test_blocks_give_the_whole_image_result(isbi):
+    img = np.block([[isbi[3], isbi[4]], [isbi[5], isbi[6]]])
+    whole = detect(img, backend="numpy")
+    blocked = detect(img, backend="numpy", block_size=300)  # 4 x 4 blocks with halos
+    a = {tuple(f) for f in whole.features[:, :2].astype(int)}
+    b = {tuple(f) for f in blocked.features[:, :2].astype(int)}
+    assert len(a & b) / max(len(a), len(b)) >= 0.995
+
+
+def test_decimated_levels_agree_with_full_resolution(isbi):
+    img = np.block([[isbi[7], isbi[8]], [isbi[9], isbi[10]]])
+    fast = detect(img, backend="numpy").features
+    exact = detect(img, backend="numpy", tol=0).features
+    a = {tuple(f) for f in fast[:, :2].astype(int)}
+    near = 0
+    for r, c in exact[:, :2].astype(int):
+        near += any((r + dr, c + dc) in a for dr in (-1, 0, 1) for dc in (-1, 0, 1))
+    assert near / len(exact) >= 0.98
+    assert abs(len(fast) - len(exact)) / len(exact) < 0.01
+
+
+def test_batch_equals_single(isbi):
+    batch = detect_batch(isbi[:3], backend="numpy")
+    for img, det in zip(isbi[:3], batch):
+        single = detect(img, backend="numpy")
+        assert det.count == single.count
+        np.testing.assert_array_equal(det.features, single.features)
+        np.testing.assert_array_equal(det.grid, single.grid)
+
+
+def test_grid_counts_sum_to_count_and_locate_defocus(isbi):
+    img = isbi[11].astype(np.float32)
+    img[:, 256:] = ndi.gaussian_filter(img, 4)[:, 256:]  # right half defocused
+    det = detect(img, backend="numpy", grid=(2, 2))
+    assert det.grid.sum() == det.count
+    assert det.grid[:, 0].min() > 2 * det.grid[:, 1].max()
+
+
+def test_gain_offset_and_bit_depth_barely_change_the_count(isbi):
+    ref = detect(isbi[12], backend="numpy").count
+    sixteen = isbi[12].astype(np.uint16) * 200 + 1000
+    scaled = isbi[12].astype(np.float32) * 0.37 - 12.0
+    for variant in (sixteen, scaled):
+        assert abs(detect(variant, backend="numpy").count - ref) / ref < 0.02
+
+
+def test_noise_is_not_counted_as_features(isbi):
+    rng = np.random.default_rng(0)
+    flat = np.full((512, 512), 100.0)
+    noisy_flat = rng.poisson(flat).astype(np.float32)
+    assert detect(noisy_flat, backend="numpy").count < 0.01 * detect(isbi[13], backend="numpy").count
+
+
+def test_peak_memory_does_not_grow_with_levels(isbi):
+    img = np.tile(isbi[14], (2, 2))
+
+    def peak(n_bin):
+        detect(img, n_bin=n_bin, backend="numpy")  # warm: filter bank cached
+        gc.collect()
+        tracemalloc.start()
+        detect(img, n_bin=n_bin, backend="numpy")
+        p = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return p
+
+    assert peak(32) < 1.3 * peak(8)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((10, 10, 3)), "2-D"),
+        (np.zeros(100), "2-D"),
+        (np.zeros((8, 300)), "too small"),
+        (np.array([[np.nan] * 32] * 32), "NaN"),
+        (np.array([[np.inf] * 32] * 32), "NaN"),
+    ],
+)
+def test_bad_images_raise_clear_errors(image, message):
+    with pytest.raises(ValueError, match=message):
+        detect(image, backend="numpy")
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(n_bin=1), "n_bin"),
+        (dict(min_t=5.0, max_t=2.0), "min_t"),
+        (dict(threshold=-1.0), "threshold"),
+        (dict(polarity="sideways"), "polarity"),
+        (dict(grid=(0, 3)), "grid"),
+        (dict(block_size=10), "block_size"),
+    ],
+)
+def test_bad_parameters_raise_clear_errors(params, message):
+    with pytest.raises(ValueError, match=message):
+        detect(np.zeros((64, 64)), backend="numpy", **params)
+
+
+def test_unknown_parameter_is_refused():
+    with pytest.raises(TypeError, match="sigma_ratio"):
+        detect(np.zeros((64, 64)), backend="numpy", sigma_ratio=1.6)
+
+
+def test_timings_and_metadata():
+    det = detect(blobs_image(CENTRES), backend="numpy")
+    assert set(det.timings) == {"normalize", "levels", "nms", "total"}
+    assert det.backend == "numpy"
+    assert det.scales.shape == (DEFAULTS["n_bin"],) and det.thresholds.shape == (DEFAULTS["n_bin"],)
+    assert det.shape == (256, 256)
+
+
+def test_geometry_helpers():
+    assert _fast_size(1092) % 16 == 0 and _fast_size(1092) >= 1092
+    assert _blocks(1000, 300) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
+    assert halo_width(8.0) >= 4 * 8
+
+
+def test_cupy_backend_is_refused_without_cuda():
+    pytest.importorskip("numpy")
+    from mhd.functions import cuda_available
+
+    if cuda_available():
+        pytest.skip("a CUDA GPU is present: the refusal only happens without one")
+    with pytest.raises(ValueError, match="CUDA"):
+        get_backend("cupy")
+    assert get_backend("auto").name == "numpy"
