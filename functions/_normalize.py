@@ -97,7 +97,7 @@ def normalize(image: Any, saturation: float = SATURATION_PCT, backend: str | Bac
         return xp.zeros(x.shape, dtype=xp.float32)
     out = x.astype(xp.float32)
     out -= xp.float32(lo)
-    out *= xp.float32(1.0 / (hi - lo))
+    out /= xp.float32(hi - lo)  # division, not a reciprocal product: hi maps to exactly 1
     return xp.clip(out, 0.0, 1.0, out=out)
 
 
