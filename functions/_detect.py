@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -271,37 +272,65 @@ def _grid_counts(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], gri
     return np.bincount(cy * gx + cx, minlength=gy * gx).reshape(gy, gx)
 
 
-def _detect_stack(norm: Any, thr: np.ndarray, p: dict[str, Any], be: Backend, timings: dict[str, float]) -> list[np.ndarray]:
+def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.ndarray, p: dict[str, Any], be: Backend) -> tuple[np.ndarray, dict[str, float]]:
+    """Features of one block of a normalised (B, H, W) stack on backend ``be``.
+
+    Returns
+    -------
+    feats : (N, 4) int64
+        ``(batch, row, col, level)`` in image coordinates.
+    timings : dict
+        Milliseconds in ``levels`` and ``nms``.
+    """
+    y0, y1, x0, x1 = block
+    xp = be.xp
+    shape = (_fast_size(y1 - y0 + 2 * h), _fast_size(x1 - x0 + 2 * h))
+    with be.use():
+        bank = filter_bank(shape, p["n_bin"], p["min_t"], p["max_t"], p["polarity"], p["tol"], be)
+        t0 = time.perf_counter()
+        padded = _extract(be.asarray(norm), y0, y1, x0, x1, h, shape, xp)
+        best = _response(padded, bank, thr, p["polarity"], (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2), be)
+        del padded
+        be.synchronize()
+        t1 = time.perf_counter()
+        idx = local_maxima(best, be)
+        level = be.to_host(_level_of(best.ravel()[xp.asarray(idx)], xp)).astype(np.int64)
+        t2 = time.perf_counter()
+    _, R, C = best.shape
+    b, rem = np.divmod(idx, R * C)
+    r, c = np.divmod(rem, C)
+    feats = np.stack([b, r - 1 + y0, c - 1 + x0, level], axis=1)
+    return feats, {"levels": (t1 - t0) * 1e3, "nms": (t2 - t1) * 1e3}
+
+
+def _detect_stack(norm: Any, thr: np.ndarray, p: dict[str, Any], backends: list[Backend], timings: dict[str, float]) -> list[np.ndarray]:
     """Features (row, col, level) for each image of a normalised (B, H, W) stack.
 
-    ``thr`` is the (B, n_bin) per-level threshold.
+    ``thr`` is the (B, n_bin) per-level threshold. Blocks are dealt round-robin
+    to ``backends`` (one thread each: several GPUs share a huge image); with
+    one backend they run in order on it.
     """
     B, H, W = norm.shape
     h = halo_width(dog_pairs(scales(p["n_bin"], p["min_t"], p["max_t"]))[1].max())
-    out: list[list[np.ndarray]] = [[] for _ in range(B)]
-    for y0, y1 in _blocks(H, p["block_size"]):
-        for x0, x1 in _blocks(W, p["block_size"]):
-            shape = (_fast_size(y1 - y0 + 2 * h), _fast_size(x1 - x0 + 2 * h))
-            bank = filter_bank(shape, p["n_bin"], p["min_t"], p["max_t"], p["polarity"], p["tol"], be)
-            t0 = time.perf_counter()
-            padded = _extract(norm, y0, y1, x0, x1, h, shape, be.xp)
-            best = _response(padded, bank, thr, p["polarity"], (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2), be)
-            del padded
-            be.synchronize()
-            t1 = time.perf_counter()
-            idx = local_maxima(best, be)
-            level = be.to_host(_level_of(best.ravel()[be.xp.asarray(idx)], be.xp)).astype(np.int64)
-            timings["levels"] = timings.get("levels", 0.0) + (t1 - t0) * 1e3
-            timings["nms"] = timings.get("nms", 0.0) + (time.perf_counter() - t1) * 1e3
-            b, rem = np.divmod(idx, best.shape[1] * best.shape[2])
-            r, c = np.divmod(rem, best.shape[2])
-            for k in range(B):
-                sel = b == k
-                out[k].append(np.stack([r[sel] - 1 + y0, c[sel] - 1 + x0, level[sel]], axis=1))
-    return [np.concatenate(o) if o else np.empty((0, 3), dtype=np.int64) for o in out]
+    blocks = [(y0, y1, x0, x1) for y0, y1 in _blocks(H, p["block_size"]) for x0, x1 in _blocks(W, p["block_size"])]
+    if len(backends) == 1:
+        parts = [_detect_block(norm, blk, h, thr, p, backends[0]) for blk in blocks]
+    else:
+        host = backends[0].to_host(norm)  # each device copies its own blocks from the host
+
+        def run(k: int) -> list[tuple[np.ndarray, dict[str, float]]]:
+            return [_detect_block(host, blk, h, thr, p, backends[k]) for blk in blocks[k :: len(backends)]]
+
+        with concurrent.futures.ThreadPoolExecutor(len(backends)) as pool:
+            parts = [part for per_device in pool.map(run, range(len(backends))) for part in per_device]
+    for _, t in parts:
+        for key, ms in t.items():
+            timings[key] = timings.get(key, 0.0) + ms
+    feats = np.concatenate([f for f, _ in parts]) if parts else np.empty((0, 4), dtype=np.int64)
+    return [feats[feats[:, 0] == k, 1:] for k in range(B)]
 
 
-def detect_batch(images: Sequence[Any], backend: str | Backend = "auto", **params: Any) -> list[Detection]:
+def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | Backend] = "auto", **params: Any) -> list[Detection]:
     """Detect features in several images of one shape at once (batched FFTs).
 
     Parameters
@@ -321,7 +350,8 @@ def detect_batch(images: Sequence[Any], backend: str | Backend = "auto", **param
     if unknown:
         raise TypeError(f"unknown detector parameter(s): {', '.join(sorted(unknown))}")
     _check_params(p)
-    be = get_backend(backend)
+    backends = [get_backend(b) for b in backend] if isinstance(backend, (list, tuple)) else [get_backend(backend)]
+    be = backends[0]
     if len(images) == 0:
         return []
     shape = tuple(images[0].shape)
@@ -338,7 +368,7 @@ def detect_batch(images: Sequence[Any], backend: str | Backend = "auto", **param
         timings["normalize"] = (time.perf_counter() - t_start) * 1e3
         t = scales(p["n_bin"], p["min_t"], p["max_t"])
         thr = np.maximum(p["threshold"], p["noise_k"] * noise[:, None] * noise_gains(t)[None, :])
-        feats = _detect_stack(norm, thr, p, be, timings)
+        feats = _detect_stack(norm, thr, p, backends, timings)
         del norm
     timings["total"] = (time.perf_counter() - t_start) * 1e3
     results = []
@@ -353,14 +383,14 @@ def detect_batch(images: Sequence[Any], backend: str | Backend = "auto", **param
                 scales=t.copy(),
                 thresholds=th,
                 noise=float(nz),
-                backend=be.name,
+                backend="+".join(b.name for b in backends),
                 timings=dict(timings),
             )
         )
     return results
 
 
-def detect(image: Any, n_bin: int = 16, min_t: float = 1.0, max_t: float = 8.0, threshold: float = 0.02, *, backend: str | Backend = "auto", **params: Any) -> Detection:
+def detect(image: Any, n_bin: int = 16, min_t: float = 1.0, max_t: float = 8.0, threshold: float = 0.02, *, backend: str | Backend | Sequence[str | Backend] = "auto", **params: Any) -> Detection:
     """Count multi-scale histologic features (MHD) in one EM tile.
 
     Steps (paper, sections 3-4): saturate 0.175 % of the darkest and lightest
@@ -384,8 +414,10 @@ def detect(image: Any, n_bin: int = 16, min_t: float = 1.0, max_t: float = 8.0, 
     threshold : float
         Minimum response of a feature, in units of the normalised image
         (the scale-normalised Laplacian of a [0, 1] image).
-    backend : {"auto", "numpy", "cupy", "cupy:N"} or Backend
-        Where to compute; ``"auto"`` uses a CUDA GPU when one is present.
+    backend : {"auto", "numpy", "cupy", "cupy:N"}, Backend, or a sequence of them
+        Where to compute; ``"auto"`` uses a CUDA GPU when one is present. A
+        sequence (e.g. ``["cupy:0", "cupy:1"]``) deals the blocks of an image
+        larger than ``block_size`` to several devices, one thread each.
     **params
         ``noise_k`` (float, default 4): a level's threshold is at least this
         many standard deviations of its response to the tile's measured noise,

@@ -215,3 +215,11 @@ def test_cupy_backend_is_refused_without_cuda():
     with pytest.raises(ValueError, match="CUDA"):
         get_backend("cupy")
     assert get_backend("auto").name == "numpy"
+
+
+def test_blocks_dealt_to_several_backends_give_the_same_features(isbi):
+    img = np.block([[isbi[15], isbi[16]], [isbi[17], isbi[18]]])
+    one = detect(img, backend="numpy", block_size=300)
+    two = detect(img, backend=["numpy", "numpy"], block_size=300)
+    np.testing.assert_array_equal(np.sort(one.features, axis=0), np.sort(two.features, axis=0))
+    assert two.backend == "numpy+numpy"
