@@ -1,0 +1,391 @@
+"""Where scoring tasks run: one interface, a local engine or a Globus Compute endpoint.
+
+Both backends run :func:`mhd.functions.remote.score_tiles` serialized the
+same way (source text + JSON arguments, see :mod:`mhd.client.registration`)
+and return ``concurrent.futures.Future`` objects:
+
+>>> with LocalBackend(data_root="section_042", workers=2) as backend:  # doctest: +SKIP
+...     future = backend.submit(["tile_0001.tif", "tile_0002.tif"], {"threshold": 0.02})
+...     for entry in future.result():
+...         print(entry["tile"], entry["density"], entry["error"])
+
+A future resolves to the list of per-tile dicts (a bad tile is an entry with
+``error`` set). It raises :class:`TaskFailed` when the whole task failed on
+the worker (bad ``params``, too many tiles, a lost worker), with the remote
+exception's last line as the message; it raises the original exception when
+the task could not be submitted (e.g. ``globus_sdk.GlobusAPIError``).
+
+Inline tiles may carry ``bytes``; the backends send them as base64 text
+(the endpoint accepts JSON arguments only).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import multiprocessing
+import os
+import tempfile
+import threading
+import uuid
+from concurrent.futures import Future
+from typing import Any, Callable, Protocol
+
+from globus_compute_common import messagepack
+from globus_compute_common.messagepack.message_types import Result, Task
+from globus_compute_sdk.sdk.batch import Batch
+from globus_compute_sdk.serialize import ComputeSerializer
+
+from .registration import ALLOWED_SERIALIZERS, RESULT_SERIALIZERS, function_code, score_serializer
+
+__all__ = [
+    "Backend",
+    "EngineBackend",
+    "GlobusBackend",
+    "LocalBackend",
+    "TaskFailed",
+    "jsonable_tiles",
+    "pack_task",
+    "task_payload",
+    "unpack_result",
+]
+
+#: Function id that local tasks are filed under (no service is involved).
+LOCAL_FUNCTION_ID = uuid.UUID(int=0)
+
+
+class TaskFailed(RuntimeError):
+    """A whole scoring task failed where it ran.
+
+    Attributes
+    ----------
+    message : str
+        The remote exception's last line, e.g. ``"ValueError: unknown parameter(s) nbins; ..."``.
+    details : str
+        The full remote traceback text.
+    """
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.details = details or message
+
+    @classmethod
+    def from_remote(cls, remote_text: str) -> "TaskFailed":
+        """Summarise a remote traceback by its last non-blank line (the exception)."""
+        lines = [ln.strip() for ln in str(remote_text).splitlines() if ln.strip() and not set(ln.strip()) <= set("+-")]
+        return cls(lines[-1] if lines else "remote task failed without a message", str(remote_text))
+
+
+class Backend(Protocol):
+    """What the client needs from a place that runs scoring tasks."""
+
+    name: str
+
+    def submit(self, tiles: list, params: dict | None = None) -> "Future[list[dict]]": ...
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
+
+    def __enter__(self) -> "Backend": ...
+
+    def __exit__(self, *exc: Any) -> None: ...
+
+
+# ------------------------------------------------------------ task bodies
+
+
+def jsonable_tiles(tiles: list) -> list:
+    """Copy of ``tiles`` with inline ``bytes`` data as base64 text (JSON-safe)."""
+    out = []
+    for tile in tiles:
+        if isinstance(tile, dict) and isinstance(tile.get("data"), (bytes, bytearray, memoryview)):
+            tile = {**tile, "data": base64.b64encode(bytes(tile["data"])).decode("ascii")}
+        out.append(tile)
+    return out
+
+
+def _call_args(tiles: list, params: dict | None) -> tuple[tuple, dict]:
+    if not isinstance(tiles, (list, tuple)):
+        raise TypeError(f"tiles must be a list, got {type(tiles).__name__}")
+    return (jsonable_tiles(list(tiles)),), ({"params": params} if params is not None else {})
+
+
+def task_payload(serializer: ComputeSerializer, tiles: list, params: dict | None) -> str:
+    """The serialized arguments of one ``score_tiles`` call, exactly as the SDK sends them."""
+    args, kwargs = _call_args(tiles, params)
+    batch = Batch(task_group_id=None, serializer=serializer)
+    batch.add(LOCAL_FUNCTION_ID, args=args, kwargs=kwargs)
+    return batch.prepare()["tasks"][str(LOCAL_FUNCTION_ID)][0]
+
+
+def pack_task(task_id: uuid.UUID, code: str, payload: str) -> bytes:
+    """The message an endpoint engine executes: function code followed by arguments."""
+    return messagepack.pack(Task(task_id=task_id, task_buffer=code + payload))
+
+
+def unpack_result(packed: bytes, serializer: ComputeSerializer) -> Any:
+    """Deserialize an engine's packed ``Result``; raise :class:`TaskFailed` for a remote error."""
+    result = messagepack.unpack(packed)
+    if not isinstance(result, Result):
+        raise TaskFailed(f"engine returned {type(result).__name__}, not a Result")
+    if result.is_error:
+        raise TaskFailed.from_remote(result.data)
+    return serializer.deserialize(result.data)
+
+
+def _relay(out: Future, convert: Callable[[Any], Any]) -> Callable[[Future], None]:
+    """A done-callback that settles ``out`` from an inner future through ``convert``."""
+
+    def settle(inner: Future) -> None:
+        try:
+            value = convert(inner.result())
+        except BaseException as exc:  # noqa: BLE001 - every failure belongs to the caller's future
+            out.set_exception(exc)
+        else:
+            out.set_result(value)
+
+    return settle
+
+
+def _running_future() -> Future:
+    fut: Future = Future()
+    fut.set_running_or_notify_cancel()  # once submitted, a task cannot be withdrawn
+    return fut
+
+
+# ------------------------------------------------------------------ local
+
+
+def _init_worker(environ: dict[str, str | None]) -> None:
+    """Process-pool initializer: set (or, for None, remove) worker environment
+    variables, and keep the engine's task logging off the client's terminal
+    (a failed task's traceback travels in its result)."""
+    logging.getLogger().addHandler(logging.NullHandler())
+    for key, value in environ.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+class EngineBackend:
+    """Run ``score_tiles`` on a started ``globus_compute_endpoint`` engine.
+
+    Tasks are packed exactly as an endpoint receives them from the service
+    (function source text + JSON arguments) and run through the engine's
+    ``submit`` and the endpoint's ``execute_task``. Any engine works:
+    ``ProcessPoolEngine`` (see :class:`LocalBackend`) or ``GlobusComputeEngine``
+    (the endpoint's own, e.g. with ``available_accelerators``); start it with
+    ``allowed_serializers`` = :data:`~mhd.client.registration.ALLOWED_SERIALIZERS`
+    to mirror the ``mhd-gpu`` endpoint.
+
+    Parameters
+    ----------
+    engine : GlobusComputeEngineBase
+        A started engine; this backend shuts it down.
+    """
+
+    name = "engine"
+
+    def __init__(self, engine: Any):
+        self._engine = engine
+        self._serde = score_serializer()
+        self._code = function_code(self._serde)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, tiles: list, params: dict | None = None) -> "Future[list[dict]]":
+        """Queue one task scoring ``tiles``; see the module docstring for the future's outcomes."""
+        from globus_compute_endpoint.engines import GCFuture
+
+        packed = pack_task(task_id := uuid.uuid4(), self._code, task_payload(self._serde, tiles, params))
+        out = _running_future()
+        inner = GCFuture(task_id)
+        inner.add_done_callback(_relay(out, lambda body: unpack_result(body, self._serde)))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{type(self).__name__} is shut down; no new tasks may be submitted")
+            self._engine.submit(inner, packed, resource_specification={}, result_serializers=list(RESULT_SERIALIZERS))
+        return out
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the engine (tasks already queued still run unless the engine cancels them)."""
+        if self._close():
+            self._engine.shutdown(block=wait)
+
+    def _close(self) -> bool:
+        """Mark shut down; True the first time."""
+        with self._lock:
+            first, self._closed = not self._closed, True
+        return first
+
+    def __enter__(self) -> "EngineBackend":
+        return self
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        self.shutdown(wait=True, cancel_futures=exc_type is not None)
+
+
+class LocalBackend(EngineBackend):
+    """Run ``score_tiles`` on this machine, no Globus account needed.
+
+    An :class:`EngineBackend` over the endpoint's ``ProcessPoolEngine`` whose
+    workers are freshly *spawned* processes (not forks of the client): the
+    function is rebuilt from its source text there, as on a real endpoint.
+    Workers stay warm between tasks (filter banks, FFT plans, a GPU context
+    when CuPy finds one).
+
+    Parameters
+    ----------
+    data_root : str or Path, optional
+        Folder that path tiles are relative to (the workers' ``MHD_DATA_ROOT``);
+        None allows inline tiles only.
+    workers : int, optional
+        Worker processes; default one per CPU, at most 8.
+    env : dict, optional
+        More worker environment variables (e.g. ``MHD_MAX_PIXELS``); a None value removes one.
+    run_dir : str, optional
+        Working directory of the tasks; default a temporary folder removed at shutdown.
+    """
+
+    name = "local"
+
+    def __init__(self, data_root: str | os.PathLike | None = None, workers: int | None = None, env: dict | None = None, run_dir: str | None = None):
+        from globus_compute_endpoint.engines import ProcessPoolEngine
+
+        self.workers = workers or min(os.cpu_count() or 1, 8)
+        environ: dict[str, str | None] = {"MHD_DATA_ROOT": os.path.realpath(data_root) if data_root else None}
+        environ.update(env or {})
+        self._tmp = None if run_dir else tempfile.TemporaryDirectory(prefix="mhd-local-")
+        engine = ProcessPoolEngine(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(environ,),
+            allowed_serializers=list(ALLOWED_SERIALIZERS),
+        )
+        engine.start(endpoint_id=uuid.uuid4(), run_dir=run_dir or self._tmp.name)
+        super().__init__(engine)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the workers; with ``cancel_futures`` queued tasks fail with :class:`TaskFailed`."""
+        if not self._close():
+            return
+        self._engine.executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+        if self._tmp is not None and wait:
+            self._tmp.cleanup()
+
+
+# ----------------------------------------------------------------- globus
+
+
+class GlobusBackend:
+    """Run the registered ``score_tiles`` on a Globus Compute endpoint, by UUID.
+
+    Uses ``Executor.submit_to_registered_function`` (no I/O in the caller;
+    tasks are batched upstream). An ``Executor`` whose submission failed shuts
+    itself down and refuses new work; this backend then makes a new one.
+
+    Parameters
+    ----------
+    endpoint_id, function_id : str
+        The ``mhd-gpu`` endpoint and the registered function (``client register``).
+    client : globus_compute_sdk.Client
+        Authenticated Compute client (:func:`mhd.client.auth.compute_client`).
+    batch_size : int
+        Most tasks per submit request.
+    executor_factory : callable, optional
+        ``() -> Executor``; default builds one from the arguments above with
+        the score serializer and JSON results.
+    """
+
+    name = "globus"
+
+    def __init__(self, endpoint_id: str, function_id: str, client: Any = None, *, batch_size: int = 128, executor_factory: Callable[[], Any] | None = None):
+        if client is None and executor_factory is None:
+            raise ValueError("GlobusBackend needs a Compute client (mhd.client.auth.compute_client) or an executor_factory")
+        self.endpoint_id = str(endpoint_id)
+        self.function_id = str(function_id)
+        self._client = client
+        self._batch_size = batch_size
+        self._factory = executor_factory or self._default_executor
+        self._executor: Any = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.executors_made = 0
+
+    def _default_executor(self) -> Any:
+        from globus_compute_sdk import Executor
+        from globus_compute_sdk.serialize import JSONData
+
+        return Executor(
+            endpoint_id=self.endpoint_id,
+            client=self._client,
+            batch_size=self._batch_size,
+            serializer=score_serializer(),
+            result_serializers=[JSONData()],
+        )
+
+    def _current_executor(self) -> Any:
+        if self._executor is None:
+            self._executor = self._factory()
+            self.executors_made += 1
+        return self._executor
+
+    def submit(self, tiles: list, params: dict | None = None) -> "Future[list[dict]]":
+        """Queue one task scoring ``tiles`` on the endpoint; see the module docstring."""
+        args, kwargs = _call_args(tiles, params)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("GlobusBackend is shut down; no new tasks may be submitted")
+            executor, inner = self._submit_once(args, kwargs)
+        out = _running_future()
+        inner.add_done_callback(lambda f: self._settle(out, f, executor))
+        return out
+
+    def _submit_once(self, args: tuple, kwargs: dict) -> tuple[Any, Future]:
+        executor = self._current_executor()
+        try:
+            return executor, executor.submit_to_registered_function(self.function_id, args=args, kwargs=kwargs)
+        except RuntimeError:  # shut down after an earlier failed submission
+            self._executor = None
+            executor = self._current_executor()
+            return executor, executor.submit_to_registered_function(self.function_id, args=args, kwargs=kwargs)
+
+    def _settle(self, out: Future, inner: Future, executor: Any) -> None:
+        """Relay ``inner``: a remote error becomes :class:`TaskFailed`; a submission
+        or result-stream failure also retires the executor that had it."""
+        from globus_compute_sdk.errors import TaskExecutionFailed
+
+        exc = inner.exception()
+        if exc is None:
+            out.set_result(inner.result())
+        elif isinstance(exc, TaskExecutionFailed):
+            failed = TaskFailed.from_remote(exc.remote_data)
+            failed.__cause__ = exc
+            out.set_exception(failed)
+        else:
+            self._retire(executor)
+            out.set_exception(exc)
+
+    def _retire(self, executor: Any) -> None:
+        with self._lock:
+            if self._executor is not executor:
+                return
+            self._executor = None
+        threading.Thread(target=executor.shutdown, kwargs={"wait": False, "cancel_futures": True}, daemon=True).start()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Shut the executor down (``wait`` for outstanding results by default)."""
+        with self._lock:
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def __enter__(self) -> "GlobusBackend":
+        return self
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        self.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
+

@@ -1,0 +1,167 @@
+"""The execution seam: score_tiles serialized by source, run by the endpoint's own engines.
+
+LocalBackend = the endpoint's ProcessPoolEngine with spawned workers and the
+endpoint's ``execute_task``; the GlobusComputeEngine test runs the same task
+bodies on the Parsl engine with fake accelerators.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import sys
+import uuid
+
+import pytest
+from globus_compute_sdk.serialize import ComputeSerializer, JSONData, PureSourceTextInspect
+
+import mhd.functions._score
+from mhd.client.backends import EngineBackend, LocalBackend, TaskFailed, jsonable_tiles, pack_task, task_payload
+from mhd.client.registration import ALLOWED_SERIALIZERS, function_code, function_source, score_serializer
+from mhd.functions.remote import score_tiles
+from tilegen import blobs, encode
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    data = tmp_path_factory.mktemp("root")
+    for i in range(4):
+        (data / f"t{i}.png").write_bytes(encode(blobs((96, 96), i), "PNG"))
+    (data / "bad.tif").write_bytes(b"II*\x00 not really")
+    return data
+
+
+@pytest.fixture(scope="module")
+def local(root):
+    backend = LocalBackend(data_root=root, workers=2)
+    try:
+        yield backend
+    finally:
+        backend.shutdown()
+
+
+def expected(root, names):
+    os.environ["MHD_DATA_ROOT"] = str(root)
+    try:
+        return [e["features"] for e in score_tiles(names)]
+    finally:
+        del os.environ["MHD_DATA_ROOT"]
+
+
+# ------------------------------------------------------- serialization
+
+
+def test_function_travels_as_source_text_not_by_reference():
+    serde = score_serializer()
+    code = function_code(serde)
+    [buffer] = serde.unpack_buffers(code)
+    assert buffer.startswith(PureSourceTextInspect.identifier)
+    assert "def score_tiles(tiles, params=None):" in buffer
+    assert function_source().startswith("def score_tiles(")
+    rebuilt = serde.deserialize(buffer)
+    assert rebuilt is not score_tiles and rebuilt.__module__ != score_tiles.__module__
+
+
+def test_arguments_travel_as_json_with_inline_bytes_as_base64():
+    payload = task_payload(score_serializer(), [{"name": "a", "data": b"\x00\xff"}, "x.png"], {"n_bin": 8})
+    args, kwargs = [score_serializer().deserialize(b) for b in ComputeSerializer().unpack_buffers(payload)]
+    assert args == [[{"name": "a", "data": "AP8="}, "x.png"]] and kwargs == {"params": {"n_bin": 8}}
+    assert jsonable_tiles(["p"]) == ["p"]
+
+
+# ------------------------------------------------------- local backend
+
+
+def test_local_backend_scores_a_batch_like_the_function(local, root):
+    names = [f"t{i}.png" for i in range(4)]
+    inline = {"name": "inline.png", "data": (root / "t1.png").read_bytes()}
+    entries = local.submit(names + [inline, "bad.tif", "../t0.png"]).result(timeout=60)
+    assert [e["features"] for e in entries[:4]] == expected(root, names)
+    assert entries[4]["features"] == entries[1]["features"] and entries[4]["tile"] == "inline.png"
+    assert entries[5]["error"].startswith("bad.tif: ") and entries[6]["error"].startswith("../t0.png: '..'")
+    assert {e["backend"] for e in entries[:5]} == {"numpy"}
+
+
+def test_workers_are_spawned_fresh_not_forked(local, root, monkeypatch):
+    def poisoned(*args, **kwargs):
+        raise AssertionError("ran the test process's copy of the module")
+
+    monkeypatch.setattr(mhd.functions._score, "score_batch", poisoned)
+    [entry] = local.submit(["t0.png"]).result(timeout=60)
+    assert entry["features"] > 0
+    assert local._engine.executor._mp_context.get_start_method() == "spawn"
+
+
+def test_concurrent_tasks_complete_as_futures(local, root):
+    futures = [local.submit([f"t{i % 4}.png"], {"n_bin": 8}) for i in range(6)]
+    done = list(concurrent.futures.as_completed(futures, timeout=60))
+    assert len(done) == 6
+    assert [f.result()[0]["tile"] for f in futures] == [f"t{i % 4}.png" for i in range(6)]
+
+
+def test_remote_exception_fails_the_task_with_its_last_line(local):
+    future = local.submit(["t0.png"], {"nbins": 3})
+    with pytest.raises(TaskFailed, match=r"^ValueError: unknown parameter\(s\) nbins") as info:
+        future.result(timeout=60)
+    assert "Traceback" in info.value.details and "check_params" in info.value.details
+
+
+def test_engine_refuses_tasks_pickled_with_dill(local):
+    from globus_compute_endpoint.engines import GCFuture
+
+    dill = ComputeSerializer()  # the SDK defaults: DillCode + DillDataBase64
+    task_id = uuid.uuid4()
+    packed = pack_task(task_id, function_code(dill), task_payload(dill, ["t0.png"], None))
+    inner = GCFuture(task_id)
+    local._engine.submit(inner, packed, resource_specification={})
+    from mhd.client.backends import unpack_result
+
+    with pytest.raises(TaskFailed, match="disabled by current configuration|Allowed serializers"):
+        unpack_result(inner.result(timeout=60), dill)
+
+
+def test_no_data_root_means_inline_only_and_env_sets_limits(root):
+    with LocalBackend(workers=1, env={"MHD_MAX_PIXELS": "5000"}) as backend:
+        small = {"name": "s", "data": encode(blobs((64, 64)), "PNG")}
+        large = {"name": "l", "data": (root / "t0.png").read_bytes()}
+        path, ok, too_big = backend.submit(["t0.png", small, large]).result(timeout=60)
+    assert "MHD_DATA_ROOT is not set" in path["error"]
+    assert ok["error"] is None and ok["features"] >= 0
+    assert "above the limit of 5,000" in too_big["error"]
+    with pytest.raises(RuntimeError, match="shut down"):
+        backend.submit([small])
+
+
+def test_tiles_must_be_a_list(local):
+    with pytest.raises(TypeError, match="tiles must be a list"):
+        local.submit("t0.png")
+
+
+# ------------------------------------------ GlobusComputeEngine, accelerators
+
+
+@pytest.mark.slow
+def test_globus_compute_engine_gives_each_worker_its_own_gpu(root, tmp_path, monkeypatch):
+    from globus_compute_endpoint.engines import GlobusComputeEngine
+    from parsl.providers import LocalProvider
+
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    engine = GlobusComputeEngine(
+        address="127.0.0.1",
+        max_workers_per_node=2,
+        available_accelerators=["0", "1"],
+        provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, worker_init=f"export MHD_DATA_ROOT={root}"),
+        job_status_kwargs={"strategy_period": 0.5},
+        allowed_serializers=list(ALLOWED_SERIALIZERS),
+        encrypted=False,
+    )
+    engine.start(endpoint_id=uuid.uuid4(), run_dir=str(tmp_path))
+    backend = EngineBackend(engine)
+    try:
+        futures = [backend.submit(["t0.png", "t1.png", "t2.png"]) for _ in range(8)]
+        entries = [e for f in futures for e in f.result(timeout=120)]
+    finally:
+        backend.shutdown()
+    assert all(e["error"] is None and e["backend"] == "numpy" for e in entries)
+    assert {e["device"] for e in entries} == {"0", "1"}
+    assert [e["features"] for e in entries[:3]] == expected(root, ["t0.png", "t1.png", "t2.png"])
