@@ -1,0 +1,186 @@
+"""``client calibrate``: fit feature density against defocus on a through-focus series.
+
+As in the paper's figure 2: ``log(count)`` falls linearly with ``|defocus|``.
+The fit uses ``log(density)`` (features per megapixel), which for images of
+one size differs from ``log(count)`` by a constant, so slope and ``r`` are
+the same, and which stays valid for tiles of another size.
+
+Defocus per image comes from a CSV (columns ``file`` and ``defocus``; file
+names relative to the series folder) or from a regular expression on the
+file name whose first group is the defocus (default: ``df-1.5um`` style).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .discover import discover
+from .score import score_file
+from .verdicts import DENSITY_FLOOR, Calibration
+
+__all__ = ["DEFAULT_PATTERN", "Fit", "defocus_table", "fit", "plot_fit", "score_series", "threshold_density"]
+
+log = logging.getLogger(__name__)
+
+#: Defocus from names like ``focus_df-1.5um.png``, ``z+2.png``, ``defocus_3``.
+DEFAULT_PATTERN = r"(?:df|defocus|z)[_=]?([+-]?\d+(?:\.\d+)?)"
+
+
+@dataclass
+class Fit:
+    """A through-focus series and its line.
+
+    Attributes
+    ----------
+    files : list of str
+    defocus : (n,) float64 ndarray
+        Signed defocus (series units).
+    density : (n,) float64 ndarray
+        Features per megapixel.
+    calibration : Calibration
+    """
+
+    files: list[str]
+    defocus: np.ndarray
+    density: np.ndarray
+    calibration: Calibration
+
+
+def defocus_table(folder: Path, csv_path: Path | None = None, pattern: str = DEFAULT_PATTERN) -> dict[str, float]:
+    """Defocus of each image of the series.
+
+    Returns
+    -------
+    dict of str to float
+        Relative path -> defocus. Images without a defocus are left out (and
+        logged).
+
+    Raises
+    ------
+    ValueError
+        For a CSV without ``file``/``defocus`` columns or a non-numeric
+        defocus (the message names the line), or a bad regular expression.
+    """
+    images = [t.id for t in discover(folder).tiles]
+    if csv_path is not None:
+        table = _read_csv(csv_path)
+        found = {f: table[f] for f in images if f in table}
+    else:
+        try:
+            rx = re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            raise ValueError(f"--pattern {pattern!r}: {exc}") from None
+        if rx.groups < 1:
+            raise ValueError(f"--pattern {pattern!r} needs a group that captures the defocus")
+        found = {}
+        for f in images:
+            m = rx.search(Path(f).name)
+            if m:
+                found[f] = float(m.group(1))
+    for f in images:
+        if f not in found:
+            log.warning("%s: no defocus for this image; left out", f)
+    return found
+
+
+def _read_csv(path: Path) -> dict[str, float]:
+    with Path(path).open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not {"file", "defocus"} <= set(reader.fieldnames or []):
+            raise ValueError(f"{path}: needs columns file and defocus")
+        out = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                out[row["file"]] = float(row["defocus"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{line}: defocus {row['defocus']!r} is not a number") from None
+    return out
+
+
+def score_series(folder: Path, defocus: dict[str, float], params: dict | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Score the images in-process; failed images are logged and left out.
+
+    Returns
+    -------
+    files : list of str
+    defocus : (n,) float64 ndarray
+    density : (n,) float64 ndarray
+    """
+    files, dz, dens = [], [], []
+    for f, d in defocus.items():
+        rec = score_file(folder / f, **(params or {}))
+        if rec["error"]:
+            log.warning("%s; left out", rec["error"])
+            continue
+        files.append(f)
+        dz.append(d)
+        dens.append(rec["density"])
+    return files, np.array(dz, float), np.array(dens, float)
+
+
+def fit(files: list[str], defocus: np.ndarray, density: np.ndarray, *, units: str = "um", max_defocus: float | None = None, params: dict | None = None, source: str = "") -> Fit:
+    """Least-squares line ``log(density) = a + b |defocus|``.
+
+    Parameters
+    ----------
+    max_defocus : float, optional
+        Largest acceptable |defocus|; default the smallest non-zero
+        |defocus| of the series (the first step out of focus).
+
+    Raises
+    ------
+    ValueError
+        With fewer than 3 images, fewer than 2 distinct |defocus| values, or
+        a slope that is not negative (not a through-focus series).
+    """
+    ad = np.abs(defocus)
+    if ad.size < 3 or np.unique(ad).size < 2:
+        raise ValueError(f"need at least 3 scored images at 2 or more distinct |defocus|, got {ad.size} at {np.unique(ad).size}")
+    y = np.log(np.maximum(density, DENSITY_FLOOR))
+    slope, intercept = np.polyfit(ad, y, 1)
+    r = float(np.corrcoef(ad, y)[0, 1])
+    if not slope < 0:
+        raise ValueError(f"density does not fall with |defocus| (slope {slope:.3g} per {units}): is this a through-focus series?")
+    if max_defocus is None:
+        max_defocus = float(np.min(ad[ad > 0]))
+    cal = Calibration(float(intercept), float(slope), r, int(ad.size), units, float(max_defocus), dict(params or {}), source)
+    return Fit(files, defocus, density, cal)
+
+
+def plot_fit(result: Fit, path: Path) -> Path:
+    """Figure 2b of the paper: log density against |defocus| with the fitted line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cal = result.calibration
+    ad = np.abs(result.defocus)
+    fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=110)
+    ax.scatter(ad, result.density, color="tab:blue", zorder=3, label="images")
+    xs = np.linspace(0, ad.max() * 1.05, 50)
+    ax.plot(xs, np.exp(cal.intercept + cal.slope * xs), color="tab:red", label=f"fit: r = {cal.r:.4f}, slope = {cal.slope:.3f} / {cal.units}")
+    ax.axvline(cal.max_defocus, color="0.5", ls="--", lw=1, label=f"max |defocus| {cal.max_defocus:g} {cal.units}")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"|defocus| ({cal.units})")
+    ax.set_ylabel("features per megapixel")
+    ax.set_title("Feature density through focus")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def threshold_density(cal: Calibration) -> float:
+    """Density (features per megapixel) below which a tile is out of focus."""
+    return math.exp(cal.log_threshold)
+
+

@@ -1,0 +1,204 @@
+"""Client configuration: defaults < config file < ``MHD_*`` environment < command line.
+
+The file is JSON, ``$MHD_CONFIG`` or else ``~/.config/mhd/config.json``
+(``$XDG_CONFIG_HOME`` is honoured). Every key can be overridden by an
+environment variable named ``MHD_`` + the key in upper case (``MHD_ENDPOINT``,
+``MHD_OOF_K``). :func:`load` records where each value came from, which
+``client config`` shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["KEYS", "Config", "config_dir", "config_path", "load", "save_values"]
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its default, parser and meaning."""
+
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+
+
+def _str(v: Any) -> str | None:
+    return None if v in (None, "") else str(v)
+
+
+def _float(v: Any) -> float:
+    return float(v)
+
+
+def _int(v: Any) -> int:
+    return int(v)
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        s = str(v).lower()
+        if s not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return s
+
+    return parse
+
+
+#: Every configuration key. Thresholds are documented in ``client/verdicts.py``.
+KEYS: dict[str, Key] = {
+    "endpoint": Key(None, _str, "Globus Compute endpoint UUID (the GPU endpoint 'mhd-gpu')"),
+    "function": Key(None, _str, "registered score_tiles function UUID (client register)"),
+    "backend": Key("auto", _choice("auto", "local", "globus"), "auto: globus when endpoint and function are set, else local"),
+    "transport": Key("auto", _choice("auto", "inline", "shared", "globus"), "auto: inline for small tiles, else shared/globus when configured"),
+    "inline_max_mb": Key(4.0, _float, "largest tile sent inline by transport=auto (MB)"),
+    "request_mb": Key(6.0, _float, "tile bytes per inline task (the service limit is 10 MB per request, after base64)"),
+    "shared_local": Key(None, _str, "shared transport: local folder the endpoint also sees"),
+    "shared_remote": Key("", lambda v: str(v or "").strip("/"), "shared transport: the same folder, relative to the endpoint's data root"),
+    "source_collection": Key(None, _str, "globus transport: the instrument's collection UUID"),
+    "source_local": Key(None, _str, "globus transport: local folder that is the root of source_path on that collection"),
+    "source_path": Key("/", _str, "globus transport: that folder's path on the instrument collection"),
+    "dest_collection": Key(None, _str, "globus transport: the endpoint's collection UUID"),
+    "dest_path": Key(None, _str, "globus transport: folder on the endpoint collection tiles are copied to"),
+    "dest_remote": Key("", lambda v: str(v or "").strip("/"), "globus transport: dest_path relative to the endpoint's data root"),
+    "transfer_batch": Key(16, _int, "globus transport: tiles per Transfer task"),
+    "workers": Key(0, _int, "local backend worker processes (0: one per CPU core, at most 8)"),
+    "batch": Key(0, _int, "tiles per scoring task (0: automatic)"),
+    "oof_k": Key(3.0, _float, "relative rule: OOF below median - k * robust sigma of log density"),
+    "oof_min_drop": Key(0.3, _float, "relative rule: ... and at least this far below it (natural log units)"),
+    "warmup": Key(8, _int, "relative rule: tiles scored before the first verdict"),
+    "partial_drop": Key(0.7, _float, "grid cell below the tile threshold by this much (log) flags a partly defocused tile"),
+    "empty_cnr": Key(3.0, _float, "contrast-to-noise below which a low-count tile is 'empty' (no tissue)"),
+    "calibration": Key(None, _str, "calibration JSON (default: calibration.json beside the config file)"),
+    "max_defocus": Key(None, lambda v: None if v in (None, "") else float(v), "calibrated rule: largest acceptable |defocus| (series units)"),
+}
+
+
+def config_dir() -> Path:
+    """Folder of the client's files: the folder of ``$MHD_CONFIG``, else ``$XDG_CONFIG_HOME/mhd``."""
+    if os.environ.get("MHD_CONFIG"):
+        return Path(os.environ["MHD_CONFIG"]).expanduser().parent
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "mhd"
+
+
+def config_path() -> Path:
+    """The configuration file (it may not exist)."""
+    if os.environ.get("MHD_CONFIG"):
+        return Path(os.environ["MHD_CONFIG"]).expanduser()
+    return config_dir() / "config.json"
+
+
+@dataclass
+class Config:
+    """Effective configuration.
+
+    Attributes
+    ----------
+    values : dict of str to Any
+        Key -> parsed value.
+    sources : dict of str to str
+        Key -> ``"default"``, the file path, ``"$MHD_X"`` or ``"command line"``.
+    """
+
+    values: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def override(self, **values: Any) -> "Config":
+        """Apply command-line values (``None`` means not given)."""
+        for key, value in values.items():
+            if value is not None:
+                self.values[key] = _parse(key, value, "command line")
+                self.sources[key] = "command line"
+        return self
+
+    @property
+    def calibration_path(self) -> Path:
+        """Where the calibration is read from and written to."""
+        return Path(self.values["calibration"]).expanduser() if self.values["calibration"] else config_dir() / "calibration.json"
+
+
+def _parse(key: str, value: Any, source: str) -> Any:
+    try:
+        return KEYS[key].parse(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{key} from {source}: invalid value {value!r} ({exc})") from None
+
+
+def load(environ: dict[str, str] | None = None) -> Config:
+    """Effective configuration from defaults, the file and the environment.
+
+    Parameters
+    ----------
+    environ : dict, optional
+        Environment (default ``os.environ``).
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    ValueError
+        If the file is not a JSON object, has an unknown key, or a value does
+        not parse (the message names the key and where it came from).
+    """
+    environ = os.environ if environ is None else environ
+    cfg = Config({k: key.default for k, key in KEYS.items()}, {k: "default" for k in KEYS})
+    path = config_path()
+    for key, value in _read_file(path).items():
+        cfg.values[key] = _parse(key, value, str(path))
+        cfg.sources[key] = str(path)
+    for key in KEYS:
+        name = f"MHD_{key.upper()}"
+        if name in environ:
+            cfg.values[key] = _parse(key, environ[name], f"${name}")
+            cfg.sources[key] = f"${name}"
+    return cfg
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: must hold a JSON object")
+    unknown = set(data) - set(KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(KEYS)}")
+    return data
+
+
+def save_values(**values: Any) -> Path:
+    """Store keys in the configuration file (other keys kept; atomic write).
+
+    Parameters
+    ----------
+    **values
+        Keys of :data:`KEYS` and their values.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    path = config_path()
+    data = _read_file(path)
+    for key, value in values.items():
+        _parse(key, value, "save")
+        data[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,135 @@
+"""What the operator sees: live verdict lines, a progress bar and the summary table."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Iterable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from .verdicts import VERDICTS
+
+__all__ = ["STYLES", "Reporter", "summary_table", "verdict_line"]
+
+#: Rich style of each verdict.
+STYLES = {"ok": "green", "oof": "bold white on red", "empty": "yellow", "error": "bold magenta"}
+
+#: Verdict label as printed (fixed width, so lines align).
+LABELS = {"ok": "ok   ", "oof": "OOF  ", "empty": "empty", "error": "ERROR"}
+
+
+def verdict_line(rec: dict) -> str:
+    """One rich-markup line for a record: label, tile, density and reason."""
+    v = rec["verdict"]
+    style = STYLES[v]
+    dens = f"{rec['density'] / 1000:7.1f}k/MP" if rec.get("density") is not None else " " * 10
+    reason = rec.get("reason") or ""
+    late = f"  [dim]({rec['latency_ms'] / 1e3:.2f} s)[/]" if rec.get("latency_ms") is not None else ""
+    if v == "error":
+        return f"[{style}]{LABELS[v]}[/] {_esc(reason)}{late}"
+    extra = f"  {_esc(reason)}" if reason else ""
+    return f"[{style}]{LABELS[v]}[/] {_esc(rec['tile'])}  {dens}{extra}{late}"
+
+
+def _esc(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
+class _Rate(ProgressColumn):
+    """Tiles per second since the bar started."""
+
+    def render(self, task: Task) -> Text:
+        rate = task.completed / task.elapsed if task.elapsed else 0.0
+        return Text(f"{rate:6.1f} tiles/s", style="cyan")
+
+
+class Reporter:
+    """Prints verdicts the moment they are recorded, under a live progress bar.
+
+    Parameters
+    ----------
+    console : rich.console.Console
+    total : int or None
+        Tiles expected (``None`` for ``watch``: no bar, a line per tile).
+    show_ok : bool
+        Print a line for ``ok`` tiles too (problems are always printed).
+    """
+
+    def __init__(self, console: Console, total: int | None, show_ok: bool = False) -> None:
+        self.console, self.show_ok = console, show_ok
+        self.counts: Counter[str] = Counter()
+        self.started = time.perf_counter()
+        self.progress: Progress | None = None
+        if total:
+            self.progress = Progress(
+                TextColumn("[bold]scoring"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                _Rate(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            self._task = self.progress.add_task("tiles", total=total)
+
+    def __enter__(self) -> "Reporter":
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, records: list[dict]) -> None:
+        for rec in records:
+            self.counts[rec["verdict"]] += 1
+            if self.show_ok or rec["verdict"] != "ok":
+                self.console.print(verdict_line(rec), highlight=False)
+        if self.progress is not None:
+            self.progress.advance(self._task, len(records))
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the reporter was made."""
+        return time.perf_counter() - self.started
+
+
+def summary_table(records: Iterable[dict], title: str, new: int, elapsed: float, max_rows: int = 20) -> Table:
+    """The end-of-run table: counts per verdict, then the tiles that need attention.
+
+    Parameters
+    ----------
+    records : iterable of dict
+        Every record of the section (this run and earlier ones).
+    title : str
+    new : int
+        Tiles scored in this run.
+    elapsed : float
+        Seconds this run took.
+    max_rows : int
+        Problem tiles listed at most (the rest are counted).
+    """
+    recs = list(records)
+    counts = Counter(r["verdict"] for r in recs)
+    rate = f", {new / elapsed:.1f} tiles/s" if new and elapsed > 0 else ""
+    table = Table(title=title, caption=f"{len(recs)} tiles in the section, {new} scored now in {elapsed:.1f} s{rate}", title_justify="left")
+    table.add_column("verdict")
+    table.add_column("tiles", justify="right")
+    table.add_column("tile")
+    table.add_column("reason", overflow="fold")
+    for v in VERDICTS:
+        table.add_row(f"[{STYLES[v]}]{v}[/]", str(counts.get(v, 0)), "", "")
+    problems = [r for r in recs if r["verdict"] != "ok"]
+    if problems:
+        table.add_section()
+    for r in problems[:max_rows]:
+        table.add_row(f"[{STYLES[r['verdict']]}]{r['verdict']}[/]", "", _esc(r["tile"]), _esc(r.get("reason") or ""))
+    if len(problems) > max_rows:
+        table.add_row("", "", f"... and {len(problems) - max_rows} more", "see mhd-results.jsonl or client report")
+    return table

@@ -1,0 +1,199 @@
+"""Find the tiles of a section, in acquisition order.
+
+Acquisition order is the *natural sort* of the tiles' paths relative to the
+section folder (``tile_2`` before ``tile_10``; folders before their
+contents sort like any other path component). Names are what the microscope
+controls and what an operator reads; modification times change when files
+are copied or transferred, so they are not used.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "RESULTS_NAME",
+    "Discovery",
+    "Tile",
+    "discover",
+    "is_image_name",
+    "is_partial_name",
+    "natural_key",
+    "tile_positions",
+]
+
+#: File suffixes (lower case) read as tiles: TIFF 8/16-bit, PNG, BMP, JPEG.
+IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg"})
+
+#: Results file written in each section folder.
+RESULTS_NAME = "mhd-results.jsonl"
+
+#: Suffixes and prefixes of files still being written (renamed into place when complete).
+_PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", "~")
+_PARTIAL_PREFIXES = (".",)
+
+#: Folders the client itself writes into a section; never scanned for tiles.
+_OWN_DIRS = frozenset({"mhd-report"})
+
+_DIGITS = re.compile(r"(\d+)")
+_POSITION = re.compile(r"(?:^|[^a-z0-9])r(?:ow)?[_-]?(\d+)[_-]?c(?:ol)?[_-]?(\d+)(?:[^0-9]|$)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile file.
+
+    Attributes
+    ----------
+    id : str
+        Path relative to the section folder, ``/``-separated (the tile id in
+        results and in the task sent to the scoring function).
+    path : Path
+        Absolute path on this machine.
+    size : int
+        Size in bytes when discovered.
+    """
+
+    id: str
+    path: Path
+    size: int
+
+
+@dataclass
+class Discovery:
+    """What :func:`discover` found.
+
+    Attributes
+    ----------
+    tiles : list of Tile
+        Image files in acquisition order.
+    skipped : list of str
+        Relative paths of other files (not images, or still being written).
+    """
+
+    tiles: list[Tile] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key that orders digit runs by value: ``r2_c10`` after ``r2_c9``.
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    tuple
+        Alternating lower-cased text and integer parts.
+    """
+    parts = _DIGITS.split(text)
+    return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts))
+
+
+def is_partial_name(name: str) -> bool:
+    """True for names that writers use while a file is incomplete (``.tile.png``, ``tile.png.part``)."""
+    return name.startswith(_PARTIAL_PREFIXES) or name.lower().endswith(_PARTIAL_SUFFIXES)
+
+
+def is_image_name(name: str) -> bool:
+    """True when ``name`` has a tile suffix and is not a partial-write name."""
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES and not is_partial_name(name)
+
+
+def discover(section: str | Path) -> Discovery:
+    """List the tiles under ``section`` (recursively) in acquisition order.
+
+    Parameters
+    ----------
+    section : str or Path
+        Section folder.
+
+    Returns
+    -------
+    Discovery
+        Tiles sorted by :func:`natural_key` of their relative path; other
+        files (except the client's own outputs) in ``skipped``.
+
+    Raises
+    ------
+    NotADirectoryError
+        If ``section`` is not a folder.
+    """
+    root = Path(section).resolve()
+    if not root.is_dir():
+        raise NotADirectoryError(f"{section}: not a folder")
+    found = Discovery()
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if _is_own_output(rel) or not path.is_file():
+            continue
+        if is_image_name(path.name):
+            found.tiles.append(Tile(rel.as_posix(), path, path.stat().st_size))
+        else:
+            found.skipped.append(rel.as_posix())
+    found.tiles.sort(key=lambda t: natural_key(t.id))
+    found.skipped.sort(key=natural_key)
+    return found
+
+
+def _is_own_output(rel: Path) -> bool:
+    if rel.parts and rel.parts[0] in _OWN_DIRS:
+        return True
+    return rel.name.startswith(RESULTS_NAME) or rel.name in {"mhd-results.csv", "mhd-reacquire.txt"}
+
+
+def tile_positions(tile_ids: list[str], positions_file: str | Path | None = None) -> dict[str, tuple[int, int]]:
+    """Montage position (row, col) of each tile, where known.
+
+    Positions come from ``positions_file`` when given (CSV with columns
+    ``tile,row,col``), else from names such as ``tile_r3_c4``, ``r03-c04`` or
+    ``row3_col4`` (the last such pattern in the relative path).
+
+    Parameters
+    ----------
+    tile_ids : list of str
+        Tile ids (relative paths).
+    positions_file : str or Path, optional
+
+    Returns
+    -------
+    dict of str to (int, int)
+        Only the tiles whose position is known.
+
+    Raises
+    ------
+    ValueError
+        If ``positions_file`` lacks the ``tile``, ``row`` or ``col`` column or
+        has a non-integer row/col (the message names the line).
+    """
+    if positions_file is not None:
+        return _read_positions(Path(positions_file), set(tile_ids))
+    out = {}
+    for tid in tile_ids:
+        hits = _POSITION.findall(Path(tid).stem)
+        if hits:
+            r, c = hits[-1]
+            out[tid] = (int(r), int(c))
+    return out
+
+
+def _read_positions(path: Path, wanted: set[str]) -> dict[str, tuple[int, int]]:
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"tile", "row", "col"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))} (need tile,row,col)")
+        out = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                pos = (int(row["row"]), int(row["col"]))
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{line}: row and col must be integers") from None
+            if row["tile"] in wanted:
+                out[row["tile"]] = pos
+    return out

@@ -1,0 +1,297 @@
+"""Tiles -> transport -> backend -> verdicts -> results log: the client's engine.
+
+:class:`Pipeline` is fed tiles (all at once by ``submit``, a few at a time by
+``watch``), stages them through a transport, submits one task per staged
+batch with at most ``max_inflight`` tasks outstanding (so memory stays bounded
+however large the section), collects futures as they complete, turns each
+result into a verdict and appends it to the results log before telling
+anyone about it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .discover import Tile
+from .results import ResultsLog
+from .transport import Staged, Transport
+from .verdicts import Judge
+
+__all__ = ["OofHook", "Pipeline", "record_from_result"]
+
+log = logging.getLogger(__name__)
+
+#: Fields every record has, first in each JSON line.
+RECORD_KEYS = ("tile", "verdict", "reason", "features", "density", "error")
+
+#: Longest error message kept from a failed task (characters).
+MAX_ERROR = 400
+
+
+@dataclass
+class _Task:
+    staged: Staged
+    t0: float
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def record_from_result(result: dict, tile: Tile, transport: str, roundtrip_ms: float) -> dict:
+    """A results-log record from one ``score_tiles`` result.
+
+    Unknown result fields (``astigmatism``, ``noise``, ...) are kept.
+
+    Parameters
+    ----------
+    result : dict
+        One entry of ``score_tiles``'s list.
+    tile : Tile
+        The local tile it belongs to (its id replaces the payload id).
+    transport : str
+    roundtrip_ms : float
+        Task submission to result (milliseconds).
+    """
+    rec: dict[str, Any] = dict.fromkeys(RECORD_KEYS)
+    rec.update(result)
+    rec.update(tile=tile.id, transport=transport, roundtrip_ms=round(roundtrip_ms, 1), scored_at=_now())
+    return rec
+
+
+def _short(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    text = lines[-1] if lines else ""
+    return f"{type(exc).__name__}: {text}"[:MAX_ERROR]
+
+
+class OofHook:
+    """Run a user command for each out-of-focus tile, without a shell.
+
+    The command line is split like a POSIX shell would (:func:`shlex.split`)
+    once; the tile's absolute path is appended as one extra argument, so
+    no character in a file name can inject anything. ``MHD_TILE``,
+    ``MHD_VERDICT`` and ``MHD_REASON`` are also set in its environment.
+    Commands run in the background; :meth:`close` waits for them.
+
+    Parameters
+    ----------
+    command : str
+        E.g. ``"notify-send 'MHD: out of focus'"``.
+    """
+
+    def __init__(self, command: str) -> None:
+        self.argv = shlex.split(command)
+        if not self.argv:
+            raise ValueError("--on-oof command is empty")
+        self._procs: list[subprocess.Popen] = []
+
+    def __call__(self, record: dict, path: Path) -> None:
+        env = {**os.environ, "MHD_TILE": str(path), "MHD_VERDICT": record["verdict"], "MHD_REASON": record.get("reason") or ""}
+        try:
+            self._procs.append(subprocess.Popen([*self.argv, str(path)], env=env, stdin=subprocess.DEVNULL))
+        except OSError as exc:
+            log.error("--on-oof %s: %s", self.argv[0], exc)
+        self._procs = [p for p in self._procs if p.poll() is None]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Wait for running commands (at most ``timeout`` seconds each)."""
+        for p in self._procs:
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("--on-oof command %d still running; not waiting", p.pid)
+        self._procs = []
+
+
+@dataclass
+class Pipeline:
+    """Score, judge and record tiles.
+
+    Parameters
+    ----------
+    backend : object
+        ``submit(tiles, params) -> Future[list[dict]]`` (``mhd.client.backends``).
+    transport : Transport
+    judge : Judge
+    results : ResultsLog
+    params : dict or None
+        Detector parameters for ``score_tiles``.
+    on_verdicts : callable
+        Called with each list of records just recorded.
+    on_oof : OofHook, optional
+    max_inflight : int
+        Most tasks outstanding.
+    landed : dict of str to float
+        Tile id -> when it finished landing (epoch seconds, its mtime):
+        records of these tiles get ``latency_ms``, landing to verdict
+        (``watch`` fills it).
+    """
+
+    backend: Any
+    transport: Transport
+    judge: Judge
+    results: ResultsLog
+    params: dict | None = None
+    on_verdicts: Callable[[list[dict]], None] = lambda recs: None
+    on_oof: OofHook | None = None
+    max_inflight: int = 8
+    landed: dict[str, float] = field(default_factory=dict)
+    _streams: list[Iterator[Staged | None]] = field(default_factory=list)
+    _futures: dict[cf.Future, _Task] = field(default_factory=dict)
+    _local: dict[str, Tile] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ feeding
+
+    def feed(self, tiles: list[Tile]) -> None:
+        """Queue tiles; they are staged and submitted by :meth:`pump`."""
+        if tiles:
+            self._local.update((t.id, t) for t in tiles)
+            self._streams.append(self.transport.stage(tiles))
+
+    @property
+    def busy(self) -> bool:
+        """True while tiles are queued, moving or being scored."""
+        return bool(self._streams or self._futures)
+
+    @property
+    def inflight(self) -> int:
+        """Scoring tasks outstanding."""
+        return len(self._futures)
+
+    def pump(self, timeout: float) -> None:
+        """Submit what is ready, then collect results for up to ``timeout`` seconds.
+
+        Returns early when a task completes. While every queued batch waits
+        on its transport (a Transfer in progress), waits at most the
+        transport's ``poll`` seconds.
+        """
+        if self._stage():
+            timeout = min(timeout, self.transport.poll)
+            if not self._futures:
+                time.sleep(timeout)
+                return
+        self.collect(timeout)
+
+    def run(self, tiles: list[Tile], tick: float = 0.5) -> None:
+        """Feed ``tiles`` and pump until every one is recorded (pending warm-up included)."""
+        self.feed(tiles)
+        while self.busy:
+            self.pump(tick)
+        self.finish()
+
+    def finish(self) -> None:
+        """Judge and record the tiles still waiting for the baseline."""
+        self._record(self.judge.flush())
+
+    def drain(self, timeout: float) -> None:
+        """Stop staging; record what completes within ``timeout`` seconds; cancel the rest."""
+        self._streams.clear()
+        deadline = time.monotonic() + timeout
+        while self._futures and time.monotonic() < deadline:
+            self.collect(max(0.0, deadline - time.monotonic()))
+        for fut in list(self._futures):
+            fut.cancel()
+        self.finish()
+
+    # ----------------------------------------------------------- internals
+
+    def _stage(self) -> bool:
+        """Submit staged batches while below ``max_inflight``.
+
+        Returns
+        -------
+        bool
+            True when it stopped because every queued stream is waiting.
+        """
+        waiting = 0
+        while self._streams and len(self._futures) < self.max_inflight and waiting < len(self._streams):
+            try:
+                staged = next(self._streams[0])
+            except StopIteration:
+                self._streams.pop(0)
+                waiting = 0
+                continue
+            self._streams.append(self._streams.pop(0))
+            if staged is None:
+                waiting += 1
+                continue
+            waiting = 0
+            self._submit(staged)
+        return bool(self._streams) and waiting >= len(self._streams)
+
+    def _submit(self, staged: Staged) -> None:
+        if staged.failed:
+            self._judged(staged.failed)
+        if not staged.payload:
+            return
+        try:
+            fut = self.backend.submit(staged.payload, self.params)
+        except Exception as exc:  # the backend refused the task: its tiles fail, the run goes on
+            self._fail(staged, f"submission failed: {_short(exc)}")
+            return
+        self._futures[fut] = _Task(staged, time.perf_counter())
+
+    def collect(self, timeout: float) -> None:
+        """Record the tasks that complete within ``timeout`` seconds."""
+        if not self._futures:
+            return
+        done, _ = cf.wait(list(self._futures), timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        for fut in done:
+            task = self._futures.pop(fut)
+            self._complete(fut, task)
+
+    def _complete(self, fut: cf.Future, task: _Task) -> None:
+        ms = (time.perf_counter() - task.t0) * 1e3
+        staged = task.staged
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._fail(staged, f"scoring task failed: {_short(exc)}")
+            return
+        results = fut.result()
+        seen = set()
+        recs = []
+        for res in results if isinstance(results, list) else []:
+            tile = staged.tiles.get(res.get("tile")) if isinstance(res, dict) else None
+            if tile is None or tile.id in seen:
+                continue
+            seen.add(tile.id)
+            recs.append(record_from_result(res, tile, self.transport.name, ms))
+        for tile in staged.tiles.values():
+            if tile.id not in seen:
+                recs.append({"tile": tile.id, "features": None, "density": None, "transport": self.transport.name, "error": f"{tile.id}: no result returned for this tile"})
+        self._judged(recs)
+
+    def _fail(self, staged: Staged, message: str) -> None:
+        recs = [{"tile": t.id, "features": None, "density": None, "transport": self.transport.name, "error": f"{t.id}: {message}"} for t in staged.tiles.values()]
+        self._judged(recs)
+
+    def _judged(self, records: list[dict]) -> None:
+        """Judge new records; record those whose verdict is final (warm-up may hold some)."""
+        self._record([final for rec in records for final in self.judge.add(rec)])
+
+    def _record(self, records: list[dict]) -> None:
+        if not records:
+            return
+        now = time.time()
+        for rec in records:
+            rec.setdefault("scored_at", _now())
+            if rec["tile"] in self.landed:
+                rec["latency_ms"] = round((now - self.landed.pop(rec["tile"])) * 1e3, 1)
+            self.results.append(rec)
+        self.on_verdicts(records)
+        if self.on_oof is not None:
+            for rec in records:
+                if rec["verdict"] == "oof":
+                    self.on_oof(rec, self._local[rec["tile"]].path)

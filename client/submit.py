@@ -1,0 +1,259 @@
+"""``client submit``: score a whole section, resuming where an earlier run stopped.
+
+Which tiles are scored: every tile of the section without a record in
+``mhd-results.jsonl``, plus those whose record is an ``error`` (retried: the
+cause may have been the network). ``rescore=True`` starts a fresh log (the
+old one is kept as a ``.bak``) and scores everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+from .config import Config
+from .console import Reporter, summary_table
+from .discover import Discovery, Tile, discover
+from .pipeline import OofHook, Pipeline
+from .results import ResultsLog
+from .score import tissue_probe
+from .transport import MB, GlobusTransport, InlineTransport, SharedTransport, Transport, choose_transport
+from .verdicts import Judge, Rule, exit_status
+
+__all__ = ["Outcome", "auto_batch", "backend_kind", "local_workers", "make_transport", "open_backend", "run_section", "section_summary", "todo_tiles"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds to wait for tasks in flight after Ctrl-C.
+DRAIN_SECONDS = 10.0
+
+#: Interrupted by the user (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class Outcome:
+    """How a run ended.
+
+    Attributes
+    ----------
+    records : dict of str to dict
+        Every record of the section.
+    new : int
+        Tiles recorded in this run.
+    elapsed : float
+        Seconds.
+    interrupted : bool
+    """
+
+    records: dict[str, dict]
+    new: int
+    elapsed: float
+    interrupted: bool = False
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Tiles per verdict."""
+        out: dict[str, int] = {}
+        for rec in self.records.values():
+            out[rec["verdict"]] = out.get(rec["verdict"], 0) + 1
+        return out
+
+    @property
+    def exit_status(self) -> int:
+        """130 if interrupted, else :func:`mhd.client.verdicts.exit_status`."""
+        return EXIT_INTERRUPTED if self.interrupted else exit_status(self.counts)
+
+
+def backend_kind(cfg: Config) -> str:
+    """``local`` or ``globus``: ``auto`` is Globus when endpoint and function are configured."""
+    if cfg["backend"] != "auto":
+        return cfg["backend"]
+    return "globus" if cfg["endpoint"] and cfg["function"] else "local"
+
+
+def local_workers(cfg: Config) -> int:
+    """Worker processes of the local backend."""
+    return cfg["workers"] or max(1, min(8, os.cpu_count() or 1))
+
+
+def open_backend(cfg: Config, kind: str, data_root: Path | None = None) -> Any:
+    """Start the backend (a context manager with ``submit`` and ``name``).
+
+    Parameters
+    ----------
+    cfg : Config
+    kind : str
+        ``local`` or ``globus``.
+    data_root : Path, optional
+        Local backend: the folder path tiles are relative to (shared transport).
+
+    Raises
+    ------
+    ValueError
+        If ``globus`` is asked for without an endpoint and a function UUID.
+    """
+    from . import backends
+
+    if kind == "local":
+        return backends.LocalBackend(workers=local_workers(cfg), data_root=data_root)
+    if not (cfg["endpoint"] and cfg["function"]):
+        raise ValueError("the globus backend needs an endpoint and a function UUID: run 'client register --endpoint UUID' (see 'client config')")
+    from .auth import compute_client
+
+    return backends.GlobusBackend(cfg["endpoint"], cfg["function"], compute_client())
+
+
+def auto_batch(n_tiles: int, workers: int, kind: str) -> int:
+    """Tiles per scoring task: enough tasks to keep every worker busy, at most 8 tiles each.
+
+    The Globus backend uses 8 (fewer, larger requests against the service's
+    rate limit).
+    """
+    if kind == "globus":
+        return 8
+    return max(1, min(8, n_tiles // (4 * max(workers, 1))))
+
+
+def make_transport(cfg: Config, section: Path, tiles: list[Tile], batch: int, transfer_client: Callable[[], Any] | None = None) -> Transport:
+    """The transport the configuration (and ``auto``) asks for.
+
+    Parameters
+    ----------
+    transfer_client : callable, optional
+        Returns a ``globus_sdk.TransferClient`` (only called for ``globus``).
+
+    Raises
+    ------
+    ValueError
+        If the chosen transport is not configured (the message names the keys).
+    """
+    shared_ready = bool(cfg["shared_local"])
+    globus_ready = all(cfg[k] for k in ("source_collection", "dest_collection", "dest_path", "source_local"))
+    name = choose_transport(cfg["transport"], tiles, int(cfg["inline_max_mb"] * MB), shared_ready, globus_ready)
+    if name == "inline":
+        return InlineTransport(batch, int(cfg["request_mb"] * MB))
+    if name == "shared":
+        if not shared_ready:
+            raise ValueError("transport shared needs shared_local (and shared_remote): see 'client config'")
+        return SharedTransport(batch, cfg["shared_local"], cfg["shared_remote"])
+    if not globus_ready or transfer_client is None:
+        raise ValueError("transport globus needs source_collection, source_local, dest_collection and dest_path: see 'client config'")
+    return GlobusTransport(
+        batch,
+        transfer_client(),
+        source_collection=cfg["source_collection"],
+        dest_collection=cfg["dest_collection"],
+        source_local=cfg["source_local"],
+        source_path=cfg["source_path"],
+        dest_path=cfg["dest_path"],
+        dest_remote=cfg["dest_remote"],
+        section_name=section.name,
+        transfer_batch=cfg["transfer_batch"],
+    )
+
+
+def todo_tiles(found: Discovery, records: dict[str, dict]) -> list[Tile]:
+    """Tiles without a record, or whose record is an error (retried)."""
+    return [t for t in found.tiles if t.id not in records or records[t.id].get("verdict") == "error"]
+
+
+def run_section(
+    section: Path,
+    cfg: Config,
+    console: Console,
+    *,
+    rule: Rule,
+    rescore: bool = False,
+    params: dict | None = None,
+    on_oof: str | None = None,
+    show_ok: bool = False,
+    transfer_client: Callable[[], Any] | None = None,
+) -> Outcome:
+    """Score the tiles of ``section`` that need it; record and print verdicts.
+
+    Returns
+    -------
+    Outcome
+
+    Raises
+    ------
+    ValueError, NotADirectoryError, mhd.client.results.SectionLocked
+        Configuration or usage problems, before anything is scored.
+    """
+    found = discover(section)
+    with ResultsLog(section, fresh=rescore) as results:
+        todo = todo_tiles(found, results.records)
+        kind = backend_kind(cfg)
+        workers = local_workers(cfg) if kind == "local" else 0
+        batch = cfg["batch"] or auto_batch(len(todo), workers, kind)
+        transport = make_transport(cfg, section, todo, batch, transfer_client)
+        _header(console, section, found, len(results.records), len(todo), kind, workers, transport, rule)
+        judge = Judge(rule, tissue_probe(section, _grid(params)), prior=results.records.values())
+        hook = OofHook(on_oof) if on_oof else None
+        interrupted = False
+        with Reporter(console, len(todo), show_ok) as reporter:
+            if todo:
+                data_root = Path(cfg["shared_local"]) if transport.name == "shared" else None
+                with open_backend(cfg, kind, data_root) as backend:
+                    pipe = Pipeline(backend, transport, judge, results, params, reporter, hook, max_inflight=_inflight(kind, workers))
+                    interrupted = _run(pipe, todo, console)
+        if hook is not None:
+            hook.close()
+        results.compact()
+        return Outcome(dict(results.records), sum(reporter.counts.values()), reporter.elapsed, interrupted)
+
+
+def _run(pipe: Pipeline, todo: list[Tile], console: Console) -> bool:
+    """Run the pipeline; on Ctrl-C record what is in flight and return True."""
+    try:
+        pipe.run(todo)
+        return False
+    except KeyboardInterrupt:
+        console.print(f"[bold]interrupted[/]: recording the {pipe.inflight} task(s) in flight (up to {DRAIN_SECONDS:g} s; Ctrl-C again to abandon them)")
+        try:
+            pipe.drain(DRAIN_SECONDS)
+        except KeyboardInterrupt:
+            pipe.finish()
+        return True
+
+
+def _inflight(kind: str, workers: int) -> int:
+    return 32 if kind == "globus" else max(4, 2 * workers)
+
+
+def _grid(params: dict | None) -> tuple[int, int]:
+    g = (params or {}).get("grid", (4, 4))
+    return (int(g[0]), int(g[1])) if isinstance(g, (list, tuple)) else (int(g), int(g))
+
+
+def _header(console: Console, section: Path, found: Discovery, done: int, todo: int, kind: str, workers: int, transport: Transport, rule: Rule) -> None:
+    skipped = f", {len(found.skipped)} other file(s) skipped" if found.skipped else ""
+    console.print(f"[bold]{section.name}[/]: {len(found.tiles)} tiles{skipped}; {done} already recorded, {todo} to score")
+    for name in found.skipped[:5]:
+        console.print(f"  [dim]skipped (not an image): {name}[/]")
+    if len(found.skipped) > 5:
+        console.print(f"  [dim]... and {len(found.skipped) - 5} more[/]")
+    where = f"local ({workers} worker{'s' if workers != 1 else ''})" if kind == "local" else "globus"
+    if rule.calibration is not None:
+        cal = rule.calibration
+        how = f"calibrated, OOF beyond {cal.max_defocus:g} {cal.units} (r={cal.r:.3f})"
+    else:
+        how = f"relative to the section median, first verdicts after {rule.warmup} tiles"
+    console.print(f"backend {where}, transport {transport.name}; rule: {how}", highlight=False)
+
+
+def section_summary(console: Console, section: Path, outcome: Outcome) -> None:
+    """Print the summary table and where the results are."""
+    console.print(summary_table(outcome.records.values(), f"{section.name}: summary", outcome.new, outcome.elapsed))
+    console.print(f"results: {section / 'mhd-results.jsonl'}   exit status {outcome.exit_status} ({_meaning(outcome.exit_status)})", highlight=False)
+
+
+def _meaning(status: int) -> str:
+    return {0: "all ok", 1: "some tiles failed", 2: "out-of-focus tiles", EXIT_INTERRUPTED: "interrupted"}[status]
+

@@ -1,0 +1,297 @@
+"""How tiles reach the scoring function: inline, shared storage, or Globus Transfer.
+
+A transport turns tiles into *staged batches*: the list a ``score_tiles`` task
+receives (inline ``{"name", "data"}`` dicts, or paths relative to the
+endpoint's data root) plus the error records of tiles that could not be
+staged. :meth:`Transport.stage` is a generator; it yields ``None`` when nothing
+is ready yet (a Globus Transfer still running) so the caller can collect
+results meanwhile: transfer and scoring overlap.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .discover import Tile
+
+__all__ = ["GlobusTransport", "InlineTransport", "SharedTransport", "Staged", "Transport", "choose_transport"]
+
+log = logging.getLogger(__name__)
+
+MB = 1_000_000
+
+
+@dataclass
+class Staged:
+    """One scoring task's worth of tiles.
+
+    Attributes
+    ----------
+    tiles : dict of str to Tile
+        Payload id (as ``score_tiles`` will report it) -> tile.
+    payload : list
+        What ``score_tiles`` receives, in order.
+    failed : list of dict
+        Error records (``tile``, ``error``) of tiles that could not be staged.
+    """
+
+    tiles: dict[str, Tile] = field(default_factory=dict)
+    payload: list = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+
+
+def _failed(tile: Tile, message: str) -> dict:
+    return {"tile": tile.id, "features": None, "density": None, "error": f"{tile.id}: {message}"}
+
+
+class Transport:
+    """Base: ``batch`` tiles per scoring task; subclasses implement :meth:`stage`."""
+
+    name = "base"
+    #: Seconds the caller may wait for results between two ``None`` yields.
+    poll = 0.0
+
+    def __init__(self, batch: int) -> None:
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        self.batch = batch
+
+    def stage(self, tiles: list[Tile]) -> Iterator[Staged | None]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class InlineTransport(Transport):
+    """Tile bytes inside the task; each task's tiles stay under ``request_bytes``.
+
+    The bytes travel base64-encoded (``{"name": id, "data": str}``): task
+    arguments are serialized as JSON (``JSONData``), which has no bytes type.
+
+    Parameters
+    ----------
+    batch : int
+        At most this many tiles per task.
+    request_bytes : int
+        Raw tile bytes per task. The service takes 10 MB per request and
+        base64 grows data by 4/3: 6 MB raw is 8 MB sent.
+    """
+
+    name = "inline"
+
+    def __init__(self, batch: int, request_bytes: int = 6 * MB) -> None:
+        super().__init__(batch)
+        self.request_bytes = request_bytes
+
+    def stage(self, tiles: list[Tile]) -> Iterator[Staged]:
+        cur, size = Staged(), 0
+        for tile in tiles:
+            try:
+                data = tile.path.read_bytes()
+            except OSError as exc:
+                cur.failed.append(_failed(tile, f"cannot read: {exc.strerror or exc}"))
+                continue
+            if len(data) > self.request_bytes:
+                cur.failed.append(_failed(tile, f"{len(data) / MB:.1f} MB is over the inline limit of {self.request_bytes / MB:g} MB per task; use --transport shared or globus"))
+                continue
+            if cur.payload and (len(cur.payload) >= self.batch or size + len(data) > self.request_bytes):
+                yield cur
+                cur, size = Staged(), 0
+            cur.tiles[tile.id] = tile
+            cur.payload.append({"name": tile.id, "data": base64.b64encode(data).decode("ascii")})
+            size += len(data)
+        if cur.payload or cur.failed:
+            yield cur
+
+
+class SharedTransport(Transport):
+    """The endpoint sees the same storage: send paths, mapped by prefix.
+
+    Parameters
+    ----------
+    batch : int
+    local_root : str or Path
+        Folder on this machine that the endpoint also sees.
+    remote_prefix : str
+        The same folder relative to the endpoint's data root (``""``: it is
+        the data root).
+    """
+
+    name = "shared"
+
+    def __init__(self, batch: int, local_root: str | Path, remote_prefix: str = "") -> None:
+        super().__init__(batch)
+        self.local_root = Path(local_root).expanduser().resolve()
+        self.remote_prefix = remote_prefix.strip("/")
+
+    def remote_id(self, path: Path) -> str:
+        """Path of a local file relative to the endpoint's data root.
+
+        Raises
+        ------
+        ValueError
+            If ``path`` is not under ``local_root``.
+        """
+        rel = Path(path).resolve().relative_to(self.local_root).as_posix()
+        return posixpath.join(self.remote_prefix, rel) if self.remote_prefix else rel
+
+    def stage(self, tiles: list[Tile]) -> Iterator[Staged]:
+        cur = Staged()
+        for tile in tiles:
+            try:
+                rid = self.remote_id(tile.path)
+            except ValueError:
+                cur.failed.append(_failed(tile, f"not under the shared folder {self.local_root}"))
+                continue
+            if len(cur.payload) >= self.batch:
+                yield cur
+                cur = Staged()
+            cur.tiles[rid] = tile
+            cur.payload.append(rid)
+        if cur.payload or cur.failed:
+            yield cur
+
+
+@dataclass
+class _Transfer:
+    task_id: str
+    tiles: list[Tile]
+    remote: list[str]
+    warned: bool = False
+
+
+class GlobusTransport(Transport):
+    """Globus Transfer to the endpoint's collection, checksum-verified.
+
+    Tiles go in Transfer tasks of ``transfer_batch`` tiles, at most
+    ``max_active`` running at once; a task's tiles are scored as soon as it
+    succeeds, while later tasks are still moving.
+
+    Parameters
+    ----------
+    batch : int
+        Tiles per scoring task.
+    transfer_client : globus_sdk.TransferClient
+    source_collection, dest_collection : str
+        Collection UUIDs (instrument, endpoint).
+    source_local : str or Path
+        Local folder that is ``source_path`` on the source collection.
+    source_path : str
+        Its path on the source collection.
+    dest_path : str
+        Folder on the destination collection that receives the tiles (under
+        ``<dest_path>/<section name>/``).
+    dest_remote : str
+        ``dest_path`` relative to the endpoint's data root.
+    section_name : str
+        Sub-folder of ``dest_path`` for this section.
+    transfer_batch : int
+        Tiles per Transfer task.
+    poll : float
+        Seconds between status checks of a running Transfer task.
+    max_active : int
+        Transfer tasks running at once.
+    """
+
+    name = "globus"
+
+    def __init__(self, batch: int, transfer_client: Any, *, source_collection: str, dest_collection: str, source_local: str | Path, source_path: str, dest_path: str, dest_remote: str, section_name: str, transfer_batch: int = 16, poll: float = 2.0, max_active: int = 4) -> None:
+        super().__init__(batch)
+        self.tc = transfer_client
+        self.source_collection, self.dest_collection = source_collection, dest_collection
+        self.source_local = Path(source_local).expanduser().resolve()
+        self.source_path, self.dest_path = source_path, dest_path
+        self.dest_remote, self.section_name = dest_remote.strip("/"), section_name
+        self.transfer_batch, self.poll, self.max_active = transfer_batch, poll, max_active
+
+    def stage(self, tiles: list[Tile]) -> Iterator[Staged | None]:
+        todo: list[Tile] = []
+        for tile in tiles:
+            try:
+                tile.path.resolve().relative_to(self.source_local)
+                todo.append(tile)
+            except ValueError:
+                yield Staged(failed=[_failed(tile, f"not under the source folder {self.source_local}")])
+        chunks = [todo[i : i + self.transfer_batch] for i in range(0, len(todo), self.transfer_batch)]
+        active: list[_Transfer] = []
+        while chunks or active:
+            while chunks and len(active) < self.max_active:
+                started = self._start(chunks.pop(0))
+                if isinstance(started, Staged):
+                    yield started
+                else:
+                    active.append(started)
+            still = []
+            for tr in active:
+                staged = self._check(tr)
+                if staged is None:
+                    still.append(tr)
+                else:
+                    yield from staged
+            active = still
+            if active:
+                yield None
+
+    def _start(self, chunk: list[Tile]) -> _Transfer | Staged:
+        import globus_sdk
+
+        td = globus_sdk.TransferData(self.source_collection, self.dest_collection, label=f"mhd {self.section_name}"[:128], sync_level="checksum", verify_checksum=True)
+        remote = []
+        for tile in chunk:
+            rel = tile.path.resolve().relative_to(self.source_local).as_posix()
+            td.add_item(posixpath.join(self.source_path, rel), posixpath.join(self.dest_path, self.section_name, tile.id))
+            remote.append(posixpath.join(self.dest_remote, self.section_name, tile.id) if self.dest_remote else posixpath.join(self.section_name, tile.id))
+        try:
+            task_id = self.tc.submit_transfer(td)["task_id"]
+        except globus_sdk.GlobusError as exc:
+            return Staged(failed=[_failed(t, f"Globus Transfer submission failed: {exc}") for t in chunk])
+        log.info("transfer task %s: %d tiles", task_id, len(chunk))
+        return _Transfer(task_id, chunk, remote)
+
+    def _check(self, tr: _Transfer) -> list[Staged] | None:
+        """Staged batches when the task is done (or failed), ``None`` while it runs."""
+        import globus_sdk
+
+        try:
+            task = self.tc.get_task(tr.task_id)
+        except globus_sdk.GlobusError as exc:
+            log.warning("transfer task %s: status unknown (%s); retrying", tr.task_id, exc)
+            return None
+        status = task["status"]
+        if status == "SUCCEEDED":
+            return self._batches(tr)
+        if status == "FAILED":
+            why = task.get("nice_status_short_description") or task.get("nice_status") or "failed"
+            return [Staged(failed=[_failed(t, f"Globus Transfer task {tr.task_id} failed: {why}") for t in tr.tiles])]
+        if status == "INACTIVE" and not tr.warned:
+            tr.warned = True
+            log.warning("transfer task %s is INACTIVE (%s): waiting", tr.task_id, task.get("nice_status") or "paused")
+        return None
+
+    def _batches(self, tr: _Transfer) -> list[Staged]:
+        out = []
+        for i in range(0, len(tr.tiles), self.batch):
+            tiles, remote = tr.tiles[i : i + self.batch], tr.remote[i : i + self.batch]
+            out.append(Staged(dict(zip(remote, tiles)), list(remote)))
+        return out
+
+
+def choose_transport(name: str, tiles: list[Tile], inline_max_bytes: int, shared_ready: bool, globus_ready: bool) -> str:
+    """The transport ``auto`` means for these tiles.
+
+    Inline while every tile is at most ``inline_max_bytes``; else shared
+    storage when configured, else Globus Transfer when configured, else inline
+    (large tiles then fail alone with a message saying what to configure).
+    """
+    if name != "auto":
+        return name
+    if all(t.size <= inline_max_bytes for t in tiles):
+        return "inline"
+    if shared_ready:
+        return "shared"
+    if globus_ready:
+        return "globus"
+    return "inline"

@@ -1,0 +1,339 @@
+"""Verdicts: ``ok``, ``oof`` (out of focus), ``empty`` (no tissue) or ``error``.
+
+The focus measure is the feature density ``d`` (features per megapixel); its
+logarithm falls linearly with |defocus| (the paper's figure 2). Densities are
+floored at 1 /MP before taking the log.
+
+Relative rule (no calibration)
+    The baseline is the section itself: median ``m`` and robust sigma
+    ``s = 1.4826 * MAD`` of ``log d`` over the section's tiles so far (this
+    tile included; errors and empty tiles excluded). A tile is out of focus
+    below ``m - max(oof_k * s, oof_min_drop)``. The first ``warmup`` tiles of a
+    section wait until the baseline has that many tiles (or the run ends).
+    Verdicts are **final when recorded**: the results log is what the operator
+    was told, when. ``client report`` also re-judges every tile against the
+    whole section (``section_verdict``) and lists both.
+Calibrated rule
+    ``log d = a + b |defocus|`` fitted on a through-focus series
+    (``client calibrate``); a tile is out of focus below
+    ``a + b * max_defocus``, and its estimated |defocus| is recorded. Nothing
+    waits for a baseline.
+Partly defocused tiles
+    A tile above the threshold is still ``oof`` when a cell of its feature
+    grid is far below it (``partial_drop`` further, in log units) while that
+    cell has tissue: reason ``partial: cells r,c ... low``.
+Empty tiles
+    A tile (or cell) below the threshold whose coarse contrast-to-noise
+    (:mod:`mhd.client.tissue`) is under ``empty_cnr`` has no tissue to focus
+    on: ``empty``, not ``oof``. The ``contrast`` field of a result is used when
+    the scoring function provides it; otherwise the client measures the tile
+    it has on disk (only tiles that are already below the threshold).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .tissue import Tissue
+
+__all__ = ["Baseline", "Calibration", "Judge", "Rule", "VERDICTS", "exit_status", "rule_from_config"]
+
+#: Every verdict, in the order summaries list them.
+VERDICTS = ("ok", "oof", "empty", "error")
+
+#: Robust sigma of a normal distribution from its median absolute deviation.
+MAD_TO_SIGMA = 1.4826
+
+#: Densities are floored at this many features per megapixel before the log.
+DENSITY_FLOOR = 1.0
+
+Probe = Callable[[str], "Tissue | None"]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """``log(density) = intercept + slope * |defocus|``, fitted by ``client calibrate``.
+
+    Attributes
+    ----------
+    intercept : float
+        ``log`` features per megapixel in focus.
+    slope : float
+        Change of ``log density`` per unit |defocus| (negative).
+    r : float
+        Pearson correlation of the fit.
+    n : int
+        Images fitted.
+    units : str
+        Defocus units of the series (e.g. ``"um"``).
+    max_defocus : float
+        Largest acceptable |defocus| (``units``).
+    params : dict
+        Detector parameters the series was scored with.
+    source : str
+        The series folder.
+    """
+
+    intercept: float
+    slope: float
+    r: float
+    n: int
+    units: str
+    max_defocus: float
+    params: dict = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def log_threshold(self) -> float:
+        """``log`` density at ``max_defocus``."""
+        return self.intercept + self.slope * self.max_defocus
+
+    def defocus(self, log_density: float) -> float:
+        """Estimated |defocus| (``units``, >= 0) of a tile with this ``log`` density."""
+        return max(0.0, (log_density - self.intercept) / self.slope)
+
+    def save(self, path: str | Path) -> Path:
+        """Write as JSON (folders created)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibration":
+        """Read a calibration written by :meth:`save`.
+
+        Raises
+        ------
+        ValueError
+            If the file is not a calibration or its slope is not negative.
+        """
+        try:
+            cal = cls(**json.loads(Path(path).read_text()))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"{path}: not a calibration file ({exc})") from None
+        if not cal.slope < 0:
+            raise ValueError(f"{path}: slope {cal.slope} must be negative (counts fall with defocus)")
+        return cal
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Thresholds of the verdict rule (see the module docstring)."""
+
+    oof_k: float = 3.0
+    oof_min_drop: float = 0.3
+    warmup: int = 8
+    partial_drop: float = 0.7
+    empty_cnr: float = 3.0
+    calibration: Calibration | None = None
+
+
+def rule_from_config(cfg: Any, use_calibration: bool = True) -> Rule:
+    """The rule of a :class:`mhd.client.config.Config` (its calibration file if present).
+
+    ``max_defocus`` in the configuration overrides the calibration's own.
+    """
+    cal = None
+    if use_calibration and cfg.calibration_path.exists():
+        cal = Calibration.load(cfg.calibration_path)
+        if cfg["max_defocus"] is not None:
+            cal = Calibration(**{**asdict(cal), "max_defocus": cfg["max_defocus"]})
+    return Rule(cfg["oof_k"], cfg["oof_min_drop"], cfg["warmup"], cfg["partial_drop"], cfg["empty_cnr"], cal)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Where the threshold stands.
+
+    Attributes
+    ----------
+    median : float
+        Median ``log`` density of the section (``nan`` when calibrated).
+    sigma : float
+        Robust sigma of ``log`` density.
+    n : int
+        Tiles in the baseline.
+    threshold : float
+        ``log`` density below which a tile is out of focus.
+    """
+
+    median: float
+    sigma: float
+    n: int
+    threshold: float
+
+
+def log_density(density: float) -> float:
+    """``log(max(density, DENSITY_FLOOR))``."""
+    return math.log(max(float(density), DENSITY_FLOOR))
+
+
+class Judge:
+    """Streaming verdicts for one section.
+
+    Parameters
+    ----------
+    rule : Rule
+    probe : callable, optional
+        ``probe(tile_id) -> Tissue or None``: measures tissue in the tile on
+        disk (``None`` when it cannot). Without one, only a ``contrast``
+        field in the result can make a tile ``empty``.
+    prior : iterable of dict
+        Records already judged in this section (a resumed run): their
+        densities seed the baseline.
+    """
+
+    def __init__(self, rule: Rule, probe: Probe | None = None, prior: Iterable[dict] = ()) -> None:
+        self.rule = rule
+        self._probe = probe
+        self._pool: dict[str, float] = {}
+        self._pending: list[dict] = []
+        for rec in prior:
+            if rec.get("verdict") in ("ok", "oof"):
+                self._pool[rec["tile"]] = log_density(rec["density"])
+
+    def add(self, record: dict) -> list[dict]:
+        """Take one scored tile; return the records whose verdict is now final.
+
+        Parameters
+        ----------
+        record : dict
+            A ``score_tiles`` result (``tile``, ``features``, ``density``,
+            ``grid``, ``shape``, ``error``, ...). It is updated in place with
+            ``verdict`` and ``reason`` (and ``defocus`` when calibrated,
+            ``contrast`` when measured).
+
+        Returns
+        -------
+        list of dict
+            Usually ``[record]``; ``[]`` while the baseline warms up; all
+            waiting records when it becomes ready.
+        """
+        if record.get("error"):
+            record["verdict"], record["reason"] = "error", str(record["error"])
+            return [record]
+        self._pool[record["tile"]] = log_density(record["density"])
+        self._pending.append(record)
+        if self.rule.calibration is None and len(self._pool) < self.rule.warmup:
+            return []
+        return self.flush()
+
+    def flush(self) -> list[dict]:
+        """Judge every waiting record against the baseline as it stands."""
+        done, self._pending = self._pending, []
+        for rec in done:
+            self._judge(rec)
+        return done
+
+    @property
+    def pending(self) -> int:
+        """Records waiting for the baseline."""
+        return len(self._pending)
+
+    def baseline(self) -> Baseline:
+        """The current threshold (relative rule: over the pool so far)."""
+        cal = self.rule.calibration
+        if cal is not None:
+            return Baseline(math.nan, math.nan, len(self._pool), cal.log_threshold)
+        if not self._pool:
+            return Baseline(math.nan, math.nan, 0, -math.inf)
+        x = np.fromiter(self._pool.values(), float)
+        m = float(np.median(x))
+        s = MAD_TO_SIGMA * float(np.median(np.abs(x - m)))
+        return Baseline(m, s, x.size, m - max(self.rule.oof_k * s, self.rule.oof_min_drop))
+
+    # ----------------------------------------------------------- judging
+
+    def _judge(self, rec: dict) -> None:
+        base = self.baseline()
+        x = log_density(rec["density"])
+        cal = self.rule.calibration
+        if cal is not None:
+            rec["defocus"] = round(cal.defocus(x), 3)
+        tissue = _TissueCache(rec, self._probe)
+        if x < base.threshold:
+            cnr = tissue.cnr()
+            if cnr is not None and cnr < self.rule.empty_cnr:
+                self._pool.pop(rec["tile"], None)
+                rec["verdict"], rec["reason"] = "empty", f"no tissue: contrast/noise {cnr:.1f} < {self.rule.empty_cnr:g}"
+            else:
+                rec["verdict"], rec["reason"] = "oof", _low_reason(x, base, cal)
+            return
+        low = self._low_cells(rec, base.threshold - self.rule.partial_drop, tissue)
+        if low:
+            rec["verdict"] = "oof"
+            rec["reason"] = "partial: cells " + " ".join(f"{r},{c}" for r, c in low) + " low"
+        else:
+            rec["verdict"], rec["reason"] = "ok", ""
+
+    def _low_cells(self, rec: dict, limit: float, tissue: "_TissueCache") -> list[tuple[int, int]]:
+        grid = np.asarray(rec.get("grid") or [[]], dtype=float)
+        if grid.size == 0 or not rec.get("shape"):
+            return []
+        h, w = rec["shape"][:2]
+        cell_mp = (h / grid.shape[0]) * (w / grid.shape[1]) / 1e6
+        dens = np.log(np.maximum(grid / cell_mp, DENSITY_FLOOR))
+        low = [tuple(map(int, rc)) for rc in np.argwhere(dens < limit)]
+        if not low:
+            return []
+        cells = tissue.cells()
+        if cells is None or cells.shape != grid.shape:
+            return low
+        return [(r, c) for r, c in low if cells[r, c] >= self.rule.empty_cnr]
+
+
+class _TissueCache:
+    """Measure a tile's tissue at most once, only when a verdict needs it."""
+
+    def __init__(self, rec: dict, probe: Probe | None) -> None:
+        self._rec, self._probe, self._done, self._tissue = rec, probe, False, None
+
+    def _get(self) -> Tissue | None:
+        if not self._done:
+            self._done = True
+            self._tissue = self._probe(self._rec["tile"]) if self._probe else None
+            if self._tissue is not None:
+                self._rec["contrast"] = round(self._tissue.cnr, 2)
+        return self._tissue
+
+    def cnr(self) -> float | None:
+        if self._rec.get("contrast") is not None:
+            return float(self._rec["contrast"])
+        t = self._get()
+        return None if t is None else t.cnr
+
+    def cells(self) -> np.ndarray | None:
+        t = self._get()
+        return None if t is None else t.cells
+
+
+def _low_reason(x: float, base: Baseline, cal: Calibration | None) -> str:
+    if cal is not None:
+        return f"est. defocus {cal.defocus(x):.2g} {cal.units} > {cal.max_defocus:g} {cal.units} (calibrated)"
+    drop = 1 - math.exp(x - base.median)
+    limit = 1 - math.exp(base.threshold - base.median)
+    return f"{drop:.0%} below section median {_k(math.exp(base.median))}/MP (limit {limit:.0%}, n={base.n})"
+
+
+def _k(v: float) -> str:
+    return f"{v / 1000:.1f}k" if v >= 1000 else f"{v:.0f}"
+
+
+def exit_status(counts: dict[str, int]) -> int:
+    """Exit status of a section: 1 if any tile errored, else 2 if any is out of focus, else 0.
+
+    Errors take precedence: an errored tile's focus is unknown, and it must
+    be looked at before the section counts as done.
+    """
+    if counts.get("error"):
+        return 1
+    if counts.get("oof"):
+        return 2
+    return 0
