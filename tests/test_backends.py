@@ -1,22 +1,21 @@
 """The execution seam: score_tiles serialized by source, run by the endpoint's own engines.
 
 LocalBackend = the endpoint's ProcessPoolEngine with spawned workers and the
-endpoint's ``execute_task``; the GlobusComputeEngine test runs the same task
-bodies on the Parsl engine with fake accelerators.
+endpoint's ``execute_task``. The GlobusComputeEngine (fake accelerators) runs
+the same task bodies in ``test_endpoint_config.py``, from the shipped config.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import os
-import sys
 import uuid
 
 import pytest
 from globus_compute_sdk.serialize import ComputeSerializer, JSONData, PureSourceTextInspect
 
 import mhd.functions._score
-from mhd.client.backends import EngineBackend, LocalBackend, TaskFailed, jsonable_tiles, pack_task, task_payload
+from mhd.client.backends import LocalBackend, TaskFailed, jsonable_tiles, pack_task, task_payload
 from mhd.client.registration import ALLOWED_SERIALIZERS, function_code, function_source, score_serializer
 from mhd.functions.remote import score_tiles
 from tilegen import blobs, encode
@@ -135,33 +134,3 @@ def test_no_data_root_means_inline_only_and_env_sets_limits(root):
 def test_tiles_must_be_a_list(local):
     with pytest.raises(TypeError, match="tiles must be a list"):
         local.submit("t0.png")
-
-
-# ------------------------------------------ GlobusComputeEngine, accelerators
-
-
-@pytest.mark.slow
-def test_globus_compute_engine_gives_each_worker_its_own_gpu(root, tmp_path, monkeypatch):
-    from globus_compute_endpoint.engines import GlobusComputeEngine
-    from parsl.providers import LocalProvider
-
-    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    engine = GlobusComputeEngine(
-        address="127.0.0.1",
-        max_workers_per_node=2,
-        available_accelerators=["0", "1"],
-        provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, worker_init=f"export MHD_DATA_ROOT={root}"),
-        job_status_kwargs={"strategy_period": 0.5},
-        allowed_serializers=list(ALLOWED_SERIALIZERS),
-        encrypted=False,
-    )
-    engine.start(endpoint_id=uuid.uuid4(), run_dir=str(tmp_path))
-    backend = EngineBackend(engine)
-    try:
-        futures = [backend.submit(["t0.png", "t1.png", "t2.png"]) for _ in range(8)]
-        entries = [e for f in futures for e in f.result(timeout=120)]
-    finally:
-        backend.shutdown()
-    assert all(e["error"] is None and e["backend"] == "numpy" for e in entries)
-    assert {e["device"] for e in entries} == {"0", "1"}
-    assert [e["features"] for e in entries[:3]] == expected(root, ["t0.png", "t1.png", "t2.png"])

@@ -1,0 +1,82 @@
+"""``python -m mhd.endpoint configure``: install the mhd-gpu endpoint configuration.
+
+The :func:`configure` click command is reusable: ``client endpoint configure``
+adds it to the client's command group.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .configure import LIMIT_VARS, PROVIDERS, EndpointSpec, install_endpoint, render_endpoint
+
+__all__ = ["configure", "main"]
+
+
+def _spec(options: dict) -> EndpointSpec:
+    limits = {var: options.pop(var.lower().removeprefix("mhd_")) for var in LIMIT_VARS}
+    options["limits"] = {k: v for k, v in limits.items() if v is not None}
+    options["function_ids"] = tuple(options.pop("function_id"))
+    try:
+        return EndpointSpec(**options)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command("configure")
+@click.option("--gpus", type=click.IntRange(1, 64), required=True, help="GPUs per node; one worker each.")
+@click.option("--env", "env", required=True, help="Absolute path of the venv where mhd-focus[gpu] is installed.")
+@click.option("--name", default="mhd-gpu", show_default=True, help="Endpoint name (~/.globus_compute/NAME).")
+@click.option("--function-id", multiple=True, metavar="UUID", help="Registered score_tiles UUID for allowed_functions (repeatable).")
+@click.option("--data-root", default=None, help="Workers' MHD_DATA_ROOT: folder that tile paths are relative to.")
+@click.option("--provider", type=click.Choice(PROVIDERS), default="local", show_default=True, help="Local GPUs, or GPU nodes from Slurm / PBS Pro.")
+@click.option("--multi-user", is_flag=True, help="Template-capable endpoint: manager config + per-user template + schema.")
+@click.option("--partition", default=None, help="Slurm partition / PBS Pro queue.")
+@click.option("--account", default=None, help="Scheduler account.")
+@click.option("--walltime", default="04:00:00", show_default=True, help="Scheduler wall time of one node (HH:MM:SS).")
+@click.option("--max-blocks", type=click.IntRange(1), default=1, show_default=True, help="Most nodes requested at once.")
+@click.option("--gpu-type", default=None, help="Slurm GRES type, e.g. a100 (--gres=gpu:a100:N).")
+@click.option("--idle-minutes", type=click.IntRange(1), default=30, show_default=True, help="Idle time before workers release their GPUs.")
+@click.option("--retries", type=click.IntRange(0), default=2, show_default=True, help="max_retries_on_system_failure.")
+@click.option("--max-pixels", type=click.IntRange(1), default=None, help="Workers' MHD_MAX_PIXELS.")
+@click.option("--max-inline-bytes", type=click.IntRange(1), default=None, help="Workers' MHD_MAX_INLINE_BYTES.")
+@click.option("--max-tiles", type=click.IntRange(1), default=None, help="Workers' MHD_MAX_TILES.")
+@click.option("--home", type=click.Path(file_okay=False), default=None, help="Folder holding .globus_compute (default: your home).")
+@click.option("--force", is_flag=True, help="Overwrite an existing configuration.")
+@click.option("--dry-run", is_flag=True, help="Print the files instead of writing them.")
+def configure(home: str | None, force: bool, dry_run: bool, **options) -> None:
+    """Write the Globus Compute endpoint configuration for MHD scoring.
+
+    One GlobusComputeEngine worker per GPU, workers activating ENV, only the
+    registered score_tiles function allowed, nothing installed from the
+    internet. Files are checked with the endpoint's own loader first; an
+    existing configuration is kept unless --force.
+
+    Example:
+
+    \b
+        python -m mhd.endpoint configure --gpus 8 --env /opt/mhd/venv \\
+            --data-root /data/mhd --function-id 4b116d3c-1703-4f8f-9f6f-39921e5864df
+        globus-compute-endpoint start mhd-gpu
+    """
+    spec = _spec(options)
+    if dry_run:
+        for name, text in render_endpoint(spec).items():
+            click.echo(f"# ---- {name}\n{text}")
+        return
+    try:
+        directory = install_endpoint(spec, home=home, force=force)
+    except (FileExistsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Wrote {directory}")
+    if not spec.function_ids:
+        click.echo("Warning: no --function-id, so allowed_functions is unset and any function may run.", err=True)
+    click.echo(f"Start it with:  globus-compute-endpoint start {spec.name}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """MHD endpoint administration."""
+
+
+main.add_command(configure)
