@@ -238,3 +238,189 @@ def config_cmd(as_json: bool) -> None:
         table.add_row(key, "" if cfg.values[key] is None else str(cfg.values[key]), f"[dim]{src}[/]" if src == "default" else src, spec.help)
     table.add_row("(calibration)", str(cfg.calibration_path), "present" if cfg.calibration_path.exists() else "[dim]absent: relative rule[/]", "fitted by client calibrate")
     _console().print(table)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--endpoint", required=True, type=click.UUID, help="The mhd-gpu endpoint's UUID.")
+@click.option("--public", is_flag=True, help="Let anyone run the function (on endpoints that allow it).")
+def register(endpoint: Any, public: bool) -> None:
+    """Register the scoring function with Globus Compute and store both UUIDs.
+
+    The function (score_tiles) is registered by source; its UUID and the
+    endpoint's are written to the configuration file, so that 'client submit'
+    then uses the Globus backend. Give the function UUID to the endpoint's
+    administrator for its allowed_functions.
+
+    Example:
+
+        client register --endpoint 4b116d3c-1703-4f8f-9f6f-39921e5864df
+    """
+    from .auth import compute_client
+    from .registration import register_score_tiles
+
+    try:
+        function_id = register_score_tiles(compute_client(), public=public)
+    except Exception as exc:  # globus_sdk errors, login refused: a user-facing failure
+        raise click.ClickException(f"registration failed: {exc}") from None
+    path = config_mod.save_values(endpoint=str(endpoint), function=str(function_id))
+    click.echo(f"function {function_id}")
+    click.echo(f"stored endpoint {endpoint} and function {function_id} in {path}")
+
+
+@main.group(cls=_Group, context_settings=CONTEXT)
+def endpoint() -> None:
+    """Set up the Globus Compute endpoint (on the GPU host).
+
+    Example:
+
+        client endpoint configure --gpus 8 --env /opt/mhd/venv
+    """
+
+
+@endpoint.command("configure", context_settings=CONTEXT)
+@click.option("--gpus", required=True, type=click.IntRange(1, 64), help="GPUs on the host (one worker each).")
+@click.option("--env", "env_path", required=True, type=click.Path(path_type=Path), help="Virtual environment with mhd-focus[gpu] installed (absolute path).")
+@click.option("--name", default="mhd-gpu", show_default=True, help="Endpoint name.")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Folder tile paths are relative to (shared/globus transports); omit for inline only.")
+@click.option("--function-id", "function_ids", multiple=True, type=click.UUID, help="Allowed function UUID (repeatable)  [default: the configured function]")
+@click.option("--force", is_flag=True, help="Overwrite an existing configuration.")
+def endpoint_configure(gpus: int, env_path: Path, name: str, data_root: Path | None, function_ids: tuple, force: bool) -> None:
+    """Write ~/.globus_compute/NAME/ for a GPU endpoint, validated by the endpoint's own loader.
+
+    Then start it with 'globus-compute-endpoint start NAME'. An existing
+    configuration is refused unless --force.
+
+    Example:
+
+        client endpoint configure --gpus 8 --env /opt/mhd/venv --data-root /data/em
+    """
+    from mhd.endpoint.configure import EndpointSpec, install_endpoint
+
+    cfg = _load_config()
+    ids = tuple(str(f) for f in function_ids) or ((cfg["function"],) if cfg["function"] else ())
+    try:
+        spec = EndpointSpec(gpus=gpus, env=str(env_path.expanduser().absolute()), name=name, function_ids=ids, data_root=str(data_root.expanduser().absolute()) if data_root else None)
+        folder = install_endpoint(spec, force=force)
+    except (ValueError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {folder}")
+    if not ids:
+        click.echo("warning: no function UUID: the endpoint allows any function; run 'client register' and configure again with --force", err=True)
+    click.echo(f"start it with: globus-compute-endpoint start {name}")
+
+
+# ------------------------------------------------------------------ watch
+
+
+@main.command(context_settings=CONTEXT)
+@_run_options
+@click.option("--poll", type=click.FloatRange(0.05, 60), default=0.25, show_default=True, help="Seconds between looks at the folder.")
+@click.option("--give-up", type=click.FloatRange(0.0), default=10.0, show_default=True, help="Seconds a complete-looking but undecodable file waits before it is scored (and fails).")
+@click.option("--idle-exit", type=click.FloatRange(0.0), help="Stop after this many seconds without a new tile (default: run until Ctrl-C).")
+def watch(directory: Path, backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, poll: float, give_up: float, idle_exit: float | None, **kwargs: Any) -> None:
+    """Score tiles as the microscope writes them, until Ctrl-C.
+
+    A tile is taken once completely written (size stable and decodable, or
+    renamed into place from a .part/.tmp/dot name). Each verdict is printed
+    and recorded within about a second; with --on-oof, CMD runs with the
+    tile's path as its last argument (no shell involved). Ctrl-C records
+    the tiles in flight, then exits with the section's status (0/1/2).
+
+    Example:
+
+        client watch --dir /data/section_043 --on-oof "notify-send 'Out of focus'"
+    """
+    from .results import SectionLocked
+    from .submit import section_summary
+    from .watch import watch_section
+
+    params = _params(kwargs) or None
+    section = _section(directory)
+    cfg = _load_config(backend=backend, transport=transport, workers=workers, batch=batch)
+    console = _console()
+    try:
+        outcome = watch_section(section, cfg, console, rule=_rule(cfg, no_calibration), params=params, on_oof=on_oof, poll=poll, give_up=give_up, idle_exit=idle_exit, transfer_client=_transfer_client)
+    except (ValueError, OSError, SectionLocked) as exc:
+        raise click.ClickException(str(exc)) from None
+    section_summary(console, section, outcome)
+    sys.exit(outcome.exit_status)
+
+
+# ----------------------------------------------------------------- report
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--dir", "directory", required=True, type=click.Path(path_type=Path), help="Section folder (with mhd-results.jsonl).")
+@click.option("--positions", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV tile,row,col (default: r<row>_c<col> in tile names).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder  [default: DIR/mhd-report]")
+@click.option("--no-calibration", is_flag=True, help="Judge against the section even if a calibration is stored.")
+def report(directory: Path, positions: Path | None, out: Path | None, no_calibration: bool) -> None:
+    """Figures, a CSV and the list of tiles to re-acquire, from a section's results.
+
+    Writes density.png (density per tile in acquisition order, with the
+    threshold), montage.png (when tile positions are known), mhd-results.csv
+    and mhd-reacquire.txt. Tiles are also re-judged against the whole
+    section (section_verdict); the re-acquire list has every tile flagged
+    either way, and errors.
+
+    Example:
+
+        client report --dir examples/section_042
+    """
+    from .report import make_report
+
+    section = _section(directory)
+    cfg = _load_config()
+    try:
+        rep = make_report(section, _rule(cfg, no_calibration), positions, out)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    again = sum(1 for _ in rep.reacquire.read_text().splitlines())
+    for path in (rep.density, rep.montage, rep.csv, rep.reacquire):
+        if path is not None:
+            click.echo(f"wrote {path}")
+    click.echo(f"{again} tile(s) to re-acquire")
+
+
+# -------------------------------------------------------------- calibrate
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--dir", "directory", required=True, type=click.Path(path_type=Path), help="Folder of a through-focus series.")
+@click.option("--csv", "csv_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV with columns file,defocus (default: defocus from file names).")
+@click.option("--pattern", help="Regular expression on file names; group 1 is the defocus  [default: df<number>, z<number>, defocus<number>]")
+@click.option("--units", default="um", show_default=True, help="Defocus units.")
+@click.option("--max-defocus", type=click.FloatRange(0.0, min_open=True), help="Largest acceptable |defocus|  [default: the series' smallest non-zero |defocus|]")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Calibration file  [default: config 'calibration', ~/.config/mhd/calibration.json]")
+@click.option("--dry-run", is_flag=True, help="Fit and plot only; store nothing.")
+@detector_options
+def calibrate(directory: Path, csv_path: Path | None, pattern: str | None, units: str, max_defocus: float | None, out: Path | None, dry_run: bool, **kwargs: Any) -> None:
+    """Fit log(feature density) against |defocus| on a through-focus series and store it.
+
+    Reports r and the slope (the paper's figure 2), plots it to
+    DIR/mhd-calibration.png and stores the calibration that submit, watch
+    and report then use: a tile is out of focus when its estimated |defocus|
+    exceeds --max-defocus.
+
+    Example:
+
+        client calibrate --dir examples/focus_series --max-defocus 1
+    """
+    from . import calibrate as cal_mod
+
+    params = _params(kwargs)
+    folder = _section(directory)
+    try:
+        table = cal_mod.defocus_table(folder, csv_path, pattern or cal_mod.DEFAULT_PATTERN)
+        files, dz, dens = cal_mod.score_series(folder, table, params)
+        result = cal_mod.fit(files, dz, dens, units=units, max_defocus=max_defocus, params=params, source=str(folder))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    c = result.calibration
+    plot = cal_mod.plot_fit(result, folder / "mhd-calibration.png")
+    click.echo(f"{c.n} images: log(density) = {c.intercept:.3f} {c.slope:+.4f} * |defocus|   r = {c.r:.4f}")
+    click.echo(f"out of focus beyond {c.max_defocus:g} {units}: below {cal_mod.threshold_density(c):.0f} features/MP")
+    click.echo(f"plot: {plot}")
+    if not dry_run:
+        path = c.save(out or _load_config().calibration_path)
+        click.echo(f"stored {path} (used by submit/watch/report; --no-calibration to ignore it)")

@@ -38,6 +38,7 @@ _PARTIAL_PREFIXES = (".",)
 
 #: Folders the client itself writes into a section; never scanned for tiles.
 _OWN_DIRS = frozenset({"mhd-report"})
+_OWN_FILES = frozenset({"mhd-calibration.png"})
 
 _DIGITS = re.compile(r"(\d+)")
 _POSITION = re.compile(r"(?:^|[^a-z0-9])r(?:ow)?[_-]?(\d+)[_-]?c(?:ol)?[_-]?(\d+)(?:[^0-9]|$)", re.IGNORECASE)
@@ -144,7 +145,7 @@ def discover(section: str | Path) -> Discovery:
 def _is_own_output(rel: Path) -> bool:
     if rel.parts and rel.parts[0] in _OWN_DIRS:
         return True
-    return rel.name.startswith(RESULTS_NAME) or rel.name in {"mhd-results.csv", "mhd-reacquire.txt"}
+    return rel.name.startswith(RESULTS_NAME) or rel.name in _OWN_FILES
 
 
 def tile_positions(tile_ids: list[str], positions_file: str | Path | None = None) -> dict[str, tuple[int, int]]:

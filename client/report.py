@@ -154,7 +154,7 @@ def _plot_density(path: Path, records: list[dict], base: Baseline, title: str) -
     ax.set_xlabel("tile (acquisition order)")
     ax.set_ylabel("features per megapixel")
     ax.set_title(f"{title}: feature density")
-    ax.legend(fontsize=7, loc="lower left", ncols=3)
+    ax.legend(fontsize=7, loc="best", ncols=3, framealpha=0.8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -166,11 +166,13 @@ def _plot_montage(path: Path, records: list[dict], pos: dict[str, tuple[int, int
     cols = 1 + max(c for _, c in pos.values())
     grid = np.full((rows, cols), np.nan)
     for rec in records:
-        if rec["tile"] in pos and rec.get("density") is not None:
+        if rec["tile"] in pos and rec.get("density") is not None and rec["verdict"] != "empty":
             grid[pos[rec["tile"]]] = math.log(max(rec["density"], 1.0))
     centre = base.median if math.isfinite(base.median) else float(np.nanmedian(grid))
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * cols, 0.9 + 0.6 * rows), dpi=110)
-    im = ax.imshow(grid - centre, cmap="RdYlGn", vmin=-1.5, vmax=1.5)
+    cmap = plt.get_cmap("RdYlGn").copy()
+    cmap.set_bad("0.8")  # no tissue, no result, or no tile there
+    im = ax.imshow(grid - centre, cmap=cmap, vmin=-1.5, vmax=1.5)
     marks = {"oof": "X", "empty": "o", "error": "!"}
     for rec in records:
         if rec["tile"] in pos and rec["verdict"] in marks:
@@ -180,7 +182,7 @@ def _plot_montage(path: Path, records: list[dict], pos: dict[str, tuple[int, int
     ax.set_yticks(range(rows))
     ax.set_xlabel("column")
     ax.set_ylabel("row")
-    ax.set_title(f"{title}\nX oof, o empty, ! error", fontsize=9)
+    ax.set_title(f"{title}\nX oof, o empty (grey), ! error", fontsize=9)
     fig.colorbar(im, ax=ax, label="log density - section median")
     fig.tight_layout()
     fig.savefig(path)

@@ -1,0 +1,289 @@
+"""Client building blocks without a backend: discovery, results log, config, verdicts, tissue, transports."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from mhd.client import config as config_mod
+from mhd.client.discover import discover, natural_key, tile_positions
+from mhd.client.results import ResultsLog, SectionLocked, read_records
+from mhd.client.tissue import contrast_to_noise
+from mhd.client.transport import InlineTransport, SharedTransport, choose_transport
+from mhd.client.verdicts import Calibration, Judge, Rule, exit_status
+
+
+@pytest.fixture(autouse=True)
+def isolated_config(tmp_path, monkeypatch):
+    for key in list(__import__("os").environ):
+        if key.startswith("MHD_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("MHD_CONFIG", str(tmp_path / "cfg" / "config.json"))
+
+
+def touch(path, data=b"x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def test_discovery_natural_order_recursive_and_skips(tmp_path):
+    for name in ["t10.png", "t9.tif", "t1.TIFF", "sub/t2.jpg", "a.bmp", "notes.txt", ".t3.png", "t4.png.part", "mhd-results.jsonl", "mhd-report/density.png"]:
+        touch(tmp_path / name)
+    found = discover(tmp_path)
+    assert [t.id for t in found.tiles] == ["a.bmp", "sub/t2.jpg", "t1.TIFF", "t9.tif", "t10.png"]
+    assert found.skipped == [".t3.png", "notes.txt", "t4.png.part"]
+    assert found.tiles[0].path == tmp_path.resolve() / "a.bmp" and found.tiles[0].size == 1
+
+
+def test_natural_key_orders_numbers_by_value():
+    names = ["r2_c10", "r2_c9", "r10_c1", "R1_c1"]
+    assert sorted(names, key=natural_key) == ["R1_c1", "r2_c9", "r2_c10", "r10_c1"]
+
+
+def test_discover_refuses_a_file(tmp_path):
+    with pytest.raises(NotADirectoryError):
+        discover(touch(tmp_path / "x.png"))
+
+
+def test_positions_from_names_and_csv(tmp_path):
+    ids = ["tile_r3_c4.png", "s/row02-col11.tif", "plain.png"]
+    assert tile_positions(ids) == {"tile_r3_c4.png": (3, 4), "s/row02-col11.tif": (2, 11)}
+    csv = tmp_path / "pos.csv"
+    csv.write_text("tile,row,col\nplain.png,1,2\nother.png,0,0\n")
+    assert tile_positions(ids, csv) == {"plain.png": (1, 2)}
+    csv.write_text("tile,row\nplain.png,1\n")
+    with pytest.raises(ValueError, match="missing column"):
+        tile_positions(ids, csv)
+    csv.write_text("tile,row,col\nplain.png,x,2\n")
+    with pytest.raises(ValueError, match=":2: row and col"):
+        tile_positions(ids, csv)
+
+
+# -------------------------------------------------------------- results log
+
+
+def rec(tile, verdict="ok", density=1e4):
+    return {"tile": tile, "verdict": verdict, "density": density, "features": 10}
+
+
+def test_results_append_read_and_torn_last_line(tmp_path):
+    with ResultsLog(tmp_path) as log:
+        log.append(rec("a"))
+        log.append(rec("b", "oof"))
+    path = tmp_path / "mhd-results.jsonl"
+    with path.open("ab") as fh:
+        fh.write(b'{"tile": "c", "verd')  # killed mid-write
+    records, lines = read_records(path)
+    assert list(records) == ["a", "b"] and lines == 2
+    with ResultsLog(tmp_path) as log:  # reopening cuts the torn tail off
+        assert set(log.records) == {"a", "b"}
+        log.append(rec("c"))
+    assert [json.loads(x)["tile"] for x in path.read_text().splitlines()] == ["a", "b", "c"]
+
+
+def test_results_newer_record_supersedes_and_compact_dedupes(tmp_path):
+    with ResultsLog(tmp_path) as log:
+        log.append(rec("a", "error"))
+        log.append(rec("b"))
+        log.append(rec("a", "ok"))
+        assert log.superseded == 1 and log.records["a"]["verdict"] == "ok"
+        log.compact()
+        log.append(rec("c"))
+    lines = (tmp_path / "mhd-results.jsonl").read_text().splitlines()
+    assert [json.loads(x)["tile"] for x in lines] == ["a", "b", "c"]
+    assert json.loads(lines[0])["verdict"] == "ok"
+
+
+def test_results_lock_and_fresh_backup(tmp_path):
+    with ResultsLog(tmp_path) as log:
+        log.append(rec("a"))
+        with pytest.raises(SectionLocked, match="another client"):
+            ResultsLog(tmp_path)
+    with ResultsLog(tmp_path, fresh=True) as log:
+        assert log.records == {}
+    backups = list(tmp_path.glob("mhd-results.jsonl.*.bak"))
+    assert len(backups) == 1 and json.loads(backups[0].read_text())["tile"] == "a"
+
+
+def test_results_numpy_values_are_written(tmp_path):
+    with ResultsLog(tmp_path) as log:
+        log.append({"tile": "a", "features": np.int64(3), "grid": np.zeros((2, 2), int)})
+    assert read_records(tmp_path / "mhd-results.jsonl")[0]["a"]["grid"] == [[0, 0], [0, 0]]
+
+
+# ------------------------------------------------------------------ config
+
+
+def test_config_precedence_and_sources(tmp_path, monkeypatch):
+    cfg = config_mod.load()
+    assert cfg["backend"] == "auto" and cfg.sources["backend"] == "default"
+    path = config_mod.save_values(endpoint="e1", oof_k=4)
+    assert path == tmp_path / "cfg" / "config.json"
+    monkeypatch.setenv("MHD_OOF_K", "5.5")
+    cfg = config_mod.load().override(workers=3, batch=None)
+    assert (cfg["endpoint"], cfg.sources["endpoint"]) == ("e1", str(path))
+    assert (cfg["oof_k"], cfg.sources["oof_k"]) == (5.5, "$MHD_OOF_K")
+    assert (cfg["workers"], cfg.sources["workers"]) == (3, "command line")
+    assert cfg.sources["batch"] == "default"
+    assert cfg.calibration_path == tmp_path / "cfg" / "calibration.json"
+
+
+def test_config_errors_name_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("MHD_WARMUP", "many")
+    with pytest.raises(ValueError, match=r"warmup from \$MHD_WARMUP"):
+        config_mod.load()
+    monkeypatch.delenv("MHD_WARMUP")
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text('{"endpiont": "x"}')
+    with pytest.raises(ValueError, match="unknown key.*endpiont"):
+        config_mod.load()
+    (tmp_path / "cfg" / "config.json").write_text('{"transport": "carrier pigeon"}')
+    with pytest.raises(ValueError, match="transport.*must be one of"):
+        config_mod.load()
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+def scored(tile, density, grid=None, shape=(256, 256), **extra):
+    cells = grid if grid is not None else [[density * 0.004096 / 1] * 4] * 4
+    return {"tile": tile, "features": int(density * 0.065536), "density": density, "grid": cells, "shape": list(shape), "error": None, **extra}
+
+
+def test_relative_rule_waits_for_warmup_then_flags_low_tiles():
+    judge = Judge(Rule(warmup=5))
+    densities = [1.0e4, 1.05e4, 0.97e4, 1.02e4]
+    for i, d in enumerate(densities):
+        assert judge.add(scored(f"t{i}", d)) == []
+    assert judge.pending == 4
+    done = judge.add(scored("blurry", 0.4e4))
+    assert [r["tile"] for r in done] == ["t0", "t1", "t2", "t3", "blurry"]
+    assert [r["verdict"] for r in done] == ["ok"] * 4 + ["oof"]
+    assert "below section median" in done[-1]["reason"]
+    slight = judge.add(scored("slight", 0.85e4))  # -15 %: inside the 26 % floor
+    assert slight[0]["verdict"] == "ok"
+    base = judge.baseline()
+    assert base.threshold == pytest.approx(base.median - 0.3)
+
+
+def test_resumed_judge_needs_no_warmup():
+    prior = [dict(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)]
+    judge = Judge(Rule(warmup=8), prior=prior)
+    assert judge.add(scored("x", 0.3e4))[0]["verdict"] == "oof"
+
+
+def test_empty_needs_low_contrast_and_uses_probe_only_when_low():
+    calls = []
+
+    def probe(tile):
+        calls.append(tile)
+        return contrast_to_noise(np.random.default_rng(0).poisson(100, (128, 128)).astype(float))
+
+    judge = Judge(Rule(warmup=1), probe=probe, prior=[dict(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
+    assert judge.add(scored("good", 1e4))[0]["verdict"] == "ok"
+    assert calls == []  # nothing measured for tiles above the threshold
+    resin = judge.add(scored("resin", 30))[0]
+    assert resin["verdict"] == "empty" and "no tissue" in resin["reason"] and resin["contrast"] < 3
+    blurry = judge.add(scored("blurry", 300, contrast=12.0))[0]  # field from the function wins
+    assert blurry["verdict"] == "oof" and calls == ["resin"]
+    assert judge.baseline().n == 10  # the empty tile left the baseline
+
+
+def test_partial_tile_flags_low_cells_unless_they_have_no_tissue():
+    cell = 1e4 * (64 * 64) / 1e6
+    grid = [[cell] * 4 for _ in range(4)]
+    for r in range(4):
+        grid[r][3] = cell * 0.1
+    judge = Judge(Rule(warmup=1), prior=[dict(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
+    out = judge.add(scored("wrinkle", 0.9e4, grid=[row[:] for row in grid]))[0]
+    assert out["verdict"] == "oof" and out["reason"] == "partial: cells 0,3 1,3 2,3 3,3 low"
+
+    class Edge:  # right column is resin: low contrast there
+        cnr = 10.0
+        cells = np.array([[10.0, 10.0, 10.0, 1.0]] * 4)
+
+    judge = Judge(Rule(warmup=1), probe=lambda t: Edge, prior=[dict(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
+    assert judge.add(scored("edge_of_section", 0.9e4, grid=grid))[0]["verdict"] == "ok"
+
+
+def test_calibrated_rule_estimates_defocus(tmp_path):
+    cal = Calibration(intercept=math.log(1e4), slope=-0.5, r=-0.99, n=9, units="um", max_defocus=1.0)
+    path = cal.save(tmp_path / "c.json")
+    cal = Calibration.load(path)
+    judge = Judge(Rule(calibration=cal, warmup=100))
+    ok = judge.add(scored("a", 0.8e4))[0]  # no warm-up with a calibration
+    assert ok["verdict"] == "ok" and ok["defocus"] == pytest.approx(-math.log(0.8) / 0.5, abs=1e-3)
+    bad = judge.add(scored("b", 1e4 * math.exp(-1.0)))[0]  # 2 um
+    assert bad["verdict"] == "oof" and "est. defocus 2 um > 1 um" in bad["reason"]
+    path.write_text(json.dumps({**json.loads(path.read_text()), "slope": 0.1}))
+    with pytest.raises(ValueError, match="must be negative"):
+        Calibration.load(path)
+
+
+def test_errors_are_final_at_once_and_exit_status_precedence():
+    judge = Judge(Rule(warmup=10))
+    out = judge.add({"tile": "x", "error": "x: cannot decode"})
+    assert out[0]["verdict"] == "error" and out[0]["reason"] == "x: cannot decode"
+    assert exit_status({"ok": 3}) == 0 and exit_status({"empty": 1, "ok": 1}) == 0
+    assert exit_status({"oof": 1}) == 2 and exit_status({"oof": 1, "error": 1}) == 1
+
+
+# ------------------------------------------------------------------ tissue
+
+
+def test_contrast_to_noise_separates_resin_from_blurred_tissue(isbi):
+    rng = np.random.default_rng(1)
+    tissue = rng.poisson(gaussian_filter(isbi[0][:256, :256].astype(float), 6) / 255 * 200) / 200 * 255
+    shading = np.linspace(0.5, 0.7, 256)[None, :] * np.ones((256, 1))
+    resin = rng.poisson(shading * 200) / 200 * 255
+    t, r = contrast_to_noise(tissue), contrast_to_noise(resin)
+    assert t.cnr > 5 and r.cnr < 2 and r.cells.shape == (4, 4) and r.cells.max() < 2
+    assert contrast_to_noise(np.full((64, 64), 255.0)).cnr == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="2-D"):
+        contrast_to_noise(np.zeros((4, 4, 3)))
+
+
+# -------------------------------------------------------------- transports
+
+
+def test_inline_batches_by_count_and_bytes_and_fails_large_tiles_alone(tmp_path):
+    for name, size in [("a.png", 300), ("b.png", 300), ("c.png", 300), ("huge.png", 5000), ("d.png", 500)]:
+        touch(tmp_path / name, bytes(size))
+    tiles = discover(tmp_path).tiles
+    (tmp_path / "b.png").unlink()  # vanished after discovery
+    staged = list(InlineTransport(batch=2, request_bytes=700).stage(tiles))
+    payload_names = [[p["name"] for p in s.payload] for s in staged]
+    assert payload_names == [["a.png", "c.png"], ["d.png"]]
+    errors = {f["tile"]: f["error"] for s in staged for f in s.failed}
+    assert set(errors) == {"b.png", "huge.png"}
+    assert "cannot read" in errors["b.png"] and "inline limit" in errors["huge.png"] and errors["huge.png"].startswith("huge.png:")
+    assert base64.b64decode(staged[1].payload[0]["data"]) == bytes(500)
+
+
+def test_shared_maps_paths_under_the_prefix(tmp_path):
+    section = tmp_path / "mnt" / "sec1"
+    touch(section / "t1.png")
+    touch(section / "sub" / "t2.png")
+    staged = list(SharedTransport(batch=8, local_root=tmp_path / "mnt", remote_prefix="/em/").stage(discover(section).tiles))
+    assert staged[0].payload == ["em/sec1/sub/t2.png", "em/sec1/t1.png"]
+    outside = list(SharedTransport(batch=8, local_root=tmp_path / "elsewhere").stage(discover(section).tiles))
+    assert outside[0].payload == [] and all("not under the shared folder" in f["error"] for f in outside[0].failed)
+
+
+def test_auto_transport_choice(tmp_path):
+    touch(tmp_path / "small.png", bytes(10))
+    touch(tmp_path / "big.tif", bytes(100))
+    tiles = discover(tmp_path).tiles
+    assert choose_transport("auto", tiles[1:], 50, False, False) == "inline"
+    assert choose_transport("auto", tiles, 50, True, True) == "shared"
+    assert choose_transport("auto", tiles, 50, False, True) == "globus"
+    assert choose_transport("shared", tiles[1:], 50, False, False) == "shared"
