@@ -45,6 +45,7 @@ __all__ = [
     "LocalBackend",
     "TaskFailed",
     "jsonable_tiles",
+    "local_engine",
     "pack_task",
     "task_payload",
     "unpack_result",
@@ -226,14 +227,43 @@ class EngineBackend:
         self.shutdown(wait=True, cancel_futures=exc_type is not None)
 
 
+def local_engine(data_root: str | os.PathLike | None = None, workers: int | None = None, env: dict | None = None, *, run_dir: str) -> Any:
+    """A started ``ProcessPoolEngine`` configured like the ``mhd-gpu`` endpoint.
+
+    Workers are freshly *spawned* processes (not forks of the caller), take
+    ``MHD_DATA_ROOT`` = ``data_root`` (None removes it: inline tiles only) and
+    the variables in ``env`` (a None value removes one), and deserialize only
+    :data:`~mhd.client.registration.ALLOWED_SERIALIZERS`.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Worker processes; default one per CPU, at most 8.
+    run_dir : str
+        Folder the engine runs tasks in.
+    """
+    from globus_compute_endpoint.engines import ProcessPoolEngine
+
+    environ: dict[str, str | None] = {"MHD_DATA_ROOT": os.path.realpath(data_root) if data_root else None}
+    environ.update(env or {})
+    engine = ProcessPoolEngine(
+        max_workers=workers or min(os.cpu_count() or 1, 8),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(environ,),
+        allowed_serializers=list(ALLOWED_SERIALIZERS),
+    )
+    engine.start(endpoint_id=uuid.uuid4(), run_dir=run_dir)
+    return engine
+
+
 class LocalBackend(EngineBackend):
     """Run ``score_tiles`` on this machine, no Globus account needed.
 
-    An :class:`EngineBackend` over the endpoint's ``ProcessPoolEngine`` whose
-    workers are freshly *spawned* processes (not forks of the client): the
-    function is rebuilt from its source text there, as on a real endpoint.
-    Workers stay warm between tasks (filter banks, FFT plans, a GPU context
-    when CuPy finds one).
+    An :class:`EngineBackend` over :func:`local_engine` (the endpoint's
+    ``ProcessPoolEngine``, spawned workers): the function is rebuilt from its
+    source text there, as on a real endpoint. Workers stay warm between tasks
+    (filter banks, FFT plans, a GPU context when CuPy finds one).
 
     Parameters
     ----------
@@ -251,21 +281,9 @@ class LocalBackend(EngineBackend):
     name = "local"
 
     def __init__(self, data_root: str | os.PathLike | None = None, workers: int | None = None, env: dict | None = None, run_dir: str | None = None):
-        from globus_compute_endpoint.engines import ProcessPoolEngine
-
-        self.workers = workers or min(os.cpu_count() or 1, 8)
-        environ: dict[str, str | None] = {"MHD_DATA_ROOT": os.path.realpath(data_root) if data_root else None}
-        environ.update(env or {})
         self._tmp = None if run_dir else tempfile.TemporaryDirectory(prefix="mhd-local-")
-        engine = ProcessPoolEngine(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(environ,),
-            allowed_serializers=list(ALLOWED_SERIALIZERS),
-        )
-        engine.start(endpoint_id=uuid.uuid4(), run_dir=run_dir or self._tmp.name)
-        super().__init__(engine)
+        self.workers = workers or min(os.cpu_count() or 1, 8)
+        super().__init__(local_engine(data_root, self.workers, env, run_dir=run_dir or self._tmp.name))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the workers; with ``cancel_futures`` queued tasks fail with :class:`TaskFailed`."""
