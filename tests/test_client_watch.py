@@ -1,0 +1,104 @@
+"""``client watch`` against a slow, partial writer, stopped with Ctrl-C (SIGINT)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mhd.client.discover import Tile
+from mhd.client.verdicts import Calibration
+from mhd.client.watch import Landing
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
+HOSTILE = "tile r9;$(touch PWNED) `touch PWNED2`.png"
+
+ALERT_SCRIPT = """
+import os, sys
+with open(sys.argv[1], "a") as fh:
+    fh.write(repr((sys.argv[2:], os.environ["MHD_TILE"], os.environ["MHD_VERDICT"])) + "\\n")
+"""
+
+
+def slow_write(path: Path, data: bytes, pause: float) -> None:
+    """Write half the file, pause (the watcher sees a truncated image), then the rest."""
+    with path.open("wb") as fh:
+        fh.write(data[: len(data) // 2])
+        fh.flush()
+        time.sleep(pause)
+        fh.write(data[len(data) // 2 :])
+
+
+def test_landing_waits_for_stable_decodable_files(tmp_path):
+    data = (EXAMPLE / "tile_r0_c0.png").read_bytes()
+    landing = Landing(tmp_path, settle=100.0, give_up=100.0)
+    (tmp_path / "a.png").write_bytes(data[:1000])
+    (tmp_path / ".b.png").write_bytes(data)
+    assert landing.poll() == []  # first sight: not yet known to be stable
+    assert landing.poll() == []  # stable but truncated: not decodable
+    (tmp_path / "a.png").write_bytes(data)
+    (tmp_path / ".b.png").rename(tmp_path / "b.png")
+    assert landing.poll() == []  # both changed since the last look
+    ready = landing.poll()
+    assert [t.id for t, _ in ready] == ["a.png", "b.png"] and all(isinstance(t, Tile) for t, _ in ready)
+    assert landing.poll() == []  # each tile is handed out once
+
+
+def test_landing_gives_up_on_files_that_never_decode(tmp_path):
+    landing = Landing(tmp_path, settle=0.0, give_up=0.2)
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    assert landing.poll() == []
+    time.sleep(0.25)
+    assert [t.id for t, _ in landing.poll()] == ["broken.tif"]
+
+
+@pytest.mark.slow
+def test_watch_scores_each_tile_once_alerts_safely_and_stops_on_ctrl_c(tmp_path):
+    section = tmp_path / "live"
+    section.mkdir()
+    cal = Calibration(intercept=math.log(14500.0), slope=-0.53, r=-0.99, n=9, units="um", max_defocus=1.0).save(tmp_path / "cal.json")
+    script = tmp_path / "alert.py"
+    script.write_text(ALERT_SCRIPT)
+    alerts = tmp_path / "alerts.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MHD_")}
+    env.update(MHD_CONFIG=str(tmp_path / "cfg.json"), MHD_CALIBRATION=str(cal), MHD_WORKERS="1")
+    cmd = [sys.executable, "-m", "mhd.client", "watch", "--dir", str(section), "--poll", "0.1", "--idle-exit", "60", "--on-oof", f"{sys.executable} {script} {alerts}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        slow_write(section / "tile_r0_c0.png", (EXAMPLE / "tile_r0_c0.png").read_bytes(), 0.6)
+        part = section / "tile_r0_c1.tif.part"
+        slow_write(part, (EXAMPLE / "tile_r0_c1.tif").read_bytes(), 0.4)
+        part.rename(section / "tile_r0_c1.tif")
+        slow_write(section / HOSTILE, (EXAMPLE / "tile_r1_c2.png").read_bytes(), 0.4)
+        for name in ("tile_r1_c0.png", "tile_r3_c3.bmp"):
+            shutil.copy(EXAMPLE / name, section / name)
+        results = section / "mhd-results.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if results.exists() and results.read_bytes().count(b"\n") >= 5:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, out  # the section has an out-of-focus tile
+    recs = [json.loads(x) for x in results.read_text().splitlines()]
+    assert sorted(r["tile"] for r in recs) == sorted(["tile_r0_c0.png", "tile_r0_c1.tif", HOSTILE, "tile_r1_c0.png", "tile_r3_c3.bmp"])
+    verdicts = {r["tile"]: r["verdict"] for r in recs}
+    assert verdicts.pop(HOSTILE) == "oof" and set(verdicts.values()) == {"ok"}
+    assert all(r["latency_ms"] >= 0 for r in recs)
+    [alert] = alerts.read_text().splitlines()
+    args, tile_env, verdict_env = eval(alert)  # noqa: S307 - our own repr() output
+    assert args == [str(section.resolve() / HOSTILE)] and tile_env == args[0] and verdict_env == "oof"
+    assert not list(tmp_path.rglob("PWNED*"))  # the file name was never given to a shell
+    assert "OOF" in out and "summary" in out
