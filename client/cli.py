@@ -171,10 +171,18 @@ def _rule(cfg: config_mod.Config, no_calibration: bool):
         raise click.ClickException(str(exc)) from None
 
 
-def _transfer_client():
+def _transfer_client() -> Any:
+    """An authenticated ``globus_sdk.TransferClient`` (may start a login)."""
     from .auth import transfer_client
 
     return transfer_client()
+
+
+def _compute_client() -> Any:
+    """An authenticated ``globus_compute_sdk.Client`` (may start a login)."""
+    from .auth import compute_client
+
+    return compute_client()
 
 
 @main.command(context_settings=CONTEXT)
@@ -201,7 +209,7 @@ def submit(directory: Path, backend: str | None, transport: str | None, workers:
     cfg = _load_config(backend=backend, transport=transport, workers=workers, batch=batch)
     console = _console()
     try:
-        outcome = run_section(section, cfg, console, rule=_rule(cfg, no_calibration), rescore=rescore, params=params, on_oof=on_oof, show_ok=show_ok, transfer_client=_transfer_client)
+        outcome = run_section(section, cfg, console, rule=_rule(cfg, no_calibration), rescore=rescore, params=params, on_oof=on_oof, show_ok=show_ok, transfer_client=_transfer_client, compute_client=_compute_client)
     except (ValueError, OSError, SectionLocked) as exc:
         raise click.ClickException(str(exc)) from None
     section_summary(console, section, outcome)
@@ -255,11 +263,10 @@ def register(endpoint: Any, public: bool) -> None:
 
         client register --endpoint 4b116d3c-1703-4f8f-9f6f-39921e5864df
     """
-    from .auth import compute_client
     from .registration import register_score_tiles
 
     try:
-        function_id = register_score_tiles(compute_client(), public=public)
+        function_id = register_score_tiles(_compute_client(), public=public)
     except Exception as exc:  # globus_sdk errors, login refused: a user-facing failure
         raise click.ClickException(f"registration failed: {exc}") from None
     path = config_mod.save_values(endpoint=str(endpoint), function=str(function_id))
@@ -339,7 +346,7 @@ def watch(directory: Path, backend: str | None, transport: str | None, workers: 
     cfg = _load_config(backend=backend, transport=transport, workers=workers, batch=batch)
     console = _console()
     try:
-        outcome = watch_section(section, cfg, console, rule=_rule(cfg, no_calibration), params=params, on_oof=on_oof, poll=poll, give_up=give_up, idle_exit=idle_exit, transfer_client=_transfer_client)
+        outcome = watch_section(section, cfg, console, rule=_rule(cfg, no_calibration), params=params, on_oof=on_oof, poll=poll, give_up=give_up, idle_exit=idle_exit, transfer_client=_transfer_client, compute_client=_compute_client)
     except (ValueError, OSError, SectionLocked) as exc:
         raise click.ClickException(str(exc)) from None
     section_summary(console, section, outcome)

@@ -82,7 +82,7 @@ def local_workers(cfg: Config) -> int:
     return cfg["workers"] or max(1, min(8, os.cpu_count() or 1))
 
 
-def open_backend(cfg: Config, kind: str, data_root: Path | None = None) -> Any:
+def open_backend(cfg: Config, kind: str, data_root: Path | None = None, compute_client: Callable[[], Any] | None = None) -> Any:
     """Start the backend (a context manager with ``submit`` and ``name``).
 
     Parameters
@@ -92,11 +92,15 @@ def open_backend(cfg: Config, kind: str, data_root: Path | None = None) -> Any:
         ``local`` or ``globus``.
     data_root : Path, optional
         Local backend: the folder path tiles are relative to (shared transport).
+    compute_client : callable, optional
+        Returns an authenticated ``globus_compute_sdk.Client`` (only called
+        for ``globus``).
 
     Raises
     ------
     ValueError
-        If ``globus`` is asked for without an endpoint and a function UUID.
+        If ``globus`` is asked for without an endpoint and a function UUID,
+        or without a ``compute_client``.
     """
     from . import backends
 
@@ -104,8 +108,8 @@ def open_backend(cfg: Config, kind: str, data_root: Path | None = None) -> Any:
         return backends.LocalBackend(workers=local_workers(cfg), data_root=data_root)
     if not (cfg["endpoint"] and cfg["function"]):
         raise ValueError("the globus backend needs an endpoint and a function UUID: run 'client register --endpoint UUID' (see 'client config')")
-    from .auth import compute_client
-
+    if compute_client is None:
+        raise ValueError("the globus backend needs a Globus Compute client")
     return backends.GlobusBackend(cfg["endpoint"], cfg["function"], compute_client())
 
 
@@ -174,8 +178,12 @@ def run_section(
     on_oof: str | None = None,
     show_ok: bool = False,
     transfer_client: Callable[[], Any] | None = None,
+    compute_client: Callable[[], Any] | None = None,
 ) -> Outcome:
     """Score the tiles of ``section`` that need it; record and print verdicts.
+
+    ``transfer_client`` and ``compute_client`` build the authenticated Globus
+    clients, and are called only when the Globus transport / backend is used.
 
     Returns
     -------
@@ -200,7 +208,7 @@ def run_section(
         with Reporter(console, len(todo), show_ok) as reporter:
             if todo:
                 data_root = Path(cfg["shared_local"]) if transport.name == "shared" else None
-                with open_backend(cfg, kind, data_root) as backend:
+                with open_backend(cfg, kind, data_root, compute_client) as backend:
                     pipe = Pipeline(backend, transport, judge, results, params, reporter, hook, max_inflight=_inflight(kind, workers))
                     interrupted = _run(pipe, todo, console)
         if hook is not None:

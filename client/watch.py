@@ -127,6 +127,7 @@ def watch_section(
     give_up: float = 10.0,
     idle_exit: float | None = None,
     transfer_client: Callable | None = None,
+    compute_client: Callable | None = None,
 ) -> Outcome:
     """Follow ``section`` until Ctrl-C (or ``idle_exit`` seconds without a new tile).
 
@@ -149,7 +150,7 @@ def watch_section(
         console.print(f"[bold]watching {section}[/] ({len(results.records)} tiles already recorded; backend {kind}, transport {transport.name}); Ctrl-C to stop")
         reporter = Reporter(console, None, show_ok=True)
         data_root = Path(cfg["shared_local"]) if transport.name == "shared" else None
-        with open_backend(cfg, kind, data_root) as backend:
+        with open_backend(cfg, kind, data_root, compute_client) as backend:
             pipe = Pipeline(backend, transport, judge, results, params, reporter, hook, max_inflight=max(4, 2 * workers))
             try:
                 _follow(pipe, landing, poll, idle_exit)
