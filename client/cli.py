@@ -171,11 +171,11 @@ def _rule(cfg: config_mod.Config, no_calibration: bool):
         raise click.ClickException(str(exc)) from None
 
 
-def _transfer_client() -> Any:
-    """An authenticated ``globus_sdk.TransferClient`` (may start a login)."""
+def _transfer_client(collection_ids: list[str]) -> Any:
+    """An authenticated ``globus_sdk.TransferClient`` for these collections (may start a login)."""
     from .auth import transfer_client
 
-    return transfer_client()
+    return transfer_client(collection_ids=collection_ids)
 
 
 def _compute_client() -> Any:

@@ -170,8 +170,7 @@ def _plot_montage(path: Path, records: list[dict], pos: dict[str, tuple[int, int
             grid[pos[rec["tile"]]] = math.log(max(rec["density"], 1.0))
     centre = base.median if math.isfinite(base.median) else float(np.nanmedian(grid))
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * cols, 0.9 + 0.6 * rows), dpi=110)
-    cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("0.8")  # no tissue, no result, or no tile there
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="0.8")  # grey: no tissue, no result, or no tile there
     im = ax.imshow(grid - centre, cmap=cmap, vmin=-1.5, vmax=1.5)
     marks = {"oof": "X", "empty": "o", "error": "!"}
     for rec in records:

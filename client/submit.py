@@ -124,13 +124,20 @@ def auto_batch(n_tiles: int, workers: int, kind: str) -> int:
     return max(1, min(8, n_tiles // (4 * max(workers, 1))))
 
 
-def make_transport(cfg: Config, section: Path, tiles: list[Tile], batch: int, transfer_client: Callable[[], Any] | None = None) -> Transport:
+def make_transport(cfg: Config, section: Path, tiles: list[Tile], batch: int, transfer_client: Callable[[list[str]], Any] | None = None, kind: str = "globus") -> Transport:
     """The transport the configuration (and ``auto``) asks for.
+
+    With the local backend, ``shared`` means the local workers read
+    ``shared_local`` directly (no remote prefix), and ``globus`` is refused
+    (a Transfer delivers to the endpoint's storage, which local workers
+    do not see).
 
     Parameters
     ----------
     transfer_client : callable, optional
-        Returns a ``globus_sdk.TransferClient`` (only called for ``globus``).
+        ``transfer_client(collection_ids) -> globus_sdk.TransferClient``
+        (only called for ``globus``; the two collections' data-access scopes
+        are requested).
 
     Raises
     ------
@@ -138,19 +145,21 @@ def make_transport(cfg: Config, section: Path, tiles: list[Tile], batch: int, tr
         If the chosen transport is not configured (the message names the keys).
     """
     shared_ready = bool(cfg["shared_local"])
-    globus_ready = all(cfg[k] for k in ("source_collection", "dest_collection", "dest_path", "source_local"))
+    globus_ready = kind == "globus" and all(cfg[k] for k in ("source_collection", "dest_collection", "dest_path", "source_local"))
     name = choose_transport(cfg["transport"], tiles, int(cfg["inline_max_mb"] * MB), shared_ready, globus_ready)
     if name == "inline":
         return InlineTransport(batch, int(cfg["request_mb"] * MB))
     if name == "shared":
         if not shared_ready:
             raise ValueError("transport shared needs shared_local (and shared_remote): see 'client config'")
-        return SharedTransport(batch, cfg["shared_local"], cfg["shared_remote"])
+        return SharedTransport(batch, cfg["shared_local"], cfg["shared_remote"] if kind == "globus" else "")
+    if kind != "globus":
+        raise ValueError("transport globus delivers to the endpoint's storage: it needs the globus backend")
     if not globus_ready or transfer_client is None:
         raise ValueError("transport globus needs source_collection, source_local, dest_collection and dest_path: see 'client config'")
     return GlobusTransport(
         batch,
-        transfer_client(),
+        transfer_client([cfg["source_collection"], cfg["dest_collection"]]),
         source_collection=cfg["source_collection"],
         dest_collection=cfg["dest_collection"],
         source_local=cfg["source_local"],
@@ -177,7 +186,7 @@ def run_section(
     params: dict | None = None,
     on_oof: str | None = None,
     show_ok: bool = False,
-    transfer_client: Callable[[], Any] | None = None,
+    transfer_client: Callable[[list[str]], Any] | None = None,
     compute_client: Callable[[], Any] | None = None,
 ) -> Outcome:
     """Score the tiles of ``section`` that need it; record and print verdicts.
@@ -200,7 +209,7 @@ def run_section(
         kind = backend_kind(cfg)
         workers = local_workers(cfg) if kind == "local" else 0
         batch = cfg["batch"] or auto_batch(len(todo), workers, kind)
-        transport = make_transport(cfg, section, todo, batch, transfer_client)
+        transport = make_transport(cfg, section, todo, batch, transfer_client, kind)
         _header(console, section, found, len(results.records), len(todo), kind, workers, transport, rule)
         judge = Judge(rule, tissue_probe(section, _grid(params)), prior=results.records.values())
         hook = OofHook(on_oof) if on_oof else None

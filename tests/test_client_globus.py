@@ -148,7 +148,9 @@ def test_failed_transfer_fails_its_tiles_alone(tmp_path, section):
     assert sum(len(s.payload) for s in staged) == 0
 
 
-def test_globus_transport_needs_its_collections(section):
-    cfg = load().override(transport="globus")
+def test_globus_transport_needs_its_collections_and_the_globus_backend(section):
+    cfg = load().override(transport="globus", backend="globus", endpoint="e", function="f")
     with pytest.raises(ValueError, match="source_collection, source_local, dest_collection and dest_path"):
         run_section(section, cfg, Console(file=io.StringIO()), rule=Rule())
+    with pytest.raises(ValueError, match="needs the globus backend"):
+        run_section(section, load().override(transport="globus"), Console(file=io.StringIO()), rule=Rule())

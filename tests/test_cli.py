@@ -1,0 +1,176 @@
+"""The ``client`` command line: help, exit codes, score, config, endpoint configure, report, calibrate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mhd import __version__
+from mhd.client.cli import EXIT_USAGE, main
+from mhd.client.verdicts import Calibration
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "section_042"
+SERIES = ROOT / "examples" / "focus_series"
+COMMANDS = [["score"], ["submit"], ["watch"], ["report"], ["calibrate"], ["config"], ["register"], ["endpoint"], ["endpoint", "configure"]]
+
+
+@pytest.fixture(autouse=True)
+def isolated_config(tmp_path, monkeypatch):
+    for key in list(os.environ):
+        if key.startswith("MHD_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("MHD_CONFIG", str(tmp_path / "cfg" / "config.json"))
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(map(str, args)))
+
+
+def test_help_version_and_examples():
+    top = run("-h")
+    assert top.exit_code == 0 and "Example:" in top.output and "submit" in top.output
+    assert run("--version").output.strip().endswith(__version__)
+    for cmd in COMMANDS:
+        out = run(*cmd, "--help")
+        assert out.exit_code == 0 and "Example:" in out.output, cmd
+
+
+def test_usage_errors_exit_64_not_2():
+    assert run("submit").exit_code == EXIT_USAGE  # missing --dir
+    assert run("submit", "--dir", ".", "--bogus").exit_code == EXIT_USAGE
+    assert run("frobnicate").exit_code == EXIT_USAGE
+    out = run("submit", "--dir", "/no/such/folder")
+    assert out.exit_code == 1 and "not a folder" in out.output
+
+
+def test_score_json_one_object_per_file_and_bad_files_fail_alone(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    tiny = tmp_path / "tiny.tif"
+    import tifffile
+    import numpy as np
+
+    tifffile.imwrite(tiny, np.zeros((8, 8), np.uint8))
+    out = run("score", EXAMPLE / "tile_r0_c0.png", bad, tmp_path / "missing.png", tiny, EXAMPLE / "tile_r0_c1.tif", "--json", "--n-bin", "12")
+    assert out.exit_code == 1
+    recs = [json.loads(x) for x in out.output.splitlines()]
+    assert [Path(r["path"]).name for r in recs] == ["tile_r0_c0.png", "bad.png", "missing.png", "tiny.tif", "tile_r0_c1.tif"]
+    good = [recs[0], recs[4]]
+    assert all(r["error"] is None and r["features"] > 100 and r["shape"] == [256, 256] and r["ms"] > 0 for r in good)
+    assert recs[1]["error"].startswith(str(bad)) and "not a PNG" in recs[1]["error"]
+    assert "cannot read" in recs[2]["error"] and "16" in recs[3]["error"]
+    human = run("score", EXAMPLE / "tile_r0_c0.png")
+    assert human.exit_code == 0 and "features" in human.output
+
+
+def test_config_shows_values_and_sources(tmp_path, monkeypatch):
+    monkeypatch.setenv("MHD_OOF_K", "4")
+    Path(os.environ["MHD_CONFIG"]).parent.mkdir()
+    Path(os.environ["MHD_CONFIG"]).write_text(json.dumps({"endpoint": "abc"}))
+    data = json.loads(run("config", "--json").output)
+    assert data["oof_k"] == {"value": 4.0, "source": "$MHD_OOF_K"}
+    assert data["endpoint"] == {"value": "abc", "source": os.environ["MHD_CONFIG"]}
+    assert data["transport"]["source"] == "default"
+    table = run("config")
+    assert table.exit_code == 0 and "$MHD_OOF_K" in table.output and "calibration" in table.output
+    monkeypatch.setenv("MHD_WORKERS", "lots")
+    bad = run("config")
+    assert bad.exit_code == 1 and "workers from $MHD_WORKERS" in bad.output
+
+
+def test_endpoint_configure_writes_validated_config_and_refuses_overwrite(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    args = ["endpoint", "configure", "--gpus", "4", "--env", "/opt/mhd/venv", "--function-id", "2f1c7ed8-6e2e-4b7e-9d0b-0d4b6d1f8a11"]
+    out = run(*args)
+    assert out.exit_code == 0, out.output
+    conf = (tmp_path / "home" / ".globus_compute" / "mhd-gpu" / "config.yaml").read_text()
+    assert "2f1c7ed8-6e2e-4b7e-9d0b-0d4b6d1f8a11" in conf and "/opt/mhd/venv" in conf
+    again = run(*args)
+    assert again.exit_code == 1 and "--force" in again.output
+    assert run(*args, "--force", "--gpus", "8").exit_code == 0
+
+
+def write_results(section: Path, records: list[dict]) -> None:
+    section.mkdir(parents=True, exist_ok=True)
+    with (section / "mhd-results.jsonl").open("w") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+
+
+def fake(tile, density, verdict="ok", **extra):
+    cell = density * 0.004096
+    return {"tile": tile, "features": int(density * 0.065536), "density": density, "grid": [[cell] * 4] * 4, "shape": [256, 256], "verdict": verdict, "reason": "", "error": None, **extra}
+
+
+def test_report_writes_figures_csv_and_reacquire_list(tmp_path):
+    section = tmp_path / "s"
+    records = [fake(f"tile_r{r}_c{c}.png", 1.4e4) for r in range(3) for c in range(3)]
+    records[2] = fake("tile_r0_c2.png", 3e3, "oof", reason="x")
+    records[4] = fake("tile_r1_c1.png", 1.35e4 * 0.6)  # recorded ok early on; the whole section says oof
+    records[5] = {"tile": "tile_r1_c2.png", "verdict": "error", "reason": "tile_r1_c2.png: cannot decode", "error": "tile_r1_c2.png: cannot decode", "features": None, "density": None}
+    records[6] = fake("tile_r2_c0.png", 50, "empty", contrast=1.0)
+    write_results(section, records)
+    out = run("report", "--dir", section)
+    assert out.exit_code == 0, out.output
+    folder = section / "mhd-report"
+    for name in ("density.png", "montage.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = {r["tile"]: r for r in csv.DictReader((folder / "mhd-results.csv").open())}
+    assert len(rows) == 9 and rows["tile_r1_c1.png"]["verdict"] == "ok" and rows["tile_r1_c1.png"]["section_verdict"] == "oof"
+    assert rows["tile_r2_c0.png"]["section_verdict"] == "empty" and rows["tile_r0_c2.png"]["row"] == "0"
+    assert (folder / "mhd-reacquire.txt").read_text().splitlines() == ["tile_r0_c2.png", "tile_r1_c1.png", "tile_r1_c2.png"]
+    assert "3 tile(s) to re-acquire" in out.output
+
+
+def test_report_without_positions_and_without_results(tmp_path):
+    section = tmp_path / "s"
+    write_results(section, [fake(f"img{i}.png", 1e4) for i in range(5)])
+    out = run("report", "--dir", section)
+    assert out.exit_code == 0 and not (section / "mhd-report" / "montage.png").exists()
+    assert (section / "mhd-report" / "mhd-reacquire.txt").read_text() == ""
+    (tmp_path / "empty").mkdir()
+    none = run("report", "--dir", tmp_path / "empty")
+    assert none.exit_code == 1 and "no results yet" in none.output
+
+
+def test_calibrate_fits_the_series_and_submit_rule_uses_it(tmp_path):
+    series = tmp_path / "series"
+    shutil.copytree(SERIES, series, ignore=shutil.ignore_patterns("mhd-*"))
+    store = tmp_path / "cfg" / "calibration.json"
+    out = run("calibrate", "--dir", series, "--max-defocus", "1.5")
+    assert out.exit_code == 0, out.output
+    cal = Calibration.load(store)
+    assert cal.n == 9 and cal.r < -0.95 and cal.slope < 0 and cal.max_defocus == 1.5 and cal.units == "um"
+    assert f"r = {cal.r:.4f}" in out.output and (series / "mhd-calibration.png").exists()
+    rerun = run("calibrate", "--dir", series, "--dry-run")  # its own plot is not taken for an image
+    assert rerun.exit_code == 0 and "9 images" in rerun.output
+    shown = json.loads(run("config", "--json").output)
+    assert shown["calibration"]["value"] is None  # default path beside the config file
+
+
+def test_calibrate_from_csv_and_its_errors(tmp_path):
+    series = tmp_path / "series"
+    series.mkdir()
+    names = sorted(p.name for p in SERIES.glob("focus_*.png"))
+    for i, name in enumerate(names):
+        shutil.copy(SERIES / name, series / f"img{i}.png")
+    table = tmp_path / "defocus.csv"
+    with table.open("w") as fh:
+        fh.write("file,defocus\n")
+        for i, name in enumerate(names):
+            fh.write(f"img{i}.png,{float(name.split('df')[1][:-6])}\n")
+    out = run("calibrate", "--dir", series, "--csv", table, "--out", tmp_path / "c.json")
+    assert out.exit_code == 0, out.output
+    assert Calibration.load(tmp_path / "c.json").r < -0.95
+    bad = run("calibrate", "--dir", series)  # no defocus in these names
+    assert bad.exit_code == 1 and "at least 3" in bad.output
+    assert "needs a group" in run("calibrate", "--dir", series, "--pattern", "df").output
+    table.write_text("file,defocus\nimg0.png,near\n")
+    assert ":2: defocus 'near' is not a number" in run("calibrate", "--dir", series, "--csv", table).output
