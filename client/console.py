@@ -91,8 +91,11 @@ class Reporter:
             self.counts[rec["verdict"]] += 1
             if self.show_ok or rec["verdict"] != "ok":
                 self.console.print(verdict_line(rec), highlight=False)
+
+    def scored(self, n: int) -> None:
+        """Advance the bar by ``n`` tiles scored (their verdicts may come later)."""
         if self.progress is not None:
-            self.progress.advance(self._task, len(records))
+            self.progress.advance(self._task, n)
 
     @property
     def elapsed(self) -> float:

@@ -128,6 +128,9 @@ class Pipeline:
         Detector parameters for ``score_tiles``.
     on_verdicts : callable
         Called with each list of records just recorded.
+    on_scored : callable
+        Called with the number of tiles each completed task (or staging
+        failure) accounts for, before the verdicts (which warm-up may delay).
     on_oof : OofHook, optional
     max_inflight : int
         Most tasks outstanding.
@@ -143,6 +146,7 @@ class Pipeline:
     results: ResultsLog
     params: dict | None = None
     on_verdicts: Callable[[list[dict]], None] = lambda recs: None
+    on_scored: Callable[[int], None] = lambda n: None
     on_oof: OofHook | None = None
     max_inflight: int = 8
     landed: dict[str, float] = field(default_factory=dict)
@@ -279,6 +283,7 @@ class Pipeline:
 
     def _judged(self, records: list[dict]) -> None:
         """Judge new records; record those whose verdict is final (warm-up may hold some)."""
+        self.on_scored(len(records))
         self._record([final for rec in records for final in self.judge.add(rec)])
 
     def _record(self, records: list[dict]) -> None:

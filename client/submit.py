@@ -218,7 +218,7 @@ def run_section(
             if todo:
                 data_root = Path(cfg["shared_local"]) if transport.name == "shared" else None
                 with open_backend(cfg, kind, data_root, compute_client) as backend:
-                    pipe = Pipeline(backend, transport, judge, results, params, reporter, hook, max_inflight=_inflight(kind, workers))
+                    pipe = Pipeline(backend, transport, judge, results, params, on_verdicts=reporter, on_scored=reporter.scored, on_oof=hook, max_inflight=_inflight(kind, workers))
                     interrupted = _run(pipe, todo, console)
         if hook is not None:
             hook.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -13,7 +14,8 @@ from click.testing import CliRunner
 
 from mhd import __version__
 from mhd.client.cli import EXIT_USAGE, main
-from mhd.client.verdicts import Calibration
+from mhd.client.config import load
+from mhd.client.verdicts import Calibration, Judge, rule_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "section_042"
@@ -151,8 +153,10 @@ def test_calibrate_fits_the_series_and_submit_rule_uses_it(tmp_path):
     assert f"r = {cal.r:.4f}" in out.output and (series / "mhd-calibration.png").exists()
     rerun = run("calibrate", "--dir", series, "--dry-run")  # its own plot is not taken for an image
     assert rerun.exit_code == 0 and "9 images" in rerun.output
-    shown = json.loads(run("config", "--json").output)
-    assert shown["calibration"]["value"] is None  # default path beside the config file
+    rule = rule_from_config(load())  # what submit/watch/report judge with
+    assert rule.calibration == cal
+    assert Judge(rule).add(fake("far.png", math.exp(cal.intercept + cal.slope * 2.0)))[0]["verdict"] == "oof"
+    assert rule_from_config(load(), use_calibration=False).calibration is None
 
 
 def test_calibrate_from_csv_and_its_errors(tmp_path):
