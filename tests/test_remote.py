@@ -250,3 +250,15 @@ def test_limit_defaults():
     assert limits.data_root is None
     assert (limits.max_pixels, limits.max_inline_bytes, limits.max_tiles) == (16384**2, 8 * 2**20, 1024)
     assert limits.max_decoded_bytes == 4 * 16384**2
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_worker_the_backend_is_cupy(root):
+    from mhd.functions import cuda_available
+
+    if not cuda_available():
+        pytest.skip("needs CuPy and a CUDA GPU; this machine has none")
+    [gpu] = score_tiles(["sec/a.png"], {"backend": "cupy"})
+    [cpu] = score_tiles(["sec/a.png"], {"backend": "numpy"})
+    assert gpu["backend"].startswith("cupy:") and gpu["error"] is None
+    assert abs(gpu["features"] - cpu["features"]) <= max(2, 0.02 * cpu["features"])
