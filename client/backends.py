@@ -263,7 +263,10 @@ class LocalBackend(EngineBackend):
     An :class:`EngineBackend` over :func:`local_engine` (the endpoint's
     ``ProcessPoolEngine``, spawned workers): the function is rebuilt from its
     source text there, as on a real endpoint. Workers stay warm between tasks
-    (filter banks, FFT plans, a GPU context when CuPy finds one).
+    (filter banks, FFT plans, a GPU context when CuPy finds one). As with any
+    spawning pool, a script that creates one needs an
+    ``if __name__ == "__main__":`` guard (the ``client`` command and notebooks
+    are fine).
 
     Parameters
     ----------
