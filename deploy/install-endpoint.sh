@@ -103,7 +103,7 @@ run() {
 }
 
 need_value() {
-    (($# >= 2)) && [[ -n $2 ]] || die "$1 needs a value"
+    (($# >= 2)) && [[ -n $2 && $2 != --* ]] || die "$1 needs a value"
 }
 
 parse_args() {
@@ -179,7 +179,7 @@ make_env() {
 }
 
 install_package() {
-    local args=(install --disable-pip-version-check)
+    local args=(install --quiet --disable-pip-version-check)
     if [[ -n $INDEX_URL ]]; then
         args+=(--index-url "$INDEX_URL")
     elif [[ -n $FIND_LINKS ]]; then

