@@ -67,7 +67,7 @@ def _grid(name: str, v: Any) -> tuple[int, int]:
 #: Bounds on caller-supplied detector parameters: they keep memory and time
 #: bounded (a filter bank holds ``n_bin`` spectra of ``block_size`` squared).
 PARAM_RULES = {
-    "n_bin": _number(1, 64, integer=True),
+    "n_bin": _number(2, 64, integer=True),
     "min_t": _number(0.1, 64),
     "max_t": _number(0.2, 64),
     "threshold": _number(0, 1e3),
