@@ -424,3 +424,48 @@ def test_readme_container_lines_load_and_wrap_the_worker_command(tmp_path, kind,
     assert "globus-compute-endpoint python-exec parsl.executors.high_throughput.process_worker_pool" in launch
     if kind == "docker":
         assert f"-v {tmp_path}:{tmp_path}" in launch and "-e MHD_DATA_ROOT" in launch
+
+
+# ------------------------------------------------------------------- docs
+
+DOCS = [DEPLOY / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub-style heading anchors of a Markdown text."""
+    out = set()
+    for heading in re.findall(r"^#+ (.+)$", markdown, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        out.add(slug)
+    return out
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_doc_links_point_to_existing_files_and_headings(doc):
+    text = doc.read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links, f"{doc.name} links nowhere"
+    for link in links:
+        if re.match(r"^[a-z]+://", link):
+            continue
+        target, _, anchor = link.partition("#")
+        path = (doc.parent / target).resolve() if target else doc
+        assert path.exists(), f"{doc.name}: broken link {link}"
+        if anchor and path.suffix == ".md":
+            assert anchor in _anchors(path.read_text()), f"{doc.name}: no heading for #{anchor} in {path.name}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_docs_name_only_real_client_commands_and_script_options(tmp_path, doc):
+    from mhd.client.cli import main
+
+    text = doc.read_text().replace("\\\n", " ")  # shell line continuations
+    for command in re.findall(r"`client (?:-\S+ )*([a-z]+)\b", text):
+        assert command in main.commands, f"{doc.name}: 'client {command}' is not a client command"
+    script_help = _run(["--help"], _env(_home(tmp_path))).stdout
+    configure_help = subprocess.run([sys.executable, "-m", "mhd.endpoint", "configure", "--help"], capture_output=True, text=True, check=True).stdout
+    for line in re.findall(r"install-endpoint\.sh[^\n`|]*", text):
+        ours, _, passed_on = line.partition(" -- ")
+        for part, helptext, what in ((ours, script_help, "install-endpoint.sh"), (passed_on, configure_help, "python -m mhd.endpoint configure")):
+            for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", part):
+                assert option in helptext, f"{doc.name}: {what} has no {option}"
