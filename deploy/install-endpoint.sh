@@ -205,12 +205,15 @@ check_gpus() {
     fi
 }
 
-# The Python that renders the configuration: the environment's, or in a dry
-# run before it exists, --python if mhd-focus is importable there.
+# The Python that renders the configuration: the environment's (a real run
+# has just checked it imports mhd), or in a dry run, --python if the
+# environment does not have mhd-focus yet but --python does.
 render_python() {
-    if [[ -x $ENV_DIR/bin/python ]] && "$ENV_DIR/bin/python" -c 'import mhd.endpoint' 2>/dev/null; then
+    if ((!DRY_RUN)); then
         printf '%s\n' "$ENV_DIR/bin/python"
-    elif ((DRY_RUN)) && "$PYTHON" -c 'import mhd.endpoint' 2>/dev/null; then
+    elif [[ -x $ENV_DIR/bin/python ]] && "$ENV_DIR/bin/python" -c 'import mhd.endpoint' 2>/dev/null; then
+        printf '%s\n' "$ENV_DIR/bin/python"
+    elif "$PYTHON" -c 'import mhd.endpoint' 2>/dev/null; then
         printf '%s\n' "$PYTHON"
     fi
 }
@@ -327,7 +330,7 @@ main() {
     check_gpus
     local py
     py=$(render_python)
-    [[ -n $py ]] || die "cannot render the configuration: mhd-focus is not importable by $ENV_DIR/bin/python${DRY_RUN:+ or $PYTHON}"
+    [[ -n $py ]] || die "cannot render the configuration in a dry run: neither $ENV_DIR/bin/python nor $PYTHON can import mhd-focus"
     resolve_function "$py"
     configure_endpoint "$py"
     summary

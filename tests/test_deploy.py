@@ -205,6 +205,15 @@ def test_dry_run_passes_scheduler_options_to_configure(tmp_path):
     assert "--gres=gpu:a100:4" in provider.scheduler_options or provider.gres == "gpu:a100:4"
 
 
+def test_dry_run_without_any_python_that_has_mhd_says_so(tmp_path):
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    if not base.exists() or subprocess.run([str(base), "-c", "import mhd.endpoint"], capture_output=True).returncode == 0:
+        pytest.skip("needs a base Python without mhd-focus installed")
+    proc = _run(["--gpus", "1", "--env", str(tmp_path / "venv"), "--python", str(base), "--dry-run"], _env(_home(tmp_path)))
+    assert proc.returncode == 1
+    assert f"neither {tmp_path / 'venv'}/bin/python nor {base} can import mhd-focus" in proc.stderr
+
+
 # --------------------------------------------------------------- real run
 
 
@@ -217,12 +226,15 @@ def _real(tmp_path: Path, home: Path, *extra: str) -> subprocess.CompletedProces
 
 
 def test_install_is_idempotent_refuses_to_clobber_and_replaces_with_force(tmp_path):
+    """Four real runs; the first takes the function UUID that 'client register' stored."""
     home = _home(tmp_path)
+    (home / "mhd-config.json").write_text(f'{{"endpoint": "{OTHER_FUNCTION}", "function": "{FUNCTION}"}}')
     config_yaml = home / ".globus_compute" / "mhd-gpu" / "config.yaml"
 
-    first = _real(tmp_path, home, "--gpus", "2", "--function-id", FUNCTION)
+    first = _real(tmp_path, home, "--gpus", "2")
     assert first.returncode == 0, first.stdout + first.stderr
     assert f"installing the configuration into {config_yaml.parent}" in first.stdout
+    assert f"function {FUNCTION}" in first.stdout
     assert config_yaml.stat().st_mode & 0o777 == 0o600
     installed = config_yaml.read_text()
     assert _load(installed).allowed_functions == (FUNCTION,)
@@ -232,32 +244,28 @@ def test_install_is_idempotent_refuses_to_clobber_and_replaces_with_force(tmp_pa
     assert "is up to date" in again.stdout
     assert config_yaml.read_text() == installed
 
-    changed = _real(tmp_path, home, "--gpus", "3", "--function-id", FUNCTION)
+    changed = _real(tmp_path, home, "--gpus", "3")
     assert changed.returncode == 1
     assert "rerun with --force" in changed.stderr
     assert "-  available_accelerators: 2" in changed.stderr and "+  available_accelerators: 3" in changed.stderr
     assert config_yaml.read_text() == installed, "a differing configuration must be left alone"
 
-    forced = _real(tmp_path, home, "--gpus", "3", "--function-id", FUNCTION, "--force")
+    forced = _real(tmp_path, home, "--gpus", "3", "--force")
     assert forced.returncode == 0, forced.stderr
     assert _load(config_yaml.read_text()).engine.executor.max_workers_per_node == 3
     assert not list(tmp_path.glob("mhd-endpoint-stage.*")), "the staging folder of a real run is removed"
 
 
-def test_install_allows_the_function_stored_by_client_register(tmp_path):
-    home = _home(tmp_path)
-    (home / "mhd-config.json").write_text(f'{{"endpoint": "{OTHER_FUNCTION}", "function": "{FUNCTION}"}}')
-    proc = _real(tmp_path, home, "--gpus", "1")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"function {FUNCTION}" in proc.stdout
-    config = _load((home / ".globus_compute" / "mhd-gpu" / "config.yaml").read_text())
-    assert config.allowed_functions == (FUNCTION,)
-
-
 def test_register_without_an_endpoint_uuid_says_how_to_get_one(tmp_path):
-    proc = _real(tmp_path, _home(tmp_path), "--gpus", "1", "--register")
+    home = _home(tmp_path)
+    proc = _run(["--gpus", "1", "--register", "--python", sys.executable, "--env", str(tmp_path / "venv"), "--dry-run"], _env(home))
     assert proc.returncode == 1
     assert "start it once (globus-compute-endpoint start mhd-gpu) or pass --endpoint UUID" in proc.stderr
+
+
+def test_dry_run_register_shows_the_client_register_command(tmp_path):
+    proc, _, _ = _dry_run(tmp_path, "--register", "--endpoint", OTHER_FUNCTION)
+    assert f"+ {tmp_path / 'venv' / 'bin' / 'client'} register --endpoint {OTHER_FUNCTION}" in proc.stdout
 
 
 # ---------------------------------------------------------------- systemd
