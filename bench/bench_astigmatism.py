@@ -1,4 +1,4 @@
-"""Astigmatism measure: extra cost over the detector, and how well it separates astigmatism from defocus.
+"""Issue 5 measures: astigmatism (extra cost over the detector, separation from defocus) and best-focus search.
 
 Cost: ``spectral_anisotropy`` on a 1024 x 1024 tile's padded spectrum (the
 one the detector computes anyway) against ``detect()`` on the same tile
@@ -6,13 +6,17 @@ one the detector computes anyway) against ``detect()`` on the same tile
 process. Quality: the 30 ISBI 2012 slices at several doses, in focus, blurred
 isotropically and blurred by astigmatic probes of the same mean square
 width: strength percentiles, AUC (astigmatic vs isotropic, and vs in focus)
-and the error of the blur direction.
+and the error of the blur direction. Focus: ``best_focus`` on detector
+counts of simulated 9-image sweeps (2 um steps, probe widening 1 px/um) of
+10 ISBI slices, best focus on a sample and a third and two thirds of a step
+off: error against the true best focus, and the fit's own uncertainty.
 
 Usage::
 
-    .venv/bin/python bench/bench_astigmatism.py            # both parts
+    .venv/bin/python bench/bench_astigmatism.py            # all parts
     .venv/bin/python bench/bench_astigmatism.py --cost     # cost only
-    .venv/bin/python bench/bench_astigmatism.py --quality  # table only
+    .venv/bin/python bench/bench_astigmatism.py --quality  # astigmatism table only
+    .venv/bin/python bench/bench_astigmatism.py --focus    # best-focus table only
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import scipy.fft
 
 from mhd.functions import detect, estimate_noise, normalize
 from mhd.functions._astigmatism import ASTIGMATISM_THRESHOLD, spectral_anisotropy
-from mhd.functions.simulate import blur, digitize, shot_noise, to_signal
+from mhd.functions.focus import best_focus
+from mhd.functions.simulate import blur, digitize, shot_noise, through_focus, to_signal
 
 ISBI = Path(__file__).resolve().parents[1] / "tests" / "data" / "isbi2012"
 T = np.linspace(1.0, 8.0, 17)
@@ -109,16 +114,38 @@ def quality() -> None:
             )
 
 
+def focus(step: float = 2.0) -> None:
+    slices = [iio.imread(p) for p in sorted(ISBI.glob("train_*.png"))[::3]]
+    print(f"best focus on {len(slices)} ISBI slices x 3 offsets, 9 images {step:g} um apart, default points=5")
+    print(f"{'dose':>6} | {'max |err| um':>12} {'(steps)':>7} | {'rms err um':>10} | {'median unc um':>13} | {'rms err/unc':>11} | {'median r':>8}")
+    for dose in DOSES:
+        err, unc, r = [], [], []
+        for k, image in enumerate(slices):
+            for wd0 in (4.0, 4.0 + step / 3, 4.0 + 2 * step / 3):
+                wd = np.arange(-4, 5) * step + 5.0
+                series = through_focus(image, wd - wd0, dose=dose, rng=k)
+                bf = best_focus(wd, [detect(s, backend="numpy").count for s in series])
+                err.append(bf.wd - wd0)
+                unc.append(bf.uncertainty)
+                r.append(bf.r)
+        e, u = np.asarray(err), np.asarray(unc)
+        print(f"{dose:>6g} | {np.abs(e).max():12.3f} {np.abs(e).max() / step:7.3f} | {np.sqrt(np.mean(e**2)):10.3f} | {np.median(u):13.3f} | {np.sqrt(np.mean((e / u) ** 2)):11.2f} | {np.median(r):8.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cost", action="store_true", help="only the cost")
-    ap.add_argument("--quality", action="store_true", help="only the quality table")
+    ap.add_argument("--quality", action="store_true", help="only the astigmatism table")
+    ap.add_argument("--focus", action="store_true", help="only the best-focus table")
     ap.add_argument("--repeats", type=int, default=15, help="timed runs per measurement")
     args = ap.parse_args()
-    if not args.quality:
+    every = not (args.cost or args.quality or args.focus)
+    if every or args.cost:
         cost(args.repeats)
-    if not args.cost:
+    if every or args.quality:
         quality()
+    if every or args.focus:
+        focus()
 
 
 if __name__ == "__main__":
