@@ -17,7 +17,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,11 @@ from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
 from packaging.requirements import Requirement
 
 from mhd.endpoint.configure import EndpointSpec, render_endpoint
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the test extra installs tomli
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
