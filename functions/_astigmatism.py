@@ -321,10 +321,25 @@ def _pooled_power(F: Any, P: int, band: _Band, xp: Any) -> Any:
         smooth -= F[:, rows, :m]  # minus the periodic component: the same power
         re_im = smooth.view(xp.float32)  # (B, n, 2 m)
         sq = re_im * re_im
-        cells = sq.reshape(B, n, m // d, 2 * d).sum(axis=3)
+        cells = _sum_strided(sq, 2 * d, axis=2)  # re^2 + im^2 over d columns: (B, n, m // d)
         cells[:, :, 0] -= 0.5 * (sq[:, :, 0] + sq[:, :, 1])  # the kx = 0 column counts half
-        pooled.append(cells.reshape(B, n // d, d, m // d).sum(axis=2).reshape(B, -1))
+        pooled.append(_sum_strided(cells, d, axis=1).reshape(B, -1))
     return xp.concatenate(pooled, axis=1)
+
+
+def _sum_strided(x: Any, d: int, axis: int) -> Any:
+    """Sums of ``d`` consecutive entries along ``axis`` (its length a multiple of ``d``).
+
+    ``d`` strided adds: several times faster than a reshape and a sum over a
+    short trailing axis.
+    """
+    pick = [slice(None)] * x.ndim
+    pick[axis] = slice(0, None, d)
+    out = x[tuple(pick)].copy()
+    for j in range(1, d):
+        pick[axis] = slice(j, None, d)
+        out += x[tuple(pick)]
+    return out
 
 
 def _ring_sums(cells: Any, band: _Band, xp: Any) -> np.ndarray:
