@@ -258,18 +258,28 @@ configure_args() {
 }
 
 # How the staged configuration compares with the installed one:
-# "new", "same" or "differs" (a unified diff goes to stderr).
+# "new" (none of its files installed), "same", or "differs" (a unified diff,
+# or the missing file's name, goes to stderr).
 compare_staged() {
-    local staged=$1 file status=same any=0
+    local staged=$1 file installed status=same present=0 missing=()
     for file in "$staged"/*; do
-        [[ -e $ENDPOINT_DIR/${file##*/} ]] || continue
-        any=1
-        if ! cmp -s "$file" "$ENDPOINT_DIR/${file##*/}"; then
-            status=differs
-            diff -u "$ENDPOINT_DIR/${file##*/}" "$file" >&2 || true
+        installed=$ENDPOINT_DIR/${file##*/}
+        if [[ ! -e $installed ]]; then
+            missing+=("$installed")
+        else
+            present=$((present + 1))
+            if ! cmp -s "$installed" "$file"; then
+                status=differs
+                diff -u "$installed" "$file" >&2 || true
+            fi
         fi
     done
-    ((any)) || status=new
+    if ((present == 0)); then
+        status=new
+    elif ((${#missing[@]})); then
+        status=differs
+        printf 'not installed yet: %s\n' "${missing[@]}" >&2
+    fi
     printf '%s\n' "$status"
 }
 

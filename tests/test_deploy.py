@@ -209,6 +209,22 @@ def test_dry_run_passes_scheduler_options_to_configure(tmp_path):
     assert "--gres=gpu:a100:4" in provider.scheduler_options or provider.gres == "gpu:a100:4"
 
 
+def test_dry_run_reports_an_installed_configuration_that_lacks_a_file(tmp_path):
+    """A multi-user endpoint whose user template is missing counts as different, not as installed."""
+    home = _home(tmp_path)
+    env_dir = tmp_path / "venv"
+    installed = home / ".globus_compute" / "mhd-gpu"
+    installed.mkdir(parents=True)
+    files = render_endpoint(EndpointSpec(gpus=4, env=str(env_dir), multi_user=True))
+    (installed / "config.yaml").write_text(files["config.yaml"])
+    args = ["--gpus", "4", "--env", str(env_dir), "--python", sys.executable, "--stage", str(tmp_path / "stage"), "--dry-run", "--", "--multi-user"]
+    proc = _run(args, _env(home))
+    assert proc.returncode == 0, proc.stderr
+    assert f"not installed yet: {installed / 'user_config_template.yaml.j2'}" in proc.stderr
+    assert "a real run stops here unless --force" in proc.stdout
+    assert sorted(p.name for p in installed.iterdir()) == ["config.yaml"]
+
+
 def test_dry_run_without_any_python_that_has_mhd_says_so(tmp_path):
     base = Path(sys.base_prefix) / "bin" / "python3"
     if not base.exists() or subprocess.run([str(base), "-c", "import mhd.endpoint"], capture_output=True).returncode == 0:
