@@ -6,12 +6,14 @@ path. No Globus, no files, no command line here.
 >>> from mhd.functions import detect, normalize
 """
 
+from ._astigmatism import ASTIGMATISM_THRESHOLD
 from ._backend import Backend, cuda_available, get_backend
 from ._detect import DEFAULTS, Detection, detect, detect_batch
 from ._normalize import estimate_noise, normalize, saturation_limits
 from ._scalespace import scales
 
 __all__ = [
+    "ASTIGMATISM_THRESHOLD",
     "DEFAULTS",
     "Backend",
     "Detection",

@@ -11,6 +11,7 @@ import numpy as np
 import scipy.fft
 
 from ._backend import Backend, get_backend
+from ._astigmatism import anisotropy, spectral_moments
 from ._nms import local_maxima
 from ._normalize import SATURATION_PCT, estimate_noise, normalize
 from ._scalespace import MAX_DECIMATION, FilterBank, dog_pairs, filter_bank, noise_gains, scales
@@ -58,6 +59,15 @@ class Detection:
         ``noise_k`` times the level's response to the measured noise.
     noise : float
         Estimated noise standard deviation of the normalised image (0..1 units).
+    astigmatism : float
+        Anisotropy of the power spectrum in the detector's band, noise floor
+        removed: 0 isotropic .. 1 strongly anisotropic; >= 0.2
+        (:data:`ASTIGMATISM_THRESHOLD`) means astigmatic. NaN when the tile is
+        too small for orientation (under ~300 px a side).
+    astigmatism_angle : float
+        Direction of strongest blur, degrees in [0, 180), counter-clockwise
+        from the column (+x) axis as displayed (rows point down, so 90 points
+        to row 0); NaN when ``astigmatism`` is 0 or NaN.
     backend : str
         ``"numpy"`` or ``"cupy:<device>"``.
     timings : dict of str to float
@@ -72,6 +82,8 @@ class Detection:
     scales: np.ndarray
     thresholds: np.ndarray
     noise: float
+    astigmatism: float
+    astigmatism_angle: float
     backend: str
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -197,7 +209,7 @@ def _level_of(D: Any, xp: Any) -> Any:
     return (D.view(xp.int32) & _LEVEL_MASK).astype(xp.uint8)
 
 
-def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: str, window: tuple[int, int, int, int], be: Backend) -> Any:
+def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: str, window: tuple[int, int, int, int], be: Backend, spectrum_hook: Any = None) -> Any:
     """Running maximum over levels of (response - threshold) on a window.
 
     Parameters
@@ -206,6 +218,9 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
     thresholds : (B, n_bin) float64
     window : (r0, c0, R, C)
         Window of the padded grid to return (the block plus a one-pixel margin).
+    spectrum_hook : callable, optional
+        Called once with the forward spectrum (B, P, Q // 2 + 1), so other
+        measures share the one forward FFT.
 
     Returns
     -------
@@ -217,6 +232,8 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
     r0, c0, R, C = window
     P, Q = padded.shape[1:]
     F = be.rfft2(padded)
+    if spectrum_hook is not None:
+        spectrum_hook(F)
     best = None
     for g in bank.groups:
         d = g.factor
@@ -272,13 +289,15 @@ def _grid_counts(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], gri
     return np.bincount(cy * gx + cx, minlength=gy * gx).reshape(gy, gx)
 
 
-def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.ndarray, p: dict[str, Any], be: Backend) -> tuple[np.ndarray, dict[str, float]]:
+def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.ndarray, noise: np.ndarray, p: dict[str, Any], be: Backend) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Features of one block of a normalised (B, H, W) stack on backend ``be``.
 
     Returns
     -------
     feats : (N, 4) int64
         ``(batch, row, col, level)`` in image coordinates.
+    moments : (B, R, 8) float64
+        Spectral moments of the block for the astigmatism measure (additive over blocks).
     timings : dict
         Milliseconds in ``levels`` and ``nms``.
     """
@@ -289,7 +308,15 @@ def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.n
         bank = filter_bank(shape, p["n_bin"], p["min_t"], p["max_t"], p["polarity"], p["tol"], be)
         t0 = time.perf_counter()
         padded = _extract(be.asarray(norm), y0, y1, x0, x1, h, shape, xp)
-        best = _response(padded, bank, thr, p["polarity"], (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2), be)
+        H, W = norm.shape[1:]
+        inside = (min(y1 + h, H) - max(y0 - h, 0), min(x1 + h, W) - max(x0 - h, 0))
+        moments = []
+        t = scales(p["n_bin"], p["min_t"], p["max_t"])
+
+        def hook(F: Any) -> None:
+            moments.append(spectral_moments(F, shape, t, xp, noise, (shape[0] - inside[0], shape[1] - inside[1])))
+
+        best = _response(padded, bank, thr, p["polarity"], (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2), be, hook)
         del padded
         be.synchronize()
         t1 = time.perf_counter()
@@ -300,13 +327,15 @@ def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.n
     b, rem = np.divmod(idx, R * C)
     r, c = np.divmod(rem, C)
     feats = np.stack([b, r - 1 + y0, c - 1 + x0, level], axis=1)
-    return feats, {"levels": (t1 - t0) * 1e3, "nms": (t2 - t1) * 1e3}
+    return feats, moments[0], {"levels": (t1 - t0) * 1e3, "nms": (t2 - t1) * 1e3}
 
 
-def _detect_stack(norm: Any, thr: np.ndarray, p: dict[str, Any], backends: list[Backend], timings: dict[str, float]) -> list[np.ndarray]:
-    """Features (row, col, level) for each image of a normalised (B, H, W) stack.
+def _detect_stack(norm: Any, thr: np.ndarray, noise: np.ndarray, p: dict[str, Any], backends: list[Backend], timings: dict[str, float]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Features (row, col, level) and spectral moments for each image of a normalised (B, H, W) stack.
 
-    ``thr`` is the (B, n_bin) per-level threshold. Blocks are dealt round-robin
+    ``thr`` is the (B, n_bin) per-level threshold, ``noise`` the (B,) noise
+    standard deviations. Returns per-image feature arrays and the (B, R, 8)
+    spectral moments summed over blocks. Blocks are dealt round-robin
     to ``backends`` (one thread each: several GPUs share a huge image); with
     one backend they run in order on it.
     """
@@ -314,20 +343,21 @@ def _detect_stack(norm: Any, thr: np.ndarray, p: dict[str, Any], backends: list[
     h = halo_width(dog_pairs(scales(p["n_bin"], p["min_t"], p["max_t"]))[1].max())
     blocks = [(y0, y1, x0, x1) for y0, y1 in _blocks(H, p["block_size"]) for x0, x1 in _blocks(W, p["block_size"])]
     if len(backends) == 1:
-        parts = [_detect_block(norm, blk, h, thr, p, backends[0]) for blk in blocks]
+        parts = [_detect_block(norm, blk, h, thr, noise, p, backends[0]) for blk in blocks]
     else:
         host = backends[0].to_host(norm)  # each device copies its own blocks from the host
 
-        def run(k: int) -> list[tuple[np.ndarray, dict[str, float]]]:
-            return [_detect_block(host, blk, h, thr, p, backends[k]) for blk in blocks[k :: len(backends)]]
+        def run(k: int) -> list[tuple[np.ndarray, np.ndarray, dict[str, float]]]:
+            return [_detect_block(host, blk, h, thr, noise, p, backends[k]) for blk in blocks[k :: len(backends)]]
 
         with concurrent.futures.ThreadPoolExecutor(len(backends)) as pool:
             parts = [part for per_device in pool.map(run, range(len(backends))) for part in per_device]
-    for _, t in parts:
+    for _, _, t in parts:
         for key, ms in t.items():
             timings[key] = timings.get(key, 0.0) + ms
-    feats = np.concatenate([f for f, _ in parts]) if parts else np.empty((0, 4), dtype=np.int64)
-    return [feats[feats[:, 0] == k, 1:] for k in range(B)]
+    feats = np.concatenate([f for f, _, _ in parts])
+    moments = np.sum([m for _, m, _ in parts], axis=0)
+    return [feats[feats[:, 0] == k, 1:] for k in range(B)], moments
 
 
 def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | Backend] = "auto", **params: Any) -> list[Detection]:
@@ -368,11 +398,12 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
         timings["normalize"] = (time.perf_counter() - t_start) * 1e3
         t = scales(p["n_bin"], p["min_t"], p["max_t"])
         thr = np.maximum(p["threshold"], p["noise_k"] * noise[:, None] * noise_gains(t)[None, :])
-        feats = _detect_stack(norm, thr, p, backends, timings)
+        feats, moments = _detect_stack(norm, thr, noise, p, backends, timings)
+        strength, angle = anisotropy(moments)
         del norm
     timings["total"] = (time.perf_counter() - t_start) * 1e3
     results = []
-    for f, nz, th in zip(feats, noise, thr):
+    for f, nz, th, ast, ang in zip(feats, noise, thr, strength, angle):
         features = np.column_stack([f[:, 0], f[:, 1], t[f[:, 2]]]).astype(np.float64) if len(f) else np.empty((0, 3))
         results.append(
             Detection(
@@ -383,6 +414,8 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
                 scales=t.copy(),
                 thresholds=th,
                 noise=float(nz),
+                astigmatism=float(ast),
+                astigmatism_angle=float(ang),
                 backend="+".join(b.name for b in backends),
                 timings=dict(timings),
             )

@@ -27,7 +27,7 @@ from .tileio import TileError, read_tile
 __all__ = ["score_batch", "score_tile", "check_params", "open_in_root", "inline_bytes", "RESULT_KEYS"]
 
 #: Keys of every result entry, in order.
-RESULT_KEYS = ("tile", "features", "density", "grid", "shape", "noise", "backend", "device", "ms", "detect_ms", "error")
+RESULT_KEYS = ("tile", "features", "density", "grid", "shape", "noise", "astigmatism", "astigmatism_angle", "backend", "device", "ms", "detect_ms", "error")
 
 #: Longest tile name echoed back (characters).
 MAX_NAME = 1024
@@ -245,7 +245,8 @@ def score_tile(tile: Any, index: int, params: dict[str, Any], limits: Limits, de
     dict
         JSON-safe: ``tile`` (str), ``features`` (int), ``density`` (features
         per megapixel), ``grid`` (list of lists of int), ``shape`` ([rows,
-        cols]), ``noise`` (normalised units), ``backend`` (``"numpy"`` or
+        cols]), ``noise`` (normalised units), ``astigmatism`` (0..1) and
+        ``astigmatism_angle`` (degrees; both None where not measurable), ``backend`` (``"numpy"`` or
         ``"cupy:N"``), ``device`` (the worker's ``CUDA_VISIBLE_DEVICES`` or
         None), ``ms`` (read + detect, milliseconds), ``detect_ms`` (the
         detector's own total) and ``error`` (None or a message naming the tile).
@@ -267,10 +268,17 @@ def score_tile(tile: Any, index: int, params: dict[str, Any], limits: Limits, de
         grid=det.grid.tolist(),
         shape=[int(s) for s in det.shape],
         noise=float(det.noise),
+        astigmatism=_finite(det.astigmatism),
+        astigmatism_angle=_finite(det.astigmatism_angle),
         backend=det.backend,
         ms=_ms(t0),
         detect_ms=float(det.timings.get("total", 0.0)),
     )
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no NaN: unmeasurable values travel as None."""
+    return float(x) if math.isfinite(x) else None
 
 
 def _ms(t0: float) -> float:

@@ -223,3 +223,18 @@ def test_blocks_dealt_to_several_backends_give_the_same_features(isbi):
     two = detect(img, backend=["numpy", "numpy"], block_size=300)
     np.testing.assert_array_equal(np.sort(one.features, axis=0), np.sort(two.features, axis=0))
     assert two.backend == "numpy+numpy"
+
+
+def test_astigmatism_is_measured_in_the_same_pass(isbi):
+    from mhd.functions import ASTIGMATISM_THRESHOLD
+    from mhd.functions.simulate import blur
+
+    img = np.block([[isbi[19], isbi[20]], [isbi[21], isbi[22]]]).astype(np.float64)
+    sharp = detect(img, backend="numpy")
+    iso = detect(blur(img, 1.6), backend="numpy")
+    astig = detect(blur(img, 2.0, 1.0, angle=30.0), backend="numpy")
+    blocked = detect(blur(img, 2.0, 1.0, angle=30.0), backend="numpy", block_size=300)
+    assert sharp.astigmatism < ASTIGMATISM_THRESHOLD and iso.astigmatism < ASTIGMATISM_THRESHOLD
+    assert astig.astigmatism >= ASTIGMATISM_THRESHOLD
+    assert abs(astig.astigmatism_angle - 30.0) < 8.0
+    assert blocked.astigmatism >= ASTIGMATISM_THRESHOLD and abs(blocked.astigmatism_angle - 30.0) < 8.0
