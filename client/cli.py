@@ -365,10 +365,13 @@ def report(directory: Path, positions: Path | None, out: Path | None, no_calibra
     """Figures, a CSV and the list of tiles to re-acquire, from a section's results.
 
     Writes density.png (density per tile in acquisition order, with the
-    threshold), montage.png (when tile positions are known), mhd-results.csv
+    threshold), montage.png (when tile positions are known), focus-maps.png
+    (feature density over each flagged tile's 4x4 grid), mhd-results.csv
     and mhd-reacquire.txt. Tiles are also re-judged against the whole
     section (section_verdict); the re-acquire list has every tile flagged
-    either way, and errors.
+    either way, and errors, each with what to fix after a tab: defocus
+    (refocus), astigmatism N deg (turn the stigmators; N is the direction of
+    strongest blur), partial (some regions out of focus), or error.
 
     Example:
 
@@ -383,7 +386,7 @@ def report(directory: Path, positions: Path | None, out: Path | None, no_calibra
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     again = sum(1 for _ in rep.reacquire.read_text().splitlines())
-    for path in (rep.density, rep.montage, rep.csv, rep.reacquire):
+    for path in (rep.density, rep.montage, rep.focus_maps, rep.csv, rep.reacquire):
         if path is not None:
             click.echo(f"wrote {path}")
     click.echo(f"{again} tile(s) to re-acquire")
@@ -431,3 +434,53 @@ def calibrate(directory: Path, csv_path: Path | None, pattern: str | None, units
     if not dry_run:
         path = c.save(out or _load_config().calibration_path)
         click.echo(f"stored {path} (used by submit/watch/report; --no-calibration to ignore it)")
+
+
+# ------------------------------------------------------------ focus-sweep
+
+
+@main.command("focus-sweep", context_settings=CONTEXT)
+@click.option("--dir", "directory", required=True, type=click.Path(path_type=Path), help="Folder of images of one field at several working distances.")
+@click.option("--csv", "csv_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV with columns file,wd (default: WD from file names).")
+@click.option("--pattern", help="Regular expression on file names; group 1 is the WD, optional group 2 its unit  [default: wd<number><unit>, e.g. wd_5.002mm, wd-3.0um]")
+@click.option("--units", type=click.Choice(["nm", "um", "mm"]), help="Unit of working distances written without one  [default: from the names]")
+@click.option("--points", type=click.IntRange(3, 99), default=5, show_default=True, help="Distinct working distances in the fit around the highest count.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Plot file  [default: DIR/mhd-focus-sweep.png]")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object (best_wd, uncertainty, units, status, r, images, ...).")
+@detector_options
+def focus_sweep(directory: Path, csv_path: Path | None, pattern: str | None, units: str | None, points: int, plot_path: Path | None, as_json: bool, **kwargs: Any) -> None:
+    """Find the best working distance (WD) from images of one field at several WDs.
+
+    Scores each image in this process, fits log(feature count) around the
+    highest count (a Gaussian in WD) and prints the best WD with its
+    standard error, in the sweep's unit (nm, um or mm: from the names, the
+    CSV or --units, never assumed). Writes a plot of count against WD with
+    the fit. A '-' right after 'wd' in a name is a minus sign.
+
+    Exit status: 0 peak found inside the sweep; 2 no peak inside it (the
+    highest count is at an end: extend or move the sweep; the WD printed is
+    the best one sampled); 1 some image failed (the rest are fitted) or a
+    user error.
+
+    Example:
+
+        client focus-sweep --dir examples/wd_sweep
+    """
+    from . import sweep as sweep_mod
+
+    params = _params(kwargs)
+    folder = _section(directory)
+    try:
+        table, unit = sweep_mod.wd_table(folder, csv_path, pattern or sweep_mod.DEFAULT_PATTERN, units)
+        result = sweep_mod.fit_sweep(folder, sweep_mod.score_sweep(folder, table, params), unit, points)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    plot = sweep_mod.plot_sweep(result, plot_path or folder / sweep_mod.PLOT_NAME)
+    if as_json:
+        click.echo(json.dumps({**result.to_json(), "plot": str(plot)}))
+    else:
+        for line in sweep_mod.summary_lines(result):
+            click.echo(line)
+        click.echo(f"plot: {plot}")
+    failed = len(result.images) - len(result.scored)
+    sys.exit(1 if failed else 0 if result.focus.ok else 2)

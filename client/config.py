@@ -73,6 +73,8 @@ KEYS: dict[str, Key] = {
     "warmup": Key(8, _int, "relative rule: tiles scored before the first verdict"),
     "partial_drop": Key(0.7, _float, "grid cell below the tile threshold by this much (log) flags a partly defocused tile"),
     "empty_cnr": Key(3.0, _float, "contrast-to-noise below which a low-count tile is 'empty' (no tissue)"),
+    # the default is mhd.functions.ASTIGMATISM_THRESHOLD (not imported here: it would load SciPy on every command)
+    "astigmatism_max": Key(0.2, _float, "astigmatism strength (0..1) from which a tile is 'oof', kind astigmatism (turn the stigmators)"),
     "calibration": Key(None, _str, "calibration JSON (default: calibration.json beside the config file)"),
     "max_defocus": Key(None, lambda v: None if v in (None, "") else float(v), "calibrated rule: largest acceptable |defocus| (series units)"),
 }

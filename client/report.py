@@ -4,15 +4,29 @@ Everything is written to ``<section>/mhd-report/``:
 
 ``density.png``
     Feature density per tile in acquisition order (log scale), coloured by
-    verdict, with the section median and the OOF threshold.
+    verdict (out-of-focus tiles marked by kind), with the section median and
+    the OOF threshold.
 ``montage.png``
     Density over the montage (tiles placed by ``r<row>_c<col>`` in their
-    names or a positions CSV), verdicts marked; only when positions are known.
+    names or a positions CSV), verdicts and kinds marked (an astigmatic tile
+    with a line along its direction of strongest blur); only when positions
+    are known.
+``focus-maps.png``
+    One small map per flagged tile: the density of each cell of the
+    detector's grid relative to the section median (``focus_map``), so a
+    partly defocused tile shows which of its regions are out of focus; only
+    when some flagged tile has a grid.
 ``mhd-results.csv``
-    One row per tile: recorded verdict and ``section_verdict``.
+    One row per tile: recorded ``verdict`` and ``kind``, ``section_verdict``
+    and ``section_kind``, the astigmatism measure and the section
+    ``focus_map`` (JSON, rows of cells).
 ``mhd-reacquire.txt``
-    Tile ids to image again, one per line: recorded or section verdict
-    ``oof``, or ``error``.
+    Tiles to image again (recorded or section verdict ``oof``, or ``error``),
+    one per line: the tile id, a tab, and what to fix, e.g.
+    ``tile_r1_c2.png<TAB>astigmatism 34 deg`` (turn the stigmators; blur
+    along 34 degrees), ``...<TAB>defocus`` (refocus),
+    ``...<TAB>partial: cells 0,3 1,3 low`` or ``...<TAB>error``.
+    ``cut -f1 mhd-reacquire.txt`` lists the ids alone.
 
 ``section_verdict`` re-judges every tile against the whole section's
 baseline (hindsight: the recorded verdict used the section *so far*). The
@@ -23,7 +37,9 @@ either way is missed.
 from __future__ import annotations
 
 import csv
+import json
 import math
+import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,13 +48,24 @@ import numpy as np
 from .discover import RESULTS_NAME, natural_key, tile_positions
 from .results import read_records
 from .score import tissue_probe
-from .verdicts import Baseline, Judge, Rule
+from .verdicts import Baseline, Judge, Rule, describe
 
 __all__ = ["Report", "make_report", "section_verdicts"]
 
 REPORT_DIR = "mhd-report"
-CSV_COLUMNS = ("index", "tile", "row", "col", "verdict", "section_verdict", "reason", "features", "density", "defocus", "contrast", "error", "backend", "ms", "roundtrip_ms", "latency_ms", "scored_at")
+CSV_COLUMNS = (
+    "index", "tile", "row", "col", "verdict", "kind", "section_verdict", "section_kind", "reason", "features", "density", "defocus",
+    "astigmatism", "astigmatism_angle", "focus_map", "contrast", "error", "backend", "ms", "roundtrip_ms", "latency_ms", "scored_at",
+)  # fmt: skip
 COLOURS = {"ok": "tab:green", "oof": "tab:red", "empty": "tab:olive", "error": "tab:purple"}
+#: Marker of each kind of out-of-focus tile in density.png (None: records judged before kinds existed).
+MARKERS = {"defocus": "o", "astigmatism": "^", "partial": "s", None: "o"}
+#: Letter marking each verdict / kind on montage.png.
+MONTAGE_MARKS = {"defocus": "X", "astigmatism": "A", "partial": "P", None: "X", "empty": "o", "error": "!"}
+#: Most tiles drawn in focus-maps.png.
+MAX_MAPS = 48
+#: Fields of a record that the section verdict is judged from.
+JUDGED_FIELDS = ("tile", "features", "density", "grid", "shape", "error", "contrast", "astigmatism", "astigmatism_angle")
 
 
 @dataclass
@@ -52,9 +79,10 @@ class Report:
     montage: Path | None
     records: list[dict]
     baseline: Baseline
+    focus_maps: Path | None = None
 
 
-def section_verdicts(records: list[dict], rule: Rule, section: Path | None = None) -> tuple[dict[str, str], Baseline]:
+def section_verdicts(records: list[dict], rule: Rule, section: Path | None = None) -> tuple[dict[str, dict], Baseline]:
     """Judge every tile against the whole section's baseline.
 
     Parameters
@@ -67,20 +95,21 @@ def section_verdicts(records: list[dict], rule: Rule, section: Path | None = Non
 
     Returns
     -------
-    verdicts : dict of str to str
-        Tile id -> verdict.
+    judged : dict of str to dict
+        Tile id -> a new record judged against the whole section
+        (``verdict``, ``kind``, ``reason``, ``focus_map``, ...).
     baseline : Baseline
         The whole-section threshold.
     """
     judge = Judge(replace(rule, warmup=len(records) + 1), tissue_probe(section) if section else None)
+    out: dict[str, dict] = {}
     for rec in records:
-        fresh = {k: rec.get(k) for k in ("tile", "features", "density", "grid", "shape", "error", "contrast")}
+        fresh = {k: rec.get(k) for k in JUDGED_FIELDS}
         if rec.get("verdict") == "error":
             fresh["error"] = fresh["error"] or rec.get("reason") or "error"
-        judge.add(fresh)
+        out.update((r["tile"], r) for r in judge.add(fresh))
     base = judge.baseline()
-    out = {r["tile"]: r["verdict"] for r in judge.flush()}
-    out.update({r["tile"]: "error" for r in records if r["tile"] not in out})
+    out.update((r["tile"], r) for r in judge.flush())
     return out, base
 
 
@@ -103,27 +132,51 @@ def make_report(section: Path, rule: Rule, positions: Path | None = None, out: P
     again, base = section_verdicts(records, rule, section)
     pos = tile_positions([r["tile"] for r in records], positions)
     rep = Report(folder, folder / "mhd-results.csv", folder / "mhd-reacquire.txt", folder / "density.png", None, records, base)
+    units = rule.calibration.units if rule.calibration is not None else ""
     _write_csv(rep.csv, records, again, pos)
-    _write_reacquire(rep.reacquire, records, again)
+    flagged = _flagged(records, again)
+    _write_reacquire(rep.reacquire, flagged, again, units)
     _plot_density(rep.density, records, base, section.name)
     if pos:
         rep.montage = folder / "montage.png"
         _plot_montage(rep.montage, records, pos, base, section.name)
+    maps = [(rec, again[rec["tile"]]) for rec in flagged if again[rec["tile"]].get("focus_map")]
+    if maps:
+        rep.focus_maps = folder / "focus-maps.png"
+        ref = "calibrated in-focus density" if rule.calibration is not None else "section median"
+        _plot_focus_maps(rep.focus_maps, maps, units, f"{section.name}: focus maps of flagged tiles, cell density / {ref}")
     return rep
 
 
-def _write_csv(path: Path, records: list[dict], again: dict[str, str], pos: dict[str, tuple[int, int]]) -> None:
-    with path.open("w", newline="") as fh:
+def _write_csv(path: Path, records: list[dict], again: dict[str, dict], pos: dict[str, tuple[int, int]]) -> None:
+    with path.open("w", newline="", errors="surrogateescape") as fh:  # non-UTF-8 names as on disk
         w = csv.DictWriter(fh, CSV_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for i, rec in enumerate(records):
             r, c = pos.get(rec["tile"], (None, None))
-            w.writerow({**rec, "index": i, "row": r, "col": c, "section_verdict": again[rec["tile"]]})
+            fresh = again[rec["tile"]]
+            fmap = fresh.get("focus_map")
+            w.writerow({
+                **rec, "index": i, "row": r, "col": c, "section_verdict": fresh["verdict"], "section_kind": fresh.get("kind"),
+                "focus_map": json.dumps(fmap, separators=(",", ":")) if fmap else None,
+            })  # fmt: skip
 
 
-def _write_reacquire(path: Path, records: list[dict], again: dict[str, str]) -> None:
-    bad = [r["tile"] for r in records if r["verdict"] in ("oof", "error") or again[r["tile"]] == "oof"]
-    path.write_text("".join(f"{t}\n" for t in bad))
+def _flagged(records: list[dict], again: dict[str, dict]) -> list[dict]:
+    """Records to re-acquire: recorded ``oof`` or ``error``, or ``oof`` against the whole section."""
+    return [r for r in records if r["verdict"] in ("oof", "error") or again[r["tile"]]["verdict"] == "oof"]
+
+
+def _write_reacquire(path: Path, flagged: list[dict], again: dict[str, dict], units: str) -> None:
+    lines = (f"{rec['tile']}\t{_what(rec, again[rec['tile']], units)}\n" for rec in flagged)
+    path.write_text("".join(lines), errors="surrogateescape")
+
+
+def _what(rec: dict, fresh: dict, units: str) -> str:
+    """What to fix in a flagged tile: the recorded kind, else (older records, hindsight) the section's."""
+    if rec["verdict"] == "error" or (rec["verdict"] == "oof" and rec.get("kind")):
+        return describe(rec, units)
+    return describe(fresh if fresh["verdict"] == "oof" else rec, units)
 
 
 def _pyplot():
@@ -139,9 +192,11 @@ def _plot_density(path: Path, records: list[dict], base: Baseline, title: str) -
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, min(16.0, len(records) * 0.12)), 3.6), dpi=110)
     x = np.arange(len(records))
-    for verdict, colour in COLOURS.items():
-        idx = [i for i, r in enumerate(records) if r["verdict"] == verdict and r.get("density") is not None]
-        ax.scatter(x[idx], [max(records[i]["density"], 1.0) for i in idx], s=18, color=colour, label=f"{verdict} ({len(idx)})", zorder=3)
+    groups = [(v, None, v) for v in COLOURS if v != "oof"] + [("oof", k, f"oof: {k}" if k else "oof") for k in MARKERS]
+    for verdict, kind, label in groups:
+        idx = [i for i, r in enumerate(records) if r["verdict"] == verdict and r.get("kind") == kind and r.get("density") is not None]
+        if idx or verdict != "oof":
+            ax.scatter(x[idx], [max(records[i]["density"], 1.0) for i in idx], s=22, marker=MARKERS[kind], color=COLOURS[verdict], label=f"{label} ({len(idx)})", zorder=3)
     errs = [i for i, r in enumerate(records) if r["verdict"] == "error"]
     for i in errs:
         ax.axvline(i, color=COLOURS["error"], alpha=0.3, lw=1)
@@ -172,17 +227,53 @@ def _plot_montage(path: Path, records: list[dict], pos: dict[str, tuple[int, int
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * cols, 0.9 + 0.6 * rows), dpi=110)
     cmap = plt.get_cmap("RdYlGn").with_extremes(bad="0.8")  # grey: no tissue, no result, or no tile there
     im = ax.imshow(grid - centre, cmap=cmap, vmin=-1.5, vmax=1.5)
-    marks = {"oof": "X", "empty": "o", "error": "!"}
     for rec in records:
-        if rec["tile"] in pos and rec["verdict"] in marks:
+        if rec["tile"] in pos and rec["verdict"] != "ok":
             r, c = pos[rec["tile"]]
-            ax.text(c, r, marks[rec["verdict"]], ha="center", va="center", fontsize=11, fontweight="bold")
+            mark = MONTAGE_MARKS.get(rec.get("kind")) if rec["verdict"] == "oof" else MONTAGE_MARKS[rec["verdict"]]
+            ax.text(c, r, mark, ha="center", va="center", fontsize=11, fontweight="bold")
+            angle = rec.get("astigmatism_angle")
+            if rec.get("kind") == "astigmatism" and angle is not None:
+                dx, dy = 0.42 * math.cos(math.radians(angle)), -0.42 * math.sin(math.radians(angle))  # rows point down
+                ax.plot([c - dx, c + dx], [r - dy, r + dy], color="k", lw=1.2)
     ax.set_xticks(range(cols))
     ax.set_yticks(range(rows))
     ax.set_xlabel("column")
     ax.set_ylabel("row")
-    ax.set_title(f"{title}\nX oof, o empty (grey), ! error", fontsize=9)
+    ax.set_title(f"{title}\nX defocus, A astigmatism (line: blur direction), P partial,\no empty (grey), ! error", fontsize=8)
     fig.colorbar(im, ax=ax, label="log density - section median")
     fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_focus_maps(path: Path, maps: list[tuple[dict, dict]], units: str, title: str) -> None:
+    """Small multiples: each flagged tile's cells, density relative to the baseline (log colour scale).
+
+    Parameters
+    ----------
+    maps : list of (record, section record)
+        Flagged tiles; the section record holds the ``focus_map``.
+    """
+    plt = _pyplot()
+    shown = maps[:MAX_MAPS]
+    ncols = min(6, len(shown))
+    nrows = -(-len(shown) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.2 + 1.8 * ncols, 0.6 + 2.2 * nrows), dpi=110, squeeze=False, layout="constrained")
+    im = None
+    for ax, (rec, fresh) in zip(axes.flat, shown):
+        ratio = np.asarray(fresh["focus_map"], float)
+        im = ax.imshow(np.log(np.maximum(ratio, 0.01)), cmap="RdYlGn", vmin=-1.5, vmax=1.5)
+        if ratio.size <= 64:
+            for (i, j), v in np.ndenumerate(ratio):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{rec['tile']}\n" + textwrap.fill(_what(rec, fresh, units), 30), fontsize=6)
+    for ax in axes.flat[len(shown) :]:
+        ax.axis("off")
+    more = f" (first {MAX_MAPS} of {len(maps)})" if len(maps) > MAX_MAPS else ""
+    fig.suptitle(f"{title}{more}", fontsize=9)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="log(cell density / baseline)")
     fig.savefig(path)
     plt.close(fig)

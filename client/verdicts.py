@@ -1,5 +1,31 @@
 """Verdicts: ``ok``, ``oof`` (out of focus), ``empty`` (no tissue) or ``error``.
 
+Every ``oof`` verdict has a ``kind``, which says what to adjust before the
+tile is imaged again (``None`` for the other verdicts):
+
+``astigmatism``
+    The probe is elongated: turn the stigmators. The detector's
+    ``astigmatism`` strength (0..1, :data:`mhd.functions.ASTIGMATISM_THRESHOLD`)
+    is at or above ``astigmatism_max``, whatever the count (an astigmatic
+    probe lowers the count too, and astigmatism is a state of the column that
+    may hold for a whole section, which a rule relative to the section would
+    not see). ``astigmatism_angle`` (degrees, counter-clockwise from the
+    column axis as displayed) is the direction of strongest blur. Tiles
+    smaller than about 300 px have no astigmatism measure (``None``) and
+    are judged by count alone.
+``defocus``
+    The count is below the threshold (either rule below): refocus.
+``partial``
+    The tile as a whole is above the threshold but some regions are not:
+    the section is tilted or wrinkled, or the focus changed during the scan.
+
+The reason of an ``oof`` verdict starts with its kind (``"defocus: ..."``).
+Judged ``ok`` and ``oof`` records also carry ``focus_map``: the feature
+density of each cell of the detector's grid relative to the section's
+baseline (the median tile; with a calibration, the in-focus density), a
+list of rows of floats rounded to 2 decimals (1.0: as the section; 0.3:
+30 % of it).
+
 The focus measure is the feature density ``d`` (features per megapixel); its
 logarithm falls linearly with |defocus| (the paper's figure 2). Densities are
 floored at 1 /MP before taking the log.
@@ -40,12 +66,17 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from mhd.functions import ASTIGMATISM_THRESHOLD
+
 from .tissue import Tissue
 
-__all__ = ["Baseline", "Calibration", "Judge", "Rule", "VERDICTS", "exit_status", "rule_from_config"]
+__all__ = ["KINDS", "Baseline", "Calibration", "Judge", "Rule", "VERDICTS", "describe", "exit_status", "focus_map", "rule_from_config"]
 
 #: Every verdict, in the order summaries list them.
 VERDICTS = ("ok", "oof", "empty", "error")
+
+#: Kinds of ``oof`` verdicts (see the module docstring).
+KINDS = ("defocus", "astigmatism", "partial")
 
 #: Robust sigma of a normal distribution from its median absolute deviation.
 MAD_TO_SIGMA = 1.4826
@@ -133,6 +164,7 @@ class Rule:
     partial_drop: float = 0.7
     empty_cnr: float = 3.0
     calibration: Calibration | None = None
+    astigmatism_max: float = ASTIGMATISM_THRESHOLD
 
 
 def rule_from_config(cfg: Any, use_calibration: bool = True) -> Rule:
@@ -145,7 +177,7 @@ def rule_from_config(cfg: Any, use_calibration: bool = True) -> Rule:
         cal = Calibration.load(cfg.calibration_path)
         if cfg["max_defocus"] is not None:
             cal = Calibration(**{**asdict(cal), "max_defocus": cfg["max_defocus"]})
-    return Rule(cfg["oof_k"], cfg["oof_min_drop"], cfg["warmup"], cfg["partial_drop"], cfg["empty_cnr"], cal)
+    return Rule(cfg["oof_k"], cfg["oof_min_drop"], cfg["warmup"], cfg["partial_drop"], cfg["empty_cnr"], cal, cfg["astigmatism_max"])
 
 
 @dataclass(frozen=True)
@@ -206,9 +238,10 @@ class Judge:
         ----------
         record : dict
             A ``score_tiles`` result (``tile``, ``features``, ``density``,
-            ``grid``, ``shape``, ``error``, ...). It is updated in place with
-            ``verdict`` and ``reason`` (and ``defocus`` when calibrated,
-            ``contrast`` when measured).
+            ``grid``, ``shape``, ``astigmatism``, ``astigmatism_angle``,
+            ``error``, ...). It is updated in place with ``verdict``,
+            ``kind``, ``reason`` and ``focus_map`` (and ``defocus`` when
+            calibrated, ``contrast`` when measured).
 
         Returns
         -------
@@ -217,7 +250,7 @@ class Judge:
             waiting records when it becomes ready.
         """
         if record.get("error"):
-            record["verdict"], record["reason"] = "error", str(record["error"])
+            record.update(verdict="error", kind=None, reason=str(record["error"]), focus_map=None)
             return [record]
         self._pool[record["tile"]] = log_density(record["density"])
         self._pending.append(record)
@@ -258,35 +291,112 @@ class Judge:
         if cal is not None:
             rec["defocus"] = round(cal.defocus(x), 3)
         tissue = _TissueCache(rec, self._probe)
-        if x < base.threshold:
+        rec["verdict"], rec["kind"], rec["reason"] = self._decide(rec, x, base, tissue)
+        if rec["verdict"] == "empty":
+            self._pool.pop(rec["tile"], None)
+            rec["focus_map"] = None
+        else:
+            rec["focus_map"] = focus_map(rec, cal.intercept if cal is not None else base.median)
+
+    def _decide(self, rec: dict, x: float, base: Baseline, tissue: "_TissueCache") -> tuple[str, str | None, str]:
+        """``(verdict, kind, reason)`` of one tile: empty, then astigmatism, defocus, partial, ok."""
+        low = x < base.threshold
+        if low:
             cnr = tissue.cnr()
             if cnr is not None and cnr < self.rule.empty_cnr:
-                self._pool.pop(rec["tile"], None)
-                rec["verdict"], rec["reason"] = "empty", f"no tissue: contrast/noise {cnr:.1f} < {self.rule.empty_cnr:g}"
-            else:
-                rec["verdict"], rec["reason"] = "oof", _low_reason(x, base, cal)
-            return
-        low = self._low_cells(rec, base.threshold - self.rule.partial_drop, tissue)
+                return "empty", None, f"no tissue: contrast/noise {cnr:.1f} < {self.rule.empty_cnr:g}"
+        strength = _finite(rec.get("astigmatism"))
+        if strength is not None and strength >= self.rule.astigmatism_max:
+            return "oof", "astigmatism", _astigmatism_reason(strength, _finite(rec.get("astigmatism_angle")), self.rule.astigmatism_max)
         if low:
-            rec["verdict"] = "oof"
-            rec["reason"] = "partial: cells " + " ".join(f"{r},{c}" for r, c in low) + " low"
-        else:
-            rec["verdict"], rec["reason"] = "ok", ""
+            return "oof", "defocus", "defocus: " + _low_reason(x, base, self.rule.calibration)
+        cells = self._low_cells(rec, base.threshold - self.rule.partial_drop, tissue)
+        if cells:
+            return "oof", "partial", "partial: cells " + " ".join(f"{r},{c}" for r, c in cells) + " low"
+        return "ok", None, ""
 
     def _low_cells(self, rec: dict, limit: float, tissue: "_TissueCache") -> list[tuple[int, int]]:
-        grid = np.asarray(rec.get("grid") or [[]], dtype=float)
-        if grid.size == 0 or not rec.get("shape"):
+        dens = cell_log_density(rec)
+        if dens is None:
             return []
-        h, w = rec["shape"][:2]
-        cell_mp = (h / grid.shape[0]) * (w / grid.shape[1]) / 1e6
-        dens = np.log(np.maximum(grid / cell_mp, DENSITY_FLOOR))
         low = [tuple(map(int, rc)) for rc in np.argwhere(dens < limit)]
         if not low:
             return []
         cells = tissue.cells()
-        if cells is None or cells.shape != grid.shape:
+        if cells is None or cells.shape != dens.shape:
             return low
         return [(r, c) for r, c in low if cells[r, c] >= self.rule.empty_cnr]
+
+
+def cell_log_density(rec: dict) -> np.ndarray | None:
+    """``log`` features per megapixel of each cell of a record's ``grid`` (floored), or ``None`` without a grid.
+
+    Returns
+    -------
+    (gy, gx) float64 ndarray or None
+    """
+    grid = np.asarray(rec.get("grid") or [[]], dtype=float)
+    if grid.size == 0 or not rec.get("shape"):
+        return None
+    h, w = rec["shape"][:2]
+    cell_mp = (h / grid.shape[0]) * (w / grid.shape[1]) / 1e6
+    return np.log(np.maximum(grid / cell_mp, DENSITY_FLOOR))
+
+
+def focus_map(rec: dict, centre: float) -> list[list[float]] | None:
+    """Feature density of each grid cell relative to a baseline.
+
+    Parameters
+    ----------
+    rec : dict
+        A record with ``grid`` ((gy, gx) feature counts) and ``shape`` ([rows, cols] px).
+    centre : float
+        ``log`` features per megapixel of the baseline (section median, or
+        the calibration's in-focus intercept).
+
+    Returns
+    -------
+    list of list of float or None
+        ``gy`` rows of ``gx`` ratios (cell density / baseline density; cell
+        densities floored at 1 /MP), rounded to 2 decimals; ``None`` without a
+        grid or a finite baseline.
+    """
+    dens = cell_log_density(rec)
+    if dens is None or not math.isfinite(centre):
+        return None
+    return np.round(np.exp(dens - centre), 2).tolist()
+
+
+def describe(rec: dict, units: str = "") -> str:
+    """What a flagged record asks of the operator, in a few words.
+
+    Parameters
+    ----------
+    rec : dict
+        A judged record.
+    units : str
+        Units of its calibrated ``defocus`` estimate, if any (e.g. ``"um"``).
+
+    Returns
+    -------
+    str
+        ``"astigmatism 34 deg"`` (the direction of strongest blur),
+        ``"defocus"`` (``"defocus, est. 2.1 um"`` with a calibrated
+        estimate), the reason of a ``partial`` tile
+        (``"partial: cells 0,3 1,3 low"``), ``"error"``, or the verdict.
+    """
+    kind = rec.get("kind")
+    if rec.get("verdict") == "error":
+        return "error"
+    if kind == "astigmatism":
+        angle = _finite(rec.get("astigmatism_angle"))
+        return "astigmatism" if angle is None else f"astigmatism {angle:.0f} deg"
+    if kind == "defocus":
+        est = _finite(rec.get("defocus"))
+        return "defocus" if est is None else f"defocus, est. {est:.2g} {units}".rstrip()
+    if kind == "partial":
+        return rec.get("reason") or "partial"
+    return str(rec.get("verdict"))
 
 
 class _TissueCache:
@@ -312,6 +422,19 @@ class _TissueCache:
     def cells(self) -> np.ndarray | None:
         t = self._get()
         return None if t is None else t.cells
+
+
+def _finite(v: Any) -> float | None:
+    """``float(v)``, or ``None`` for ``None``/NaN/inf (unmeasured)."""
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _astigmatism_reason(strength: float, angle: float | None, limit: float) -> str:
+    where = "" if angle is None else f", blur along {angle:.0f} deg"
+    return f"astigmatism: {strength:.2f} >= {limit:g}{where}"
 
 
 def _low_reason(x: float, base: Baseline, cal: Calibration | None) -> str:

@@ -127,7 +127,7 @@ def test_report_writes_figures_csv_and_reacquire_list(tmp_path):
     rows = {r["tile"]: r for r in csv.DictReader((folder / "mhd-results.csv").open())}
     assert len(rows) == 9 and rows["tile_r1_c1.png"]["verdict"] == "ok" and rows["tile_r1_c1.png"]["section_verdict"] == "oof"
     assert rows["tile_r2_c0.png"]["section_verdict"] == "empty" and rows["tile_r0_c2.png"]["row"] == "0"
-    assert (folder / "mhd-reacquire.txt").read_text().splitlines() == ["tile_r0_c2.png", "tile_r1_c1.png", "tile_r1_c2.png"]
+    assert (folder / "mhd-reacquire.txt").read_text().splitlines() == ["tile_r0_c2.png\tdefocus", "tile_r1_c1.png\tdefocus", "tile_r1_c2.png\terror"]
     assert "3 tile(s) to re-acquire" in out.output
 
 
