@@ -190,7 +190,7 @@ def _pyplot():
 
 def _plot_density(path: Path, records: list[dict], base: Baseline, title: str) -> None:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.0, min(16.0, len(records) * 0.12)), 3.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(1.6 + max(6.0, min(16.0, len(records) * 0.12)), 3.6), dpi=110)
     x = np.arange(len(records))
     groups = [(v, None, v) for v in COLOURS if v != "oof"] + [("oof", k, f"oof: {k}" if k else "oof") for k in MARKERS]
     for verdict, kind, label in groups:
@@ -209,7 +209,7 @@ def _plot_density(path: Path, records: list[dict], base: Baseline, title: str) -
     ax.set_xlabel("tile (acquisition order)")
     ax.set_ylabel("features per megapixel")
     ax.set_title(f"{title}: feature density")
-    ax.legend(fontsize=7, loc="best", ncols=3, framealpha=0.8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.8)  # beside the axes: never over a tile
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -224,7 +224,7 @@ def _plot_montage(path: Path, records: list[dict], pos: dict[str, tuple[int, int
         if rec["tile"] in pos and rec.get("density") is not None and rec["verdict"] != "empty":
             grid[pos[rec["tile"]]] = math.log(max(rec["density"], 1.0))
     centre = base.median if math.isfinite(base.median) else float(np.nanmedian(grid))
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * cols, 0.9 + 0.6 * rows), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(4.4, 1.2 + 0.6 * cols), 1.1 + 0.6 * rows), dpi=110)
     cmap = plt.get_cmap("RdYlGn").with_extremes(bad="0.8")  # grey: no tissue, no result, or no tile there
     im = ax.imshow(grid - centre, cmap=cmap, vmin=-1.5, vmax=1.5)
     for rec in records:
@@ -240,7 +240,7 @@ def _plot_montage(path: Path, records: list[dict], pos: dict[str, tuple[int, int
     ax.set_yticks(range(rows))
     ax.set_xlabel("column")
     ax.set_ylabel("row")
-    ax.set_title(f"{title}\nX defocus, A astigmatism (line: blur direction), P partial,\no empty (grey), ! error", fontsize=8)
+    ax.set_title(f"{title}\nX defocus, A astigmatism (line: blur direction),\nP partial, o empty (grey), ! error", fontsize=7)
     fig.colorbar(im, ax=ax, label="log density - section median")
     fig.tight_layout()
     fig.savefig(path)

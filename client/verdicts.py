@@ -316,7 +316,7 @@ class Judge:
         return "ok", None, ""
 
     def _low_cells(self, rec: dict, limit: float, tissue: "_TissueCache") -> list[tuple[int, int]]:
-        dens = cell_log_density(rec)
+        dens = _cell_log_density(rec)
         if dens is None:
             return []
         low = [tuple(map(int, rc)) for rc in np.argwhere(dens < limit)]
@@ -328,7 +328,7 @@ class Judge:
         return [(r, c) for r, c in low if cells[r, c] >= self.rule.empty_cnr]
 
 
-def cell_log_density(rec: dict) -> np.ndarray | None:
+def _cell_log_density(rec: dict) -> np.ndarray | None:
     """``log`` features per megapixel of each cell of a record's ``grid`` (floored), or ``None`` without a grid.
 
     Returns
@@ -361,7 +361,7 @@ def focus_map(rec: dict, centre: float) -> list[list[float]] | None:
         densities floored at 1 /MP), rounded to 2 decimals; ``None`` without a
         grid or a finite baseline.
     """
-    dens = cell_log_density(rec)
+    dens = _cell_log_density(rec)
     if dens is None or not math.isfinite(centre):
         return None
     return np.round(np.exp(dens - centre), 2).tolist()
