@@ -19,7 +19,9 @@ tile is imaged again (``None`` for the other verdicts):
     The tile as a whole is above the threshold but some regions are not:
     the section is tilted or wrinkled, or the focus changed during the scan.
 
-The reason of an ``oof`` verdict starts with its kind (``"defocus: ..."``).
+A tile is judged ``empty`` first (low count, no tissue), then
+``astigmatism``, ``defocus``, ``partial``, else ``ok``. The reason of an
+``oof`` verdict starts with its kind (``"defocus: ..."``).
 Judged ``ok`` and ``oof`` records also carry ``focus_map``: the feature
 density of each cell of the detector's grid relative to the section's
 baseline (the median tile; with a calibration, the in-focus density), a
@@ -70,13 +72,10 @@ from mhd.functions import ASTIGMATISM_THRESHOLD
 
 from .tissue import Tissue
 
-__all__ = ["KINDS", "Baseline", "Calibration", "Judge", "Rule", "VERDICTS", "describe", "exit_status", "focus_map", "rule_from_config"]
+__all__ = ["Baseline", "Calibration", "Judge", "Rule", "VERDICTS", "describe", "exit_status", "focus_map", "rule_from_config"]
 
 #: Every verdict, in the order summaries list them.
 VERDICTS = ("ok", "oof", "empty", "error")
-
-#: Kinds of ``oof`` verdicts (see the module docstring).
-KINDS = ("defocus", "astigmatism", "partial")
 
 #: Robust sigma of a normal distribution from its median absolute deviation.
 MAD_TO_SIGMA = 1.4826
