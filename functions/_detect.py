@@ -234,13 +234,13 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
     F = be.rfft2(padded)
     if spectrum_hook is not None:
         spectrum_hook(F)
-    best = None
-    for g in bank.groups:
+    acc, acc_d = None, None  # running maximum, on the grid of the last group merged
+    for g in reversed(bank.groups):  # coarsest first: each merge upsamples a coarser grid once
         d = g.factor
         Fd = F if d == 1 else _crop_spectrum(F, d, xp)
         Pd, Qd = P // d, Q // d
         buf = xp.empty_like(Fd)
-        gbest = None
+        gbest = acc if acc is None else _retag_upsampled(acc, acc_d // d, (0, 0), (Pd, Qd), xp)
         for j, i in enumerate(g.levels):
             xp.multiply(Fd, g.transfer[j], out=buf)
             thr = xp.asarray(thresholds[:, i].astype(np.float32))
@@ -252,13 +252,18 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
                 D = be.irfft2(buf, (Pd, Qd))
             _tag(D, i, xp)
             gbest = D if gbest is None else xp.maximum(gbest, D, out=gbest)
-        if d == 1:
-            gbest = gbest[:, r0 : r0 + R, c0 : c0 + C]
-        else:
-            level = _upsample_nearest(_level_of(gbest, xp), d, (r0, c0), (R, C), xp)
-            gbest = _tag(_upsample_cubic(gbest, d, (r0, c0), (R, C), xp), level.astype(xp.int32), xp)
-        best = xp.ascontiguousarray(gbest) if best is None else xp.maximum(best, gbest, out=best)
-    return best
+        acc, acc_d = gbest, d
+    if acc_d == 1:
+        return xp.ascontiguousarray(acc[:, r0 : r0 + R, c0 : c0 + C])
+    return _retag_upsampled(acc, acc_d, (r0, c0), (R, C), xp)
+
+
+def _retag_upsampled(best: Any, d: int, start: tuple[int, int], size: tuple[int, int], xp: Any) -> Any:
+    """Cubic upsampling of a tagged running maximum, its level tags carried by nearest neighbour."""
+    level = _upsample_nearest(_level_of(best, xp), d, start, size, xp)
+    return _tag(xp.ascontiguousarray(_upsample_cubic(best, d, start, size, xp)), level.astype(xp.int32), xp)
+
+
 
 
 # ----------------------------------------------------------------- public
