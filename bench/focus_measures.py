@@ -33,11 +33,13 @@ Commands::
     python bench/focus_measures.py compare                    # the table
     python bench/focus_measures.py compare --polarity both
     python bench/focus_measures.py sweep                      # detector parameters
-    python bench/focus_measures.py sweep --polarity both      # ... around another base
+    python bench/focus_measures.py sweep --grid-polarity both --grid-threshold 0.04 0.08 0.12 \\
+        --grid-noise-k 3 3.5 4 --grid-scales --grid-n-bin        # another grid
     python bench/focus_measures.py noise                      # estimate_noise vs truth
+    python bench/focus_measures.py loglinear --polarity both  # per-slice r of log(count) vs defocus
 
-``MHD_ISBI_DIR`` overrides the data folder (default ``../shared/data/isbi2012``
-beside the checkout).
+``MHD_ISBI_DIR`` overrides the data folder (default ``tests/data/isbi2012``,
+whose README.md holds the attribution).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from mhd.functions.classic import CLASSIC_MEASURES
 from mhd.functions.simulate import SIGMA0, blur, defocus_image, digitize, psf_sigma, shot_noise, to_signal
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("MHD_ISBI_DIR", ROOT.parent / "shared" / "data" / "isbi2012"))
+DATA = Path(os.environ.get("MHD_ISBI_DIR", ROOT / "tests" / "data" / "isbi2012"))
 DEFOCUS_UM = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)
 IN_FOCUS_MAX_SIGMA = 0.5  # px
 OUT_OF_FOCUS_MIN_SIGMA = 2.0  # px
@@ -186,47 +188,94 @@ def _params(args: argparse.Namespace) -> dict[str, object]:
 def cmd_compare(args: argparse.Namespace) -> None:
     slices = load_slices(args.slices)
     scans = make_scans(slices, args.doses, args.seed)
+    flats = flat_fields([d for d in args.doses if np.isfinite(d)], args.seed + 1)
     header(slices, scans, args.doses, args.seed)
     params = _params(args)
     t0 = time.perf_counter()
     used = ", ".join(f"{k}={params.get(k, DEFAULTS[k])}" for k in TUNED)
-    rows = {f"MHD count ({used})": evaluate(scans, mhd_scores(scans, **params))}
+    mhd = mhd_scores(scans, **params)
+    rows = {f"MHD count ({used})": evaluate(scans, mhd)}
     for name, fn in CLASSIC_MEASURES.items():
         rows[name] = evaluate(scans, classic_scores(scans, fn))
     print_table(rows, sorted(args.doses))
-    print(f"\n({time.perf_counter() - t0:.0f} s)")
+    gain, flat = noise_leak(scans, mhd, flats, mhd_scores(flats, **params))
+    print(f"\nMHD and shot noise: at defocus {max(DEFOCUS_UM)} um the noisy/clean count ratio is at most {gain:.2f} (median over slices, worst dose);")
+    print(f"featureless noisy scans give at most {flat:.0f} features per megapixel (median, worst dose). ({time.perf_counter() - t0:.0f} s)")
 
 
-def sweep_configs() -> list[dict[str, object]]:
-    """Small grids around the defaults: polarity, threshold x noise_k, scales, levels."""
-    configs: list[dict[str, object]] = [dict(polarity=p) for p in ("dark", "bright", "both")]
-    configs += [dict(threshold=t, noise_k=k) for t in (0.0, 0.01, 0.02, 0.04, 0.08) for k in (0.0, 2.0, 3.0, 4.0, 6.0)]
-    configs += [dict(min_t=a, max_t=b) for a, b in ((0.75, 8.0), (1.5, 8.0), (2.0, 8.0), (1.0, 4.0), (1.0, 6.0), (1.0, 12.0), (1.0, 16.0))]
-    configs += [dict(n_bin=n) for n in (4, 8, 32)]
+def sweep_configs(args: argparse.Namespace) -> list[dict[str, object]]:
+    """Rows of the sweep: polarity x threshold x noise_k, then each scale range, then each n_bin."""
+    configs: list[dict[str, object]] = [
+        dict(polarity=p, threshold=t, noise_k=k) for p in args.grid_polarity for t in args.grid_threshold for k in args.grid_noise_k
+    ]
+    configs += [dict(min_t=a, max_t=b) for a, b in (map(float, r.split(":")) for r in args.grid_scales)]
+    configs += [dict(n_bin=n) for n in args.grid_n_bin]
     return configs
+
+
+def flat_fields(doses: Iterable[float], seed: int, size: int = 512) -> list[Scan]:
+    """Featureless scans: uniform signal 0.15..0.85 with shot noise, random detector settings."""
+    rng = np.random.default_rng(seed)
+    scans = []
+    for dose in doses:
+        for level in np.linspace(0.15, 0.85, 6):
+            gain, offset, bits = rng.uniform(0.4, 0.9), rng.uniform(0.0, 0.1), int(rng.choice([8, 16]))
+            tile = digitize(shot_noise(np.full((size, size), level), dose, rng), bits, gain, offset)
+            scans.append(Scan(-1, 0.0, 0.0, dose, gain, offset, bits, tile))
+    return scans
+
+
+def noise_leak(scans: list[Scan], score: np.ndarray, flats: list[Scan], flat_score: np.ndarray) -> tuple[float, float]:
+    """How much shot noise is counted as features.
+
+    Returns
+    -------
+    gain : float
+        Largest (over finite doses) median (over slices) of count(dose) / count(no noise)
+        for the most defocused scans; > 1 means noise adds features.
+    flat : float
+        Largest (over doses) median features per megapixel on featureless noisy scans.
+    """
+    far = max(s.defocus for s in scans)
+    clean = {s.slice_index: score[i] for i, s in enumerate(scans) if s.defocus == far and np.isinf(s.dose)}
+    ratios: dict[float, list[float]] = {}
+    for i, s in enumerate(scans):
+        if s.defocus == far and np.isfinite(s.dose) and clean.get(s.slice_index, 0) > 0:
+            ratios.setdefault(s.dose, []).append(score[i] / clean[s.slice_index])
+    gain = max((float(np.median(v)) for v in ratios.values()), default=float("nan"))
+    per_mpx = flat_score / (flats[0].image.size / 1e6) if flats else flat_score
+    flat = max((float(np.median(per_mpx[[f.dose == d for f in flats]])) for d in {f.dose for f in flats}), default=float("nan"))
+    return gain, flat
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     slices = load_slices(args.slices)
     scans = make_scans(slices, args.doses, args.seed)
+    flats = flat_fields([d for d in args.doses if np.isfinite(d)], args.seed + 1)
     header(slices, scans, args.doses, args.seed)
-    doses = sorted(args.doses)
     given = _params(args)
     base = {k: given.get(k, DEFAULTS[k]) for k in TUNED}
-    print(f"Base: {base}; each row changes only the listed parameters. ms/tile is indicative (whole run, 2 cores).\n")
-    print("| parameters | Spearman rho | pooled AUC | worst AUC (pair) | " + " | ".join(f"AUC dose {_dose(d)}" for d in doses) + " | median count in focus, dose inf | ms/tile |")
-    print("|" + "---|" * (6 + len(doses)))
+    print(f"Base: {base}; each row changes only the listed parameters.")
+    print(f"noise gain: median count(dose)/count(no noise) at defocus {max(DEFOCUS_UM)} um, worst dose (> 1: noise counted as features);")
+    print(f"flat: features per megapixel on featureless noisy scans ({len(flats)} scans), worst dose. ms/tile is indicative (2 cores).\n")
+    print("| parameters | Spearman rho | pooled AUC | worst AUC (in-focus dose / OOF dose) | min AUC within a dose (dose) | noise gain | flat /Mpx | median count in focus, no noise | ms/tile |")
+    print("|---|---|---|---|---|---|---|---|---|")
     inf_clean = np.array([s.sigma <= IN_FOCUS_MAX_SIGMA and np.isinf(s.dose) for s in scans])
-    for cfg in [{}] + sweep_configs():
+    for cfg in [{}] + sweep_configs(args):
         t0 = time.perf_counter()
         score = mhd_scores(scans, **{**given, **cfg})
         ms = (time.perf_counter() - t0) * 1e3 / len(scans)
+        gain, flat = noise_leak(scans, score, flats, mhd_scores(flats, **{**given, **cfg}))
         r = evaluate(scans, score)
         a, b = r["worst_pair"]
-        per = " | ".join(f"{r['per_dose'][d]:.3f}" for d in doses)
+        d_min = min(r["per_dose"], key=r["per_dose"].get)
         name = ", ".join(f"{k}={v}" for k, v in cfg.items()) or "base"
         clean = f"{np.median(score[inf_clean]):.0f}" if inf_clean.any() else "-"
-        print(f"| {name} | {r['rho']:.3f} | {r['auc']:.3f} | {r['worst']:.3f} ({_dose(a)} / {_dose(b)}) | {per} | {clean} | {ms:.0f} |", flush=True)
+        print(
+            f"| {name} | {r['rho']:.3f} | {r['auc']:.3f} | {r['worst']:.3f} ({_dose(a)} / {_dose(b)}) | {r['per_dose'][d_min]:.3f} ({_dose(d_min)}) "
+            f"| {gain:.2f} | {flat:.0f} | {clean} | {ms:.0f} |",
+            flush=True,
+        )
 
 
 def noise_truth(image: np.ndarray, sigma: float, dose: float, rng: np.random.Generator) -> tuple[float, float, float]:
@@ -263,6 +312,24 @@ def cmd_noise(args: argparse.Namespace) -> None:
             print(f"| {sigma:g} | {_dose(dose)} | {np.median(true):.4f} | {np.median(intrinsic):.4f} | {np.median(est):.4f} | {np.median(est / true):.3f} | {np.median(est / expected):.3f} |")
 
 
+def cmd_loglinear(args: argparse.Namespace) -> None:
+    slices = load_slices(args.slices)
+    params = _params(args)
+    defocus = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    rng = np.random.default_rng(args.seed)
+    used = ", ".join(f"{k}={params.get(k, DEFAULTS[k])}" for k in TUNED)
+    print(f"Pearson r of log(count) with |defocus| = {defocus.tolist()} um (added blur 0..5 px), per slice; {len(slices)} slices; {used}; {provenance()}\n")
+    print("| dose (e-/px) | min r | median r | max r | pooled r | slices with a rising step | median counts |")
+    print("|---|---|---|---|---|---|---|")
+    for dose in args.doses:
+        counts = np.array([[d.count for d in detect_batch([defocus_image(im, z, dose=dose, rng=rng) for z in defocus], backend="numpy", **params)] for im in slices])
+        logc = np.log(np.maximum(counts, 1))
+        r = np.array([stats.pearsonr(defocus, row).statistic for row in logc])
+        pooled = stats.pearsonr(np.tile(defocus, len(logc)), logc.ravel()).statistic
+        rising = int((np.diff(counts, axis=1) >= 0).any(axis=1).sum())
+        print(f"| {_dose(dose)} | {r.min():.4f} | {np.median(r):.4f} | {r.max():.4f} | {pooled:.4f} | {rising} | {np.median(counts, axis=0).astype(int).tolist()} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -270,12 +337,19 @@ def main() -> None:
         ("compare", cmd_compare, "MHD vs classic measures (markdown table)"),
         ("sweep", cmd_sweep, "MHD parameter grid (markdown table)"),
         ("noise", cmd_noise, "estimate_noise against the true shot noise"),
+        ("loglinear", cmd_loglinear, "per-slice log-linear fit of the count against defocus"),
     ):
         p = sub.add_parser(name, help=helptext)
         p.set_defaults(func=fn)
         p.add_argument("--slices", type=int, default=None, help="use only the first N slices (default all 30)")
         p.add_argument("--doses", type=float, nargs="+", default=list(DOSES if name != "noise" else (5.0, 20.0, 100.0, 1000.0)), help="electrons/px at full brightness; inf = no shot noise")
         p.add_argument("--seed", type=int, default=2012)
+        if name == "sweep":
+            p.add_argument("--grid-polarity", nargs="*", default=["dark", "bright", "both"], choices=("dark", "bright", "both"))
+            p.add_argument("--grid-threshold", nargs="*", type=float, default=[0.02, 0.08])
+            p.add_argument("--grid-noise-k", nargs="*", type=float, default=[0.0, 3.0, 4.0, 5.0])
+            p.add_argument("--grid-scales", nargs="*", default=["0.75:8", "1.5:8", "2:8", "1:4", "1:6", "1:12", "1:16"], help="min_t:max_t pairs (px)")
+            p.add_argument("--grid-n-bin", nargs="*", type=int, default=[4, 8, 32])
         if name != "noise":
             for key in ("threshold", "noise_k", "min_t", "max_t"):
                 p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=float, default=None)
