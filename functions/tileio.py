@@ -16,8 +16,11 @@ Policy
 - A TIFF must hold one 2-D image: a multi-page stack, volume or time series
   (any non-singleton axis besides rows, columns and colour samples) is refused
   with a message that names its axes and shape. Further series in the file
-  (thumbnails, reduced resolutions) are ignored. Multi-frame PNG/BMP/JPEG are
-  refused likewise.
+  (thumbnails, reduced resolutions) are ignored. A TIFF of more than
+  :data:`MAX_TIFF_PAGES` pages is refused from its page count, before its
+  series are parsed (which takes time that grows with the square of the pages:
+  a few MB of tiny pages would hold a worker for minutes). Multi-frame
+  PNG/BMP/JPEG are refused likewise.
 - Bilevel (1-bit) and complex images are refused.
 - TIFF compressions that tifffile cannot decode without ``imagecodecs``
   (LZW, JPEG) are decoded by Pillow once tifffile has checked the header.
@@ -34,7 +37,10 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["TileError", "ImageInfo", "sniff_format", "read_tile", "to_grey"]
+__all__ = ["MAX_TIFF_PAGES", "TileError", "ImageInfo", "sniff_format", "read_tile", "to_grey"]
+
+#: Most pages (IFDs) a TIFF tile may have: one image plus thumbnails or reduced resolutions.
+MAX_TIFF_PAGES = 64
 
 #: BT.601 luma weights for R, G, B.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -182,6 +188,8 @@ def _read_tiff(fh: BinaryIO, max_pixels: int, max_decoded_bytes: int) -> np.ndar
     import tifffile
 
     with tifffile.TiffFile(fh) as tif:
+        if len(tif.pages) > MAX_TIFF_PAGES:
+            raise TileError(f"TIFF holds {len(tif.pages):,} pages: MHD scores one 2-D image per tile; split the stack into single images")
         if not tif.series:
             raise TileError("TIFF file holds no image")
         series = tif.series[0]
