@@ -7,15 +7,20 @@ Exit statuses (every command that judges tiles)::
     2    out-of-focus tiles, and no errors (errors take precedence)
     64   usage error (unknown option, missing argument)
     130  interrupted (Ctrl-C) before the run finished
+
+The terminal gets one line per problem, never a traceback; ``submit`` and
+``watch`` also append everything, with the details (remote tracebacks, the
+cause of an unexpected failure), to ``DIR/mhd-client.log``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 from rich.console import Console
@@ -104,7 +109,79 @@ def main(verbose: int) -> None:
         client submit --dir examples/section_042
     """
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    logging.basicConfig(level=level, stream=sys.stderr, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
+        handler.setFormatter(_OneLine("%(levelname)s: %(message)s"))
+
+
+class _OneLine(logging.Formatter):
+    """Terminal format: the message without any traceback (that goes to the section log)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None}))
+
+
+class _SectionLogHandler(logging.FileHandler):
+    """The section's log file. A write that fails (disk full) stops it with one
+    line on stderr instead of the logging module's traceback."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            sys.stderr.write(f"warning: cannot write {self.baseFilename} ({sys.exc_info()[1]}); it gets no more lines this run\n")
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:
+            self.failed = True
+
+
+@contextlib.contextmanager
+def _section_log(section: Path) -> Iterator[Path]:
+    """Append the ``mhd`` loggers (all levels) and every warning to ``section/mhd-client.log``."""
+    from .discover import LOG_NAME
+
+    path = section / LOG_NAME
+    try:
+        handler = _SectionLogHandler(path, encoding="utf-8", errors="backslashreplace")
+    except OSError as exc:
+        click.echo(f"warning: cannot open {path} ({exc.strerror}); running without a section log", err=True)
+        yield path
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ours, root = logging.getLogger("mhd"), logging.getLogger()
+    saved = ours.level
+    ours.setLevel(logging.DEBUG)
+    root.addHandler(handler)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        ours.setLevel(saved)
+        handler.close()
+
+
+def _run_logged(section: Path, run: Callable[[], Any]) -> Any:
+    """``run()`` with the section log; failures become one-line user errors."""
+    from .results import ResultsWriteError, SectionLocked
+
+    with _section_log(section) as log_path:
+        try:
+            return run()
+        except (ValueError, OSError, SectionLocked, ResultsWriteError) as exc:
+            logging.getLogger("mhd.client").debug("run stopped", exc_info=True)
+            raise click.ClickException(str(exc)) from None
+        except Exception as exc:  # an unforeseen failure: one line here, the traceback in the log
+            logging.getLogger("mhd.client").debug("unexpected failure", exc_info=True)
+            raise click.ClickException(f"unexpected {type(exc).__name__}: {exc} (traceback in {log_path})") from None
 
 
 # ------------------------------------------------------------------ score
@@ -201,17 +278,14 @@ def submit(directory: Path, backend: str | None, transport: str | None, workers:
 
         client submit --dir examples/section_042     # exits 2: the example has OOF tiles
     """
-    from .results import SectionLocked
     from .submit import run_section, section_summary
 
     params = _params(kwargs) or None
     section = _section(directory)
     cfg = _load_config(backend=backend, transport=transport, workers=workers, batch=batch)
     console = _console()
-    try:
-        outcome = run_section(section, cfg, console, rule=_rule(cfg, no_calibration), rescore=rescore, params=params, on_oof=on_oof, show_ok=show_ok, transfer_client=_transfer_client, compute_client=_compute_client)
-    except (ValueError, OSError, SectionLocked) as exc:
-        raise click.ClickException(str(exc)) from None
+    rule = _rule(cfg, no_calibration)
+    outcome = _run_logged(section, lambda: run_section(section, cfg, console, rule=rule, rescore=rescore, params=params, on_oof=on_oof, show_ok=show_ok, transfer_client=_transfer_client, compute_client=_compute_client))
     section_summary(console, section, outcome)
     sys.exit(outcome.exit_status)
 
@@ -337,7 +411,6 @@ def watch(directory: Path, backend: str | None, transport: str | None, workers: 
 
         client watch --dir /data/section_043 --on-oof "notify-send 'Out of focus'"
     """
-    from .results import SectionLocked
     from .submit import section_summary
     from .watch import watch_section
 
@@ -345,10 +418,8 @@ def watch(directory: Path, backend: str | None, transport: str | None, workers: 
     section = _section(directory)
     cfg = _load_config(backend=backend, transport=transport, workers=workers, batch=batch)
     console = _console()
-    try:
-        outcome = watch_section(section, cfg, console, rule=_rule(cfg, no_calibration), params=params, on_oof=on_oof, poll=poll, give_up=give_up, idle_exit=idle_exit, transfer_client=_transfer_client, compute_client=_compute_client)
-    except (ValueError, OSError, SectionLocked) as exc:
-        raise click.ClickException(str(exc)) from None
+    rule = _rule(cfg, no_calibration)
+    outcome = _run_logged(section, lambda: watch_section(section, cfg, console, rule=rule, params=params, on_oof=on_oof, poll=poll, give_up=give_up, idle_exit=idle_exit, transfer_client=_transfer_client, compute_client=_compute_client))
     section_summary(console, section, outcome)
     sys.exit(outcome.exit_status)
 
@@ -385,7 +456,7 @@ def report(directory: Path, positions: Path | None, out: Path | None, no_calibra
         rep = make_report(section, _rule(cfg, no_calibration), positions, out)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    again = sum(1 for _ in rep.reacquire.read_text().splitlines())
+    again = len(rep.reacquire.read_bytes().splitlines())
     for path in (rep.density, rep.montage, rep.focus_maps, rep.csv, rep.reacquire):
         if path is not None:
             click.echo(f"wrote {path}")

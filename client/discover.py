@@ -16,6 +16,7 @@ from pathlib import Path
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "LOG_NAME",
     "RESULTS_NAME",
     "Discovery",
     "Tile",
@@ -32,13 +33,16 @@ IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg"})
 #: Results file written in each section folder.
 RESULTS_NAME = "mhd-results.jsonl"
 
+#: Log file ``client submit``/``watch`` append to in each section folder.
+LOG_NAME = "mhd-client.log"
+
 #: Suffixes and prefixes of files still being written (renamed into place when complete).
 _PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", "~")
 _PARTIAL_PREFIXES = (".",)
 
 #: Folders the client itself writes into a section; never scanned for tiles.
 _OWN_DIRS = frozenset({"mhd-report"})
-_OWN_FILES = frozenset({"mhd-calibration.png"})
+_OWN_FILES = frozenset({"mhd-calibration.png", LOG_NAME})
 
 _DIGITS = re.compile(r"(\d+)")
 _POSITION = re.compile(r"(?:^|[^a-z0-9])r(?:ow)?[_-]?(\d+)[_-]?c(?:ol)?[_-]?(\d+)(?:[^0-9]|$)", re.IGNORECASE)

@@ -3,16 +3,24 @@
 Each verdict is appended, flushed and ``fsync``-ed the moment it is known, so a
 client killed at any instant loses at most the record it was writing. That
 torn last line is dropped (and cut off the file) when the log is opened again;
-its tile is then simply scored again. A file lock keeps two clients from
-writing one section at once.
+its tile is then simply scored again. A write that fails (disk full, quota,
+I/O error) is cut off at once and raises :class:`ResultsWriteError`: the
+records before it stay intact. A file lock keeps two clients from writing one
+section at once.
 
 A tile has one record. A newer record for the same tile (a retried error)
 supersedes the older one when read, and :meth:`ResultsLog.compact` rewrites the
 file atomically with one line per tile.
+
+In memory a log keeps only each record's :data:`BRIEF_KEYS` (what the run
+needs: verdicts, densities, reasons), so a section of tens of thousands of
+tiles costs a few MB; the file keeps every field (:func:`read_records`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -23,13 +31,26 @@ from typing import Any, Iterable
 
 from .discover import RESULTS_NAME
 
-__all__ = ["ResultsLog", "SectionLocked", "read_records"]
+__all__ = ["BRIEF_KEYS", "ResultsLog", "ResultsWriteError", "SectionLocked", "brief", "read_records"]
 
 log = logging.getLogger(__name__)
 
 
+#: Fields of each record that :attr:`ResultsLog.records` keeps in memory.
+BRIEF_KEYS = ("tile", "verdict", "kind", "reason", "features", "density", "error", "defocus", "contrast", "latency_ms", "scored_at")
+
+
+def brief(record: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`BRIEF_KEYS` fields of ``record`` (those it has)."""
+    return {k: record[k] for k in BRIEF_KEYS if k in record}
+
+
 class SectionLocked(RuntimeError):
     """Another client holds the section's results log."""
+
+
+class ResultsWriteError(RuntimeError):
+    """A record could not be made durable (disk full, quota, I/O error); the earlier ones are intact."""
 
 
 def read_records(path: str | Path) -> tuple[dict[str, dict[str, Any]], int]:
@@ -88,6 +109,11 @@ class ResultsLog:
         Start a new log: an existing one is kept as
         ``mhd-results.jsonl.<UTC time>.bak`` (``--rescore``).
 
+    Attributes
+    ----------
+    records : dict of str to dict
+        Tile id -> the :func:`brief` of its newest record.
+
     Raises
     ------
     SectionLocked
@@ -96,7 +122,7 @@ class ResultsLog:
 
     def __init__(self, section: str | Path, fresh: bool = False) -> None:
         self.path = Path(section) / RESULTS_NAME
-        self._fh = self.path.open("ab+")
+        self._fh = self.path.open("ab+", buffering=0)  # unbuffered: a failed write leaves nothing pending
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -108,7 +134,8 @@ class ResultsLog:
             self._reopen()
             log.info("previous results kept in %s", backup)
         self._cut_torn_tail()
-        self.records, self._lines = read_records(self.path)
+        full, self._lines = read_records(self.path)
+        self.records = {tile: brief(rec) for tile, rec in full.items()}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -133,11 +160,20 @@ class ResultsLog:
         record : dict
             JSON-serialisable, with a ``tile`` id.
         """
-        line = json.dumps(record, separators=(",", ":"), default=_jsonable) + "\n"
-        self._fh.write(line.encode())
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self.records[record["tile"]] = record
+        data = (json.dumps(record, separators=(",", ":"), default=_jsonable) + "\n").encode()
+        end = self._fh.seek(0, os.SEEK_END)
+        try:
+            if self._fh.write(data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            self._cut(end)
+            raise ResultsWriteError(
+                f"{self.path}: cannot record the verdict of {record['tile']}: {exc.strerror or exc}. "
+                f"The {len(self.records)} records written before are intact; free space and run again "
+                "to score the tiles without one."
+            ) from exc
+        self.records[record["tile"]] = brief(record)
         self._lines += 1
 
     def extend(self, records: Iterable[dict[str, Any]]) -> None:
@@ -155,12 +191,18 @@ class ResultsLog:
         if not self.superseded:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("wb") as out:
-            for rec in self.records.values():
-                out.write((json.dumps(rec, separators=(",", ":"), default=_jsonable) + "\n").encode())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)
+        try:
+            full, _ = read_records(self.path)
+            with tmp.open("wb") as out:
+                for rec in full.values():
+                    out.write((json.dumps(rec, separators=(",", ":"), default=_jsonable) + "\n").encode())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:  # e.g. disk full: the log as it is stays valid
+            tmp.unlink(missing_ok=True)
+            log.warning("%s: not compacted (%s); superseded records are ignored when read", self.path, exc.strerror or exc)
+            return
         old = self._fh
         self._reopen()
         old.close()
@@ -169,7 +211,7 @@ class ResultsLog:
     # -------------------------------------------------------------- helpers
 
     def _reopen(self) -> None:
-        self._fh = self.path.open("ab+")
+        self._fh = self.path.open("ab+", buffering=0)
         fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def _cut_torn_tail(self) -> None:
@@ -182,9 +224,19 @@ class ResultsLog:
         if end < size:
             log.warning("%s: dropped an incomplete last record (%d bytes)", self.path, size - end)
             self._fh.truncate(end)
-            self._fh.flush()
             os.fsync(self._fh.fileno())
         self._fh.seek(0, os.SEEK_END)
+
+    def _cut(self, end: int) -> None:
+        """Drop whatever a failed append left after byte ``end`` (best effort:
+        a torn tail left behind is dropped when the log is next opened)."""
+        try:
+            self._fh.truncate(end)
+        except OSError as exc:
+            log.warning("%s: could not cut a failed record off (%s); it is dropped on the next run", self.path, exc.strerror)
+            return
+        with contextlib.suppress(OSError):  # the cut is in place; making it durable is best effort
+            os.fsync(self._fh.fileno())
 
 
 def _jsonable(obj: Any) -> Any:
