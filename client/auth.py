@@ -45,7 +45,8 @@ def _storage(config_dir: str | os.PathLike | None) -> Any:
     path = token_path(config_dir)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.parent.chmod(0o700)
-    storage = SQLiteTokenStorage(path, namespace=APP_NAME)  # created with a user-only umask
+    # created with a user-only umask; shared with the Compute Executor's submitter thread, as the SDK's own storage is
+    storage = SQLiteTokenStorage(path, namespace=APP_NAME, connect_params={"check_same_thread": False})
     path.chmod(0o600)
     return storage
 

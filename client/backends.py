@@ -11,9 +11,13 @@ and return ``concurrent.futures.Future`` objects:
 
 A future resolves to the list of per-tile dicts (a bad tile is an entry with
 ``error`` set). It raises :class:`TaskFailed` when the whole task failed on
-the worker (bad ``params``, too many tiles, a lost worker), with the remote
-exception's last line as the message; it raises the original exception when
-the task could not be submitted (e.g. ``globus_sdk.GlobusAPIError``).
+the worker (bad ``params``, too many tiles), with the remote exception's last
+line as the message, and its subclass :class:`WorkerLost` when the worker
+process died under the task; it raises the original exception when the task
+could not be submitted (e.g. ``globus_sdk.GlobusAPIError``) or its result
+could not be received (the AMQP result stream). :func:`retryable` tells
+which failures say nothing about the tiles (the task may be submitted again)
+and :func:`failure_message` words any of them for the operator.
 
 Inline tiles may carry ``bytes``; the backends send them as base64 text
 (the endpoint accepts JSON arguments only).
@@ -27,6 +31,7 @@ import multiprocessing
 import os
 import tempfile
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from typing import Any, Callable, Protocol
@@ -44,12 +49,17 @@ __all__ = [
     "GlobusBackend",
     "LocalBackend",
     "TaskFailed",
+    "WorkerLost",
+    "failure_message",
     "jsonable_tiles",
     "local_engine",
     "pack_task",
+    "retryable",
     "task_payload",
     "unpack_result",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Function id that local tasks are filed under (no service is involved).
 LOCAL_FUNCTION_ID = uuid.UUID(int=0)
@@ -76,6 +86,54 @@ class TaskFailed(RuntimeError):
         """Summarise a remote traceback by its last non-blank line (the exception)."""
         lines = [ln.strip() for ln in str(remote_text).splitlines() if ln.strip() and not set(ln.strip()) <= set("+-")]
         return cls(lines[-1] if lines else "remote task failed without a message", str(remote_text))
+
+
+class WorkerLost(TaskFailed):
+    """The worker process died while the task was queued or running on it
+    (killed, out of memory, crashed); the task itself may be sound."""
+
+
+#: Text of the remote error a process pool reports for a dead worker.
+_LOST_WORKER = "BrokenProcessPool"
+
+
+def retryable(exc: BaseException) -> bool:
+    """True when a task's failure says nothing about its tiles, so submitting it again may succeed.
+
+    That is a lost worker (:class:`WorkerLost`), a refused submission that
+    the service calls transient (HTTP 429 or 5xx, after the SDK's own
+    retries) and any failure to submit or to receive the result (network,
+    the AMQP result stream). A task that ran and raised (:class:`TaskFailed`)
+    and any other HTTP refusal (e.g. 403, function not allowed) are final.
+    """
+    if isinstance(exc, TaskFailed):
+        return isinstance(exc, WorkerLost)
+    status = getattr(exc, "http_status", None)
+    return not isinstance(status, int) or status == 429 or status >= 500
+
+
+def failure_message(exc: BaseException) -> str:
+    """One line for the operator saying why a task produced no result."""
+    if isinstance(exc, WorkerLost):
+        return "worker process lost (killed or crashed) while scoring"
+    if isinstance(exc, TaskFailed):
+        return f"scoring task failed: {exc.message}"
+    status = getattr(exc, "http_status", None)
+    if isinstance(status, int):
+        return f"Globus Compute refused the task (HTTP {status}): {getattr(exc, 'message', None) or exc}"
+    lines = str(exc).strip().splitlines()
+    what = f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
+    if _is_amqp_error(exc):
+        return f"no result: the result stream (AMQP) is unreachable ({what})"
+    return f"no result: {what}"
+
+
+def _is_amqp_error(exc: BaseException) -> bool:
+    try:
+        from pika.exceptions import AMQPError
+    except ImportError:  # pragma: no cover - pika comes with the Compute SDK
+        return False
+    return isinstance(exc, AMQPError)
 
 
 class Backend(Protocol):
@@ -157,16 +215,27 @@ def _running_future() -> Future:
 # ------------------------------------------------------------------ local
 
 
-def _init_worker(environ: dict[str, str | None]) -> None:
+def _init_worker(environ: dict[str, str | None], parent: int) -> None:
     """Process-pool initializer: set (or, for None, remove) worker environment
-    variables, and keep the engine's task logging off the client's terminal
-    (a failed task's traceback travels in its result)."""
+    variables, keep the engine's task logging off the client's terminal
+    (a failed task's traceback travels in its result), and end the worker
+    when its parent process (the client) is gone."""
     logging.getLogger().addHandler(logging.NullHandler())
     for key, value in environ.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="mhd-exit-with-parent", daemon=True).start()
+
+
+def _exit_with_parent(parent: int, period: float = 1.0) -> None:
+    """Poll every ``period`` seconds; exit once ``parent`` is no longer this
+    process's parent (a client killed with SIGKILL cannot stop its pool, and
+    its workers would otherwise wait for tasks forever)."""
+    while os.getppid() == parent:
+        time.sleep(period)
+    os._exit(1)
 
 
 class EngineBackend:
@@ -202,12 +271,21 @@ class EngineBackend:
         packed = pack_task(task_id := uuid.uuid4(), self._code, task_payload(self._serde, tiles, params))
         out = _running_future()
         inner = GCFuture(task_id)
-        inner.add_done_callback(_relay(out, lambda body: unpack_result(body, self._serde)))
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"{type(self).__name__} is shut down; no new tasks may be submitted")
-            self._engine.submit(inner, packed, resource_specification={}, result_serializers=list(RESULT_SERIALIZERS))
+            engine = self._ready_engine()
+            inner.add_done_callback(_relay(out, lambda body: self._unpack(body, engine)))
+            engine.submit(inner, packed, resource_specification={}, result_serializers=list(RESULT_SERIALIZERS))
         return out
+
+    def _ready_engine(self) -> Any:
+        """The engine to submit to (called with the lock held)."""
+        return self._engine
+
+    def _unpack(self, body: bytes, engine: Any) -> Any:
+        """A task's result from the packed ``Result`` that ``engine`` returned."""
+        return unpack_result(body, self._serde)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the engine (tasks already queued still run unless the engine cancels them)."""
@@ -250,7 +328,7 @@ def local_engine(data_root: str | os.PathLike | None = None, workers: int | None
         max_workers=workers or min(os.cpu_count() or 1, 8),
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(environ,),
+        initargs=(environ, os.getpid()),
         allowed_serializers=list(ALLOWED_SERIALIZERS),
     )
     engine.start(endpoint_id=uuid.uuid4(), run_dir=run_dir)
@@ -267,6 +345,12 @@ class LocalBackend(EngineBackend):
     spawning pool, a script that creates one needs an
     ``if __name__ == "__main__":`` guard (the ``client`` command and notebooks
     are fine).
+
+    A worker that dies (killed, out of memory, a crash in a decoder) breaks a
+    process pool for good: its tasks fail with :class:`WorkerLost` and the
+    next :meth:`submit` starts a fresh engine (``restarts`` counts them); the
+    :class:`~mhd.client.pipeline.Pipeline` submits lost tasks again. Workers
+    exit by themselves when the client process is gone.
 
     Parameters
     ----------
@@ -286,7 +370,35 @@ class LocalBackend(EngineBackend):
     def __init__(self, data_root: str | os.PathLike | None = None, workers: int | None = None, env: dict | None = None, run_dir: str | None = None):
         self._tmp = None if run_dir else tempfile.TemporaryDirectory(prefix="mhd-local-")
         self.workers = workers or min(os.cpu_count() or 1, 8)
-        super().__init__(local_engine(data_root, self.workers, env, run_dir=run_dir or self._tmp.name))
+        self._engine_args = (data_root, self.workers, env, run_dir or self._tmp.name)
+        self._broken: Any = None
+        self.restarts = 0
+        super().__init__(self._new_engine())
+
+    def _new_engine(self) -> Any:
+        data_root, workers, env, run_dir = self._engine_args
+        return local_engine(data_root, workers, env, run_dir=run_dir)
+
+    def _unpack(self, body: bytes, engine: Any) -> Any:
+        """As :meth:`EngineBackend._unpack`; a dead worker raises :class:`WorkerLost`
+        and marks ``engine`` broken (a process pool never recovers from one)."""
+        try:
+            return super()._unpack(body, engine)
+        except TaskFailed as exc:
+            if _LOST_WORKER not in exc.details:
+                raise
+            if engine is self._engine:  # no lock: this may run inside submit, under it
+                self._broken = engine
+            raise WorkerLost("worker process lost (killed or crashed) while the task was queued or running", exc.details) from None
+
+    def _ready_engine(self) -> Any:
+        """The engine, replaced by a fresh one when a worker of it died (lock held)."""
+        if self._broken is self._engine:
+            log.warning("a local worker process was lost: restarting the local engine (%d worker(s))", self.workers)
+            old, self._engine = self._engine, self._new_engine()
+            self.restarts += 1
+            old.executor.shutdown(wait=False, cancel_futures=True)
+        return self._engine
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the workers; with ``cancel_futures`` queued tasks fail with :class:`TaskFailed`."""
@@ -378,6 +490,10 @@ class GlobusBackend:
         or result-stream failure also retires the executor that had it."""
         from globus_compute_sdk.errors import TaskExecutionFailed
 
+        if inner.cancelled():  # queued when an earlier submission failed: the executor dropped it
+            self._retire(executor)
+            out.set_exception(RuntimeError("the executor stopped before sending this task (an earlier submission failed)"))
+            return
         exc = inner.exception()
         if exc is None:
             out.set_result(inner.result())

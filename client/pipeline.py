@@ -6,6 +6,14 @@ batch with at most ``max_inflight`` tasks outstanding (so memory stays bounded
 however large the section), collects futures as they complete, turns each
 result into a verdict and appends it to the results log before telling
 anyone about it.
+
+A task that fails for a reason unrelated to its tiles (a lost worker, a
+transient service error, an unreachable result stream: see
+:func:`mhd.client.backends.retryable`) is submitted again, up to ``retries``
+times; only then are its tiles recorded, as errors that the next run
+retries. A task without a result after ``task_timeout`` seconds (an
+endpoint that is down keeps tasks queued) is given up the same way, so a run
+always ends. Each tile is recorded once, whatever happened to its tasks.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .backends import failure_message, retryable
 from .discover import Tile
 from .results import ResultsLog
 from .transport import Staged, Transport
@@ -41,6 +50,7 @@ MAX_ERROR = 400
 class _Task:
     staged: Staged
     t0: float
+    attempt: int = 1
 
 
 def _now() -> str:
@@ -134,6 +144,12 @@ class Pipeline:
     on_oof : OofHook, optional
     max_inflight : int
         Most tasks outstanding.
+    retries : int
+        Times a task whose failure is :func:`~mhd.client.backends.retryable`
+        is submitted again before its tiles are recorded as errors.
+    task_timeout : float
+        Seconds a task may go without a result before its tiles are recorded
+        as errors.
     landed : dict of str to float
         Tile id -> when it finished landing (epoch seconds, its mtime):
         records of these tiles get ``latency_ms``, landing to verdict
@@ -149,6 +165,8 @@ class Pipeline:
     on_scored: Callable[[int], None] = lambda n: None
     on_oof: OofHook | None = None
     max_inflight: int = 8
+    retries: int = 2
+    task_timeout: float = 3600.0
     landed: dict[str, float] = field(default_factory=dict)
     _streams: list[Iterator[Staged | None]] = field(default_factory=list)
     _futures: dict[cf.Future, _Task] = field(default_factory=dict)
@@ -233,7 +251,7 @@ class Pipeline:
             self._submit(staged)
         return bool(self._streams) and waiting >= len(self._streams)
 
-    def _submit(self, staged: Staged) -> None:
+    def _submit(self, staged: Staged, attempt: int = 1) -> None:
         if staged.failed:
             self._judged(staged.failed)
         if not staged.payload:
@@ -241,9 +259,10 @@ class Pipeline:
         try:
             fut = self.backend.submit(staged.payload, self.params)
         except Exception as exc:  # the backend refused the task: its tiles fail, the run goes on
+            log.debug("submission of %d tile(s) failed", len(staged.tiles), exc_info=exc)
             self._fail(staged, f"submission failed: {_short(exc)}")
             return
-        self._futures[fut] = _Task(staged, time.perf_counter())
+        self._futures[fut] = _Task(staged, time.perf_counter(), attempt)
 
     def collect(self, timeout: float) -> None:
         """Record the tasks that complete within ``timeout`` seconds."""
@@ -253,6 +272,17 @@ class Pipeline:
         for fut in done:
             task = self._futures.pop(fut)
             self._complete(fut, task)
+        self._give_up_late()
+
+    def _give_up_late(self) -> None:
+        """Record as errors the tiles of tasks older than ``task_timeout``."""
+        now = time.perf_counter()
+        for fut, task in list(self._futures.items()):
+            if now - task.t0 > self.task_timeout:
+                del self._futures[fut]
+                fut.cancel()
+                log.warning("no result for %d tile(s) after %g s: giving up on them", len(task.staged.tiles), self.task_timeout)
+                self._fail(task.staged, f"no result within {self.task_timeout:g} s (is the endpoint running?); retried on the next run")
 
     def _complete(self, fut: cf.Future, task: _Task) -> None:
         ms = (time.perf_counter() - task.t0) * 1e3
@@ -261,7 +291,7 @@ class Pipeline:
             return
         exc = fut.exception()
         if exc is not None:
-            self._fail(staged, f"scoring task failed: {_short(exc)}")
+            self._task_failed(task, exc)
             return
         results = fut.result()
         seen = set()
@@ -276,6 +306,19 @@ class Pipeline:
             if tile.id not in seen:
                 recs.append({"tile": tile.id, "features": None, "density": None, "transport": self.transport.name, "error": f"{tile.id}: no result returned for this tile"})
         self._judged(recs)
+
+    def _task_failed(self, task: _Task, exc: BaseException) -> None:
+        """Submit a task again if its failure allows it, else record its tiles as errors."""
+        why = failure_message(exc)
+        again = retryable(exc)
+        n = len(task.staged.tiles)
+        log.debug("task of %d tile(s), attempt %d: %s\n%s", n, task.attempt, why, getattr(exc, "details", ""), exc_info=exc)
+        if again and task.attempt <= self.retries:
+            log.warning("%s; submitting its %d tile(s) again (attempt %d of %d)", why, n, task.attempt + 1, self.retries + 1)
+            self._submit(Staged(task.staged.tiles, task.staged.payload), task.attempt + 1)
+            return
+        tries = f" (after {task.attempt} attempts)" if task.attempt > 1 else ""
+        self._fail(task.staged, f"{why}{tries}" + ("; retried on the next run" if again else ""))
 
     def _fail(self, staged: Staged, message: str) -> None:
         recs = [{"tile": t.id, "features": None, "density": None, "transport": self.transport.name, "error": f"{t.id}: {message}"} for t in staged.tiles.values()]
@@ -295,6 +338,8 @@ class Pipeline:
             if rec["tile"] in self.landed:
                 rec["latency_ms"] = round((now - self.landed.pop(rec["tile"])) * 1e3, 1)
             self.results.append(rec)
+            if rec["verdict"] == "error":
+                log.info("error: %s", rec["reason"])
         self.on_verdicts(records)
         if self.on_oof is not None:
             for rec in records:

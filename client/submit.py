@@ -49,12 +49,35 @@ class Outcome:
     elapsed : float
         Seconds.
     interrupted : bool
+    found : Discovery, optional
+        What the section folder held (for :meth:`accounting`).
     """
 
     records: dict[str, dict]
     new: int
     elapsed: float
     interrupted: bool = False
+    found: Discovery | None = None
+
+    def accounting(self) -> dict[str, int]:
+        """Where every file found went: ``found == scored + failed + skipped + unscored``.
+
+        ``scored`` tiles have a verdict (ok, oof, empty), ``failed`` ones an
+        error, ``skipped`` files are not tiles (wrong type, still being
+        written) and ``unscored`` tiles have no record yet (an interrupted
+        run). ``gone`` counts records of tiles no longer in the folder.
+        """
+        tiles = self.found.tiles if self.found else []
+        verdicts = [self.records[t.id]["verdict"] for t in tiles if t.id in self.records]
+        ids = {t.id for t in tiles}
+        return {
+            "found": len(tiles) + len(self.found.skipped if self.found else []),
+            "scored": sum(v != "error" for v in verdicts),
+            "failed": verdicts.count("error"),
+            "skipped": len(self.found.skipped) if self.found else 0,
+            "unscored": len(tiles) - len(verdicts),
+            "gone": sum(t not in ids for t in self.records),
+        }
 
     @property
     def counts(self) -> dict[str, int]:
@@ -168,6 +191,7 @@ def make_transport(cfg: Config, section: Path, tiles: list[Tile], batch: int, tr
         dest_remote=cfg["dest_remote"],
         section_name=section.name,
         transfer_batch=cfg["transfer_batch"],
+        deadline=cfg["transfer_timeout"],
     )
 
 
@@ -218,12 +242,12 @@ def run_section(
             if todo:
                 data_root = Path(cfg["shared_local"]) if transport.name == "shared" else None
                 with open_backend(cfg, kind, data_root, compute_client) as backend:
-                    pipe = Pipeline(backend, transport, judge, results, params, on_verdicts=reporter, on_scored=reporter.scored, on_oof=hook, max_inflight=_inflight(kind, workers))
+                    pipe = Pipeline(backend, transport, judge, results, params, on_verdicts=reporter, on_scored=reporter.scored, on_oof=hook, max_inflight=_inflight(kind, workers), task_timeout=cfg["task_timeout"])
                     interrupted = _run(pipe, todo, console)
         if hook is not None:
             hook.close()
         results.compact()
-        return Outcome(dict(results.records), sum(reporter.counts.values()), reporter.elapsed, interrupted)
+        return Outcome(dict(results.records), sum(reporter.counts.values()), reporter.elapsed, interrupted, found)
 
 
 def _run(pipe: Pipeline, todo: list[Tile], console: Console) -> bool:
@@ -268,6 +292,12 @@ def _header(console: Console, section: Path, found: Discovery, done: int, todo: 
 def section_summary(console: Console, section: Path, outcome: Outcome) -> None:
     """Print the summary table and where the results are."""
     console.print(summary_table(outcome.records.values(), f"{section.name}: summary", outcome.new, outcome.elapsed))
+    if outcome.found is not None:
+        a = outcome.accounting()
+        line = f"{a['found']} files found = {a['scored']} scored + {a['failed']} failed + {a['skipped']} skipped (not tiles)"
+        line += f" + {a['unscored']} not scored yet" if a["unscored"] else ""
+        line += f"; {a['gone']} earlier record(s) of tiles no longer in the folder" if a["gone"] else ""
+        console.print(line, highlight=False)
     console.print(f"results: {section / 'mhd-results.jsonl'}   exit status {outcome.exit_status} ({_meaning(outcome.exit_status)})", highlight=False)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import logging
 import posixpath
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -161,6 +162,7 @@ class _Transfer:
     tiles: list[Tile]
     remote: list[str]
     warned: bool = False
+    started: float = field(default_factory=time.monotonic)
 
 
 class GlobusTransport(Transport):
@@ -168,7 +170,10 @@ class GlobusTransport(Transport):
 
     Tiles go in Transfer tasks of ``transfer_batch`` tiles, at most
     ``max_active`` running at once; a task's tiles are scored as soon as it
-    succeeds, while later tasks are still moving.
+    succeeds, while later tasks are still moving. A task that fails, or has
+    not succeeded ``deadline`` seconds after submission (stalled, paused, or
+    its status unknown), fails its tiles with a message naming it; an
+    overdue task is cancelled.
 
     Parameters
     ----------
@@ -194,18 +199,20 @@ class GlobusTransport(Transport):
         Seconds between status checks of a running Transfer task.
     max_active : int
         Transfer tasks running at once.
+    deadline : float
+        Seconds a Transfer task may take.
     """
 
     name = "globus"
 
-    def __init__(self, batch: int, transfer_client: Any, *, source_collection: str, dest_collection: str, source_local: str | Path, source_path: str, dest_path: str, dest_remote: str, section_name: str, transfer_batch: int = 16, poll: float = 2.0, max_active: int = 4) -> None:
+    def __init__(self, batch: int, transfer_client: Any, *, source_collection: str, dest_collection: str, source_local: str | Path, source_path: str, dest_path: str, dest_remote: str, section_name: str, transfer_batch: int = 16, poll: float = 2.0, max_active: int = 4, deadline: float = 3600.0) -> None:
         super().__init__(batch)
         self.tc = transfer_client
         self.source_collection, self.dest_collection = source_collection, dest_collection
         self.source_local = Path(source_local).expanduser().resolve()
         self.source_path, self.dest_path = source_path, dest_path
         self.dest_remote, self.section_name = dest_remote.strip("/"), section_name
-        self.transfer_batch, self.poll, self.max_active = transfer_batch, poll, max_active
+        self.transfer_batch, self.poll, self.max_active, self.deadline = transfer_batch, poll, max_active, deadline
 
     def stage(self, tiles: list[Tile]) -> Iterator[Staged | None]:
         todo: list[Tile] = []
@@ -259,7 +266,7 @@ class GlobusTransport(Transport):
             task = self.tc.get_task(tr.task_id)
         except globus_sdk.GlobusError as exc:
             log.warning("transfer task %s: status unknown (%s); retrying", tr.task_id, exc)
-            return None
+            return self._overdue(tr, "unknown")
         status = task["status"]
         if status == "SUCCEEDED":
             return self._batches(tr)
@@ -269,7 +276,20 @@ class GlobusTransport(Transport):
         if status == "INACTIVE" and not tr.warned:
             tr.warned = True
             log.warning("transfer task %s is INACTIVE (%s): waiting", tr.task_id, task.get("nice_status") or "paused")
-        return None
+        return self._overdue(tr, status)
+
+    def _overdue(self, tr: _Transfer, status: str) -> list[Staged] | None:
+        """Its tiles failed (and the task cancelled) once past the deadline, else ``None``."""
+        import globus_sdk
+
+        if time.monotonic() - tr.started < self.deadline:
+            return None
+        try:
+            self.tc.cancel_task(tr.task_id)
+        except globus_sdk.GlobusError as exc:
+            log.warning("transfer task %s: cancel failed (%s)", tr.task_id, exc)
+        why = f"Globus Transfer task {tr.task_id} did not finish within {self.deadline:g} s (status {status}); cancelled"
+        return [Staged(failed=[_failed(t, why) for t in tr.tiles])]
 
     def _batches(self, tr: _Transfer) -> list[Staged]:
         out = []

@@ -151,7 +151,7 @@ def watch_section(
         reporter = Reporter(console, None, show_ok=True)
         data_root = Path(cfg["shared_local"]) if transport.name == "shared" else None
         with open_backend(cfg, kind, data_root, compute_client) as backend:
-            pipe = Pipeline(backend, transport, judge, results, params, on_verdicts=reporter, on_scored=reporter.scored, on_oof=hook, max_inflight=max(4, 2 * workers))
+            pipe = Pipeline(backend, transport, judge, results, params, on_verdicts=reporter, on_scored=reporter.scored, on_oof=hook, max_inflight=max(4, 2 * workers), task_timeout=cfg["task_timeout"])
             try:
                 _follow(pipe, landing, poll, idle_exit)
             except KeyboardInterrupt:
@@ -160,7 +160,7 @@ def watch_section(
         if hook is not None:
             hook.close()
         results.compact()
-        return Outcome(dict(results.records), sum(reporter.counts.values()), reporter.elapsed)
+        return Outcome(dict(results.records), sum(reporter.counts.values()), reporter.elapsed, found=discover(section))
 
 
 def _follow(pipe: Pipeline, landing: Landing, poll: float, idle_exit: float | None) -> None:
