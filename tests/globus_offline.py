@@ -110,8 +110,9 @@ class OfflineCompute:
 
     def __enter__(self) -> "OfflineCompute":
         self._mock.start()
-        self._mock.add_callback(responses.POST, re.compile(_V3 + r"/functions$"), callback=self._register)
-        self._mock.add_callback(responses.POST, re.compile(_V3 + r"/endpoints/[^/]+/submit$"), callback=self._submit)
+        self._mock.add_callback(responses.POST, re.compile(_V3 + r"/functions$"), callback=self._register, content_type="application/json")
+        self._mock.add_callback(responses.POST, re.compile(_V3 + r"/endpoints/[^/]+/submit$"), callback=self._submit, content_type="application/json")
+        self._outer = LoopbackResultWatcher.harness  # harnesses may nest (a module's and a test's)
         LoopbackResultWatcher.harness = self
         sdk_executor._ResultWatcher = LoopbackResultWatcher
         return self
@@ -123,7 +124,7 @@ class OfflineCompute:
                     watcher.shutdown(wait=True, cancel_futures=True)
         finally:
             sdk_executor._ResultWatcher = self._saved_watcher
-            LoopbackResultWatcher.harness = None
+            LoopbackResultWatcher.harness = self._outer
             self._mock.stop()
             self._mock.reset()
             self._engine.executor.shutdown(wait=True, cancel_futures=True)
