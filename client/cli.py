@@ -16,6 +16,7 @@ cause of an unexpected failure), to ``DIR/mhd-client.log``.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import sys
@@ -323,6 +324,44 @@ def config_cmd(as_json: bool) -> None:
 
 
 @main.command(context_settings=CONTEXT)
+@click.option("--force", is_flag=True, help="Log in again even if valid tokens are stored.")
+def login(force: bool) -> None:
+    """Log in to Globus (once per machine); tokens go to globus-sdk's token storage.
+
+    Service credentials in GLOBUS_COMPUTE_CLIENT_ID / GLOBUS_COMPUTE_CLIENT_SECRET
+    need no login. Tokens are never printed.
+
+    Example:
+
+        client login
+    """
+    from . import auth
+
+    try:
+        auth.login(force=force)
+    except Exception as exc:  # EOF on a closed stdin, refused consent, no network
+        raise click.ClickException(f"login failed: {exc}") from None
+    click.echo("logged in; tokens are stored in the client's configuration folder")
+
+
+@main.command(context_settings=CONTEXT)
+def logout() -> None:
+    """Revoke and delete the stored Globus tokens.
+
+    Example:
+
+        client logout
+    """
+    from . import auth
+
+    try:
+        auth.logout()
+    except Exception as exc:  # revocation needs the network
+        raise click.ClickException(f"logout failed: {exc}") from None
+    click.echo("logged out; stored tokens deleted")
+
+
+@main.command(context_settings=CONTEXT)
 @click.option("--endpoint", required=True, type=click.UUID, help="The mhd-gpu endpoint's UUID.")
 @click.option("--public", is_flag=True, help="Let anyone run the function (on endpoints that allow it).")
 def register(endpoint: Any, public: bool) -> None:
@@ -358,36 +397,22 @@ def endpoint() -> None:
     """
 
 
-@endpoint.command("configure", context_settings=CONTEXT)
-@click.option("--gpus", required=True, type=click.IntRange(1, 64), help="GPUs on the host (one worker each).")
-@click.option("--env", "env_path", required=True, type=click.Path(path_type=Path), help="Virtual environment with mhd-focus[gpu] installed (absolute path).")
-@click.option("--name", default="mhd-gpu", show_default=True, help="Endpoint name.")
-@click.option("--data-root", type=click.Path(path_type=Path), help="Folder tile paths are relative to (shared/globus transports); omit for inline only.")
-@click.option("--function-id", "function_ids", multiple=True, type=click.UUID, help="Allowed function UUID (repeatable)  [default: the configured function]")
-@click.option("--force", is_flag=True, help="Overwrite an existing configuration.")
-def endpoint_configure(gpus: int, env_path: Path, name: str, data_root: Path | None, function_ids: tuple, force: bool) -> None:
-    """Write ~/.globus_compute/NAME/ for a GPU endpoint, validated by the endpoint's own loader.
+def _configure_with_stored_function() -> click.Command:
+    """The endpoint's own ``configure`` command, defaulting --function-id to the registered function."""
+    from mhd.endpoint.cli import configure
 
-    Then start it with 'globus-compute-endpoint start NAME'. An existing
-    configuration is refused unless --force.
+    def callback(**options: Any) -> Any:
+        if not options["function_id"]:
+            stored = _load_config()["function"]
+            options["function_id"] = (stored,) if stored else ()
+        return configure.callback(**options)
 
-    Example:
+    help_text = inspect.cleandoc(configure.help or "").replace("python -m mhd.endpoint configure", "client endpoint configure")
+    help_text += "\n\nWithout --function-id, the function stored by 'client register' is allowed."
+    return click.Command("configure", params=configure.params, callback=callback, help=help_text, context_settings=CONTEXT)
 
-        client endpoint configure --gpus 8 --env /opt/mhd/venv --data-root /data/em
-    """
-    from mhd.endpoint.configure import EndpointSpec, install_endpoint
 
-    cfg = _load_config()
-    ids = tuple(str(f) for f in function_ids) or ((cfg["function"],) if cfg["function"] else ())
-    try:
-        spec = EndpointSpec(gpus=gpus, env=str(env_path.expanduser().absolute()), name=name, function_ids=ids, data_root=str(data_root.expanduser().absolute()) if data_root else None)
-        folder = install_endpoint(spec, force=force)
-    except (ValueError, FileExistsError) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"wrote {folder}")
-    if not ids:
-        click.echo("warning: no function UUID: the endpoint allows any function; run 'client register' and configure again with --force", err=True)
-    click.echo(f"start it with: globus-compute-endpoint start {name}")
+endpoint.add_command(_configure_with_stored_function())
 
 
 # ------------------------------------------------------------------ watch

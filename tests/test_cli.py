@@ -20,7 +20,7 @@ from mhd.client.verdicts import Calibration, Judge, rule_from_config
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "section_042"
 SERIES = ROOT / "examples" / "focus_series"
-COMMANDS = [["score"], ["submit"], ["watch"], ["report"], ["calibrate"], ["config"], ["register"], ["endpoint"], ["endpoint", "configure"]]
+COMMANDS = [["score"], ["submit"], ["watch"], ["report"], ["calibrate"], ["config"], ["register"], ["login"], ["logout"], ["endpoint"], ["endpoint", "configure"], ["focus-sweep"]]
 
 
 @pytest.fixture(autouse=True)
@@ -178,3 +178,22 @@ def test_calibrate_from_csv_and_its_errors(tmp_path):
     assert "needs a group" in run("calibrate", "--dir", series, "--pattern", "df").output
     table.write_text("file,defocus\nimg0.png,near\n")
     assert ":2: defocus 'near' is not a number" in run("calibrate", "--dir", series, "--csv", table).output
+
+
+def test_endpoint_configure_allows_the_registered_function_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MHD_FUNCTION", "7d3f2a10-0c1e-4b55-8f0e-1a2b3c4d5e6f")
+    out = run("endpoint", "configure", "--gpus", "2", "--env", "/opt/mhd/venv", "--provider", "slurm", "--partition", "gpu")
+    assert out.exit_code == 0, out.output
+    conf = (tmp_path / "home" / ".globus_compute" / "mhd-gpu" / "config.yaml").read_text()
+    assert "7d3f2a10-0c1e-4b55-8f0e-1a2b3c4d5e6f" in conf and "SlurmProvider" in conf
+
+
+def test_login_without_a_terminal_fails_clearly_and_logout_without_tokens_succeeds(monkeypatch):
+    for var in ("GLOBUS_COMPUTE_CLIENT_ID", "GLOBUS_COMPUTE_CLIENT_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    out = CliRunner().invoke(main, ["login"], input="")
+    assert out.exit_code == 1 and "Error: login failed: An EOF was read" in out.output
+    assert "Traceback" not in out.output
+    bye = run("logout")
+    assert bye.exit_code == 0 and "stored tokens deleted" in bye.output
