@@ -238,8 +238,6 @@ def _tiff_to_2d(data: np.ndarray, axes: str) -> np.ndarray:
 
 
 def _read_pil(fh: BinaryIO, fmt: str, max_pixels: int, max_decoded_bytes: int) -> np.ndarray:
-    from PIL import Image
-
     with _pil_open(fh, fmt) as im:
         if getattr(im, "n_frames", 1) > 1:
             raise TileError(f"{fmt} holds {im.n_frames} frames: MHD scores one 2-D image per tile")

@@ -25,3 +25,12 @@ def isbi_paths() -> list[Path]:
 def isbi() -> list[np.ndarray]:
     """All 30 slices as uint8 arrays, in order."""
     return [iio.imread(p) for p in isbi_paths()]
+
+
+@pytest.fixture
+def isolated_config(tmp_path, monkeypatch):
+    """A client configuration of its own: no MHD_* variables from outside, the config file in tmp_path."""
+    for key in list(os.environ):
+        if key.startswith("MHD_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("MHD_CONFIG", str(tmp_path / "cfg" / "config.json"))

@@ -12,11 +12,11 @@ import os
 import uuid
 
 import pytest
-from globus_compute_sdk.serialize import ComputeSerializer, JSONData, PureSourceTextInspect
+from globus_compute_sdk.serialize import ComputeSerializer, PureSourceTextInspect
 
 import mhd.functions._score
 from mhd.client.backends import LocalBackend, TaskFailed, jsonable_tiles, pack_task, task_payload
-from mhd.client.registration import ALLOWED_SERIALIZERS, function_code, function_source, score_serializer
+from mhd.client.registration import function_code, function_source, score_serializer
 from mhd.functions.remote import score_tiles
 from tilegen import blobs, encode
 

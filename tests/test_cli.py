@@ -23,12 +23,7 @@ SERIES = ROOT / "examples" / "focus_series"
 COMMANDS = [["score"], ["submit"], ["watch"], ["report"], ["calibrate"], ["config"], ["register"], ["login"], ["logout"], ["endpoint"], ["endpoint", "configure"], ["focus-sweep"]]
 
 
-@pytest.fixture(autouse=True)
-def isolated_config(tmp_path, monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("MHD_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("MHD_CONFIG", str(tmp_path / "cfg" / "config.json"))
+pytestmark = pytest.mark.usefixtures("isolated_config")
 
 
 def run(*args):

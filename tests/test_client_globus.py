@@ -42,12 +42,7 @@ EXPECTED_OOF = {"tile_r1_c2.png", "tile_r2_c3.png", "tile_r3_c1.png"}
 SRC, DST = "6c1b8f3a-9a5e-4f0e-8a39-4c9b1f3b1e01", "0b7e0c51-3e0b-4c8c-9d57-3f1a0f6b2a02"
 
 
-@pytest.fixture(autouse=True)
-def isolated_config(tmp_path, monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("MHD_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("MHD_CONFIG", str(tmp_path / "cfg" / "config.json"))
+pytestmark = pytest.mark.usefixtures("isolated_config")
 
 
 @pytest.fixture

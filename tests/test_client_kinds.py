@@ -24,12 +24,7 @@ SIDE = 256
 CELL_MP = (SIDE / 4) ** 2 / 1e6
 
 
-@pytest.fixture(autouse=True)
-def isolated_config(tmp_path, monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("MHD_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("MHD_CONFIG", str(tmp_path / "cfg" / "config.json"))
+pytestmark = pytest.mark.usefixtures("isolated_config")
 
 
 def scored(tile, density, astigmatism=None, angle=None, cells=None, **extra):

@@ -24,12 +24,11 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
 EXPECTED_OOF = {"tile_r1_c2.png", "tile_r2_c3.png", "tile_r3_c1.png"}
 
 
+pytestmark = pytest.mark.usefixtures("isolated_config")
+
+
 @pytest.fixture(autouse=True)
-def isolated_config(tmp_path, monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("MHD_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("MHD_CONFIG", str(tmp_path / "cfg" / "config.json"))
+def two_workers(monkeypatch):
     monkeypatch.setenv("MHD_WORKERS", "2")
 
 

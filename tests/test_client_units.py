@@ -18,12 +18,7 @@ from mhd.client.transport import InlineTransport, SharedTransport, choose_transp
 from mhd.client.verdicts import Calibration, Judge, Rule, exit_status
 
 
-@pytest.fixture(autouse=True)
-def isolated_config(tmp_path, monkeypatch):
-    for key in list(__import__("os").environ):
-        if key.startswith("MHD_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("MHD_CONFIG", str(tmp_path / "cfg" / "config.json"))
+pytestmark = pytest.mark.usefixtures("isolated_config")
 
 
 def touch(path, data=b"x"):

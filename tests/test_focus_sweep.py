@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -29,12 +28,7 @@ def _make_sweep_module():
 MADE = _make_sweep_module()
 
 
-@pytest.fixture(autouse=True)
-def isolated_config(tmp_path, monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("MHD_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("MHD_CONFIG", str(tmp_path / "cfg" / "config.json"))
+pytestmark = pytest.mark.usefixtures("isolated_config")
 
 
 def run(*args):
