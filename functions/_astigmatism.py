@@ -418,7 +418,9 @@ def spectral_moments(F: Any, shape: tuple[int, int], t: Any, xp: Any, noise: Any
     # mirrored copies add no independent bins.
     independent = (P - mirrored[0]) * (Q - mirrored[1]) / (P * Q)
     var_power = power**2 / (band.bins * independent)
-    var_cos, var_sin = var_power / (2 * band.gain[:, 0]), var_power / (2 * band.gain[:, 1] * factor**2)
+    var_cos = var_power / (2 * band.gain[:, 0])
+    measurable = abs(factor) >= MIN_MIRROR_FACTOR  # else aniso_sin is NaN already: no 0-division
+    var_sin = var_power / (2 * band.gain[:, 1] * factor**2) if measurable else np.full_like(var_power, np.nan)
     weight = np.broadcast_to(band.bins * band.tilt, power.shape)
     return np.stack([power, noise_power, aniso_cos, aniso_sin, var_power, var_cos, var_sin, weight], axis=2)
 
