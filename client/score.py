@@ -7,6 +7,7 @@ the same reader the remote function uses).
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,12 @@ def score_file(path: str | Path, backend: str = "auto", **params: Any) -> dict[s
     dict
         ``path``, ``features`` (int), ``density`` (features per megapixel),
         ``grid`` (list of lists), ``shape`` ([rows, cols]), ``noise``,
-        ``backend``, ``ms`` (read + detect, milliseconds) and ``error``
+        ``astigmatism`` (0..1) and ``astigmatism_angle`` (degrees; both None
+        where not measurable), ``backend``, ``ms`` (read + detect, milliseconds) and ``error``
         (``None`` or a message naming the file).
     """
     t0 = time.perf_counter()
-    rec: dict[str, Any] = {"path": str(path), "features": None, "density": None, "grid": None, "shape": None, "noise": None, "backend": None}
+    rec: dict[str, Any] = {"path": str(path), "features": None, "density": None, "grid": None, "shape": None, "noise": None, "astigmatism": None, "astigmatism_angle": None, "backend": None}
     try:
         det = detect(load_image(path), backend=backend, **params)
     except Exception as exc:  # one bad file fails alone, with its name
@@ -79,6 +81,8 @@ def score_file(path: str | Path, backend: str = "auto", **params: Any) -> dict[s
         grid=det.grid.tolist(),
         shape=[int(s) for s in det.shape],
         noise=round(float(det.noise), 6),
+        astigmatism=round(det.astigmatism, 4) if math.isfinite(det.astigmatism) else None,
+        astigmatism_angle=round(det.astigmatism_angle, 1) if math.isfinite(det.astigmatism_angle) else None,
         backend=det.backend,
         ms=round((time.perf_counter() - t0) * 1e3, 3),
         error=None,

@@ -192,3 +192,12 @@ def test_login_without_a_terminal_fails_clearly_and_logout_without_tokens_succee
     assert "Traceback" not in out.output
     bye = run("logout")
     assert bye.exit_code == 0 and "stored tokens deleted" in bye.output
+
+
+def test_score_reports_astigmatism_where_the_tile_is_large_enough():
+    from conftest import isbi_paths
+
+    out = run("score", isbi_paths()[0], EXAMPLE / "tile_r0_c0.png", "--json")
+    large, small = (json.loads(x) for x in out.output.splitlines())
+    assert 0.0 <= large["astigmatism"] < 0.2  # an in-focus 512 px slice
+    assert small["astigmatism"] is None and small["astigmatism_angle"] is None  # 256 px: orientation unmeasurable
