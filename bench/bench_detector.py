@@ -44,13 +44,12 @@ from scipy.spatial import cKDTree
 from mhd.functions import cuda_available, detect, detect_batch, normalize, scales
 from mhd.functions._scalespace import dog_pairs
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "isbi2012"
 
 
 def em_tile(size: int) -> np.ndarray:
     """A size x size uint8 EM tile: ISBI slices tiled (mirrored) to the size."""
-    paths = sorted(DATA.glob("train_*.png")) or sorted((Path(__file__).resolve().parents[1] / "examples" / "section_042").glob("*.png"))
-    slices = [iio.imread(p) for p in paths[:4]]
+    slices = [iio.imread(p) for p in sorted(DATA.glob("train_*.png"))[:4]]
     base = np.block([[slices[0], slices[1]], [slices[2], slices[3]]])
     reps = -(-size // base.shape[0])
     return np.tile(base, (reps, reps))[:size, :size]

@@ -17,7 +17,7 @@
 
 Usage::
 
-    python examples/make_section.py [--data /work/shared/data/isbi2012] [--out examples]
+    python examples/make_section.py [--data tests/data/isbi2012] [--out examples]
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def attribution(data: Path, out: Path, what: str) -> None:
 def main() -> None:
     here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path("/work/shared/data/isbi2012"), help="folder of train_NN.png slices")
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "tests" / "data" / "isbi2012", help="folder of train_NN.png slices")
     ap.add_argument("--out", type=Path, default=here, help="examples folder")
     args = ap.parse_args()
     rng = np.random.default_rng(SEED)
