@@ -44,6 +44,7 @@ def counts(slices) -> dict[str, np.ndarray]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dose", list(DOSES))
 def test_log_count_falls_linearly_with_defocus_on_every_slice(counts, dose):
     c = counts[dose]
@@ -54,37 +55,42 @@ def test_log_count_falls_linearly_with_defocus_on_every_slice(counts, dose):
     assert pooled <= -0.95
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dose", list(DOSES))
 def test_counts_fall_at_every_defocus_step(counts, dose):
     steps = np.diff(counts[dose], axis=1)
     assert (steps < 0).all(), f"count rose at (slice, step) {np.argwhere(steps >= 0).tolist()}"
 
 
+@pytest.mark.slow
 def test_shot_noise_is_not_counted_as_features(counts):
     """At the largest defocus little structure is left: a fast-scan dose must not raise the count."""
     clean, noisy = counts["clean"][:, -1], counts["dose 20 e/px"][:, -1]
     assert (noisy <= clean).all(), f"noise raised the count on slices {np.nonzero(noisy > clean)[0].tolist()}"
 
 
-SETTINGS = [  # (bits, gain, offset): contrast, brightness and bit depth of the detector
+#: (bits, gain, offset): bit depth, contrast and brightness of the detector; the first is the
+#: reference. None clips more than the 0.175 % that normalisation saturates anyway (clipping
+#: loses information: a clipped scan is not what is tested).
+SETTINGS = [
+    (8, 0.7, 0.05),
     (8, 0.5, 0.25),
-    (8, 0.8, 0.0),
     (12, 0.6, 0.1),
-    (16, 1.0, 0.0),
     (16, 0.4, 0.3),
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("defocus", [0.0, 2.0])
 def test_gain_offset_and_bit_depth_change_the_count_by_less_than_10_percent(slices, defocus):
     """One noisy scan per slice, digitised with several detector settings."""
     rng = np.random.default_rng(42)
     for image in slices:
         signal = shot_noise(blur(to_signal(image), defocus), 50.0, rng)
-        scans = [digitize(signal, 8, 1.0, 0.0)] + [digitize(signal, bits, gain, offset) for bits, gain, offset in SETTINGS]
-        reference, *variants = detect_batch(scans, backend="numpy")
+        assert all(np.mean(offset + gain * signal >= 1.0) < 0.001 for _, gain, offset in SETTINGS)
+        reference, *variants = detect_batch([digitize(signal, bits, gain, offset) for bits, gain, offset in SETTINGS], backend="numpy")
         change = np.array([abs(v.count - reference.count) / reference.count for v in variants])
-        assert change.max() < 0.10, f"count {reference.count} changed by {change.round(3).tolist()} for settings {SETTINGS}"
+        assert change.max() < 0.10, f"count {reference.count} changed by {change.round(3).tolist()} for settings {SETTINGS[1:]}"
 
 
 # --------------------------------------------------- classic focus measures
