@@ -41,7 +41,7 @@ import scipy.fft
 import scipy.ndimage as ndi
 from scipy.spatial import cKDTree
 
-from mhd.functions import cuda_available, detect, detect_batch, normalize, scales
+from mhd.functions import DEFAULTS, cuda_available, detect, detect_batch, normalize, scales
 from mhd.functions._scalespace import dog_pairs
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "isbi2012"
@@ -55,8 +55,8 @@ def em_tile(size: int) -> np.ndarray:
     return np.tile(base, (reps, reps))[:size, :size]
 
 
-def straightforward(image: np.ndarray, n_bin: int, min_t: float = 1.0, max_t: float = 8.0, threshold: float = 0.02) -> np.ndarray:
-    """The paper without tricks; returns (N, 2) feature positions."""
+def straightforward(image: np.ndarray, n_bin: int, min_t: float = 1.0, max_t: float = 8.0, threshold: float = DEFAULTS["threshold"]) -> np.ndarray:
+    """The paper without tricks, with the default levels, polarity and threshold; returns (N, 2) feature positions."""
     x = normalize(image, backend="numpy")
     F = scipy.fft.rfft2(x, workers=-1)
     ky = 2 * np.pi * np.fft.fftfreq(x.shape[0])[:, None]
@@ -67,6 +67,8 @@ def straightforward(image: np.ndarray, n_bin: int, min_t: float = 1.0, max_t: fl
     for i in range(n_bin):
         h = gain[i] * (np.exp(-0.5 * k2 * t1[i] ** 2) - np.exp(-0.5 * k2 * t0[i] ** 2))
         d = scipy.fft.irfft2(F * h.astype(np.float32), s=x.shape, workers=-1)
+        if DEFAULTS["polarity"] != "dark":
+            d = np.abs(d) if DEFAULTS["polarity"] == "both" else -d
         best = d if best is None else np.maximum(best, d, out=best)
     peaks = (best == ndi.maximum_filter(best, 3)) & (best > threshold)
     return np.argwhere(peaks)

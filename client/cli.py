@@ -73,7 +73,7 @@ def detector_options(fn: Callable) -> Callable:
         click.option("--n-bin", type=click.IntRange(2, 64), help="DoG levels (scales)  [detector default 16]"),
         click.option("--min-t", type=click.FloatRange(0.1, min_open=False), help="smallest Gaussian scale t, px  [1.0]"),
         click.option("--max-t", type=click.FloatRange(0.1), help="largest Gaussian scale t, px  [8.0]"),
-        click.option("--threshold", type=click.FloatRange(0.0), help="response threshold (normalised units)  [0.02]"),
+        click.option("--threshold", type=click.FloatRange(0.0), help="response threshold (normalised units)  [0.10]"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
