@@ -15,13 +15,12 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .discover import discover
+from .discover import discover, match_names
 from .score import score_file
 from .verdicts import DENSITY_FLOOR, Calibration
 
@@ -73,17 +72,7 @@ def defocus_table(folder: Path, csv_path: Path | None = None, pattern: str = DEF
         table = _read_csv(csv_path)
         found = {f: table[f] for f in images if f in table}
     else:
-        try:
-            rx = re.compile(pattern, re.IGNORECASE)
-        except re.error as exc:
-            raise ValueError(f"--pattern {pattern!r}: {exc}") from None
-        if rx.groups < 1:
-            raise ValueError(f"--pattern {pattern!r} needs a group that captures the defocus")
-        found = {}
-        for f in images:
-            m = rx.search(Path(f).name)
-            if m:
-                found[f] = float(m.group(1))
+        found = {f: float(m.group(1)) for f, m in match_names(images, pattern, "defocus").items()}
     for f in images:
         if f not in found:
             log.warning("%s: no defocus for this image; left out", f)

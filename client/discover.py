@@ -23,6 +23,7 @@ __all__ = [
     "discover",
     "is_image_name",
     "is_partial_name",
+    "match_names",
     "natural_key",
     "tile_positions",
 ]
@@ -82,6 +83,37 @@ class Discovery:
 
     tiles: list[Tile] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+
+
+def match_names(names: list[str], pattern: str, what: str) -> dict[str, re.Match]:
+    """Match a user's regular expression against each file name (not its folder).
+
+    Parameters
+    ----------
+    names : list of str
+        Tile ids (paths relative to a section).
+    pattern : str
+        Regular expression, case-insensitive, with at least one group.
+    what : str
+        What the first group captures, for the error message.
+
+    Returns
+    -------
+    dict of str to re.Match
+        Tile id -> match, for the names that match.
+
+    Raises
+    ------
+    ValueError
+        For an invalid pattern, or one without a capturing group.
+    """
+    try:
+        rx = re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise ValueError(f"--pattern {pattern!r}: {exc}") from None
+    if rx.groups < 1:
+        raise ValueError(f"--pattern {pattern!r} needs a group that captures the {what}")
+    return {name: m for name in names if (m := rx.search(Path(name).name))}
 
 
 def natural_key(text: str) -> tuple:

@@ -45,7 +45,7 @@ import numpy as np
 
 from mhd.functions.focus import BestFocus, best_focus
 
-from .discover import discover
+from .discover import discover, match_names
 from .score import score_file
 
 __all__ = ["DEFAULT_PATTERN", "PLOT_NAME", "Sweep", "SweepImage", "fit_sweep", "plot_sweep", "score_sweep", "summary_lines", "wd_table"]
@@ -219,18 +219,10 @@ def _from_csv(path: Path, images: list[str]) -> dict[str, tuple[float, str | Non
 
 
 def _from_names(images: list[str], pattern: str) -> dict[str, tuple[float, str | None]]:
-    try:
-        rx = re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
-        raise ValueError(f"--pattern {pattern!r}: {exc}") from None
-    if rx.groups < 1:
-        raise ValueError(f"--pattern {pattern!r} needs a group that captures the working distance")
     found = {}
-    for f in images:
-        m = rx.search(Path(f).name)
-        if m:
-            unit = m.group(2) if rx.groups >= 2 else None
-            found[f] = _parse_value(m.group(1) + (unit or ""), f)
+    for f, m in match_names(images, pattern, "working distance").items():
+        unit = m.group(2) if m.re.groups >= 2 else None
+        found[f] = _parse_value(m.group(1) + (unit or ""), f)
     return found
 
 

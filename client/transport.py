@@ -10,6 +10,7 @@ results meanwhile: transfer and scoring overlap.
 
 from __future__ import annotations
 
+import abc
 import base64
 import logging
 import posixpath
@@ -50,7 +51,7 @@ def _failed(tile: Tile, message: str) -> dict:
     return {"tile": tile.id, "features": None, "density": None, "error": f"{tile.id}: {message}"}
 
 
-class Transport:
+class Transport(abc.ABC):
     """Base: ``batch`` tiles per scoring task; subclasses implement :meth:`stage`."""
 
     name = "base"
@@ -62,8 +63,9 @@ class Transport:
             raise ValueError("batch must be >= 1")
         self.batch = batch
 
-    def stage(self, tiles: list[Tile]) -> Iterator[Staged | None]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def stage(self, tiles: list[Tile]) -> Iterator[Staged | None]:
+        """Yield a :class:`Staged` task as soon as its tiles are ready, or None while waiting."""
 
 
 class InlineTransport(Transport):
