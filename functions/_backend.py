@@ -45,10 +45,14 @@ class Backend:
             return scipy.fft.rfft2(x, axes=(-2, -1), workers=self.workers)
         return self.xp.fft.rfft2(x, axes=(-2, -1))
 
-    def irfft2(self, X: Any, shape: tuple[int, int]) -> Any:
-        """Inverse of :meth:`rfft2` to real arrays of ``shape`` over the last two axes."""
+    def irfft2(self, X: Any, shape: tuple[int, int], workers: int | None = None, overwrite: bool = False) -> Any:
+        """Inverse of :meth:`rfft2` to real arrays of ``shape`` over the last two axes.
+
+        ``workers`` overrides the thread count (CPU only); ``overwrite`` lets
+        the transform reuse ``X`` as scratch space.
+        """
         if self.device is None:
-            return scipy.fft.irfft2(X, s=shape, axes=(-2, -1), workers=self.workers)
+            return scipy.fft.irfft2(X, s=shape, axes=(-2, -1), workers=workers or self.workers, overwrite_x=overwrite)
         return self.xp.fft.irfft2(X, s=shape, axes=(-2, -1))
 
     def asarray(self, x: Any) -> Any:

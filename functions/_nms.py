@@ -58,22 +58,24 @@ def _merge_plateaus(b: np.ndarray, r: np.ndarray, c: np.ndarray, shape: tuple[in
     return np.sort(order[first])
 
 
-def local_maxima(response: Any, backend: Backend) -> np.ndarray:
+def local_maxima(response: Any, backend: Backend, floor: float = 0.0) -> np.ndarray:
     """Features: strict-or-plateau 3x3 maxima of a positive response.
 
     Parameters
     ----------
     response : (B, R, C) float32 device array
-        Per-pixel maximum over scales of the response minus its threshold,
-        with a one-pixel margin on every side that is compared against but
-        never reported.
+        Per-pixel maximum over scales of the response in units of its
+        threshold, with a one-pixel margin on every side that is compared
+        against but never reported.
     backend : Backend
+    floor : float
+        Only pixels strictly above ``floor`` can be features.
 
     Returns
     -------
     (N,) int64 array on the host
         Flat indices into ``response`` of the features. Pixels equal to their
-        3x3 maximum and > 0 are candidates; an 8-connected plateau of
+        3x3 maximum and > ``floor`` are candidates; an 8-connected plateau of
         candidates yields one feature (its first pixel in raster order).
     """
     xp = backend.xp
@@ -81,8 +83,8 @@ def local_maxima(response: Any, backend: Backend) -> np.ndarray:
     if R < 3 or C < 3:
         return np.empty(0, dtype=np.int64)
     pooled = _max3(_max3(response, 2, xp), 1, xp)
-    # clamping the pool to the smallest positive float folds "> 0" into one comparison
-    xp.maximum(pooled, np.finfo(np.float32).tiny, out=pooled)
+    # clamping the pool to the next float above the floor folds "> floor" into one comparison
+    xp.maximum(pooled, np.nextafter(np.float32(floor), np.float32(np.inf)), out=pooled)
     cand = response[:, 1:-1, 1:-1] >= pooled
     flat = backend.to_host(xp.flatnonzero(cand)).astype(np.int64)
     b, rem = np.divmod(flat, (R - 2) * (C - 2))

@@ -39,6 +39,21 @@ def test_isolated_blobs_are_found_once_each(dtype):
     assert det.features.shape == (len(CENTRES), 3)
 
 
+def test_lanes_give_the_same_features_as_one_thread(isbi):
+    img = np.tile(isbi[3], (2, 2))
+    one = detect(img, backend=get_backend("numpy", workers=1))
+    three = detect(img, backend=get_backend("numpy", workers=3))
+    np.testing.assert_array_equal(one.features, three.features)
+
+
+def test_scale_of_a_coarse_feature_comes_from_its_own_grid():
+    # a blob of std 7 px answers at a level on a decimated grid; its scale is read back from that grid
+    det = detect(blobs_image([(128, 128)], sigma=7.0), backend="numpy", polarity="dark", n_bin=32)
+    assert det.count == 1 and det.features[0, 2] > 5.5
+    exact = detect(blobs_image([(128, 128)], sigma=7.0), backend="numpy", polarity="dark", n_bin=32, tol=0)
+    assert abs(det.features[0, 2] - exact.features[0, 2]) <= det.scales[1] - det.scales[0]
+
+
 def test_scale_tracks_blob_size():
     # dark polarity: with "both", a large blob's bright surround ring also answers
     small = detect(blobs_image([(128, 128)], sigma=1.5), backend="numpy", polarity="dark").features
@@ -154,7 +169,8 @@ def test_peak_memory_does_not_grow_with_levels(isbi):
         tracemalloc.stop()
         return p
 
-    assert peak(32) < 1.3 * peak(8)
+    # once every group's levels fill the CPU lanes (>= 16 levels), the buffers are fixed
+    assert peak(64) < 1.3 * peak(16)
 
 
 @pytest.mark.parametrize(
@@ -176,6 +192,7 @@ def test_bad_images_raise_clear_errors(image, message):
     "params, message",
     [
         (dict(n_bin=1), "n_bin"),
+        (dict(n_bin=200), "n_bin"),
         (dict(min_t=5.0, max_t=2.0), "min_t"),
         (dict(threshold=-1.0), "threshold"),
         (dict(polarity="sideways"), "polarity"),

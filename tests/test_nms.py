@@ -22,6 +22,13 @@ def test_strict_maxima_and_threshold():
     assert maxima(resp) == {(2, 2), (5, 6)}
 
 
+def test_floor_is_strict():
+    resp = np.zeros((10, 10), dtype=np.float32)
+    resp[3, 3], resp[6, 7] = 1.0, np.nextafter(np.float32(1), np.float32(2))
+    idx = local_maxima(resp[None], BE, floor=1.0)
+    assert idx.tolist() == [6 * 10 + 7]
+
+
 def test_plateaus_count_once_whatever_their_shape():
     resp = np.zeros((12, 12))
     resp[2:4, 2:4] = 1.0  # square plateau
