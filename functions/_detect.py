@@ -297,8 +297,6 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
     r0, c0, R, C = window
     P, Q = padded.shape[1:]
     F = be.rfft2(padded)
-    if spectrum_hook is not None:
-        spectrum_hook(F)
     inv_thr = (1.0 / np.maximum(thresholds, MIN_THRESHOLD)).astype(np.float32)
     groups = list(reversed(bank.groups))  # coarsest first
     spectra = {g.factor: F if g.factor == 1 else _crop_spectrum(F, g.factor, xp) for g in groups}
@@ -336,6 +334,8 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
     tasks: list[Any] = [(level, g.factor, g.transfer[j], i) for g in groups[:-1] for j, i in enumerate(g.levels)]
     finest = groups[-1]
     fine_tasks = [(level, finest.factor, finest.transfer[j], i) for j, i in enumerate(finest.levels)]
+    if spectrum_hook is not None:
+        tasks.insert(0, (spectrum_hook, F))  # reads the spectrum while the lanes filter it
     if lanes == 1:
         for fn, *args in tasks:
             fn(*args)
@@ -347,7 +347,7 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
         pending = [pool.submit(fn, *args) for fn, *args in tasks]
         # the merge waits only on tasks queued before it, so the pool cannot deadlock
         merged = pool.submit(merge_coarse, pending) if len(groups) > 1 else None
-        for task in [pool.submit(fn, *args) for fn, *args in fine_tasks]:
+        for task in [pool.submit(fn, *args) for fn, *args in fine_tasks] + pending:
             task.result()
         start = merged.result() if merged is not None else None
     best = maxima[finest.factor].result(start)
@@ -549,8 +549,9 @@ def detect(image: Any, n_bin: int = 16, min_t: float = 1.0, max_t: float = 8.0, 
     pixels and map to [0, 1]; one forward FFT; for each of ``n_bin`` scales
     ``t_i`` from ``min_t`` to ``max_t`` the scale-normalised DoG
     ``t_i (L(t_i + dt/2) - L(t_i - dt/2)) / dt ~ t_i^2 Laplacian(L)`` from
-    analytic Gaussian transfer functions (see ``mhd.functions._scalespace``); per pixel the maximum over levels (streamed:
-    the stack is never held); 3 x 3 non-maximum suppression, a plateau
+    analytic Gaussian transfer functions (see ``mhd.functions._scalespace``); per pixel the maximum over levels of the
+    response in units of the level's threshold (streamed: the stack is never
+    held); 3 x 3 non-maximum suppression of the pixels above 1, a plateau
     counting once. Borders are mirror-padded (no wrap-around); images larger
     than ``block_size`` are processed in blocks with enough overlap that the
     result equals the whole-image computation.
