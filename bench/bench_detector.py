@@ -3,6 +3,7 @@
 Peers, run round-robin on the same tile so that a noisy machine slows them alike:
 
 * ``mhd``          the package's detector (decimated coarse levels, cubic upsampling)
+* ``mhd-1-thread`` the same on one CPU thread (how much the lanes give)
 * ``mhd-exact``    the same with ``tol=0`` (every level at full resolution)
 * ``straightforward``  the paper done plainly but not wastefully: one rfft2,
   cached analytic Gaussian transfer functions, one full-size irfft2 per DoG
@@ -42,7 +43,7 @@ import numpy as np
 import scipy.fft
 from scipy.spatial import cKDTree
 
-from mhd.functions import DEFAULTS, cuda_available, detect, detect_batch, normalize, scales
+from mhd.functions import DEFAULTS, cuda_available, detect, detect_batch, get_backend, normalize, scales
 from mhd.functions._scalespace import dog_pairs
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "isbi2012"
@@ -112,6 +113,7 @@ def peak_mb(fn) -> tuple[float, object]:
 
 
 def run_cpu(sizes, levels, repeat, skimage_max):
+    one_thread = get_backend("numpy", workers=1)
     print("| size | levels | peer | median ms | peak MB | x straightforward | features |")
     print("|---|---|---|---|---|---|---|")
     for size in sizes:
@@ -119,6 +121,7 @@ def run_cpu(sizes, levels, repeat, skimage_max):
         for n_bin in levels:
             peers = {
                 "mhd": lambda: detect(img, n_bin=n_bin, backend="numpy").features,
+                "mhd-1-thread": lambda: detect(img, n_bin=n_bin, backend=one_thread).features,
                 "mhd-exact": lambda: detect(img, n_bin=n_bin, backend="numpy", tol=0).features,
                 "straightforward": lambda: straightforward(img, n_bin),
             }
