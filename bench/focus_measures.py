@@ -196,11 +196,17 @@ def _params(args: argparse.Namespace) -> dict[str, object]:
     return {k: getattr(args, k) for k in TUNED if getattr(args, k, None) is not None}
 
 
-def cmd_compare(args: argparse.Namespace) -> None:
+def _series(args: argparse.Namespace) -> tuple[list, list]:
+    """The simulated scans and featureless flat fields that compare and sweep score, header printed."""
     slices = load_slices(args.slices, args.invert)
     scans = make_scans(slices, args.doses, args.seed)
     flats = flat_fields([d for d in args.doses if np.isfinite(d)], args.seed + 1)
     header(slices, scans, args.doses, args.seed, args.invert)
+    return scans, flats
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    scans, flats = _series(args)
     params = _params(args)
     t0 = time.perf_counter()
     used = ", ".join(f"{k}={params.get(k, DEFAULTS[k])}" for k in TUNED)
@@ -260,10 +266,7 @@ def noise_leak(scans: list[Scan], score: np.ndarray, flats: list[Scan], flat_sco
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    slices = load_slices(args.slices, args.invert)
-    scans = make_scans(slices, args.doses, args.seed)
-    flats = flat_fields([d for d in args.doses if np.isfinite(d)], args.seed + 1)
-    header(slices, scans, args.doses, args.seed, args.invert)
+    scans, flats = _series(args)
     given = _params(args)
     base = {k: given.get(k, DEFAULTS[k]) for k in TUNED}
     print(f"Base: {base}; each row changes only the listed parameters.")
