@@ -73,6 +73,8 @@ KEYS: dict[str, Key] = {
     "oof_k": Key(3.0, _float, "relative rule: OOF below median - k * robust sigma of log density"),
     "oof_min_drop": Key(0.3, _float, "relative rule: ... and at least this far below it (natural log units)"),
     "warmup": Key(8, _int, "relative rule: tiles scored before the first verdict"),
+    "focus_measure": Key("blur", _choice("blur", "count"), "relative rule's measure: 'blur' (px, dose-free) or 'count' (feature density)"),
+    "blur_max": Key(1.0, _float, "blur rule: OOF when the blur a tile adds to the section median exceeds this (px, in quadrature)"),
     "partial_drop": Key(0.7, _float, "grid cell below the tile threshold by this much (log) flags a partly defocused tile"),
     "empty_cnr": Key(3.0, _float, "contrast-to-noise below which a low-count tile is 'empty' (no tissue)"),
     # the default is mhd.functions.ASTIGMATISM_THRESHOLD (not imported here: it would load SciPy on every command)

@@ -54,7 +54,7 @@ __all__ = ["Report", "make_report", "section_verdicts"]
 
 REPORT_DIR = "mhd-report"
 CSV_COLUMNS = (
-    "index", "tile", "row", "col", "verdict", "kind", "section_verdict", "section_kind", "reason", "features", "density", "defocus",
+    "index", "tile", "row", "col", "verdict", "kind", "section_verdict", "section_kind", "reason", "features", "density", "blur", "blur_err", "defocus",
     "astigmatism", "astigmatism_angle", "focus_map", "contrast", "error", "backend", "ms", "roundtrip_ms", "latency_ms", "scored_at",
 )  # fmt: skip
 COLOURS = {"ok": "tab:green", "oof": "tab:red", "empty": "tab:olive", "error": "tab:purple"}
@@ -65,7 +65,7 @@ MONTAGE_MARKS = {"defocus": "X", "astigmatism": "A", "partial": "P", None: "X", 
 #: Most tiles drawn in focus-maps.png.
 MAX_MAPS = 48
 #: Fields of a record that the section verdict is judged from.
-JUDGED_FIELDS = ("tile", "features", "density", "grid", "shape", "error", "contrast", "astigmatism", "astigmatism_angle")
+JUDGED_FIELDS = ("tile", "features", "density", "blur", "blur_err", "grid", "shape", "error", "contrast", "astigmatism", "astigmatism_angle")
 
 
 @dataclass
@@ -104,7 +104,7 @@ def section_verdicts(records: list[dict], rule: Rule, section: Path | None = Non
     judge = Judge(replace(rule, warmup=len(records) + 1), tissue_probe(section) if section else None)
     out: dict[str, dict] = {}
     for rec in records:
-        fresh = {k: rec.get(k) for k in JUDGED_FIELDS}
+        fresh = {k: rec.get(k) for k in JUDGED_FIELDS if k in rec}
         if rec.get("verdict") == "error":
             fresh["error"] = fresh["error"] or rec.get("reason") or "error"
         out.update((r["tile"], r) for r in judge.add(fresh))

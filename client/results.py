@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 #: Fields of each record that :attr:`ResultsLog.records` keeps in memory.
-BRIEF_KEYS = ("tile", "verdict", "kind", "reason", "features", "density", "error", "defocus", "contrast", "latency_ms", "scored_at")
+BRIEF_KEYS = ("tile", "verdict", "kind", "reason", "features", "density", "blur", "error", "defocus", "contrast", "latency_ms", "scored_at")
 
 
 def brief(record: dict[str, Any]) -> dict[str, Any]:

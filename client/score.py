@@ -63,13 +63,14 @@ def score_file(path: str | Path, backend: str = "auto", **params: Any) -> dict[s
     -------
     dict
         ``path``, ``features`` (int), ``density`` (features per megapixel),
+        ``blur`` and ``blur_err`` (pixels; None where not measurable),
         ``grid`` (list of lists), ``shape`` ([rows, cols]), ``noise``,
         ``astigmatism`` (0..1) and ``astigmatism_angle`` (degrees; both None
         where not measurable), ``backend``, ``ms`` (read + detect, milliseconds) and ``error``
         (``None`` or a message naming the file).
     """
     t0 = time.perf_counter()
-    rec: dict[str, Any] = {"path": str(path), "features": None, "density": None, "grid": None, "shape": None, "noise": None, "astigmatism": None, "astigmatism_angle": None, "backend": None}
+    rec: dict[str, Any] = {"path": str(path), "features": None, "density": None, "blur": None, "blur_err": None, "grid": None, "shape": None, "noise": None, "astigmatism": None, "astigmatism_angle": None, "backend": None}
     try:
         det = detect(load_image(path), backend=backend, **params)
     except Exception as exc:  # one bad file fails alone, with its name
@@ -78,6 +79,8 @@ def score_file(path: str | Path, backend: str = "auto", **params: Any) -> dict[s
     rec.update(
         features=int(det.count),
         density=round(float(det.density), 3),
+        blur=round(float(det.blur), 3) if math.isfinite(det.blur) else None,
+        blur_err=round(float(det.blur_err), 3) if math.isfinite(det.blur_err) else None,
         grid=det.grid.tolist(),
         shape=[int(s) for s in det.shape],
         noise=round(float(det.noise), 6),

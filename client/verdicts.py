@@ -28,11 +28,24 @@ baseline (the median tile; with a calibration, the in-focus density), a
 list of rows of floats rounded to 2 decimals (1.0: as the section; 0.3:
 30 % of it).
 
-The focus measure is the feature density ``d`` (features per megapixel); its
-logarithm falls linearly with |defocus| (the paper's figure 2). Densities are
-floored at 1 /MP before taking the log.
+Two focus measures come with every scored tile. The **blur** ``b`` (pixels,
+``mhd.functions.Detection.blur``): the width of the blur, measured on the
+signal left after the tile's own noise is removed, so it does not move with
+dose, dwell time, gain or bit depth. The **feature density** ``d`` (features
+per megapixel): the paper's count, whose logarithm falls linearly with
+|defocus| (the paper's figure 2) within one imaging setting, but which also
+falls with dose. Densities are floored at 1 /MP before taking the log.
 
-Relative rule (no calibration)
+Relative rule on blur (default, ``focus_measure = "blur"``)
+    The baseline is the section's median blur ``m`` over the tiles so far.
+    A tile is out of focus when the blur it adds to the section's,
+    ``sqrt(b**2 - m**2)``, exceeds ``blur_max`` (1 px: a defocused probe's
+    disk of radius about 2 px), or when no detail is left above its noise
+    (``blur`` not measurable) and it is not empty. Records without a
+    ``blur`` field (written before it existed) are judged by the count. It holds in sections whose
+    dose changes from tile to tile (measured: ``bench/sem_focus.py``). The
+    partial rule and ``focus_map`` still use the count grid.
+Relative rule on the count (``focus_measure = "count"``)
     The baseline is the section itself: median ``m`` and robust sigma
     ``s = 1.4826 * MAD`` of ``log d`` over the section's tiles so far (this
     tile included; errors and empty tiles excluded). A tile is out of focus
@@ -79,6 +92,9 @@ VERDICTS = ("ok", "oof", "empty", "error")
 
 #: Robust sigma of a normal distribution from its median absolute deviation.
 MAD_TO_SIGMA = 1.4826
+
+#: Focus measures the relative rule can use.
+FOCUS_MEASURES = ("blur", "count")
 
 #: Densities are floored at this many features per megapixel before the log.
 DENSITY_FLOOR = 1.0
@@ -164,6 +180,12 @@ class Rule:
     empty_cnr: float = 3.0
     calibration: Calibration | None = None
     astigmatism_max: float = ASTIGMATISM_THRESHOLD
+    focus_measure: str = "blur"
+    blur_max: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.focus_measure not in FOCUS_MEASURES:
+            raise ValueError(f"focus_measure must be one of {', '.join(FOCUS_MEASURES)}, got {self.focus_measure!r}")
 
 
 def rule_from_config(cfg: Any, use_calibration: bool = True) -> Rule:
@@ -176,7 +198,7 @@ def rule_from_config(cfg: Any, use_calibration: bool = True) -> Rule:
         cal = Calibration.load(cfg.calibration_path)
         if cfg["max_defocus"] is not None:
             cal = Calibration(**{**asdict(cal), "max_defocus": cfg["max_defocus"]})
-    return Rule(cfg["oof_k"], cfg["oof_min_drop"], cfg["warmup"], cfg["partial_drop"], cfg["empty_cnr"], cal, cfg["astigmatism_max"])
+    return Rule(cfg["oof_k"], cfg["oof_min_drop"], cfg["warmup"], cfg["partial_drop"], cfg["empty_cnr"], cal, cfg["astigmatism_max"], cfg["focus_measure"], cfg["blur_max"])
 
 
 @dataclass(frozen=True)
@@ -225,10 +247,30 @@ class Judge:
         self.rule = rule
         self._probe = probe
         self._pool: dict[str, float] = {}
+        self._blur: dict[str, float] = {}
         self._pending: list[dict] = []
         for rec in prior:
             if rec.get("verdict") in ("ok", "oof"):
-                self._pool[rec["tile"]] = log_density(rec["density"])
+                self._enter(rec)
+
+    def _enter(self, rec: dict) -> None:
+        self._pool[rec["tile"]] = log_density(rec["density"])
+        blur = _finite(rec.get("blur"))
+        if blur is not None:
+            self._blur[rec["tile"]] = blur
+
+    @property
+    def _on_blur(self) -> bool:
+        return self.rule.focus_measure == "blur" and self.rule.calibration is None
+
+    def blur_baseline(self) -> float:
+        """Median blur (px) of the section so far; NaN when no tile has one."""
+        return float(np.median(np.fromiter(self._blur.values(), float))) if self._blur else math.nan
+
+    def blur_threshold(self) -> float:
+        """Blur (px) above which a tile is out of focus: ``sqrt(m**2 + blur_max**2)``."""
+        m = self.blur_baseline()
+        return math.hypot(m, self.rule.blur_max) if math.isfinite(m) else math.inf
 
     def add(self, record: dict) -> list[dict]:
         """Take one scored tile; return the records whose verdict is now final.
@@ -251,7 +293,7 @@ class Judge:
         if record.get("error"):
             record.update(verdict="error", kind=None, reason=str(record["error"]), focus_map=None)
             return [record]
-        self._pool[record["tile"]] = log_density(record["density"])
+        self._enter(record)
         self._pending.append(record)
         if self.rule.calibration is None and len(self._pool) < self.rule.warmup:
             return []
@@ -293,13 +335,19 @@ class Judge:
         rec["verdict"], rec["kind"], rec["reason"] = self._decide(rec, x, base, tissue)
         if rec["verdict"] == "empty":
             self._pool.pop(rec["tile"], None)
+            self._blur.pop(rec["tile"], None)
             rec["focus_map"] = None
         else:
             rec["focus_map"] = focus_map(rec, cal.intercept if cal is not None else base.median)
 
     def _decide(self, rec: dict, x: float, base: Baseline, tissue: "_TissueCache") -> tuple[str, str | None, str]:
         """``(verdict, kind, reason)`` of one tile: empty, then astigmatism, defocus, partial, ok."""
-        low = x < base.threshold
+        on_blur = self._on_blur and "blur" in rec  # records from before the blur measure: the count decides
+        if on_blur:
+            blur, limit = _finite(rec.get("blur")), self.blur_threshold()
+            low = blur is None or blur > limit
+        else:
+            low = x < base.threshold
         if low:
             cnr = tissue.cnr()
             if cnr is not None and cnr < self.rule.empty_cnr:
@@ -308,6 +356,8 @@ class Judge:
         if strength is not None and strength >= self.rule.astigmatism_max:
             return "oof", "astigmatism", _astigmatism_reason(strength, _finite(rec.get("astigmatism_angle")), self.rule.astigmatism_max)
         if low:
+            if on_blur:
+                return "oof", "defocus", "defocus: " + _blur_reason(blur, self.blur_baseline(), limit, len(self._blur))
             return "oof", "defocus", "defocus: " + _low_reason(x, base, self.rule.calibration)
         cells = self._low_cells(rec, base.threshold - self.rule.partial_drop, tissue)
         if cells:
@@ -442,6 +492,12 @@ def _low_reason(x: float, base: Baseline, cal: Calibration | None) -> str:
     drop = 1 - math.exp(x - base.median)
     limit = 1 - math.exp(base.threshold - base.median)
     return f"{drop:.0%} below section median {_k(math.exp(base.median))}/MP (limit {limit:.0%}, n={base.n})"
+
+
+def _blur_reason(blur: float | None, median: float, limit: float, n: int) -> str:
+    if blur is None:
+        return "no detail above the noise at any scale"
+    return f"blur {blur:.2f} px > {limit:.2f} px (section median {median:.2f} px + {math.sqrt(max(limit**2 - median**2, 0)):.1f} px, n={n})"
 
 
 def _k(v: float) -> str:

@@ -55,6 +55,18 @@ class Backend:
             return scipy.fft.irfft2(X, s=shape, axes=(-2, -1), workers=workers or self.workers, overwrite_x=overwrite)
         return self.xp.fft.irfft2(X, s=shape, axes=(-2, -1))
 
+    def rfft(self, x: Any) -> Any:
+        """Real 1-D FFT along the last axis (unnormalised forward)."""
+        if self.device is None:
+            return scipy.fft.rfft(x, axis=-1, workers=self.workers)
+        return self.xp.fft.rfft(x, axis=-1)
+
+    def irfft(self, X: Any, n: int) -> Any:
+        """Inverse of :meth:`rfft` to ``n`` real samples along the last axis."""
+        if self.device is None:
+            return scipy.fft.irfft(X, n, axis=-1, workers=self.workers)
+        return self.xp.fft.irfft(X, n, axis=-1)
+
     def asarray(self, x: Any) -> Any:
         """Move ``x`` to this backend's device (a no-op when it is already there)."""
         if self.device is None:

@@ -14,9 +14,11 @@ import scipy.fft
 
 from ._backend import Backend, get_backend
 from ._astigmatism import anisotropy, spectral_moments
+from ._blur import fit_blur
 from ._nms import local_maxima
-from ._normalize import SATURATION_PCT, estimate_noise, normalize
-from ._scalespace import MAX_DECIMATION, FilterBank, dog_pairs, filter_bank, noise_gains, scales
+from ._noise import CENTRES, level_noise_std, noise_level_function, noise_spectrum, stabilize, stabilizer, white_equivalent
+from ._normalize import SATURATION_PCT, normalize
+from ._scalespace import MAX_DECIMATION, FilterBank, dog_pairs, filter_bank, scales
 
 __all__ = ["Detection", "detect", "detect_batch", "DEFAULTS"]
 
@@ -26,7 +28,7 @@ DEFAULTS: dict[str, Any] = dict(
     min_t=1.0,
     max_t=8.0,
     threshold=0.10,
-    noise_k=4.0,
+    noise_k=8.0,
     polarity="both",
     grid=(4, 4),
     block_size=4096,
@@ -70,11 +72,20 @@ class Detection:
         Direction of strongest blur, degrees in [0, 180), counter-clockwise
         from the column (+x) axis as displayed (rows point down, so 90 points
         to row 0); NaN when ``astigmatism`` is 0 or NaN.
+    blur : float
+        Width of the blur, pixels: the standard deviation of a Gaussian of
+        equal effect (about ``R / 2`` for a defocused probe's disk of radius
+        ``R``), from the noise-subtracted energy of each level
+        (``mhd.functions._blur``). Near 0 for a tile as sharp as its pixels;
+        independent of dose, gain, offset and bit depth in expectation. NaN
+        when fewer than three levels carry signal (blank or pure-noise tile).
+    blur_err : float
+        Uncertainty (one standard deviation) of ``blur``, pixels; NaN with it.
     backend : str
         ``"numpy"`` or ``"cupy:<device>"``.
     timings : dict of str to float
-        Milliseconds spent in ``normalize``, ``fft`` (forward), ``levels``
-        (filtering, inverse FFTs and running maximum), ``nms`` and ``total``.
+        Milliseconds spent in ``normalize``, ``noise`` (noise model and stabiliser), ``levels``
+        (forward and inverse FFTs, running maximum), ``nms``, ``blur`` (the fit) and ``total``.
     """
 
     count: int
@@ -86,6 +97,8 @@ class Detection:
     noise: float
     astigmatism: float
     astigmatism_angle: float
+    blur: float
+    blur_err: float
     backend: str
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -260,7 +273,7 @@ class _RunningMax:
         return parts[0]
 
 
-def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: str, window: tuple[int, int, int, int], be: Backend, spectrum_hook: Any = None) -> tuple[Any, list[tuple[int, Any]]]:
+def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: str, window: tuple[int, int, int, int], be: Backend, spectrum_hook: Any = None) -> tuple[Any, list[tuple[int, Any]], np.ndarray]:
     """Running maximum over levels of response / threshold on a window.
 
     Every level is one task: multiply the spectrum (cropped to the level's
@@ -292,6 +305,9 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
         Values that came from a coarser grid are tagged :data:`COARSER`.
     coarse : list of (factor, (B, P // factor, Q // factor) uint8 device array)
         Level maps of the coarser grids, finest first, for :func:`_resolve_levels`.
+    energy : (B, n_bin) float64 ndarray
+        Mean square of each level's response ``D_i`` over the padded grid
+        (image units squared), for the blur estimate.
     """
     xp = be.xp
     r0, c0, R, C = window
@@ -304,6 +320,7 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
     lanes = be.workers if be.device is None else 1
     scratch: dict[tuple[int, int], tuple[Any, Any]] = {}
     coarse: list[tuple[int, Any]] = []
+    energy = np.zeros(thresholds.shape)
 
     def level(d: int, transfer: Any, i: int) -> None:
         Fd = spectra[d]
@@ -315,6 +332,9 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
         xp.multiply(transfer, xp.asarray(inv_thr[:, i, None, None]), out=h)
         xp.multiply(Fd, h, out=buf)
         D = be.irfft2(buf, (P // d, Q // d), workers=1 if lanes > 1 else None, overwrite=True)
+        flat = D.reshape(D.shape[0], -1)
+        for b in range(D.shape[0]):  # mean square in units of the threshold: for the blur fit
+            energy[b, i] = float(xp.vdot(flat[b], flat[b])) / flat.shape[1]
         maxima[d].add(_tag(D, i, xp, absolute=polarity == "both"))
 
     def upsampled(acc: Any, d_from: int, d_to: int, start: tuple[int, int], size: tuple[int, int]) -> Any:
@@ -351,9 +371,10 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
             task.result()
         start = merged.result() if merged is not None else None
     best = maxima[finest.factor].result(start)
+    energy *= thresholds**2
     if finest.factor == 1:
-        return xp.ascontiguousarray(best[:, r0 : r0 + R, c0 : c0 + C]), coarse
-    return upsampled(best, finest.factor, 1, (r0, c0), (R, C)), coarse
+        return xp.ascontiguousarray(best[:, r0 : r0 + R, c0 : c0 + C]), coarse, energy
+    return upsampled(best, finest.factor, 1, (r0, c0), (R, C)), coarse, energy
 
 
 def _resolve_levels(level: np.ndarray, b: np.ndarray, y: np.ndarray, x: np.ndarray, coarse: list[tuple[int, Any]], be: Backend) -> np.ndarray:
@@ -375,6 +396,31 @@ def _resolve_levels(level: np.ndarray, b: np.ndarray, y: np.ndarray, x: np.ndarr
         more = found == COARSER
         todo, y, x, prev = todo[more], y[more], x[more], d
     return level
+
+
+# ----------------------------------------------------------------- noise
+
+
+#: Noise below this fraction of what the absolute threshold already ignores does not shape the stabiliser.
+STABILIZER_FLOOR = 0.25
+
+
+def _stabilized(norm: Any, p: dict[str, Any], t: np.ndarray, be: Backend) -> Any:
+    """Each normalised image of a (B, H, W) stack after its variance-stabilising transform.
+
+    The floor is ``STABILIZER_FLOOR`` times the white-noise level at which the
+    most noise-sensitive level's noise threshold reaches the absolute
+    ``threshold``: noise well below it is ignored by the threshold anyway.
+    """
+    if p["noise_k"] <= 0 or min(norm.shape[1:]) < 5:
+        return norm
+    unit = level_noise_std(np.ones((1, len(CENTRES))), *dog_pairs(t))  # per level, unit white noise
+    floor = STABILIZER_FLOOR * p["threshold"] / (p["noise_k"] * float(unit.max()))
+    out = []
+    for x in norm:
+        lut = stabilizer(*noise_level_function(x, be), floor)
+        out.append(x if lut is None else stabilize(x, lut, be))
+    return be.xp.stack(out)
 
 
 # ----------------------------------------------------------------- public
@@ -407,7 +453,7 @@ def _grid_counts(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], gri
     return np.bincount(cy * gx + cx, minlength=gy * gx).reshape(gy, gx)
 
 
-def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.ndarray, noise: np.ndarray, p: dict[str, Any], be: Backend) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.ndarray, noise: np.ndarray, p: dict[str, Any], be: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Features of one block of a normalised (B, H, W) stack on backend ``be``.
 
     Returns
@@ -416,6 +462,8 @@ def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.n
         ``(batch, row, col, level)`` in image coordinates.
     moments : (B, R, 8) float64
         Spectral moments of the block for the astigmatism measure (additive over blocks).
+    energy : (B, n_bin) float64
+        Each level's mean square response times the block's area (additive over blocks).
     timings : dict
         Milliseconds in ``levels`` and ``nms``.
     """
@@ -434,7 +482,7 @@ def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.n
         def hook(F: Any) -> None:
             moments.append(spectral_moments(F, shape, t, xp, noise, (shape[0] - inside[0], shape[1] - inside[1])))
 
-        best, coarse = _response(padded, bank, thr, p["polarity"], (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2), be, hook)
+        best, coarse, energy = _response(padded, bank, thr, p["polarity"], (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2), be, hook)
         del padded
         be.synchronize()
         t1 = time.perf_counter()
@@ -446,15 +494,17 @@ def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.n
         level = _resolve_levels(level, b, r + h - 1, c + h - 1, coarse, be)
         t2 = time.perf_counter()
     feats = np.stack([b, r - 1 + y0, c - 1 + x0, level], axis=1)
-    return feats, moments[0], {"levels": (t1 - t0) * 1e3, "nms": (t2 - t1) * 1e3}
+    energy *= (y1 - y0) * (x1 - x0)  # weighted by the block's area: summed over blocks
+    return feats, moments[0], energy, {"levels": (t1 - t0) * 1e3, "nms": (t2 - t1) * 1e3}
 
 
-def _detect_stack(norm: Any, thr: np.ndarray, noise: np.ndarray, p: dict[str, Any], backends: list[Backend], timings: dict[str, float]) -> tuple[list[np.ndarray], np.ndarray]:
+def _detect_stack(norm: Any, thr: np.ndarray, noise: np.ndarray, p: dict[str, Any], backends: list[Backend], timings: dict[str, float]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Features (row, col, level) and spectral moments for each image of a normalised (B, H, W) stack.
 
     ``thr`` is the (B, n_bin) per-level threshold, ``noise`` the (B,) noise
     standard deviations. Returns per-image feature arrays and the (B, R, 8)
-    spectral moments summed over blocks. Blocks are dealt round-robin
+    spectral moments summed over blocks, and the (B, n_bin) mean square
+    response of each level over each image. Blocks are dealt round-robin
     to ``backends`` (one thread each: several GPUs share a huge image); with
     one backend they run in order on it.
     """
@@ -466,17 +516,18 @@ def _detect_stack(norm: Any, thr: np.ndarray, noise: np.ndarray, p: dict[str, An
     else:
         host = backends[0].to_host(norm)  # each device copies its own blocks from the host
 
-        def run(k: int) -> list[tuple[np.ndarray, np.ndarray, dict[str, float]]]:
+        def run(k: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]]:
             return [_detect_block(host, blk, h, thr, noise, p, backends[k]) for blk in blocks[k :: len(backends)]]
 
         with concurrent.futures.ThreadPoolExecutor(len(backends)) as pool:
             parts = [part for per_device in pool.map(run, range(len(backends))) for part in per_device]
-    for _, _, t in parts:
+    for *_, t in parts:
         for key, ms in t.items():
             timings[key] = timings.get(key, 0.0) + ms
-    feats = np.concatenate([f for f, _, _ in parts])
-    moments = np.sum([m for _, m, _ in parts], axis=0)
-    return [feats[feats[:, 0] == k, 1:] for k in range(B)], moments
+    feats = np.concatenate([f for f, *_ in parts])
+    moments = np.sum([m for _, m, _, _ in parts], axis=0)
+    energy = np.sum([e for _, _, e, _ in parts], axis=0) / (H * W)
+    return [feats[feats[:, 0] == k, 1:] for k in range(B)], moments, energy
 
 
 def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | Backend] = "auto", **params: Any) -> list[Detection]:
@@ -512,17 +563,26 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
     with be.use():
         t_start = time.perf_counter()
         norm = be.xp.stack([normalize(im, p["saturation"], be) for im in images])
-        noise = np.array([estimate_noise(n, be) for n in norm])
         be.synchronize()
-        timings["normalize"] = (time.perf_counter() - t_start) * 1e3
+        t_noise = time.perf_counter()
+        timings["normalize"] = (t_noise - t_start) * 1e3
         t = scales(p["n_bin"], p["min_t"], p["max_t"])
-        thr = np.maximum(p["threshold"], p["noise_k"] * noise[:, None] * noise_gains(t)[None, :])
-        feats, moments = _detect_stack(norm, thr, noise, p, backends, timings)
+        norm = _stabilized(norm, p, t, be)
+        spectrum = noise_spectrum(norm, be)
+        noise = white_equivalent(spectrum)
+        pairs = dog_pairs(t)
+        noise_sd = level_noise_std(spectrum, *pairs)
+        thr = np.maximum(p["threshold"], p["noise_k"] * noise_sd)
+        timings["noise"] = (time.perf_counter() - t_noise) * 1e3
+        feats, moments, energy = _detect_stack(norm, thr, noise, p, backends, timings)
         strength, angle = anisotropy(moments)
+        t_blur = time.perf_counter()
+        blur, blur_err = fit_blur(energy, noise_sd**2, t, *pairs, area=shape[0] * shape[1])
+        timings["blur"] = (time.perf_counter() - t_blur) * 1e3
         del norm
     timings["total"] = (time.perf_counter() - t_start) * 1e3
     results = []
-    for f, nz, th, ast, ang in zip(feats, noise, thr, strength, angle):
+    for f, nz, th, ast, ang, bl, be_ in zip(feats, noise, thr, strength, angle, blur, blur_err):
         features = np.column_stack([f[:, 0], f[:, 1], t[f[:, 2]]]).astype(np.float64) if len(f) else np.empty((0, 3))
         results.append(
             Detection(
@@ -535,6 +595,8 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
                 noise=float(nz),
                 astigmatism=float(ast),
                 astigmatism_angle=float(ang),
+                blur=float(bl),
+                blur_err=float(be_),
                 backend="+".join(b.name for b in backends),
                 timings=dict(timings),
             )

@@ -27,7 +27,7 @@ from .tileio import TileError, read_tile
 __all__ = ["score_batch", "score_tile", "check_params", "open_in_root", "inline_bytes", "RESULT_KEYS"]
 
 #: Keys of every result entry, in order.
-RESULT_KEYS = ("tile", "features", "density", "grid", "shape", "noise", "astigmatism", "astigmatism_angle", "backend", "device", "ms", "detect_ms", "error")
+RESULT_KEYS = ("tile", "features", "density", "blur", "blur_err", "grid", "shape", "noise", "astigmatism", "astigmatism_angle", "backend", "device", "ms", "detect_ms", "error")
 
 #: Longest tile name echoed back (characters).
 MAX_NAME = 1024
@@ -265,6 +265,8 @@ def score_tile(tile: Any, index: int, params: dict[str, Any], limits: Limits, de
         device,
         features=int(det.count),
         density=float(det.density),
+        blur=_finite(det.blur),
+        blur_err=_finite(det.blur_err),
         grid=det.grid.tolist(),
         shape=[int(s) for s in det.shape],
         noise=float(det.noise),

@@ -212,7 +212,7 @@ def test_unknown_parameter_is_refused():
 
 def test_timings_and_metadata():
     det = detect(blobs_image(CENTRES), backend="numpy")
-    assert set(det.timings) == {"normalize", "levels", "nms", "total"}
+    assert set(det.timings) == {"normalize", "noise", "levels", "nms", "blur", "total"}
     assert det.backend == "numpy"
     assert det.scales.shape == (DEFAULTS["n_bin"],) and det.thresholds.shape == (DEFAULTS["n_bin"],)
     assert det.shape == (256, 256)

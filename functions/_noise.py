@@ -1,0 +1,245 @@
+"""Noise measured on each tile: a power spectrum along the scan line.
+
+Scanned images (SEM, STEM) are written line by line. Their noise is
+independent from one line to the next but correlated along the line: the
+detector and its amplifier have a finite bandwidth, so each pixel carries
+some of the signal and noise of the pixels scanned just before it. On the fast
+scans of ``shared/data/sem-kriss`` the noise (fast scan minus the registered
+slow scan) has a lag-1 autocorrelation of ~0.57 along x and its power falls
+~30x from low to high horizontal frequencies. One white-noise sigma measured
+at the highest frequencies (Immerkaer's operator) then underestimates the
+noise that the coarser DoG levels see by several times, and they count noise
+as features. Camera images (TEM) have white noise; the model covers them as
+the flat case.
+
+Model
+-----
+Noise ``n(r, c)``: rows independent, each row stationary along ``c`` with
+power spectrum ``S(kx)`` (``kx`` in rad/px; ``S == sigma**2`` for white noise).
+``S`` is piecewise linear between the centres :data:`CENTRES`
+(``S(kx) = sum_c S_c phi_c(|kx|)``, ``phi_c`` the hat functions).
+
+Estimate
+--------
+1. The second difference across rows, ``v = x[r-1] - 2 x[r] + x[r+1]``,
+   cancels structure that is smooth from row to row; its noise has the row
+   spectrum ``6 S(kx)`` exactly, because rows are independent.
+2. Each row of ``v`` is filtered along x by each hat ``phi_b``; the robust
+   variance of the output, ``(median |o_b| / 0.6745)**2``, is
+   ``6 sum_c M_bc S_c`` with ``M_bc = mean_kx phi_b^2 phi_c``. The median,
+   as in Immerkaer's estimator, ignores the sparse edges that survive step 1,
+   so in-focus structure is not read as noise.
+3. ``S_c >= 0`` from that small linear system (non-negative least squares).
+
+The standard deviation of a DoG level's response to this noise is then exact
+under the model: ``var_i = sum_c S_c W_ic`` with
+``W_ic = (2 pi)^-2 int int |H_i(ky, kx)|^2 phi_c(|kx|) dky dkx`` over the
+sampled band ``[-pi, pi]^2`` (see :func:`level_noise_std`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import scipy.optimize
+import scipy.special
+
+from ._backend import Backend
+
+__all__ = ["CENTRES", "noise_spectrum", "level_noise_std", "white_equivalent", "spectrum_at"]
+
+#: Centres of the hat functions of the noise spectrum, rad/px along the scan line.
+#: Dense at low frequencies, where the coarse levels look and scan noise has most power.
+CENTRES = np.pi * np.array([0.0, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1.0])
+#: Samples of the second difference used per image (rows are subsampled to about this many).
+SAMPLES = 1 << 16
+#: Gaussian MAD to standard deviation.
+_MAD = 0.6744897501960817
+
+
+def _hats(k: np.ndarray) -> np.ndarray:
+    """Hat functions at :data:`CENTRES` evaluated at ``|k|``: (len(CENTRES), len(k))."""
+    k = np.abs(np.asarray(k, dtype=np.float64))
+    eye = np.eye(len(CENTRES))
+    return np.stack([np.interp(k, CENTRES, eye[c]) for c in range(len(CENTRES))])
+
+
+@functools.lru_cache(maxsize=16)
+def _row_geometry(Q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hats on the rfft bins of a row of ``Q`` samples, and the system matrix ``6 M``."""
+    k = 2 * np.pi * np.fft.rfftfreq(Q)
+    phi = _hats(k)
+    mult = np.full(k.shape, 2.0)  # rfft bins stand for +kx and -kx ...
+    mult[0] = 1.0  # ... except DC and, for even Q, Nyquist
+    if Q % 2 == 0:
+        mult[-1] = 1.0
+    M = 6.0 * np.einsum("bk,ck,k->bc", phi**2, phi, mult) / Q
+    return phi.astype(np.float32), M
+
+
+def _rows(H: int) -> np.ndarray:
+    """Centre rows of the second differences used for an image of ``H`` rows."""
+    return np.arange(1, H - 1)
+
+
+def noise_spectrum(images: Any, be: Backend) -> np.ndarray:
+    """Noise power spectrum along the rows of each image.
+
+    Parameters
+    ----------
+    images : (B, H, W) float array on ``be``
+        Normalised images (0..1 units); ``H, W >= 3``.
+    be : Backend
+
+    Returns
+    -------
+    (B, len(CENTRES)) float64 ndarray
+        ``S_c``: noise power per pixel at the frequencies :data:`CENTRES`
+        (units of the image squared; white noise of standard deviation
+        ``sigma`` gives ``sigma**2`` at every centre).
+    """
+    xp = be.xp
+    B, H, W = images.shape
+    if H < 3 or W < 3:
+        return np.zeros((B, len(CENTRES)))
+    rows = _rows(H)
+    step = max(1, int(len(rows) * W // SAMPLES))
+    rows = xp.asarray(rows[::step])
+    phi, M = _row_geometry(W)
+    phi_d = be.asarray(phi)
+    out = np.zeros((B, len(CENTRES)))
+    for b in range(B):
+        x = images[b]
+        v = x[rows - 1] - 2 * x[rows] + x[rows + 1]
+        V = be.rfft(v.astype(xp.float32, copy=False))
+        var = np.empty(len(CENTRES))
+        for c in range(len(CENTRES)):
+            o = be.irfft(V * phi_d[c], W)
+            var[c] = (float(xp.median(xp.abs(o))) / _MAD) ** 2
+        out[b] = scipy.optimize.nnls(M, var)[0]
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _level_weights(t0: tuple[float, ...], t1: tuple[float, ...], gain: tuple[float, ...]) -> np.ndarray:
+    """``W_ic``: (n_bin, len(CENTRES)) response variance of level ``i`` per unit ``S_c``."""
+    kx = np.linspace(-np.pi, np.pi, 4097)
+    phi = _hats(kx)
+    W = np.empty((len(t0), len(CENTRES)))
+    for i, (a, b, g) in enumerate(zip(t0, t1, gain)):
+        # |G(t1) - G(t0)|^2 = sum of three separable Gaussians exp(-s (kx^2 + ky^2)) with these s and signs
+        total = np.zeros_like(kx)
+        for s, sign in ((b * b, 1.0), (a * a, 1.0), ((a * a + b * b) / 2, -2.0)):
+            ky_integral = np.sqrt(np.pi / s) * scipy.special.erf(np.pi * np.sqrt(s))
+            total += sign * ky_integral * np.exp(-s * kx * kx)
+        # trapezoid over kx; both integrals over [-pi, pi], divided by (2 pi)^2
+        W[i] = g * g * np.trapezoid(phi * total, kx, axis=1) / (4 * np.pi**2)
+    return np.clip(W, 0.0, None)
+
+
+def level_noise_std(S: np.ndarray, t0: np.ndarray, t1: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """Standard deviation of each DoG level's response to the measured noise.
+
+    Parameters
+    ----------
+    S : (B, len(CENTRES)) array
+        From :func:`noise_spectrum`.
+    t0, t1, gain : (n_bin,) arrays
+        Inner and outer Gaussian scales (pixels) and the gain of each level
+        (``mhd.functions._scalespace.dog_pairs``).
+
+    Returns
+    -------
+    (B, n_bin) float64 ndarray
+        In the units of the image.
+    """
+    W = _level_weights(tuple(map(float, t0)), tuple(map(float, t1)), tuple(map(float, gain)))
+    return np.sqrt(np.asarray(S, dtype=np.float64) @ W.T)
+
+
+def white_equivalent(S: np.ndarray) -> np.ndarray:
+    """Per-pixel noise standard deviation, ``sqrt(mean over kx of S)``: (B,) float64."""
+    k = np.linspace(0, np.pi, 1025)
+    return np.sqrt(np.clip(np.asarray(S) @ np.trapezoid(_hats(k), k, axis=1) / np.pi, 0.0, None))
+
+
+def spectrum_at(S: np.ndarray, kx: Any) -> np.ndarray:
+    """The noise spectrum ``S(kx)`` of each image at frequencies ``kx`` (rad/px): (B, *kx.shape)."""
+    kx = np.asarray(kx, dtype=np.float64)
+    return np.tensordot(np.asarray(S), _hats(kx.ravel()), axes=(1, 0)).reshape((len(S),) + kx.shape)
+
+
+#: Intensity bins of the noise level function (equal numbers of samples).
+LEVEL_BINS = 16
+#: Entries of the variance-stabilising look-up table over [0, 1].
+LUT_SIZE = 1024
+
+
+def noise_level_function(image: Any, be: Backend) -> tuple[np.ndarray, np.ndarray]:
+    """Noise standard deviation as a function of local intensity.
+
+    Shot noise grows with the signal: on the real fast SEM scans the noise is
+    ~9 grey levels on the dark background and ~24 on the bright particles. The
+    second difference across rows (noise variance ``6 sigma(I)**2``, rows
+    independent) is binned by the local mean of the three rows (5 px along
+    x), and each bin's robust (median) scale is taken.
+
+    Parameters
+    ----------
+    image : (H, W) float array on ``be``
+        Normalised image (0..1); ``H, W >= 5``.
+
+    Returns
+    -------
+    level, sigma : (LEVEL_BINS,) float64 ndarrays
+        Median intensity of each bin (increasing) and the noise standard
+        deviation there, both in image units.
+    """
+    xp = be.xp
+    H, W = image.shape
+    rows = _rows(H)
+    rows = xp.asarray(rows[:: max(1, int(len(rows) * W // SAMPLES))])
+    a, b, c = image[rows - 1], image[rows], image[rows + 1]
+    v = (a - 2 * b + c)[:, 2:-2].ravel()
+    s = xp.cumsum(a + b + c, axis=1, dtype=xp.float32)
+    mean = ((s[:, 4:] - xp.pad(s, ((0, 0), (1, 0)))[:, : W - 4]) / 15.0).ravel()
+    order = xp.argsort(mean)
+    parts = xp.array_split(order, LEVEL_BINS)
+    level = np.array([float(xp.median(mean[p])) for p in parts])
+    sigma = np.array([float(xp.median(xp.abs(v[p]))) for p in parts]) / (_MAD * np.sqrt(6.0))
+    return level, sigma
+
+
+def stabilizer(level: np.ndarray, sigma: np.ndarray, floor: float) -> np.ndarray | None:
+    """Look-up table of the variance-stabilising transform for a noise level function.
+
+    ``f(x) = int_0^x du / s(u)`` with ``s = sqrt(sigma(u)**2 + floor**2)``
+    (``sigma`` interpolated between the bins, constant beyond them), scaled so
+    that ``f(1) = 1``. After ``f`` the noise has about the same standard
+    deviation at every intensity, so one noise spectrum describes the whole
+    tile. ``floor`` keeps noise far below what the detector's absolute
+    threshold ignores from shaping the transform.
+
+    Returns
+    -------
+    (LUT_SIZE,) float32 ndarray, or None
+        ``f`` sampled on ``linspace(0, 1, LUT_SIZE)``; None where it is within
+        1 % of the identity (no transform needed).
+    """
+    u = np.linspace(0.0, 1.0, LUT_SIZE)
+    s = np.sqrt(np.interp(u, level, sigma) ** 2 + floor**2)
+    f = np.concatenate([[0.0], np.cumsum((1 / s[1:] + 1 / s[:-1]) / 2)])
+    f /= f[-1]
+    if np.max(np.abs(f - u)) < 0.01:
+        return None
+    return f.astype(np.float32)
+
+
+def stabilize(image: Any, lut: np.ndarray, be: Backend) -> Any:
+    """Apply a :func:`stabilizer` table to a normalised image (nearest entry): same shape, float32."""
+    xp = be.xp
+    idx = (image * xp.float32(LUT_SIZE - 1) + xp.float32(0.5)).astype(xp.int32)
+    return be.asarray(lut)[idx]
+
