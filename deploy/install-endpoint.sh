@@ -388,12 +388,13 @@ configure_endpoint() {
 
 # This documentation where the systemd unit's Documentation= points.
 install_docs() {
-    local doc=$ENV_DIR/share/doc/mhd-focus
-    [[ -f $SCRIPT_DIR/README.md && -f $SCRIPT_DIR/../docs/admin.md ]] || return 0
+    local doc=$ENV_DIR/share/doc/mhd-focus clone
+    clone=$(cd "$SCRIPT_DIR/.." && pwd)
+    [[ -f $clone/deploy/README.md && -f $clone/docs/admin.md ]] || return 0
     say "installing the documentation into $doc"
     run install -d "$doc"
-    run install -m 0644 "$SCRIPT_DIR/../docs/admin.md" "$SCRIPT_DIR/../docs/troubleshooting.md" "$doc/"
-    run install -m 0644 "$SCRIPT_DIR/README.md" "$doc/deploy-README.md"
+    run install -m 0644 "$clone/docs/admin.md" "$clone/docs/troubleshooting.md" "$doc/"
+    run install -m 0644 "$clone/deploy/README.md" "$doc/deploy-README.md"
 }
 
 summary() {

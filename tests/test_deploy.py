@@ -408,7 +408,7 @@ def test_systemd_unit_documentation_is_what_the_script_installs():
     docs = unit["Unit"]["Documentation"].split()
     assert docs == [f"file://{env}/share/doc/mhd-focus/admin.md", f"file://{env}/share/doc/mhd-focus/deploy-README.md"]
     script = SCRIPT.read_text()
-    assert 'doc=$ENV_DIR/share/doc/mhd-focus' in script and '"$SCRIPT_DIR/../docs/admin.md"' in script and '"$doc/deploy-README.md"' in script
+    assert "doc=$ENV_DIR/share/doc/mhd-focus" in script and '"$clone/docs/admin.md"' in script and '"$doc/deploy-README.md"' in script
 
 
 def test_systemd_unit_verifies(tmp_path):
