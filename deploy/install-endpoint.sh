@@ -4,16 +4,21 @@
 # 1. a virtual environment (--env) with mhd-focus and its CuPy extra, from the
 #    package source you name (--source, --index-url, --find-links): nothing else
 #    is downloaded;
-# 2. the Globus Compute endpoint configuration ~/.globus_compute/NAME/ for N GPUs,
-#    rendered and checked by the project's configure command
-#    (python -m mhd.endpoint configure); an identical one is left alone, a
-#    different one is replaced only with --force;
+# 2. the Globus Compute endpoint configuration ~/.globus_compute/NAME/ for N GPUs
+#    (the layout globus-compute-endpoint 4.x starts), rendered and checked by
+#    the project's configure command (python -m mhd.endpoint configure); an
+#    identical one is left alone, a different one is replaced only with --force;
 # 3. optionally (--register) the score_tiles function registered with Globus
-#    Compute; its UUID is printed and written into allowed_functions.
+#    Compute; its UUID is printed and written into allowed_functions;
+# 4. this documentation into ENV/share/doc/mhd-focus/ (the systemd unit's
+#    Documentation=).
 #
-# Run it as the user the endpoint will run as (see deploy/systemd/). Running it
-# again with the same options changes nothing. --dry-run prints each step and
-# renders the configuration into a staging folder only.
+# Run it as the non-root account the endpoint will run as (recommended; see
+# deploy/systemd/), or as root with --email and --identity-mapping. Run it
+# from anywhere, the clone's root included. Running it again with the same
+# options changes nothing. --dry-run prints each step and renders the
+# configuration into a staging folder only (with a temporary environment
+# when mhd-focus is not installed yet).
 #
 # Example:
 #   deploy/install-endpoint.sh --gpus 8 --env /opt/mhd/venv \
@@ -24,6 +29,8 @@
 set -euo pipefail
 
 readonly PROG=${0##*/}
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly SCRIPT_DIR
 readonly UUID_RE='^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
 
 GPUS=""
@@ -38,6 +45,9 @@ DATA_ROOT=""
 FUNCTION_IDS=()
 REGISTER=0
 ENDPOINT_ID=""
+RENDER_PYTHON=""
+EMAIL=""
+ID_MAPPING=""
 STAGE=""
 FORCE=0
 DRY_RUN=0
@@ -68,6 +78,10 @@ Options:
                       UUID and allow it (needs a Globus login in this terminal)
   --endpoint UUID     endpoint UUID for --register  [read from
                       ~/.globus_compute/NAME/endpoint.json after the first start]
+  --email ADDRESS     contact address shown to users; required when run as root
+  --identity-mapping FILE
+                      run as root only: identity mapping JSON (Globus
+                      identities -> local accounts; tasks run as those accounts)
   --stage DIR         folder where the configuration is rendered before it is
                       installed (must not exist)  [a temporary folder; kept with --dry-run]
   --force             replace an existing configuration that differs
@@ -121,6 +135,8 @@ parse_args() {
             --function-id) need_value "$@"; FUNCTION_IDS+=("$2"); shift 2 ;;
             --register) REGISTER=1; shift ;;
             --endpoint) need_value "$@"; ENDPOINT_ID=$2; shift 2 ;;
+            --email) need_value "$@"; EMAIL=$2; shift 2 ;;
+            --identity-mapping) need_value "$@"; ID_MAPPING=$2; shift 2 ;;
             --stage) need_value "$@"; STAGE=$2; shift 2 ;;
             --force) FORCE=1; shift ;;
             --dry-run) DRY_RUN=1; shift ;;
@@ -146,14 +162,38 @@ check_args() {
     for id in "${FUNCTION_IDS[@]}" ${ENDPOINT_ID:+"$ENDPOINT_ID"}; do
         [[ $id =~ $UUID_RE ]] || die "not a UUID: '$id'"
     done
-    [[ -z $FIND_LINKS || -d $FIND_LINKS ]] || die "--find-links: no such folder: $FIND_LINKS"
+    [[ -z $FIND_LINKS || -d $FIND_LINKS ]] || die "--find-links: no such folder: $FIND_LINKS. $(wheelhouse_hint)"
+    [[ -z $FIND_LINKS ]] || FIND_LINKS=$(cd "$FIND_LINKS" && pwd)
+    if [[ -n $ID_MAPPING ]]; then
+        [[ -f $ID_MAPPING ]] || die "--identity-mapping: no such file: $ID_MAPPING"
+        ID_MAPPING=$(cd "$(dirname "$ID_MAPPING")" && pwd)/$(basename "$ID_MAPPING")
+    fi
     [[ -z $STAGE || ! -e $STAGE ]] || die "--stage $STAGE already exists; name a new folder"
+    [[ -z $STAGE || $STAGE == /* ]] || STAGE=$PWD/$STAGE
+    check_account
     # The endpoint reads GLOBUS_COMPUTE_USER_DIR instead of ~/.globus_compute;
     # the configure command writes under ~/.globus_compute only.
     if [[ -n ${GLOBUS_COMPUTE_USER_DIR:-} && $GLOBUS_COMPUTE_USER_DIR != "$HOME/.globus_compute" ]]; then
         die "GLOBUS_COMPUTE_USER_DIR is set to $GLOBUS_COMPUTE_USER_DIR; unset it (configuration goes to $HOME/.globus_compute)"
     fi
     ENDPOINT_DIR=$HOME/.globus_compute/$NAME
+}
+
+# What a wheelhouse (--find-links) must hold, and how to make one.
+wheelhouse_hint() {
+    printf '%s' "The folder must hold wheels of mhd-focus and of all its dependencies (with --cuda 12: cupy-cuda12x)" \
+        " for this host's Python ($("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo "$PYTHON")" \
+        " and platform; make it on a machine with an index: pip wheel --wheel-dir wheelhouse '.[gpu]' from a clone" \
+        " of this repository, then copy it here (deploy/README.md, 'No internet'); or use --index-url."
+}
+
+# Run as root, the endpoint is a multi-user endpoint: refuse early, before
+# installing anything, unless it gets what that needs.
+check_account() {
+    local extra=" ${CONFIGURE_EXTRA[*]-} "
+    if (($(id -u) == 0)) && [[ $extra != *" --single-user "* ]] && [[ -z $EMAIL || -z $ID_MAPPING ]]; then
+        die "run as root, the endpoint runs tasks as the local accounts that Globus identities map to and needs --email ADDRESS and --identity-mapping FILE (docs/admin.md, 'Run as root'); or run this script as the non-root account that will run the endpoint (recommended): sudo -u mhd -H $0 ..."
+    fi
 }
 
 # The pip requirement: SOURCE with the CuPy extra (a path keeps its form).
@@ -180,15 +220,23 @@ make_env() {
 
 install_package() {
     local args=(install --quiet --disable-pip-version-check)
-    if [[ -n $INDEX_URL ]]; then
-        args+=(--index-url "$INDEX_URL")
-    elif [[ -n $FIND_LINKS ]]; then
-        args+=(--no-index)
-    fi
-    [[ -z $FIND_LINKS ]] || args+=(--find-links "$FIND_LINKS")
+    mapfile -t -O "${#args[@]}" args < <(pip_sources)
     say "installing $(requirement) into $ENV_DIR"
-    run "$ENV_DIR/bin/python" -m pip "${args[@]}" "$(requirement)"
-    run "$ENV_DIR/bin/python" -c 'import mhd, mhd.endpoint, mhd.functions.remote; print("mhd-focus", mhd.__version__)'
+    if ! run "$ENV_DIR/bin/python" -m pip "${args[@]}" "$(requirement)"; then
+        [[ -z $FIND_LINKS ]] || die "pip could not install $(requirement) from --find-links $FIND_LINKS. $(wheelhouse_hint)"
+        die "pip could not install $(requirement) (messages above)"
+    fi
+    run "$ENV_DIR/bin/python" -I -c 'import mhd, mhd.endpoint, mhd.functions.remote; print("mhd-focus", mhd.__version__)'
+}
+
+# The pip options that name where packages come from.
+pip_sources() {
+    if [[ -n $INDEX_URL ]]; then
+        printf '%s\n' --index-url "$INDEX_URL"
+    elif [[ -n $FIND_LINKS ]]; then
+        printf '%s\n' --no-index
+    fi
+    [[ -z $FIND_LINKS ]] || printf '%s\n' --find-links "$FIND_LINKS"
 }
 
 # Warn when CuPy sees fewer GPUs than --gpus (a real run only).
@@ -207,42 +255,66 @@ check_gpus() {
 
 # The Python that renders the configuration: the environment's (a real run
 # has just checked it imports mhd), or in a dry run, --python if the
-# environment does not have mhd-focus yet but --python does.
+# environment does not have mhd-focus yet but --python does; else none.
 render_python() {
     if ((!DRY_RUN)); then
         printf '%s\n' "$ENV_DIR/bin/python"
-    elif [[ -x $ENV_DIR/bin/python ]] && "$ENV_DIR/bin/python" -c 'import mhd.endpoint' 2>/dev/null; then
+    elif [[ -x $ENV_DIR/bin/python ]] && "$ENV_DIR/bin/python" -I -c 'import mhd.endpoint' 2>/dev/null; then
         printf '%s\n' "$ENV_DIR/bin/python"
-    elif "$PYTHON" -c 'import mhd.endpoint' 2>/dev/null; then
+    elif "$PYTHON" -I -c 'import mhd.endpoint' 2>/dev/null; then
         printf '%s\n' "$PYTHON"
     fi
+}
+
+# A dry run on a host without mhd-focus: install it (without the CuPy extra)
+# from the same sources into a temporary environment under the staging
+# folder, only to render the configuration; removed at exit. Sets RENDER_PYTHON.
+render_env() {
+    local tmp=$STAGE/render-venv base=$SOURCE
+    say "dry run: mhd-focus is not installed yet; installing it into the temporary environment $tmp to render the configuration (removed afterwards)"
+    if [[ -e $base ]]; then
+        base=$(cd "$(dirname "$base")" && pwd)/$(basename "$base")
+    fi
+    local args=(install --quiet --disable-pip-version-check)
+    mapfile -t -O "${#args[@]}" args < <(pip_sources)
+    trap 'rm -rf -- "$STAGE/render-venv"' EXIT
+    printf '+ %q -m venv %q && %q -m pip' "$PYTHON" "$tmp" "$tmp/bin/python"
+    printf ' %q' "${args[@]}" "$base"
+    printf '\n'
+    if ! "$PYTHON" -m venv "$tmp" || ! "$tmp/bin/python" -m pip "${args[@]}" "$base"; then
+        local where="pip's configured index"
+        [[ -z $INDEX_URL ]] || where="--index-url $INDEX_URL"
+        [[ -z $FIND_LINKS ]] || where="--find-links $FIND_LINKS"
+        die "cannot render the configuration in a dry run: mhd-focus is installed neither in $ENV_DIR nor for $PYTHON, and pip could not install $base from $where into a temporary environment. $(wheelhouse_hint)"
+    fi
+    RENDER_PYTHON=$tmp/bin/python
 }
 
 endpoint_uuid() {
     if [[ -n $ENDPOINT_ID ]]; then
         printf '%s\n' "$ENDPOINT_ID"
     elif [[ -f $ENDPOINT_DIR/endpoint.json ]]; then
-        "$1" -c 'import json, sys; print(json.load(open(sys.argv[1]))["endpoint_id"])' "$ENDPOINT_DIR/endpoint.json"
+        "$1" -I -c 'import json, sys; print(json.load(open(sys.argv[1]))["endpoint_id"])' "$ENDPOINT_DIR/endpoint.json"
     fi
 }
 
 # Fill FUNCTION_IDS: --function-id, a new registration, or the stored one.
 resolve_function() {
-    local py=$1 endpoint out stored
+    local python=$1 endpoint out stored
     ((${#FUNCTION_IDS[@]} == 0)) || return 0
     if ((REGISTER)); then
-        endpoint=$(endpoint_uuid "$py")
+        endpoint=$(endpoint_uuid "$python")
         [[ -n $endpoint ]] || die "--register needs the endpoint's UUID: start it once (globus-compute-endpoint start $NAME) or pass --endpoint UUID"
         say "registering score_tiles for endpoint $endpoint"
         run "$ENV_DIR/bin/client" register --endpoint "$endpoint"
         ((DRY_RUN)) && return 0
         out=$("$ENV_DIR/bin/client" config --json)
-        stored=$(printf '%s' "$out" | "$py" -c 'import json, sys; print(json.load(sys.stdin)["function"]["value"] or "")')
+        stored=$(printf '%s' "$out" | "$python" -I -c 'import json, sys; print(json.load(sys.stdin)["function"]["value"] or "")')
         [[ $stored =~ $UUID_RE ]] || die "client register stored no function UUID"
         FUNCTION_IDS=("$stored")
     elif [[ -x $ENV_DIR/bin/client ]]; then
         out=$("$ENV_DIR/bin/client" config --json) || die "client config failed"
-        stored=$(printf '%s' "$out" | "$py" -c 'import json, sys; print(json.load(sys.stdin)["function"]["value"] or "")')
+        stored=$(printf '%s' "$out" | "$python" -I -c 'import json, sys; print(json.load(sys.stdin)["function"]["value"] or "")')
         [[ -z $stored ]] || FUNCTION_IDS=("$stored")
     fi
 }
@@ -250,6 +322,8 @@ resolve_function() {
 configure_args() {
     CONF_ARGS=(--gpus "$GPUS" --env "$ENV_DIR" --name "$NAME")
     [[ -z $DATA_ROOT ]] || CONF_ARGS+=(--data-root "$DATA_ROOT")
+    [[ -z $EMAIL ]] || CONF_ARGS+=(--email "$EMAIL")
+    [[ -z $ID_MAPPING ]] || CONF_ARGS+=(--identity-mapping "$ID_MAPPING")
     local id
     for id in "${FUNCTION_IDS[@]}"; do
         CONF_ARGS+=(--function-id "$id")
@@ -284,29 +358,25 @@ compare_staged() {
 }
 
 configure_endpoint() {
-    local py=$1 staged status
+    local python=$1 staged status
     configure_args
-    if [[ -z $STAGE ]]; then
-        STAGE=$(mktemp -d "${TMPDIR:-/tmp}/mhd-endpoint-stage.XXXXXX")
-        ((DRY_RUN)) || trap 'rm -rf -- "$STAGE"' EXIT
-    fi
     say "rendering and checking the configuration in $STAGE/.globus_compute/$NAME"
-    printf '+ %q -m mhd.endpoint configure --home %q' "$py" "$STAGE"
+    printf '+ %q -I -m mhd.endpoint configure --home %q' "$python" "$STAGE"
     printf ' %q' "${CONF_ARGS[@]}"
     printf '\n'
-    "$py" -m mhd.endpoint configure --home "$STAGE" "${CONF_ARGS[@]}" >/dev/null
+    "$python" -I -m mhd.endpoint configure --home "$STAGE" "${CONF_ARGS[@]}" >/dev/null
     staged=$STAGE/.globus_compute/$NAME
     status=$(compare_staged "$staged")
     case $status in
         same) say "configuration in $ENDPOINT_DIR is up to date" ;;
         new)
             say "installing the configuration into $ENDPOINT_DIR"
-            run "$ENV_DIR/bin/python" -m mhd.endpoint configure "${CONF_ARGS[@]}"
+            run "$ENV_DIR/bin/python" -I -m mhd.endpoint configure "${CONF_ARGS[@]}"
             ;;
         differs)
             if ((FORCE)); then
                 say "replacing the configuration in $ENDPOINT_DIR"
-                run "$ENV_DIR/bin/python" -m mhd.endpoint configure --force "${CONF_ARGS[@]}"
+                run "$ENV_DIR/bin/python" -I -m mhd.endpoint configure --force "${CONF_ARGS[@]}"
             elif ((DRY_RUN)); then
                 say "$ENDPOINT_DIR differs (diff above): a real run stops here unless --force"
             else
@@ -314,6 +384,17 @@ configure_endpoint() {
             fi
             ;;
     esac
+}
+
+# This documentation where the systemd unit's Documentation= points.
+install_docs() {
+    local doc=$ENV_DIR/share/doc/mhd-focus clone
+    clone=$(cd "$SCRIPT_DIR/.." && pwd)
+    [[ -f $clone/deploy/README.md && -f $clone/docs/admin.md ]] || return 0
+    say "installing the documentation into $doc"
+    run install -d "$doc"
+    run install -m 0644 "$clone/docs/admin.md" "$clone/docs/troubleshooting.md" "$doc/"
+    run install -m 0644 "$clone/deploy/README.md" "$doc/deploy-README.md"
 }
 
 summary() {
@@ -335,14 +416,18 @@ main() {
     if ((DRY_RUN)); then
         say "dry run: printing the steps, installing nothing"
     fi
+    if [[ -z $STAGE ]]; then
+        STAGE=$(mktemp -d "${TMPDIR:-/tmp}/mhd-endpoint-stage.XXXXXX")
+        ((DRY_RUN)) || trap 'rm -rf -- "$STAGE"' EXIT
+    fi
     make_env
     install_package
     check_gpus
-    local py
-    py=$(render_python)
-    [[ -n $py ]] || die "cannot render the configuration in a dry run: neither $ENV_DIR/bin/python nor $PYTHON can import mhd-focus"
-    resolve_function "$py"
-    configure_endpoint "$py"
+    RENDER_PYTHON=$(render_python)
+    [[ -n $RENDER_PYTHON ]] || render_env
+    resolve_function "$RENDER_PYTHON"
+    configure_endpoint "$RENDER_PYTHON"
+    install_docs
     summary
 }
 

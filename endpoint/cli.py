@@ -6,21 +6,36 @@ adds it to the client's command group.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
-from .configure import LIMIT_VARS, PROVIDERS, EndpointSpec, install_endpoint, render_endpoint
+from .configure import LIMIT_VARS, PROVIDERS, EndpointSpec, install_endpoint, render_endpoint, start_command
 
 __all__ = ["configure", "main"]
 
 
-def _spec(options: dict) -> EndpointSpec:
+_ROOT_HINT = (
+    "\nThis command runs as root, so it writes the layout for an endpoint run as root (--multi-user)."
+    "\nEither give --email ADDRESS --identity-mapping FILE (see docs/admin.md, 'Run as root'),"
+    "\nor (recommended) run it as the non-root account that will run the endpoint, e.g."
+    "\n  sudo -u mhd -H /opt/mhd/venv/bin/python -m mhd.endpoint configure ..."
+    "\n(--single-user forces the service-account layout)."
+)
+
+
+def _spec(options: dict, *, chosen: bool) -> EndpointSpec:
     limits = {var: options.pop(var.lower().removeprefix("mhd_")) for var in LIMIT_VARS}
     options["limits"] = {k: v for k, v in limits.items() if v is not None}
     options["function_ids"] = tuple(options.pop("function_id"))
+    if options["identity_mapping"] is not None:
+        options["identity_mapping"] = str(Path(options["identity_mapping"]).resolve())
     try:
         return EndpointSpec(**options)
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+        hint = _ROOT_HINT if options["multi_user"] and not chosen else ""
+        raise click.ClickException(f"{exc}{hint}") from exc
 
 
 @click.command("configure")
@@ -30,7 +45,13 @@ def _spec(options: dict) -> EndpointSpec:
 @click.option("--function-id", multiple=True, metavar="UUID", help="Registered score_tiles UUID for allowed_functions (repeatable).")
 @click.option("--data-root", default=None, help="Workers' MHD_DATA_ROOT: folder that tile paths are relative to.")
 @click.option("--provider", type=click.Choice(PROVIDERS), default="local", show_default=True, help="Local GPUs, or GPU nodes from Slurm / PBS Pro.")
-@click.option("--multi-user", is_flag=True, help="Template-capable endpoint: manager config + per-user template + schema.")
+@click.option(
+    "--multi-user/--single-user",
+    default=None,
+    help="Layout for an endpoint run as root (identity mapping, --email) / as a non-root service account. [default: --multi-user when run as root, like globus-compute-endpoint configure]",
+)
+@click.option("--email", default=None, help="Contact e-mail address shown to users (required with --multi-user).")
+@click.option("--identity-mapping", type=click.Path(exists=True, dir_okay=False), default=None, help="With --multi-user: identity mapping JSON (Globus identities -> local accounts).")
 @click.option("--partition", default=None, help="Slurm partition / PBS Pro queue.")
 @click.option("--account", default=None, help="Scheduler account.")
 @click.option("--walltime", default="04:00:00", show_default=True, help="Scheduler wall time of one node (HH:MM:SS).")
@@ -41,15 +62,19 @@ def _spec(options: dict) -> EndpointSpec:
 @click.option("--max-pixels", type=click.IntRange(1), default=None, help="Workers' MHD_MAX_PIXELS.")
 @click.option("--max-inline-bytes", type=click.IntRange(1), default=None, help="Workers' MHD_MAX_INLINE_BYTES.")
 @click.option("--max-tiles", type=click.IntRange(1), default=None, help="Workers' MHD_MAX_TILES.")
-@click.option("--home", type=click.Path(file_okay=False), default=None, help="Folder holding .globus_compute (default: your home).")
+@click.option("--home", type=click.Path(file_okay=False), default=None, help="Folder holding .globus_compute (default: your home); the printed start command says how the endpoint finds it.")
 @click.option("--force", is_flag=True, help="Overwrite an existing configuration.")
 @click.option("--dry-run", is_flag=True, help="Print the files instead of writing them.")
 def configure(home: str | None, force: bool, dry_run: bool, **options) -> None:
     """Write the Globus Compute endpoint configuration for MHD scoring.
 
-    One GlobusComputeEngine worker per GPU, workers activating ENV, only the
-    registered score_tiles function allowed, nothing installed from the
-    internet. Files are checked with the endpoint's own loader first; an
+    The layout globus-compute-endpoint 4.x starts: config.yaml (no engine;
+    allowed_functions), user_config_template.yaml.j2 (one GlobusComputeEngine
+    worker per GPU, workers activating ENV, only JSON arguments, nothing
+    installed from the internet), user_config_schema.json (no user options)
+    and user_environment.yaml. Run it as the non-root account that will run
+    the endpoint (recommended); as root, --email and --identity-mapping are
+    required. Files are checked with the endpoint's own loader first; an
     existing configuration is kept unless --force.
 
     Example:
@@ -57,9 +82,13 @@ def configure(home: str | None, force: bool, dry_run: bool, **options) -> None:
     \b
         python -m mhd.endpoint configure --gpus 8 --env /opt/mhd/venv \\
             --data-root /data/mhd --function-id 4b116d3c-1703-4f8f-9f6f-39921e5864df
-        globus-compute-endpoint start mhd-gpu
+        /opt/mhd/venv/bin/globus-compute-endpoint start mhd-gpu
     """
-    spec = _spec(options)
+    as_root = os.geteuid() == 0
+    chosen = options["multi_user"] is not None
+    if not chosen:
+        options["multi_user"] = as_root
+    spec = _spec(options, chosen=chosen)
     if dry_run:
         for name, text in render_endpoint(spec).items():
             click.echo(f"# ---- {name}\n{text}")
@@ -71,7 +100,9 @@ def configure(home: str | None, force: bool, dry_run: bool, **options) -> None:
     click.echo(f"Wrote {directory}")
     if not spec.function_ids:
         click.echo("Warning: no --function-id, so allowed_functions is unset and any function may run.", err=True)
-    click.echo(f"Start it with:  globus-compute-endpoint start {spec.name}")
+    if as_root and not spec.multi_user:
+        click.echo("Note: this layout is for a non-root service account: start the endpoint as that account, not as root.", err=True)
+    click.echo(f"Start it with:  {start_command(spec, home)}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,23 +1,36 @@
 """Render and install the ``mhd-gpu`` Globus Compute endpoint configuration.
 
+globus-compute-endpoint 4.x always starts a *template-capable* endpoint: a
+manager process whose ``config.yaml`` has no ``engine``, and which starts a
+user endpoint process from ``user_config_template.yaml.j2`` when tasks arrive.
+``configure`` writes that layout, in one of two forms:
+
+* **service account** (recommended): the endpoint runs as a non-root account
+  (``mhd``); tasks run as that account, for the Globus identity that logged in.
+* **root** (``--multi-user``): the endpoint runs as root with a contact
+  ``email`` and an identity mapping (``identity_mapping_config_path``); each
+  task runs as the local account its sender's Globus identity maps to.
+
 An administrator on the GPU host (the project installed in ``--env``) runs::
 
     python -m mhd.endpoint configure --gpus 8 --env /opt/mhd/venv \\
         --data-root /data/mhd --function-id <UUID>
-    globus-compute-endpoint start mhd-gpu
+    /opt/mhd/venv/bin/globus-compute-endpoint start mhd-gpu
 
-which writes ``~/.globus_compute/mhd-gpu/config.yaml`` (a single-user endpoint
-with a ``GlobusComputeEngine``, one worker per GPU). ``--multi-user`` writes a
-template-capable endpoint instead: ``config.yaml`` (the manager, with
-``allowed_functions``), ``user_config_template.yaml.j2`` (the per-user engine,
-installing nothing from the internet) and ``user_config_schema.json`` (which
-accepts no user options). ``--provider slurm|pbspro`` requests GPU nodes from a
-batch scheduler instead of using the local GPUs.
+which writes ``~/.globus_compute/mhd-gpu/``: ``config.yaml`` (the manager:
+``allowed_functions``, and for root ``email`` and the identity mapping),
+``user_config_template.yaml.j2`` (the engine: one worker per GPU, the allowed
+serializers, ``worker_init``, limits; installs nothing from the internet),
+``user_config_schema.json`` (accepts no user options) and
+``user_environment.yaml`` (``PATH`` with the environment's ``bin/`` first).
+``--provider slurm|pbspro`` requests GPU nodes from a batch scheduler instead
+of using the local GPUs.
 
-Every file is validated with the endpoint's own loader (``get_config`` /
-``load_config_yaml``) and, for the template, its own renderer
-(``render_config_user_template`` + the schema), in a scratch folder, before
-anything is written.
+Every file is validated in a scratch folder before anything is written: the
+manager with the endpoint's own loader (``get_config``) and the checks that
+``globus-compute-endpoint start`` makes before it logs in, the template with the
+endpoint's own renderer (``render_config_user_template`` + the schema) and
+loader, the identity mapping with the endpoint's own mapper.
 """
 
 from __future__ import annotations
@@ -33,13 +46,16 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["EndpointSpec", "render_endpoint", "install_endpoint", "validate_dir", "endpoint_dir", "PROVIDERS", "LIMIT_VARS"]
+__all__ = ["EndpointSpec", "render_endpoint", "install_endpoint", "validate_dir", "endpoint_dir", "start_command", "PROVIDERS", "LIMIT_VARS"]
 
 PROVIDERS = ("local", "slurm", "pbspro")
 #: Worker limits that may be set (see :mod:`mhd.functions.settings`).
 LIMIT_VARS = ("MHD_MAX_PIXELS", "MHD_MAX_INLINE_BYTES", "MHD_MAX_TILES")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f{}%#]")
+_EMAIL = re.compile(r"^[^@\s{}%#]+@[^@\s{}%#]+\.[^@\s{}%#]+$")
+#: What the files of a configured endpoint folder are.
+FILES = ("config.yaml", "user_config_template.yaml.j2", "user_config_schema.json", "user_environment.yaml")
 
 
 @dataclass(frozen=True)
@@ -65,7 +81,11 @@ class EndpointSpec:
     provider : {"local", "slurm", "pbspro"}
         Local GPUs, or GPU nodes from Slurm / PBS Pro.
     multi_user : bool
-        Template-capable endpoint (manager + per-user template) instead of a single config.
+        The root layout: the endpoint runs as root, maps each sender's Globus
+        identity to a local account (``identity_mapping``) and runs the
+        task as that account; needs ``email`` and ``identity_mapping``.
+        False (default): the endpoint runs as a non-root service account and
+        tasks run as that account.
     retries : int
         ``max_retries_on_system_failure``.
     idle_minutes : int
@@ -81,7 +101,11 @@ class EndpointSpec:
     cpus_per_node : int
         PBS Pro ``ncpus`` per node.
     identity_mapping : str or None
-        Multi-user endpoints run as root: path of the identity mapping JSON.
+        Root layout only: absolute path of the identity mapping JSON
+        (``identity_mapping_config_path``: Globus identities to local accounts).
+    email : str or None
+        Contact address shown to users (``email``); required by
+        globus-compute-endpoint for an endpoint run as root.
     """
 
     gpus: int
@@ -101,10 +125,12 @@ class EndpointSpec:
     gpu_type: str | None = None
     cpus_per_node: int = 32
     identity_mapping: str | None = None
+    email: str | None = None
 
     def __post_init__(self) -> None:
         self._check_numbers()
         self._check_text()
+        self._check_layout()
         object.__setattr__(self, "function_ids", tuple(str(uuid.UUID(str(f))) for f in self.function_ids))
 
     def _check_numbers(self) -> None:
@@ -134,6 +160,20 @@ class EndpointSpec:
                 raise ValueError(f"{label} {value!r}: use letters, digits, '.', '_', '@' or '-'")
         if not re.fullmatch(r"\d{1,3}:[0-5]\d:[0-5]\d", self.walltime):
             raise ValueError(f"walltime must be HH:MM:SS, got {self.walltime!r}")
+        if self.email is not None and not _EMAIL.match(self.email):
+            raise ValueError(f"email {self.email!r} is not an e-mail address")
+
+    def _check_layout(self) -> None:
+        if self.multi_user:
+            missing = [what for what, value in (("a contact email (--email)", self.email), ("an identity mapping file (--identity-mapping)", self.identity_mapping)) if not value]
+            if missing:
+                raise ValueError(
+                    "an endpoint run as root (--multi-user) needs " + " and ".join(missing)
+                    + ": globus-compute-endpoint refuses to start a root endpoint without an email, and without an identity mapping"
+                    " tasks would run as root; or run the endpoint as a non-root service account (--single-user, recommended)"
+                )
+        elif self.identity_mapping:
+            raise ValueError("an identity mapping (--identity-mapping) applies only to an endpoint run as root (--multi-user)")
 
     @property
     def display_name(self) -> str:
@@ -151,6 +191,16 @@ class EndpointSpec:
         lines += [f"export {key}={int(value)}" for key, value in sorted(self.limits.items())]
         return lines
 
+    @property
+    def path(self) -> str:
+        """``PATH`` of the user endpoint process: the environment's ``bin/`` first.
+
+        Workers are started by name (``globus-compute-endpoint``,
+        ``process_worker_pool.py``); an endpoint run as root clears its
+        environment before it starts a user's endpoint process.
+        """
+        return os.pathsep.join([os.path.join(self.env, "bin"), "/usr/local/bin", "/usr/bin", "/bin"])
+
 
 def _environment():
     import jinja2
@@ -167,64 +217,94 @@ def render_endpoint(spec: EndpointSpec) -> dict[str, str]:
     Returns
     -------
     dict of str to str
-        File name (in the endpoint folder) to content: ``config.yaml``, plus
-        ``user_config_template.yaml.j2`` and ``user_config_schema.json`` for a
-        multi-user endpoint.
+        File name (in the endpoint folder) to content, for each of
+        :data:`FILES`: ``config.yaml`` (the manager, no ``engine``),
+        ``user_config_template.yaml.j2`` (the engine), ``user_config_schema.json``
+        and ``user_environment.yaml``.
     """
     env = _environment()
 
     def render(template: str) -> str:
         return env.get_template(template).render(spec=spec).strip() + "\n"
 
-    if not spec.multi_user:
-        return {"config.yaml": render("config.yaml.j2")}
     return {
         "config.yaml": render("manager_config.yaml.j2"),
         "user_config_template.yaml.j2": render("user_config_template.yaml.j2"),
         "user_config_schema.json": (resources.files("mhd.endpoint") / "templates" / "user_config_schema.json").read_text(),
+        "user_environment.yaml": render("user_environment.yaml.j2"),
     }
 
 
 def validate_dir(directory: str | os.PathLike) -> list:
-    """Load an endpoint folder the way the endpoint does.
+    """Load an endpoint folder the way ``globus-compute-endpoint`` does.
 
-    ``config.yaml`` through ``get_config``; a ``user_config_template.yaml.j2``
+    ``config.yaml`` through ``get_config``, with the checks ``start`` makes
+    before it logs in (no ``engine``; an ``email`` when it names an identity
+    mapping, i.e. is meant to run as root); the identity mapping file through
+    the endpoint's ``PosixIdentityMapper``; ``user_config_template.yaml.j2``
     through ``load_user_config_template`` and ``render_config_user_template``
-    with the folder's ``user_config_schema.json`` and no user options (as
-    for a user who passes none), then ``load_config_yaml``.
+    with the folder's ``user_config_schema.json`` and no user options (as for a
+    user who passes none), then ``load_config_yaml``, which must give an
+    engine; ``user_environment.yaml`` must be a mapping of names to values.
 
     Returns
     -------
     list
-        The loaded configs (``UserEndpointConfig`` / ``CoreEndpointConfig``),
-        their engines shut down.
+        ``[manager, user]``: the loaded ``CoreEndpointConfig`` and
+        ``UserEndpointConfig``, the latter's engine shut down.
 
     Raises
     ------
     ValueError
-        Naming the file that the endpoint could not load.
+        Naming the file that the endpoint could not load, or the check it fails.
     """
-    from globus_compute_endpoint.endpoint.config import utils
+    import yaml
+    from globus_compute_endpoint.endpoint.config import CoreEndpointConfig, UserEndpointConfig, utils
     from globus_compute_endpoint.endpoint.identity_mapper import MappedPosixIdentity
 
     directory = Path(directory)
-    loaded = [_checked("config.yaml", lambda: utils.get_config(directory))]
+    manager = _checked("config.yaml", lambda: utils.get_config(directory))
+    if not isinstance(manager, CoreEndpointConfig):
+        raise ValueError("config.yaml has an `engine` block: globus-compute-endpoint 4.x will not start it (the engine belongs in user_config_template.yaml.j2)")
+    if manager.identity_mapping_config_path is not None:
+        if not manager.email:
+            raise ValueError("config.yaml names an identity mapping (an endpoint run as root) but no `email`: globus-compute-endpoint will not start it")
+        _check_identity_mapping(manager.identity_mapping_config_path)
     template = directory / "user_config_template.yaml.j2"
-    if template.exists():
-        identity = MappedPosixIdentity(pwd.getpwuid(os.getuid()), [], uuid.UUID(int=0))
-        text = _checked(
-            template.name,
-            lambda: utils.render_config_user_template(
-                parent_config=loaded[0],
-                user_config_template=utils.load_user_config_template(template),
-                user_config_template_path=template,
-                mapped_identity=identity,
-                user_config_schema=utils.load_user_config_schema(directory / "user_config_schema.json"),
-                user_opts={},
-            ),
+    identity = MappedPosixIdentity(pwd.getpwuid(os.getuid()), [], uuid.UUID(int=0))
+    text = _checked(
+        template.name,
+        lambda: utils.render_config_user_template(
+            parent_config=manager,
+            user_config_template=utils.load_user_config_template(template),
+            user_config_template_path=template,
+            mapped_identity=identity,
+            user_config_schema=utils.load_user_config_schema(directory / "user_config_schema.json"),
+            user_opts={},
+        ),
+    )
+    user = _checked(f"{template.name} (rendered)", lambda: utils.load_config_yaml(text))
+    if not isinstance(user, UserEndpointConfig):
+        raise ValueError(f"{template.name} has no `engine` block: the user endpoint process will not start")
+    environment = yaml.safe_load((directory / "user_environment.yaml").read_text())
+    if not isinstance(environment, dict) or "PATH" not in environment:
+        raise ValueError("user_environment.yaml must be a mapping that sets PATH")
+    return [manager, user]
+
+
+def _check_identity_mapping(path: Path) -> None:
+    from globus_compute_endpoint.endpoint.identity_mapper import PosixIdentityMapper
+
+    try:
+        mapper = PosixIdentityMapper(path, "mhd-configure-check")
+    except Exception as exc:
+        raise ValueError(f"identity mapping {path} does not load with the endpoint's own mapper: ({type(exc).__name__}) {exc}") from exc
+    mapper.stop_watching()
+    if not mapper.identity_mappings:
+        raise ValueError(
+            f"identity mapping {path} does not load with the endpoint's own mapper: it holds no mapping the endpoint knows"
+            " (a list of objects with a DATA_TYPE such as expression_identity_mapping#1.0.0), so no task could run"
         )
-        loaded.append(_checked(f"{template.name} (rendered)", lambda: utils.load_config_yaml(text)))
-    return loaded
 
 
 def _checked(label: str, load):
@@ -251,6 +331,18 @@ def endpoint_dir(name: str, home: str | os.PathLike | None = None) -> Path:
     return Path(home or Path.home()) / ".globus_compute" / name
 
 
+def start_command(spec: EndpointSpec, home: str | os.PathLike | None = None) -> str:
+    """The shell command that starts the endpoint that :func:`install_endpoint` wrote.
+
+    With a ``home`` other than the caller's, the endpoint must be told where
+    the configuration is (``GLOBUS_COMPUTE_USER_DIR``).
+    """
+    command = f"{shlex.quote(os.path.join(spec.env, 'bin', 'globus-compute-endpoint'))} start {spec.name}"
+    if home is not None and Path(home).resolve() != Path.home().resolve():
+        command = f"GLOBUS_COMPUTE_USER_DIR={shlex.quote(str(Path(home).resolve() / '.globus_compute'))} {command}"
+    return command
+
+
 def install_endpoint(spec: EndpointSpec, *, home: str | os.PathLike | None = None, force: bool = False) -> Path:
     """Render, validate and write the endpoint folder.
 
@@ -258,7 +350,8 @@ def install_endpoint(spec: EndpointSpec, *, home: str | os.PathLike | None = Non
     ----------
     spec : EndpointSpec
     home : path, optional
-        Folder holding ``.globus_compute`` (default: the user's home).
+        Folder holding ``.globus_compute`` (default: the user's home); see
+        :func:`start_command` for how the endpoint then finds it.
     force : bool
         Overwrite existing files; without it an existing configuration is refused.
 
@@ -272,7 +365,7 @@ def install_endpoint(spec: EndpointSpec, *, home: str | os.PathLike | None = Non
     FileExistsError
         When a file would be overwritten and ``force`` is false.
     ValueError
-        When the endpoint's loader rejects a rendered file.
+        When the endpoint's loader, or a check of ``start``, rejects a rendered file.
     """
     directory = endpoint_dir(spec.name, home)
     files = render_endpoint(spec)

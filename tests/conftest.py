@@ -1,9 +1,12 @@
-"""Shared fixtures: the real EM slices, and a PATH that finds the venv's tools."""
+"""Shared fixtures: the real EM slices, a PATH that finds the venv's tools, and a home of the suite's own."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -15,6 +18,17 @@ ISBI_DIR = Path(__file__).parent / "data" / "isbi2012"
 
 # Globus Compute engines start `globus-compute-endpoint` workers by name.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+#: The home directory of whoever runs the tests: nothing may be written there.
+REAL_HOME = Path.home()
+# Set before any test module imports globus-compute or globus-sdk (they create
+# ~/.globus_compute and token stores on first use): the whole suite, and the
+# processes it starts, get a temporary home. Tests that need their own still set HOME.
+SUITE_HOME = Path(tempfile.mkdtemp(prefix="mhd-tests-home-"))
+os.environ["HOME"] = str(SUITE_HOME)
+for _var in ("GLOBUS_COMPUTE_USER_DIR", "MHD_CONFIG", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"):
+    os.environ.pop(_var, None)
+atexit.register(shutil.rmtree, SUITE_HOME, ignore_errors=True)
 
 
 def isbi_paths() -> list[Path]:

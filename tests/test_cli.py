@@ -84,11 +84,12 @@ def test_config_shows_values_and_sources(tmp_path, monkeypatch):
 
 def test_endpoint_configure_writes_validated_config_and_refuses_overwrite(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    args = ["endpoint", "configure", "--gpus", "4", "--env", "/opt/mhd/venv", "--function-id", "2f1c7ed8-6e2e-4b7e-9d0b-0d4b6d1f8a11"]
+    args = ["endpoint", "configure", "--gpus", "4", "--env", "/opt/mhd/venv", "--single-user", "--function-id", "2f1c7ed8-6e2e-4b7e-9d0b-0d4b6d1f8a11"]
     out = run(*args)
     assert out.exit_code == 0, out.output
-    conf = (tmp_path / "home" / ".globus_compute" / "mhd-gpu" / "config.yaml").read_text()
-    assert "2f1c7ed8-6e2e-4b7e-9d0b-0d4b6d1f8a11" in conf and "/opt/mhd/venv" in conf
+    folder = tmp_path / "home" / ".globus_compute" / "mhd-gpu"
+    assert "2f1c7ed8-6e2e-4b7e-9d0b-0d4b6d1f8a11" in (folder / "config.yaml").read_text()
+    assert "source /opt/mhd/venv/bin/activate" in (folder / "user_config_template.yaml.j2").read_text()
     again = run(*args)
     assert again.exit_code == 1 and "--force" in again.output
     assert run(*args, "--force", "--gpus", "8").exit_code == 0
@@ -178,10 +179,11 @@ def test_calibrate_from_csv_and_its_errors(tmp_path):
 def test_endpoint_configure_allows_the_registered_function_by_default(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MHD_FUNCTION", "7d3f2a10-0c1e-4b55-8f0e-1a2b3c4d5e6f")
-    out = run("endpoint", "configure", "--gpus", "2", "--env", "/opt/mhd/venv", "--provider", "slurm", "--partition", "gpu")
+    out = run("endpoint", "configure", "--gpus", "2", "--env", "/opt/mhd/venv", "--single-user", "--provider", "slurm", "--partition", "gpu")
     assert out.exit_code == 0, out.output
-    conf = (tmp_path / "home" / ".globus_compute" / "mhd-gpu" / "config.yaml").read_text()
-    assert "7d3f2a10-0c1e-4b55-8f0e-1a2b3c4d5e6f" in conf and "SlurmProvider" in conf
+    folder = tmp_path / "home" / ".globus_compute" / "mhd-gpu"
+    assert "7d3f2a10-0c1e-4b55-8f0e-1a2b3c4d5e6f" in (folder / "config.yaml").read_text()
+    assert "SlurmProvider" in (folder / "user_config_template.yaml.j2").read_text()
 
 
 def test_login_without_a_terminal_fails_clearly_and_logout_without_tokens_succeeds(monkeypatch):

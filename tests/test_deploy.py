@@ -23,7 +23,7 @@ import pytest
 from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
 from packaging.requirements import Requirement
 
-from mhd.endpoint.configure import EndpointSpec, render_endpoint
+from mhd.endpoint.configure import FILES, EndpointSpec, render_endpoint, validate_dir
 
 try:
     import tomllib
@@ -41,6 +41,9 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 BIN = Path(sys.executable).parent
 FUNCTION = "4b116d3c-1703-4f8f-9f6f-39921e5864df"
 OTHER_FUNCTION = "0f6a3b52-9c1e-4d7a-8b2f-5e4c3d2a1b09"
+#: CI runs the tests as root; admins run the script as the endpoint's non-root
+#: account, whose layout --single-user selects when the script runs as root.
+AS_ROOT = os.geteuid() == 0
 
 
 def _tool(name: str) -> str:
@@ -71,14 +74,19 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=180)
+def _run(args: list[str], env: dict[str, str], cwd: Path | None = None, service_account: bool = True) -> subprocess.CompletedProcess:
+    """Run the script; as root, with ``-- --single-user`` (the service account's layout) unless told otherwise."""
+    args = list(args)
+    if AS_ROOT and service_account and "--help" not in args:
+        args += ["--single-user"] if "--" in args else ["--", "--single-user"]
+    return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=180, cwd=cwd or ROOT.parent)
 
 
 def _load(text: str):
-    """Load a config.yaml text with the endpoint's loader; shut its engine down."""
+    """Load a config text with the endpoint's loader; shut its engine (if any) down."""
     config = load_config_yaml(text)
-    config.engine.shutdown()
+    if getattr(config, "engine", None) is not None:
+        config.engine.shutdown()
     return config
 
 
@@ -150,7 +158,7 @@ def _dry_run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, 
     wheels.mkdir()
     env_dir, stage = tmp_path / "venv", tmp_path / "stage"
     args = ["--gpus", "4", "--env", str(env_dir), "--python", sys.executable, "--find-links", str(wheels), "--stage", str(stage), "--dry-run", *extra]
-    proc = _run(args, _env(home))
+    proc = _run(args, _env(home), service_account="--multi-user" not in extra)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not env_dir.exists(), "a dry run must not create the environment"
     assert not (home / ".globus_compute").exists(), "a dry run must not install a configuration"
@@ -172,11 +180,12 @@ def test_dry_run_installs_nothing_and_stages_a_config_the_endpoint_loads(tmp_pat
     assert pip[-1] == f"{ROOT}[gpu]"
     assert "function " + FUNCTION in out
 
-    assert sorted(p.name for p in staged.iterdir()) == ["config.yaml"]
-    config = _load((staged / "config.yaml").read_text())
+    assert sorted(p.name for p in staged.iterdir()) == sorted(FILES)
+    manager, config = validate_dir(staged)
+    assert "engine" not in (staged / "config.yaml").read_text()
     engine = config.engine
     assert type(engine).__name__ == "GlobusComputeEngine"
-    assert config.allowed_functions == (FUNCTION,)
+    assert manager.allowed_functions == (FUNCTION,)
     assert engine.executor.available_accelerators == ["0", "1", "2", "3"]
     assert engine.executor.max_workers_per_node == 4
     worker_init = engine.executor.provider.worker_init
@@ -202,7 +211,7 @@ def test_dry_run_pip_command_uses_the_extra_and_only_the_named_index(tmp_path, a
 def test_dry_run_passes_scheduler_options_to_configure(tmp_path):
     """Cluster scale-out through the script: the staged Slurm config loads."""
     _, _, staged = _dry_run(tmp_path, "--", "--provider", "slurm", "--partition", "gpu", "--gpu-type", "a100", "--max-blocks", "3")
-    config = _load((staged / "config.yaml").read_text())
+    _, config = validate_dir(staged)
     provider = config.engine.executor.provider
     assert type(provider).__name__ == "SlurmProvider"
     assert provider.partition == "gpu" and provider.max_blocks == 3
@@ -210,39 +219,81 @@ def test_dry_run_passes_scheduler_options_to_configure(tmp_path):
 
 
 def test_dry_run_reports_an_installed_configuration_that_lacks_a_file(tmp_path):
-    """A multi-user endpoint whose user template is missing counts as different, not as installed."""
+    """An endpoint whose user template is missing counts as different, not as installed."""
     home = _home(tmp_path)
     env_dir = tmp_path / "venv"
     installed = home / ".globus_compute" / "mhd-gpu"
     installed.mkdir(parents=True)
-    files = render_endpoint(EndpointSpec(gpus=4, env=str(env_dir), multi_user=True))
+    files = render_endpoint(EndpointSpec(gpus=4, env=str(env_dir)))
     (installed / "config.yaml").write_text(files["config.yaml"])
-    args = ["--gpus", "4", "--env", str(env_dir), "--python", sys.executable, "--stage", str(tmp_path / "stage"), "--dry-run", "--", "--multi-user"]
-    proc = _run(args, _env(home))
+    args = ["--gpus", "4", "--env", str(env_dir), "--python", sys.executable, "--stage", str(tmp_path / "stage"), "--dry-run", "--", "--single-user"]
+    proc = _run(args, _env(home), service_account=False)
     assert proc.returncode == 0, proc.stderr
     assert f"not installed yet: {installed / 'user_config_template.yaml.j2'}" in proc.stderr
     assert "a real run stops here unless --force" in proc.stdout
     assert sorted(p.name for p in installed.iterdir()) == ["config.yaml"]
 
 
-def test_dry_run_without_any_python_that_has_mhd_says_so(tmp_path):
+def test_dry_run_on_a_fresh_host_renders_with_a_temporary_environment_or_says_what_is_missing(tmp_path):
+    """No mhd-focus anywhere: the dry run installs it into a temporary environment, from the named wheelhouse only.
+
+    This wheelhouse is empty (no network in tests), so pip fails, and the
+    message says what the wheelhouse must hold; nothing is left behind.
+    """
     base = Path(sys.base_prefix) / "bin" / "python3"
-    if not base.exists() or subprocess.run([str(base), "-c", "import mhd.endpoint"], capture_output=True).returncode == 0:
+    if not base.exists() or subprocess.run([str(base), "-I", "-c", "import mhd.endpoint"], capture_output=True).returncode == 0:
         pytest.skip("needs a base Python without mhd-focus installed")
-    proc = _run(["--gpus", "1", "--env", str(tmp_path / "venv"), "--python", str(base), "--dry-run"], _env(_home(tmp_path)))
+    wheels, stage = tmp_path / "wheels", tmp_path / "stage"
+    wheels.mkdir()
+    args = ["--gpus", "1", "--env", str(tmp_path / "venv"), "--python", str(base), "--find-links", str(wheels), "--stage", str(stage), "--dry-run"]
+    proc = _run(args, _env(_home(tmp_path)))
     assert proc.returncode == 1
-    assert f"neither {tmp_path / 'venv'}/bin/python nor {base} can import mhd-focus" in proc.stderr
+    assert f"installing it into the temporary environment {stage}/render-venv" in proc.stdout
+    assert f"+ {base} -m venv {stage}/render-venv && {stage}/render-venv/bin/python -m pip install" in proc.stdout
+    assert f"--no-index --find-links {wheels} mhd-focus" in proc.stdout
+    assert f"cannot render the configuration in a dry run: mhd-focus is installed neither in {tmp_path / 'venv'} nor for {base}" in proc.stderr
+    assert "The folder must hold wheels of mhd-focus and of all its dependencies" in proc.stderr and "pip wheel --wheel-dir" in proc.stderr
+    assert not (stage / "render-venv").exists() and not (tmp_path / "venv").exists()
+
+
+def test_a_missing_wheelhouse_is_explained(tmp_path):
+    proc = _run(["--gpus", "2", "--find-links", str(tmp_path / "wheelhouse"), "--dry-run"], _env(_home(tmp_path)))
+    assert proc.returncode == 1
+    assert f"--find-links: no such folder: {tmp_path / 'wheelhouse'}. The folder must hold wheels of mhd-focus and of all its dependencies" in proc.stderr
+    assert "pip wheel --wheel-dir wheelhouse '.[gpu]'" in proc.stderr
+
+
+def test_as_root_it_needs_email_and_identity_mapping_or_the_service_account(tmp_path):
+    """Refused before anything is installed (``id -u`` says 0 here, whoever runs the tests)."""
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "id").write_text("#!/bin/sh\necho 0\n")
+    (fake / "id").chmod(0o755)
+    env = _env(_home(tmp_path))
+    env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
+    proc = _run(["--gpus", "2", "--env", str(tmp_path / "venv"), "--email", "em-admin@example.org"], env, service_account=False)
+    assert proc.returncode == 1 and not (tmp_path / "venv").exists()
+    assert "run as root, the endpoint runs tasks as the local accounts that Globus identities map to and needs --email ADDRESS and --identity-mapping FILE" in proc.stderr
+    assert "sudo -u mhd -H" in proc.stderr
+
+
+def test_dry_run_as_root_with_email_and_identity_mapping_stages_the_root_layout(tmp_path):
+    idmap = tmp_path / "idmap.json"
+    idmap.write_text('[{"DATA_TYPE": "expression_identity_mapping#1.0.0", "mappings": [{"source": "{username}", "match": "(.*)@example\\\\.org", "output": "{0}"}]}]')
+    _, _, staged = _dry_run(tmp_path, "--email", "em-admin@example.org", "--identity-mapping", str(idmap), "--", "--multi-user")
+    manager, _ = validate_dir(staged)
+    assert manager.email == "em-admin@example.org" and manager.identity_mapping_config_path == idmap
 
 
 # --------------------------------------------------------------- real run
 
 
-def _real(tmp_path: Path, home: Path, *extra: str) -> subprocess.CompletedProcess:
-    """Run the script for real against this environment: mhd-focus is installed, pip needs nothing."""
+def _real(tmp_path: Path, home: Path, *extra: str, env_dir: str = sys.prefix, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the script for real against an environment where mhd-focus is installed: pip needs nothing."""
     wheels = tmp_path / "wheels"
     wheels.mkdir(exist_ok=True)
-    args = ["--env", sys.prefix, "--cuda", "none", "--source", "mhd-focus", "--find-links", str(wheels), *extra]
-    return _run(args, _env(home))
+    args = ["--env", env_dir, "--cuda", "none", "--source", "mhd-focus", "--find-links", str(wheels), *extra]
+    return _run(args, _env(home), cwd=cwd)
 
 
 def test_install_is_idempotent_refuses_to_clobber_and_replaces_with_force(tmp_path):
@@ -257,7 +308,10 @@ def test_install_is_idempotent_refuses_to_clobber_and_replaces_with_force(tmp_pa
     assert f"function {FUNCTION}" in first.stdout
     assert config_yaml.stat().st_mode & 0o777 == 0o600
     installed = config_yaml.read_text()
+    template = config_yaml.parent / "user_config_template.yaml.j2"
+    installed_template = template.read_text()
     assert _load(installed).allowed_functions == (FUNCTION,)
+    assert {p.name for p in Path(sys.prefix, "share", "doc", "mhd-focus").iterdir()} >= {"admin.md", "deploy-README.md"}
 
     again = _real(tmp_path, home, "--gpus", "2", "--function-id", FUNCTION)
     assert again.returncode == 0, again.stderr
@@ -268,12 +322,46 @@ def test_install_is_idempotent_refuses_to_clobber_and_replaces_with_force(tmp_pa
     assert changed.returncode == 1
     assert "rerun with --force" in changed.stderr
     assert "-  available_accelerators: 2" in changed.stderr and "+  available_accelerators: 3" in changed.stderr
-    assert config_yaml.read_text() == installed, "a differing configuration must be left alone"
+    assert config_yaml.read_text() == installed and template.read_text() == installed_template, "a differing configuration must be left alone"
 
     forced = _real(tmp_path, home, "--gpus", "3", "--force")
     assert forced.returncode == 0, forced.stderr
-    assert _load(config_yaml.read_text()).engine.executor.max_workers_per_node == 3
+    assert validate_dir(config_yaml.parent)[1].engine.executor.max_workers_per_node == 3
     assert not list(tmp_path.glob("mhd-endpoint-stage.*")), "the staging folder of a real run is removed"
+
+
+def _copy_as_installed(site: Path) -> None:
+    """The package as a wheel installs it (a plain ``mhd/`` folder, no editable finder)."""
+    shutil.copytree(ROOT / "mhd", site / "mhd")
+    for name, folder in PYPROJECT["tool"]["setuptools"]["package-dir"].items():
+        if name != "mhd":
+            shutil.copytree(ROOT / folder, site / name.replace(".", "/"), ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def test_install_works_from_the_clone_root_where_mhd_would_shadow_the_package(tmp_path):
+    """Run from the repository root, as the docs show, with mhd-focus installed non-editable.
+
+    The environment is a venv whose site-packages holds a copy of the package
+    laid out as a wheel installs it, and reaches this environment's
+    dependencies (and pip, which finds mhd-focus installed) through a .pth
+    line. A Python run in the clone's root without ``-I`` imports the
+    repository's top-level ``mhd/`` (only ``__init__.py``) instead.
+    """
+    env_dir = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
+    site = Path(subprocess.run([env_dir / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True).stdout.strip())
+    installed = tmp_path / "installed"
+    _copy_as_installed(installed)
+    deps = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "globus_compute_endpoint").is_dir())
+    (site / "mhd-test.pth").write_text(f"{installed}\n{deps}\n")
+    shadowed = subprocess.run([env_dir / "bin" / "python", "-c", "import mhd.endpoint"], cwd=ROOT, capture_output=True, text=True)
+    assert "No module named 'mhd.endpoint'" in shadowed.stderr, "the set-up must reproduce the shadowing"
+
+    home = _home(tmp_path)
+    proc = _real(tmp_path, home, "--gpus", "1", env_dir=str(env_dir), cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "mhd-focus 0.1.0" in proc.stdout
+    validate_dir(home / ".globus_compute" / "mhd-gpu")
 
 
 def test_register_without_an_endpoint_uuid_says_how_to_get_one(tmp_path):
@@ -312,6 +400,15 @@ def test_systemd_unit_runs_the_endpoint_as_a_service_user_and_restarts_it():
     assert service["Restart"] == "on-failure" and int(service["RestartSec"]) > 0
     assert int(unit["Unit"]["StartLimitBurst"]) >= 1
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_systemd_unit_documentation_is_what_the_script_installs():
+    unit = _unit()
+    env = _script_default_env()
+    docs = unit["Unit"]["Documentation"].split()
+    assert docs == [f"file://{env}/share/doc/mhd-focus/admin.md", f"file://{env}/share/doc/mhd-focus/deploy-README.md"]
+    script = SCRIPT.read_text()
+    assert "doc=$ENV_DIR/share/doc/mhd-focus" in script and '"$clone/docs/admin.md"' in script and '"$doc/deploy-README.md"' in script
 
 
 def test_systemd_unit_verifies(tmp_path):
@@ -437,7 +534,7 @@ def _readme_snippets() -> dict[str, str]:
 @pytest.mark.parametrize("kind, command", [("apptainer", "apptainer run --nv --bind /data/mhd /opt/mhd/mhd-worker.sif "), ("docker", "docker run --gpus all --network host ")])
 def test_readme_container_lines_load_and_wrap_the_worker_command(tmp_path, kind, command):
     snippet = _readme_snippets()[kind]
-    text = render_endpoint(EndpointSpec(gpus=2, env="/opt/mhd/venv", data_root="/data/mhd", function_ids=(FUNCTION,)))["config.yaml"]
+    text = render_endpoint(EndpointSpec(gpus=2, env="/opt/mhd/venv", data_root="/data/mhd", function_ids=(FUNCTION,)))["user_config_template.yaml.j2"]
     anchor = "  type: GlobusComputeEngine\n"
     assert anchor in text
     config = load_config_yaml(text.replace(anchor, anchor + snippet))

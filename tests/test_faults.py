@@ -199,16 +199,14 @@ def test_endpoint_engine_retries_a_task_whose_worker_was_killed(tmp_path):
     Parsl's manager looks for dead workers every ``heartbeat_period`` (30 s by
     default); the test shortens it to 1 s so that it runs in CI time.
     """
-    from globus_compute_endpoint.endpoint.config import utils
-
-    from mhd.endpoint import EndpointSpec, install_endpoint
+    from mhd.endpoint import EndpointSpec, install_endpoint, validate_dir
 
     data = tmp_path / "data"
     data.mkdir()
     (data / "big.png").write_bytes(encode(np.tile(isbi(0), (4, 4)), "PNG"))
     (data / "small.png").write_bytes(encode(isbi(1)[:128, :128], "PNG"))
     directory = install_endpoint(EndpointSpec(gpus=1, env=sys.prefix, data_root=str(data), function_ids=(str(uuid.uuid4()),)), home=tmp_path)
-    engine = utils.get_config(directory).engine
+    engine = validate_dir(directory)[1].engine  # the user endpoint process's engine
     assert engine.max_retries_on_system_failure == 2
     engine.executor.heartbeat_period = 1
     run_dir = tmp_path / "run"

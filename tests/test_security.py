@@ -139,12 +139,17 @@ def test_a_tiff_of_many_tiny_pages_is_refused_from_its_page_count(monkeypatch):
 @pytest.mark.parametrize("multi_user", [False, True])
 def test_the_endpoint_runs_only_the_registered_function(tmp_path, multi_user):
     """The endpoint's interchange decides on the shipped config, loaded by the endpoint's own loader."""
-    directory = install_endpoint(EndpointSpec(gpus=1, env=sys.prefix, function_ids=(FID,), multi_user=multi_user), home=tmp_path)
-    configs = validate_dir(directory)
-    user = configs[-1]
-    if multi_user:  # the manager hands its allowed_functions to each user endpoint it starts
-        assert user.allowed_functions is None
-        user.allowed_functions = configs[0].allowed_functions
+    root = {}
+    if multi_user:
+        idmap = tmp_path / "idmap.json"
+        idmap.write_text('[{"DATA_TYPE": "expression_identity_mapping#1.0.0", "mappings": [{"source": "{username}", "match": "(.*)@example\\\\.org", "output": "{0}"}]}]')
+        root = {"email": "em-admin@example.org", "identity_mapping": str(idmap)}
+    directory = install_endpoint(EndpointSpec(gpus=1, env=sys.prefix, function_ids=(FID,), multi_user=multi_user, **root), home=tmp_path)
+    manager, user = validate_dir(directory)
+    # The manager hands its allowed_functions to each user endpoint process it starts
+    # (globus_compute_endpoint's CoreEndpoint.cmd_start_endpoint -> _start_user_endpoint).
+    assert user.allowed_functions is None
+    user.allowed_functions = manager.allowed_functions
     creds = {"amqp_creds": {"task_queue_info": {}, "result_queue_info": {}, "heartbeat_queue_info": {}}}
     interchange = EndpointInterchange(user, lambda: creds, {}, endpoint_id=str(uuid.uuid4()), endpoint_dir=tmp_path, result_store=ResultStore(tmp_path))
     assert interchange.function_allowed(FID)
