@@ -1,0 +1,91 @@
+"""Focus on real SEM scans (tests/data/sem-kriss, MIT, see its README) and the scan-noise model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import scipy.signal
+
+from mhd.functions import detect, get_backend
+from mhd.functions._noise import level_noise_std, noise_spectrum
+from mhd.functions._scalespace import dog_pairs, scales
+from mhd.functions.simulate import disk_otf, scan_lowpass, sem_scan
+
+KRISS = Path(__file__).parent / "data" / "sem-kriss"
+
+
+def _pairs(folder: str, fast: str, slow: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for f in sorted((KRISS / folder).glob(f"{fast}_*.png")):
+        out.append((iio.imread(f), iio.imread(KRISS / folder / f"{slow}_{f.stem.rsplit('_', 1)[1]}.png")))
+    return out
+
+
+@pytest.fixture(scope="module")
+def kriss():
+    pairs = _pairs("time", "fast_100ns", "slow_30us")[:4] + _pairs("line", "single_line", "integrated_50x")[:4]
+    assert len(pairs) == 8
+    return [(detect(f, backend="numpy"), detect(s, backend="numpy")) for f, s in pairs]
+
+
+def test_real_scan_noise_adds_no_features(kriss):
+    """A fast scan of an in-focus field shows the slow scan's features and no more (noise only hides)."""
+    ratio = np.array([f.count / s.count for f, s in kriss])
+    assert np.median(ratio) <= 1.1 and ratio.max() <= 1.35, ratio.round(2).tolist()
+
+
+def test_blur_of_two_scans_of_one_field_agrees(kriss):
+    ok = [abs(f.blur - s.blur) <= 0.3 + 0.15 * max(f.blur, s.blur) for f, s in kriss]
+    assert np.mean(ok) >= 0.75, [(round(f.blur, 2), round(s.blur, 2)) for f, s in kriss]
+
+
+def test_blurred_slow_scans_have_more_blur_than_every_in_focus_scan(kriss):
+    rng = np.random.default_rng(0)
+    sharp = max(max(f.blur, s.blur) for f, s in kriss)
+    for _, slow in _pairs("time", "fast_100ns", "slow_30us")[:3]:
+        blurred = detect(sem_scan(slow, 2.0, dose=20.0, tau=0.75, rng=rng), backend="numpy")
+        assert blurred.blur > sharp + 0.3
+
+
+@pytest.mark.parametrize("a", [0.0, 0.57, 0.8])
+def test_noise_model_gives_each_levels_noise_response(a):
+    """Rows independent, AR(1) along x: the predicted std of every DoG level matches the measured one within 5 %."""
+    rng = np.random.default_rng(1)
+    e = rng.normal(0, 0.05, (512, 512))
+    n = scipy.signal.lfilter([1 - a], [1, -a], e, axis=1) if a else e
+    t = scales(16, 1.0, 8.0)
+    t0, t1, g = dog_pairs(t)
+    pred = level_noise_std(noise_spectrum(n[None].astype(np.float32), get_backend("numpy")), t0, t1, g)[0]
+    F = np.fft.fft2(n)
+    k2 = (2 * np.pi * np.fft.fftfreq(512))[:, None] ** 2 + (2 * np.pi * np.fft.fftfreq(512))[None] ** 2
+    emp = np.array([np.fft.ifft2(F * gg * (np.exp(-0.5 * k2 * b * b) - np.exp(-0.5 * k2 * aa * aa))).real.std() for aa, b, gg in zip(t0, t1, g)])
+    np.testing.assert_allclose(pred, emp, rtol=0.05)
+
+
+def test_noise_model_does_not_read_in_focus_structure_as_noise():
+    """On a clean slow scan the measured noise is far below what the fast scan of the same field has."""
+    fast, slow = _pairs("time", "fast_100ns", "slow_30us")[0]
+    f, s = detect(fast, backend="numpy"), detect(slow, backend="numpy")
+    assert s.noise < 0.25 * f.noise
+
+
+def test_sem_scan_noise_is_correlated_along_the_line_only():
+    """tau 0.75 dwells: lag-1 autocorrelation ~0.57 along x (the real 100 ns scans: 0.54-0.57), ~0 across rows."""
+    n = scan_lowpass(np.random.default_rng(2).normal(size=(256, 512)), 0.75)
+    n -= n.mean()
+    ax = np.mean(n[:, 1:] * n[:, :-1]) / n.var()
+    ay = np.mean(n[1:] * n[:-1]) / n.var()
+    assert 0.52 < ax < 0.62 and abs(ay) < 0.03
+
+
+def test_disk_otf_is_a_unit_disk():
+    H = disk_otf((64, 64), 3.0)
+    assert H[0, 0] == 1.0
+    psf = np.fft.irfft2(H, s=(64, 64))
+    assert abs(psf.sum() - 1) < 1e-9
+    # second moment per axis of a uniform disk of radius R is R^2 / 4
+    y = np.fft.fftfreq(64, 1 / 64)
+    assert abs((psf * y[None, :] ** 2).sum() - 9 / 4) < 0.15
