@@ -7,6 +7,7 @@ Commands::
     python bench/sem_focus.py section      # a mixed section of fast, slow and blurred slow scans
     python bench/sem_focus.py sim          # ISBI slices through the SEM model: AUC table
     python bench/sem_focus.py sim --slices 10 --doses 2 20   # a quicker table
+    python bench/sem_focus.py astig        # astigmatic vs isotropic disk of equal area, scan noise
 
 Data: ``MHD_KRISS_DIR`` (default ``tests/data/sem-kriss``, a vendored subset;
 ``../shared/data/sem-kriss`` holds all 25 pairs per folder) and
@@ -182,6 +183,34 @@ def cmd_sim(args: argparse.Namespace) -> None:
     print("median blur (px) by dose, in focus (R=0): " + ", ".join(f"{d:g}: {np.nanmedian(b[(radius == 0) & (dose == d)]):.2f}" for d in args.doses))
 
 
+def cmd_astig(args: argparse.Namespace) -> None:
+    """AUC of the astigmatism strength: elliptical disk (axes ``ratio``:1) against the round disk of equal area."""
+    rng = np.random.default_rng(args.seed)
+    files = sorted(ISBI.glob("*.png"))[: args.slices]
+    rows = []
+    for f in files:
+        img = iio.imread(f)
+        for dose in args.doses:
+            for r in args.radii:
+                for astig in (False, True):
+                    q = np.sqrt(args.ratio) if astig else 1.0
+                    scan = sem_scan(img, r * q, radius_minor=r / q, angle=float(rng.uniform(0, 180)), dose=dose, tau=float(rng.uniform(0.2, 2.0)),
+                                    jitter=float(rng.uniform(0, 0.01)), gain=float(rng.uniform(0.4, 0.9)), offset=float(rng.uniform(0, 0.1)),
+                                    bits=int(rng.choice([8, 16])), rng=rng)
+                    d = detect(scan, backend="numpy")
+                    rows.append((dose, r, astig, d.astigmatism if np.isfinite(d.astigmatism) else 0.0))
+    a = np.array(rows, dtype=float)
+    print(f"{len(files)} slices, axes {args.ratio:g}:1 vs round of equal area, scan noise (tau 0.2..2 dwells)")
+    print("| radius px | " + " | ".join(f"dose {d:g}" for d in args.doses) + " | all doses |")
+    print("|---|" + "---|" * (len(args.doses) + 1))
+    for r in list(args.radii) + ["all"]:
+        m = np.ones(len(a), bool) if r == "all" else a[:, 1] == r
+        per = [auc(a[m & (a[:, 0] == d) & (a[:, 2] == 1), 3], a[m & (a[:, 0] == d) & (a[:, 2] == 0), 3]) for d in args.doses]
+        print(f"| {r} | " + " | ".join(f"{v:.3f}" for v in per) + f" | {auc(a[m & (a[:, 2] == 1), 3], a[m & (a[:, 2] == 0), 3]):.3f} |")
+    print(f"isotropic strength: median {np.median(a[a[:, 2] == 0, 3]):.3f}, 95th percentile {np.percentile(a[a[:, 2] == 0, 3], 95):.3f}; "
+          f"astigmatic median {np.median(a[a[:, 2] == 1, 3]):.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -202,6 +231,13 @@ def main() -> None:
     p.add_argument("--doses", type=float, nargs="+", default=list(DOSES))
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_sim)
+    p = sub.add_parser("astig", help="astigmatism AUC with scan-correlated noise, including strong defocus")
+    p.add_argument("--slices", type=int, default=10)
+    p.add_argument("--doses", type=float, nargs="+", default=[5.0, 20.0, 50.0])
+    p.add_argument("--radii", type=float, nargs="+", default=[2.0, 4.0, 6.0, 8.0], help="radius of the round disk, px")
+    p.add_argument("--ratio", type=float, default=2.0, help="axis ratio of the astigmatic disk")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_astig)
     args = ap.parse_args()
     args.fn(args)
 

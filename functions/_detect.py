@@ -17,7 +17,7 @@ from ._astigmatism import anisotropy, spectral_moments
 from ._blur import fit_blur
 from ._nms import local_maxima
 from ._noise import CENTRES, level_noise_std, noise_level_function, noise_spectrum, stabilize, stabilizer, white_equivalent
-from ._normalize import SATURATION_PCT, normalize
+from ._normalize import SATURATION_PCT, normalize_with_step
 from ._scalespace import MAX_DECIMATION, FilterBank, dog_pairs, filter_bank, scales
 
 __all__ = ["Detection", "detect", "detect_batch", "DEFAULTS"]
@@ -28,7 +28,8 @@ DEFAULTS: dict[str, Any] = dict(
     min_t=1.0,
     max_t=8.0,
     threshold=0.10,
-    noise_k=8.0,
+    noise_k=5.0,
+    noise_margin=2.5,
     polarity="both",
     grid=(4, 4),
     block_size=4096,
@@ -306,8 +307,8 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
     coarse : list of (factor, (B, P // factor, Q // factor) uint8 device array)
         Level maps of the coarser grids, finest first, for :func:`_resolve_levels`.
     energy : (B, n_bin) float64 ndarray
-        Mean square of each level's response ``D_i`` over the padded grid
-        (image units squared), for the blur estimate.
+        Mean square of each level's response ``D_i`` over the window without
+        its one-pixel margin (image units squared), for the blur estimate.
     """
     xp = be.xp
     r0, c0, R, C = window
@@ -332,9 +333,9 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
         xp.multiply(transfer, xp.asarray(inv_thr[:, i, None, None]), out=h)
         xp.multiply(Fd, h, out=buf)
         D = be.irfft2(buf, (P // d, Q // d), workers=1 if lanes > 1 else None, overwrite=True)
-        flat = D.reshape(D.shape[0], -1)
-        for b in range(D.shape[0]):  # mean square in units of the threshold: for the blur fit
-            energy[b, i] = float(xp.vdot(flat[b], flat[b])) / flat.shape[1]
+        # mean square over the block itself (not its halo, where the padded grid wraps), for the blur fit
+        inner = D[:, (r0 + 1) // d : (r0 + R - 1) // d, (c0 + 1) // d : (c0 + C - 1) // d]
+        energy[:, i] = be.to_host(xp.einsum("bij,bij->b", inner, inner)) / (inner.shape[1] * inner.shape[2])
         maxima[d].add(_tag(D, i, xp, absolute=polarity == "both"))
 
     def upsampled(acc: Any, d_from: int, d_to: int, start: tuple[int, int], size: tuple[int, int]) -> Any:
@@ -435,8 +436,8 @@ def _validate(image: Any) -> None:
 
 
 def _check_params(p: dict[str, Any]) -> None:
-    if p["threshold"] < 0 or p["noise_k"] < 0:
-        raise ValueError("threshold and noise_k must be >= 0")
+    if p["threshold"] < 0 or p["noise_k"] < 0 or p["noise_margin"] < 0:
+        raise ValueError("threshold, noise_k and noise_margin must be >= 0")
     if not 2 <= p["n_bin"] <= MAX_LEVELS:
         raise ValueError(f"n_bin must be between 2 and {MAX_LEVELS}")
     if p["block_size"] < 64:
@@ -562,17 +563,19 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
     timings: dict[str, float] = {}
     with be.use():
         t_start = time.perf_counter()
-        norm = be.xp.stack([normalize(im, p["saturation"], be) for im in images])
+        norm, steps = zip(*(normalize_with_step(im, p["saturation"], be) for im in images))
+        norm = be.xp.stack(norm)
         be.synchronize()
         t_noise = time.perf_counter()
         timings["normalize"] = (t_noise - t_start) * 1e3
         t = scales(p["n_bin"], p["min_t"], p["max_t"])
         norm = _stabilized(norm, p, t, be)
-        spectrum = noise_spectrum(norm, be)
+        # rounding to grey levels is white noise of variance step^2 / 12, which the median of a smooth tile misses
+        spectrum = np.maximum(noise_spectrum(norm, be), np.square(steps)[:, None] / 12)
         noise = white_equivalent(spectrum)
         pairs = dog_pairs(t)
         noise_sd = level_noise_std(spectrum, *pairs)
-        thr = np.maximum(p["threshold"], p["noise_k"] * noise_sd)
+        thr = np.maximum(p["threshold"] + p["noise_margin"] * noise_sd, p["noise_k"] * noise_sd)
         timings["noise"] = (time.perf_counter() - t_noise) * 1e3
         feats, moments, energy = _detect_stack(norm, thr, noise, p, backends, timings)
         strength, angle = anisotropy(moments)

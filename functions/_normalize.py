@@ -8,7 +8,7 @@ import numpy as np
 
 from ._backend import Backend, get_backend
 
-__all__ = ["normalize", "saturation_limits", "estimate_noise"]
+__all__ = ["normalize", "normalize_with_step", "saturation_limits", "estimate_noise"]
 
 #: Percentage of pixels saturated at each end of the histogram (the paper's 0.175 %).
 SATURATION_PCT = 0.175
@@ -86,6 +86,21 @@ def normalize(image: Any, saturation: float = SATURATION_PCT, backend: str | Bac
     ValueError
         For a non-2-D or empty image, or one holding NaN or Inf.
     """
+    return normalize_with_step(image, saturation, backend)[0]
+
+
+def normalize_with_step(image: Any, saturation: float = SATURATION_PCT, backend: str | Backend = "auto") -> tuple[Any, float]:
+    """:func:`normalize`, and the size of one grey level of the input in the normalised units.
+
+    Returns
+    -------
+    norm : (M, N) float32 array
+        As :func:`normalize`.
+    step : float
+        ``1 / (hi - lo)`` for integer images (one grey level; its rounding is
+        noise of variance ``step**2 / 12``), 0 for floating-point images or
+        a constant image.
+    """
     be = get_backend(backend)
     xp = be.xp
     x = be.asarray(image)
@@ -94,11 +109,12 @@ def normalize(image: Any, saturation: float = SATURATION_PCT, backend: str | Bac
     if hi <= lo:  # almost all pixels share one value: fall back to the full range
         lo, hi = float(x.min()), float(x.max())
     if hi <= lo:
-        return xp.zeros(x.shape, dtype=xp.float32)
+        return xp.zeros(x.shape, dtype=xp.float32), 0.0
     out = x.astype(xp.float32)
     out -= xp.float32(lo)
     out /= xp.float32(hi - lo)  # division, not a reciprocal product: hi maps to exactly 1
-    return xp.clip(out, 0.0, 1.0, out=out)
+    step = 1.0 / (hi - lo) if x.dtype.kind in "uib" else 0.0
+    return xp.clip(out, 0.0, 1.0, out=out), step
 
 
 def estimate_noise(image: Any, backend: str | Backend = "auto", row_step: int = 8) -> float:

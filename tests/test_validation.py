@@ -6,17 +6,10 @@ cord; Cardona et al., PLoS Biol. 8(10) 2010; Arganda-Carreras et al., Front.
 Neuroanat. 2015), vendored in ``tests/data/isbi2012`` (attribution in its
 README.md) and served by the ``isbi`` fixture of ``conftest.py``.
 
-The paper fits log(count) against |defocus| with r = -0.9754. With the noise
-thresholds at 8 standard deviations (``noise_k``, what the real SEM fast scans
-need, ``bench/sem_focus.py pairs``) the count of a slice whose own TEM noise
-limits its finest levels rises at the first step (1 px of blur removes that
-noise and lowers the thresholds; up to +77 % clean, +15 % at 20 e/px,
-measured), so these tests ask r <= -0.93 on every slice (measured worst
--0.939, clean) and <= -0.95 pooled, and a fall at every step after the first.
-The blur (``Detection.blur``) must rise at every step up to 3 px of added
-Gaussian blur and not move with dose there; beyond ~3 px the levels (scales
-1..8 px) keep too little signal to fit it (measured: it falls again from 4 to
-5 px, and shot noise moves it by 1.8 .. 3.2 px there).
+The paper fits log(count) against |defocus| with r = -0.9754; these tests ask
+r <= -0.95 on every slice, clean and at a fast-scan dose, and a fall at every
+step. The blur (``Detection.blur``) must rise at every step on every slice and
+not move with dose.
 """
 
 from __future__ import annotations
@@ -71,7 +64,7 @@ def test_log_count_falls_linearly_with_defocus_on_every_slice(counts, dose):
     c = counts[dose]
     assert c.min() > 0
     r = np.array([stats.pearsonr(DEFOCUS_UM, np.log(row)).statistic for row in c])
-    assert r.max() <= -0.93, f"slices {np.nonzero(r > -0.93)[0].tolist()} have r = {r[r > -0.93].round(4).tolist()}"
+    assert r.max() <= -0.95, f"slices {np.nonzero(r > -0.95)[0].tolist()} have r = {r[r > -0.95].round(4).tolist()}"
     pooled = stats.pearsonr(np.tile(DEFOCUS_UM, len(c)), np.log(c).ravel()).statistic
     assert pooled <= -0.95
 
@@ -80,7 +73,7 @@ def test_log_count_falls_linearly_with_defocus_on_every_slice(counts, dose):
 @pytest.mark.parametrize("dose", list(DOSES))
 def test_counts_fall_at_every_defocus_step(counts, dose):
     steps = np.diff(counts[dose], axis=1)
-    assert (steps[:, 1:] < 0).all(), f"count rose at (slice, step) {(np.argwhere(steps[:, 1:] >= 0) + [0, 1]).tolist()}"
+    assert (steps < 0).all(), f"count rose at (slice, step) {np.argwhere(steps >= 0).tolist()}"
 
 
 @pytest.mark.slow
@@ -88,15 +81,16 @@ def test_counts_fall_at_every_defocus_step(counts, dose):
 def test_blur_rises_at_every_defocus_step(blurs, dose):
     b = blurs[dose]
     assert np.isfinite(b).all()
-    steps = np.diff(b[:, DEFOCUS_UM <= 3.0], axis=1)
+    steps = np.diff(b, axis=1)
     assert (steps > 0).all(), f"blur fell at (slice, step) {np.argwhere(steps <= 0).tolist()}"
 
 
 @pytest.mark.slow
 def test_blur_does_not_move_with_dose(blurs):
-    """Shot noise at 20 e/px changes each slice's blur by little, at every defocus up to 3 px added."""
-    diff = (blurs["dose 20 e/px"] - blurs["clean"])[:, DEFOCUS_UM <= 3.0]
-    assert np.abs(np.median(diff, axis=0)).max() < 0.3, np.median(diff, axis=0).round(2).tolist()
+    """Shot noise at 20 e/px moves each defocus's median blur by < 0.3 px + 15 % (0 .. 5 px added)."""
+    diff = np.median(blurs["dose 20 e/px"] - blurs["clean"], axis=0)
+    tolerance = 0.3 + 0.15 * np.median(blurs["clean"], axis=0)  # as for two real scans of one field
+    assert (np.abs(diff) <= tolerance).all(), diff.round(2).tolist()
 
 
 @pytest.mark.slow
