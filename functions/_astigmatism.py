@@ -95,6 +95,8 @@ from typing import Any
 
 import numpy as np
 
+from ._noise import CENTRES, _hats
+
 __all__ = [
     "ASTIGMATISM_THRESHOLD",
     "MOMENT_COLUMNS",
@@ -119,6 +121,8 @@ MAX_K = 0.9 * np.pi
 AXIS_WEDGE_DEG = 5.0
 #: Standard deviations of chance anisotropy removed from the strength.
 CHANCE_Z = 2.0
+#: Smallest detector response along x that is divided out (at most 4x gain).
+SCAN_GAIN_MIN = 0.25
 #: Standard deviations of its own chance fluctuation a ring's power must clear above the noise floor.
 SIGNIFICANCE = 2.0
 
@@ -149,6 +153,13 @@ class _Band:
         ``2 <cos^2 2 theta>`` and ``2 <sin^2 2 theta>`` over each ring's bins.
     grid_bias : (R,) complex128 ndarray
         ``sum exp(2 i theta)`` over each ring's bins.
+    ring_of_cell, cell_bins, cell_rot, cell_phi : host ndarrays
+        For each in-band cell (in ``order``): its ring, its bins, ``exp(2 i
+        theta)`` and the noise hats at its ``kx`` ((len(CENTRES), cells)).
+    noise_trace, noise_aniso : (R, len(CENTRES)) float64 / complex128 ndarrays
+        ``sum phi_c(|kx|)`` and ``sum phi_c(|kx|) exp(2 i theta)`` over each
+        ring's bins: the ring's power and anisotropy per unit of the noise
+        spectrum's coefficient ``S_c`` (``mhd.functions._noise``), per ``P Q``.
     col_sum : (P,) complex64 device array
         ``(e^{-2 pi i q / P} - 1) / P``: summing ``F`` with it over the rows
         gives the spectrum of the jump across the row seam.
@@ -176,6 +187,12 @@ class _Band:
     tilt: np.ndarray
     gain: np.ndarray
     grid_bias: np.ndarray
+    noise_trace: np.ndarray
+    noise_aniso: np.ndarray
+    ring_of_cell: np.ndarray
+    cell_bins: np.ndarray
+    cell_rot: np.ndarray
+    cell_phi: np.ndarray
     col_sum: Any
     row_sum: Any
     nyquist: float
@@ -229,6 +246,7 @@ def _rings(P: int, Q: int, n: int, m: int, d: int, k_lo: float, k_hi: float) -> 
     order = inside[np.argsort(ring[inside], kind="stable")]
     r, c, rot = ring[order], count[order], np.exp(2j * theta[order])
     bins = np.bincount(r, c, n_rings)
+    phi = _hats(kx[order])  # (len(CENTRES), cells)
     return dict(
         order=order,
         rot=np.stack([rot.real, rot.imag]).astype(np.float32),
@@ -237,6 +255,12 @@ def _rings(P: int, Q: int, n: int, m: int, d: int, k_lo: float, k_hi: float) -> 
         tilt=np.sqrt(edges[:-1] * edges[1:]) / k_lo,
         gain=2 * np.stack([np.bincount(r, c * rot.real**2, n_rings), np.bincount(r, c * rot.imag**2, n_rings)], axis=1) / bins[:, None],
         grid_bias=np.bincount(r, c * rot.real, n_rings) + 1j * np.bincount(r, c * rot.imag, n_rings),
+        ring_of_cell=r,
+        cell_bins=c,
+        cell_rot=rot,
+        cell_phi=phi,
+        noise_trace=np.stack([np.bincount(r, c * p, n_rings) for p in phi], axis=1),
+        noise_aniso=np.stack([np.bincount(r, c * p * rot.real, n_rings) + 1j * np.bincount(r, c * p * rot.imag, n_rings) for p in phi], axis=1),
     )
 
 
@@ -342,9 +366,11 @@ def _sum_strided(x: Any, d: int, axis: int) -> Any:
     return out
 
 
-def _ring_sums(cells: Any, band: _Band, xp: Any) -> np.ndarray:
-    """``sum p``, ``sum p cos 2 theta``, ``sum p sin 2 theta`` per ring: (B, 3, R) float64 on the host."""
+def _ring_sums(cells: Any, band: _Band, xp: Any, weight: Any = None) -> np.ndarray:
+    """``sum w p``, ``sum w p cos 2 theta``, ``sum w p sin 2 theta`` per ring: (B, 3, R) float64 on the host."""
     p = cells[:, band.order]
+    if weight is not None:
+        p = p * xp.asarray(weight.astype(np.float32))
     terms = xp.stack([p, p * band.rot[0], p * band.rot[1]], axis=1).astype(xp.float64)
     csum = _to_host(xp.cumsum(terms, axis=2))
     csum = np.concatenate([np.zeros(csum.shape[:2] + (1,)), csum], axis=2)
@@ -366,10 +392,13 @@ def spectral_moments(F: Any, shape: tuple[int, int], t: Any, xp: Any, noise: Any
         matter (they set the band ``sqrt(2)/t[-1] .. sqrt(2)/t[0]`` rad/px).
     xp : module
         ``numpy`` or ``cupy``: the module of ``F``.
-    noise : float or (B,) array
-        Standard deviation of the white noise of each image, in the units of
-        the transformed values (the detector's ``noise`` of the normalised
-        image); each bin then holds ``noise**2 * P * Q`` of noise power.
+    noise : float, (B,) or (B, len(CENTRES)) array
+        The noise of each image, in the units of the transformed values: a
+        white-noise standard deviation (each bin then holds ``noise**2 * P * Q``
+        of noise power), or the noise spectrum along the rows of
+        :func:`mhd.functions._noise.noise_spectrum` (each bin at ``kx`` holds
+        ``S(kx) P Q``; scan noise correlated along x is anisotropic, and its
+        exact anisotropy is removed from each ring, not only its power).
     mirrored : (int, int)
         How many of the ``P`` rows and ``Q`` columns are mirror padding
         (reflections of the image) rather than image or real context.
@@ -401,18 +430,27 @@ def spectral_moments(F: Any, shape: tuple[int, int], t: Any, xp: Any, noise: Any
     if not (0 <= mirrored[0] < P and 0 <= mirrored[1] < Q):
         raise ValueError(f"mirrored must count rows in [0, {P}) and columns in [0, {Q}), got {tuple(mirrored)}")
     B = F.shape[0]
-    sigma = np.broadcast_to(np.asarray(noise, dtype=np.float64), (B,))
-    if not (np.isfinite(sigma).all() and (sigma >= 0).all()):
-        raise ValueError("noise must be finite standard deviations >= 0")
+    noise = np.asarray(noise, dtype=np.float64)
+    if not (np.isfinite(noise).all() and (noise >= 0).all()):
+        raise ValueError("noise must be finite standard deviations or spectra >= 0")
+    spectrum = noise if noise.ndim == 2 else np.broadcast_to(noise, (B,))[:, None] ** 2 * np.ones(len(CENTRES))
     k_lo, k_hi = _band_limits(t)
     band = _band((P, Q), k_lo, k_hi, xp, _device_of(xp))
-    sums = _ring_sums(_pooled_power(F.astype(xp.complex64, copy=False), P, band, xp), band, xp)
+    # Scan noise shows the detector's response along x, |G(kx)|^2 ~ S(kx) / max S; the signal went through
+    # the same response, which blurs it along x (anisotropy that is no astigmatism): divide it out.
+    shape_x = spectrum @ band.cell_phi / np.maximum(spectrum.max(axis=1, keepdims=True), 1e-300)
+    weight = 1.0 / np.clip(shape_x, SCAN_GAIN_MIN, 1.0) if noise.ndim == 2 else None
+    sums = _ring_sums(_pooled_power(F.astype(xp.complex64, copy=False), P, band, xp), band, xp, weight)
     power = sums[:, 0]
-    aniso = sums[:, 1] + 1j * sums[:, 2] - power / band.bins * band.grid_bias
+    cell_noise = P * Q * band.cell_bins * (spectrum @ band.cell_phi) * (1.0 if weight is None else weight)
+    R = len(band.bins)
+    noise_power = np.stack([np.bincount(band.ring_of_cell, n, R) for n in cell_noise])
+    noise_aniso = np.stack([np.bincount(band.ring_of_cell, n * band.cell_rot.real, R) + 1j * np.bincount(band.ring_of_cell, n * band.cell_rot.imag, R) for n in cell_noise])
+    # the noise's own anisotropy is exact; the grid's bias applies to the signal's (isotropic) mean power
+    aniso = sums[:, 1] + 1j * sums[:, 2] - noise_aniso - (power - noise_power) / band.bins * band.grid_bias
     factor = (1 - 2 * mirrored[0] / P) * (1 - 2 * mirrored[1] / Q)
     aniso_cos = aniso.real / band.gain[:, 0]
     aniso_sin = aniso.imag / (band.gain[:, 1] * factor) if abs(factor) >= MIN_MIRROR_FACTOR else np.full_like(aniso.imag, np.nan)
-    noise_power = (sigma**2 * P * Q)[:, None] * band.bins
     # Each bin's power is exponential for a Gaussian random field, so chance alone gives
     # Var(T) = sum p^2 ~ T^2 / n and Var(Re A) = Var(Im A) = Var(T) / 2 before the corrections;
     # mirrored copies add no independent bins.

@@ -502,8 +502,8 @@ def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.n
 def _detect_stack(norm: Any, thr: np.ndarray, noise: np.ndarray, p: dict[str, Any], backends: list[Backend], timings: dict[str, float]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Features (row, col, level) and spectral moments for each image of a normalised (B, H, W) stack.
 
-    ``thr`` is the (B, n_bin) per-level threshold, ``noise`` the (B,) noise
-    standard deviations. Returns per-image feature arrays and the (B, R, 8)
+    ``thr`` is the (B, n_bin) per-level threshold, ``noise`` the (B, C) noise
+    spectra along the rows (``mhd.functions._noise.noise_spectrum``). Returns per-image feature arrays and the (B, R, 8)
     spectral moments summed over blocks, and the (B, n_bin) mean square
     response of each level over each image. Blocks are dealt round-robin
     to ``backends`` (one thread each: several GPUs share a huge image); with
@@ -577,7 +577,7 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
         noise_sd = level_noise_std(spectrum, *pairs)
         thr = np.maximum(p["threshold"] + p["noise_margin"] * noise_sd, p["noise_k"] * noise_sd)
         timings["noise"] = (time.perf_counter() - t_noise) * 1e3
-        feats, moments, energy = _detect_stack(norm, thr, noise, p, backends, timings)
+        feats, moments, energy = _detect_stack(norm, thr, spectrum, p, backends, timings)
         strength, angle = anisotropy(moments)
         t_blur = time.perf_counter()
         blur, blur_err = fit_blur(energy, noise_sd**2, t, *pairs, area=shape[0] * shape[1])

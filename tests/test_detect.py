@@ -247,11 +247,18 @@ def test_astigmatism_is_measured_in_the_same_pass(isbi):
     from mhd.functions import ASTIGMATISM_THRESHOLD
     from mhd.functions.simulate import blur
 
-    img = np.block([[isbi[19], isbi[20]], [isbi[21], isbi[22]]]).astype(np.float64)
-    sharp = detect(img, backend="numpy")
-    iso = detect(blur(img, 1.6), backend="numpy")
-    astig = detect(blur(img, 2.0, 1.0, angle=30.0), backend="numpy")
-    blocked = detect(blur(img, 2.0, 1.0, angle=30.0), backend="numpy", block_size=300)
+    from mhd.functions.simulate import shot_noise
+
+    # the probe blurs the specimen; shot noise comes after it, at the detector
+    img = np.block([[isbi[19], isbi[20]], [isbi[21], isbi[22]]]).astype(np.float64) / 255
+
+    def scan(x):
+        return shot_noise(x, 200.0, rng=0)
+
+    sharp = detect(scan(img), backend="numpy")
+    iso = detect(scan(blur(img, 1.6)), backend="numpy")
+    astig = detect(scan(blur(img, 2.0, 1.0, angle=30.0)), backend="numpy")
+    blocked = detect(scan(blur(img, 2.0, 1.0, angle=30.0)), backend="numpy", block_size=300)
     assert sharp.astigmatism < ASTIGMATISM_THRESHOLD and iso.astigmatism < ASTIGMATISM_THRESHOLD
     assert astig.astigmatism >= ASTIGMATISM_THRESHOLD
     assert abs(astig.astigmatism_angle - 30.0) < 8.0

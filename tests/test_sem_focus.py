@@ -89,3 +89,21 @@ def test_disk_otf_is_a_unit_disk():
     # second moment per axis of a uniform disk of radius R is R^2 / 4
     y = np.fft.fftfreq(64, 1 / 64)
     assert abs((psf * y[None, :] ** 2).sum() - 9 / 4) < 0.15
+
+
+@pytest.mark.parametrize("radius", [3.0, 6.0])
+def test_astigmatism_under_scan_noise_and_strong_defocus(isbi, radius):
+    """A 2:1 elliptical disk reads astigmatic along its long axis; the round disk of equal area and an
+    in-focus scan with scan-correlated noise (tau 1.5 dwells, dose 10) do not."""
+    from mhd.functions import ASTIGMATISM_THRESHOLD
+
+    rng = np.random.default_rng(3)
+    img = np.block([[isbi[3], isbi[4]], [isbi[5], isbi[6]]])
+    q = np.sqrt(2.0)
+    kw = dict(dose=10.0, tau=1.5, jitter=0.005, rng=rng)
+    sharp = detect(sem_scan(img, 0.0, **kw), backend="numpy")
+    iso = detect(sem_scan(img, radius, **kw), backend="numpy")
+    astig = detect(sem_scan(img, radius * q, radius_minor=radius / q, angle=60.0, **kw), backend="numpy")
+    assert sharp.astigmatism < ASTIGMATISM_THRESHOLD and iso.astigmatism < ASTIGMATISM_THRESHOLD
+    assert astig.astigmatism >= ASTIGMATISM_THRESHOLD
+    assert abs(astig.astigmatism_angle - 60.0) < 10.0
