@@ -72,6 +72,7 @@ PARAM_RULES = {
     "max_t": _number(0.2, 64),
     "threshold": _number(0, 1e3),
     "noise_k": _number(0, 100),
+    "noise_margin": _number(0, 100),
     "polarity": _choice(POLARITIES),
     "grid": _grid,
     "block_size": _number(64, 8192, integer=True),
