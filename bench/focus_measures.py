@@ -114,15 +114,15 @@ def make_scans(slices: list[np.ndarray], doses: Iterable[float], seed: int) -> l
     return scans
 
 
-def mhd_scores(scans: list[Scan], **params) -> np.ndarray:
-    """MHD counts, batched by equal dtype."""
+def mhd_scores(scans: list[Scan], measure: str = "count", **params) -> np.ndarray:
+    """MHD counts (or minus the blur, so that higher means sharper), batched by equal dtype."""
     out = np.empty(len(scans))
     for start in range(0, len(scans), BATCH):
         chunk = scans[start : start + BATCH]
         for dtype in {s.image.dtype for s in chunk}:
             idx = [start + j for j, s in enumerate(chunk) if s.image.dtype == dtype]
             dets = detect_batch([scans[k].image for k in idx], backend="numpy", **params)
-            out[idx] = [d.count for d in dets]
+            out[idx] = [d.count if measure == "count" else (-d.blur if np.isfinite(d.blur) else -1e9) for d in dets]
     return out
 
 
@@ -188,7 +188,7 @@ def header(slices: list[np.ndarray], scans: list[Scan], doses: list[float], seed
 # ------------------------------------------------------------------ commands
 
 #: Detector parameters the commands set and report.
-TUNED = ("polarity", "threshold", "noise_k", "min_t", "max_t", "n_bin")
+TUNED = ("polarity", "threshold", "noise_k", "noise_margin", "min_t", "max_t", "n_bin")
 
 
 def _params(args: argparse.Namespace) -> dict[str, object]:
@@ -211,7 +211,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     used = ", ".join(f"{k}={params.get(k, DEFAULTS[k])}" for k in TUNED)
     mhd = mhd_scores(scans, **params)
-    rows = {f"MHD count ({used})": evaluate(scans, mhd)}
+    rows = {f"MHD count ({used})": evaluate(scans, mhd), "MHD blur (lower = sharper)": evaluate(scans, mhd_scores(scans, "blur", **params))}
     for name, fn in CLASSIC_MEASURES.items():
         rows[name] = evaluate(scans, classic_scores(scans, fn))
     print_table(rows, sorted(args.doses))
@@ -366,7 +366,7 @@ def main() -> None:
             p.add_argument("--grid-scales", nargs="*", default=["0.75:8", "1.5:8", "2:8", "1:6", "1:12"], help="min_t:max_t pairs (px)")
             p.add_argument("--grid-n-bin", nargs="*", type=int, default=[8, 32])
         if name != "noise":
-            for key in ("threshold", "noise_k", "min_t", "max_t"):
+            for key in ("threshold", "noise_k", "noise_margin", "min_t", "max_t"):
                 p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=float, default=None)
             p.add_argument("--n-bin", dest="n_bin", type=int, default=None)
             p.add_argument("--polarity", choices=("dark", "bright", "both"), default=None)

@@ -499,14 +499,16 @@ def report(directory: Path, positions: Path | None, out: Path | None, no_calibra
 @click.option("--max-defocus", type=click.FloatRange(0.0, min_open=True), help="Largest acceptable |defocus|  [default: the series' smallest non-zero |defocus|]")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Calibration file  [default: config 'calibration', ~/.config/mhd/calibration.json]")
 @click.option("--dry-run", is_flag=True, help="Fit and plot only; store nothing.")
+@click.option("--measure", type=click.Choice(["blur", "count"]), default="blur", show_default=True, help="blur: blur^2 = a + b defocus^2 (holds across doses); count: log(density) = a + b |defocus| (the paper's law, one dose).")
 @detector_options
-def calibrate(directory: Path, csv_path: Path | None, pattern: str | None, units: str, max_defocus: float | None, out: Path | None, dry_run: bool, **kwargs: Any) -> None:
-    """Fit log(feature density) against |defocus| on a through-focus series and store it.
+def calibrate(directory: Path, csv_path: Path | None, pattern: str | None, units: str, max_defocus: float | None, out: Path | None, dry_run: bool, measure: str, **kwargs: Any) -> None:
+    """Fit a focus measure against defocus on a through-focus series and store it.
 
-    Reports r and the slope (the paper's figure 2), plots it to
-    DIR/mhd-calibration.png and stores the calibration that submit, watch
-    and report then use: a tile is out of focus when its estimated |defocus|
-    exceeds --max-defocus.
+    The blur (default): blur^2 = a + b defocus^2, in pixels. The count
+    (--measure count): log(feature density) against |defocus|, the paper's
+    figure 2. Reports r, plots it to DIR/mhd-calibration.png and stores the
+    calibration that submit, watch and report then use: a tile is out of
+    focus when its estimated |defocus| exceeds --max-defocus.
 
     Example:
 
@@ -518,14 +520,19 @@ def calibrate(directory: Path, csv_path: Path | None, pattern: str | None, units
     folder = _section(directory)
     try:
         table = cal_mod.defocus_table(folder, csv_path, pattern or cal_mod.DEFAULT_PATTERN)
-        files, dz, dens = cal_mod.score_series(folder, table, params)
-        result = cal_mod.fit(files, dz, dens, units=units, max_defocus=max_defocus, params=params, source=str(folder))
+        files, dz, values = cal_mod.score_series(folder, table, params, measure)
+        fitter = cal_mod.fit_blur if measure == "blur" else cal_mod.fit
+        result = fitter(files, dz, values, units=units, max_defocus=max_defocus, params=params, source=str(folder))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     c = result.calibration
     plot = cal_mod.plot_fit(result, folder / "mhd-calibration.png")
-    click.echo(f"{c.n} images: log(density) = {c.intercept:.3f} {c.slope:+.4f} * |defocus|   r = {c.r:.4f}")
-    click.echo(f"out of focus beyond {c.max_defocus:g} {units}: below {cal_mod.threshold_density(c):.0f} features/MP")
+    if measure == "blur":
+        click.echo(f"{c.n} images: blur^2 = {c.intercept:.3f} {c.slope:+.4f} * defocus^2 (px^2)   r = {c.r:.4f}")
+        click.echo(f"out of focus beyond {c.max_defocus:g} {units}: above {c.blur_threshold:.2f} px of blur")
+    else:
+        click.echo(f"{c.n} images: log(density) = {c.intercept:.3f} {c.slope:+.4f} * |defocus|   r = {c.r:.4f}")
+        click.echo(f"out of focus beyond {c.max_defocus:g} {units}: below {cal_mod.threshold_density(c):.0f} features/MP")
     click.echo(f"plot: {plot}")
     if not dry_run:
         path = c.save(out or _load_config().calibration_path)

@@ -55,9 +55,10 @@ Relative rule on the count (``focus_measure = "count"``)
     was told, when. ``client report`` also re-judges every tile against the
     whole section (``section_verdict``) and lists both.
 Calibrated rule
-    ``log d = a + b |defocus|`` fitted on a through-focus series
-    (``client calibrate``); a tile is out of focus below
-    ``a + b * max_defocus``, and its estimated |defocus| is recorded. Nothing
+    ``client calibrate`` fits a through-focus series: ``blur**2 = a + b
+    defocus**2`` (default) or ``log d = a + b |defocus|`` (``--measure
+    count``, the paper's law). A tile is out of focus when its estimated
+    |defocus| exceeds ``max_defocus``, and the estimate is recorded. Nothing
     waits for a baseline.
 Partly defocused tiles
     A tile above the threshold is still ``oof`` when a cell of its feature
@@ -104,16 +105,24 @@ Probe = Callable[[str], "Tissue | None"]
 
 @dataclass(frozen=True)
 class Calibration:
-    """``log(density) = intercept + slope * |defocus|``, fitted by ``client calibrate``.
+    """A through-focus law fitted by ``client calibrate``.
+
+    ``measure == "blur"`` (default of ``client calibrate``):
+    ``blur**2 = intercept + slope * defocus**2`` (blur in pixels: the
+    in-focus blur and the probe's widening add in quadrature).
+    ``measure == "count"`` (the paper's law, and files written before the blur
+    existed): ``log(density) = intercept + slope * |defocus|``.
 
     Attributes
     ----------
     intercept : float
-        ``log`` features per megapixel in focus.
+        Blur: in-focus ``blur**2`` (px^2). Count: ``log`` features per megapixel in focus.
     slope : float
-        Change of ``log density`` per unit |defocus| (negative).
+        Blur: ``blur**2`` per unit ``defocus**2`` (positive). Count: change of
+        ``log density`` per unit |defocus| (negative).
     r : float
-        Pearson correlation of the fit.
+        Pearson correlation of the fit (of ``blur**2`` with ``defocus**2``, or of
+        ``log density`` with ``|defocus|``).
     n : int
         Images fitted.
     units : str
@@ -134,15 +143,23 @@ class Calibration:
     max_defocus: float
     params: dict = field(default_factory=dict)
     source: str = ""
+    measure: str = "count"
 
     @property
     def log_threshold(self) -> float:
-        """``log`` density at ``max_defocus``."""
+        """Count: ``log`` density at ``max_defocus``."""
         return self.intercept + self.slope * self.max_defocus
 
-    def defocus(self, log_density: float) -> float:
-        """Estimated |defocus| (``units``, >= 0) of a tile with this ``log`` density."""
-        return max(0.0, (log_density - self.intercept) / self.slope)
+    @property
+    def blur_threshold(self) -> float:
+        """Blur: the blur (px) at ``max_defocus``."""
+        return math.sqrt(max(self.intercept + self.slope * self.max_defocus**2, 0.0))
+
+    def defocus(self, value: float) -> float:
+        """Estimated |defocus| (``units``, >= 0): of a ``log`` density (count), or of a blur in px (blur)."""
+        if self.measure == "blur":
+            return math.sqrt(max(value * value - self.intercept, 0.0) / self.slope)
+        return max(0.0, (value - self.intercept) / self.slope)
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON (folders created)."""
@@ -164,8 +181,12 @@ class Calibration:
             cal = cls(**json.loads(Path(path).read_text()))
         except (json.JSONDecodeError, TypeError) as exc:
             raise ValueError(f"{path}: not a calibration file ({exc})") from None
-        if not cal.slope < 0:
+        if cal.measure not in FOCUS_MEASURES:
+            raise ValueError(f"{path}: measure must be one of {', '.join(FOCUS_MEASURES)}, got {cal.measure!r}")
+        if cal.measure == "count" and not cal.slope < 0:
             raise ValueError(f"{path}: slope {cal.slope} must be negative (counts fall with defocus)")
+        if cal.measure == "blur" and not cal.slope > 0:
+            raise ValueError(f"{path}: slope {cal.slope} must be positive (blur grows with defocus)")
         return cal
 
 
@@ -314,7 +335,7 @@ class Judge:
     def baseline(self) -> Baseline:
         """The current threshold (relative rule: over the pool so far)."""
         cal = self.rule.calibration
-        if cal is not None:
+        if cal is not None and cal.measure == "count":
             return Baseline(math.nan, math.nan, len(self._pool), cal.log_threshold)
         if not self._pool:
             return Baseline(math.nan, math.nan, 0, -math.inf)
@@ -329,8 +350,11 @@ class Judge:
         base = self.baseline()
         x = log_density(rec["density"])
         cal = self.rule.calibration
-        if cal is not None:
+        if cal is not None and cal.measure == "count":
             rec["defocus"] = round(cal.defocus(x), 3)
+        if cal is not None and cal.measure == "blur":
+            blur = _finite(rec.get("blur"))
+            rec["defocus"] = None if blur is None else round(cal.defocus(blur), 3)
         tissue = _TissueCache(rec, self._probe)
         rec["verdict"], rec["kind"], rec["reason"] = self._decide(rec, x, base, tissue)
         if rec["verdict"] == "empty":
@@ -338,13 +362,16 @@ class Judge:
             self._blur.pop(rec["tile"], None)
             rec["focus_map"] = None
         else:
-            rec["focus_map"] = focus_map(rec, cal.intercept if cal is not None else base.median)
+            rec["focus_map"] = focus_map(rec, cal.intercept if cal is not None and cal.measure == "count" else base.median)
 
     def _decide(self, rec: dict, x: float, base: Baseline, tissue: "_TissueCache") -> tuple[str, str | None, str]:
         """``(verdict, kind, reason)`` of one tile: empty, then astigmatism, defocus, partial, ok."""
+        cal = self.rule.calibration
         on_blur = self._on_blur and "blur" in rec  # records from before the blur measure: the count decides
-        if on_blur:
-            blur, limit = _finite(rec.get("blur")), self.blur_threshold()
+        cal_blur = cal is not None and cal.measure == "blur"
+        if on_blur or cal_blur:
+            blur = _finite(rec.get("blur"))
+            limit = cal.blur_threshold if cal_blur else self.blur_threshold()
             low = blur is None or blur > limit
         else:
             low = x < base.threshold
@@ -356,6 +383,9 @@ class Judge:
         if strength is not None and strength >= self.rule.astigmatism_max:
             return "oof", "astigmatism", _astigmatism_reason(strength, _finite(rec.get("astigmatism_angle")), self.rule.astigmatism_max)
         if low:
+            if cal_blur:
+                est = "no detail above the noise at any scale" if blur is None else f"blur {blur:.2f} px: est. defocus {cal.defocus(blur):.2g} {cal.units}"
+                return "oof", "defocus", f"defocus: {est} > {cal.max_defocus:g} {cal.units} (calibrated)"
             if on_blur:
                 return "oof", "defocus", "defocus: " + _blur_reason(blur, self.blur_baseline(), limit, len(self._blur))
             return "oof", "defocus", "defocus: " + _low_reason(x, base, self.rule.calibration)

@@ -377,7 +377,7 @@ def _ring_sums(cells: Any, band: _Band, xp: Any, weight: Any = None) -> np.ndarr
     return np.diff(csum[:, :, band.bounds], axis=2)
 
 
-def spectral_moments(F: Any, shape: tuple[int, int], t: Any, xp: Any, noise: Any, mirrored: tuple[int, int] = (0, 0)) -> np.ndarray:
+def spectral_moments(F: Any, shape: tuple[int, int], t: Any, xp: Any, noise: Any, mirrored: tuple[int, int] = (0, 0), noise_y: Any = None) -> np.ndarray:
     """Per-ring moments of the band-passed power spectrum (additive over blocks).
 
     Parameters
@@ -402,6 +402,13 @@ def spectral_moments(F: Any, shape: tuple[int, int], t: Any, xp: Any, noise: Any
     mirrored : (int, int)
         How many of the ``P`` rows and ``Q`` columns are mirror padding
         (reflections of the image) rather than image or real context.
+    noise_y : (B, len(CENTRES)) array, optional
+        The same noise spectrum measured along the columns. With ``noise`` as
+        a spectrum, the part of the noise's correlation along the rows that
+        is not also seen along the columns is taken for the detector's
+        response along the scan line, and divided out of the signal (a scan
+        whose signal the detector smeared along x is no astigmatism). Noise
+        correlated alike in both directions (a camera's) divides nothing.
 
     Returns
     -------
@@ -438,8 +445,12 @@ def spectral_moments(F: Any, shape: tuple[int, int], t: Any, xp: Any, noise: Any
     band = _band((P, Q), k_lo, k_hi, xp, _device_of(xp))
     # Scan noise shows the detector's response along x, |G(kx)|^2 ~ S(kx) / max S; the signal went through
     # the same response, which blurs it along x (anisotropy that is no astigmatism): divide it out.
-    shape_x = spectrum @ band.cell_phi / np.maximum(spectrum.max(axis=1, keepdims=True), 1e-300)
-    weight = 1.0 / np.clip(shape_x, SCAN_GAIN_MIN, 1.0) if noise.ndim == 2 else None
+    weight = None
+    if noise.ndim == 2 and noise_y is not None:
+        ny = np.asarray(noise_y, dtype=np.float64)
+        shape_x = spectrum @ band.cell_phi / np.maximum(spectrum.max(axis=1, keepdims=True), 1e-300)
+        shape_y = ny @ band.cell_phi / np.maximum(ny.max(axis=1, keepdims=True), 1e-300)
+        weight = 1.0 / np.clip(shape_x / np.maximum(shape_y, 1e-300), SCAN_GAIN_MIN, 1.0)
     sums = _ring_sums(_pooled_power(F.astype(xp.complex64, copy=False), P, band, xp), band, xp, weight)
     power = sums[:, 0]
     cell_noise = P * Q * band.cell_bins * (spectrum @ band.cell_phi) * (1.0 if weight is None else weight)

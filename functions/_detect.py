@@ -454,7 +454,7 @@ def _grid_counts(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], gri
     return np.bincount(cy * gx + cx, minlength=gy * gx).reshape(gy, gx)
 
 
-def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.ndarray, noise: np.ndarray, p: dict[str, Any], be: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.ndarray, noise: tuple[np.ndarray, np.ndarray], p: dict[str, Any], be: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Features of one block of a normalised (B, H, W) stack on backend ``be``.
 
     Returns
@@ -481,7 +481,7 @@ def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.n
         t = scales(p["n_bin"], p["min_t"], p["max_t"])
 
         def hook(F: Any) -> None:
-            moments.append(spectral_moments(F, shape, t, xp, noise, (shape[0] - inside[0], shape[1] - inside[1])))
+            moments.append(spectral_moments(F, shape, t, xp, noise[0], (shape[0] - inside[0], shape[1] - inside[1]), noise_y=noise[1]))
 
         best, coarse, energy = _response(padded, bank, thr, p["polarity"], (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2), be, hook)
         del padded
@@ -499,11 +499,12 @@ def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.n
     return feats, moments[0], energy, {"levels": (t1 - t0) * 1e3, "nms": (t2 - t1) * 1e3}
 
 
-def _detect_stack(norm: Any, thr: np.ndarray, noise: np.ndarray, p: dict[str, Any], backends: list[Backend], timings: dict[str, float]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+def _detect_stack(norm: Any, thr: np.ndarray, noise: tuple[np.ndarray, np.ndarray], p: dict[str, Any], backends: list[Backend], timings: dict[str, float]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Features (row, col, level) and spectral moments for each image of a normalised (B, H, W) stack.
 
     ``thr`` is the (B, n_bin) per-level threshold, ``noise`` the (B, C) noise
-    spectra along the rows (``mhd.functions._noise.noise_spectrum``). Returns per-image feature arrays and the (B, R, 8)
+    spectra along the rows and along the columns
+    (``mhd.functions._noise.noise_spectrum``). Returns per-image feature arrays and the (B, R, 8)
     spectral moments summed over blocks, and the (B, n_bin) mean square
     response of each level over each image. Blocks are dealt round-robin
     to ``backends`` (one thread each: several GPUs share a huge image); with
@@ -572,12 +573,14 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
         norm = _stabilized(norm, p, t, be)
         # rounding to grey levels is white noise of variance step^2 / 12, which the median of a smooth tile misses
         spectrum = np.maximum(noise_spectrum(norm, be), np.square(steps)[:, None] / 12)
+        # along the columns too (coarser): noise correlated along x only is the scan's detector response
+        spectrum_y = np.maximum(noise_spectrum(be.xp.swapaxes(norm, 1, 2), be, samples=1 << 14), np.square(steps)[:, None] / 12)
         noise = white_equivalent(spectrum)
         pairs = dog_pairs(t)
         noise_sd = level_noise_std(spectrum, *pairs)
         thr = np.maximum(p["threshold"] + p["noise_margin"] * noise_sd, p["noise_k"] * noise_sd)
         timings["noise"] = (time.perf_counter() - t_noise) * 1e3
-        feats, moments, energy = _detect_stack(norm, thr, spectrum, p, backends, timings)
+        feats, moments, energy = _detect_stack(norm, thr, (spectrum, spectrum_y), p, backends, timings)
         strength, angle = anisotropy(moments)
         t_blur = time.perf_counter()
         blur, blur_err = fit_blur(energy, noise_sd**2, t, *pairs, area=shape[0] * shape[1])

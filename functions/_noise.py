@@ -84,7 +84,7 @@ def _rows(H: int) -> np.ndarray:
     return np.arange(1, H - 1)
 
 
-def noise_spectrum(images: Any, be: Backend) -> np.ndarray:
+def noise_spectrum(images: Any, be: Backend, samples: int = SAMPLES) -> np.ndarray:
     """Noise power spectrum along the rows of each image.
 
     Parameters
@@ -92,6 +92,8 @@ def noise_spectrum(images: Any, be: Backend) -> np.ndarray:
     images : (B, H, W) float array on ``be``
         Normalised images (0..1 units); ``H, W >= 3``.
     be : Backend
+    samples : int
+        About how many second differences to use per image.
 
     Returns
     -------
@@ -105,7 +107,7 @@ def noise_spectrum(images: Any, be: Backend) -> np.ndarray:
     if H < 3 or W < 3:
         return np.zeros((B, len(CENTRES)))
     rows = _rows(H)
-    step = max(1, int(len(rows) * W // SAMPLES))
+    step = max(1, int(len(rows) * W // samples))
     rows = xp.asarray(rows[::step])
     phi, M = _row_geometry(W)
     phi_d = be.asarray(phi)

@@ -142,10 +142,10 @@ def test_calibrate_fits_the_series_and_submit_rule_uses_it(tmp_path):
     series = tmp_path / "series"
     shutil.copytree(SERIES, series, ignore=shutil.ignore_patterns("mhd-*"))
     store = tmp_path / "cfg" / "calibration.json"
-    out = run("calibrate", "--dir", series, "--max-defocus", "1.5")
+    out = run("calibrate", "--dir", series, "--max-defocus", "1.5", "--measure", "count")  # the paper's law
     assert out.exit_code == 0, out.output
     cal = Calibration.load(store)
-    assert cal.n == 9 and cal.r < -0.95 and cal.slope < 0 and cal.max_defocus == 1.5 and cal.units == "um"
+    assert cal.measure == "count" and cal.n == 9 and cal.r < -0.95 and cal.slope < 0 and cal.max_defocus == 1.5 and cal.units == "um"
     assert f"r = {cal.r:.4f}" in out.output and (series / "mhd-calibration.png").exists()
     rerun = run("calibrate", "--dir", series, "--dry-run")  # its own plot is not taken for an image
     assert rerun.exit_code == 0 and "9 images" in rerun.output
@@ -168,7 +168,8 @@ def test_calibrate_from_csv_and_its_errors(tmp_path):
             fh.write(f"img{i}.png,{float(name.split('df')[1][:-6])}\n")
     out = run("calibrate", "--dir", series, "--csv", table, "--out", tmp_path / "c.json")
     assert out.exit_code == 0, out.output
-    assert Calibration.load(tmp_path / "c.json").r < -0.95
+    blur = Calibration.load(tmp_path / "c.json")  # the default law: blur^2 = a + b defocus^2
+    assert blur.measure == "blur" and blur.r > 0.95 and blur.slope > 0
     bad = run("calibrate", "--dir", series)  # no defocus in these names
     assert bad.exit_code == 1 and "at least 3" in bad.output
     assert "needs a group" in run("calibrate", "--dir", series, "--pattern", "df").output

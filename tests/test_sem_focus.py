@@ -144,3 +144,22 @@ def test_client_flags_exactly_the_blurred_tiles_of_a_mixed_dose_section(tmp_path
     assert len(recs) == 24 + len(blurred) and all("blur" in r and "blur_err" in r for r in recs)
     assert result.exit_code == 2, result.output
     assert defocused == blurred, result.output
+
+
+def test_blur_calibration_recovers_a_known_law_and_judges_by_it():
+    """blur^2 = a + b defocus^2 from noisy values; the stored rule estimates |defocus| and flags beyond max."""
+    from mhd.client.calibrate import fit_blur
+    from mhd.client.verdicts import Judge, Rule
+
+    rng = np.random.default_rng(4)
+    defocus = np.repeat(np.arange(-4.0, 4.5, 0.5), 2)
+    blur = np.sqrt(0.64 + 0.81 * defocus**2) * (1 + rng.normal(0, 0.01, defocus.size))
+    cal = fit_blur([f"i{k}.png" for k in range(defocus.size)], defocus, blur, max_defocus=1.5).calibration
+    assert cal.measure == "blur" and cal.intercept == pytest.approx(0.64, abs=0.1) and cal.slope == pytest.approx(0.81, abs=0.03)
+    assert cal.blur_threshold == pytest.approx(np.sqrt(0.64 + 0.81 * 1.5**2), rel=0.03)
+    judge = Judge(Rule(calibration=cal))
+    far = {"tile": "far.png", "features": 10, "density": 100.0, "blur": float(np.sqrt(0.64 + 0.81 * 9)), "grid": None, "shape": [512, 512], "error": None}
+    near = {"tile": "near.png", "features": 10, "density": 100.0, "blur": 0.85, "grid": None, "shape": [512, 512], "error": None}
+    assert judge.add(far) == [far] and judge.add(near) == [near]
+    assert far["verdict"] == "oof" and far["kind"] == "defocus" and far["defocus"] == pytest.approx(3.0, abs=0.2)
+    assert near["verdict"] == "ok" and near["defocus"] < 0.7
