@@ -60,10 +60,13 @@ class Detection:
     scales : (n_bin,) float64 ndarray
         Scale ``t_i`` (pixels) of each DoG level.
     thresholds : (n_bin,) float64 ndarray
-        Response threshold used at each level: the larger of ``threshold`` and
-        ``noise_k`` times the level's response to the measured noise.
+        Response threshold used at each level: the larger of ``threshold +
+        noise_margin * s_i`` and ``noise_k * s_i``, ``s_i`` the standard
+        deviation of the level's response to the tile's measured noise.
     noise : float
-        Estimated noise standard deviation of the normalised image (0..1 units).
+        Per-pixel standard deviation of the measured noise of the normalised
+        (and variance-stabilised) image, 0..1 units: the noise spectrum's
+        white equivalent (``mhd.functions._noise``).
     astigmatism : float
         Anisotropy of the power spectrum in the detector's band, noise floor
         removed: 0 isotropic .. 1 strongly anisotropic; >= 0.2
@@ -634,17 +637,25 @@ def detect(image: Any, n_bin: int = 16, min_t: float = 1.0, max_t: float = 8.0, 
         Smallest and largest Gaussian scale, in pixels.
     threshold : float
         Minimum response of a feature, in units of the normalised image
-        (the scale-normalised Laplacian of a [0, 1] image). The defaults
-        (0.10, ``noise_k`` 4, both polarities) were chosen on simulated
-        through-focus series of the ISBI slices at mixed dose and gain.
+        (the scale-normalised Laplacian of a [0, 1] image) when the tile has no
+        noise. The defaults (0.10, ``noise_k`` 5, ``noise_margin`` 2.5, both
+        polarities) were chosen by measurement: on real fast and slow SEM
+        scans of the same fields (``bench/sem_focus.py pairs``) and on
+        simulated through-focus series of the ISBI slices at mixed dose and
+        gain (``bench/focus_measures.py``).
     backend : {"auto", "numpy", "cupy", "cupy:N"}, Backend, or a sequence of them
         Where to compute; ``"auto"`` uses a CUDA GPU when one is present. A
         sequence (e.g. ``["cupy:0", "cupy:1"]``) deals the blocks of an image
         larger than ``block_size`` to several devices, one thread each.
     **params
-        ``noise_k`` (float, default 4): a level's threshold is at least this
-        many standard deviations of its response to the tile's measured noise,
-        so shot noise is not counted as features. ``polarity`` ("both",
+        ``noise_k`` (float, default 5): a level's threshold is at least this
+        many standard deviations of its response to the tile's measured noise
+        (pure Gaussian noise then yields no features). ``noise_margin``
+        (float, default 2.5): and at least ``threshold`` plus this many, so
+        that structure just under the threshold is not lifted over it by
+        noise. The noise is measured on each tile as a spectrum along the
+        scan line after a variance-stabilising transform
+        (``mhd.functions._noise``). ``polarity`` ("both",
         the default, counts dark and bright features, i.e. maxima of
         ``|D_i|``; "dark" is the paper's sign, "bright" the reference
         code's; chosen by measurement, see ``bench/focus_measures.py``), ``grid`` ((rows, cols) of the count grid,
