@@ -373,7 +373,7 @@ def section_summary(console: Console, section: Path, outcome: Outcome) -> None:
         console.print(summary_table(outcome.records.values(), title, outcome.new, outcome.elapsed, failed=outcome.new_failed, width=console.width))
     else:
         for line in summary_lines(outcome.records.values(), title, outcome.new, outcome.elapsed, failed=outcome.new_failed):
-            console.print(line, highlight=False, markup=False)
+            console.file.write(line + "\n")  # as is: rich would expand the tabs
     if outcome.found is not None:
         a = outcome.accounting()
         line = f"{a['found']} files found = {a['scored']} scored + {a['failed']} failed + {a['skipped']} skipped (not tiles)"
