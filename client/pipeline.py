@@ -159,6 +159,9 @@ class Pipeline:
         raises :class:`KeyboardInterrupt` (Ctrl-C, see
         :class:`mhd.client.interrupt.Interrupt`); the caller then
         :meth:`drain`-s.
+    abandoned_tiles : int
+        Set by :meth:`drain`: tiles of the tasks it gave up on (no record:
+        the next run scores them).
     """
 
     backend: Any

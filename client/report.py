@@ -236,11 +236,12 @@ def _plot_montage(path: Path, records: list[dict], pos: dict[str, tuple[int, int
         if rec["tile"] in pos and rec["verdict"] != "ok":
             r, c = pos[rec["tile"]]
             mark = MONTAGE_MARKS.get(rec.get("kind")) if rec["verdict"] == "oof" else MONTAGE_MARKS[rec["verdict"]]
-            ax.text(c, r, mark, ha="center", va="center", fontsize=11, fontweight="bold")
+            ink = text_colour(im.cmap(im.norm(grid[r, c] - centre)))  # readable on the cell (dark red: white)
+            ax.text(c, r, mark, ha="center", va="center", fontsize=11, fontweight="bold", color=ink)
             angle = rec.get("astigmatism_angle")
             if rec.get("kind") == "astigmatism" and angle is not None:
                 dx, dy = 0.42 * math.cos(math.radians(angle)), -0.42 * math.sin(math.radians(angle))  # rows point down
-                ax.plot([c - dx, c + dx], [r - dy, r + dy], color="k", lw=1.2)
+                ax.plot([c - dx, c + dx], [r - dy, r + dy], color=ink, lw=1.2)
     ax.set_xticks(range(cols))
     ax.set_yticks(range(rows))
     ax.set_xlabel("column")
