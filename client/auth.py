@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["TOKEN_FILE", "make_app", "compute_client", "transfer_client", "login", "logout", "token_path"]
+__all__ = ["TOKEN_FILE", "LoginRequired", "make_app", "compute_client", "ensure_login", "transfer_client", "login", "logout", "token_path"]
 
 #: Token database in the config folder.
 TOKEN_FILE = "tokens.db"
@@ -115,6 +116,47 @@ def transfer_client(app: Any = None, collection_ids: Iterable[str] = ()) -> Any:
     if ids:
         tc.add_app_data_access_scope(ids)
     return tc
+
+
+class LoginRequired(RuntimeError):
+    """No valid Globus login, and none can be made here (no terminal to prompt on, or it failed)."""
+
+
+#: What to run when a login is needed and cannot be prompted for.
+LOGIN_HINT = "run 'client login' once as this user at a terminal (an unattended PC can use GLOBUS_COMPUTE_CLIENT_ID and GLOBUS_COMPUTE_CLIENT_SECRET)"
+
+
+def ensure_login(app: Any = None, interactive: bool | None = None) -> None:
+    """Make sure the stored tokens serve Compute and Transfer, before any task is sent.
+
+    With valid (or refreshable) tokens this does nothing. Service
+    credentials get their tokens without a prompt. Otherwise a person must
+    log in: at a terminal the login is started now; without one (a service,
+    cron, ``| tee`` with no terminal on stdin) :class:`LoginRequired` says
+    what to run, instead of a login prompt inside every task.
+
+    Parameters
+    ----------
+    interactive : bool, optional
+        Whether a login may be prompted for (default: stdin is a terminal).
+
+    Raises
+    ------
+    LoginRequired
+    """
+    import globus_sdk
+
+    app = _app(app)
+    if not app.login_required():
+        return
+    if interactive is None:
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+    if not (interactive or isinstance(app, globus_sdk.ClientApp)):
+        raise LoginRequired(f"not logged in to Globus, and there is no terminal here to log in from: {LOGIN_HINT}")
+    try:
+        app.login()
+    except Exception as exc:  # EOF at the prompt, a refused consent, no network
+        raise LoginRequired(f"Globus login failed ({type(exc).__name__}: {exc}): {LOGIN_HINT}") from None
 
 
 def login(app: Any = None, *, force: bool = False) -> None:

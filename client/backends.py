@@ -26,9 +26,11 @@ Inline tiles may carry ``bytes``; the backends send them as base64 text
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -145,6 +147,8 @@ class Backend(Protocol):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
 
+    def abort(self) -> None: ...
+
     def __enter__(self) -> "Backend": ...
 
     def __exit__(self, *exc: Any) -> None: ...
@@ -215,11 +219,39 @@ def _running_future() -> Future:
 # ------------------------------------------------------------------ local
 
 
+class _WorkerProcess(multiprocessing.get_context("spawn").Process):
+    """A spawned pool worker that never sees the terminal's Ctrl-C.
+
+    A terminal sends SIGINT to the whole foreground process group, workers
+    included; the client handles it (records what is in flight, then shuts
+    the workers down). The worker is started with SIGINT blocked, so one
+    that arrives while it starts (imports) stays pending, and
+    :func:`_init_worker` ignores it (discarding a pending one) before
+    unblocking it, as CPython's own resource tracker does.
+    """
+
+    def start(self) -> None:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _WorkerContext(type(multiprocessing.get_context("spawn"))):  # type: ignore[misc]
+    """The spawn context, with :class:`_WorkerProcess` workers."""
+
+    Process = _WorkerProcess
+
+
 def _init_worker(environ: dict[str, str | None], parent: int) -> None:
-    """Process-pool initializer: set (or, for None, remove) worker environment
-    variables, keep the engine's task logging off the client's terminal
-    (a failed task's traceback travels in its result), and end the worker
-    when its parent process (the client) is gone."""
+    """Process-pool initializer: ignore SIGINT (the client shuts the worker
+    down), set (or, for None, remove) worker environment variables, keep
+    the engine's task logging off the client's terminal (a failed task's
+    traceback travels in its result), and end the worker when its parent
+    process (the client) is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     logging.getLogger().addHandler(logging.NullHandler())
     for key, value in environ.items():
         if value is None:
@@ -292,6 +324,11 @@ class EngineBackend:
         if self._close():
             self._engine.shutdown(block=wait)
 
+    def abort(self) -> None:
+        """Stop now, after Ctrl-C: queued tasks are dropped, running ones are not waited for."""
+        if self._close():
+            self._engine.shutdown(block=False)
+
     def _close(self) -> bool:
         """Mark shut down; True the first time."""
         with self._lock:
@@ -308,7 +345,8 @@ class EngineBackend:
 def local_engine(data_root: str | os.PathLike | None = None, workers: int | None = None, env: dict | None = None, *, run_dir: str) -> Any:
     """A started ``ProcessPoolEngine`` configured like the ``mhd-gpu`` endpoint.
 
-    Workers are freshly *spawned* processes (not forks of the caller), take
+    Workers are freshly *spawned* processes (not forks of the caller) that
+    ignore SIGINT (a terminal's Ctrl-C is the client's to handle), take
     ``MHD_DATA_ROOT`` = ``data_root`` (None removes it: inline tiles only) and
     the variables in ``env`` (a None value removes one), and deserialize only
     :data:`~mhd.client.registration.ALLOWED_SERIALIZERS`.
@@ -326,7 +364,7 @@ def local_engine(data_root: str | os.PathLike | None = None, workers: int | None
     environ.update(env or {})
     engine = ProcessPoolEngine(
         max_workers=workers or min(os.cpu_count() or 1, 8),
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=_WorkerContext(),
         initializer=_init_worker,
         initargs=(environ, os.getpid()),
         allowed_serializers=list(ALLOWED_SERIALIZERS),
@@ -407,6 +445,25 @@ class LocalBackend(EngineBackend):
         self._engine.executor.shutdown(wait=wait, cancel_futures=cancel_futures)
         if self._tmp is not None and wait:
             self._tmp.cleanup()
+
+    def abort(self, timeout: float = 2.0) -> None:
+        """Stop now, after Ctrl-C: queued tasks are dropped and the workers
+        (which ignore SIGINT, and may be in the middle of a task) are
+        terminated; waits at most ``timeout`` seconds for them to exit."""
+        if not self._close():
+            return
+        executor = self._engine.executor
+        workers = list((getattr(executor, "_processes", None) or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        for proc in workers:
+            with contextlib.suppress(Exception):
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in workers:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.cleanup()
 
 
 # ----------------------------------------------------------------- globus
@@ -519,6 +576,12 @@ class GlobusBackend:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def abort(self) -> None:
+        """Stop now, after Ctrl-C: tasks not yet sent are dropped; results of
+        tasks already on the endpoint are not waited for (their tiles are
+        scored again on the next run)."""
+        self.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> "GlobusBackend":
         return self

@@ -57,7 +57,10 @@ class _Group(click.Group):
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    """Rich output on a terminal; plain, unwrapped lines otherwise (logs, ``| tee``, journals)."""
+    if sys.stdout.isatty():
+        return Console(highlight=False, soft_wrap=False)
+    return Console(highlight=False, soft_wrap=True, no_color=True)
 
 
 def _load_config(**overrides: Any) -> config_mod.Config:
@@ -171,13 +174,14 @@ def _section_log(section: Path) -> Iterator[Path]:
 
 
 def _run_logged(section: Path, run: Callable[[], Any]) -> Any:
-    """``run()`` with the section log; failures become one-line user errors."""
+    """``run()`` with the section log (in ``section``, the results folder); failures become one-line user errors."""
+    from .auth import LoginRequired
     from .results import ResultsWriteError, SectionLocked
 
     with _section_log(section) as log_path:
         try:
             return run()
-        except (ValueError, OSError, SectionLocked, ResultsWriteError) as exc:
+        except (ValueError, OSError, SectionLocked, ResultsWriteError, LoginRequired) as exc:
             logging.getLogger("mhd.client").debug("run stopped", exc_info=True)
             raise click.ClickException(str(exc)) from None
         except Exception as exc:  # an unforeseen failure: one line here, the traceback in the log
@@ -232,8 +236,9 @@ def _run_options(fn: Callable) -> Callable:
         click.option("--transport", type=click.Choice(["auto", "inline", "shared", "globus"]), help="How tiles reach the function  [config: auto]"),
         click.option("--workers", type=click.IntRange(1, 64), help="Local backend worker processes."),
         click.option("--batch", type=click.IntRange(1, 1024), help="Tiles per scoring task."),
-        click.option("--on-oof", metavar="CMD", help="Run CMD TILE_PATH for each out-of-focus tile (no shell; MHD_TILE/MHD_REASON set)."),
+        click.option("--on-oof", metavar="CMD", help="Run CMD TILE_PATH for each out-of-focus tile (no shell; MHD_TILE, MHD_VERDICT and MHD_REASON set)."),
         click.option("--no-calibration", is_flag=True, help="Use the relative rule even if a calibration is stored."),
+        click.option("--results", "results", type=click.Path(file_okay=False, path_type=Path), help="Keep mhd-results.jsonl, the log, the lock and the report in RESULTS/<section name>/ instead of the section (read-only sections, archives)  [config: results]"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -251,15 +256,49 @@ def _rule(cfg: config_mod.Config, no_calibration: bool):
 
 def _transfer_client(collection_ids: list[str]) -> Any:
     """An authenticated ``globus_sdk.TransferClient`` for these collections (may start a login)."""
-    from .auth import transfer_client
+    from .auth import ensure_login, transfer_client
 
+    ensure_login()
     return transfer_client(collection_ids=collection_ids)
 
 
-def _compute_client() -> Any:
-    """An authenticated ``globus_compute_sdk.Client`` (may start a login)."""
-    from .auth import compute_client
+def _results_folder(section: Path, cfg: config_mod.Config) -> Path:
+    """The section's results folder (``--results``), checked writable; else a user error naming the option."""
+    from .results import check_writable, results_folder
 
+    try:
+        folder = results_folder(section, cfg["results"])
+        check_writable(folder, section)
+    except OSError as exc:
+        raise click.ClickException(_os_error(exc)) from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    return folder
+
+
+def _os_error(exc: OSError) -> str:
+    if exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return exc.strerror or str(exc)
+
+
+def _interruptible(console: Console, run: Callable[[], Any]) -> Any:
+    """``run()``; Ctrl-C before scoring started ends the command with status 130, quietly."""
+    from .interrupt import EXIT_INTERRUPTED
+
+    try:
+        return run()
+    except KeyboardInterrupt:
+        console.print("interrupted before scoring started: nothing recorded", highlight=False)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _compute_client() -> Any:
+    """An authenticated ``globus_compute_sdk.Client``: logged in first (at a terminal), or
+    :class:`~mhd.client.auth.LoginRequired` before any task is sent."""
+    from .auth import compute_client, ensure_login
+
+    ensure_login()
     return compute_client()
 
 
@@ -267,27 +306,33 @@ def _compute_client() -> Any:
 @_run_options
 @click.option("--rescore", is_flag=True, help="Score every tile again (the old results are kept as a .bak file).")
 @click.option("-a", "--all", "show_ok", is_flag=True, help="Print a line for ok tiles too.")
-def submit(directory: Path, backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, rescore: bool, show_ok: bool, **kwargs: Any) -> None:
+def submit(directory: Path, backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, results: Path | None, rescore: bool, show_ok: bool, **kwargs: Any) -> None:
     """Score every tile of a section and report out-of-focus tiles.
 
     Tiles (TIFF, PNG, BMP, JPEG; recursive) are taken in natural order of
-    their paths. Verdicts are printed as they arrive and appended to
-    DIR/mhd-results.jsonl; a re-run scores only tiles not yet recorded (and
-    retries errors). Exit status: 0 all ok, 2 out-of-focus tiles, 1 errors.
+    their paths. Each verdict is appended to DIR/mhd-results.jsonl (or
+    under --results) as it arrives, and a line is printed for each tile
+    that is not ok (-a: every tile); a re-run scores only tiles not yet
+    recorded (and retries errors). Ctrl-C records the tasks that finish
+    within drain_timeout seconds and exits 130. Exit status: 0 all ok,
+    2 out-of-focus tiles, 1 errors.
 
     Example:
 
         client submit --dir examples/section_042     # exits 2: the example has OOF tiles
     """
+    from .interrupt import Interrupt
     from .submit import run_section, section_summary
 
     params = _params(kwargs) or None
     section = _section(directory)
-    cfg = _load_config(backend=backend, transport=transport, workers=workers, batch=batch)
+    cfg = _load_config(backend=backend, transport=transport, workers=workers, batch=batch, results=results)
     console = _console()
     rule = _rule(cfg, no_calibration)
-    outcome = _run_logged(section, lambda: run_section(section, cfg, console, rule=rule, rescore=rescore, params=params, on_oof=on_oof, show_ok=show_ok, transfer_client=_transfer_client, compute_client=_compute_client))
-    section_summary(console, section, outcome)
+    folder = _results_folder(section, cfg)
+    with Interrupt() as interrupt:
+        outcome = _interruptible(console, lambda: _run_logged(folder, lambda: run_section(section, cfg, console, rule=rule, rescore=rescore, params=params, on_oof=on_oof, show_ok=show_ok, transfer_client=_transfer_client, compute_client=_compute_client, results_dir=folder, interrupt=interrupt)))
+        section_summary(console, section, outcome)
     sys.exit(outcome.exit_status)
 
 
@@ -296,31 +341,36 @@ def submit(directory: Path, backend: str | None, transport: str | None, workers:
 
 @main.command("config", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {key: {value, source}}.")
-def config_cmd(as_json: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also say what each key means.")
+def config_cmd(as_json: bool, verbose: bool) -> None:
     """Show the effective configuration and where each value comes from.
 
-    Values come from defaults, the file ($MHD_CONFIG or
-    ~/.config/mhd/config.json), MHD_<KEY> environment variables, then
-    command-line options, each overriding the one before.
+    One line per key: key, value (- when unset), source. Values come from
+    defaults, the file ($MHD_CONFIG or ~/.config/mhd/config.json),
+    MHD_<KEY> environment variables, then command-line options, each
+    overriding the one before. --verbose adds each key's meaning.
 
     Example:
 
         MHD_OOF_K=4 client config
     """
-    from rich.table import Table
-
     cfg = _load_config()
     if as_json:
         click.echo(json.dumps({k: {"value": cfg.values[k], "source": cfg.sources[k]} for k in cfg.values}, indent=2))
         return
-    table = Table(title=f"configuration (file: {config_mod.config_path()})", title_justify="left")
-    for col in ("key", "value", "source", "meaning"):
-        table.add_column(col, overflow="fold")
+    path = config_mod.config_path()
+    click.echo(f"configuration file: {path}{'' if path.exists() else ' (absent: defaults)'}")
+    width = max(len(k) for k in config_mod.KEYS)
+    values = {k: "-" if cfg.values[k] is None else ('""' if cfg.values[k] == "" else str(cfg.values[k])) for k in config_mod.KEYS}
+    value_width = min(40, max(len(v) for v in values.values()))
     for key, spec in config_mod.KEYS.items():
-        src = cfg.sources[key]
-        table.add_row(key, "" if cfg.values[key] is None else str(cfg.values[key]), f"[dim]{src}[/]" if src == "default" else src, spec.help)
-    table.add_row("(calibration)", str(cfg.calibration_path), "present" if cfg.calibration_path.exists() else "[dim]absent: relative rule[/]", "fitted by client calibrate")
-    _console().print(table)
+        click.echo(f"{key:<{width}}  {values[key]:<{value_width}}  {cfg.sources[key]}")
+        if verbose:
+            click.echo(f"{'':<{width}}    {spec.help}")
+    cal = cfg.calibration_path
+    click.echo(f"{'(calibration)':<{width}}  {cal}  {'present' if cal.exists() else 'absent: relative rule'}")
+    if not verbose:
+        click.echo("client config --verbose says what each key means")
 
 
 @main.command(context_settings=CONTEXT)
@@ -423,29 +473,33 @@ endpoint.add_command(_configure_with_stored_function())
 @click.option("--poll", type=click.FloatRange(0.05, 60), default=0.25, show_default=True, help="Seconds between looks at the folder.")
 @click.option("--give-up", type=click.FloatRange(0.0), default=10.0, show_default=True, help="Seconds a complete-looking but undecodable file waits before it is scored (and fails).")
 @click.option("--idle-exit", type=click.FloatRange(0.0), help="Stop after this many seconds without a new tile (default: run until Ctrl-C).")
-def watch(directory: Path, backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, poll: float, give_up: float, idle_exit: float | None, **kwargs: Any) -> None:
+def watch(directory: Path, backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, results: Path | None, poll: float, give_up: float, idle_exit: float | None, **kwargs: Any) -> None:
     """Score tiles as the microscope writes them, until Ctrl-C.
 
     A tile is taken once completely written (size stable and decodable, or
     renamed into place from a .part/.tmp/dot name). Each verdict is printed
     and recorded within about a second; with --on-oof, CMD runs with the
     tile's path as its last argument (no shell involved). Ctrl-C records
-    the tiles in flight, then exits with the section's status (0/1/2).
+    the tasks that finish within drain_timeout seconds (the others are
+    scored on the next run), then exits with the section's status (0/1/2).
 
     Example:
 
         client watch --dir /data/section_043 --on-oof "notify-send 'Out of focus'"
     """
+    from .interrupt import Interrupt
     from .submit import section_summary
     from .watch import watch_section
 
     params = _params(kwargs) or None
     section = _section(directory)
-    cfg = _load_config(backend=backend, transport=transport, workers=workers, batch=batch)
+    cfg = _load_config(backend=backend, transport=transport, workers=workers, batch=batch, results=results)
     console = _console()
     rule = _rule(cfg, no_calibration)
-    outcome = _run_logged(section, lambda: watch_section(section, cfg, console, rule=rule, params=params, on_oof=on_oof, poll=poll, give_up=give_up, idle_exit=idle_exit, transfer_client=_transfer_client, compute_client=_compute_client))
-    section_summary(console, section, outcome)
+    folder = _results_folder(section, cfg)
+    with Interrupt() as interrupt:
+        outcome = _interruptible(console, lambda: _run_logged(folder, lambda: watch_section(section, cfg, console, rule=rule, params=params, on_oof=on_oof, poll=poll, give_up=give_up, idle_exit=idle_exit, transfer_client=_transfer_client, compute_client=_compute_client, results_dir=folder, interrupt=interrupt)))
+        section_summary(console, section, outcome)
     sys.exit(outcome.exit_status)
 
 
@@ -457,7 +511,8 @@ def watch(directory: Path, backend: str | None, transport: str | None, workers: 
 @click.option("--positions", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV tile,row,col (default: r<row>_c<col> in tile names).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder  [default: DIR/mhd-report]")
 @click.option("--no-calibration", is_flag=True, help="Judge against the section even if a calibration is stored.")
-def report(directory: Path, positions: Path | None, out: Path | None, no_calibration: bool) -> None:
+@click.option("--results", "results", type=click.Path(file_okay=False, path_type=Path), help="Results kept outside the section by submit/watch --results (read from RESULTS/<section name>/)  [config: results]")
+def report(directory: Path, positions: Path | None, out: Path | None, no_calibration: bool, results: Path | None) -> None:
     """Figures, a CSV and the list of tiles to re-acquire, from a section's results.
 
     Writes density.png (density per tile in acquisition order, with the
@@ -474,13 +529,17 @@ def report(directory: Path, positions: Path | None, out: Path | None, no_calibra
         client report --dir examples/section_042
     """
     from .report import make_report
+    from .results import results_folder
 
     section = _section(directory)
-    cfg = _load_config()
+    cfg = _load_config(results=results)
     try:
-        rep = make_report(section, _rule(cfg, no_calibration), positions, out)
+        rep = make_report(section, _rule(cfg, no_calibration), positions, out, results_folder(section, cfg["results"], create=False))
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        hint = "" if out or cfg["results"] else " (a read-only section: give --out DIR)"
+        raise click.ClickException(_os_error(exc) + hint) from None
     again = len(rep.reacquire.read_bytes().splitlines())
     for path in (rep.density, rep.montage, rep.focus_maps, rep.csv, rep.reacquire):
         if path is not None:

@@ -70,6 +70,8 @@ KEYS: dict[str, Key] = {
     "workers": Key(0, _int, "local backend worker processes (0: one per CPU core, at most 8)"),
     "batch": Key(0, _int, "tiles per scoring task (0: automatic)"),
     "task_timeout": Key(3600.0, _float, "seconds a scoring task may go without a result; then its tiles are recorded as errors"),
+    "drain_timeout": Key(3.0, _float, "after Ctrl-C, seconds to wait for the tasks in flight (the rest are scored on the next run)"),
+    "results": Key(None, _str, "folder for results: each section's mhd-results.jsonl, log, lock and report go to <results>/<section name>/ (default: the section)"),
     "oof_k": Key(3.0, _float, "relative rule: OOF below median - k * robust sigma of log density"),
     "oof_min_drop": Key(0.3, _float, "relative rule: ... and at least this far below it (natural log units)"),
     "warmup": Key(8, _int, "relative rule: tiles scored before the first verdict"),

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from .verdicts import VERDICTS
 
-__all__ = ["STYLES", "Reporter", "summary_table", "verdict_line"]
+__all__ = ["STYLES", "Reporter", "shorten_left", "summary_lines", "summary_table", "verdict_line"]
 
 #: Rich style of each verdict.
 STYLES = {"ok": "green", "oof": "bold white on red", "empty": "yellow", "error": "bold magenta"}
@@ -103,7 +103,30 @@ class Reporter:
         return time.perf_counter() - self.started
 
 
-def summary_table(records: Iterable[dict], title: str, new: int, elapsed: float, max_rows: int = 20) -> Table:
+def shorten_left(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, shortened from the left (``…`` + its end).
+
+    A tile id keeps its file name, the part that tells tiles apart.
+    """
+    if len(text) <= width:
+        return text
+    return "…" + text[len(text) - max(width - 1, 1) :]
+
+
+def _caption(total: int, new: int, elapsed: float, failed: int) -> str:
+    scored = new - failed
+    rate = f", {scored / elapsed:.1f} tiles/s" if scored and elapsed > 0 else ""
+    failures = f", {failed} failed" if failed else ""
+    return f"{total} tiles in the section; this run: {scored} scored{failures} in {elapsed:.1f} s{rate}"
+
+
+#: Columns of the summary table other than the tile id and the reason, with borders and padding.
+_FIXED_WIDTH = 25
+#: Narrowest reason column before tile ids are shortened.
+_MIN_REASON = 16
+
+
+def summary_table(records: Iterable[dict], title: str, new: int, elapsed: float, max_rows: int = 20, *, failed: int = 0, width: int | None = None) -> Table:
     """The end-of-run table: counts per verdict, then the tiles that need attention.
 
     Parameters
@@ -112,27 +135,51 @@ def summary_table(records: Iterable[dict], title: str, new: int, elapsed: float,
         Every record of the section (this run and earlier ones).
     title : str
     new : int
-        Tiles scored in this run.
+        Tiles recorded in this run.
     elapsed : float
         Seconds this run took.
     max_rows : int
         Problem tiles listed at most (the rest are counted).
+    failed : int
+        Of ``new``, the tiles recorded as errors (not counted as scored).
+    width : int, optional
+        The terminal's width: longer tile ids are shortened from the left
+        (:func:`shorten_left`), never cut at the end.
     """
     recs = list(records)
     counts = Counter(r["verdict"] for r in recs)
-    rate = f", {new / elapsed:.1f} tiles/s" if new and elapsed > 0 else ""
-    table = Table(title=title, caption=f"{len(recs)} tiles in the section, {new} scored now in {elapsed:.1f} s{rate}", title_justify="left")
-    table.add_column("verdict")
-    table.add_column("tiles", justify="right")
-    table.add_column("tile")
+    table = Table(title=title, caption=_caption(len(recs), new, elapsed, failed), title_justify="left")
+    problems = [r for r in recs if r["verdict"] != "ok"]
+    longest = max((len(r["tile"]) for r in problems[:max_rows]), default=4)
+    tile_width = max(12, min(longest, (width or 10**6) - _FIXED_WIDTH - _MIN_REASON))
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("tiles", justify="right", no_wrap=True)
+    table.add_column("tile", no_wrap=True, min_width=min(longest, tile_width), max_width=tile_width)
     table.add_column("reason", overflow="fold")
     for v in VERDICTS:
         table.add_row(f"[{STYLES[v]}]{v}[/]", str(counts.get(v, 0)), "", "")
-    problems = [r for r in recs if r["verdict"] != "ok"]
     if problems:
         table.add_section()
     for r in problems[:max_rows]:
-        table.add_row(f"[{STYLES[r['verdict']]}]{r['verdict']}[/]", "", _esc(r["tile"]), _esc(r.get("reason") or ""))
+        table.add_row(f"[{STYLES[r['verdict']]}]{r['verdict']}[/]", "", _esc(shorten_left(r["tile"], tile_width)), _esc(r.get("reason") or ""))
     if len(problems) > max_rows:
         table.add_row("", "", f"... and {len(problems) - max_rows} more", "see mhd-results.jsonl or client report")
     return table
+
+
+def summary_lines(records: Iterable[dict], title: str, new: int, elapsed: float, max_rows: int = 20, *, failed: int = 0) -> list[str]:
+    """The summary as plain lines (output that is not a terminal: logs, ``| tee``, journals).
+
+    One line of counts, one line per tile that needs attention
+    (``verdict<TAB>tile<TAB>reason``, so ``grep``/``cut`` work), and the
+    run's figures; nothing is wrapped or shortened.
+    """
+    recs = list(records)
+    counts = Counter(r["verdict"] for r in recs)
+    lines = [f"{title}: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in VERDICTS)]
+    problems = [r for r in recs if r["verdict"] != "ok"]
+    lines += [f"{r['verdict']}\t{r['tile']}\t{r.get('reason') or ''}" for r in problems[:max_rows]]
+    if len(problems) > max_rows:
+        lines.append(f"... and {len(problems) - max_rows} more: see mhd-results.jsonl or client report")
+    lines.append(_caption(len(recs), new, elapsed, failed))
+    return lines

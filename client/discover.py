@@ -43,7 +43,7 @@ _PARTIAL_PREFIXES = (".",)
 
 #: Folders the client itself writes into a section; never scanned for tiles.
 _OWN_DIRS = frozenset({"mhd-report"})
-_OWN_FILES = frozenset({"mhd-calibration.png", LOG_NAME})
+_OWN_FILES = frozenset({"mhd-calibration.png", LOG_NAME, "mhd-section.txt"})
 
 _DIGITS = re.compile(r"(\d+)")
 _POSITION = re.compile(r"(?:^|[^a-z0-9])r(?:ow)?[_-]?(\d+)[_-]?c(?:ol)?[_-]?(\d+)(?:[^0-9]|$)", re.IGNORECASE)
@@ -78,11 +78,16 @@ class Discovery:
     tiles : list of Tile
         Image files in acquisition order.
     skipped : list of str
-        Relative paths of other files (not images, or still being written).
+        Relative paths of other files (not images).
+    ignored : list of str
+        Relative paths of hidden files and files still being written
+        (:func:`is_partial_name`: ``.x.png``, ``x.png.part``, ``x.tmp``):
+        neither tiles nor skipped until renamed into place.
     """
 
     tiles: list[Tile] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
 
 
 def match_names(names: list[str], pattern: str, what: str) -> dict[str, re.Match]:
@@ -154,7 +159,8 @@ def discover(section: str | Path) -> Discovery:
     -------
     Discovery
         Tiles sorted by :func:`natural_key` of their relative path; other
-        files (except the client's own outputs) in ``skipped``.
+        files (except the client's own outputs) in ``skipped``, hidden and
+        partly written ones in ``ignored``.
 
     Raises
     ------
@@ -169,12 +175,15 @@ def discover(section: str | Path) -> Discovery:
         rel = path.relative_to(root)
         if _is_own_output(rel) or not path.is_file():
             continue
-        if is_image_name(path.name):
+        if is_partial_name(path.name):
+            found.ignored.append(rel.as_posix())
+        elif is_image_name(path.name):
             found.tiles.append(Tile(rel.as_posix(), path, path.stat().st_size))
         else:
             found.skipped.append(rel.as_posix())
     found.tiles.sort(key=lambda t: natural_key(t.id))
     found.skipped.sort(key=natural_key)
+    found.ignored.sort(key=natural_key)
     return found
 
 

@@ -154,6 +154,14 @@ class Pipeline:
         Tile id -> when it finished landing (epoch seconds, its mtime):
         records of these tiles get ``latency_ms``, landing to verdict
         (``watch`` fills it).
+    stop : callable
+        ``stop() -> bool``, polled between steps: once True, :meth:`run`
+        raises :class:`KeyboardInterrupt` (Ctrl-C, see
+        :class:`mhd.client.interrupt.Interrupt`); the caller then
+        :meth:`drain`-s.
+    abandoned_tiles : int
+        Set by :meth:`drain`: tiles of the tasks it gave up on (no record:
+        the next run scores them).
     """
 
     backend: Any
@@ -168,6 +176,8 @@ class Pipeline:
     retries: int = 2
     task_timeout: float = 3600.0
     landed: dict[str, float] = field(default_factory=dict)
+    stop: Callable[[], bool] = lambda: False
+    abandoned_tiles: int = 0
     _streams: list[Iterator[Staged | None]] = field(default_factory=list)
     _futures: dict[cf.Future, _Task] = field(default_factory=dict)
     _local: dict[str, Tile] = field(default_factory=dict)
@@ -190,6 +200,11 @@ class Pipeline:
         """Scoring tasks outstanding."""
         return len(self._futures)
 
+    @property
+    def inflight_tiles(self) -> int:
+        """Tiles of the scoring tasks outstanding."""
+        return sum(len(task.staged.tiles) for task in self._futures.values())
+
     def pump(self, timeout: float) -> None:
         """Submit what is ready, then collect results for up to ``timeout`` seconds.
 
@@ -205,9 +220,17 @@ class Pipeline:
         self.collect(timeout)
 
     def run(self, tiles: list[Tile], tick: float = 0.5) -> None:
-        """Feed ``tiles`` and pump until every one is recorded (pending warm-up included)."""
+        """Feed ``tiles`` and pump until every one is recorded (pending warm-up included).
+
+        Raises
+        ------
+        KeyboardInterrupt
+            When ``stop()`` becomes true (checked at least every ``tick`` seconds).
+        """
         self.feed(tiles)
         while self.busy:
+            if self.stop():
+                raise KeyboardInterrupt
             self.pump(tick)
         self.finish()
 
@@ -216,13 +239,20 @@ class Pipeline:
         self._record(self.judge.flush())
 
     def drain(self, timeout: float) -> None:
-        """Stop staging; record what completes within ``timeout`` seconds; cancel the rest."""
+        """Stop staging; record what completes within ``timeout`` seconds; cancel the rest.
+
+        Tiles held for the baseline are then judged and recorded
+        (:meth:`finish`); tiles of cancelled or unfinished tasks get no
+        record, so the next run scores them.
+        """
         self._streams.clear()
         deadline = time.monotonic() + timeout
         while self._futures and time.monotonic() < deadline:
             self.collect(max(0.0, deadline - time.monotonic()))
+        self.abandoned_tiles = self.inflight_tiles
         for fut in list(self._futures):
             fut.cancel()
+        self._futures.clear()
         self.finish()
 
     # ----------------------------------------------------------- internals

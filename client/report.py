@@ -113,8 +113,12 @@ def section_verdicts(records: list[dict], rule: Rule, section: Path | None = Non
     return out, base
 
 
-def make_report(section: Path, rule: Rule, positions: Path | None = None, out: Path | None = None) -> Report:
+def make_report(section: Path, rule: Rule, positions: Path | None = None, out: Path | None = None, results: Path | None = None) -> Report:
     """Write the report files of ``section``.
+
+    ``results`` is the folder holding its ``mhd-results.jsonl`` (default:
+    the section, see ``--results``); the report goes to ``out``, default
+    ``<results>/mhd-report``.
 
     Raises
     ------
@@ -123,11 +127,12 @@ def make_report(section: Path, rule: Rule, positions: Path | None = None, out: P
     ValueError
         For a bad positions file.
     """
-    recs, _ = read_records(section / RESULTS_NAME)
+    results = results or section
+    recs, _ = read_records(results / RESULTS_NAME)
     if not recs:
-        raise FileNotFoundError(f"{section / RESULTS_NAME}: no results yet; run 'client submit --dir {section}' first")
+        raise FileNotFoundError(f"{results / RESULTS_NAME}: no results yet; run 'client submit --dir {section}' first")
     records = sorted(recs.values(), key=lambda r: natural_key(r["tile"]))
-    folder = out or section / REPORT_DIR
+    folder = out or results / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     again, base = section_verdicts(records, rule, section)
     pos = tile_positions([r["tile"] for r in records], positions)
@@ -231,11 +236,12 @@ def _plot_montage(path: Path, records: list[dict], pos: dict[str, tuple[int, int
         if rec["tile"] in pos and rec["verdict"] != "ok":
             r, c = pos[rec["tile"]]
             mark = MONTAGE_MARKS.get(rec.get("kind")) if rec["verdict"] == "oof" else MONTAGE_MARKS[rec["verdict"]]
-            ax.text(c, r, mark, ha="center", va="center", fontsize=11, fontweight="bold")
+            ink = text_colour(im.cmap(im.norm(grid[r, c] - centre)))  # readable on the cell (dark red: white)
+            ax.text(c, r, mark, ha="center", va="center", fontsize=11, fontweight="bold", color=ink)
             angle = rec.get("astigmatism_angle")
             if rec.get("kind") == "astigmatism" and angle is not None:
                 dx, dy = 0.42 * math.cos(math.radians(angle)), -0.42 * math.sin(math.radians(angle))  # rows point down
-                ax.plot([c - dx, c + dx], [r - dy, r + dy], color="k", lw=1.2)
+                ax.plot([c - dx, c + dx], [r - dy, r + dy], color=ink, lw=1.2)
     ax.set_xticks(range(cols))
     ax.set_yticks(range(rows))
     ax.set_xlabel("column")
@@ -247,8 +253,28 @@ def _plot_montage(path: Path, records: list[dict], pos: dict[str, tuple[int, int
     plt.close(fig)
 
 
+#: Colour-bar ticks of focus-maps.png (cell density / baseline).
+RATIO_TICKS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def text_colour(rgba: tuple) -> str:
+    """``"black"`` on light colours, ``"white"`` on dark ones (relative luminance, WCAG)."""
+
+    def lin(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (lin(float(c)) for c in rgba[:3])
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    # contrast with black (L + 0.05) / 0.05 against white 1.05 / (L + 0.05): equal at L ~ 0.179
+    return "black" if luminance > 0.179 else "white"
+
+
 def _plot_focus_maps(path: Path, maps: list[tuple[dict, dict]], units: str, title: str) -> None:
-    """Small multiples: each flagged tile's cells, density relative to the baseline (log colour scale).
+    """Small multiples: each flagged tile's cells, density relative to the baseline.
+
+    Colours follow the ratio on a log scale (the colour bar is labelled in
+    ratios, like the numbers in the cells); each number is written in black
+    or white, whichever is readable on its cell's colour.
 
     Parameters
     ----------
@@ -256,17 +282,22 @@ def _plot_focus_maps(path: Path, maps: list[tuple[dict, dict]], units: str, titl
         Flagged tiles; the section record holds the ``focus_map``.
     """
     plt = _pyplot()
+    from matplotlib.colors import LogNorm
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    norm = LogNorm(vmin=math.exp(-1.5), vmax=math.exp(1.5), clip=True)
+    cmap = plt.get_cmap("RdYlGn")
     shown = maps[:MAX_MAPS]
     ncols = min(6, len(shown))
     nrows = -(-len(shown) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.2 + 1.8 * ncols, 0.6 + 2.2 * nrows), dpi=110, squeeze=False, layout="constrained")
     im = None
     for ax, (rec, fresh) in zip(axes.flat, shown):
-        ratio = np.asarray(fresh["focus_map"], float)
-        im = ax.imshow(np.log(np.maximum(ratio, 0.01)), cmap="RdYlGn", vmin=-1.5, vmax=1.5)
+        ratio = np.maximum(np.asarray(fresh["focus_map"], float), 0.01)
+        im = ax.imshow(ratio, cmap=cmap, norm=norm)
         if ratio.size <= 64:
             for (i, j), v in np.ndenumerate(ratio):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6)
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6, color=text_colour(cmap(norm(v))))
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"{rec['tile']}\n" + textwrap.fill(_what(rec, fresh, units), 30), fontsize=6)
@@ -274,6 +305,9 @@ def _plot_focus_maps(path: Path, maps: list[tuple[dict, dict]], units: str, titl
         ax.axis("off")
     more = f" (first {MAX_MAPS} of {len(maps)})" if len(maps) > MAX_MAPS else ""
     fig.suptitle(f"{title}{more}", fontsize=9)
-    fig.colorbar(im, ax=axes, shrink=0.8, label="log(cell density / baseline)")
+    bar = fig.colorbar(im, ax=axes, shrink=0.8, label="cell density / baseline (log scale)")
+    bar.ax.yaxis.set_major_locator(FixedLocator(RATIO_TICKS))
+    bar.ax.yaxis.set_minor_locator(FixedLocator([]))
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     fig.savefig(path)
     plt.close(fig)

@@ -25,19 +25,76 @@ import fcntl
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from .discover import RESULTS_NAME
 
-__all__ = ["BRIEF_KEYS", "ResultsLog", "ResultsWriteError", "SectionLocked", "brief", "read_records"]
+__all__ = ["BRIEF_KEYS", "SECTION_MARK", "ResultsLog", "ResultsWriteError", "SectionLocked", "brief", "check_writable", "read_records", "results_folder"]
 
 log = logging.getLogger(__name__)
 
 
 #: Fields of each record that :attr:`ResultsLog.records` keeps in memory.
 BRIEF_KEYS = ("tile", "verdict", "kind", "reason", "features", "density", "blur", "error", "defocus", "contrast", "latency_ms", "scored_at")
+
+
+#: In a results folder kept outside its section (``--results``): the section's path.
+SECTION_MARK = "mhd-section.txt"
+
+
+def results_folder(section: Path, root: str | os.PathLike | None, create: bool = True) -> Path:
+    """The folder of a section's results log, client log, lock and report.
+
+    Parameters
+    ----------
+    section : Path
+        The section folder (absolute).
+    root : str or Path, optional
+        ``--results`` / the ``results`` key: results go to
+        ``<root>/<section name>/``. None: the section itself.
+    create : bool
+        Create the folder (and its :data:`SECTION_MARK`) if needed.
+
+    Raises
+    ------
+    ValueError
+        If the folder already holds the results of another section of the
+        same name.
+    OSError
+        If it cannot be created.
+    """
+    if not root:
+        return section
+    folder = Path(root).expanduser().resolve() / section.name
+    mark = folder / SECTION_MARK
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    if mark.exists():
+        other = mark.read_text(errors="replace").strip()
+        if other != str(section):
+            raise ValueError(f"{folder} holds the results of {other}, not of {section}: give another --results folder")
+    elif create:
+        mark.write_text(f"{section}\n")
+    return folder
+
+
+def check_writable(folder: Path, section: Path) -> None:
+    """Raise a clear :class:`OSError` when ``folder`` cannot take the results (read-only, no permission).
+
+    A section that is read-only (an archive, another user's mounted
+    acquisition) is told to use ``--results``.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".mhd-check-"):
+            pass
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if folder == section:
+            raise OSError(exc.errno, f"{section}: cannot write the results here ({why}); give --results DIR (or the config key 'results') to keep this section's mhd-results.jsonl, log and report in DIR/{section.name}/") from None
+        raise OSError(exc.errno, f"{folder}: cannot write the results there ({why})") from None
 
 
 def brief(record: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ old one is kept as a ``.bak``) and scores everything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -17,23 +18,18 @@ from typing import Any, Callable
 from rich.console import Console
 
 from .config import Config
-from .console import Reporter, summary_table
-from .discover import Discovery, Tile, discover
+from .console import Reporter, summary_lines, summary_table
+from .discover import RESULTS_NAME, Discovery, Tile, discover
+from .interrupt import EXIT_INTERRUPTED, Interrupt
 from .pipeline import OofHook, Pipeline
 from .results import ResultsLog
 from .score import tissue_probe
-from .transport import MB, GlobusTransport, InlineTransport, SharedTransport, Transport, choose_transport
+from .transport import MB, DiskTransport, GlobusTransport, InlineTransport, SharedTransport, Transport, choose_transport
 from .verdicts import Judge, Rule, exit_status
 
-__all__ = ["Outcome", "auto_batch", "backend_kind", "local_workers", "make_transport", "open_backend", "run_section", "section_summary", "todo_tiles"]
+__all__ = ["EXIT_INTERRUPTED", "Outcome", "auto_batch", "backend_kind", "local_workers", "make_transport", "open_backend", "run_section", "section_summary", "todo_tiles"]
 
 log = logging.getLogger(__name__)
-
-#: Seconds to wait for tasks in flight after Ctrl-C.
-DRAIN_SECONDS = 10.0
-
-#: Interrupted by the user (128 + SIGINT), as shells report it.
-EXIT_INTERRUPTED = 130
 
 
 @dataclass
@@ -51,6 +47,10 @@ class Outcome:
     interrupted : bool
     found : Discovery, optional
         What the section folder held (for :meth:`accounting`).
+    new_failed : int
+        Of ``new``, the tiles recorded as errors.
+    results : Path, optional
+        The results log (``mhd-results.jsonl``).
     """
 
     records: dict[str, dict]
@@ -58,6 +58,8 @@ class Outcome:
     elapsed: float
     interrupted: bool = False
     found: Discovery | None = None
+    new_failed: int = 0
+    results: Path | None = None
 
     def accounting(self) -> dict[str, int]:
         """Where every file found went: ``found == scored + failed + skipped + unscored``.
@@ -100,6 +102,12 @@ def backend_kind(cfg: Config) -> str:
     return "globus" if cfg["endpoint"] and cfg["function"] else "local"
 
 
+def check_backend(cfg: Config, kind: str) -> None:
+    """Raise ValueError when the ``globus`` backend lacks its endpoint or function UUID."""
+    if kind == "globus" and not (cfg["endpoint"] and cfg["function"]):
+        raise ValueError("the globus backend needs an endpoint and a function UUID: run 'client register --endpoint UUID' (see 'client config')")
+
+
 def local_workers(cfg: Config) -> int:
     """Worker processes of the local backend."""
     return cfg["workers"] or max(1, min(8, os.cpu_count() or 1))
@@ -129,8 +137,7 @@ def open_backend(cfg: Config, kind: str, data_root: Path | None = None, compute_
 
     if kind == "local":
         return backends.LocalBackend(workers=local_workers(cfg), data_root=data_root)
-    if not (cfg["endpoint"] and cfg["function"]):
-        raise ValueError("the globus backend needs an endpoint and a function UUID: run 'client register --endpoint UUID' (see 'client config')")
+    check_backend(cfg, kind)
     if compute_client is None:
         raise ValueError("the globus backend needs a Globus Compute client")
     return backends.GlobusBackend(cfg["endpoint"], cfg["function"], compute_client())
@@ -150,10 +157,12 @@ def auto_batch(n_tiles: int, workers: int, kind: str) -> int:
 def make_transport(cfg: Config, section: Path, tiles: list[Tile], batch: int, transfer_client: Callable[[list[str]], Any] | None = None, kind: str = "globus") -> Transport:
     """The transport the configuration (and ``auto``) asks for.
 
-    With the local backend, ``shared`` means the local workers read
-    ``shared_local`` directly (no remote prefix), and ``globus`` is refused
-    (a Transfer delivers to the endpoint's storage, which local workers
-    do not see).
+    With the local backend the workers read the tiles from disk themselves
+    (``auto``: paths relative to the section, so any tile the function
+    accepts is scored, whatever its size; ``shared``: relative to
+    ``shared_local`` when set); ``inline`` still sends bytes, and ``globus``
+    is refused (a Transfer delivers to the endpoint's storage, which local
+    workers do not see).
 
     Parameters
     ----------
@@ -168,16 +177,16 @@ def make_transport(cfg: Config, section: Path, tiles: list[Tile], batch: int, tr
         If the chosen transport is not configured (the message names the keys).
     """
     shared_ready = bool(cfg["shared_local"])
-    globus_ready = kind == "globus" and all(cfg[k] for k in ("source_collection", "dest_collection", "dest_path", "source_local"))
+    if kind == "local":
+        return _local_transport(cfg, section, batch)
+    globus_ready = all(cfg[k] for k in ("source_collection", "dest_collection", "dest_path", "source_local"))
     name = choose_transport(cfg["transport"], tiles, int(cfg["inline_max_mb"] * MB), shared_ready, globus_ready)
     if name == "inline":
-        return InlineTransport(batch, int(cfg["request_mb"] * MB))
+        return InlineTransport(batch, int(cfg["request_mb"] * MB), hint=_inline_hint(shared_ready, globus_ready))
     if name == "shared":
         if not shared_ready:
             raise ValueError("transport shared needs shared_local (and shared_remote): see 'client config'")
-        return SharedTransport(batch, cfg["shared_local"], cfg["shared_remote"] if kind == "globus" else "")
-    if kind != "globus":
-        raise ValueError("transport globus delivers to the endpoint's storage: it needs the globus backend")
+        return SharedTransport(batch, cfg["shared_local"], cfg["shared_remote"])
     if not globus_ready or transfer_client is None:
         raise ValueError("transport globus needs source_collection, source_local, dest_collection and dest_path: see 'client config'")
     return GlobusTransport(
@@ -193,6 +202,26 @@ def make_transport(cfg: Config, section: Path, tiles: list[Tile], batch: int, tr
         transfer_batch=cfg["transfer_batch"],
         deadline=cfg["transfer_timeout"],
     )
+
+
+def _local_transport(cfg: Config, section: Path, batch: int) -> Transport:
+    name = cfg["transport"]
+    if name == "globus":
+        raise ValueError("transport globus copies tiles to the endpoint's storage, which the local engine does not see: use --transport auto (the local engine reads tiles from disk) or --backend globus")
+    if name == "inline":
+        return InlineTransport(batch, int(cfg["request_mb"] * MB), hint="use --transport auto (the local engine then reads tiles from disk, any size)")
+    if name == "shared" and cfg["shared_local"]:
+        return SharedTransport(batch, cfg["shared_local"], "")
+    return DiskTransport(batch, section)
+
+
+def _inline_hint(shared_ready: bool, globus_ready: bool) -> str:
+    """What to do about a tile over the inline limit, given what is configured."""
+    if shared_ready:
+        return "use --transport shared (shared_local is configured)"
+    if globus_ready:
+        return "use --transport globus (Globus Transfer is configured)"
+    return "score it on this machine with --backend local, or configure shared storage (shared_local, shared_remote) or Globus Transfer for the endpoint (see 'client config')"
 
 
 def todo_tiles(found: Discovery, records: dict[str, dict]) -> list[Tile]:
@@ -212,11 +241,20 @@ def run_section(
     show_ok: bool = False,
     transfer_client: Callable[[list[str]], Any] | None = None,
     compute_client: Callable[[], Any] | None = None,
+    results_dir: Path | None = None,
+    interrupt: Interrupt | None = None,
 ) -> Outcome:
     """Score the tiles of ``section`` that need it; record and print verdicts.
 
     ``transfer_client`` and ``compute_client`` build the authenticated Globus
     clients, and are called only when the Globus transport / backend is used.
+    ``results_dir`` holds the results log (default: the section).
+
+    Ctrl-C (SIGINT, see :mod:`mhd.client.interrupt`; ``interrupt`` is the
+    caller's handler, else one is installed here): before scoring starts it
+    raises :class:`KeyboardInterrupt`; while scoring it stops submitting,
+    records the tasks that finish within ``drain_timeout`` seconds, leaves
+    the rest for the next run and returns an interrupted :class:`Outcome`.
 
     Returns
     -------
@@ -226,9 +264,13 @@ def run_section(
     ------
     ValueError, NotADirectoryError, mhd.client.results.SectionLocked
         Configuration or usage problems, before anything is scored.
+    KeyboardInterrupt
+        Ctrl-C before scoring started (nothing recorded).
     """
+    check_backend(cfg, backend_kind(cfg))
     found = discover(section)
-    with ResultsLog(section, fresh=rescore) as results:
+    folder = results_dir or section
+    with _handling(interrupt) as stop, ResultsLog(folder, fresh=rescore) as results:
         todo = todo_tiles(found, results.records)
         kind = backend_kind(cfg)
         workers = local_workers(cfg) if kind == "local" else 0
@@ -240,27 +282,55 @@ def run_section(
         interrupted = False
         with Reporter(console, len(todo), show_ok) as reporter:
             if todo:
-                data_root = Path(cfg["shared_local"]) if transport.name == "shared" else None
-                with open_backend(cfg, kind, data_root, compute_client) as backend:
-                    pipe = Pipeline(backend, transport, judge, results, params, on_verdicts=reporter, on_scored=reporter.scored, on_oof=hook, max_inflight=_inflight(kind, workers), task_timeout=cfg["task_timeout"])
-                    interrupted = _run(pipe, todo, console)
+                with open_backend(cfg, kind, local_data_root(kind, transport), compute_client) as backend:
+                    pipe = Pipeline(backend, transport, judge, results, params, on_verdicts=reporter, on_scored=reporter.scored, on_oof=hook, max_inflight=_inflight(kind, workers), task_timeout=cfg["task_timeout"], stop=stop)
+                    stop.defer()
+                    interrupted = _run(pipe, todo, console, backend, cfg["drain_timeout"])
         if hook is not None:
-            hook.close()
+            hook.close(timeout=1.0 if interrupted else 10.0)
         results.compact()
-        return Outcome(dict(results.records), sum(reporter.counts.values()), reporter.elapsed, interrupted, found)
+        return Outcome(dict(results.records), sum(reporter.counts.values()), reporter.elapsed, interrupted, found, reporter.counts["error"], results.path)
 
 
-def _run(pipe: Pipeline, todo: list[Tile], console: Console) -> bool:
-    """Run the pipeline; on Ctrl-C record what is in flight and return True."""
+@contextlib.contextmanager
+def _handling(interrupt: Interrupt | None):
+    """The caller's Ctrl-C handler, or one of our own for this run."""
+    if interrupt is not None:
+        yield interrupt
+        return
+    with Interrupt() as own:
+        yield own
+
+
+def local_data_root(kind: str, transport: Transport) -> Path | None:
+    """The local workers' data root: the folder path tiles are relative to (None: inline only)."""
+    if kind == "local" and isinstance(transport, SharedTransport):
+        return transport.local_root
+    return None
+
+
+def interrupted_stop(pipe: Pipeline, backend: Any, console: Console, drain_timeout: float, what: str = "interrupted") -> None:
+    """After Ctrl-C: record the tasks that finish within ``drain_timeout`` seconds, then stop the backend."""
+    tiles = pipe.inflight_tiles
+    console.print(
+        f"[bold]{what}[/]: {len(pipe.results.records)} tile(s) recorded; waiting up to {drain_timeout:g} s for the "
+        f"{pipe.inflight} task(s) in flight ({tiles} tile(s)); Ctrl-C again to leave them for the next run",
+        highlight=False,
+    )
+    before = len(pipe.results.records)
+    pipe.drain(drain_timeout)
+    backend.abort()
+    left = pipe.abandoned_tiles
+    console.print(f"{what}: {len(pipe.results.records) - before} more tile(s) recorded; {left} tile(s) in flight left for the next run", highlight=False)
+
+
+def _run(pipe: Pipeline, todo: list[Tile], console: Console, backend: Any, drain_timeout: float) -> bool:
+    """Run the pipeline; on Ctrl-C record what finishes in time and return True."""
     try:
         pipe.run(todo)
         return False
     except KeyboardInterrupt:
-        console.print(f"[bold]interrupted[/]: recording the {pipe.inflight} task(s) in flight (up to {DRAIN_SECONDS:g} s; Ctrl-C again to abandon them)")
-        try:
-            pipe.drain(DRAIN_SECONDS)
-        except KeyboardInterrupt:
-            pipe.finish()
+        interrupted_stop(pipe, backend, console, drain_timeout)
         return True
 
 
@@ -280,6 +350,9 @@ def _header(console: Console, section: Path, found: Discovery, done: int, todo: 
         console.print(f"  [dim]skipped (not an image): {name}[/]")
     if len(found.skipped) > 5:
         console.print(f"  [dim]... and {len(found.skipped) - 5} more[/]")
+    if found.ignored:
+        names = ", ".join(found.ignored[:3]) + (", ..." if len(found.ignored) > 3 else "")
+        console.print(f"  [dim]ignored {len(found.ignored)} hidden or partly written file(s) until renamed into place: {_esc(names)}[/]")
     where = f"local ({workers} worker{'s' if workers != 1 else ''})" if kind == "local" else "globus"
     if rule.calibration is not None:
         cal = rule.calibration
@@ -289,16 +362,25 @@ def _header(console: Console, section: Path, found: Discovery, done: int, todo: 
     console.print(f"backend {where}, transport {transport.name}; rule: {how}", highlight=False)
 
 
+def _esc(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
 def section_summary(console: Console, section: Path, outcome: Outcome) -> None:
-    """Print the summary table and where the results are."""
-    console.print(summary_table(outcome.records.values(), f"{section.name}: summary", outcome.new, outcome.elapsed))
+    """Print the summary (a table on a terminal, plain lines otherwise) and where the results are."""
+    title = f"{section.name}: summary"
+    if console.is_terminal:
+        console.print(summary_table(outcome.records.values(), title, outcome.new, outcome.elapsed, failed=outcome.new_failed, width=console.width))
+    else:
+        for line in summary_lines(outcome.records.values(), title, outcome.new, outcome.elapsed, failed=outcome.new_failed):
+            console.file.write(line + "\n")  # as is: rich would expand the tabs
     if outcome.found is not None:
         a = outcome.accounting()
         line = f"{a['found']} files found = {a['scored']} scored + {a['failed']} failed + {a['skipped']} skipped (not tiles)"
         line += f" + {a['unscored']} not scored yet" if a["unscored"] else ""
         line += f"; {a['gone']} earlier record(s) of tiles no longer in the folder" if a["gone"] else ""
         console.print(line, highlight=False)
-    console.print(f"results: {section / 'mhd-results.jsonl'}   exit status {outcome.exit_status} ({_meaning(outcome.exit_status)})", highlight=False)
+    console.print(f"results: {outcome.results or section / RESULTS_NAME}   exit status {outcome.exit_status} ({_meaning(outcome.exit_status)})", highlight=False)
 
 
 def _meaning(status: int) -> str:

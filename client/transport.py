@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from .discover import Tile
 
-__all__ = ["GlobusTransport", "InlineTransport", "SharedTransport", "Staged", "Transport", "choose_transport"]
+__all__ = ["DiskTransport", "GlobusTransport", "InlineTransport", "SharedTransport", "Staged", "Transport", "choose_transport"]
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,16 @@ class InlineTransport(Transport):
     request_bytes : int
         Raw tile bytes per task. The service takes 10 MB per request and
         base64 grows data by 4/3: 6 MB raw is 8 MB sent.
+    hint : str
+        What to do about a larger tile (the working option), appended to its error.
     """
 
     name = "inline"
 
-    def __init__(self, batch: int, request_bytes: int = 6 * MB) -> None:
+    def __init__(self, batch: int, request_bytes: int = 6 * MB, hint: str = "use --transport shared or globus") -> None:
         super().__init__(batch)
         self.request_bytes = request_bytes
+        self.hint = hint
 
     def stage(self, tiles: list[Tile]) -> Iterator[Staged]:
         cur, size = Staged(), 0
@@ -98,7 +101,7 @@ class InlineTransport(Transport):
                 cur.failed.append(_failed(tile, f"cannot read: {exc.strerror or exc}"))
                 continue
             if len(data) > self.request_bytes:
-                cur.failed.append(_failed(tile, f"{len(data) / MB:.1f} MB is over the inline limit of {self.request_bytes / MB:g} MB per task; use --transport shared or globus"))
+                cur.failed.append(_failed(tile, f"{len(data) / MB:.1f} MB is over the inline limit of {self.request_bytes / MB:g} MB per task (request_mb); {self.hint}"))
                 continue
             if cur.payload and (len(cur.payload) >= self.batch or size + len(data) > self.request_bytes):
                 yield cur
@@ -156,6 +159,21 @@ class SharedTransport(Transport):
             cur.payload.append(rid)
         if cur.payload or cur.failed:
             yield cur
+
+
+class DiskTransport(SharedTransport):
+    """The local engine reads each tile from disk itself: paths relative to the section.
+
+    Nothing crosses a network, so no size limit applies here: any tile up to
+    the function's ``MHD_MAX_PIXELS`` is scored. The local workers' data root
+    is ``local_root`` (the section).
+    """
+
+    name = "disk"
+
+    def remote_id(self, path: Path) -> str:
+        """Path of a tile relative to the section (symbolic links are not followed here)."""
+        return Path(path).relative_to(self.local_root).as_posix()
 
 
 @dataclass

@@ -29,7 +29,8 @@ from .discover import Tile, discover
 from .pipeline import OofHook, Pipeline
 from .results import ResultsLog
 from .score import load_image, tissue_probe
-from .submit import DRAIN_SECONDS, Outcome, backend_kind, local_workers, make_transport, open_backend
+from .interrupt import Interrupt
+from .submit import Outcome, _handling, backend_kind, check_backend, interrupted_stop, local_data_root, local_workers, make_transport, open_backend
 from .verdicts import Judge, Rule
 
 __all__ = ["Landing", "watch_section"]
@@ -128,19 +129,32 @@ def watch_section(
     idle_exit: float | None = None,
     transfer_client: Callable | None = None,
     compute_client: Callable | None = None,
+    results_dir: Path | None = None,
+    interrupt: Interrupt | None = None,
 ) -> Outcome:
     """Follow ``section`` until Ctrl-C (or ``idle_exit`` seconds without a new tile).
 
     Tiles already recorded are not scored again. Each verdict is recorded
     (fsync) and printed as it arrives; ``latency_ms`` in each record is the
-    time from the tile's last write to its verdict.
+    time from the tile's last write to its verdict. ``results_dir`` holds
+    the results log (default: the section).
+
+    Ctrl-C stops following: the tasks that finish within ``drain_timeout``
+    seconds are recorded, the others are left for the next run (see
+    :func:`mhd.client.submit.run_section`).
 
     Returns
     -------
     Outcome
         ``interrupted`` is False: Ctrl-C is how a watch normally ends.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        Ctrl-C before following started (nothing recorded).
     """
-    with ResultsLog(section) as results:
+    check_backend(cfg, backend_kind(cfg))
+    with _handling(interrupt) as stop, ResultsLog(results_dir or section) as results:
         kind = backend_kind(cfg)
         workers = local_workers(cfg) if kind == "local" else 0
         transport = make_transport(cfg, section, [], cfg["batch"] or 1, transfer_client, kind)
@@ -149,32 +163,53 @@ def watch_section(
         hook = OofHook(on_oof) if on_oof else None
         console.print(f"[bold]watching {section}[/] ({len(results.records)} tiles already recorded; backend {kind}, transport {transport.name}); Ctrl-C to stop")
         reporter = Reporter(console, None, show_ok=True)
-        data_root = Path(cfg["shared_local"]) if transport.name == "shared" else None
-        with open_backend(cfg, kind, data_root, compute_client) as backend:
-            pipe = Pipeline(backend, transport, judge, results, params, on_verdicts=reporter, on_scored=reporter.scored, on_oof=hook, max_inflight=max(4, 2 * workers), task_timeout=cfg["task_timeout"])
+        stopped = False
+        with open_backend(cfg, kind, local_data_root(kind, transport), compute_client) as backend:
+            pipe = Pipeline(backend, transport, judge, results, params, on_verdicts=reporter, on_scored=reporter.scored, on_oof=hook, max_inflight=max(4, 2 * workers), task_timeout=cfg["task_timeout"], stop=stop)
+            stop.defer()
             try:
-                _follow(pipe, landing, poll, idle_exit)
+                _follow(pipe, landing, poll, idle_exit, stop)
             except KeyboardInterrupt:
-                console.print(f"[bold]stopping[/]: recording the {pipe.inflight} task(s) in flight")
-                pipe.drain(DRAIN_SECONDS)
+                stopped = True
+                interrupted_stop(pipe, backend, console, cfg["drain_timeout"], what="stopping")
         if hook is not None:
-            hook.close()
+            hook.close(timeout=1.0 if stopped else 10.0)
         results.compact()
-        return Outcome(dict(results.records), sum(reporter.counts.values()), reporter.elapsed, found=discover(section))
+        return Outcome(dict(results.records), sum(reporter.counts.values()), reporter.elapsed, found=discover(section), new_failed=reporter.counts["error"], results=results.path)
 
 
-def _follow(pipe: Pipeline, landing: Landing, poll: float, idle_exit: float | None) -> None:
+#: Longest single wait of the watch loop (seconds): how soon it sees Ctrl-C.
+_TICK = 0.25
+
+
+def _follow(pipe: Pipeline, landing: Landing, poll: float, idle_exit: float | None, stop: Callable[[], bool] = lambda: False) -> None:
+    """Look at the folder every ``poll`` seconds and score what landed;
+    raises KeyboardInterrupt once ``stop()`` (checked every ``_TICK`` s)."""
     last_new = time.monotonic()
+    next_look = last_new
     while True:
-        ready = landing.poll()
-        if ready:
-            last_new = time.monotonic()
-            pipe.landed.update((t.id, landed) for t, landed in ready)
-            pipe.feed([t for t, _ in ready])
+        if stop():
+            raise KeyboardInterrupt
+        now = time.monotonic()
+        if now >= next_look:
+            next_look = now + poll
+            ready = landing.poll()
+            if ready:
+                last_new = time.monotonic()
+                pipe.landed.update((t.id, landed) for t, landed in ready)
+                pipe.feed([t for t, _ in ready])
+        wait = max(0.05, min(next_look - time.monotonic(), _TICK))
         if pipe.busy:
-            pipe.pump(poll)
+            pipe.pump(wait)
         else:
             if idle_exit is not None and time.monotonic() - last_new >= idle_exit:
                 pipe.finish()
                 return
-            time.sleep(poll)
+            _sleep(wait, stop)
+
+
+def _sleep(seconds: float, stop: Callable[[], bool]) -> None:
+    """Sleep ``seconds`` in short steps, returning early once ``stop()``."""
+    end = time.monotonic() + seconds
+    while not stop() and (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, _TICK))

@@ -147,5 +147,5 @@ def test_globus_transport_needs_its_collections_and_the_globus_backend(section):
     cfg = load().override(transport="globus", backend="globus", endpoint="e", function="f")
     with pytest.raises(ValueError, match="source_collection, source_local, dest_collection and dest_path"):
         run_section(section, cfg, Console(file=io.StringIO()), rule=Rule())
-    with pytest.raises(ValueError, match="needs the globus backend"):
+    with pytest.raises(ValueError, match="which the local engine does not see: use --transport auto"):
         run_section(section, load().override(transport="globus"), Console(file=io.StringIO()), rule=Rule())

@@ -35,7 +35,8 @@ def test_discovery_natural_order_recursive_and_skips(tmp_path):
         touch(tmp_path / name)
     found = discover(tmp_path)
     assert [t.id for t in found.tiles] == ["a.bmp", "sub/t2.jpg", "t1.TIFF", "t9.tif", "t10.png"]
-    assert found.skipped == [".t3.png", "notes.txt", "t4.png.part"]
+    assert found.skipped == ["notes.txt"]  # not an image
+    assert found.ignored == [".t3.png", "t4.png.part"]  # being written: neither a tile nor skipped (README)
     assert found.tiles[0].path == tmp_path.resolve() / "a.bmp" and found.tiles[0].size == 1
 
 

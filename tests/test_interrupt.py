@@ -1,0 +1,293 @@
+"""Ctrl-C as a terminal sends it: SIGINT to the client's whole process group, workers included.
+
+Each test runs the ``client`` program in a pseudo-terminal, in a session of
+its own, and signals the process group (``os.killpg``), as a terminal's
+Ctrl-C does; signalling only the client process would miss what the workers
+do with it. Checked every time: no traceback anywhere in the output, the
+exit status, every line of the results log whole and each tile once, every
+task that finished recorded, and no worker process left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pty
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from conftest import isbi_paths
+from mhd.client import cli
+from mhd.client.verdicts import Calibration
+from tilegen import encode
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
+OFFLINE_CLIENT = Path(__file__).resolve().parent / "offline_client.py"
+
+pytestmark = [pytest.mark.usefixtures("isolated_config"), pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX process groups")]
+
+
+def example_section(root: Path, copies: str = "abc") -> Path:
+    """The example section, copied ``len(copies)`` times (16 tiles each)."""
+    for sub in copies:
+        shutil.copytree(EXAMPLE, root / sub, ignore=shutil.ignore_patterns("mhd-*", "README.md"))
+    return root
+
+
+def calibrated_env(tmp_path: Path, **extra: str) -> dict:
+    """Environment of a client with a calibration (verdicts at once: no warm-up holds any back)."""
+    cal = Calibration(intercept=math.log(14500.0), slope=-0.53, r=-0.99, n=9, units="um", max_defocus=1.0).save(tmp_path / "cal.json")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MHD_")}
+    env.update(MHD_CONFIG=str(tmp_path / "cfg" / "config.json"), MHD_CALIBRATION=str(cal), COLUMNS="100", **extra)
+    return env
+
+
+class Terminal:
+    """A command in a pseudo-terminal, in a new session; Ctrl-C = SIGINT to its process group."""
+
+    def __init__(self, argv: list[str], env: dict, cwd: Path):
+        master, slave = pty.openpty()
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd, start_new_session=True)
+        os.close(slave)
+        self.master = master
+        self.output = b""
+        self.workers: set[int] = set()
+
+    def read(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            ready, _, _ = select.select([self.master], [], [], 0.02)
+            if ready:
+                try:
+                    self.output += os.read(self.master, 65536)
+                except OSError:  # the other end closed
+                    return
+            elif self.proc.poll() is not None:
+                return
+
+    def wait_for(self, condition, timeout: float = 90.0) -> None:
+        end = time.monotonic() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"the client ended early:\n{self.text}"
+            assert time.monotonic() < end, f"timed out:\n{self.text}"
+            self.note_workers()
+            self.read(0.02)
+
+    def note_workers(self) -> None:
+        try:
+            self.workers |= {c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)}
+        except psutil.Error:
+            pass
+
+    def ctrl_c(self) -> float:
+        self.note_workers()
+        os.killpg(self.proc.pid, signal.SIGINT)
+        return time.monotonic()
+
+    def finish(self, timeout: float = 60.0) -> int:
+        end = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < end:
+            self.read(0.05)
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            pytest.fail(f"the client did not exit within {timeout} s:\n{self.text}")
+        self.read(0.2)
+        os.close(self.master)
+        return self.proc.returncode
+
+    @property
+    def text(self) -> str:
+        return self.output.decode("utf-8", "replace")
+
+    def left_behind(self) -> list[int]:
+        """Worker processes still alive a moment after the client exited."""
+        procs = [psutil.Process(pid) for pid in self.workers if psutil.pid_exists(pid)]
+        _, alive = psutil.wait_procs(procs, timeout=5)
+        for p in alive:
+            p.kill()
+        return [p.pid for p in alive]
+
+
+def lines_of(results: Path) -> list[dict]:
+    data = results.read_bytes()
+    assert data == b"" or data.endswith(b"\n"), "a torn last line"
+    recs = [json.loads(x) for x in data.splitlines()]
+    assert len({r["tile"] for r in recs}) == len(recs), "a tile recorded twice"
+    return recs
+
+
+def count(results: Path) -> int:
+    return results.read_bytes().count(b"\n") if results.exists() else 0
+
+
+def in_flight(text: str) -> tuple[int, int]:
+    """(tiles recorded, tiles in flight) from the client's interrupt message."""
+    m = re.search(r"(\d+) tile\(s\) recorded; waiting up to [\d.]+ s for the \d+ task\(s\) in flight \((\d+) tile\(s\)\)", text)
+    assert m, text
+    return int(m[1]), int(m[2])
+
+
+def client(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mhd.client", *args]
+
+
+# --------------------------------------------------------------- scoring
+
+
+@pytest.mark.parametrize("engine", ["local", "endpoint"])
+def test_ctrl_c_while_scoring_records_every_finished_task_and_exits_130(engine, tmp_path):
+    section = example_section(tmp_path / "section")
+    results = section / "mhd-results.jsonl"
+    env = calibrated_env(tmp_path, MHD_DRAIN_TIMEOUT="60")  # time for every task in flight to finish
+    args = ["submit", "--dir", str(section), "--batch", "1"]
+    argv = client(*args, "--workers", "2") if engine == "local" else [sys.executable, str(OFFLINE_CLIENT), *args]
+    term = Terminal(argv, env, tmp_path)
+    term.wait_for(lambda: count(results) >= 3)
+    t0 = term.ctrl_c()
+    status = term.finish()
+    took = time.monotonic() - t0
+    out = term.text
+    assert status == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    recorded, flying = in_flight(out)
+    recs = lines_of(results)
+    assert 3 <= recorded and len(recs) == recorded + flying  # every task in flight finished and was recorded
+    assert f"{flying} more tile(s) recorded; 0 tile(s) in flight left for the next run" in out
+    assert "exit status 130 (interrupted)" in out
+    assert took < 30, f"{took:.1f} s from Ctrl-C to exit"
+    assert term.left_behind() == []
+
+    again = CliRunner().invoke(cli.main, ["submit", "--dir", str(section)], env={"MHD_CALIBRATION": env["MHD_CALIBRATION"], "MHD_WORKERS": "2"})
+    assert again.exit_code == 2, again.output
+    assert f"{len(recs)} already recorded, {48 - len(recs)} to score" in again.output
+    after = lines_of(results)
+    assert len(after) == 48 and after[: len(recs)] == recs  # nothing scored twice, nothing lost
+
+
+def big_tiles(section: Path, n: int) -> None:
+    """``n`` 1536 x 1536 tiles of real EM texture (about a second of detector each here)."""
+    section.mkdir(parents=True)
+    for i in range(n):
+        (section / f"tile_{i:02d}.tif").write_bytes(encode(np.tile(iio.imread(isbi_paths()[i]), (3, 3)), "TIFF"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_slow_tasks_for_the_next_run_and_a_second_ctrl_c_exits_at_once(tmp_path):
+    section = tmp_path / "section"
+    big_tiles(section, 12)
+    results = section / "mhd-results.jsonl"
+    env = calibrated_env(tmp_path, MHD_DRAIN_TIMEOUT="60")
+    term = Terminal(client("submit", "--dir", str(section), "--batch", "3", "--workers", "2"), env, tmp_path)
+    term.wait_for(lambda: "scoring" in term.text and term.workers and _busy(term.workers))
+    term.ctrl_c()
+    term.wait_for(lambda: "waiting up to 60 s" in term.text)
+    t0 = term.ctrl_c()  # again: do not wait for the tasks in flight
+    status = term.finish()
+    took = time.monotonic() - t0
+    out = term.text
+    assert status == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    assert "interrupted again: stopping now" in out
+    assert took < 5, f"{took:.1f} s from the second Ctrl-C to exit"
+    assert term.left_behind() == []
+    done = lines_of(results)  # whole lines, each tile once (maybe none yet)
+    assert len(done) < 12
+
+    again = CliRunner().invoke(cli.main, ["submit", "--dir", str(section), "--workers", "2"], env={"MHD_CALIBRATION": env["MHD_CALIBRATION"], "MHD_DRAIN_TIMEOUT": "0.2"})
+    assert again.exit_code in (0, 2), again.output
+    assert len(lines_of(results)) == 12
+
+
+def _busy(pids: set[int]) -> bool:
+    """Some worker has used a second of CPU (it is scoring)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total = max(total, t.user + t.system)
+        except psutil.Error:
+            pass
+    return total > 1.0
+
+
+def test_ctrl_c_with_a_short_drain_exits_within_seconds_and_the_rest_is_scored_next_time(tmp_path):
+    section = tmp_path / "section"
+    big_tiles(section, 8)
+    results = section / "mhd-results.jsonl"
+    env = calibrated_env(tmp_path, MHD_DRAIN_TIMEOUT="0.5")
+    term = Terminal(client("submit", "--dir", str(section), "--batch", "4", "--workers", "2"), env, tmp_path)
+    term.wait_for(lambda: "scoring" in term.text and term.workers and _busy(term.workers))
+    t0 = term.ctrl_c()
+    status = term.finish()
+    took = time.monotonic() - t0
+    out = term.text
+    assert status == 130, out
+    assert "Traceback" not in out
+    assert took < 5, f"{took:.1f} s from Ctrl-C to exit"
+    assert re.search(r"interrupted: \d+ more tile\(s\) recorded; [1-8] tile\(s\) in flight left for the next run", out), out
+    assert term.left_behind() == []
+    kept = lines_of(results)
+    assert len(kept) < 8
+    again = CliRunner().invoke(cli.main, ["submit", "--dir", str(section), "--workers", "2"], env={"MHD_CALIBRATION": env["MHD_CALIBRATION"]})
+    assert again.exit_code in (0, 2), again.output
+    after = lines_of(results)
+    assert len(after) == 8 and after[: len(kept)] == kept
+
+
+# -------------------------------------------------------------- start-up
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.5])
+def test_ctrl_c_during_start_up_exits_130_quietly(delay, tmp_path):
+    """Early (imports) and later (engine and workers starting, first tasks sent)."""
+    section = example_section(tmp_path / "section", "a")
+    term = Terminal(client("submit", "--dir", str(section), "--workers", "2"), calibrated_env(tmp_path), tmp_path)
+    term.read(delay)
+    term.ctrl_c()
+    status = term.finish(30)
+    out = term.text
+    assert status == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    assert term.left_behind() == []
+    if (section / "mhd-results.jsonl").exists():
+        lines_of(section / "mhd-results.jsonl")  # whatever was recorded is whole
+
+
+# ------------------------------------------------------------------ watch
+
+
+@pytest.mark.parametrize("engine", ["local", "endpoint"])
+def test_ctrl_c_stops_watch_recording_what_finished(engine, tmp_path):
+    section = tmp_path / "live"
+    section.mkdir()
+    results = section / "mhd-results.jsonl"
+    env = calibrated_env(tmp_path, MHD_DRAIN_TIMEOUT="60")
+    args = ["watch", "--dir", str(section), "--poll", "0.1", "--batch", "1"]
+    argv = client(*args, "--workers", "1") if engine == "local" else [sys.executable, str(OFFLINE_CLIENT), *args]
+    term = Terminal(argv, env, tmp_path)
+    term.wait_for(lambda: "watching" in term.text)
+    example_section(section, "ab")  # 32 tiles land at once
+    term.wait_for(lambda: count(results) >= 2)
+    term.ctrl_c()
+    status = term.finish()
+    out = term.text
+    assert status in (0, 2), out  # Ctrl-C is how a watch ends: the section's status
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    recorded, flying = in_flight(out)
+    assert len(lines_of(results)) == recorded + flying
+    assert "summary" in out
+    assert term.left_behind() == []
