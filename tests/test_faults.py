@@ -377,10 +377,20 @@ def closed_port() -> int:
 
 
 class UnreachableResultStream(sdk_executor._ResultWatcher):  # the SDK's own (no harness is active at import)
-    """The SDK's AMQP result watcher, giving up after one connection attempt (the default is 5, 0.5-10 s apart)."""
+    """The SDK's AMQP result watcher, giving up after one connection attempt (the default is 5, 0.5-10 s apart).
+
+    The refusal is reported after 0.5 s, as a real attempt takes: a watcher that gives up within a
+    millisecond of starting can do so before the SDK's submitter thread has handed it the futures
+    (globus-compute-sdk 4.x registers them after ``start()``); those futures would then never be
+    resolved, a race of the SDK's that a real (slower) connection attempt does not meet.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **{**kwargs, "connect_attempt_limit": 1})
+
+    def _on_open_failed(self, *args, **kwargs):
+        time.sleep(0.5)
+        return super()._on_open_failed(*args, **kwargs)
 
 
 def test_unreachable_result_stream_records_errors_that_the_next_run_retries(cloud, tmp_path, monkeypatch):
