@@ -1,0 +1,73 @@
+"""The results log makes each verdict durable (``fsync``) before it counts as recorded.
+
+``test_faults.py`` checks what happens when ``fsync`` fails (disk full); here
+nothing fails, and ``os.fsync`` is only watched (the real one still runs): a
+log that skipped or deferred its ``fsync`` would lose verdicts already shown
+to the operator when the machine loses power, and no other test would notice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import mhd.client.results
+from mhd.client import cli
+from mhd.client.results import ResultsLog
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
+
+
+@pytest.fixture
+def synced(monkeypatch):
+    """Every ``os.fsync`` of this process as ``(inode, size of the file when synced)``."""
+    calls: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def watched(fd):
+        st = os.fstat(fd)
+        real_fsync(fd)
+        calls.append((st.st_ino, st.st_size))
+
+    monkeypatch.setattr(mhd.client.results.os, "fsync", watched)
+    return calls
+
+
+def test_each_record_is_fsynced_before_append_returns(tmp_path, synced):
+    path = tmp_path / "mhd-results.jsonl"
+    with ResultsLog(tmp_path) as log:
+        for tile in ("a.png", "b.png", "c.png"):
+            log.append({"tile": tile, "verdict": "ok", "density": 1.5e4})
+            # the whole file, this record included, was synced by the time append returned
+            assert synced[-1] == (path.stat().st_ino, path.stat().st_size), tile
+    assert len(synced) == 3
+
+
+def test_compaction_syncs_the_new_file_before_it_replaces_the_log(tmp_path, synced):
+    with ResultsLog(tmp_path) as log:
+        log.extend({"tile": t, "verdict": "error"} for t in ("a.png", "b.png"))
+        log.append({"tile": "a.png", "verdict": "ok"})  # supersedes a.png's error
+        synced.clear()
+        log.compact()
+    path = tmp_path / "mhd-results.jsonl"
+    assert [json.loads(x)["tile"] for x in path.read_bytes().splitlines()] == ["a.png", "b.png"]
+    assert synced == [(path.stat().st_ino, path.stat().st_size)]  # the renamed temp file, complete
+
+
+def test_every_verdict_of_a_submit_run_was_fsynced_as_it_was_written(tmp_path, synced, isolated_config, monkeypatch):
+    section = tmp_path / "section_042"
+    shutil.copytree(EXAMPLE, section, ignore=shutil.ignore_patterns("mhd-*"))
+    monkeypatch.setenv("MHD_WORKERS", "2")
+    out = CliRunner().invoke(cli.main, ["submit", "--dir", str(section)])
+    assert out.exit_code == 2, out.output
+    path = section / "mhd-results.jsonl"
+    data = path.read_bytes()
+    ends = [i + 1 for i, byte in enumerate(data) if byte == ord("\n")]
+    assert len(ends) == 16
+    sizes = {size for ino, size in synced if ino == path.stat().st_ino}
+    assert sizes >= set(ends)  # synced at every record boundary: no verdict waited for a later one
