@@ -71,3 +71,39 @@ def test_every_verdict_of_a_submit_run_was_fsynced_as_it_was_written(tmp_path, s
     assert len(ends) == 16
     sizes = {size for ino, size in synced if ino == path.stat().st_ino}
     assert sizes >= set(ends)  # synced at every record boundary: no verdict waited for a later one
+
+
+#: A process whose files may not grow past $LIMIT bytes (RLIMIT_FSIZE, no privilege needed) appends until refused.
+APPEND_UNTIL_REFUSED = """
+import os, resource, signal, sys
+from mhd.client.results import ResultsLog, ResultsWriteError
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails (EFBIG) instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(os.environ["LIMIT"]), resource.RLIM_INFINITY))
+with ResultsLog(sys.argv[1]) as log:
+    for i in range(1000):
+        try:
+            log.append({"tile": f"tile_{i:03d}.png", "verdict": "ok", "reason": "x" * 90})
+        except ResultsWriteError as exc:
+            print(len(log.records), exc)
+            break
+"""
+
+
+def test_a_write_the_kernel_refuses_is_cut_off_and_earlier_records_stay(tmp_path):
+    """A real refused ``write`` (file-size limit: a short write, then EFBIG), where ``test_faults.py``
+    fills a tmpfs (needs root and CAP_SYS_ADMIN) or injects ENOSPC at ``fsync``."""
+    import subprocess
+    import sys
+
+    limit = 1000  # about 8 records of 123 bytes: the 9th is cut short by the kernel
+    env = {**os.environ, "LIMIT": str(limit)}
+    proc = subprocess.run([sys.executable, "-c", APPEND_UNTIL_REFUSED, str(tmp_path)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    kept, message = proc.stdout.split(" ", 1)
+    data = (tmp_path / "mhd-results.jsonl").read_bytes()
+    assert data.endswith(b"\n") and len(data) <= limit  # the partial record was cut off
+    tiles = [json.loads(line)["tile"] for line in data.splitlines()]
+    assert tiles == [f"tile_{i:03d}.png" for i in range(int(kept))] and len(tiles) >= 5
+    assert f"cannot record the verdict of tile_{len(tiles):03d}.png" in message
+    assert f"The {len(tiles)} records written before are intact" in message
