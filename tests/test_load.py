@@ -68,7 +68,12 @@ def test_many_small_tiles_are_each_recorded_once_with_flat_memory(bench_load, tm
         from mhd.client.results import ResultsLog
 
         kept, append = [], ResultsLog.append
-        monkeypatch.setattr(ResultsLog, "append", lambda self, record: (append(self, record), kept.append(os.urandom(leak)))[0])
+
+        def leaky_append(self, record):
+            append(self, record)
+            kept.append(os.urandom(leak))  # random bytes: real pages, as a leaked buffer would be
+
+        monkeypatch.setattr(ResultsLog, "append", leaky_append)
     section = bench_load.make_section(tmp_path / "section", TILES, size=64)
     tracemalloc.start()
     try:
