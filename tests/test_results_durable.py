@@ -38,14 +38,19 @@ def synced(monkeypatch):
     return calls
 
 
+def line_ends(path: Path) -> list[int]:
+    data = path.read_bytes()
+    return [i + 1 for i, byte in enumerate(data) if byte == ord("\n")]
+
+
 def test_each_record_is_fsynced_before_append_returns(tmp_path, synced):
     path = tmp_path / "mhd-results.jsonl"
     with ResultsLog(tmp_path) as log:
-        for tile in ("a.png", "b.png", "c.png"):
+        for n, tile in enumerate(("a.png", "b.png", "c.png"), start=1):
             log.append({"tile": tile, "verdict": "ok", "density": 1.5e4})
-            # the whole file, this record included, was synced by the time append returned
-            assert synced[-1] == (path.stat().st_ino, path.stat().st_size), tile
-    assert len(synced) == 3
+            assert len(synced) == n, tile  # synced by the time append returned
+    # ... each time the whole file, that record included (nothing waiting in a buffer)
+    assert synced == [(path.stat().st_ino, end) for end in line_ends(path)]
 
 
 def test_compaction_syncs_the_new_file_before_it_replaces_the_log(tmp_path, synced):
@@ -59,6 +64,47 @@ def test_compaction_syncs_the_new_file_before_it_replaces_the_log(tmp_path, sync
     assert synced == [(path.stat().st_ino, path.stat().st_size)]  # the renamed temp file, complete
 
 
+def test_records_appended_after_compaction_or_a_fresh_start_are_still_fsynced_whole(tmp_path, synced):
+    path = tmp_path / "mhd-results.jsonl"
+    with ResultsLog(tmp_path) as log:
+        log.extend({"tile": t, "verdict": "error"} for t in ("a.png", "a.png"))
+        log.compact()  # reopens the log
+        log.append({"tile": "b.png", "verdict": "ok"})
+    assert synced[-1] == (path.stat().st_ino, line_ends(path)[-1])  # unbuffered: nothing was left in a buffer
+    with ResultsLog(tmp_path, fresh=True) as log:  # --rescore: the old log is kept aside, a new one opened
+        log.append({"tile": "c.png", "verdict": "ok"})
+    assert synced[-1] == (path.stat().st_ino, line_ends(path)[-1])
+    assert [json.loads(x)["tile"] for x in path.read_bytes().splitlines()] == ["c.png"]
+
+
+def test_a_failed_compaction_leaves_the_log_as_it_was(tmp_path, monkeypatch):
+    with ResultsLog(tmp_path) as log:
+        log.extend({"tile": t, "verdict": "error"} for t in ("a.png", "a.png", "b.png"))
+        before = (tmp_path / "mhd-results.jsonl").read_bytes()
+
+        def unreadable(path):
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(mhd.client.results, "read_records", unreadable)  # fails before the temp file exists
+        log.compact()  # logged, never raised
+        monkeypatch.undo()
+        assert (tmp_path / "mhd-results.jsonl").read_bytes() == before and log.superseded == 1
+        assert not (tmp_path / "mhd-results.jsonl.tmp").exists()
+        log.append({"tile": "c.png", "verdict": "ok"})
+    assert list(mhd.client.results.read_records(tmp_path / "mhd-results.jsonl")[0]) == ["a.png", "b.png", "c.png"]
+
+
+def test_lines_that_are_not_records_are_skipped_and_named(tmp_path, caplog):
+    path = tmp_path / "mhd-results.jsonl"
+    assert mhd.client.results.read_records(path) == ({}, 0)  # no log yet
+    path.write_bytes(b'{"tile": "a.png", "verdict": "ok"}\n[1, 2]\n{"verdict": "ok"}\n{"tile": 7}\n{not json\n{"tile": "b.png", "verdict": "oof"}\n{"tile": "c.png"')
+    records, lines = mhd.client.results.read_records(path)
+    assert list(records) == ["a.png", "b.png"] and lines == 2
+    warned = [r.getMessage() for r in caplog.records]
+    assert [w.split(": ", 1)[0] for w in warned] == [f"{path}:{n}" for n in (2, 3, 4, 5, 7)]  # 1-based line numbers
+    assert "incomplete last line" in warned[-1] and "unreadable line" in warned[3]
+
+
 def test_every_verdict_of_a_submit_run_was_fsynced_as_it_was_written(tmp_path, synced, isolated_config, monkeypatch):
     section = tmp_path / "section_042"
     shutil.copytree(EXAMPLE, section, ignore=shutil.ignore_patterns("mhd-*"))
@@ -66,8 +112,7 @@ def test_every_verdict_of_a_submit_run_was_fsynced_as_it_was_written(tmp_path, s
     out = CliRunner().invoke(cli.main, ["submit", "--dir", str(section)])
     assert out.exit_code == 2, out.output
     path = section / "mhd-results.jsonl"
-    data = path.read_bytes()
-    ends = [i + 1 for i, byte in enumerate(data) if byte == ord("\n")]
+    ends = line_ends(path)
     assert len(ends) == 16
     sizes = {size for ino, size in synced if ino == path.stat().st_ino}
     assert sizes >= set(ends)  # synced at every record boundary: no verdict waited for a later one
