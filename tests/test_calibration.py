@@ -56,3 +56,21 @@ def test_a_real_defocused_tile_is_judged_oof_by_the_fitted_rule(tmp_path):
     assert far["verdict"] == "oof" and far["kind"] == "defocus", far["reason"]
     assert 2.5 < far["defocus"] < 6.0  # estimated |defocus| of a 4 um tile, in um
     assert focused["verdict"] == "ok" and focused["defocus"] < 0.5, focused["reason"]
+
+
+def test_the_smallest_series_is_three_images_at_two_distinct_defocus():
+    cal = fit(["a.png", "b.png", "c.png"], np.array([0.0, -1.0, 1.0]), np.array([2e4, 1e4, 1e4])).calibration
+    assert cal.n == 3 and cal.slope == pytest.approx(math.log(0.5)) and cal.max_defocus == 1.0
+
+
+@pytest.mark.parametrize(
+    "defocus, density, message",
+    [
+        ([0.0, 1.0], [2e4, 1e4], r"at least 3 scored images at 2 or more distinct \|defocus\|, got 2 at 2"),
+        ([-1.0, 1.0, 1.0], [2e4, 1e4, 1e4], r"got 3 at 1"),
+        ([0.0, 1.0, 2.0], [1e4, 1.35e4, 1.82e4], r"density does not fall with \|defocus\| \(slope 0\.299 per um\)"),  # rises: not a focus series
+    ],
+)
+def test_a_series_that_cannot_calibrate_is_refused(defocus, density, message):
+    with pytest.raises(ValueError, match=message):
+        fit([f"img{i}.png" for i in range(len(defocus))], np.array(defocus), np.array(density))
