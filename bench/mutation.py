@@ -74,7 +74,7 @@ TARGETS = {
     "verdicts": Target(
         "client/verdicts.py",
         ("log_threshold", "defocus", "log_density", "add", "flush", "baseline", "_judge", "_decide", "_low_cells", "_cell_log_density", "exit_status"),
-        "tests/test_client_units.py tests/test_calibration.py tests/test_client_kinds.py",
+        "tests/test_verdict_rule.py tests/test_client_units.py tests/test_calibration.py tests/test_client_kinds.py",
     ),
 }
 
