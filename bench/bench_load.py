@@ -14,7 +14,7 @@ CI-sized run).
 
 Usage::
 
-    python bench/bench_load.py [--tiles 10000] [--size 64] [--workers 2] [--batch 0] [--interval 1] [--out bench/out/load.json]
+    python bench/bench_load.py [--tiles 10000] [--size 64] [--workers 2] [--batch 0] [--interval 1] [--traced] [--out bench/out/load.json]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,12 +47,14 @@ MB = 2**20
 
 @dataclass
 class Sample:
-    """One look at the run: seconds since start, tiles recorded, RSS in MiB."""
+    """One look at the run: seconds since start, tiles recorded, RSS in MiB, and the
+    client's Python heap (``tracemalloc``'s traced bytes, MiB; nan when not tracing)."""
 
     t: float
     recorded: int
     client_mib: float
     workers_mib: float
+    traced_mib: float = float("nan")
 
     @property
     def total_mib(self) -> float:
@@ -107,7 +110,8 @@ class RssSampler(threading.Thread):
     def sample(self) -> Sample:
         recorded = self.results.read_bytes().count(b"\n") if self.results.exists() else 0
         workers = [psutil.Process(p.pid) for p in multiprocessing.active_children()]
-        s = Sample(round(time.perf_counter() - self._t0, 2), recorded, round(self._me.memory_info().rss / MB, 1), round(_rss(workers), 1))
+        traced = tracemalloc.get_traced_memory()[0] / MB if tracemalloc.is_tracing() else float("nan")
+        s = Sample(round(time.perf_counter() - self._t0, 2), recorded, round(self._me.memory_info().rss / MB, 1), round(_rss(workers), 1), traced)
         self.samples.append(s)
         if self.on_sample is not None:
             self.on_sample(s)
@@ -141,6 +145,24 @@ def growth(samples: list[Sample], tiles: int, warmup: float = 0.2) -> dict:
         "total": max(s.total_mib for s in after) / base.total_mib - 1,
         "steady_tiles_per_s": (last.recorded - base.recorded) / (last.t - base.t) if last.t > base.t else float("nan"),
     }
+
+
+def per_record(samples: list[Sample], tiles: int, warmup: float = 0.2, field: str = "traced_mib") -> float:
+    """Memory growth per recorded tile after warm-up, bytes: least-squares slope of ``field`` against ``recorded``.
+
+    A leak of ``k`` bytes per record shows as a slope of about ``k`` on top of
+    what a record legitimately costs (the in-memory brief of each record:
+    about 1 KB). ``traced_mib`` (``tracemalloc``) sees Python and NumPy
+    allocations byte for byte; RSS moves in allocator arenas and pages, so its
+    slope is coarser (see ``tests/test_load.py`` for what each can see).
+    """
+    after = [s for s in samples if s.recorded >= warmup * tiles]
+    x = [float(s.recorded) for s in after]
+    y = [getattr(s, field) * MB for s in after]
+    if len(after) < 3 or max(x) - min(x) < 0.2 * tiles:
+        raise ValueError(f"{len(after)} sample(s) over {max(x, default=0) - min(x, default=0):.0f} records after warm-up: lower --interval or raise --tiles")
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    return sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
 
 
 def run_load(section: Path, workers: int = 2, batch: int = 0, interval: float = 1.0, on_sample=None) -> dict:
@@ -185,6 +207,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0, help="tiles per task (0: automatic)")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     ap.add_argument("--warmup", type=float, default=0.2, help="fraction of tiles before memory is compared")
+    ap.add_argument("--traced", action="store_true", help="trace the client's Python heap (tracemalloc; slower) and print its growth per record")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "load.json")
     args = ap.parse_args()
 
@@ -200,12 +223,22 @@ def main() -> None:
             prev.append(s)
             print(f"{s.t:8.1f} {s.recorded:9d} {rate:8.1f} {s.client_mib:11.1f} {s.workers_mib:12.1f}", flush=True)
 
-        result = run_load(section, args.workers, args.batch, args.interval, show)
-    grew = growth(result.pop("_samples"), args.tiles, args.warmup)
+        if args.traced:
+            tracemalloc.start()
+        try:
+            result = run_load(section, args.workers, args.batch, args.interval, show)
+        finally:
+            tracemalloc.stop()
+    samples = result.pop("_samples")
+    grew = growth(samples, args.tiles, args.warmup)
+    if args.traced:
+        grew["client_heap_bytes_per_record"] = per_record(samples, args.tiles, args.warmup)
+    grew["client_rss_bytes_per_record"] = per_record(samples, args.tiles, args.warmup, "client_mib")
     result.update(size=args.size, workers=args.workers, rss_growth_after_warmup=grew)
     print(f"\nrecorded {result['records']} of {result['tiles']} tiles ({result['lines']} lines) in {result['elapsed_s']} s: "
           f"{result['tiles_per_s']} tiles/s overall, {grew['steady_tiles_per_s']:.1f} tiles/s after warm-up")
-    print(f"RSS growth after {args.warmup:.0%} of the tiles: client {grew['client']:+.1%}, client + workers {grew['total']:+.1%}")
+    print(f"RSS growth after {args.warmup:.0%} of the tiles: client {grew['client']:+.1%}, client + workers {grew['total']:+.1%}; "
+          f"client RSS {grew['client_rss_bytes_per_record']:+.0f} B/record" + (f", client heap {grew['client_heap_bytes_per_record']:+.0f} B/record" if args.traced else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -50,7 +50,7 @@ def saturation_limits(image: Any, saturation: float = SATURATION_PCT, backend: s
     if x.dtype.kind in "ub" or (x.dtype.kind == "i" and x.dtype.itemsize <= 2):
         x = x.astype(np.int64) if x.dtype.kind == "b" else x
         offset = int(x.min())
-        counts = xp.bincount((x.ravel() - offset).astype(xp.int64))
+        counts = xp.bincount(x.ravel().astype(xp.int64) - offset)  # widened first: int8/int16 spans overflow their own type
         cdf = xp.cumsum(counts)
         k_lo = max(int(np.floor(q * n)), 1)  # at least one pixel at or below lo
         k_hi = n - max(int(np.floor(q * n)), 1)  # pixels strictly below hi

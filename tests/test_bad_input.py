@@ -13,13 +13,24 @@ Two files need the moment or the operating system to be hostile:
 - ``vanished.png`` is deleted after discovery, before it is read: the
   subprocess runs the real ``client`` with ``discover`` wrapped to delete it
   right after listing the folder.
-- ``locked.png`` is ``chmod 000``. Root ignores file modes, and these tests
+- ``locked.png`` cannot be read, in one of two variants:
+
+  ``kernel``: it is ``chmod 000``. Root ignores file modes, and these tests
   often run as root, so the client then runs as root *without* the
   ``CAP_DAC_OVERRIDE`` and ``CAP_DAC_READ_SEARCH`` capabilities (dropped from
   its bounding set before ``exec``; its spawned workers inherit that): the
-  kernel itself answers EACCES, as it does for any non-root user. (Running as
-  another uid is not possible here: the Python interpreter lives under
-  ``/root``.)
+  kernel itself answers EACCES, as it does for any non-root user. Dropping
+  them needs ``CAP_SETPCAP``, which a root without extra capabilities (as
+  in some CI containers) may not have; then this variant is skipped.
+  (Running as another uid is not possible here: the Python interpreter may
+  live under ``/root``.)
+
+  ``injected``: needs no privilege, so it runs wherever the tests run. The
+  file stays readable, and every open of it, in the client and in the
+  endpoint workers it spawns, fails with EACCES: a ``sitecustomize`` on the
+  child's ``PYTHONPATH`` installs an audit hook on the ``open`` event (the
+  one event that ``open()``, ``io.open`` and ``os.open`` all raise). Every
+  other file and every other check is the same in both variants.
 """
 
 from __future__ import annotations
@@ -60,6 +71,24 @@ def discover_then_vanish(section):
 
 submit.discover = discover_then_vanish
 main(prog_name="client")
+"""
+
+#: ``sitecustomize`` of the ``injected`` variant: opening a file named $MHD_TEST_DENY_OPEN fails with EACCES.
+DENY_OPEN = """
+import errno
+import os
+import sys
+
+_DENIED = os.environ.get("MHD_TEST_DENY_OPEN")
+
+
+def _deny(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and os.path.basename(os.fsdecode(args[0])) == _DENIED:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(args[0]))
+
+
+if _DENIED:
+    sys.addaudithook(_deny)
 """
 
 NON_UTF8_GOOD = b"latin1_\xe9t\xe9.png"
@@ -118,8 +147,17 @@ def obey_file_modes() -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
+@pytest.fixture(params=["kernel", "injected"])
+def denial(request) -> str:
+    """How ``locked.png`` is made unreadable (see the module docstring)."""
+    if request.param == "kernel" and os.geteuid() == 0 and not can_drop_root_bypass():
+        pytest.skip("running as root without CAP_SETPCAP: the kernel cannot be made to refuse root a chmod-000 file; "
+                    "the 'injected' variant covers the same unreadable file (EACCES at open, no privilege needed)")
+    return request.param
+
+
 @pytest.fixture
-def section(tmp_path: Path) -> tuple[Path, dict[str, str | None]]:
+def section(tmp_path: Path, denial: str) -> tuple[Path, dict[str, str | None]]:
     folder = tmp_path / "section_bad"
     folder.mkdir()
     expected = {}
@@ -128,26 +166,33 @@ def section(tmp_path: Path) -> tuple[Path, dict[str, str | None]]:
             fh.write(data)
         expected[os.fsdecode(name)] = error
     (folder / "README.md").write_text("not a tile: listed as skipped, never scored\n")
-    os.chmod(folder / "locked.png", 0)
+    if denial == "kernel":
+        os.chmod(folder / "locked.png", 0)
     return folder, expected
 
 
-def run_client(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    root = os.geteuid() == 0
-    if root and not can_drop_root_bypass():
-        pytest.skip("running as root without CAP_SETPCAP: no way to make a file unreadable to the client")
+def run_client(folder: Path, env: dict[str, str], denial: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-c", CLIENT_WITH_VANISHING_TILE, "submit", "--dir", str(folder)]
     full_env = {**os.environ, **env, "VANISH_TILE": "vanished.png"}
-    return subprocess.run(cmd, env=full_env, capture_output=True, timeout=180, preexec_fn=obey_file_modes if root else None)
+    preexec = None
+    if denial == "kernel":
+        preexec = obey_file_modes if os.geteuid() == 0 else None
+    else:
+        hooks = folder.parent / "deny_open"
+        hooks.mkdir()
+        (hooks / "sitecustomize.py").write_text(DENY_OPEN)
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+        full_env["MHD_TEST_DENY_OPEN"] = "locked.png"
+    return subprocess.run(cmd, env=full_env, capture_output=True, timeout=180, preexec_fn=preexec)
 
 
 @pytest.mark.parametrize("transport", ["inline", "shared"])
-def test_every_bad_file_fails_alone_with_its_name_and_the_rest_is_scored(section, tmp_path, transport):
+def test_every_bad_file_fails_alone_with_its_name_and_the_rest_is_scored(section, tmp_path, transport, denial):
     folder, expected = section
     env = {"MHD_CONFIG": str(tmp_path / "cfg" / "config.json"), "MHD_WORKERS": "2", "MHD_TRANSPORT": transport}
     if transport == "shared":
         env["MHD_SHARED_LOCAL"] = str(folder)
-    proc = run_client(folder, env)
+    proc = run_client(folder, env, denial)
     terminal = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
     assert proc.returncode == 1, terminal  # errors recorded
     assert "Traceback" not in terminal

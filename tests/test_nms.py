@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mhd.functions import get_backend
 from mhd.functions._nms import local_maxima
@@ -61,3 +62,55 @@ def test_batches_are_independent():
     idx = local_maxima(stack, BE)
     b, rem = np.divmod(idx, 36)
     assert sorted(b.tolist()) == [0, 1]
+
+
+def reference_maxima(stack: np.ndarray, floor: float = 0.0) -> list[int]:
+    """The rule of ``local_maxima`` written out pixel by pixel: candidates are interior pixels
+    above ``floor`` equal to their 3 x 3 maximum; one feature per 8-connected group of candidates,
+    its first pixel in raster order; flat indices into ``stack``."""
+    from scipy import ndimage as ndi
+
+    found = []
+    B, R, C = stack.shape
+    for b in range(B):
+        cand = np.zeros((R, C), bool)
+        for r in range(1, R - 1):
+            for c in range(1, C - 1):
+                cand[r, c] = stack[b, r, c] > floor and stack[b, r, c] >= stack[b, r - 1 : r + 2, c - 1 : c + 2].max()
+        labels, n = ndi.label(cand, structure=np.ones((3, 3)))
+        for k in range(1, n + 1):
+            rows, cols = np.nonzero(labels == k)  # raster order
+            found.append((b * R + int(rows[0])) * C + int(cols[0]))
+    return sorted(found)
+
+
+@pytest.mark.parametrize("shape", [(3, 17, 11), (2, 9, 23), (1, 3, 12), (4, 12, 3)])
+def test_random_plateaus_in_several_blocks_match_the_rule(shape):
+    """Few grey levels make many ties and plateaus of every shape, including across the block
+    boundaries of a batch (which must never merge) and on non-square, three-pixel-wide blocks."""
+    rng = np.random.default_rng(sum(shape))
+    found = 0
+    for _ in range(20):
+        stack = rng.integers(0, 4, size=shape).astype(np.float32)
+        idx = local_maxima(stack, BE, floor=0.5)
+        assert idx.tolist() == reference_maxima(stack, floor=0.5)
+        found += len(idx)
+    assert found > 20  # not vacuous
+
+
+def test_anti_diagonal_pair_is_one_plateau():
+    resp = np.zeros((8, 8))
+    resp[3, 4] = resp[4, 3] = 1.0  # touching only corner to corner, the other way from the main diagonal
+    assert maxima(resp) == {(2, 3)}
+
+
+def test_a_single_two_pixel_plateau_counts_once():
+    resp = np.zeros((7, 7))
+    resp[3, 3] = resp[3, 4] = 1.0
+    assert maxima(resp) == {(2, 2)}
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 10), (1, 10, 2), (2, 1, 1), (1, 0, 5)])
+def test_blocks_without_an_interior_have_no_features(shape):
+    idx = local_maxima(np.ones(shape, np.float32), BE)
+    assert idx.dtype == np.int64 and idx.size == 0

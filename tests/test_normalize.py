@@ -79,3 +79,42 @@ def test_noise_estimate_tracks_white_noise_on_smooth_images(sigma):
 
 def test_noise_estimate_of_tiny_images_is_zero():
     assert estimate_noise(np.ones((2, 3)), backend="numpy") == 0.0
+
+
+def exact_limits(img: np.ndarray, saturation: float) -> tuple[float, float]:
+    """The documented rule, by sorting: ``lo`` the smallest value with at least ``saturation`` % of the
+    pixels at or below it, ``hi`` the largest with at least that many at or above (at least one pixel)."""
+    s = np.sort(img.ravel().astype(np.int64))
+    k = max(int(np.floor(saturation / 100.0 * s.size)), 1)
+    return float(s[k - 1]), float(s[-k])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.bool_])
+@pytest.mark.parametrize("saturation", [0.0, 0.175, 1.0, 12.5, 49.9])
+def test_small_integer_limits_follow_the_exact_rule(dtype, saturation):
+    """Integers of up to 16 bit take the exact histogram path: no interpolation between grey
+    levels, whatever the sign, and at least one pixel saturated even at 0 %."""
+    rng = np.random.default_rng(4)
+    info = np.iinfo(dtype) if dtype != np.bool_ else None
+    values = rng.integers(0, 2, 10_000) if info is None else rng.integers(max(info.min, -20_000), min(info.max, 20_000), 10_000, endpoint=True)  # spans wider than int8/int16 can subtract in
+    img = values.astype(dtype).reshape(100, 100)
+    assert saturation_limits(img, saturation, backend="numpy") == exact_limits(img, saturation)
+
+
+@pytest.mark.parametrize("saturation", [0.0, 10.0, 49.99])
+def test_saturation_from_zero_to_below_fifty_percent_is_accepted(saturation):
+    lo, hi = saturation_limits(np.arange(100, dtype=np.uint8).reshape(10, 10), saturation, backend="numpy")
+    assert lo <= hi
+
+
+@pytest.mark.parametrize("saturation", [-0.01, -1.0, 50.0, 50.5])
+def test_saturation_outside_zero_to_fifty_percent_is_refused(saturation):
+    with pytest.raises(ValueError, match=r"percentage in \[0, 50\)"):
+        saturation_limits(np.zeros((4, 4), np.uint8), saturation, backend="numpy")
+
+
+def test_noise_estimate_needs_three_rows_and_three_columns():
+    noise = np.random.default_rng(5).normal(0, 0.1, (64, 64))
+    assert estimate_noise(noise[:3], backend="numpy", row_step=1) > 0.05  # one usable row is enough
+    assert estimate_noise(noise[:, :3], backend="numpy") > 0.0
+    assert estimate_noise(noise[:2], backend="numpy") == estimate_noise(noise[:, :2], backend="numpy") == 0.0

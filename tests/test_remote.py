@@ -158,6 +158,30 @@ def test_symlink_out_of_the_root_is_refused_without_opening(root, outside, monke
     assert opened == []
 
 
+@pytest.mark.parametrize("sibling", ["root2", "root.old", "root-backup"])
+def test_symlink_into_a_sibling_whose_name_starts_with_the_roots_is_refused(root, sibling, monkeypatch):
+    """``<tmp>/root2/secret.png`` starts with the text ``<tmp>/root`` but is not under it: a
+    prefix test on the path string would score it; only a path-component test refuses it."""
+    secret = root.parent / sibling / "secret.png"
+    secret.parent.mkdir()
+    secret.write_bytes(encode(blobs((64, 64), 4), "PNG"))
+    (root / "l.png").symlink_to(secret)
+    (root / "sec" / "into").symlink_to(secret.parent)
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
+    entries = score_tiles(["l.png", "sec/into/secret.png", "sec/a.png"])
+    assert all(refused(e, "resolves outside the data root") for e in entries[:2]), entries
+    assert entries[2]["error"] is None and entries[2]["features"] > 0  # the root itself still works
+    assert [os.path.basename(p) for p in opened] == ["a.png"]  # the sibling's file was never opened
+    fd = os.open(secret, os.O_RDONLY)  # the check after opening (a link swapped in late) too
+    try:
+        with pytest.raises(TileError, match="outside the data root"):
+            _check_opened(fd, root)
+    finally:
+        os.close(fd)
+
+
 def test_symlink_inside_the_root_is_followed(root):
     (root / "alias.png").symlink_to(root / "sec" / "a.png")
     [entry] = score_tiles(["alias.png"])

@@ -66,6 +66,9 @@ def hostile_root(tmp_path):
     secret = tmp_path / "secret.png"
     secret.write_bytes(encode(blobs((96, 96), 2), "PNG"))
     (root / "sec" / "link_out.png").symlink_to(secret)
+    (tmp_path / "root2").mkdir()  # a sibling whose name starts with the root's: outside all the same
+    (tmp_path / "root2" / "secret.png").write_bytes(secret.read_bytes())
+    (root / "sibling.png").symlink_to(tmp_path / "root2" / "secret.png")
     (root / "outdir").symlink_to(tmp_path)
     (root / "loop.png").symlink_to(root / "loop.png")
     (root / "alias_in.png").symlink_to(root / "sec" / "good.png")
@@ -84,6 +87,7 @@ def test_hostile_paths_are_refused_by_the_deployed_function(hostile_root):
         "/proc/self/environ": "absolute paths are refused",
         "sec/link_out.png": "resolves outside the data root",
         "outdir/secret.png": "resolves outside the data root",
+        "sibling.png": "resolves outside the data root",
         "loop.png": "cannot open: Too many levels of symbolic links",
         "fifo.png": "not a regular file",
         "sec": "not a regular file",

@@ -1,0 +1,76 @@
+"""Calibration: the fitted line has the right values, and the fitted rule flags a real defocused tile.
+
+``test_cli.py`` checks the ``client calibrate`` command (its output, files,
+CSV input and errors); these check the numbers: on densities made from a known
+``log d = a + b |defocus|`` the fit returns ``a`` and ``b``, and a tile of the
+example focus series that the fit never saw is judged by the stored rule
+exactly as ``submit``, ``watch`` and ``report`` judge it.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mhd.client.calibrate import fit, threshold_density
+from mhd.client.cli import main
+from mhd.client.config import load
+from mhd.client.verdicts import Judge, rule_from_config
+from mhd.functions.remote import score_tiles
+
+SERIES = Path(__file__).resolve().parents[1] / "examples" / "focus_series"
+
+pytestmark = pytest.mark.usefixtures("isolated_config")
+
+
+@pytest.mark.parametrize("a, b", [(math.log(4.2e4), -0.85), (math.log(900.0), -0.2)])
+def test_fit_recovers_a_known_intercept_and_slope(a, b):
+    rng = np.random.default_rng(7)
+    defocus = np.repeat(np.arange(-4.0, 4.5, 0.5), 2)  # signed: the fit takes |defocus|
+    density = np.exp(a + b * np.abs(defocus) + rng.normal(0.0, 0.02, defocus.size))  # 2 % scatter
+    cal = fit([f"img{i}.png" for i in range(defocus.size)], defocus, density, max_defocus=1.5).calibration
+    assert cal.intercept == pytest.approx(a, abs=0.03)  # natural log of features per megapixel
+    assert cal.slope == pytest.approx(b, abs=0.01)  # per unit |defocus|
+    assert cal.r < -0.95 and cal.n == defocus.size and cal.max_defocus == 1.5
+    assert threshold_density(cal) == pytest.approx(math.exp(a + 1.5 * b), rel=0.05)
+    assert cal.defocus(a + 3.0 * b) == pytest.approx(3.0, abs=0.1)  # the estimate inverts the line
+
+
+def test_a_real_defocused_tile_is_judged_oof_by_the_fitted_rule(tmp_path):
+    """Calibrate on the example series without its +4 um image, then judge that image and the focused one."""
+    series = tmp_path / "series"
+    shutil.copytree(SERIES, series, ignore=shutil.ignore_patterns("mhd-*", "focus_df+4.0um.png"))
+    out = CliRunner().invoke(main, ["calibrate", "--dir", str(series)])
+    assert out.exit_code == 0, out.output
+    rule = rule_from_config(load())  # the stored calibration, as submit/watch/report load it
+    cal = rule.calibration
+    assert cal.n == 8 and cal.max_defocus == 1.0  # default: the series' first step out of focus
+    judge = Judge(rule)
+    far, focused = score_tiles([{"name": p.name, "data": p.read_bytes()} for p in (SERIES / "focus_df+4.0um.png", SERIES / "focus_df+0.0um.png")])
+    assert judge.add(far) == [far] and judge.add(focused) == [focused]  # no warm-up with a calibration
+    assert far["verdict"] == "oof" and far["kind"] == "defocus", far["reason"]
+    assert 2.5 < far["defocus"] < 6.0  # estimated |defocus| of a 4 um tile, in um
+    assert focused["verdict"] == "ok" and focused["defocus"] < 0.5, focused["reason"]
+
+
+def test_the_smallest_series_is_three_images_at_two_distinct_defocus():
+    cal = fit(["a.png", "b.png", "c.png"], np.array([0.0, -1.0, 1.0]), np.array([2e4, 1e4, 1e4])).calibration
+    assert cal.n == 3 and cal.slope == pytest.approx(math.log(0.5)) and cal.max_defocus == 1.0
+
+
+@pytest.mark.parametrize(
+    "defocus, density, message",
+    [
+        ([0.0, 1.0], [2e4, 1e4], r"at least 3 scored images at 2 or more distinct \|defocus\|, got 2 at 2"),
+        ([-1.0, 1.0, 1.0], [2e4, 1e4, 1e4], r"got 3 at 1"),
+        ([0.0, 1.0, 2.0], [1e4, 1.35e4, 1.82e4], r"density does not fall with \|defocus\| \(slope 0\.299 per um\)"),  # rises: not a focus series
+    ],
+)
+def test_a_series_that_cannot_calibrate_is_refused(defocus, density, message):
+    with pytest.raises(ValueError, match=message):
+        fit([f"img{i}.png" for i in range(len(defocus))], np.array(defocus), np.array(density))
