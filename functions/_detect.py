@@ -524,8 +524,10 @@ def _detect_stack(norm: Any, thr: np.ndarray, noise: tuple[np.ndarray, np.ndarra
         def run(k: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]]:
             return [_detect_block(host, blk, h, thr, noise, p, backends[k]) for blk in blocks[k :: len(backends)]]
 
-        with concurrent.futures.ThreadPoolExecutor(len(backends)) as pool:
-            parts = [part for per_device in pool.map(run, range(len(backends))) for part in per_device]
+        n = len(backends)
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            per_device = list(pool.map(run, range(n)))
+        parts = [per_device[i % n][i // n] for i in range(len(blocks))]  # back in block order: features as with one device
     for *_, t in parts:
         for key, ms in t.items():
             timings[key] = timings.get(key, 0.0) + ms
