@@ -102,26 +102,27 @@ def noise_spectrum(images: Any, be: Backend, samples: int = SAMPLES) -> np.ndarr
         (units of the image squared; white noise of standard deviation
         ``sigma`` gives ``sigma**2`` at every centre).
     """
-    xp = be.xp
-    B, H, W = images.shape
-    if H < 3 or W < 3:
-        return np.zeros((B, len(CENTRES)))
-    rows = _rows(H)
-    step = max(1, int(len(rows) * W // samples))
-    rows = xp.asarray(rows[::step])
-    phi, M = _row_geometry(W)
-    phi_d = be.asarray(phi)
-    out = np.zeros((B, len(CENTRES)))
-    for b in range(B):
-        x = images[b]
-        v = x[rows - 1] - 2 * x[rows] + x[rows + 1]
-        V = be.rfft(v.astype(xp.float32, copy=False))
-        var = np.empty(len(CENTRES))
-        for c in range(len(CENTRES)):
-            o = xp.abs(be.irfft(V * phi_d[c], W)[:, ::2]).ravel()  # every other sample: band-passed, they are correlated
-            var[c] = (float(xp.partition(o, o.size // 2)[o.size // 2]) / _MAD) ** 2
-        out[b] = scipy.optimize.nnls(M, var)[0]
-    return out
+    with be.use():  # the backend's device is current: arrays made here land on it, kernels run there
+        xp = be.xp
+        B, H, W = images.shape
+        if H < 3 or W < 3:
+            return np.zeros((B, len(CENTRES)))
+        rows = _rows(H)
+        step = max(1, int(len(rows) * W // samples))
+        rows = xp.asarray(rows[::step])
+        phi, M = _row_geometry(W)
+        phi_d = be.asarray(phi)
+        out = np.zeros((B, len(CENTRES)))
+        for b in range(B):
+            x = images[b]
+            v = x[rows - 1] - 2 * x[rows] + x[rows + 1]
+            V = be.rfft(v.astype(xp.float32, copy=False))
+            var = np.empty(len(CENTRES))
+            for c in range(len(CENTRES)):
+                o = xp.abs(be.irfft(V * phi_d[c], W)[:, ::2]).ravel()  # every other sample: band-passed, they are correlated
+                var[c] = (float(xp.partition(o, o.size // 2)[o.size // 2]) / _MAD) ** 2
+            out[b] = scipy.optimize.nnls(M, var)[0]
+        return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -199,26 +200,27 @@ def noise_level_function(image: Any, be: Backend) -> tuple[np.ndarray, np.ndarra
         Median intensity of each (non-empty) bin, increasing, and the noise
         standard deviation there, both in image units.
     """
-    xp = be.xp
-    H, W = image.shape
-    rows = _rows(H)
-    rows = xp.asarray(rows[:: max(1, int(len(rows) * W // SAMPLES))])
-    a, b, c = image[rows - 1], image[rows], image[rows + 1]
-    v = xp.abs(a - 2 * b + c)[:, 2:-2].ravel()
-    s = xp.cumsum(a + b + c, axis=1, dtype=xp.float32)
-    mean = ((s[:, 4:] - xp.pad(s, ((0, 0), (1, 0)))[:, : W - 4]) / 15.0).ravel()
-    # equal-count bins from the quantiles of a subsample; a stable sort of small labels is a counting sort
-    edges = xp.quantile(mean[:: max(1, mean.size // 4096)], xp.linspace(0, 1, LEVEL_BINS + 1)[1:-1])
-    label = xp.searchsorted(edges, mean).astype(xp.int8)
-    order = xp.argsort(label, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(be.to_host(xp.bincount(label, minlength=LEVEL_BINS)))])
-    mean, v = mean[order], v[order]
-    level, sigma = [], []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        if hi > lo:
-            level.append(float(xp.median(mean[lo:hi])))
-            sigma.append(float(xp.median(v[lo:hi])))
-    return np.array(level), np.array(sigma) / (_MAD * np.sqrt(6.0))
+    with be.use():  # the backend's device is current: arrays made here land on it, kernels run there
+        xp = be.xp
+        H, W = image.shape
+        rows = _rows(H)
+        rows = xp.asarray(rows[:: max(1, int(len(rows) * W // SAMPLES))])
+        a, b, c = image[rows - 1], image[rows], image[rows + 1]
+        v = xp.abs(a - 2 * b + c)[:, 2:-2].ravel()
+        s = xp.cumsum(a + b + c, axis=1, dtype=xp.float32)
+        mean = ((s[:, 4:] - xp.pad(s, ((0, 0), (1, 0)))[:, : W - 4]) / 15.0).ravel()
+        # equal-count bins from the quantiles of a subsample; a stable sort of small labels is a counting sort
+        edges = xp.quantile(mean[:: max(1, mean.size // 4096)], xp.linspace(0, 1, LEVEL_BINS + 1)[1:-1])
+        label = xp.searchsorted(edges, mean).astype(xp.int8)
+        order = xp.argsort(label, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(be.to_host(xp.bincount(label, minlength=LEVEL_BINS)))])
+        mean, v = mean[order], v[order]
+        level, sigma = [], []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            if hi > lo:
+                level.append(float(xp.median(mean[lo:hi])))
+                sigma.append(float(xp.median(v[lo:hi])))
+        return np.array(level), np.array(sigma) / (_MAD * np.sqrt(6.0))
 
 
 def stabilizer(level: np.ndarray, sigma: np.ndarray, floor: float) -> np.ndarray | None:
@@ -248,7 +250,7 @@ def stabilizer(level: np.ndarray, sigma: np.ndarray, floor: float) -> np.ndarray
 
 def stabilize(image: Any, lut: np.ndarray, be: Backend) -> Any:
     """Apply a :func:`stabilizer` table to a normalised image (nearest entry): same shape, float32."""
-    xp = be.xp
-    idx = (image * xp.float32(LUT_SIZE - 1) + xp.float32(0.5)).astype(xp.int32)
-    return be.asarray(lut)[idx]
-
+    with be.use():  # the backend's device is current: arrays made here land on it, kernels run there
+        xp = be.xp
+        idx = (image * xp.float32(LUT_SIZE - 1) + xp.float32(0.5)).astype(xp.int32)
+        return be.asarray(lut)[idx]

@@ -42,26 +42,27 @@ def saturation_limits(image: Any, saturation: float = SATURATION_PCT, backend: s
     if not 0 <= saturation < 50:
         raise ValueError("saturation must be a percentage in [0, 50)")
     be = get_backend(backend)
-    xp = be.xp
-    x = be.asarray(image)
-    _check_image(x)
-    n = x.size
-    q = saturation / 100.0
-    if x.dtype.kind in "ub" or (x.dtype.kind == "i" and x.dtype.itemsize <= 2):
-        x = x.astype(np.int64) if x.dtype.kind == "b" else x
-        offset = int(x.min())
-        counts = xp.bincount(x.ravel().astype(xp.int64) - offset)  # widened first: int8/int16 spans overflow their own type
-        cdf = xp.cumsum(counts)
-        k_lo = max(int(np.floor(q * n)), 1)  # at least one pixel at or below lo
-        k_hi = n - max(int(np.floor(q * n)), 1)  # pixels strictly below hi
-        lo = int(xp.searchsorted(cdf, k_lo, side="left")) + offset
-        hi = int(xp.searchsorted(cdf, k_hi, side="right")) + offset
-        return float(lo), float(min(hi, int(x.max())))
-    x = x.astype(xp.float64) if x.dtype.kind == "i" else x
-    if not bool(xp.isfinite(x).all()):
-        raise ValueError("image contains NaN or infinite values")
-    lo, hi = xp.quantile(x.ravel(), xp.asarray([q, 1.0 - q]))
-    return float(lo), float(hi)
+    with be.use():  # the backend's device is current: arrays made here land on it, kernels run there
+        xp = be.xp
+        x = be.asarray(image)
+        _check_image(x)
+        n = x.size
+        q = saturation / 100.0
+        if x.dtype.kind in "ub" or (x.dtype.kind == "i" and x.dtype.itemsize <= 2):
+            x = x.astype(np.int64) if x.dtype.kind == "b" else x
+            offset = int(x.min())
+            counts = xp.bincount(x.ravel().astype(xp.int64) - offset)  # widened first: int8/int16 spans overflow their own type
+            cdf = xp.cumsum(counts)
+            k_lo = max(int(np.floor(q * n)), 1)  # at least one pixel at or below lo
+            k_hi = n - max(int(np.floor(q * n)), 1)  # pixels strictly below hi
+            lo = int(xp.searchsorted(cdf, k_lo, side="left")) + offset
+            hi = int(xp.searchsorted(cdf, k_hi, side="right")) + offset
+            return float(lo), float(min(hi, int(x.max())))
+        x = x.astype(xp.float64) if x.dtype.kind == "i" else x
+        if not bool(xp.isfinite(x).all()):
+            raise ValueError("image contains NaN or infinite values")
+        lo, hi = xp.quantile(x.ravel(), xp.asarray([q, 1.0 - q]))
+        return float(lo), float(hi)
 
 
 def normalize(image: Any, saturation: float = SATURATION_PCT, backend: str | Backend = "auto") -> Any:
@@ -102,19 +103,20 @@ def normalize_with_step(image: Any, saturation: float = SATURATION_PCT, backend:
         a constant image.
     """
     be = get_backend(backend)
-    xp = be.xp
-    x = be.asarray(image)
-    _check_image(x)
-    lo, hi = saturation_limits(x, saturation, be)
-    if hi <= lo:  # almost all pixels share one value: fall back to the full range
-        lo, hi = float(x.min()), float(x.max())
-    if hi <= lo:
-        return xp.zeros(x.shape, dtype=xp.float32), 0.0
-    out = x.astype(xp.float32)
-    out -= xp.float32(lo)
-    out /= xp.float32(hi - lo)  # division, not a reciprocal product: hi maps to exactly 1
-    step = 1.0 / (hi - lo) if x.dtype.kind in "uib" else 0.0
-    return xp.clip(out, 0.0, 1.0, out=out), step
+    with be.use():  # the backend's device is current: arrays made here land on it, kernels run there
+        xp = be.xp
+        x = be.asarray(image)
+        _check_image(x)
+        lo, hi = saturation_limits(x, saturation, be)
+        if hi <= lo:  # almost all pixels share one value: fall back to the full range
+            lo, hi = float(x.min()), float(x.max())
+        if hi <= lo:
+            return xp.zeros(x.shape, dtype=xp.float32), 0.0
+        out = x.astype(xp.float32)
+        out -= xp.float32(lo)
+        out /= xp.float32(hi - lo)  # division, not a reciprocal product: hi maps to exactly 1
+        step = 1.0 / (hi - lo) if x.dtype.kind in "uib" else 0.0
+        return xp.clip(out, 0.0, 1.0, out=out), step
 
 
 def estimate_noise(image: Any, backend: str | Backend = "auto", row_step: int = 8) -> float:
@@ -136,12 +138,13 @@ def estimate_noise(image: Any, backend: str | Backend = "auto", row_step: int = 
         Noise standard deviation in the units of ``image`` (0 for tiny images).
     """
     be = get_backend(backend)
-    x = be.asarray(image)
-    if x.shape[0] < 3 or x.shape[1] < 3:
-        return 0.0
-    xp = be.xp
-    rows = xp.arange(1, x.shape[0] - 1, max(1, row_step))
-    up, mid, dn = x[rows - 1], x[rows], x[rows + 1]
-    lap = (up[:, :-2] + up[:, 2:] + dn[:, :-2] + dn[:, 2:]) - 2 * (up[:, 1:-1] + dn[:, 1:-1] + mid[:, :-2] + mid[:, 2:]) + 4 * mid[:, 1:-1]
-    # |lap| of Gaussian noise has median 0.6745 * 6 * sigma (the operator's L2 norm is 6).
-    return float(xp.median(xp.abs(lap))) / (0.6745 * 6.0)
+    with be.use():  # the backend's device is current: arrays made here land on it, kernels run there
+        x = be.asarray(image)
+        if x.shape[0] < 3 or x.shape[1] < 3:
+            return 0.0
+        xp = be.xp
+        rows = xp.arange(1, x.shape[0] - 1, max(1, row_step))
+        up, mid, dn = x[rows - 1], x[rows], x[rows + 1]
+        lap = (up[:, :-2] + up[:, 2:] + dn[:, :-2] + dn[:, 2:]) - 2 * (up[:, 1:-1] + dn[:, 1:-1] + mid[:, :-2] + mid[:, 2:]) + 4 * mid[:, 1:-1]
+        # |lap| of Gaussian noise has median 0.6745 * 6 * sigma (the operator's L2 norm is 6).
+        return float(xp.median(xp.abs(lap))) / (0.6745 * 6.0)

@@ -93,8 +93,10 @@ class DeviceArray:
             yield self[i]
 
     def __getitem__(self, key: Any) -> DeviceArray:
-        _check_device([self])
-        return _wrap(self._a[_unwrap_index(key)])
+        if any(isinstance(k, (DeviceArray, np.ndarray, list)) for k in _leaves([key])):
+            _check_device([self, key])  # a gather runs a kernel; a view (basic slicing) does not
+            return _wrap(self._a[_unwrap_index(key)])
+        return _wrap(self._a[key], self.device)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         _check_device([self, value])

@@ -154,3 +154,20 @@ def test_spectral_anisotropy_of_a_device_spectrum(tiles):
         got = spectral_anisotropy(DEV0.rfft2(DEV0.asarray(img)), img.shape[1:], [1.0, 8.0], XP, noise=0.01)
     assert want[0][0] > 0
     np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_public_pieces_run_on_their_backends_device(tiles):
+    """Called on device 1 while device 0 is current (no ``use()`` around them), as a user would."""
+    from mhd.functions import saturation_limits
+    from mhd.functions._noise import stabilize
+
+    img = tiles[0]
+    assert saturation_limits(img, backend=DEV1) == saturation_limits(img, backend=CPU)
+    assert saturation_limits(img.astype(np.float32), backend=DEV1) == pytest.approx(saturation_limits(img.astype(np.float32), backend=CPU))
+    norm_d, norm_c = normalize(img, backend=DEV1), normalize(img, backend=CPU)
+    assert norm_d.device == 1
+    assert estimate_noise(norm_d, backend=DEV1) == pytest.approx(estimate_noise(norm_c, backend=CPU), rel=1e-6)
+    np.testing.assert_allclose(noise_spectrum(norm_d[None], DEV1), noise_spectrum(norm_c[None], CPU), rtol=1e-5)
+    np.testing.assert_allclose(noise_level_function(norm_d, DEV1)[1], noise_level_function(norm_c, CPU)[1], rtol=1e-5)
+    lut = np.linspace(0, 1, 1024, dtype=np.float32) ** 0.5
+    np.testing.assert_array_equal(XP.asnumpy(stabilize(norm_d, lut, DEV1)), stabilize(norm_c, lut, CPU))
