@@ -82,11 +82,12 @@ def local_maxima(response: Any, backend: Backend, floor: float = 0.0) -> np.ndar
     B, R, C = response.shape
     if R < 3 or C < 3:
         return np.empty(0, dtype=np.int64)
-    pooled = _max3(_max3(response, 2, xp), 1, xp)
-    # clamping the pool to the next float above the floor folds "> floor" into one comparison
-    xp.maximum(pooled, np.nextafter(np.float32(floor), np.float32(np.inf)), out=pooled)
-    cand = response[:, 1:-1, 1:-1] >= pooled
-    flat = backend.to_host(xp.flatnonzero(cand)).astype(np.int64)
+    with backend.use():  # the kernels run on the response's device
+        pooled = _max3(_max3(response, 2, xp), 1, xp)
+        # clamping the pool to the next float above the floor folds "> floor" into one comparison
+        xp.maximum(pooled, np.nextafter(np.float32(floor), np.float32(np.inf)), out=pooled)
+        cand = response[:, 1:-1, 1:-1] >= pooled
+        flat = backend.to_host(xp.flatnonzero(cand)).astype(np.int64)
     b, rem = np.divmod(flat, (R - 2) * (C - 2))
     r, c = np.divmod(rem, C - 2)
     keep = _merge_plateaus(b, r, c, (R - 2, C - 2))

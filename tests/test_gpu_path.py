@@ -13,6 +13,7 @@ import pytest
 
 from mhd.functions import detect, detect_batch, estimate_noise, normalize
 from mhd.functions._backend import Backend
+from mhd.functions._nms import local_maxima
 from mhd.functions._noise import noise_level_function, noise_spectrum
 from mhd.functions.simulate import blur, digitize, shot_noise, to_signal
 
@@ -171,3 +172,6 @@ def test_public_pieces_run_on_their_backends_device(tiles):
     np.testing.assert_allclose(noise_level_function(norm_d, DEV1)[1], noise_level_function(norm_c, CPU)[1], rtol=1e-5)
     lut = np.linspace(0, 1, 1024, dtype=np.float32) ** 0.5
     np.testing.assert_array_equal(XP.asnumpy(stabilize(norm_d, lut, DEV1)), stabilize(norm_c, lut, CPU))
+    with DEV1.use():
+        peaks = norm_d[None] * XP.float32(2)
+    np.testing.assert_array_equal(local_maxima(peaks, DEV1, floor=1.0), local_maxima(norm_c[None] * 2, CPU, floor=1.0))
