@@ -5,6 +5,10 @@ Peers, run round-robin on the same tile so that a noisy machine slows them alike
 * ``mhd``          the package's detector (decimated coarse levels, cubic upsampling)
 * ``mhd-1-thread`` the same on one CPU thread (how much the lanes give)
 * ``mhd-exact``    the same with ``tol=0`` (every level at full resolution)
+* ``naive_mhd``    the honest outside peer: ``shared/peers/naive_mhd.py`` beside the
+  clone (folder overridable by ``MHD_PEERS_DIR``; skipped with a note when absent),
+  timed as ``MHD(shape, n_bin).count(normalize(img))`` with the instance (its
+  cached transfer functions) built once per shape, as mhd caches its filter banks
 * ``straightforward``  the paper done plainly but not wastefully: one rfft2,
   cached analytic Gaussian transfer functions, one full-size irfft2 per DoG
   level, running max over scales, 3x3 maximum as two 1-D passes of shifted maxima (no padding:
@@ -14,12 +18,13 @@ Peers, run round-robin on the same tile so that a noisy machine slows them alike
 
 Prints, per size and number of levels, the median milliseconds per tile after
 a warm-up, peak memory allocated during one warm call (tracemalloc, MB; cached
-filter banks excluded), ratios to
-``straightforward``, and the feature agreement of ``mhd`` with ``mhd-exact``
+filter banks excluded), ratios to ``naive_mhd`` (to ``straightforward`` when
+naive_mhd is absent), and the feature agreement of ``mhd`` with ``mhd-exact``
 (fraction of features with a partner within 1 px, the smaller of both ways).
 
 With CuPy and a GPU (``--gpu``) it also measures ``detect`` on the GPU, batched
 throughput of 1024^2 tiles and the GPU memory of one 16384^2 tile with 64 levels.
+``--json PATH`` also writes every figure printed to one JSON file.
 
 Usage::
 
@@ -33,6 +38,9 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import importlib.util
+import json
+import os
 import statistics
 import time
 import tracemalloc
@@ -47,6 +55,24 @@ from mhd.functions import DEFAULTS, cuda_available, detect, detect_batch, get_ba
 from mhd.functions._scalespace import dog_pairs
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "isbi2012"
+
+#: Outside peers: ``shared/peers`` beside the clone, or ``$MHD_PEERS_DIR``.
+PEERS_DIR = Path(os.environ.get("MHD_PEERS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "peers")
+
+#: Every figure printed, for ``--json``.
+FIGURES: dict[str, list[dict]] = {"cpu": [], "gpu": []}
+
+
+def load_naive_mhd():
+    """The ``naive_mhd`` module from :data:`PEERS_DIR`, or None (with a printed note) when it is absent."""
+    path = PEERS_DIR / "naive_mhd.py"
+    if not path.is_file():
+        print(f"note: {path} not found (set MHD_PEERS_DIR): the naive_mhd peer is skipped")
+        return None
+    spec = importlib.util.spec_from_file_location("naive_mhd", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def em_tile(size: int) -> np.ndarray:
@@ -114,7 +140,9 @@ def peak_mb(fn) -> tuple[float, object]:
 
 def run_cpu(sizes, levels, repeat, skimage_max):
     one_thread = get_backend("numpy", workers=1)
-    print("| size | levels | peer | median ms | peak MB | x straightforward | features |")
+    naive = load_naive_mhd()
+    base_name = "naive_mhd" if naive is not None else "straightforward"
+    print(f"| size | levels | peer | median ms | peak MB | x {base_name} | features |")
     print("|---|---|---|---|---|---|---|")
     for size in sizes:
         img = em_tile(size)
@@ -123,8 +151,11 @@ def run_cpu(sizes, levels, repeat, skimage_max):
                 "mhd": lambda: detect(img, n_bin=n_bin, backend="numpy").features,
                 "mhd-1-thread": lambda: detect(img, n_bin=n_bin, backend=one_thread).features,
                 "mhd-exact": lambda: detect(img, n_bin=n_bin, backend="numpy", tol=0).features,
-                "straightforward": lambda: straightforward(img, n_bin),
             }
+            if naive is not None:
+                model = naive.MHD(img.shape, n_bin=n_bin)  # its transfer functions, built once per shape
+                peers["naive_mhd"] = lambda: model.count(naive.normalize(img))
+            peers["straightforward"] = lambda: straightforward(img, n_bin)
             if size <= skimage_max:
                 peers["skimage"] = lambda: skimage_peer(img, n_bin)
             reps = repeat if size <= 1024 else max(3, repeat // 4)
@@ -132,18 +163,22 @@ def run_cpu(sizes, levels, repeat, skimage_max):
             for name, fn in peers.items():  # warm-up (filter banks, FFT plans), then memory of a warm call
                 fn()
                 mem[name], results[name] = peak_mb(fn)
-            for rep in range(reps):
+            for rep in range(reps):  # round-robin: a noisy machine slows every peer alike
                 for name, fn in peers.items():
                     if name == "skimage" and rep >= 3:  # seconds per call: three timings are plenty
                         continue
                     t0 = time.perf_counter()
                     fn()
                     times[name].append((time.perf_counter() - t0) * 1e3)
-            base = statistics.median(times["straightforward"])
+            base = statistics.median(times[base_name])
             for name in peers:
                 med = statistics.median(times[name])
-                print(f"| {size} | {n_bin} | {name} | {med:.1f} | {mem[name]:.0f} | {med / base:.2f} | {len(results[name])} |")
-            print(f"| {size} | {n_bin} | agreement mhd vs mhd-exact | {agreement(results['mhd'], results['mhd-exact']):.4f} | | | |")
+                n_feat = results[name] if isinstance(results[name], int) else len(results[name])
+                print(f"| {size} | {n_bin} | {name} | {med:.1f} | {mem[name]:.0f} | {med / base:.2f} | {n_feat} |")
+                FIGURES["cpu"].append(dict(size=size, levels=n_bin, peer=name, median_ms=med, peak_mb=mem[name], ratio_to=base_name, ratio=med / base, features=n_feat, runs=len(times[name])))
+            agree = agreement(results["mhd"], results["mhd-exact"])
+            print(f"| {size} | {n_bin} | agreement mhd vs mhd-exact | {agree:.4f} | | | |")
+            FIGURES["cpu"].append(dict(size=size, levels=n_bin, peer="agreement mhd vs mhd-exact", agreement=agree))
 
 
 def run_gpu(sizes, levels, repeat):
@@ -164,6 +199,7 @@ def run_gpu(sizes, levels, repeat):
                 times.append((time.perf_counter() - t0) * 1e3)
             med = statistics.median(times)
             print(f"| single | {size} | {n_bin} | {med:.2f} | {1e3 / med:.0f} | {pool.total_bytes() / 2**20:.0f} |")
+            FIGURES["gpu"].append(dict(kind="single", size=size, levels=n_bin, median_ms=med, tiles_per_s=1e3 / med, pool_mb=pool.total_bytes() / 2**20))
     for batch in (8, 32, 64):
         tiles = [cupy.asarray(em_tile(1024))] * batch
         detect_batch(tiles, backend="cupy")
@@ -172,12 +208,16 @@ def run_gpu(sizes, levels, repeat):
             t0 = time.perf_counter()
             detect_batch(tiles, backend="cupy")
             times.append(time.perf_counter() - t0)
-        print(f"| batch {batch} | 1024 | 16 | {statistics.median(times) * 1e3 / batch:.2f} | {batch / statistics.median(times):.0f} | {pool.total_bytes() / 2**20:.0f} |")
+        med = statistics.median(times)
+        print(f"| batch {batch} | 1024 | 16 | {med * 1e3 / batch:.2f} | {batch / med:.0f} | {pool.total_bytes() / 2**20:.0f} |")
+        FIGURES["gpu"].append(dict(kind=f"batch {batch}", size=1024, levels=16, median_ms=med * 1e3 / batch, tiles_per_s=batch / med, pool_mb=pool.total_bytes() / 2**20))
     pool.free_all_blocks()
     big = cupy.asarray(em_tile(16384))
     t0 = time.perf_counter()
     det = detect(big, n_bin=64, backend="cupy")
-    print(f"| huge | 16384 | 64 | {(time.perf_counter() - t0) * 1e3:.0f} | - | {pool.total_bytes() / 2**20:.0f} (features {det.count}) |")
+    ms = (time.perf_counter() - t0) * 1e3
+    print(f"| huge | 16384 | 64 | {ms:.0f} | - | {pool.total_bytes() / 2**20:.0f} (features {det.count}) |")
+    FIGURES["gpu"].append(dict(kind="huge", size=16384, levels=64, ms=ms, pool_mb=pool.total_bytes() / 2**20, features=det.count))
 
 
 def main() -> None:
@@ -187,12 +227,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=11, help="timed runs per peer (fewer above 1024^2)")
     ap.add_argument("--skimage-max", type=int, default=1024, help="largest size at which blob_dog runs")
     ap.add_argument("--gpu", action="store_true", help="also measure CuPy on the GPU")
+    ap.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = ap.parse_args()
     run_cpu(args.sizes, args.levels, args.repeat, args.skimage_max)
     if args.gpu:
         if not cuda_available():
             raise SystemExit("--gpu: no CUDA device visible to CuPy")
         run_gpu(args.sizes, args.levels, args.repeat)
+    if args.json:
+        args.json.write_text(json.dumps(dict(args=vars(args) | {"json": str(args.json)}, peers_dir=str(PEERS_DIR), **FIGURES), indent=1))
 
 
 if __name__ == "__main__":

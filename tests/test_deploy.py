@@ -97,18 +97,23 @@ def _scripts() -> list[Path]:
     return sorted(DEPLOY.rglob("*.sh"))
 
 
+def _linted_scripts() -> list[Path]:
+    """The deployment's shell scripts and the benchmarks' (bench/gpu_check.sh)."""
+    return _scripts() + sorted((ROOT / "bench").glob("*.sh"))
+
+
 def test_deploy_has_the_install_script_among_its_shell_scripts():
     assert SCRIPT in _scripts()
     assert os.access(SCRIPT, os.X_OK), "install-endpoint.sh must be executable"
 
 
-@pytest.mark.parametrize("script", _scripts(), ids=lambda p: p.name)
+@pytest.mark.parametrize("script", _linted_scripts(), ids=lambda p: p.name)
 def test_shell_scripts_parse_with_bash_n(script):
     proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("script", _scripts(), ids=lambda p: p.name)
+@pytest.mark.parametrize("script", _linted_scripts(), ids=lambda p: p.name)
 def test_shell_scripts_pass_shellcheck(script):
     _shellcheck(script)
 
