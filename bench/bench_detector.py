@@ -229,13 +229,15 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="also measure CuPy on the GPU")
     ap.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = ap.parse_args()
-    run_cpu(args.sizes, args.levels, args.repeat, args.skimage_max)
-    if args.gpu:
-        if not cuda_available():
-            raise SystemExit("--gpu: no CUDA device visible to CuPy")
-        run_gpu(args.sizes, args.levels, args.repeat)
-    if args.json:
-        args.json.write_text(json.dumps(dict(args=vars(args) | {"json": str(args.json)}, peers_dir=str(PEERS_DIR), **FIGURES), indent=1))
+    try:
+        run_cpu(args.sizes, args.levels, args.repeat, args.skimage_max)
+        if args.gpu:
+            if not cuda_available():
+                raise SystemExit("--gpu: no CUDA device visible to CuPy")
+            run_gpu(args.sizes, args.levels, args.repeat)
+    finally:  # the figures measured so far, even when a later step fails
+        if args.json:
+            args.json.write_text(json.dumps(dict(args=vars(args) | {"json": str(args.json)}, peers_dir=str(PEERS_DIR), **FIGURES), indent=1))
 
 
 if __name__ == "__main__":
