@@ -37,7 +37,7 @@ def test_package_imports_from_the_clone_root():
     assert proc.stdout.strip() == "0.1.0"
 
 
-@pytest.mark.parametrize("command", ["client"])
+@pytest.mark.parametrize("command", ["client", "mhd"])
 def test_console_commands_run_help(command):
     exe = Path(sys.executable).with_name(command)
     assert exe.exists(), f"{command} is not installed beside {sys.executable} (pyproject.toml [project.scripts])"
