@@ -26,11 +26,21 @@ from rich.console import Console
 from .config import Config
 from .console import Reporter
 from .discover import Tile, discover
+from .interrupt import Interrupt
 from .pipeline import OofHook, Pipeline
 from .results import ResultsLog
 from .score import load_image, tissue_probe
-from .interrupt import Interrupt
-from .submit import Outcome, _handling, backend_kind, check_backend, interrupted_stop, local_data_root, local_workers, make_transport, open_backend
+from .submit import (
+    Outcome,
+    _handling,
+    backend_kind,
+    check_backend,
+    interrupted_stop,
+    local_data_root,
+    local_workers,
+    make_transport,
+    open_backend,
+)
 from .verdicts import Judge, Rule
 
 __all__ = ["Landing", "watch_section"]

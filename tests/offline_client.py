@@ -27,7 +27,6 @@ def main() -> None:
 
     install_early_handler()
     from globus_offline import OfflineCompute
-
     from mhd.client import cli
     from mhd.client.registration import register_score_tiles
 

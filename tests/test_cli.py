@@ -51,8 +51,8 @@ def test_score_json_one_object_per_file_and_bad_files_fail_alone(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
     tiny = tmp_path / "tiny.tif"
-    import tifffile
     import numpy as np
+    import tifffile
 
     tifffile.imwrite(tiny, np.zeros((8, 8), np.uint8))
     out = run("score", EXAMPLE / "tile_r0_c0.png", bad, tmp_path / "missing.png", tiny, EXAMPLE / "tile_r0_c1.tif", "--json", "--n-bin", "12")

@@ -17,7 +17,6 @@ from mhd.client.tissue import contrast_to_noise
 from mhd.client.transport import InlineTransport, SharedTransport, choose_transport
 from mhd.client.verdicts import Calibration, Judge, Rule, exit_status
 
-
 pytestmark = pytest.mark.usefixtures("isolated_config")
 
 

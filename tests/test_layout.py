@@ -94,3 +94,19 @@ def test_readme_layout_states_the_real_arrows():
     for sub, deps in IG.layers(GRAPH).items():
         line = f"{sub} -> {', '.join(sorted(deps)) or '(nothing)'}"
         assert line in readme, f"README's Repository layout should show: {line}"
+
+
+def test_ci_runs_the_readme_test_command_with_the_lint():
+    readme = (ROOT / "README.md").read_text()
+    [command] = [line for line in readme.splitlines() if line.startswith("python3 -m venv") and "[test]" in line]
+    assert ".venv/bin/ruff check . && .venv/bin/pytest -q" in command
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()[-1]
+    assert ci == command.replace("pip install -e", "pip install -q -e"), "the same command, pip quiet"
+
+
+def test_ruff_check_passes():
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff is not installed (the [test] extra installs it)")
+    proc = subprocess.run([str(ruff), "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
