@@ -175,7 +175,7 @@ def run_load(section: Path, workers: int = 2, batch: int = 0, interval: float = 
         the results log), ``verdicts`` (counts), ``elapsed_s``,
         ``tiles_per_s`` (start-up included) and ``samples``.
     """
-    cfg = load().override(backend="local", transport="inline", workers=workers, batch=batch or None)
+    cfg = load().override(executor="local", transport="inline", workers=workers, batch=batch or None)
     n = sum(1 for _ in section.glob("*.png"))
     sampler = RssSampler(section / RESULTS_NAME, interval, on_sample)
     sampler.sample()

@@ -107,7 +107,7 @@ def copy_tree(dest: Path) -> Path:
             shutil.copy2(src, dest / rel)
     pkg = dest / "_import" / "mhd"
     pkg.parent.mkdir()
-    (dest / "mhd").rename(pkg)  # not left at the top, where ``python -m pytest`` (cwd first on sys.path) would find it
+    (dest / "mhd-package").rename(pkg)  # the top-level package's __init__.py (pyproject's package-dir)
     for sub in ("functions", "client", "endpoint"):
         (pkg / sub).symlink_to(dest / sub)
     return dest / "_import"

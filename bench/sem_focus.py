@@ -44,7 +44,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-from mhd.functions import detect, detect_batch, normalize
+from mhd.functions import detect, normalize
 from mhd.functions.classic import CLASSIC_MEASURES
 from mhd.functions.simulate import sem_scan
 

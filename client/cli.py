@@ -228,13 +228,21 @@ def score(files: tuple[Path, ...], as_json: bool, backend: str, **kwargs: Any) -
 # ----------------------------------------------------------------- submit
 
 
+def _deprecated_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--backend`` of submit/watch, renamed ``--executor`` (``client score --backend`` is the array module)."""
+    if value is not None:
+        click.echo("client: --backend is deprecated for submit and watch; use --executor", err=True)
+    return value
+
+
 def _run_options(fn: Callable) -> Callable:
     """Options shared by submit and watch."""
     opts = [
         click.option("--dir", "directory", required=True, type=click.Path(path_type=Path), help="Section folder."),
-        click.option("--backend", type=click.Choice(["auto", "local", "globus"]), help="Where tasks run  [config: auto]"),
+        click.option("--executor", type=click.Choice(["auto", "local", "globus"]), help="Where scoring tasks run: local (process pool here) or globus (Globus Compute)  [config: auto]"),
+        click.option("--backend", "old_backend", type=click.Choice(["auto", "local", "globus"]), hidden=True, callback=_deprecated_backend, help="Deprecated: --executor."),
         click.option("--transport", type=click.Choice(["auto", "inline", "shared", "globus"]), help="How tiles reach the function  [config: auto]"),
-        click.option("--workers", type=click.IntRange(1, 64), help="Local backend worker processes."),
+        click.option("--workers", type=click.IntRange(1, 64), help="Local executor worker processes."),
         click.option("--batch", type=click.IntRange(1, 1024), help="Tiles per scoring task."),
         click.option("--on-oof", metavar="CMD", help="Run CMD TILE_PATH for each out-of-focus tile (no shell; MHD_TILE, MHD_VERDICT and MHD_REASON set)."),
         click.option("--no-calibration", is_flag=True, help="Use the relative rule even if a calibration is stored."),
@@ -306,7 +314,7 @@ def _compute_client() -> Any:
 @_run_options
 @click.option("--rescore", is_flag=True, help="Score every tile again (the old results are kept as a .bak file).")
 @click.option("-a", "--all", "show_ok", is_flag=True, help="Print a line for ok tiles too.")
-def submit(directory: Path, backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, results: Path | None, rescore: bool, show_ok: bool, **kwargs: Any) -> None:
+def submit(directory: Path, executor: str | None, old_backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, results: Path | None, rescore: bool, show_ok: bool, **kwargs: Any) -> None:
     """Score every tile of a section and report out-of-focus tiles.
 
     Tiles (TIFF, PNG, BMP, JPEG; recursive) are taken in natural order of
@@ -326,7 +334,7 @@ def submit(directory: Path, backend: str | None, transport: str | None, workers:
 
     params = _params(kwargs) or None
     section = _section(directory)
-    cfg = _load_config(backend=backend, transport=transport, workers=workers, batch=batch, results=results)
+    cfg = _load_config(executor=executor or old_backend, transport=transport, workers=workers, batch=batch, results=results)
     console = _console()
     rule = _rule(cfg, no_calibration)
     folder = _results_folder(section, cfg)
@@ -419,7 +427,7 @@ def register(endpoint: Any, public: bool) -> None:
 
     The function (score_tiles) is registered by source; its UUID and the
     endpoint's are written to the configuration file, so that 'client submit'
-    then uses the Globus backend. Give the function UUID to the endpoint's
+    then uses the Globus executor. Give the function UUID to the endpoint's
     administrator for its allowed_functions.
 
     Example:
@@ -473,7 +481,7 @@ endpoint.add_command(_configure_with_stored_function())
 @click.option("--poll", type=click.FloatRange(0.05, 60), default=0.25, show_default=True, help="Seconds between looks at the folder.")
 @click.option("--give-up", type=click.FloatRange(0.0), default=10.0, show_default=True, help="Seconds a complete-looking but undecodable file waits before it is scored (and fails).")
 @click.option("--idle-exit", type=click.FloatRange(0.0), help="Stop after this many seconds without a new tile (default: run until Ctrl-C).")
-def watch(directory: Path, backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, results: Path | None, poll: float, give_up: float, idle_exit: float | None, **kwargs: Any) -> None:
+def watch(directory: Path, executor: str | None, old_backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, results: Path | None, poll: float, give_up: float, idle_exit: float | None, **kwargs: Any) -> None:
     """Score tiles as the microscope writes them, until Ctrl-C.
 
     A tile is taken once completely written (size stable and decodable, or
@@ -493,7 +501,7 @@ def watch(directory: Path, backend: str | None, transport: str | None, workers: 
 
     params = _params(kwargs) or None
     section = _section(directory)
-    cfg = _load_config(backend=backend, transport=transport, workers=workers, batch=batch, results=results)
+    cfg = _load_config(executor=executor or old_backend, transport=transport, workers=workers, batch=batch, results=results)
     console = _console()
     rule = _rule(cfg, no_calibration)
     folder = _results_folder(section, cfg)

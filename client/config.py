@@ -53,7 +53,7 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
 KEYS: dict[str, Key] = {
     "endpoint": Key(None, _str, "Globus Compute endpoint UUID (the GPU endpoint 'mhd-gpu')"),
     "function": Key(None, _str, "registered score_tiles function UUID (client register)"),
-    "backend": Key("auto", _choice("auto", "local", "globus"), "auto: globus when endpoint and function are set, else local"),
+    "executor": Key("auto", _choice("auto", "local", "globus"), "where scoring tasks run: local (a process pool here) or globus (Globus Compute); auto: globus when endpoint and function are set, else local"),
     "transport": Key("auto", _choice("auto", "inline", "shared", "globus"), "auto: inline for small tiles, else shared/globus when configured"),
     "inline_max_mb": Key(4.0, _float, "largest tile sent inline by transport=auto (MB)"),
     "request_mb": Key(6.0, _float, "tile bytes per inline task (the service limit is 10 MB per request, after base64)"),
@@ -67,7 +67,7 @@ KEYS: dict[str, Key] = {
     "dest_remote": Key("", lambda v: str(v or "").strip("/"), "globus transport: dest_path relative to the endpoint's data root"),
     "transfer_batch": Key(16, _int, "globus transport: tiles per Transfer task"),
     "transfer_timeout": Key(3600.0, _float, "globus transport: seconds a Transfer task may take; then it is cancelled and its tiles fail"),
-    "workers": Key(0, _int, "local backend worker processes (0: one per CPU core, at most 8)"),
+    "workers": Key(0, _int, "local executor worker processes (0: one per CPU core, at most 8)"),
     "batch": Key(0, _int, "tiles per scoring task (0: automatic)"),
     "task_timeout": Key(3600.0, _float, "seconds a scoring task may go without a result; then its tiles are recorded as errors"),
     "drain_timeout": Key(3.0, _float, "after Ctrl-C, seconds to wait for the tasks in flight (the rest are scored on the next run)"),
@@ -84,6 +84,10 @@ KEYS: dict[str, Key] = {
     "calibration": Key(None, _str, "calibration JSON (default: calibration.json beside the config file)"),
     "max_defocus": Key(None, lambda v: None if v in (None, "") else float(v), "calibrated rule: largest acceptable |defocus| (series units)"),
 }
+
+
+#: Old key -> its new name, still read from the file and the environment ($MHD_BACKEND).
+RENAMED: dict[str, str] = {"backend": "executor"}
 
 
 def config_dir() -> Path:
@@ -164,9 +168,8 @@ def load(environ: dict[str, str] | None = None) -> Config:
     for key, value in _read_file(path).items():
         cfg.values[key] = _parse(key, value, str(path))
         cfg.sources[key] = str(path)
-    for key in KEYS:
-        name = f"MHD_{key.upper()}"
-        if name in environ:
+    for key, name in [*((new, f"MHD_{old.upper()}") for old, new in RENAMED.items()), *((k, f"MHD_{k.upper()}") for k in KEYS)]:
+        if name in environ:  # a renamed key's old variable first: the new one wins
             cfg.values[key] = _parse(key, environ[name], f"${name}")
             cfg.sources[key] = f"${name}"
     return cfg
@@ -181,9 +184,13 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: must hold a JSON object")
-    unknown = set(data) - set(KEYS)
+    unknown = set(data) - set(KEYS) - set(RENAMED)
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(KEYS)}")
+    for old, new in RENAMED.items():  # read the old name; the new one wins when both are there
+        if old in data:
+            value = data.pop(old)
+            data.setdefault(new, value)
     return data
 
 

@@ -97,15 +97,15 @@ class Outcome:
 
 def backend_kind(cfg: Config) -> str:
     """``local`` or ``globus``: ``auto`` is Globus when endpoint and function are configured."""
-    if cfg["backend"] != "auto":
-        return cfg["backend"]
+    if cfg["executor"] != "auto":
+        return cfg["executor"]
     return "globus" if cfg["endpoint"] and cfg["function"] else "local"
 
 
 def check_backend(cfg: Config, kind: str) -> None:
     """Raise ValueError when the ``globus`` backend lacks its endpoint or function UUID."""
     if kind == "globus" and not (cfg["endpoint"] and cfg["function"]):
-        raise ValueError("the globus backend needs an endpoint and a function UUID: run 'client register --endpoint UUID' (see 'client config')")
+        raise ValueError("the globus executor needs an endpoint and a function UUID: run 'client register --endpoint UUID' (see 'client config')")
 
 
 def local_workers(cfg: Config) -> int:
@@ -139,7 +139,7 @@ def open_backend(cfg: Config, kind: str, data_root: Path | None = None, compute_
         return backends.LocalBackend(workers=local_workers(cfg), data_root=data_root)
     check_backend(cfg, kind)
     if compute_client is None:
-        raise ValueError("the globus backend needs a Globus Compute client")
+        raise ValueError("the globus executor needs a Globus Compute client")
     return backends.GlobusBackend(cfg["endpoint"], cfg["function"], compute_client())
 
 
@@ -207,7 +207,7 @@ def make_transport(cfg: Config, section: Path, tiles: list[Tile], batch: int, tr
 def _local_transport(cfg: Config, section: Path, batch: int) -> Transport:
     name = cfg["transport"]
     if name == "globus":
-        raise ValueError("transport globus copies tiles to the endpoint's storage, which the local engine does not see: use --transport auto (the local engine reads tiles from disk) or --backend globus")
+        raise ValueError("transport globus copies tiles to the endpoint's storage, which the local engine does not see: use --transport auto (the local engine reads tiles from disk) or --executor globus")
     if name == "inline":
         return InlineTransport(batch, int(cfg["request_mb"] * MB), hint="use --transport auto (the local engine then reads tiles from disk, any size)")
     if name == "shared" and cfg["shared_local"]:
@@ -221,7 +221,7 @@ def _inline_hint(shared_ready: bool, globus_ready: bool) -> str:
         return "use --transport shared (shared_local is configured)"
     if globus_ready:
         return "use --transport globus (Globus Transfer is configured)"
-    return "score it on this machine with --backend local, or configure shared storage (shared_local, shared_remote) or Globus Transfer for the endpoint (see 'client config')"
+    return "score it on this machine with --executor local, or configure shared storage (shared_local, shared_remote) or Globus Transfer for the endpoint (see 'client config')"
 
 
 def todo_tiles(found: Discovery, records: dict[str, dict]) -> list[Tile]:
@@ -359,7 +359,7 @@ def _header(console: Console, section: Path, found: Discovery, done: int, todo: 
         how = f"calibrated, OOF beyond {cal.max_defocus:g} {cal.units} (r={cal.r:.3f})"
     else:
         how = f"relative to the section median, first verdicts after {rule.warmup} tiles"
-    console.print(f"backend {where}, transport {transport.name}; rule: {how}", highlight=False)
+    console.print(f"executor {where}, transport {transport.name}; rule: {how}", highlight=False)
 
 
 def _esc(text: str) -> str:

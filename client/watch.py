@@ -26,11 +26,21 @@ from rich.console import Console
 from .config import Config
 from .console import Reporter
 from .discover import Tile, discover
+from .interrupt import Interrupt
 from .pipeline import OofHook, Pipeline
 from .results import ResultsLog
 from .score import load_image, tissue_probe
-from .interrupt import Interrupt
-from .submit import Outcome, _handling, backend_kind, check_backend, interrupted_stop, local_data_root, local_workers, make_transport, open_backend
+from .submit import (
+    Outcome,
+    _handling,
+    backend_kind,
+    check_backend,
+    interrupted_stop,
+    local_data_root,
+    local_workers,
+    make_transport,
+    open_backend,
+)
 from .verdicts import Judge, Rule
 
 __all__ = ["Landing", "watch_section"]
@@ -161,7 +171,7 @@ def watch_section(
         landing = Landing(section, {t for t, r in results.records.items() if r.get("verdict") != "error"}, settle=max(poll, 0.5), give_up=give_up)
         judge = Judge(rule, tissue_probe(section), prior=results.records.values())
         hook = OofHook(on_oof) if on_oof else None
-        console.print(f"[bold]watching {section}[/] ({len(results.records)} tiles already recorded; backend {kind}, transport {transport.name}); Ctrl-C to stop")
+        console.print(f"[bold]watching {section}[/] ({len(results.records)} tiles already recorded; executor {kind}, transport {transport.name}); Ctrl-C to stop")
         reporter = Reporter(console, None, show_ok=True)
         stopped = False
         with open_backend(cfg, kind, local_data_root(kind, transport), compute_client) as backend:

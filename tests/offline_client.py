@@ -2,7 +2,7 @@
 
 For tests that signal a real client process group (Ctrl-C) on the endpoint
 engine: ``python tests/offline_client.py submit --dir SECTION ...`` runs the
-``client`` command with ``MHD_BACKEND=globus`` against
+``client`` command with ``MHD_EXECUTOR=globus`` against
 :class:`globus_offline.OfflineCompute` (the real SDK ``Executor``, its HTTP
 answered offline, tasks run on a local endpoint engine whose workers, like
 a remote endpoint's, do not see the terminal's SIGINT).
@@ -27,12 +27,11 @@ def main() -> None:
 
     install_early_handler()
     from globus_offline import OfflineCompute
-
     from mhd.client import cli
     from mhd.client.registration import register_score_tiles
 
     cloud = OfflineCompute(workers=int(os.environ.get("OFFLINE_WORKERS", "2"))).__enter__()
-    os.environ.update(MHD_BACKEND="globus", MHD_ENDPOINT=cloud.endpoint_id, MHD_FUNCTION=register_score_tiles(cloud.client()))
+    os.environ.update(MHD_EXECUTOR="globus", MHD_ENDPOINT=cloud.endpoint_id, MHD_FUNCTION=register_score_tiles(cloud.client()))
     cli._compute_client = cloud.client
     code: object = 0
     try:

@@ -51,8 +51,8 @@ def test_score_json_one_object_per_file_and_bad_files_fail_alone(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
     tiny = tmp_path / "tiny.tif"
-    import tifffile
     import numpy as np
+    import tifffile
 
     tifffile.imwrite(tiny, np.zeros((8, 8), np.uint8))
     out = run("score", EXAMPLE / "tile_r0_c0.png", bad, tmp_path / "missing.png", tiny, EXAMPLE / "tile_r0_c1.tif", "--json", "--n-bin", "12")
@@ -204,3 +204,41 @@ def test_score_reports_astigmatism_where_the_tile_is_large_enough():
     large, small = (json.loads(x) for x in out.output.splitlines())
     assert 0.0 <= large["astigmatism"] < 0.2  # an in-focus 512 px slice
     assert small["astigmatism"] is None and small["astigmatism_angle"] is None  # 256 px: orientation unmeasurable
+
+
+# ------------------------------------------------------------ executor
+
+
+@pytest.mark.parametrize("command", ["submit", "watch"])
+def test_executor_option_and_its_deprecated_backend_alias(tmp_path, command):
+    """--executor picks where tasks run; --backend (hidden) still does, with a one-line note on stderr."""
+    assert "--executor [auto|local|globus]" in run(command, "--help").output
+    assert "--backend" not in run(command, "--help").output
+    for option, note in (("--executor", False), ("--backend", True)):
+        out = CliRunner().invoke(main, [command, "--dir", str(EXAMPLE), option, "globus"])
+        assert out.exit_code == 1, out.output
+        assert "the globus executor needs an endpoint and a function UUID" in out.output  # globus chosen, not auto (local)
+        deprecated = [line for line in out.stderr.splitlines() if "deprecated" in line]
+        assert deprecated == (["client: --backend is deprecated for submit and watch; use --executor"] if note else [])
+
+
+def test_score_backend_is_still_the_array_module():
+    out = run("score", "--help").output
+    assert "--backend [auto|numpy|cupy]" in out
+
+
+def test_config_reads_the_old_backend_key_and_variable(tmp_path, monkeypatch):
+    path = Path(os.environ["MHD_CONFIG"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"backend": "local"}))
+    cfg = load()
+    assert cfg["executor"] == "local" and cfg.sources["executor"] == str(path)
+    monkeypatch.setenv("MHD_BACKEND", "globus")
+    assert load()["executor"] == "globus"
+    monkeypatch.setenv("MHD_EXECUTOR", "local")
+    assert load()["executor"] == "local", "the new name wins"
+    path.write_text(json.dumps({"backend": "local", "executor": "globus"}))
+    monkeypatch.delenv("MHD_BACKEND")
+    monkeypatch.delenv("MHD_EXECUTOR")
+    assert load()["executor"] == "globus"
+    assert "backend" not in run("config").output.split()

@@ -65,7 +65,7 @@ def test_register_then_submit_through_the_globus_executor(section, monkeypatch):
 
         out = runner.invoke(cli.main, ["submit", "--dir", str(section)])
     assert out.exit_code == 2, out.output
-    assert "backend globus, transport inline" in out.output
+    assert "executor globus, transport inline" in out.output
     recs = {r["tile"]: r for r in map(json.loads, (section / "mhd-results.jsonl").read_text().splitlines())}
     assert len(recs) == 16 and {t for t, r in recs.items() if r["verdict"] == "oof"} == EXPECTED_OOF
     assert cloud.tasks_run == 2 and len(cloud.submissions) >= 1  # 16 tiles, 8 per task
@@ -74,7 +74,7 @@ def test_register_then_submit_through_the_globus_executor(section, monkeypatch):
 
 
 def test_globus_backend_without_registration_is_a_user_error(section):
-    out = CliRunner().invoke(cli.main, ["submit", "--dir", str(section), "--backend", "globus"])
+    out = CliRunner().invoke(cli.main, ["submit", "--dir", str(section), "--executor", "globus"])
     assert out.exit_code == 1 and "client register --endpoint" in out.output
 
 
@@ -144,7 +144,7 @@ def test_failed_transfer_fails_its_tiles_alone(tmp_path, section):
 
 
 def test_globus_transport_needs_its_collections_and_the_globus_backend(section):
-    cfg = load().override(transport="globus", backend="globus", endpoint="e", function="f")
+    cfg = load().override(transport="globus", executor="globus", endpoint="e", function="f")
     with pytest.raises(ValueError, match="source_collection, source_local, dest_collection and dest_path"):
         run_section(section, cfg, Console(file=io.StringIO()), rule=Rule())
     with pytest.raises(ValueError, match="which the local engine does not see: use --transport auto"):

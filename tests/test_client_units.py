@@ -17,7 +17,6 @@ from mhd.client.tissue import contrast_to_noise
 from mhd.client.transport import InlineTransport, SharedTransport, choose_transport
 from mhd.client.verdicts import Calibration, Judge, Rule, exit_status
 
-
 pytestmark = pytest.mark.usefixtures("isolated_config")
 
 
@@ -121,7 +120,7 @@ def test_results_numpy_values_are_written(tmp_path):
 
 def test_config_precedence_and_sources(tmp_path, monkeypatch):
     cfg = config_mod.load()
-    assert cfg["backend"] == "auto" and cfg.sources["backend"] == "default"
+    assert cfg["executor"] == "auto" and cfg.sources["executor"] == "default"
     path = config_mod.save_values(endpoint="e1", oof_k=4)
     assert path == tmp_path / "cfg" / "config.json"
     monkeypatch.setenv("MHD_OOF_K", "5.5")

@@ -337,20 +337,19 @@ def test_install_is_idempotent_refuses_to_clobber_and_replaces_with_force(tmp_pa
 
 def _copy_as_installed(site: Path) -> None:
     """The package as a wheel installs it (a plain ``mhd/`` folder, no editable finder)."""
-    shutil.copytree(ROOT / "mhd", site / "mhd")
-    for name, folder in PYPROJECT["tool"]["setuptools"]["package-dir"].items():
-        if name != "mhd":
-            shutil.copytree(ROOT / folder, site / name.replace(".", "/"), ignore=shutil.ignore_patterns("__pycache__"))
+    for name, folder in sorted(PYPROJECT["tool"]["setuptools"]["package-dir"].items()):
+        shutil.copytree(ROOT / folder, site / name.replace(".", "/"), ignore=shutil.ignore_patterns("__pycache__"))
 
 
-def test_install_works_from_the_clone_root_where_mhd_would_shadow_the_package(tmp_path):
+def test_install_works_from_the_clone_root_with_a_non_editable_install(tmp_path):
     """Run from the repository root, as the docs show, with mhd-focus installed non-editable.
 
     The environment is a venv whose site-packages holds a copy of the package
     laid out as a wheel installs it, and reaches this environment's
     dependencies (and pip, which finds mhd-focus installed) through a .pth
-    line. A Python run in the clone's root without ``-I`` imports the
-    repository's top-level ``mhd/`` (only ``__init__.py``) instead.
+    line. No folder named ``mhd`` sits at the clone's root (the top-level
+    package's ``__init__.py`` lives in ``mhd-package/``), so a Python run there
+    without ``-I`` imports the installed package.
     """
     env_dir = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
@@ -359,8 +358,9 @@ def test_install_works_from_the_clone_root_where_mhd_would_shadow_the_package(tm
     _copy_as_installed(installed)
     deps = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "globus_compute_endpoint").is_dir())
     (site / "mhd-test.pth").write_text(f"{installed}\n{deps}\n")
-    shadowed = subprocess.run([env_dir / "bin" / "python", "-c", "import mhd.endpoint"], cwd=ROOT, capture_output=True, text=True)
-    assert "No module named 'mhd.endpoint'" in shadowed.stderr, "the set-up must reproduce the shadowing"
+    plain = subprocess.run([env_dir / "bin" / "python", "-c", "import mhd.endpoint, mhd.client, mhd.functions; print(mhd.__file__)"], cwd=ROOT, capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.strip() == str(installed / "mhd" / "__init__.py"), "the installed package, not a folder of the clone"
 
     home = _home(tmp_path)
     proc = _real(tmp_path, home, "--gpus", "1", env_dir=str(env_dir), cwd=ROOT)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -227,9 +226,7 @@ def test_blocks_dealt_to_several_backends_give_the_same_features(isbi):
 
 def test_astigmatism_is_measured_in_the_same_pass(isbi):
     from mhd.functions import ASTIGMATISM_THRESHOLD
-    from mhd.functions.simulate import blur
-
-    from mhd.functions.simulate import shot_noise
+    from mhd.functions.simulate import blur, shot_noise
 
     # the probe blurs the specimen; shot noise comes after it, at the detector
     img = np.block([[isbi[19], isbi[20]], [isbi[21], isbi[22]]]).astype(np.float64) / 255

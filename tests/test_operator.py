@@ -74,7 +74,7 @@ def tile_of(tmp_path: Path, size: int):
 @pytest.mark.parametrize(
     ("settings", "says"),
     [
-        ({}, "score it on this machine with --backend local"),
+        ({}, "score it on this machine with --executor local"),
         ({"MHD_SHARED_LOCAL": "/mnt/em"}, "use --transport shared (shared_local is configured)"),
         ({"MHD_TRANSPORT": "inline", "MHD_SOURCE_COLLECTION": "s", "MHD_SOURCE_LOCAL": "/", "MHD_DEST_COLLECTION": "d", "MHD_DEST_PATH": "/in"}, "use --transport globus (Globus Transfer is configured)"),
     ],

@@ -1,0 +1,103 @@
+"""Print the static import graph of the package: each module and the ``mhd`` modules it imports.
+
+    python bench/import_graph.py            # module -> mhd modules it imports
+    python bench/import_graph.py --layers   # subpackage -> subpackages it imports, and cupy
+
+Read from the source with :mod:`ast` (nothing is imported), every ``import``
+statement counts, at module level or inside a function (a lazy import is
+still an arrow). ``tests/test_layout.py`` checks the architecture's arrows
+with the same reader:
+
+* ``mhd.functions`` imports nothing from ``mhd.client`` or ``mhd.endpoint``;
+* ``mhd.client`` never imports ``cupy``;
+* ``mhd.endpoint`` never imports ``mhd.client``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: folder -> import name, as pyproject.toml's [tool.setuptools.package-dir] maps them
+PACKAGES = {"functions": "mhd.functions", "client": "mhd.client", "endpoint": "mhd.endpoint"}
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    rel = path.relative_to(root)
+    parts = [PACKAGES[rel.parts[0]], *rel.parts[1:]]
+    parts[-1] = parts[-1].removesuffix(".py")
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path, root: Path = ROOT) -> set[str]:
+    """Absolute names of every module ``path`` imports (relative imports resolved)."""
+    name = module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                stem = ".".join(base + ([node.module] if node.module else []))
+            else:
+                stem = node.module or ""
+            out.add(stem)
+            # ``from . import x`` / ``from mhd.client import x``: x may be a submodule
+            out.update(f"{stem}.{alias.name}" for alias in node.names if alias.name != "*")
+    return out
+
+
+def graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """module -> every module it imports (``mhd`` and third-party), for all of functions/, client/, endpoint/."""
+    out: dict[str, set[str]] = {}
+    for folder in PACKAGES:
+        for path in sorted((root / folder).rglob("*.py")):
+            out[module_name(path, root)] = imports(path, root)
+    return out
+
+
+def mhd_edges(g: dict[str, set[str]]) -> dict[str, list[str]]:
+    """module -> the modules of the package it imports (names that are modules, not attributes)."""
+    known = set(g)
+    return {mod: sorted(n for n in names if n in known and n != mod) for mod, names in g.items()}
+
+
+def layer(name: str) -> str | None:
+    for sub in PACKAGES.values():
+        if name == sub or name.startswith(sub + "."):
+            return sub
+    top = name.split(".")[0]
+    return top if top in ("cupy", "cupyx") else None
+
+
+def layers(g: dict[str, set[str]]) -> dict[str, set[str]]:
+    """subpackage -> the other subpackages (and cupy) any of its modules imports."""
+    out: dict[str, set[str]] = {sub: set() for sub in PACKAGES.values()}
+    for mod, names in g.items():
+        src = layer(mod)
+        out[src].update(d for n in names if (d := layer(n)) and d != src)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", action="store_true", help="subpackage arrows only")
+    args = parser.parse_args()
+    g = graph()
+    if args.layers:
+        for sub, deps in layers(g).items():
+            print(f"{sub} -> {', '.join(sorted(deps)) or '(nothing)'}")
+        return
+    for mod, deps in mhd_edges(g).items():
+        print(f"{mod} -> {', '.join(deps) or '(nothing)'}")
+
+
+if __name__ == "__main__":
+    main()

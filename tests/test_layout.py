@@ -1,0 +1,112 @@
+"""Repository layout: nothing in the clone shadows the installed package, and the architecture's arrows hold."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _import_graph():
+    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "bench" / "import_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+IG = _import_graph()
+GRAPH = IG.graph()
+
+
+def test_no_folder_of_the_clone_root_is_named_like_the_package():
+    assert not (ROOT / "mhd").exists(), "a top-level mhd/ shadows the installed package for any Python run in the clone's root"
+
+
+def test_package_imports_from_the_clone_root():
+    """A plain ``python -c`` in the clone's root (cwd first on sys.path, no PYTHONPATH) imports the installed package."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import mhd, mhd.endpoint, mhd.client, mhd.functions; print(mhd.__version__)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0.1.0"
+
+
+@pytest.mark.parametrize("command", ["client", "mhd"])
+def test_console_commands_run_help(command):
+    exe = Path(sys.executable).with_name(command)
+    assert exe.exists(), f"{command} is not installed beside {sys.executable} (pyproject.toml [project.scripts])"
+    proc = subprocess.run([str(exe), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "submit" in proc.stdout and "watch" in proc.stdout
+
+
+def test_import_graph_reads_every_module():
+    assert {"mhd.functions", "mhd.functions.remote", "mhd.client.cli", "mhd.endpoint.configure"} <= set(GRAPH)
+    # the reader resolves relative imports: client/cli.py's ``from .submit import ...``
+    assert "mhd.client.submit" in GRAPH["mhd.client.cli"]
+
+
+def _offenders(source: str, forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(
+        f"{mod} imports {name}"
+        for mod, names in GRAPH.items()
+        if IG.layer(mod) == source
+        for name in names
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
+    )
+
+
+def test_functions_import_nothing_from_client_or_endpoint():
+    assert _offenders("mhd.functions", ("mhd.client", "mhd.endpoint")) == []
+
+
+def test_client_never_imports_cupy():
+    assert _offenders("mhd.client", ("cupy", "cupyx")) == []
+
+
+def test_endpoint_never_imports_client():
+    assert _offenders("mhd.endpoint", ("mhd.client",)) == []
+
+
+def test_the_checks_can_fail(tmp_path):
+    """The reader sees a forbidden arrow, lazy or relative, where one is written."""
+    for folder in IG.PACKAGES:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+    (tmp_path / "functions" / "bad.py").write_text("def f():\n    from ..client import cli\n")
+    (tmp_path / "client" / "bad.py").write_text("def f():\n    import cupy\n")
+    (tmp_path / "endpoint" / "bad.py").write_text("from mhd.client.config import Config\n")
+    g = IG.graph(tmp_path)
+    assert "mhd.client.cli" in g["mhd.functions.bad"]
+    assert "cupy" in g["mhd.client.bad"]
+    assert "mhd.client.config" in g["mhd.endpoint.bad"]
+    assert IG.layers(g) == {"mhd.functions": {"mhd.client"}, "mhd.client": {"cupy"}, "mhd.endpoint": {"mhd.client"}}
+
+
+def test_readme_layout_states_the_real_arrows():
+    readme = (ROOT / "README.md").read_text()
+    for sub, deps in IG.layers(GRAPH).items():
+        line = f"{sub} -> {', '.join(sorted(deps)) or '(nothing)'}"
+        assert line in readme, f"README's Repository layout should show: {line}"
+
+
+def test_ci_runs_the_readme_test_command_with_the_lint():
+    readme = (ROOT / "README.md").read_text()
+    [command] = [line for line in readme.splitlines() if line.startswith("python3 -m venv") and "[test]" in line]
+    assert ".venv/bin/ruff check . && .venv/bin/pytest -q" in command
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()[-1]
+    assert ci == command.replace("pip install -e", "pip install -q -e"), "the same command, pip quiet"
+
+
+def test_ruff_check_passes():
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff is not installed (the [test] extra installs it)")
+    proc = subprocess.run([str(ruff), "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
