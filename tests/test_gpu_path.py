@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import strict_xp
 
 from mhd.functions import detect, detect_batch, estimate_noise, normalize
 from mhd.functions._backend import Backend
 from mhd.functions._nms import local_maxima
 from mhd.functions._noise import noise_level_function, noise_spectrum
 from mhd.functions.simulate import blur, digitize, shot_noise, to_signal
-
-import strict_xp
 
 XP = strict_xp.module()
 CPU = Backend("numpy", np, None, 1)
