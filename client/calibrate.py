@@ -40,6 +40,9 @@ __all__ = ["DEFAULT_PATTERN", "Fit", "defocus_table", "fit", "fit_blur", "plot_f
 
 log = logging.getLogger(__name__)
 
+#: Weakest correlation of a through-focus law that is stored (a series with no trend is not a calibration).
+MIN_ABS_R = 0.5
+
 #: Defocus from names like ``focus_df-1.5um.png``, ``z+2.png``, ``defocus_3``.
 DEFAULT_PATTERN = r"(?:df|defocus|z)[_=]?([+-]?\d+(?:\.\d+)?)"
 
@@ -144,15 +147,17 @@ def fit(files: list[str], defocus: np.ndarray, density: np.ndarray, *, units: st
     ------
     ValueError
         With fewer than 3 images, fewer than 2 distinct |defocus| values, or
-        a slope that is not negative (not a through-focus series).
+        a slope that is not negative or a correlation weaker than
+        :data:`MIN_ABS_R` (not a through-focus series).
     """
     ad = np.abs(defocus)
     if ad.size < 3 or np.unique(ad).size < 2:
         raise ValueError(f"need at least 3 scored images at 2 or more distinct |defocus|, got {ad.size} at {np.unique(ad).size}")
     y = np.log(np.maximum(density, DENSITY_FLOOR))
     slope, intercept = np.polyfit(ad, y, 1)
-    r = float(np.corrcoef(ad, y)[0, 1])
-    if not slope < 0:
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant series has no correlation (NaN)
+        r = float(np.corrcoef(ad, y)[0, 1])
+    if not (slope < 0 and r <= -MIN_ABS_R):  # a flat series fits a slope of ~ -1e-15: no law
         raise ValueError(f"density does not fall with |defocus| (slope {slope:.3g} per {units}): is this a through-focus series?")
     if max_defocus is None:
         max_defocus = float(np.min(ad[ad > 0]))
@@ -173,15 +178,17 @@ def fit_blur(files: list[str], defocus: np.ndarray, blur: np.ndarray, *, units: 
     ------
     ValueError
         With fewer than 3 images, fewer than 2 distinct |defocus| values, or
-        a blur that does not grow with |defocus| (not a through-focus series).
+        a blur that does not grow with |defocus| clearly (``r`` under
+        :data:`MIN_ABS_R`: not a through-focus series).
     """
     ad = np.abs(defocus)
     if ad.size < 3 or np.unique(ad).size < 2:
         raise ValueError(f"need at least 3 scored images at 2 or more distinct |defocus|, got {ad.size} at {np.unique(ad).size}")
     x, y = ad**2, np.asarray(blur, float) ** 2
     slope, intercept = np.polyfit(x, y, 1)
-    r = float(np.corrcoef(x, y)[0, 1])
-    if not slope > 0:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = float(np.corrcoef(x, y)[0, 1])
+    if not (slope > 0 and r >= MIN_ABS_R):
         raise ValueError(f"blur does not grow with |defocus| (slope {slope:.3g} px^2 per {units}^2): is this a through-focus series?")
     if max_defocus is None:
         max_defocus = float(np.min(ad[ad > 0]))

@@ -74,3 +74,15 @@ def test_the_smallest_series_is_three_images_at_two_distinct_defocus():
 def test_a_series_that_cannot_calibrate_is_refused(defocus, density, message):
     with pytest.raises(ValueError, match=message):
         fit([f"img{i}.png" for i in range(len(defocus))], np.array(defocus), np.array(density))
+
+
+@pytest.mark.parametrize("law", ["count", "blur"])
+def test_a_series_without_a_trend_is_not_a_calibration(law):
+    """A flat series fits a slope of ~1e-15 of either sign: it must be refused, not stored as a law."""
+    from mhd.client.calibrate import fit_blur
+
+    defocus = np.repeat(np.arange(-4.0, 4.5, 1.0), 2)
+    values = np.full(defocus.size, 900.0 if law == "count" else 0.8)
+    fitter = fit if law == "count" else fit_blur
+    with pytest.raises(ValueError, match="through-focus series"):
+        fitter([f"img{i}.png" for i in range(defocus.size)], defocus, values)

@@ -118,3 +118,11 @@ def test_noise_estimate_needs_three_rows_and_three_columns():
     assert estimate_noise(noise[:3], backend="numpy", row_step=1) > 0.05  # one usable row is enough
     assert estimate_noise(noise[:, :3], backend="numpy") > 0.0
     assert estimate_noise(noise[:2], backend="numpy") == estimate_noise(noise[:, :2], backend="numpy") == 0.0
+
+
+def test_float16_tiles_take_the_quantile_path_like_float32():
+    """float16 is a float: the exact integer histogram path must not take it (values are not grey levels)."""
+    rng = np.random.default_rng(3)
+    img = rng.random((64, 80)).astype(np.float16)
+    np.testing.assert_array_equal(normalize(img, backend="numpy"), normalize(img.astype(np.float32), backend="numpy"))
+    assert saturation_limits(img, backend="numpy") == saturation_limits(img.astype(np.float32), backend="numpy")
