@@ -163,3 +163,12 @@ def test_blur_calibration_recovers_a_known_law_and_judges_by_it():
     assert judge.add(far) == [far] and judge.add(near) == [near]
     assert far["verdict"] == "oof" and far["kind"] == "defocus" and far["defocus"] == pytest.approx(3.0, abs=0.2)
     assert near["verdict"] == "ok" and near["defocus"] < 0.7
+
+
+def test_blur_err_matches_the_scatter_between_noise_realizations():
+    """One real field re-scanned with independent shot noise: the spread of ``blur`` is what ``blur_err`` says."""
+    _, slow = _pairs("time", "fast_100ns", "slow_30us")[0]
+    dets = [detect(sem_scan(slow, 2.0, dose=20.0, tau=0.75, rng=k), backend="numpy") for k in range(6)]
+    spread = np.std([d.blur for d in dets], ddof=1)
+    err = np.median([d.blur_err for d in dets])
+    assert 0.5 * err < spread < 1.5 * err, (spread, err)
