@@ -48,7 +48,7 @@ import scipy.special
 
 from ._backend import Backend
 
-__all__ = ["CENTRES", "noise_spectrum", "level_noise_std", "white_equivalent", "spectrum_at"]
+__all__ = ["CENTRES", "noise_spectrum", "level_noise_std", "white_equivalent"]
 
 #: Centres of the hat functions of the noise spectrum, rad/px along the scan line.
 #: Dense at low frequencies, where the coarse levels look and scan noise has most power.
@@ -166,12 +166,6 @@ def white_equivalent(S: np.ndarray) -> np.ndarray:
     """Per-pixel noise standard deviation, ``sqrt(mean over kx of S)``: (B,) float64."""
     k = np.linspace(0, np.pi, 1025)
     return np.sqrt(np.clip(np.asarray(S) @ np.trapezoid(_hats(k), k, axis=1) / np.pi, 0.0, None))
-
-
-def spectrum_at(S: np.ndarray, kx: Any) -> np.ndarray:
-    """The noise spectrum ``S(kx)`` of each image at frequencies ``kx`` (rad/px): (B, *kx.shape)."""
-    kx = np.asarray(kx, dtype=np.float64)
-    return np.tensordot(np.asarray(S), _hats(kx.ravel()), axes=(1, 0)).reshape((len(S),) + kx.shape)
 
 
 #: Intensity bins of the noise level function (equal numbers of samples).

@@ -172,3 +172,13 @@ def test_blur_err_matches_the_scatter_between_noise_realizations():
     spread = np.std([d.blur for d in dets], ddof=1)
     err = np.median([d.blur_err for d in dets])
     assert 0.5 * err < spread < 1.5 * err, (spread, err)
+
+
+def test_disk_radius_is_the_beam_cone_cross_section():
+    """1 um of defocus at 5 mrad is a 5 nm radius: 1 px at 5 nm/px, either side of focus."""
+    from mhd.functions.simulate import disk_radius
+
+    assert disk_radius(1.0, 5.0, 5.0) == pytest.approx(1.0)
+    np.testing.assert_allclose(disk_radius(np.array([-2.0, 0.0, 3.0]), 4.0, 2.0), [4.0, 0.0, 6.0])
+    with pytest.raises(ValueError):
+        disk_radius(1.0, 0.0, 5.0)
