@@ -101,7 +101,7 @@ def _span(records) -> tuple[float, float]:
     """First and last verdict times (epoch seconds) of a run."""
     from datetime import datetime
 
-    times = sorted(datetime.fromisoformat(r["scored_at"]).timestamp() for r in records)
+    times = sorted(datetime.fromisoformat(r.scored_at).timestamp() for r in records)
     return times[0], times[-1]
 
 

@@ -66,7 +66,7 @@ TARGETS = {
     "confinement": Target("functions/_score.py", ("open_in_root", "_inside", "_check_opened"), "tests/test_remote.py tests/test_security.py::test_hostile_paths_are_refused_by_the_deployed_function"),
     "results": Target(
         "client/results.py",
-        ("brief", "read_records", "_parse", "ResultsLog", "__init__", "append", "extend", "superseded", "compact", "_reopen", "_cut_torn_tail", "_cut"),
+        ("read_records", "_parse", "ResultsLog", "__init__", "append", "extend", "superseded", "compact", "_reopen", "_cut_torn_tail", "_cut"),
         "tests/test_client_units.py tests/test_results_durable.py tests/test_faults.py::test_disk_full_at_fsync_keeps_every_earlier_record",
     ),
     "drain": Target("client/pipeline.py", ("drain",), "tests/test_client_watch.py tests/test_client_submit.py", timeout=120.0),

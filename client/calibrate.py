@@ -121,10 +121,10 @@ def score_series(folder: Path, defocus: dict[str, float], params: dict | None = 
     files, dz, vals = [], [], []
     for f, d in defocus.items():
         rec = score_file(folder / f, **(params or {}))
-        if rec["error"]:
-            log.warning("%s; left out", rec["error"])
+        if rec.error:
+            log.warning("%s; left out", rec.error)
             continue
-        value = rec["density"] if measure == "count" else rec["blur"]
+        value = rec.density if measure == "count" else rec.blur
         if value is None:
             log.warning("%s: no detail above the noise at any scale: no blur; left out", f)
             continue

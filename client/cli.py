@@ -194,7 +194,7 @@ def _run_logged(section: Path, run: Callable[[], Any]) -> Any:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per file (path, features, density, grid, shape, ms, error).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file, as score_tiles returns it (tile: the path; features, density, blur, grid, shape, ms, error, ...).")
 @click.option("--backend", type=click.Choice(["auto", "numpy", "cupy"]), default="auto", show_default=True, help="Array backend of the detector.")
 @detector_options
 def score(files: tuple[Path, ...], as_json: bool, backend: str, **kwargs: Any) -> None:
@@ -207,6 +207,8 @@ def score(files: tuple[Path, ...], as_json: bool, backend: str, **kwargs: Any) -
 
         client score examples/section_042/tile_r0_c0.png --json
     """
+    from mhd.functions.worker.record import RESULT_KEYS
+
     from .score import score_file
 
     params = _params(kwargs)
@@ -214,13 +216,13 @@ def score(files: tuple[Path, ...], as_json: bool, backend: str, **kwargs: Any) -
     failed = 0
     for path in files:
         rec = score_file(path, backend=backend, **params)
-        failed += rec["error"] is not None
+        failed += rec.error is not None
         if as_json:
-            click.echo(json.dumps(rec))
-        elif rec["error"]:
-            console.print(f"[bold magenta]ERROR[/] {rec['error']}")
+            click.echo(json.dumps(rec.to_json(RESULT_KEYS)))
+        elif rec.error:
+            console.print(f"[bold magenta]ERROR[/] {rec.error}")
         else:
-            console.print(f"{path}  {rec['features']:6d} features  {rec['density'] / 1000:7.1f}k/MP  {rec['shape'][0]}x{rec['shape'][1]}  {rec['ms']:.0f} ms  [dim]{rec['backend']}[/]")
+            console.print(f"{path}  {rec.features:6d} features  {rec.density / 1000:7.1f}k/MP  {rec.shape[0]}x{rec.shape[1]}  {rec.ms:.0f} ms  [dim]{rec.backend}[/]")
     if failed:
         sys.exit(1)
 

@@ -11,6 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
+from mhd.functions.worker.record import TileRecord
+
 from .verdicts import VERDICTS
 
 __all__ = ["STYLES", "Reporter", "shorten_left", "summary_lines", "summary_table", "verdict_line"]
@@ -22,17 +24,17 @@ STYLES = {"ok": "green", "oof": "bold white on red", "empty": "yellow", "error":
 LABELS = {"ok": "ok   ", "oof": "OOF  ", "empty": "empty", "error": "ERROR"}
 
 
-def verdict_line(rec: dict) -> str:
+def verdict_line(rec: TileRecord) -> str:
     """One rich-markup line for a record: label, tile, density and reason."""
-    v = rec["verdict"]
+    v = rec.verdict
     style = STYLES[v]
-    dens = f"{rec['density'] / 1000:7.1f}k/MP" if rec.get("density") is not None else " " * 10
-    reason = rec.get("reason") or ""
-    late = f"  [dim]({rec['latency_ms'] / 1e3:.2f} s)[/]" if rec.get("latency_ms") is not None else ""
+    dens = f"{rec.density / 1000:7.1f}k/MP" if rec.density is not None else " " * 10
+    reason = rec.reason or ""
+    late = f"  [dim]({rec.latency_ms / 1e3:.2f} s)[/]" if rec.latency_ms is not None else ""
     if v == "error":
         return f"[{style}]{LABELS[v]}[/] {_esc(reason)}{late}"
     extra = f"  {_esc(reason)}" if reason else ""
-    return f"[{style}]{LABELS[v]}[/] {_esc(rec['tile'])}  {dens}{extra}{late}"
+    return f"[{style}]{LABELS[v]}[/] {_esc(rec.tile)}  {dens}{extra}{late}"
 
 
 def _esc(text: str) -> str:
@@ -86,10 +88,10 @@ class Reporter:
         if self.progress is not None:
             self.progress.stop()
 
-    def __call__(self, records: list[dict]) -> None:
+    def __call__(self, records: list[TileRecord]) -> None:
         for rec in records:
-            self.counts[rec["verdict"]] += 1
-            if self.show_ok or rec["verdict"] != "ok":
+            self.counts[rec.verdict] += 1
+            if self.show_ok or rec.verdict != "ok":
                 self.console.print(verdict_line(rec), highlight=False)
 
     def scored(self, n: int) -> None:
@@ -126,7 +128,7 @@ _FIXED_WIDTH = 25
 _MIN_REASON = 16
 
 
-def summary_table(records: Iterable[dict], title: str, new: int, elapsed: float, max_rows: int = 20, *, failed: int = 0, width: int | None = None) -> Table:
+def summary_table(records: Iterable[TileRecord], title: str, new: int, elapsed: float, max_rows: int = 20, *, failed: int = 0, width: int | None = None) -> Table:
     """The end-of-run table: counts per verdict, then the tiles that need attention.
 
     Parameters
@@ -147,10 +149,10 @@ def summary_table(records: Iterable[dict], title: str, new: int, elapsed: float,
         (:func:`shorten_left`), never cut at the end.
     """
     recs = list(records)
-    counts = Counter(r["verdict"] for r in recs)
+    counts = Counter(r.verdict for r in recs)
     table = Table(title=title, caption=_caption(len(recs), new, elapsed, failed), title_justify="left")
-    problems = [r for r in recs if r["verdict"] != "ok"]
-    longest = max((len(r["tile"]) for r in problems[:max_rows]), default=4)
+    problems = [r for r in recs if r.verdict != "ok"]
+    longest = max((len(r.tile) for r in problems[:max_rows]), default=4)
     tile_width = max(12, min(longest, (width or 10**6) - _FIXED_WIDTH - _MIN_REASON))
     table.add_column("verdict", no_wrap=True)
     table.add_column("tiles", justify="right", no_wrap=True)
@@ -161,13 +163,13 @@ def summary_table(records: Iterable[dict], title: str, new: int, elapsed: float,
     if problems:
         table.add_section()
     for r in problems[:max_rows]:
-        table.add_row(f"[{STYLES[r['verdict']]}]{r['verdict']}[/]", "", _esc(shorten_left(r["tile"], tile_width)), _esc(r.get("reason") or ""))
+        table.add_row(f"[{STYLES[r.verdict]}]{r.verdict}[/]", "", _esc(shorten_left(r.tile, tile_width)), _esc(r.reason or ""))
     if len(problems) > max_rows:
         table.add_row("", "", f"... and {len(problems) - max_rows} more", "see mhd-results.jsonl or client report")
     return table
 
 
-def summary_lines(records: Iterable[dict], title: str, new: int, elapsed: float, max_rows: int = 20, *, failed: int = 0) -> list[str]:
+def summary_lines(records: Iterable[TileRecord], title: str, new: int, elapsed: float, max_rows: int = 20, *, failed: int = 0) -> list[str]:
     """The summary as plain lines (output that is not a terminal: logs, ``| tee``, journals).
 
     One line of counts, one line per tile that needs attention
@@ -175,10 +177,10 @@ def summary_lines(records: Iterable[dict], title: str, new: int, elapsed: float,
     run's figures; nothing is wrapped or shortened.
     """
     recs = list(records)
-    counts = Counter(r["verdict"] for r in recs)
+    counts = Counter(r.verdict for r in recs)
     lines = [f"{title}: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in VERDICTS)]
-    problems = [r for r in recs if r["verdict"] != "ok"]
-    lines += [f"{r['verdict']}\t{r['tile']}\t{r.get('reason') or ''}" for r in problems[:max_rows]]
+    problems = [r for r in recs if r.verdict != "ok"]
+    lines += [f"{r.verdict}\t{r.tile}\t{r.reason or ''}" for r in problems[:max_rows]]
     if len(problems) > max_rows:
         lines.append(f"... and {len(problems) - max_rows} more: see mhd-results.jsonl or client report")
     lines.append(_caption(len(recs), new, elapsed, failed))

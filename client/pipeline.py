@@ -24,10 +24,12 @@ import os
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from mhd.functions.worker.record import TileRecord
 
 from .backends import failure_message, retryable
 from .discover import Tile
@@ -38,9 +40,6 @@ from .verdicts import Judge
 __all__ = ["OofHook", "Pipeline", "record_from_result"]
 
 log = logging.getLogger(__name__)
-
-#: Fields every record has, first in each JSON line.
-RECORD_KEYS = ("tile", "verdict", "reason", "features", "density", "error")
 
 #: Longest error message kept from a failed task (characters).
 MAX_ERROR = 400
@@ -57,25 +56,21 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def record_from_result(result: dict, tile: Tile, transport: str, roundtrip_ms: float) -> dict:
+def record_from_result(result: TileRecord, tile: Tile, transport: str, roundtrip_ms: float) -> TileRecord:
     """A results-log record from one ``score_tiles`` result.
-
-    Unknown result fields (``astigmatism``, ``noise``, ...) are kept.
 
     Parameters
     ----------
-    result : dict
-        One entry of ``score_tiles``'s list.
+    result : TileRecord
+        One entry of ``score_tiles``'s list (fields this client does not
+        know are kept in ``extra``).
     tile : Tile
         The local tile it belongs to (its id replaces the payload id).
     transport : str
     roundtrip_ms : float
         Task submission to result (milliseconds).
     """
-    rec: dict[str, Any] = dict.fromkeys(RECORD_KEYS)
-    rec.update(result)
-    rec.update(tile=tile.id, transport=transport, roundtrip_ms=round(roundtrip_ms, 1), scored_at=_now())
-    return rec
+    return replace(result, tile=tile.id, transport=transport, roundtrip_ms=round(roundtrip_ms, 1), scored_at=_now())
 
 
 def _short(exc: BaseException) -> str:
@@ -105,8 +100,8 @@ class OofHook:
             raise ValueError("--on-oof command is empty")
         self._procs: list[subprocess.Popen] = []
 
-    def __call__(self, record: dict, path: Path) -> None:
-        env = {**os.environ, "MHD_TILE": str(path), "MHD_VERDICT": record["verdict"], "MHD_REASON": record.get("reason") or ""}
+    def __call__(self, record: TileRecord, path: Path) -> None:
+        env = {**os.environ, "MHD_TILE": str(path), "MHD_VERDICT": record.verdict, "MHD_REASON": record.reason or ""}
         try:
             self._procs.append(subprocess.Popen([*self.argv, str(path)], env=env, stdin=subprocess.DEVNULL))
         except OSError as exc:
@@ -169,7 +164,7 @@ class Pipeline:
     judge: Judge
     results: ResultsLog
     params: dict | None = None
-    on_verdicts: Callable[[list[dict]], None] = lambda recs: None
+    on_verdicts: Callable[[list[TileRecord]], None] = lambda recs: None
     on_scored: Callable[[int], None] = lambda n: None
     on_oof: OofHook | None = None
     max_inflight: int = 8
@@ -327,14 +322,18 @@ class Pipeline:
         seen = set()
         recs = []
         for res in results if isinstance(results, list) else []:
-            tile = staged.tiles.get(res.get("tile")) if isinstance(res, dict) else None
+            try:
+                result = TileRecord.from_json(res)
+            except (TypeError, ValueError):  # not a result entry: its tile is reported below
+                continue
+            tile = staged.tiles.get(result.tile)
             if tile is None or tile.id in seen:
                 continue
             seen.add(tile.id)
-            recs.append(record_from_result(res, tile, self.transport.name, ms))
+            recs.append(record_from_result(result, tile, self.transport.name, ms))
         for tile in staged.tiles.values():
             if tile.id not in seen:
-                recs.append({"tile": tile.id, "features": None, "density": None, "transport": self.transport.name, "error": f"{tile.id}: no result returned for this tile"})
+                recs.append(TileRecord.failed(tile.id, "no result returned for this tile", transport=self.transport.name))
         self._judged(recs)
 
     def _task_failed(self, task: _Task, exc: BaseException) -> None:
@@ -351,27 +350,28 @@ class Pipeline:
         self._fail(task.staged, f"{why}{tries}" + ("; retried on the next run" if again else ""))
 
     def _fail(self, staged: Staged, message: str) -> None:
-        recs = [{"tile": t.id, "features": None, "density": None, "transport": self.transport.name, "error": f"{t.id}: {message}"} for t in staged.tiles.values()]
-        self._judged(recs)
+        self._judged([TileRecord.failed(t.id, message, transport=self.transport.name) for t in staged.tiles.values()])
 
-    def _judged(self, records: list[dict]) -> None:
+    def _judged(self, records: list[TileRecord]) -> None:
         """Judge new records; record those whose verdict is final (warm-up may hold some)."""
         self.on_scored(len(records))
         self._record([final for rec in records for final in self.judge.add(rec)])
 
-    def _record(self, records: list[dict]) -> None:
-        if not records:
+    def _record(self, judged: list[TileRecord]) -> None:
+        if not judged:
             return
         now = time.time()
-        for rec in records:
-            rec.setdefault("scored_at", _now())
-            if rec["tile"] in self.landed:
-                rec["latency_ms"] = round((now - self.landed.pop(rec["tile"])) * 1e3, 1)
+        records = []
+        for rec in judged:
+            rec = replace(rec, scored_at=rec.scored_at or _now())
+            if rec.tile in self.landed:
+                rec = replace(rec, latency_ms=round((now - self.landed.pop(rec.tile)) * 1e3, 1))
             self.results.append(rec)
-            if rec["verdict"] == "error":
-                log.info("error: %s", rec["reason"])
+            records.append(rec)
+            if rec.verdict == "error":
+                log.info("error: %s", rec.reason)
         self.on_verdicts(records)
         if self.on_oof is not None:
             for rec in records:
-                if rec["verdict"] == "oof":
-                    self.on_oof(rec, self._local[rec["tile"]].path)
+                if rec.verdict == "oof":
+                    self.on_oof(rec, self._local[rec.tile].path)

@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mhd.functions.worker.record import TileRecord
+
 from .discover import RESULTS_NAME, natural_key, tile_positions
 from .results import read_records
 from .score import tissue_probe
@@ -64,8 +66,6 @@ MARKERS = {"defocus": "o", "astigmatism": "^", "partial": "s", None: "o"}
 MONTAGE_MARKS = {"defocus": "X", "astigmatism": "A", "partial": "P", None: "X", "empty": "o", "error": "!"}
 #: Most tiles drawn in focus-maps.png.
 MAX_MAPS = 48
-#: Fields of a record that the section verdict is judged from.
-JUDGED_FIELDS = ("tile", "features", "density", "blur", "blur_err", "grid", "shape", "error", "contrast", "astigmatism", "astigmatism_angle")
 
 
 @dataclass
@@ -77,39 +77,39 @@ class Report:
     reacquire: Path
     density: Path
     montage: Path | None
-    records: list[dict]
+    records: list[TileRecord]
     baseline: Baseline
     focus_maps: Path | None = None
 
 
-def section_verdicts(records: list[dict], rule: Rule, section: Path | None = None) -> tuple[dict[str, dict], Baseline]:
+def section_verdicts(records: list[TileRecord], rule: Rule, section: Path | None = None) -> tuple[dict[str, TileRecord], Baseline]:
     """Judge every tile against the whole section's baseline.
 
     Parameters
     ----------
-    records : list of dict
-        The section's records (not modified).
+    records : list of TileRecord
+        The section's records (recorded verdicts, or fresh ``score_tiles``
+        results read with :meth:`TileRecord.from_json`).
     rule : Rule
     section : Path, optional
         To measure tissue in tiles never measured before.
 
     Returns
     -------
-    judged : dict of str to dict
+    judged : dict of str to TileRecord
         Tile id -> a new record judged against the whole section
         (``verdict``, ``kind``, ``reason``, ``focus_map``, ...).
     baseline : Baseline
         The whole-section threshold.
     """
     judge = Judge(replace(rule, warmup=len(records) + 1), tissue_probe(section) if section else None)
-    out: dict[str, dict] = {}
+    out: dict[str, TileRecord] = {}
     for rec in records:
-        fresh = {k: rec.get(k) for k in JUDGED_FIELDS if k in rec}
-        if rec.get("verdict") == "error":
-            fresh["error"] = fresh["error"] or rec.get("reason") or "error"
-        out.update((r["tile"], r) for r in judge.add(fresh))
+        error = rec.error or (rec.reason or "error" if rec.verdict == "error" else None)
+        fresh = replace(rec, verdict=None, kind=None, reason=None, focus_map=None, defocus=None, error=error)
+        out.update((r.tile, r) for r in judge.add(fresh))
     base = judge.baseline()
-    out.update((r["tile"], r) for r in judge.flush())
+    out.update((r.tile, r) for r in judge.flush())
     return out, base
 
 
@@ -131,11 +131,11 @@ def make_report(section: Path, rule: Rule, positions: Path | None = None, out: P
     recs, _ = read_records(results / RESULTS_NAME)
     if not recs:
         raise FileNotFoundError(f"{results / RESULTS_NAME}: no results yet; run 'client submit --dir {section}' first")
-    records = sorted(recs.values(), key=lambda r: natural_key(r["tile"]))
+    records = sorted(recs.values(), key=lambda r: natural_key(r.tile))
     folder = out or results / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     again, base = section_verdicts(records, rule, section)
-    pos = tile_positions([r["tile"] for r in records], positions)
+    pos = tile_positions([r.tile for r in records], positions)
     rep = Report(folder, folder / "mhd-results.csv", folder / "mhd-reacquire.txt", folder / "density.png", None, records, base)
     units = rule.calibration.units if rule.calibration is not None else ""
     _write_csv(rep.csv, records, again, pos)
@@ -145,7 +145,7 @@ def make_report(section: Path, rule: Rule, positions: Path | None = None, out: P
     if pos:
         rep.montage = folder / "montage.png"
         _plot_montage(rep.montage, records, pos, base, section.name)
-    maps = [(rec, again[rec["tile"]]) for rec in flagged if again[rec["tile"]].get("focus_map")]
+    maps = [(rec, again[rec.tile]) for rec in flagged if again[rec.tile].focus_map]
     if maps:
         rep.focus_maps = folder / "focus-maps.png"
         ref = "calibrated in-focus density" if rule.calibration is not None else "section median"
@@ -153,35 +153,35 @@ def make_report(section: Path, rule: Rule, positions: Path | None = None, out: P
     return rep
 
 
-def _write_csv(path: Path, records: list[dict], again: dict[str, dict], pos: dict[str, tuple[int, int]]) -> None:
+def _write_csv(path: Path, records: list[TileRecord], again: dict[str, TileRecord], pos: dict[str, tuple[int, int]]) -> None:
     with path.open("w", newline="", errors="surrogateescape") as fh:  # non-UTF-8 names as on disk
         w = csv.DictWriter(fh, CSV_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for i, rec in enumerate(records):
-            r, c = pos.get(rec["tile"], (None, None))
-            fresh = again[rec["tile"]]
-            fmap = fresh.get("focus_map")
+            r, c = pos.get(rec.tile, (None, None))
+            fresh = again[rec.tile]
+            fmap = fresh.focus_map
             w.writerow({
-                **rec, "index": i, "row": r, "col": c, "section_verdict": fresh["verdict"], "section_kind": fresh.get("kind"),
+                **rec.to_json(), "index": i, "row": r, "col": c, "section_verdict": fresh.verdict, "section_kind": fresh.kind,
                 "focus_map": json.dumps(fmap, separators=(",", ":")) if fmap else None,
             })  # fmt: skip
 
 
-def _flagged(records: list[dict], again: dict[str, dict]) -> list[dict]:
+def _flagged(records: list[TileRecord], again: dict[str, TileRecord]) -> list[TileRecord]:
     """Records to re-acquire: recorded ``oof`` or ``error``, or ``oof`` against the whole section."""
-    return [r for r in records if r["verdict"] in ("oof", "error") or again[r["tile"]]["verdict"] == "oof"]
+    return [r for r in records if r.verdict in ("oof", "error") or again[r.tile].verdict == "oof"]
 
 
-def _write_reacquire(path: Path, flagged: list[dict], again: dict[str, dict], units: str) -> None:
-    lines = (f"{rec['tile']}\t{_what(rec, again[rec['tile']], units)}\n" for rec in flagged)
+def _write_reacquire(path: Path, flagged: list[TileRecord], again: dict[str, TileRecord], units: str) -> None:
+    lines = (f"{rec.tile}\t{_what(rec, again[rec.tile], units)}\n" for rec in flagged)
     path.write_text("".join(lines), errors="surrogateescape")
 
 
-def _what(rec: dict, fresh: dict, units: str) -> str:
+def _what(rec: TileRecord, fresh: TileRecord, units: str) -> str:
     """What to fix in a flagged tile: the recorded kind, else (older records, hindsight) the section's."""
-    if rec["verdict"] == "error" or (rec["verdict"] == "oof" and rec.get("kind")):
+    if rec.verdict == "error" or (rec.verdict == "oof" and rec.kind):
         return describe(rec, units)
-    return describe(fresh if fresh["verdict"] == "oof" else rec, units)
+    return describe(fresh if fresh.verdict == "oof" else rec, units)
 
 
 def _pyplot():
@@ -193,19 +193,19 @@ def _pyplot():
     return plt
 
 
-def _plot_density(path: Path, records: list[dict], base: Baseline, title: str) -> None:
+def _plot_density(path: Path, records: list[TileRecord], base: Baseline, title: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.6 + max(6.0, min(16.0, len(records) * 0.12)), 3.6), dpi=110)
     x = np.arange(len(records))
     groups = [(v, None, v) for v in COLOURS if v != "oof"] + [("oof", k, f"oof: {k}" if k else "oof") for k in MARKERS]
     for verdict, kind, label in groups:
-        idx = [i for i, r in enumerate(records) if r["verdict"] == verdict and r.get("kind") == kind and r.get("density") is not None]
+        idx = [i for i, r in enumerate(records) if r.verdict == verdict and r.kind == kind and r.density is not None]
         if idx or verdict != "oof":
-            ax.scatter(x[idx], [max(records[i]["density"], 1.0) for i in idx], s=22, marker=MARKERS[kind], color=COLOURS[verdict], label=f"{label} ({len(idx)})", zorder=3)
-    errs = [i for i, r in enumerate(records) if r["verdict"] == "error"]
+            ax.scatter(x[idx], [max(records[i].density, 1.0) for i in idx], s=22, marker=MARKERS[kind], color=COLOURS[verdict], label=f"{label} ({len(idx)})", zorder=3)
+    errs = [i for i, r in enumerate(records) if r.verdict == "error"]
     for i in errs:
         ax.axvline(i, color=COLOURS["error"], alpha=0.3, lw=1)
-    ax.plot(x, [max(r.get("density") or 1.0, 1.0) for r in records], color="0.7", lw=0.8, zorder=1)
+    ax.plot(x, [max(r.density or 1.0, 1.0) for r in records], color="0.7", lw=0.8, zorder=1)
     if math.isfinite(base.threshold):
         ax.axhline(math.exp(base.threshold), color="tab:red", ls="--", lw=1, label="OOF threshold")
     if math.isfinite(base.median):
@@ -220,26 +220,26 @@ def _plot_density(path: Path, records: list[dict], base: Baseline, title: str) -
     plt.close(fig)
 
 
-def _plot_montage(path: Path, records: list[dict], pos: dict[str, tuple[int, int]], base: Baseline, title: str) -> None:
+def _plot_montage(path: Path, records: list[TileRecord], pos: dict[str, tuple[int, int]], base: Baseline, title: str) -> None:
     plt = _pyplot()
     rows = 1 + max(r for r, _ in pos.values())
     cols = 1 + max(c for _, c in pos.values())
     grid = np.full((rows, cols), np.nan)
     for rec in records:
-        if rec["tile"] in pos and rec.get("density") is not None and rec["verdict"] != "empty":
-            grid[pos[rec["tile"]]] = math.log(max(rec["density"], 1.0))
+        if rec.tile in pos and rec.density is not None and rec.verdict != "empty":
+            grid[pos[rec.tile]] = math.log(max(rec.density, 1.0))
     centre = base.median if math.isfinite(base.median) else float(np.nanmedian(grid))
     fig, ax = plt.subplots(figsize=(max(4.4, 1.2 + 0.6 * cols), 1.1 + 0.6 * rows), dpi=110)
     cmap = plt.get_cmap("RdYlGn").with_extremes(bad="0.8")  # grey: no tissue, no result, or no tile there
     im = ax.imshow(grid - centre, cmap=cmap, vmin=-1.5, vmax=1.5)
     for rec in records:
-        if rec["tile"] in pos and rec["verdict"] != "ok":
-            r, c = pos[rec["tile"]]
-            mark = MONTAGE_MARKS.get(rec.get("kind")) if rec["verdict"] == "oof" else MONTAGE_MARKS[rec["verdict"]]
+        if rec.tile in pos and rec.verdict != "ok":
+            r, c = pos[rec.tile]
+            mark = MONTAGE_MARKS.get(rec.kind) if rec.verdict == "oof" else MONTAGE_MARKS[rec.verdict]
             ink = text_colour(im.cmap(im.norm(grid[r, c] - centre)))  # readable on the cell (dark red: white)
             ax.text(c, r, mark, ha="center", va="center", fontsize=11, fontweight="bold", color=ink)
-            angle = rec.get("astigmatism_angle")
-            if rec.get("kind") == "astigmatism" and angle is not None:
+            angle = rec.astigmatism_angle
+            if rec.kind == "astigmatism" and angle is not None:
                 dx, dy = 0.42 * math.cos(math.radians(angle)), -0.42 * math.sin(math.radians(angle))  # rows point down
                 ax.plot([c - dx, c + dx], [r - dy, r + dy], color=ink, lw=1.2)
     ax.set_xticks(range(cols))
@@ -269,7 +269,7 @@ def text_colour(rgba: tuple) -> str:
     return "black" if luminance > 0.179 else "white"
 
 
-def _plot_focus_maps(path: Path, maps: list[tuple[dict, dict]], units: str, title: str) -> None:
+def _plot_focus_maps(path: Path, maps: list[tuple[TileRecord, TileRecord]], units: str, title: str) -> None:
     """Small multiples: each flagged tile's cells, density relative to the baseline.
 
     Colours follow the ratio on a log scale (the colour bar is labelled in
@@ -293,14 +293,14 @@ def _plot_focus_maps(path: Path, maps: list[tuple[dict, dict]], units: str, titl
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.2 + 1.8 * ncols, 0.6 + 2.2 * nrows), dpi=110, squeeze=False, layout="constrained")
     im = None
     for ax, (rec, fresh) in zip(axes.flat, shown):
-        ratio = np.maximum(np.asarray(fresh["focus_map"], float), 0.01)
+        ratio = np.maximum(np.asarray(fresh.focus_map, float), 0.01)
         im = ax.imshow(ratio, cmap=cmap, norm=norm)
         if ratio.size <= 64:
             for (i, j), v in np.ndenumerate(ratio):
                 ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6, color=text_colour(cmap(norm(v))))
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"{rec['tile']}\n" + textwrap.fill(_what(rec, fresh, units), 30), fontsize=6)
+        ax.set_title(f"{rec.tile}\n" + textwrap.fill(_what(rec, fresh, units), 30), fontsize=6)
     for ax in axes.flat[len(shown) :]:
         ax.axis("off")
     more = f" (first {MAX_MAPS} of {len(maps)})" if len(maps) > MAX_MAPS else ""

@@ -12,9 +12,12 @@ A tile has one record. A newer record for the same tile (a retried error)
 supersedes the older one when read, and :meth:`ResultsLog.compact` rewrites the
 file atomically with one line per tile.
 
-In memory a log keeps only each record's :data:`BRIEF_KEYS` (what the run
-needs: verdicts, densities, reasons), so a section of tens of thousands of
-tiles costs a few MB; the file keeps every field (:func:`read_records`).
+Records are :class:`~mhd.functions.worker.record.TileRecord`-s, one JSON
+object per line (:meth:`~mhd.functions.worker.record.TileRecord.to_json`);
+logs written by earlier versions read as they were. In memory a log keeps
+only each record's :meth:`~mhd.functions.worker.record.TileRecord.brief`
+(no per-cell arrays: what the run needs), so a section of tens of thousands
+of tiles costs a few MB; the file keeps every field (:func:`read_records`).
 """
 
 from __future__ import annotations
@@ -30,15 +33,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from mhd.functions.worker.record import TileRecord
+
 from .discover import RESULTS_NAME
 
-__all__ = ["BRIEF_KEYS", "SECTION_MARK", "ResultsLog", "ResultsWriteError", "SectionLocked", "brief", "check_writable", "read_records", "results_folder"]
+__all__ = ["SECTION_MARK", "ResultsLog", "ResultsWriteError", "SectionLocked", "check_writable", "read_records", "results_folder"]
 
 log = logging.getLogger(__name__)
-
-
-#: Fields of each record that :attr:`ResultsLog.records` keeps in memory.
-BRIEF_KEYS = ("tile", "verdict", "kind", "reason", "features", "density", "blur", "error", "defocus", "contrast", "latency_ms", "scored_at")
 
 
 #: In a results folder kept outside its section (``--results``): the section's path.
@@ -97,11 +98,6 @@ def check_writable(folder: Path, section: Path) -> None:
         raise OSError(exc.errno, f"{folder}: cannot write the results there ({why})") from None
 
 
-def brief(record: dict[str, Any]) -> dict[str, Any]:
-    """The :data:`BRIEF_KEYS` fields of ``record`` (those it has)."""
-    return {k: record[k] for k in BRIEF_KEYS if k in record}
-
-
 class SectionLocked(RuntimeError):
     """Another client holds the section's results log."""
 
@@ -110,7 +106,7 @@ class ResultsWriteError(RuntimeError):
     """A record could not be made durable (disk full, quota, I/O error); the earlier ones are intact."""
 
 
-def read_records(path: str | Path) -> tuple[dict[str, dict[str, Any]], int]:
+def read_records(path: str | Path) -> tuple[dict[str, TileRecord], int]:
     """Records of a results log, the newest per tile, in first-seen order.
 
     Parameters
@@ -120,7 +116,7 @@ def read_records(path: str | Path) -> tuple[dict[str, dict[str, Any]], int]:
 
     Returns
     -------
-    records : dict of str to dict
+    records : dict of str to TileRecord
         Tile id -> record.
     lines : int
         Complete record lines read (more than ``len(records)`` when some
@@ -129,18 +125,18 @@ def read_records(path: str | Path) -> tuple[dict[str, dict[str, Any]], int]:
     path = Path(path)
     if not path.exists():
         return {}, 0
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, TileRecord] = {}
     lines = 0
     with path.open("rb") as fh:
         for n, raw in enumerate(fh, start=1):
             rec = _parse(raw, path, n)
             if rec is not None:
-                records[rec["tile"]] = rec
+                records[rec.tile] = rec
                 lines += 1
     return records, lines
 
 
-def _parse(raw: bytes, path: Path, n: int) -> dict[str, Any] | None:
+def _parse(raw: bytes, path: Path, n: int) -> TileRecord | None:
     if not raw.endswith(b"\n"):
         log.warning("%s:%d: incomplete last line ignored (client stopped mid-write)", path, n)
         return None
@@ -149,10 +145,11 @@ def _parse(raw: bytes, path: Path, n: int) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         log.warning("%s:%d: unreadable line ignored", path, n)
         return None
-    if not isinstance(rec, dict) or not isinstance(rec.get("tile"), str):
+    try:
+        return TileRecord.from_json(rec)
+    except (TypeError, ValueError):
         log.warning("%s:%d: line without a tile id ignored", path, n)
         return None
-    return rec
 
 
 class ResultsLog:
@@ -168,8 +165,8 @@ class ResultsLog:
 
     Attributes
     ----------
-    records : dict of str to dict
-        Tile id -> the :func:`brief` of its newest record.
+    records : dict of str to TileRecord
+        Tile id -> the :meth:`~mhd.functions.worker.record.TileRecord.brief` of its newest record.
 
     Raises
     ------
@@ -192,7 +189,7 @@ class ResultsLog:
             log.info("previous results kept in %s", backup)
         self._cut_torn_tail()
         full, self._lines = read_records(self.path)
-        self.records = {tile: brief(rec) for tile, rec in full.items()}
+        self.records = {tile: rec.brief() for tile, rec in full.items()}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -209,15 +206,9 @@ class ResultsLog:
 
     # --------------------------------------------------------------- writes
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Append one record and make it durable (flush + fsync) before returning.
-
-        Parameters
-        ----------
-        record : dict
-            JSON-serialisable, with a ``tile`` id.
-        """
-        data = (json.dumps(record, separators=(",", ":"), default=_jsonable) + "\n").encode()
+    def append(self, record: TileRecord) -> None:
+        """Append one record and make it durable (flush + fsync) before returning."""
+        data = (json.dumps(record.to_json(), separators=(",", ":"), default=_jsonable) + "\n").encode()
         end = self._fh.seek(0, os.SEEK_END)
         try:
             if self._fh.write(data) != len(data):
@@ -226,14 +217,14 @@ class ResultsLog:
         except OSError as exc:
             self._cut(end)
             raise ResultsWriteError(
-                f"{self.path}: cannot record the verdict of {record['tile']}: {exc.strerror or exc}. "
+                f"{self.path}: cannot record the verdict of {record.tile}: {exc.strerror or exc}. "
                 f"The {len(self.records)} records written before are intact; free space and run again "
                 "to score the tiles without one."
             ) from exc
-        self.records[record["tile"]] = brief(record)
+        self.records[record.tile] = record.brief()
         self._lines += 1
 
-    def extend(self, records: Iterable[dict[str, Any]]) -> None:
+    def extend(self, records: Iterable[TileRecord]) -> None:
         """Append several records (each made durable)."""
         for rec in records:
             self.append(rec)
@@ -252,7 +243,7 @@ class ResultsLog:
             full, _ = read_records(self.path)
             with tmp.open("wb") as out:
                 for rec in full.values():
-                    out.write((json.dumps(rec, separators=(",", ":"), default=_jsonable) + "\n").encode())
+                    out.write((json.dumps(rec.to_json(), separators=(",", ":"), default=_jsonable) + "\n").encode())
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)

@@ -7,7 +7,6 @@ the same reader the remote function uses).
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 from mhd.functions import detect
 from mhd.functions.settings import Limits
 from mhd.functions.tileio import read_tile
+from mhd.functions.worker.record import TileRecord
 
 from .tissue import Tissue, contrast_to_noise
 
@@ -48,7 +48,7 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
         return read_tile(fh, limit)
 
 
-def score_file(path: str | Path, backend: str = "auto", **params: Any) -> dict[str, Any]:
+def score_file(path: str | Path, backend: str = "auto", **params: Any) -> TileRecord:
     """Score one file; any failure is reported in the record, never raised.
 
     Parameters
@@ -61,36 +61,22 @@ def score_file(path: str | Path, backend: str = "auto", **params: Any) -> dict[s
 
     Returns
     -------
-    dict
-        ``path``, ``features`` (int), ``density`` (features per megapixel),
-        ``blur`` and ``blur_err`` (pixels; None where not measurable),
-        ``grid`` (list of lists), ``shape`` ([rows, cols]), ``noise``,
-        ``astigmatism`` (0..1) and ``astigmatism_angle`` (degrees; both None
-        where not measurable), ``backend``, ``ms`` (read + detect, milliseconds) and ``error``
-        (``None`` or a message naming the file).
+    TileRecord
+        ``tile`` is the path as given; the measurements of a ``score_tiles``
+        result (see :func:`mhd.functions.worker.record.TileRecord.from_detection`),
+        ``ms`` (read + detect, milliseconds), or ``error`` (a message naming
+        the file).
     """
     t0 = time.perf_counter()
-    rec: dict[str, Any] = {"path": str(path), "features": None, "density": None, "blur": None, "blur_err": None, "grid": None, "shape": None, "noise": None, "astigmatism": None, "astigmatism_angle": None, "backend": None}
     try:
         det = detect(load_image(path), backend=backend, **params)
     except Exception as exc:  # one bad file fails alone, with its name
-        rec.update(ms=round((time.perf_counter() - t0) * 1e3, 3), error=f"{path}: {_message(exc)}")
-        return rec
-    rec.update(
-        features=int(det.count),
-        density=round(float(det.density), 3),
-        blur=round(float(det.blur), 3) if math.isfinite(det.blur) else None,
-        blur_err=round(float(det.blur_err), 3) if math.isfinite(det.blur_err) else None,
-        grid=det.grid.tolist(),
-        shape=[int(s) for s in det.shape],
-        noise=round(float(det.noise), 6),
-        astigmatism=round(det.astigmatism, 4) if math.isfinite(det.astigmatism) else None,
-        astigmatism_angle=round(det.astigmatism_angle, 1) if math.isfinite(det.astigmatism_angle) else None,
-        backend=det.backend,
-        ms=round((time.perf_counter() - t0) * 1e3, 3),
-        error=None,
-    )
-    return rec
+        return TileRecord.failed(str(path), _message(exc), ms=_ms(t0))
+    return TileRecord.from_detection(str(path), det, ms=_ms(t0))
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1e3, 3)
 
 
 def _message(exc: Exception) -> str:

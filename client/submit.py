@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 from rich.console import Console
 
+from mhd.functions.worker.record import TileRecord
+
 from .config import Config
 from .console import Reporter, summary_lines, summary_table
 from .discover import RESULTS_NAME, Discovery, Tile, discover
@@ -38,7 +40,7 @@ class Outcome:
 
     Attributes
     ----------
-    records : dict of str to dict
+    records : dict of str to TileRecord
         Every record of the section.
     new : int
         Tiles recorded in this run.
@@ -53,7 +55,7 @@ class Outcome:
         The results log (``mhd-results.jsonl``).
     """
 
-    records: dict[str, dict]
+    records: dict[str, TileRecord]
     new: int
     elapsed: float
     interrupted: bool = False
@@ -70,7 +72,7 @@ class Outcome:
         run). ``gone`` counts records of tiles no longer in the folder.
         """
         tiles = self.found.tiles if self.found else []
-        verdicts = [self.records[t.id]["verdict"] for t in tiles if t.id in self.records]
+        verdicts = [self.records[t.id].verdict for t in tiles if t.id in self.records]
         ids = {t.id for t in tiles}
         return {
             "found": len(tiles) + len(self.found.skipped if self.found else []),
@@ -86,7 +88,7 @@ class Outcome:
         """Tiles per verdict."""
         out: dict[str, int] = {}
         for rec in self.records.values():
-            out[rec["verdict"]] = out.get(rec["verdict"], 0) + 1
+            out[rec.verdict] = out.get(rec.verdict, 0) + 1
         return out
 
     @property
@@ -224,9 +226,9 @@ def _inline_hint(shared_ready: bool, globus_ready: bool) -> str:
     return "score it on this machine with --executor local, or configure shared storage (shared_local, shared_remote) or Globus Transfer for the endpoint (see 'client config')"
 
 
-def todo_tiles(found: Discovery, records: dict[str, dict]) -> list[Tile]:
+def todo_tiles(found: Discovery, records: dict[str, TileRecord]) -> list[Tile]:
     """Tiles without a record, or whose record is an error (retried)."""
-    return [t for t in found.tiles if t.id not in records or records[t.id].get("verdict") == "error"]
+    return [t for t in found.tiles if t.id not in records or records[t.id].verdict == "error"]
 
 
 def run_section(

@@ -253,9 +253,9 @@ def score_sweep(folder: Path, table: dict[str, float], params: dict | None = Non
     out = []
     for f, wd in sorted(table.items(), key=lambda kv: (kv[1], kv[0])):
         rec = score_file(folder / f, **(params or {}))
-        if rec["error"]:
-            log.warning("%s; left out", rec["error"])
-        out.append(SweepImage(f, wd, rec["features"], rec["density"], tuple(rec["shape"]) if rec["shape"] else None, rec["error"]))
+        if rec.error:
+            log.warning("%s; left out", rec.error)
+        out.append(SweepImage(f, wd, rec.features, rec.density, tuple(rec.shape) if rec.shape else None, rec.error))
     return out
 
 

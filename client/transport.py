@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from mhd.functions.worker.record import TileRecord
+
 from .discover import Tile
 
 __all__ = ["DiskTransport", "GlobusTransport", "InlineTransport", "SharedTransport", "Staged", "Transport", "choose_transport"]
@@ -38,17 +40,17 @@ class Staged:
         Payload id (as ``score_tiles`` will report it) -> tile.
     payload : list
         What ``score_tiles`` receives, in order.
-    failed : list of dict
-        Error records (``tile``, ``error``) of tiles that could not be staged.
+    failed : list of TileRecord
+        Error records of tiles that could not be staged.
     """
 
     tiles: dict[str, Tile] = field(default_factory=dict)
     payload: list = field(default_factory=list)
-    failed: list[dict] = field(default_factory=list)
+    failed: list[TileRecord] = field(default_factory=list)
 
 
-def _failed(tile: Tile, message: str) -> dict:
-    return {"tile": tile.id, "features": None, "density": None, "error": f"{tile.id}: {message}"}
+def _failed(tile: Tile, message: str) -> TileRecord:
+    return TileRecord.failed(tile.id, message)
 
 
 class Transport(abc.ABC):

@@ -76,13 +76,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from mhd.functions import ASTIGMATISM_THRESHOLD
+from mhd.functions.worker.record import TileRecord, finite
 
 from .tissue import Tissue
 
@@ -259,26 +260,26 @@ class Judge:
         ``probe(tile_id) -> Tissue or None``: measures tissue in the tile on
         disk (``None`` when it cannot). Without one, only a ``contrast``
         field in the result can make a tile ``empty``.
-    prior : iterable of dict
+    prior : iterable of TileRecord
         Records already judged in this section (a resumed run): their
         densities seed the baseline.
     """
 
-    def __init__(self, rule: Rule, probe: Probe | None = None, prior: Iterable[dict] = ()) -> None:
+    def __init__(self, rule: Rule, probe: Probe | None = None, prior: Iterable[TileRecord] = ()) -> None:
         self.rule = rule
         self._probe = probe
         self._pool: dict[str, float] = {}
         self._blur: dict[str, float] = {}
-        self._pending: list[dict] = []
+        self._pending: list[TileRecord] = []
         for rec in prior:
-            if rec.get("verdict") in ("ok", "oof"):
+            if rec.verdict in ("ok", "oof"):
                 self._enter(rec)
 
-    def _enter(self, rec: dict) -> None:
-        self._pool[rec["tile"]] = log_density(rec["density"])
-        blur = _finite(rec.get("blur"))
+    def _enter(self, rec: TileRecord) -> None:
+        self._pool[rec.tile] = log_density(rec.density)
+        blur = finite(rec.blur)
         if blur is not None:
-            self._blur[rec["tile"]] = blur
+            self._blur[rec.tile] = blur
 
     @property
     def _on_blur(self) -> bool:
@@ -293,39 +294,35 @@ class Judge:
         m = self.blur_baseline()
         return math.hypot(m, self.rule.blur_max) if math.isfinite(m) else math.inf
 
-    def add(self, record: dict) -> list[dict]:
+    def add(self, record: TileRecord) -> list[TileRecord]:
         """Take one scored tile; return the records whose verdict is now final.
 
         Parameters
         ----------
-        record : dict
-            A ``score_tiles`` result (``tile``, ``features``, ``density``,
-            ``grid``, ``shape``, ``astigmatism``, ``astigmatism_angle``,
-            ``error``, ...). It is updated in place with ``verdict``,
-            ``kind``, ``reason`` and ``focus_map`` (and ``defocus`` when
-            calibrated, ``contrast`` when measured).
+        record : TileRecord
+            A scored tile (``features``, ``density``, ``grid``, ``shape``,
+            ``astigmatism``, ``astigmatism_angle``, ``error``, ...); not modified.
 
         Returns
         -------
-        list of dict
-            Usually ``[record]``; ``[]`` while the baseline warms up; all
-            waiting records when it becomes ready.
+        list of TileRecord
+            New records with ``verdict``, ``kind``, ``reason`` and
+            ``focus_map`` (and ``defocus`` when calibrated, ``contrast`` when
+            measured): usually one, of ``record``; none while the baseline
+            warms up; all waiting records when it becomes ready.
         """
-        if record.get("error"):
-            record.update(verdict="error", kind=None, reason=str(record["error"]), focus_map=None)
-            return [record]
+        if record.error:
+            return [replace(record, verdict="error", kind=None, reason=str(record.error), focus_map=None)]
         self._enter(record)
         self._pending.append(record)
         if self.rule.calibration is None and len(self._pool) < self.rule.warmup:
             return []
         return self.flush()
 
-    def flush(self) -> list[dict]:
-        """Judge every waiting record against the baseline as it stands."""
+    def flush(self) -> list[TileRecord]:
+        """Judge every waiting record against the baseline as it stands (new records, in order)."""
         done, self._pending = self._pending, []
-        for rec in done:
-            self._judge(rec)
-        return done
+        return [self._judge(rec) for rec in done]
 
     @property
     def pending(self) -> int:
@@ -346,31 +343,34 @@ class Judge:
 
     # ----------------------------------------------------------- judging
 
-    def _judge(self, rec: dict) -> None:
+    def _judge(self, rec: TileRecord) -> TileRecord:
+        """``rec`` judged against the baseline as it stands (a new record)."""
         base = self.baseline()
-        x = log_density(rec["density"])
+        x = log_density(rec.density)
         cal = self.rule.calibration
+        defocus = rec.defocus
         if cal is not None and cal.measure == "count":
-            rec["defocus"] = round(cal.defocus(x), 3)
+            defocus = round(cal.defocus(x), 3)
         if cal is not None and cal.measure == "blur":
-            blur = _finite(rec.get("blur"))
-            rec["defocus"] = None if blur is None else round(cal.defocus(blur), 3)
+            blur = finite(rec.blur)
+            defocus = None if blur is None else round(cal.defocus(blur), 3)
         tissue = _TissueCache(rec, self._probe)
-        rec["verdict"], rec["kind"], rec["reason"] = self._decide(rec, x, base, tissue)
-        if rec["verdict"] == "empty":
-            self._pool.pop(rec["tile"], None)
-            self._blur.pop(rec["tile"], None)
-            rec["focus_map"] = None
+        verdict, kind, reason = self._decide(rec, x, base, tissue)
+        if verdict == "empty":
+            self._pool.pop(rec.tile, None)
+            self._blur.pop(rec.tile, None)
+            fmap = None
         else:
-            rec["focus_map"] = focus_map(rec, cal.intercept if cal is not None and cal.measure == "count" else base.median)
+            fmap = focus_map(rec, cal.intercept if cal is not None and cal.measure == "count" else base.median)
+        return replace(rec, verdict=verdict, kind=kind, reason=reason, focus_map=fmap, defocus=defocus, contrast=tissue.contrast())
 
-    def _decide(self, rec: dict, x: float, base: Baseline, tissue: "_TissueCache") -> tuple[str, str | None, str]:
+    def _decide(self, rec: TileRecord, x: float, base: Baseline, tissue: "_TissueCache") -> tuple[str, str | None, str]:
         """``(verdict, kind, reason)`` of one tile: empty, then astigmatism, defocus, partial, ok."""
         cal = self.rule.calibration
-        on_blur = self._on_blur and "blur" in rec  # records from before the blur measure: the count decides
+        on_blur = self._on_blur and rec.has_blur  # records from before the blur measure: the count decides
         cal_blur = cal is not None and cal.measure == "blur"
         if on_blur or cal_blur:
-            blur = _finite(rec.get("blur"))
+            blur = finite(rec.blur)
             limit = cal.blur_threshold if cal_blur else self.blur_threshold()
             low = blur is None or blur > limit
         else:
@@ -379,9 +379,9 @@ class Judge:
             cnr = tissue.cnr()
             if cnr is not None and cnr < self.rule.empty_cnr:
                 return "empty", None, f"no tissue: contrast/noise {cnr:.1f} < {self.rule.empty_cnr:g}"
-        strength = _finite(rec.get("astigmatism"))
+        strength = finite(rec.astigmatism)
         if strength is not None and strength >= self.rule.astigmatism_max:
-            return "oof", "astigmatism", _astigmatism_reason(strength, _finite(rec.get("astigmatism_angle")), self.rule.astigmatism_max)
+            return "oof", "astigmatism", _astigmatism_reason(strength, finite(rec.astigmatism_angle), self.rule.astigmatism_max)
         if low:
             if cal_blur:
                 est = "no detail above the noise at any scale" if blur is None else f"blur {blur:.2f} px: est. defocus {cal.defocus(blur):.2g} {cal.units}"
@@ -394,7 +394,7 @@ class Judge:
             return "oof", "partial", "partial: cells " + " ".join(f"{r},{c}" for r, c in cells) + " low"
         return "ok", None, ""
 
-    def _low_cells(self, rec: dict, limit: float, tissue: "_TissueCache") -> list[tuple[int, int]]:
+    def _low_cells(self, rec: TileRecord, limit: float, tissue: "_TissueCache") -> list[tuple[int, int]]:
         dens = _cell_log_density(rec)
         if dens is None:
             return []
@@ -407,27 +407,27 @@ class Judge:
         return [(r, c) for r, c in low if cells[r, c] >= self.rule.empty_cnr]
 
 
-def _cell_log_density(rec: dict) -> np.ndarray | None:
+def _cell_log_density(rec: TileRecord) -> np.ndarray | None:
     """``log`` features per megapixel of each cell of a record's ``grid`` (floored), or ``None`` without a grid.
 
     Returns
     -------
     (gy, gx) float64 ndarray or None
     """
-    grid = np.asarray(rec.get("grid") or [[]], dtype=float)
-    if grid.size == 0 or not rec.get("shape"):
+    grid = np.asarray(rec.grid or [[]], dtype=float)
+    if grid.size == 0 or not rec.shape:
         return None
-    h, w = rec["shape"][:2]
+    h, w = rec.shape[:2]
     cell_mp = (h / grid.shape[0]) * (w / grid.shape[1]) / 1e6
     return np.log(np.maximum(grid / cell_mp, DENSITY_FLOOR))
 
 
-def focus_map(rec: dict, centre: float) -> list[list[float]] | None:
+def focus_map(rec: TileRecord, centre: float) -> list[list[float]] | None:
     """Feature density of each grid cell relative to a baseline.
 
     Parameters
     ----------
-    rec : dict
+    rec : TileRecord
         A record with ``grid`` ((gy, gx) feature counts) and ``shape`` ([rows, cols] px).
     centre : float
         ``log`` features per megapixel of the baseline (section median, or
@@ -446,12 +446,12 @@ def focus_map(rec: dict, centre: float) -> list[list[float]] | None:
     return np.round(np.exp(dens - centre), 2).tolist()
 
 
-def describe(rec: dict, units: str = "") -> str:
+def describe(rec: TileRecord, units: str = "") -> str:
     """What a flagged record asks of the operator, in a few words.
 
     Parameters
     ----------
-    rec : dict
+    rec : TileRecord
         A judged record.
     units : str
         Units of its calibrated ``defocus`` estimate, if any (e.g. ``"um"``).
@@ -464,51 +464,47 @@ def describe(rec: dict, units: str = "") -> str:
         estimate), the reason of a ``partial`` tile
         (``"partial: cells 0,3 1,3 low"``), ``"error"``, or the verdict.
     """
-    kind = rec.get("kind")
-    if rec.get("verdict") == "error":
+    kind = rec.kind
+    if rec.verdict == "error":
         return "error"
     if kind == "astigmatism":
-        angle = _finite(rec.get("astigmatism_angle"))
+        angle = finite(rec.astigmatism_angle)
         return "astigmatism" if angle is None else f"astigmatism {angle:.0f} deg"
     if kind == "defocus":
-        est = _finite(rec.get("defocus"))
+        est = finite(rec.defocus)
         return "defocus" if est is None else f"defocus, est. {est:.2g} {units}".rstrip()
     if kind == "partial":
-        return rec.get("reason") or "partial"
-    return str(rec.get("verdict"))
+        return rec.reason or "partial"
+    return str(rec.verdict)
 
 
 class _TissueCache:
     """Measure a tile's tissue at most once, only when a verdict needs it."""
 
-    def __init__(self, rec: dict, probe: Probe | None) -> None:
+    def __init__(self, rec: TileRecord, probe: Probe | None) -> None:
         self._rec, self._probe, self._done, self._tissue = rec, probe, False, None
 
     def _get(self) -> Tissue | None:
         if not self._done:
             self._done = True
-            self._tissue = self._probe(self._rec["tile"]) if self._probe else None
-            if self._tissue is not None:
-                self._rec["contrast"] = round(self._tissue.cnr, 2)
+            self._tissue = self._probe(self._rec.tile) if self._probe else None
         return self._tissue
 
+    def contrast(self) -> float | None:
+        """The record's ``contrast``, else the one measured for this verdict (rounded), else None."""
+        if self._rec.contrast is not None:
+            return self._rec.contrast
+        return None if self._tissue is None else round(self._tissue.cnr, 2)
+
     def cnr(self) -> float | None:
-        if self._rec.get("contrast") is not None:
-            return float(self._rec["contrast"])
+        if self._rec.contrast is not None:
+            return float(self._rec.contrast)
         t = self._get()
         return None if t is None else t.cnr
 
     def cells(self) -> np.ndarray | None:
         t = self._get()
         return None if t is None else t.cells
-
-
-def _finite(v: Any) -> float | None:
-    """``float(v)``, or ``None`` for ``None``/NaN/inf (unmeasured)."""
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
 
 
 def _astigmatism_reason(strength: float, angle: float | None, limit: float) -> str:

@@ -168,7 +168,7 @@ def watch_section(
         kind = backend_kind(cfg)
         workers = local_workers(cfg) if kind == "local" else 0
         transport = make_transport(cfg, section, [], cfg["batch"] or 1, transfer_client, kind)
-        landing = Landing(section, {t for t, r in results.records.items() if r.get("verdict") != "error"}, settle=max(poll, 0.5), give_up=give_up)
+        landing = Landing(section, {t for t, r in results.records.items() if r.verdict != "error"}, settle=max(poll, 0.5), give_up=give_up)
         judge = Judge(rule, tissue_probe(section), prior=results.records.values())
         hook = OofHook(on_oof) if on_oof else None
         console.print(f"[bold]watching {section}[/] ({len(results.records)} tiles already recorded; executor {kind}, transport {transport.name}); Ctrl-C to stop")

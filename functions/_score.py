@@ -23,11 +23,9 @@ from ._detect import DEFAULTS, detect
 from ._scalespace import POLARITIES
 from .settings import Limits
 from .tileio import TileError, read_tile
+from .worker.record import RESULT_KEYS, TileRecord
 
-__all__ = ["score_batch", "score_tile", "check_params", "open_in_root", "inline_bytes", "RESULT_KEYS"]
-
-#: Keys of every result entry, in order.
-RESULT_KEYS = ("tile", "features", "density", "blur", "blur_err", "grid", "shape", "noise", "astigmatism", "astigmatism_angle", "backend", "device", "ms", "detect_ms", "error")
+__all__ = ["score_batch", "score_tile", "check_params", "open_in_root", "inline_bytes"]
 
 #: Longest tile name echoed back (characters).
 MAX_NAME = 1024
@@ -232,25 +230,22 @@ def load_tile(tile: Any, limits: Limits) -> Any:
 # ----------------------------------------------------------------- scoring
 
 
-def _entry(name: str, device: str | None, **values: Any) -> dict[str, Any]:
-    entry = dict.fromkeys(RESULT_KEYS)
-    entry.update(tile=name, device=device, **values)
-    return entry
-
-
 def score_tile(tile: Any, index: int, params: dict[str, Any], limits: Limits, device: str | None) -> dict[str, Any]:
     """Score one tile; any failure becomes the entry's ``error``.
 
     Returns
     -------
     dict
-        JSON-safe: ``tile`` (str), ``features`` (int), ``density`` (features
-        per megapixel), ``grid`` (list of lists of int), ``shape`` ([rows,
-        cols]), ``noise`` (normalised units), ``astigmatism`` (0..1) and
-        ``astigmatism_angle`` (degrees; both None where not measurable), ``backend`` (``"numpy"`` or
-        ``"cupy:N"``), ``device`` (the worker's ``CUDA_VISIBLE_DEVICES`` or
-        None), ``ms`` (read + detect, milliseconds), ``detect_ms`` (the
-        detector's own total) and ``error`` (None or a message naming the tile).
+        The :data:`~mhd.functions.worker.record.RESULT_KEYS` of its
+        :class:`~mhd.functions.worker.record.TileRecord`, JSON-safe:
+        ``tile`` (str), ``features`` (int), ``density`` (features per
+        megapixel), ``blur`` and ``blur_err`` (pixels), ``grid`` (list of
+        lists of int), ``shape`` ([rows, cols]), ``noise`` (normalised units),
+        ``astigmatism`` (0..1) and ``astigmatism_angle`` (degrees; None where
+        not measurable), ``backend`` (``"numpy"`` or ``"cupy:N"``),
+        ``device`` (the worker's ``CUDA_VISIBLE_DEVICES`` or None), ``ms``
+        (read + detect, milliseconds), ``detect_ms`` (the detector's own
+        total) and ``error`` (None or a message naming the tile).
     """
     t0 = time.perf_counter()
     name = tile_name(tile, index)
@@ -260,28 +255,10 @@ def score_tile(tile: Any, index: int, params: dict[str, Any], limits: Limits, de
         det = detect(image, backend=opts.pop("backend"), **opts)
     except Exception as exc:  # one bad tile never fails the batch
         reason = str(exc) if isinstance(exc, (TileError, ValueError)) else f"{type(exc).__name__}: {exc}"
-        return _entry(name, device, ms=_ms(t0), error=f"{name}: {reason}")
-    return _entry(
-        name,
-        device,
-        features=int(det.count),
-        density=float(det.density),
-        blur=_finite(det.blur),
-        blur_err=_finite(det.blur_err),
-        grid=det.grid.tolist(),
-        shape=[int(s) for s in det.shape],
-        noise=float(det.noise),
-        astigmatism=_finite(det.astigmatism),
-        astigmatism_angle=_finite(det.astigmatism_angle),
-        backend=det.backend,
-        ms=_ms(t0),
-        detect_ms=float(det.timings.get("total", 0.0)),
-    )
-
-
-def _finite(x: float) -> float | None:
-    """JSON has no NaN: unmeasurable values travel as None."""
-    return float(x) if math.isfinite(x) else None
+        rec = TileRecord.failed(name, reason, device=device, ms=_ms(t0))
+    else:
+        rec = TileRecord.from_detection(name, det, device=device, ms=_ms(t0))
+    return rec.to_json(RESULT_KEYS)
 
 
 def _ms(t0: float) -> float:

@@ -35,9 +35,10 @@ def score_tiles(tiles, params=None):
     Returns
     -------
     list of dict
-        One per tile, in order: tile, features (int), density (features per
-        megapixel), grid, shape, noise, backend, device, ms, detect_ms and
-        error (None, or a message naming the tile).
+        One per tile, in order: the fields of
+        mhd.functions.worker.record.RESULT_KEYS (tile, features, density,
+        blur, grid, shape, ..., ms, detect_ms, error: None, or a message
+        naming the tile); TileRecord.from_json reads one.
     """
     from mhd.functions._score import score_batch
 

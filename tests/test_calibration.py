@@ -22,6 +22,7 @@ from mhd.client.cli import main
 from mhd.client.config import load
 from mhd.client.verdicts import Judge, rule_from_config
 from mhd.functions.remote import score_tiles
+from mhd.functions.worker.record import TileRecord
 
 SERIES = Path(__file__).resolve().parents[1] / "examples" / "focus_series"
 
@@ -52,10 +53,10 @@ def test_a_real_defocused_tile_is_judged_oof_by_the_fitted_rule(tmp_path):
     assert cal.n == 8 and cal.max_defocus == 1.0  # default: the series' first step out of focus
     judge = Judge(rule)
     far, focused = score_tiles([{"name": p.name, "data": p.read_bytes()} for p in (SERIES / "focus_df+4.0um.png", SERIES / "focus_df+0.0um.png")])
-    assert judge.add(far) == [far] and judge.add(focused) == [focused]  # no warm-up with a calibration
-    assert far["verdict"] == "oof" and far["kind"] == "defocus", far["reason"]
-    assert 2.5 < far["defocus"] < 6.0  # estimated |defocus| of a 4 um tile, in um
-    assert focused["verdict"] == "ok" and focused["defocus"] < 0.5, focused["reason"]
+    [far], [focused] = judge.add(TileRecord.from_json(far)), judge.add(TileRecord.from_json(focused))  # no warm-up with a calibration
+    assert far.verdict == "oof" and far.kind == "defocus", far.reason
+    assert 2.5 < far.defocus < 6.0  # estimated |defocus| of a 4 um tile, in um
+    assert focused.verdict == "ok" and focused.defocus < 0.5, focused.reason
 
 
 def test_the_smallest_series_is_three_images_at_two_distinct_defocus():

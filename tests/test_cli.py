@@ -16,6 +16,7 @@ from mhd import __version__
 from mhd.client.cli import EXIT_USAGE, main
 from mhd.client.config import load
 from mhd.client.verdicts import Calibration, Judge, rule_from_config
+from mhd.functions.worker.record import RESULT_KEYS, TileRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "section_042"
@@ -58,7 +59,8 @@ def test_score_json_one_object_per_file_and_bad_files_fail_alone(tmp_path):
     out = run("score", EXAMPLE / "tile_r0_c0.png", bad, tmp_path / "missing.png", tiny, EXAMPLE / "tile_r0_c1.tif", "--json", "--n-bin", "12")
     assert out.exit_code == 1
     recs = [json.loads(x) for x in out.output.splitlines()]
-    assert [Path(r["path"]).name for r in recs] == ["tile_r0_c0.png", "bad.png", "missing.png", "tiny.tif", "tile_r0_c1.tif"]
+    assert [Path(r["tile"]).name for r in recs] == ["tile_r0_c0.png", "bad.png", "missing.png", "tiny.tif", "tile_r0_c1.tif"]  # "tile", as every record
+    assert all("path" not in r and tuple(r) == RESULT_KEYS for r in recs)
     good = [recs[0], recs[4]]
     assert all(r["error"] is None and r["features"] > 100 and r["shape"] == [256, 256] and r["ms"] > 0 for r in good)
     assert recs[1]["error"].startswith(str(bad)) and "not a PNG" in recs[1]["error"]
@@ -151,7 +153,7 @@ def test_calibrate_fits_the_series_and_submit_rule_uses_it(tmp_path):
     assert rerun.exit_code == 0 and "9 images" in rerun.output
     rule = rule_from_config(load())  # what submit/watch/report judge with
     assert rule.calibration == cal
-    assert Judge(rule).add(fake("far.png", math.exp(cal.intercept + cal.slope * 2.0)))[0]["verdict"] == "oof"
+    assert Judge(rule).add(TileRecord.from_json(fake("far.png", math.exp(cal.intercept + cal.slope * 2.0))))[0].verdict == "oof"
     assert rule_from_config(load(), use_calibration=False).calibration is None
 
 

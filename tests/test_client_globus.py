@@ -116,8 +116,8 @@ def test_globus_transfer_then_scoring_by_path(tmp_path, section):
     with ResultsLog(section) as results, LocalBackend(data_root=gpu_root, workers=2) as backend:
         seen = []
         Pipeline(backend, transport, Judge(Rule(), tissue_probe(section)), results, None, seen.extend, max_inflight=4).run(tiles)
-    assert len(seen) == 16 and {r["tile"] for r in seen if r["verdict"] == "oof"} == EXPECTED_OOF
-    assert all(r["transport"] == "globus" and r["error"] is None for r in seen)
+    assert len(seen) == 16 and {r.tile for r in seen if r.verdict == "oof"} == EXPECTED_OOF
+    assert all(r.transport == "globus" and r.error is None for r in seen)
     [submit] = [c for c in responses.calls if c.request.url.endswith("/transfer")]
     body = json.loads(submit.request.body)
     assert body["sync_level"] == 3  # "checksum"
@@ -138,7 +138,7 @@ def test_failed_transfer_fails_its_tiles_alone(tmp_path, section):
         dest_path="/in", dest_remote="", section_name="s", transfer_batch=16, poll=0.01,
     )
     staged = [s for s in transport.stage(discover(section).tiles) if s is not None]
-    errors = [f["error"] for s in staged for f in s.failed]
+    errors = [f.error for s in staged for f in s.failed]
     assert len(errors) == 16 and all("failed: permission denied" in e for e in errors)
     assert sum(len(s.payload) for s in staged) == 0
 

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -19,6 +20,7 @@ from mhd.client.cli import main
 from mhd.client.verdicts import Calibration, Judge, Rule, describe, focus_map, rule_from_config
 from mhd.functions import ASTIGMATISM_THRESHOLD
 from mhd.functions.simulate import defocus_image
+from mhd.functions.worker.record import TileRecord
 
 SIDE = 256
 CELL_MP = (SIDE / 4) ** 2 / 1e6
@@ -31,11 +33,11 @@ def scored(tile, density, astigmatism=None, angle=None, cells=None, **extra):
     """A score_tiles result: ``cells`` is a (4, 4) array of cell densities (default: uniform)."""
     cells = np.full((4, 4), density) if cells is None else np.asarray(cells, float)
     grid = np.round(cells * CELL_MP).astype(int).tolist()
-    return {"tile": tile, "features": int(density * SIDE * SIDE / 1e6), "density": density, "grid": grid, "shape": [SIDE, SIDE], "astigmatism": astigmatism, "astigmatism_angle": angle, "error": None, **extra}
+    return TileRecord.from_json({"tile": tile, "features": int(density * SIDE * SIDE / 1e6), "density": density, "grid": grid, "shape": [SIDE, SIDE], "astigmatism": astigmatism, "astigmatism_angle": angle, "error": None, **extra})
 
 
 def warm_judge(rule=Rule(warmup=1), n=8, density=1e4):
-    return Judge(rule, prior=[dict(scored(f"t{i}", density), verdict="ok") for i in range(n)])
+    return Judge(rule, prior=[replace(scored(f"t{i}", density), verdict="ok") for i in range(n)])
 
 
 # ------------------------------------------------------------------ rules
@@ -44,44 +46,44 @@ def warm_judge(rule=Rule(warmup=1), n=8, density=1e4):
 def test_astigmatism_at_the_threshold_is_oof_even_with_a_normal_count():
     judge = warm_judge()
     rec = judge.add(scored("astig", 0.95e4, astigmatism=0.2, angle=34.4))[0]
-    assert (rec["verdict"], rec["kind"]) == ("oof", "astigmatism")
-    assert rec["reason"] == "astigmatism: 0.20 >= 0.2, blur along 34 deg"
+    assert (rec.verdict, rec.kind) == ("oof", "astigmatism")
+    assert rec.reason == "astigmatism: 0.20 >= 0.2, blur along 34 deg"
     assert describe(rec) == "astigmatism 34 deg"
     below = judge.add(scored("round", 0.95e4, astigmatism=0.19, angle=34.4))[0]
-    assert (below["verdict"], below["kind"], below["reason"]) == ("ok", None, "")
+    assert (below.verdict, below.kind, below.reason) == ("ok", None, "")
 
 
 def test_astigmatism_takes_precedence_over_a_low_count_and_over_partial_cells():
     judge = warm_judge()
     low = judge.add(scored("astig_low", 0.4e4, astigmatism=0.55, angle=120.0))[0]
-    assert (low["verdict"], low["kind"]) == ("oof", "astigmatism") and "blur along 120 deg" in low["reason"]
+    assert (low.verdict, low.kind) == ("oof", "astigmatism") and "blur along 120 deg" in low.reason
     cells = np.full((4, 4), 1.1e4)
     cells[:, 3] = 0.1e4
     part = judge.add(scored("astig_part", 0.9e4, astigmatism=0.3, angle=5.0, cells=cells))[0]
-    assert part["kind"] == "astigmatism"
+    assert part.kind == "astigmatism"
 
 
 def test_without_a_measure_the_count_decides_defocus_or_partial():
     judge = warm_judge()
     for value in (None, math.nan):  # tiles < ~300 px, or an older endpoint / NaN from a hand-made result
         rec = judge.add(scored(f"low_{value}", 0.4e4, astigmatism=value))[0]
-        assert (rec["verdict"], rec["kind"]) == ("oof", "defocus") and rec["reason"].startswith("defocus: ") and "below section median" in rec["reason"]
+        assert (rec.verdict, rec.kind) == ("oof", "defocus") and rec.reason.startswith("defocus: ") and "below section median" in rec.reason
         assert describe(rec) == "defocus"
     cells = np.full((4, 4), 1.1e4)
     cells[:, 3] = 0.1e4
     part = judge.add(scored("part", 0.9e4, astigmatism=0.05, cells=cells))[0]
-    assert (part["verdict"], part["kind"], part["reason"]) == ("oof", "partial", "partial: cells 0,3 1,3 2,3 3,3 low")
-    assert describe(part) == part["reason"]
+    assert (part.verdict, part.kind, part.reason) == ("oof", "partial", "partial: cells 0,3 1,3 2,3 3,3 low")
+    assert describe(part) == part.reason
 
 
 def test_empty_ok_and_error_have_no_kind():
-    judge = Judge(Rule(warmup=1), probe=lambda tile: None, prior=[dict(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
+    judge = Judge(Rule(warmup=1), probe=lambda tile: None, prior=[replace(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
     resin = judge.add(scored("resin", 50, astigmatism=0.9, angle=10.0, contrast=1.0))[0]  # no tissue: nothing to stigmate
-    assert (resin["verdict"], resin["kind"], resin["focus_map"]) == ("empty", None, None)
+    assert (resin.verdict, resin.kind, resin.focus_map) == ("empty", None, None)
     ok = judge.add(scored("fine", 1.02e4, astigmatism=0.0))[0]
-    assert (ok["verdict"], ok["kind"]) == ("ok", None)
-    err = judge.add({"tile": "x", "error": "x: cannot decode"})[0]
-    assert (err["verdict"], err["kind"], err["focus_map"]) == ("error", None, None) and describe(err) == "error"
+    assert (ok.verdict, ok.kind) == ("ok", None)
+    err = judge.add(TileRecord.failed("x", "cannot decode"))[0]
+    assert (err.verdict, err.kind, err.focus_map) == ("error", None, None) and describe(err) == "error"
 
 
 def test_astigmatism_max_is_a_config_key_defaulting_to_the_detector_threshold(monkeypatch):
@@ -90,7 +92,7 @@ def test_astigmatism_max_is_a_config_key_defaulting_to_the_detector_threshold(mo
     monkeypatch.setenv("MHD_ASTIGMATISM_MAX", "0.6")
     rule = rule_from_config(config_mod.load())
     assert rule.astigmatism_max == 0.6
-    assert warm_judge(Rule(warmup=1, astigmatism_max=0.6)).add(scored("a", 1e4, astigmatism=0.5, angle=3.0))[0]["verdict"] == "ok"
+    assert warm_judge(Rule(warmup=1, astigmatism_max=0.6)).add(scored("a", 1e4, astigmatism=0.5, angle=3.0))[0].verdict == "ok"
     monkeypatch.setenv("MHD_ASTIGMATISM_MAX", "strong")
     with pytest.raises(ValueError, match="astigmatism_max"):
         config_mod.load()
@@ -100,19 +102,19 @@ def test_focus_map_is_cell_density_relative_to_the_baseline():
     cells = np.full((4, 4), 2e4)
     cells[1, 2] = 0.5e4
     rec = warm_judge(density=2e4).add(scored("m", 1.9e4, cells=cells))[0]
-    fmap = np.array(rec["focus_map"])
+    fmap = np.array(rec.focus_map)
     assert fmap.shape == (4, 4) and fmap[1, 2] == pytest.approx(0.25, abs=0.02)
     assert np.delete(fmap.ravel(), 6) == pytest.approx(1.0, abs=0.02)
-    assert focus_map({"grid": [[]], "shape": [SIDE, SIDE]}, 0.0) is None and focus_map(scored("x", 1e4), math.nan) is None
+    assert focus_map(TileRecord("x", grid=[[]], shape=[SIDE, SIDE]), 0.0) is None and focus_map(scored("x", 1e4), math.nan) is None
 
 
 def test_calibrated_kinds_and_map_relative_to_the_in_focus_density():
     cal = Calibration(intercept=math.log(1e4), slope=-0.5, r=-0.99, n=9, units="um", max_defocus=1.0)
     judge = Judge(Rule(calibration=cal))
     far = judge.add(scored("far", 1e4 * math.exp(-1.0)))[0]  # 2 um
-    assert far["kind"] == "defocus" and far["reason"].startswith("defocus: est. defocus 2 um") and describe(far, "um") == "defocus, est. 2 um"
-    assert np.array(far["focus_map"]) == pytest.approx(math.exp(-1.0), abs=0.01)
-    assert judge.add(scored("astig", 0.9e4, astigmatism=0.4, angle=90.0))[0]["kind"] == "astigmatism"
+    assert far.kind == "defocus" and far.reason.startswith("defocus: est. defocus 2 um") and describe(far, "um") == "defocus, est. 2 um"
+    assert np.array(far.focus_map) == pytest.approx(math.exp(-1.0), abs=0.01)
+    assert judge.add(scored("astig", 0.9e4, astigmatism=0.4, angle=90.0))[0].kind == "astigmatism"
 
 
 # ------------------------------------------------------------ report, unit
@@ -125,9 +127,9 @@ def write_results(section: Path, records: list[dict]) -> None:
 
 def test_report_lists_what_to_fix_and_kinds_in_the_csv(tmp_path):
     section = tmp_path / "s"
-    records = [dict(scored(f"tile_r0_c{c}.png", 1.4e4), verdict="ok", kind=None, reason="") for c in range(6)]
-    records[1] = dict(scored("tile_r0_c1.png", 1.3e4, astigmatism=0.45, angle=33.6), verdict="oof", kind="astigmatism", reason="astigmatism: ...")
-    records[2] = dict(scored("tile_r0_c2.png", 0.3e4), verdict="oof", reason="55% below section median")  # judged before kinds existed
+    records = [dict(scored(f"tile_r0_c{c}.png", 1.4e4).to_json(), verdict="ok", kind=None, reason="") for c in range(6)]
+    records[1] = dict(scored("tile_r0_c1.png", 1.3e4, astigmatism=0.45, angle=33.6).to_json(), verdict="oof", kind="astigmatism", reason="astigmatism: ...")
+    records[2] = dict(scored("tile_r0_c2.png", 0.3e4).to_json(), verdict="oof", reason="55% below section median")  # judged before kinds existed
     records[3] = {"tile": "tile_r0_c3.png", "verdict": "error", "reason": "tile_r0_c3.png: cannot decode", "error": "tile_r0_c3.png: cannot decode", "features": None, "density": None}
     write_results(section, records)
     out = CliRunner().invoke(main, ["report", "--dir", str(section)])

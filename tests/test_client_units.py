@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from mhd.client.results import ResultsLog, SectionLocked, read_records
 from mhd.client.tissue import contrast_to_noise
 from mhd.client.transport import InlineTransport, SharedTransport, choose_transport
 from mhd.client.verdicts import Calibration, Judge, Rule, exit_status
+from mhd.functions.worker.record import TileRecord
 
 pytestmark = pytest.mark.usefixtures("isolated_config")
 
@@ -67,7 +69,7 @@ def test_positions_from_names_and_csv(tmp_path):
 
 
 def rec(tile, verdict="ok", density=1e4):
-    return {"tile": tile, "verdict": verdict, "density": density, "features": 10}
+    return TileRecord(tile, verdict=verdict, density=density, features=10)
 
 
 def test_results_append_read_and_torn_last_line(tmp_path):
@@ -90,7 +92,7 @@ def test_results_newer_record_supersedes_and_compact_dedupes(tmp_path):
         log.append(rec("a", "error"))
         log.append(rec("b"))
         log.append(rec("a", "ok"))
-        assert log.superseded == 1 and log.records["a"]["verdict"] == "ok"
+        assert log.superseded == 1 and log.records["a"].verdict == "ok"
         log.compact()
         log.append(rec("c"))
     lines = (tmp_path / "mhd-results.jsonl").read_text().splitlines()
@@ -111,8 +113,8 @@ def test_results_lock_and_fresh_backup(tmp_path):
 
 def test_results_numpy_values_are_written(tmp_path):
     with ResultsLog(tmp_path) as log:
-        log.append({"tile": "a", "features": np.int64(3), "grid": np.zeros((2, 2), int)})
-    assert read_records(tmp_path / "mhd-results.jsonl")[0]["a"]["grid"] == [[0, 0], [0, 0]]
+        log.append(TileRecord("a", features=np.int64(3), grid=np.zeros((2, 2), int)))
+    assert read_records(tmp_path / "mhd-results.jsonl")[0]["a"].grid == [[0, 0], [0, 0]]
 
 
 # ------------------------------------------------------------------ config
@@ -151,7 +153,7 @@ def test_config_errors_name_the_key(tmp_path, monkeypatch):
 
 def scored(tile, density, grid=None, shape=(256, 256), **extra):
     cells = grid if grid is not None else [[density * 0.004096 / 1] * 4] * 4
-    return {"tile": tile, "features": int(density * 0.065536), "density": density, "grid": cells, "shape": list(shape), "error": None, **extra}
+    return TileRecord.from_json({"tile": tile, "features": int(density * 0.065536), "density": density, "grid": cells, "shape": list(shape), "error": None, **extra})
 
 
 def test_relative_rule_waits_for_warmup_then_flags_low_tiles():
@@ -161,19 +163,19 @@ def test_relative_rule_waits_for_warmup_then_flags_low_tiles():
         assert judge.add(scored(f"t{i}", d)) == []
     assert judge.pending == 4
     done = judge.add(scored("blurry", 0.4e4))
-    assert [r["tile"] for r in done] == ["t0", "t1", "t2", "t3", "blurry"]
-    assert [r["verdict"] for r in done] == ["ok"] * 4 + ["oof"]
-    assert "below section median" in done[-1]["reason"]
+    assert [r.tile for r in done] == ["t0", "t1", "t2", "t3", "blurry"]
+    assert [r.verdict for r in done] == ["ok"] * 4 + ["oof"]
+    assert "below section median" in done[-1].reason
     slight = judge.add(scored("slight", 0.85e4))  # -15 %: inside the 26 % floor
-    assert slight[0]["verdict"] == "ok"
+    assert slight[0].verdict == "ok"
     base = judge.baseline()
     assert base.threshold == pytest.approx(base.median - 0.3)
 
 
 def test_resumed_judge_needs_no_warmup():
-    prior = [dict(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)]
+    prior = [replace(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)]
     judge = Judge(Rule(warmup=8), prior=prior)
-    assert judge.add(scored("x", 0.3e4))[0]["verdict"] == "oof"
+    assert judge.add(scored("x", 0.3e4))[0].verdict == "oof"
 
 
 def test_empty_needs_low_contrast_and_uses_probe_only_when_low():
@@ -183,13 +185,13 @@ def test_empty_needs_low_contrast_and_uses_probe_only_when_low():
         calls.append(tile)
         return contrast_to_noise(np.random.default_rng(0).poisson(100, (128, 128)).astype(float))
 
-    judge = Judge(Rule(warmup=1), probe=probe, prior=[dict(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
-    assert judge.add(scored("good", 1e4))[0]["verdict"] == "ok"
+    judge = Judge(Rule(warmup=1), probe=probe, prior=[replace(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
+    assert judge.add(scored("good", 1e4))[0].verdict == "ok"
     assert calls == []  # nothing measured for tiles above the threshold
     resin = judge.add(scored("resin", 30))[0]
-    assert resin["verdict"] == "empty" and "no tissue" in resin["reason"] and resin["contrast"] < 3
+    assert resin.verdict == "empty" and "no tissue" in resin.reason and resin.contrast < 3
     blurry = judge.add(scored("blurry", 300, contrast=12.0))[0]  # field from the function wins
-    assert blurry["verdict"] == "oof" and calls == ["resin"]
+    assert blurry.verdict == "oof" and calls == ["resin"]
     assert judge.baseline().n == 10  # the empty tile left the baseline
 
 
@@ -198,16 +200,16 @@ def test_partial_tile_flags_low_cells_unless_they_have_no_tissue():
     grid = [[cell] * 4 for _ in range(4)]
     for r in range(4):
         grid[r][3] = cell * 0.1
-    judge = Judge(Rule(warmup=1), prior=[dict(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
+    judge = Judge(Rule(warmup=1), prior=[replace(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
     out = judge.add(scored("wrinkle", 0.9e4, grid=[row[:] for row in grid]))[0]
-    assert out["verdict"] == "oof" and out["reason"] == "partial: cells 0,3 1,3 2,3 3,3 low"
+    assert out.verdict == "oof" and out.reason == "partial: cells 0,3 1,3 2,3 3,3 low"
 
     class Edge:  # right column is resin: low contrast there
         cnr = 10.0
         cells = np.array([[10.0, 10.0, 10.0, 1.0]] * 4)
 
-    judge = Judge(Rule(warmup=1), probe=lambda t: Edge, prior=[dict(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
-    assert judge.add(scored("edge_of_section", 0.9e4, grid=grid))[0]["verdict"] == "ok"
+    judge = Judge(Rule(warmup=1), probe=lambda t: Edge, prior=[replace(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
+    assert judge.add(scored("edge_of_section", 0.9e4, grid=grid))[0].verdict == "ok"
 
 
 def test_calibrated_rule_estimates_defocus(tmp_path):
@@ -216,9 +218,9 @@ def test_calibrated_rule_estimates_defocus(tmp_path):
     cal = Calibration.load(path)
     judge = Judge(Rule(calibration=cal, warmup=100))
     ok = judge.add(scored("a", 0.8e4))[0]  # no warm-up with a calibration
-    assert ok["verdict"] == "ok" and ok["defocus"] == pytest.approx(-math.log(0.8) / 0.5, abs=1e-3)
+    assert ok.verdict == "ok" and ok.defocus == pytest.approx(-math.log(0.8) / 0.5, abs=1e-3)
     bad = judge.add(scored("b", 1e4 * math.exp(-1.0)))[0]  # 2 um
-    assert bad["verdict"] == "oof" and "est. defocus 2 um > 1 um" in bad["reason"]
+    assert bad.verdict == "oof" and "est. defocus 2 um > 1 um" in bad.reason
     path.write_text(json.dumps({**json.loads(path.read_text()), "slope": 0.1}))
     with pytest.raises(ValueError, match="must be negative"):
         Calibration.load(path)
@@ -226,8 +228,8 @@ def test_calibrated_rule_estimates_defocus(tmp_path):
 
 def test_errors_are_final_at_once_and_exit_status_precedence():
     judge = Judge(Rule(warmup=10))
-    out = judge.add({"tile": "x", "error": "x: cannot decode"})
-    assert out[0]["verdict"] == "error" and out[0]["reason"] == "x: cannot decode"
+    out = judge.add(TileRecord.failed("x", "cannot decode"))
+    assert out[0].verdict == "error" and out[0].reason == "x: cannot decode"
     assert exit_status({"ok": 3}) == 0 and exit_status({"empty": 1, "ok": 1}) == 0
     assert exit_status({"oof": 1}) == 2 and exit_status({"oof": 1, "error": 1}) == 1
 
@@ -258,7 +260,7 @@ def test_inline_batches_by_count_and_bytes_and_fails_large_tiles_alone(tmp_path)
     staged = list(InlineTransport(batch=2, request_bytes=700).stage(tiles))
     payload_names = [[p["name"] for p in s.payload] for s in staged]
     assert payload_names == [["a.png", "c.png"], ["d.png"]]
-    errors = {f["tile"]: f["error"] for s in staged for f in s.failed}
+    errors = {f.tile: f.error for s in staged for f in s.failed}
     assert set(errors) == {"b.png", "huge.png"}
     assert "cannot read" in errors["b.png"] and "inline limit" in errors["huge.png"] and errors["huge.png"].startswith("huge.png:")
     assert base64.b64decode(staged[1].payload[0]["data"]) == bytes(500)
@@ -271,7 +273,7 @@ def test_shared_maps_paths_under_the_prefix(tmp_path):
     staged = list(SharedTransport(batch=8, local_root=tmp_path / "mnt", remote_prefix="/em/").stage(discover(section).tiles))
     assert staged[0].payload == ["em/sec1/sub/t2.png", "em/sec1/t1.png"]
     outside = list(SharedTransport(batch=8, local_root=tmp_path / "elsewhere").stage(discover(section).tiles))
-    assert outside[0].payload == [] and all("not under the shared folder" in f["error"] for f in outside[0].failed)
+    assert outside[0].payload == [] and all("not under the shared folder" in f.error for f in outside[0].failed)
 
 
 def test_auto_transport_choice(tmp_path):

@@ -52,6 +52,7 @@ from mhd.client.registration import register_score_tiles
 from mhd.client.results import ResultsLog, ResultsWriteError
 from mhd.client.transport import GlobusTransport, InlineTransport
 from mhd.client.verdicts import Judge, Rule
+from mhd.functions.worker.record import TileRecord
 from tilegen import encode
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
@@ -172,7 +173,7 @@ def test_a_worker_lost_on_every_attempt_fails_its_tiles_after_the_retries_then_t
                     os.kill(p.pid, signal.SIGKILL)
             time.sleep(0.01)
 
-    seen: list[dict] = []
+    seen: list[TileRecord] = []
     killer = threading.Thread(target=kill_every_worker, daemon=True)
     with ResultsLog(section) as results, LocalBackend(workers=1) as backend:
         killer.start()
@@ -185,10 +186,10 @@ def test_a_worker_lost_on_every_attempt_fails_its_tiles_after_the_retries_then_t
         elapsed = time.monotonic() - t0
         restarts = backend.restarts
         [entry] = backend.submit([{"name": "after.png", "data": tiles[0].path.read_bytes()}]).result(timeout=60)
-    assert [r["tile"] for r in seen] == [t.id for t in tiles]
+    assert [r.tile for r in seen] == [t.id for t in tiles]
     for rec in seen:
-        assert rec["verdict"] == "error"
-        assert rec["error"] == f"{rec['tile']}: worker process lost (killed or crashed) while scoring (after 2 attempts); retried on the next run"
+        assert rec.verdict == "error"
+        assert rec.error == f"{rec.tile}: worker process lost (killed or crashed) while scoring (after 2 attempts); retried on the next run"
     assert restarts == 1 and elapsed < 60  # one resubmission, then it gave up: bounded
     assert entry["error"] is None and entry["features"] > 0  # a fresh engine once the killing stops
 
@@ -296,7 +297,7 @@ def test_transient_http_errors_are_retried_with_backoff_then_on_a_new_executor(c
         assert len(cloud.submissions) - sent == 4 and backend.executors_made == 1
     assert all(e["error"] is None for e in entries)
 
-    seen: list[dict] = []
+    seen: list[TileRecord] = []
     with ResultsLog(section) as results, GlobusBackend(cloud.endpoint_id, cloud.function_id, retrying_client(cloud)) as backend:
         cloud.fail_submits(4, status=502, message="Bad Gateway")  # more than the SDK retries
         with caplog.at_level(logging.WARNING, logger="mhd"):
@@ -304,21 +305,21 @@ def test_transient_http_errors_are_retried_with_backoff_then_on_a_new_executor(c
         made = backend.executors_made
     assert made == 2  # the failed executor refuses work: a new one took the resubmission
     assert "Globus Compute refused the task (HTTP 502): Bad Gateway; submitting its 4 tile(s) again (attempt 2 of 3)" in caplog.text
-    assert sorted(r["tile"] for r in seen) == [t.id for t in tiles]
-    assert all(r["error"] is None for r in seen) and len(records(section)) == 4
-    assert [r["features"] for r in sorted(seen, key=lambda r: r["tile"])] == [e["features"] for e in entries]
+    assert sorted(r.tile for r in seen) == [t.id for t in tiles]
+    assert all(r.error is None for r in seen) and len(records(section)) == 4
+    assert [r.features for r in sorted(seen, key=lambda r: r.tile)] == [e["features"] for e in entries]
 
 
 def test_a_refusal_that_is_not_transient_is_recorded_at_once(cloud, tmp_path):
     section = tmp_path / "section"
     write_tiles(section, 2)
-    seen: list[dict] = []
+    seen: list[TileRecord] = []
     with ResultsLog(section) as results, GlobusBackend(cloud.endpoint_id, cloud.function_id, retrying_client(cloud)) as backend:
         cloud.fail_submits(1, status=403, message="Function not permitted on endpoint")
         Pipeline(backend, InlineTransport(2), Judge(Rule(warmup=1)), results, None, seen.extend).run(discover(section).tiles)
         made = backend.executors_made
     assert made == 1  # not resubmitted
-    assert [r["error"] for r in seen] == [f"{t}: Globus Compute refused the task (HTTP 403): Function not permitted on endpoint" for t in ("tile_00.png", "tile_01.png")]
+    assert [r.error for r in seen] == [f"{t}: Globus Compute refused the task (HTTP 403): Function not permitted on endpoint" for t in ("tile_00.png", "tile_01.png")]
 
 
 def test_a_task_queued_behind_a_failed_submission_is_not_left_hanging(cloud, tmp_path):
@@ -355,7 +356,7 @@ def test_tasks_without_a_result_are_given_up_after_the_task_timeout(cloud, tmp_p
     section = tmp_path / "section"
     write_tiles(section, 3)
     monkeypatch.setattr(Executor, "_default_task_group_id", None)  # a fresh task group: a watcher of its own
-    seen: list[dict] = []
+    seen: list[TileRecord] = []
     sdk_executor._ResultWatcher = SilentEndpoint
     try:
         with ResultsLog(section) as results:
@@ -367,7 +368,7 @@ def test_tasks_without_a_result_are_given_up_after_the_task_timeout(cloud, tmp_p
     finally:
         sdk_executor._ResultWatcher = LoopbackResultWatcher
     assert 1.0 <= elapsed < 10
-    assert [r["error"] for r in seen] == [f"tile_{i:02d}.png: no result within 1 s (is the endpoint running?); retried on the next run" for i in range(3)]
+    assert [r.error for r in seen] == [f"tile_{i:02d}.png: no result within 1 s (is the endpoint running?); retried on the next run" for i in range(3)]
     assert len(records(section)) == 3
 
 
@@ -524,7 +525,7 @@ def test_transfer_status_unknown_until_the_deadline_fails_its_tiles(tmp_path):
                 staged.append(batch)
         elapsed = time.monotonic() - t0
         assert cancel.call_count == 1
-    errors = [f["error"] for s in staged for f in s.failed]
+    errors = [f.error for s in staged for f in s.failed]
     assert errors == [f"tile_{i:02d}.png: Globus Transfer task t-1 did not finish within 0.3 s (status unknown); cancelled" for i in range(3)]
     assert 0.3 <= elapsed < 5
 
@@ -534,7 +535,7 @@ def test_transfer_status_unknown_until_the_deadline_fails_its_tiles(tmp_path):
 
 def test_disk_full_at_fsync_keeps_every_earlier_record(tmp_path, monkeypatch):
     log = ResultsLog(tmp_path)
-    log.extend({"tile": t, "verdict": "ok"} for t in ("a.png", "b.png"))
+    log.extend(TileRecord(t, verdict="ok") for t in ("a.png", "b.png"))
     intact = (tmp_path / "mhd-results.jsonl").read_bytes()
 
     def full(fd):
@@ -542,11 +543,11 @@ def test_disk_full_at_fsync_keeps_every_earlier_record(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mhd.client.results.os, "fsync", full)
     with pytest.raises(ResultsWriteError, match=r"cannot record the verdict of c\.png: No space left on device\. The 2 records written before are intact"):
-        log.append({"tile": "c.png", "verdict": "ok"})
+        log.append(TileRecord("c.png", verdict="ok"))
     assert (tmp_path / "mhd-results.jsonl").read_bytes() == intact  # the unsynced line was cut off
     assert set(log.records) == {"a.png", "b.png"}
     monkeypatch.undo()
-    log.append({"tile": "c.png", "verdict": "ok"})
+    log.append(TileRecord("c.png", verdict="ok"))
     log.close()
     assert [r["tile"] for r in records(tmp_path)] == ["a.png", "b.png", "c.png"]
 

@@ -25,6 +25,7 @@ from mhd.client.console import shorten_left, summary_table
 from mhd.client.report import text_colour
 from mhd.client.submit import make_transport
 from mhd.client.transport import MB
+from mhd.functions.worker.record import TileRecord
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
 
@@ -86,8 +87,8 @@ def test_the_inline_limit_applies_where_a_request_crosses_the_network_and_names_
     tile = tile_of(tmp_path, 7 * MB)
     [staged] = list(make_transport(load(), tmp_path, [tile], 1, kind="globus").stage([tile]))
     [failed] = staged.failed
-    assert failed["error"].startswith("big.tif: 7.0 MB is over the inline limit of 6 MB per task (request_mb); ")
-    assert says in failed["error"]
+    assert failed.error.startswith("big.tif: 7.0 MB is over the inline limit of 6 MB per task (request_mb); ")
+    assert says in failed.error
 
 
 def test_the_local_engine_never_asks_for_a_transfer(tmp_path, monkeypatch):
@@ -181,7 +182,7 @@ def test_output_into_a_log_is_plain_unwrapped_lines(tmp_path):
 
 def test_a_narrow_terminal_shortens_tile_ids_from_the_left():
     long_id = "acquisition_2024_03_01/overview_grid/row_03/col_04/tile_r3_c4_final.tif"
-    recs = [{"tile": long_id, "verdict": "oof", "reason": "defocus: 60% below section median 30.0k/MP (limit 26%, n=40)"}]
+    recs = [TileRecord(long_id, verdict="oof", reason="defocus: 60% below section median 30.0k/MP (limit 26%, n=40)")]
     buf = io.StringIO()
     Console(file=buf, width=80, force_terminal=True, color_system=None).print(summary_table(recs, "s: summary", 1, 1.0, width=80))
     text = buf.getvalue()

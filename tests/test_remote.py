@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from mhd.functions import detect
-from mhd.functions._score import RESULT_KEYS, _check_opened, check_params
+from mhd.functions._score import _check_opened, check_params
 from mhd.functions.remote import score_tiles
 from mhd.functions.settings import Limits
 from mhd.functions.tileio import TileError
+from mhd.functions.worker.record import RESULT_KEYS
 from tilegen import blobs, encode, png_header_only
 
 

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 import mhd.client.results
 from mhd.client import cli
 from mhd.client.results import ResultsLog
+from mhd.functions.worker.record import TileRecord
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
 
@@ -47,7 +48,7 @@ def test_each_record_is_fsynced_before_append_returns(tmp_path, synced):
     path = tmp_path / "mhd-results.jsonl"
     with ResultsLog(tmp_path) as log:
         for n, tile in enumerate(("a.png", "b.png", "c.png"), start=1):
-            log.append({"tile": tile, "verdict": "ok", "density": 1.5e4})
+            log.append(TileRecord.from_json({"tile": tile, "verdict": "ok", "density": 1.5e4}))
             assert len(synced) == n, tile  # synced by the time append returned
     # ... each time the whole file, that record included (nothing waiting in a buffer)
     assert synced == [(path.stat().st_ino, end) for end in line_ends(path)]
@@ -55,8 +56,8 @@ def test_each_record_is_fsynced_before_append_returns(tmp_path, synced):
 
 def test_compaction_syncs_the_new_file_before_it_replaces_the_log(tmp_path, synced):
     with ResultsLog(tmp_path) as log:
-        log.extend({"tile": t, "verdict": "error"} for t in ("a.png", "b.png"))
-        log.append({"tile": "a.png", "verdict": "ok"})  # supersedes a.png's error
+        log.extend(TileRecord(t, verdict="error") for t in ("a.png", "b.png"))
+        log.append(TileRecord.from_json({"tile": "a.png", "verdict": "ok"}))  # supersedes a.png's error
         synced.clear()
         log.compact()
     path = tmp_path / "mhd-results.jsonl"
@@ -67,19 +68,19 @@ def test_compaction_syncs_the_new_file_before_it_replaces_the_log(tmp_path, sync
 def test_records_appended_after_compaction_or_a_fresh_start_are_still_fsynced_whole(tmp_path, synced):
     path = tmp_path / "mhd-results.jsonl"
     with ResultsLog(tmp_path) as log:
-        log.extend({"tile": t, "verdict": "error"} for t in ("a.png", "a.png"))
+        log.extend(TileRecord(t, verdict="error") for t in ("a.png", "a.png"))
         log.compact()  # reopens the log
-        log.append({"tile": "b.png", "verdict": "ok"})
+        log.append(TileRecord.from_json({"tile": "b.png", "verdict": "ok"}))
     assert synced[-1] == (path.stat().st_ino, line_ends(path)[-1])  # unbuffered: nothing was left in a buffer
     with ResultsLog(tmp_path, fresh=True) as log:  # --rescore: the old log is kept aside, a new one opened
-        log.append({"tile": "c.png", "verdict": "ok"})
+        log.append(TileRecord.from_json({"tile": "c.png", "verdict": "ok"}))
     assert synced[-1] == (path.stat().st_ino, line_ends(path)[-1])
     assert [json.loads(x)["tile"] for x in path.read_bytes().splitlines()] == ["c.png"]
 
 
 def test_a_failed_compaction_leaves_the_log_as_it_was(tmp_path, monkeypatch):
     with ResultsLog(tmp_path) as log:
-        log.extend({"tile": t, "verdict": "error"} for t in ("a.png", "a.png", "b.png"))
+        log.extend(TileRecord(t, verdict="error") for t in ("a.png", "a.png", "b.png"))
         before = (tmp_path / "mhd-results.jsonl").read_bytes()
 
         def unreadable(path):
@@ -90,7 +91,7 @@ def test_a_failed_compaction_leaves_the_log_as_it_was(tmp_path, monkeypatch):
         monkeypatch.undo()
         assert (tmp_path / "mhd-results.jsonl").read_bytes() == before and log.superseded == 1
         assert not (tmp_path / "mhd-results.jsonl.tmp").exists()
-        log.append({"tile": "c.png", "verdict": "ok"})
+        log.append(TileRecord.from_json({"tile": "c.png", "verdict": "ok"}))
     assert list(mhd.client.results.read_records(tmp_path / "mhd-results.jsonl")[0]) == ["a.png", "b.png", "c.png"]
 
 
@@ -122,13 +123,14 @@ def test_every_verdict_of_a_submit_run_was_fsynced_as_it_was_written(tmp_path, s
 APPEND_UNTIL_REFUSED = """
 import os, resource, signal, sys
 from mhd.client.results import ResultsLog, ResultsWriteError
+from mhd.functions.worker.record import TileRecord
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails (EFBIG) instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(os.environ["LIMIT"]), resource.RLIM_INFINITY))
 with ResultsLog(sys.argv[1]) as log:
     for i in range(1000):
         try:
-            log.append({"tile": f"tile_{i:03d}.png", "verdict": "ok", "reason": "x" * 90})
+            log.append(TileRecord.from_json({"tile": f"tile_{i:03d}.png", "verdict": "ok", "reason": "x" * 90}))
         except ResultsWriteError as exc:
             print(len(log.records), exc)
             break

@@ -13,6 +13,7 @@ from mhd.functions import detect, get_backend
 from mhd.functions._noise import level_noise_std, noise_spectrum
 from mhd.functions._scalespace import dog_pairs, scales
 from mhd.functions.simulate import disk_otf, scan_lowpass, sem_scan
+from mhd.functions.worker.record import TileRecord
 
 KRISS = Path(__file__).parent / "data" / "sem-kriss"
 
@@ -160,9 +161,10 @@ def test_blur_calibration_recovers_a_known_law_and_judges_by_it():
     judge = Judge(Rule(calibration=cal))
     far = {"tile": "far.png", "features": 10, "density": 100.0, "blur": float(np.sqrt(0.64 + 0.81 * 9)), "grid": None, "shape": [512, 512], "error": None}
     near = {"tile": "near.png", "features": 10, "density": 100.0, "blur": 0.85, "grid": None, "shape": [512, 512], "error": None}
-    assert judge.add(far) == [far] and judge.add(near) == [near]
-    assert far["verdict"] == "oof" and far["kind"] == "defocus" and far["defocus"] == pytest.approx(3.0, abs=0.2)
-    assert near["verdict"] == "ok" and near["defocus"] < 0.7
+    [far_judged], [near_judged] = judge.add(TileRecord.from_json(far)), judge.add(TileRecord.from_json(near))
+    assert "verdict" not in far  # a new record: the input is left as it was
+    assert far_judged.verdict == "oof" and far_judged.kind == "defocus" and far_judged.defocus == pytest.approx(3.0, abs=0.2)
+    assert near_judged.verdict == "ok" and near_judged.defocus < 0.7
 
 
 def test_blur_err_matches_the_scatter_between_noise_realizations():

@@ -12,16 +12,17 @@ import math
 import pytest
 
 from mhd.client.verdicts import Calibration, focus_map
+from mhd.functions.worker.record import TileRecord
 
 
 def test_focus_map_of_a_non_square_grid_on_an_odd_sized_tile():
-    rec = {"grid": [[100, 50, 0], [10, 200, 7]], "shape": [255, 301]}  # 2 x 3 cells of 127.5 x 100.33 px
+    rec = TileRecord("t", grid=[[100, 50, 0], [10, 200, 7]], shape=[255, 301])  # 2 x 3 cells of 127.5 x 100.33 px
     centre = math.log(1e4)  # baseline: 10,000 features per megapixel
     cell_mp = (255 / 2) * (301 / 3) / 1e6
-    expected = [[round(max(n / cell_mp, 1.0) / 1e4, 2) for n in row] for row in rec["grid"]]  # floored at 1 /MP
+    expected = [[round(max(n / cell_mp, 1.0) / 1e4, 2) for n in row] for row in rec.grid]  # floored at 1 /MP
     assert focus_map(rec, centre) == expected
     assert expected[0][:2] == [0.78, 0.39]  # what the formula gives, written out
-    assert focus_map({"grid": [[1]], "shape": [10, 10]}, math.nan) is None and focus_map({"grid": [], "shape": [8, 8]}, 0.0) is None
+    assert focus_map(TileRecord("t", grid=[[1]], shape=[10, 10]), math.nan) is None and focus_map(TileRecord("t", grid=[], shape=[8, 8]), 0.0) is None
 
 
 def test_a_tile_denser_than_the_in_focus_line_is_estimated_at_zero_defocus():

@@ -1,0 +1,205 @@
+"""One tile's record: what the worker measured, and what the client made of it.
+
+The worker fills the measurements (:meth:`TileRecord.from_detection`, or
+:meth:`TileRecord.failed`); the client adds where the tile went and when
+(``transport``, ``roundtrip_ms``, ``scored_at``, ``latency_ms``) and the verdict
+(``verdict``, ``kind``, ``reason``, ``focus_map``, ``defocus``), each a new
+record (:func:`dataclasses.replace`), never an update in place.
+
+On the wire (a ``score_tiles`` result) and in the results log
+(``mhd-results.jsonl``) a record is a JSON object: :meth:`TileRecord.to_json`
+and :meth:`TileRecord.from_json`. Fields a reader does not know are kept
+(``extra``) and written back; fields an older writer did not know read as
+None, except ``blur``, whose absence is remembered (``has_blur``): records
+written before the blur measure existed are judged by the count.
+
+Importable without the client, CuPy, files or the environment: the worker and
+the client both use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+__all__ = ["ALWAYS", "RESULT_KEYS", "TileRecord", "finite"]
+
+
+def finite(value: Any) -> float | None:
+    """``float(value)``, or None for None, NaN and infinities (unmeasured: JSON has no NaN)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class TileRecord:
+    """The record of one tile (frozen: derive new ones with :func:`dataclasses.replace`).
+
+    Attributes
+    ----------
+    tile : str
+        Tile id: its path relative to the section (results log), the payload
+        name or path (worker), or the file path (``client score``).
+    verdict : str or None
+        ``"ok"``, ``"oof"``, ``"empty"`` or ``"error"`` once judged.
+    reason : str or None
+        Why, in words (the error message for ``"error"``).
+    features : int or None
+        Feature count.
+    density : float or None
+        Features per megapixel.
+    error : str or None
+        Why the tile has no measurement; starts with the tile id.
+    kind : str or None
+        Of an ``oof`` verdict: ``"defocus"``, ``"astigmatism"`` or ``"partial"``.
+    blur, blur_err : float or None
+        Blur width and its uncertainty (pixels); None where not measurable.
+    grid : list of list of int or None
+        (gy, gx) feature counts per cell.
+    shape : list of int or None
+        ``[rows, cols]`` (pixels).
+    noise : float or None
+        Noise standard deviation (normalised 0..1 units).
+    astigmatism : float or None
+        0 isotropic .. 1 strongly anisotropic; None where not measurable.
+    astigmatism_angle : float or None
+        Direction of strongest blur (degrees).
+    contrast : float or None
+        Coarse contrast-to-noise of the whole tile (dimensionless; ~1 for
+        pure noise): is there tissue?
+    contrast_cells : list of list of float or None
+        The same for each (gy, gx) cell of ``grid``.
+    backend : str or None
+        Array backend that scored it (``"numpy"``, ``"cupy:N"``).
+    device : str or None
+        The worker's ``CUDA_VISIBLE_DEVICES``.
+    ms : float or None
+        Read and detect on the worker (milliseconds).
+    detect_ms : float or None
+        The detector alone (milliseconds).
+    transport : str or None
+        How the tile reached the worker (``inline``, ``shared``, ``disk``, ``globus``).
+    roundtrip_ms : float or None
+        Task submission to result (milliseconds).
+    scored_at : str or None
+        When it was recorded (ISO 8601, UTC).
+    latency_ms : float or None
+        Tile landed to verdict (milliseconds; ``watch`` only).
+    focus_map : list of list of float or None
+        (gy, gx) cell density / baseline density.
+    defocus : float or None
+        Estimated |defocus| (calibration units) under a calibrated rule.
+    has_blur : bool
+        False for a record read without a ``blur`` field (written before the
+        blur measure existed): the verdict then uses the count. Not written.
+    extra : dict
+        Fields this version does not know, kept as read.
+    """
+
+    tile: str
+    verdict: str | None = None
+    reason: str | None = None
+    features: int | None = None
+    density: float | None = None
+    error: str | None = None
+    kind: str | None = None
+    blur: float | None = None
+    blur_err: float | None = None
+    grid: list | None = None
+    shape: list | None = None
+    noise: float | None = None
+    astigmatism: float | None = None
+    astigmatism_angle: float | None = None
+    contrast: float | None = None
+    contrast_cells: list | None = None
+    backend: str | None = None
+    device: str | None = None
+    ms: float | None = None
+    detect_ms: float | None = None
+    transport: str | None = None
+    roundtrip_ms: float | None = None
+    scored_at: str | None = None
+    latency_ms: float | None = None
+    focus_map: list | None = None
+    defocus: float | None = None
+    has_blur: bool = field(default=True, compare=False)
+    extra: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------ building
+
+    @classmethod
+    def failed(cls, tile: str, message: str, **values: Any) -> "TileRecord":
+        """The record of a tile that has no measurement: ``error`` is ``"<tile>: <message>"``."""
+        return cls(tile=tile, error=f"{tile}: {message}", **values)
+
+    @classmethod
+    def from_detection(cls, tile: str, det: Any, **values: Any) -> "TileRecord":
+        """The record of a :class:`mhd.functions.Detection` (JSON-safe: NaN becomes None).
+
+        ``values`` adds other fields (``ms``, ``device``, ``contrast``, ...).
+        """
+        return cls(
+            tile=tile,
+            features=int(det.count),
+            density=float(det.density),
+            blur=finite(det.blur),
+            blur_err=finite(det.blur_err),
+            grid=det.grid.tolist(),
+            shape=[int(s) for s in det.shape],
+            noise=float(det.noise),
+            astigmatism=finite(det.astigmatism),
+            astigmatism_angle=finite(det.astigmatism_angle),
+            backend=det.backend,
+            detect_ms=float(det.timings.get("total", 0.0)),
+            **values,
+        )
+
+    # ---------------------------------------------------------------- JSON
+
+    def to_json(self, keys: Iterable[str] | None = None) -> dict[str, Any]:
+        """A JSON-safe dict of ``keys``, each present; by default (a results-log line) the fields
+        that have a value, :data:`ALWAYS` and ``blur`` (None included: "not measurable"; absent
+        only when ``has_blur`` is False), then ``extra``."""
+        if keys is not None:
+            return {k: getattr(self, k) for k in keys}
+        out = {}
+        for f in _FIELDS:
+            value = getattr(self, f.name)
+            if value is not None or f.name in ALWAYS or (f.name == "blur" and self.has_blur):
+                out[f.name] = value
+        out.update((k, v) for k, v in self.extra.items() if k not in out)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TileRecord":
+        """A record from a JSON object (a ``score_tiles`` result or a results-log line).
+
+        Raises
+        ------
+        ValueError
+            If ``data`` is not a dict with a string ``tile``.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("tile"), str):
+            raise ValueError("a tile record needs a 'tile' (str)")
+        known = {k: v for k, v in data.items() if k in _NAMES}
+        extra = {k: v for k, v in data.items() if k not in _NAMES}
+        return cls(**known, has_blur="blur" in data, extra=extra)
+
+    def brief(self) -> "TileRecord":
+        """This record without its per-cell arrays and unknown fields (what a run keeps in memory)."""
+        return dataclasses.replace(self, grid=None, contrast_cells=None, focus_map=None, extra={})
+
+
+#: Fields written to JSON, in order (``has_blur`` and ``extra`` are not fields of the JSON object).
+_FIELDS = tuple(f for f in dataclasses.fields(TileRecord) if f.name not in ("has_blur", "extra"))
+_NAMES = frozenset(f.name for f in _FIELDS)
+
+#: Fields every results-log line has, first (None included).
+ALWAYS = ("tile", "verdict", "reason", "features", "density", "error", "kind")
+
+#: Fields of a ``score_tiles`` result, in order: what the worker measures.
+RESULT_KEYS = ("tile", "features", "density", "blur", "blur_err", "grid", "shape", "noise", "astigmatism", "astigmatism_angle", "contrast", "contrast_cells", "backend", "device", "ms", "detect_ms", "error")
