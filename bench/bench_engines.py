@@ -51,7 +51,7 @@ import numpy as np
 from mhd.client.backends import EngineBackend, LocalBackend
 from mhd.client.registration import ALLOWED_SERIALIZERS
 from mhd.functions import detect
-from mhd.functions.remote import score_tiles
+from mhd.functions.worker.remote import score_tiles
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "isbi2012"
 OUT = Path(__file__).resolve().parent / "out"

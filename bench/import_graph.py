@@ -1,14 +1,20 @@
 """Print the static import graph of the package: each module and the ``mhd`` modules it imports.
 
     python bench/import_graph.py            # module -> mhd modules it imports
-    python bench/import_graph.py --layers   # subpackage -> subpackages it imports, and cupy
+    python bench/import_graph.py --layers   # layer -> layers it imports, and cupy
 
 Read from the source with :mod:`ast` (nothing is imported), every ``import``
 statement counts, at module level or inside a function (a lazy import is
-still an arrow). ``tests/test_layout.py`` checks the architecture's arrows
-with the same reader:
+still an arrow). The layers are the pure detector ``mhd.functions``, the
+worker side ``mhd.functions.worker`` (the registered function, decoding,
+confinement, limits, the tile record), ``mhd.client`` and ``mhd.endpoint``.
+``tests/test_layout.py`` checks the architecture's arrows with the same
+reader:
 
-* ``mhd.functions`` imports nothing from ``mhd.client`` or ``mhd.endpoint``;
+* ``mhd.functions`` (the pure detector) imports nothing from the worker side,
+  ``mhd.client``, ``mhd.endpoint``, ``pathlib`` or ``globus*``, and neither
+  reads the environment nor opens files (:func:`side_effects`);
+* ``mhd.functions.worker`` imports nothing from ``mhd.client`` or ``mhd.endpoint``;
 * ``mhd.client`` never imports ``cupy``;
 * ``mhd.endpoint`` never imports ``mhd.client``.
 """
@@ -22,6 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: folder -> import name, as pyproject.toml's [tool.setuptools.package-dir] maps them
 PACKAGES = {"functions": "mhd.functions", "client": "mhd.client", "endpoint": "mhd.endpoint"}
+
+#: The layers, most specific first: a module belongs to the first one it is in.
+LAYERS = ("mhd.functions.worker", "mhd.functions", "mhd.client", "mhd.endpoint")
+
+#: Modules of another layer than their name says: ``mhd.functions._score`` is kept for
+#: functions registered before the worker side moved (it re-exports the worker's ``score_batch``).
+MOVED = {"mhd.functions._score": "mhd.functions.worker"}
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -70,16 +83,45 @@ def mhd_edges(g: dict[str, set[str]]) -> dict[str, list[str]]:
 
 
 def layer(name: str) -> str | None:
-    for sub in PACKAGES.values():
+    """The layer of a module name (:data:`LAYERS`), ``cupy`` for CuPy, else None."""
+    for moved, sub in MOVED.items():
+        if name == moved or name.startswith(moved + "."):
+            return sub
+    for sub in LAYERS:
         if name == sub or name.startswith(sub + "."):
             return sub
     top = name.split(".")[0]
     return top if top in ("cupy", "cupyx") else None
 
 
+def side_effects(path: Path) -> set[str]:
+    """What in ``path`` reaches outside an image-in, numbers-out computation.
+
+    ``os.environ``, ``os.getenv`` / ``os.putenv`` / ``os.unsetenv`` (the
+    environment), calls of ``open`` and ``io.open`` (files), and imports of
+    ``pathlib`` and ``globus*`` modules; as a set of those names.
+    """
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            dotted = f"{node.value.id}.{node.attr}"
+            if dotted in ("os.environ", "os.getenv", "os.putenv", "os.unsetenv", "io.open"):
+                out.add(dotted)
+        elif isinstance(node, ast.Name) and node.id in ("environ", "getenv"):
+            out.add(node.id)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "open":
+            out.add("open")
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.split(".")[0] == "pathlib" or a.name.startswith("globus"))
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module.split(".")[0] == "pathlib" or node.module.startswith("globus"):
+                out.add(node.module)
+    return out
+
+
 def layers(g: dict[str, set[str]]) -> dict[str, set[str]]:
-    """subpackage -> the other subpackages (and cupy) any of its modules imports."""
-    out: dict[str, set[str]] = {sub: set() for sub in PACKAGES.values()}
+    """layer -> the other layers (and cupy) any of its modules imports."""
+    out: dict[str, set[str]] = {sub: set() for sub in LAYERS}
     for mod, names in g.items():
         src = layer(mod)
         out[src].update(d for n in names if (d := layer(n)) and d != src)

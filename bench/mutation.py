@@ -63,7 +63,7 @@ class Target:
 TARGETS = {
     "nms": Target("functions/_nms.py", ("_max3", "_slice", "_merge_plateaus", "local_maxima"), "tests/test_nms.py"),
     "normalize": Target("functions/_normalize.py", ("_check_image", "saturation_limits", "normalize", "estimate_noise"), "tests/test_normalize.py"),
-    "confinement": Target("functions/_score.py", ("open_in_root", "_inside", "_check_opened"), "tests/test_remote.py tests/test_security.py::test_hostile_paths_are_refused_by_the_deployed_function"),
+    "confinement": Target("functions/worker/scoring.py", ("open_in_root", "_inside", "_check_opened"), "tests/test_remote.py tests/test_security.py::test_hostile_paths_are_refused_by_the_deployed_function"),
     "results": Target(
         "client/results.py",
         ("read_records", "_parse", "ResultsLog", "__init__", "append", "extend", "superseded", "compact", "_reopen", "_cut_torn_tail", "_cut"),

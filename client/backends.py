@@ -1,6 +1,6 @@
 """Where scoring tasks run: one interface, a local engine or a Globus Compute endpoint.
 
-Both backends run :func:`mhd.functions.remote.score_tiles` serialized the
+Both backends run :func:`mhd.functions.worker.remote.score_tiles` serialized the
 same way (source text + JSON arguments, see :mod:`mhd.client.registration`)
 and return ``concurrent.futures.Future`` objects:
 

@@ -1,4 +1,4 @@
-"""Register :func:`mhd.functions.remote.score_tiles` with Globus Compute, by source.
+"""Register :func:`mhd.functions.worker.remote.score_tiles` with Globus Compute, by source.
 
 The function is sent as source text (``PureSourceTextInspect``), not pickled
 by reference: an endpoint worker rebuilds it from that text, and its body
@@ -20,7 +20,7 @@ from typing import Any
 from globus_compute_sdk.sdk.client import FunctionRegistrationData
 from globus_compute_sdk.serialize import ComputeSerializer, JSONData, PureSourceTextInspect
 
-from mhd.functions.remote import FUNCTION_NAME, score_tiles
+from mhd.functions.worker.remote import FUNCTION_NAME, score_tiles
 
 __all__ = [
     "ALLOWED_SERIALIZERS",

@@ -1,7 +1,7 @@
 """Score local files in this process (``client score``), and read tiles safely.
 
 No endpoint, no serialization: the detector (:func:`mhd.functions.detect`)
-on tiles decoded by :mod:`mhd.functions.tileio` (header-checked pixel limits,
+on tiles decoded by :mod:`mhd.functions.worker.tileio` (header-checked pixel limits,
 the same reader the remote function uses).
 """
 
@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 
 from mhd.functions import detect
-from mhd.functions.settings import Limits
-from mhd.functions.tileio import read_tile
+from mhd.functions.tissue import Tissue, contrast_to_noise
 from mhd.functions.worker.record import TileRecord
-
-from .tissue import Tissue, contrast_to_noise
+from mhd.functions.worker.settings import Limits
+from mhd.functions.worker.tileio import read_tile
 
 __all__ = ["load_image", "score_file", "tissue_probe"]
 
@@ -40,7 +39,7 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     ------
     OSError
         If the file cannot be opened.
-    mhd.functions.tileio.TileError
+    mhd.functions.worker.tileio.TileError
         If it is not a decodable single 2-D image within the limit.
     """
     limit = Limits.from_env().max_pixels if max_pixels is None else max_pixels

@@ -66,7 +66,7 @@ Partly defocused tiles
     cell has tissue: reason ``partial: cells r,c ... low``.
 Empty tiles
     A tile (or cell) below the threshold whose coarse contrast-to-noise
-    (:mod:`mhd.client.tissue`) is under ``empty_cnr`` has no tissue to focus
+    (:mod:`mhd.functions.tissue`) is under ``empty_cnr`` has no tissue to focus
     on: ``empty``, not ``oof``. The ``contrast`` field of a result is used when
     the scoring function provides it; otherwise the client measures the tile
     it has on disk (only tiles that are already below the threshold).
@@ -83,9 +83,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from mhd.functions import ASTIGMATISM_THRESHOLD
+from mhd.functions.tissue import Tissue
 from mhd.functions.worker.record import TileRecord, finite
-
-from .tissue import Tissue
 
 __all__ = ["Baseline", "Calibration", "Judge", "Rule", "VERDICTS", "describe", "exit_status", "focus_map", "rule_from_config"]
 

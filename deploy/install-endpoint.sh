@@ -226,7 +226,7 @@ install_package() {
         [[ -z $FIND_LINKS ]] || die "pip could not install $(requirement) from --find-links $FIND_LINKS. $(wheelhouse_hint)"
         die "pip could not install $(requirement) (messages above)"
     fi
-    run "$ENV_DIR/bin/python" -I -c 'import mhd, mhd.endpoint, mhd.functions.remote; print("mhd-focus", mhd.__version__)'
+    run "$ENV_DIR/bin/python" -I -c 'import mhd, mhd.endpoint, mhd.functions.worker.remote; print("mhd-focus", mhd.__version__)'
 }
 
 # The pip options that name where packages come from.

@@ -49,7 +49,7 @@ from pathlib import Path
 __all__ = ["EndpointSpec", "render_endpoint", "install_endpoint", "validate_dir", "endpoint_dir", "start_command", "PROVIDERS", "LIMIT_VARS"]
 
 PROVIDERS = ("local", "slurm", "pbspro")
-#: Worker limits that may be set (see :mod:`mhd.functions.settings`).
+#: Worker limits that may be set (see :mod:`mhd.functions.worker.settings`).
 LIMIT_VARS = ("MHD_MAX_PIXELS", "MHD_MAX_INLINE_BYTES", "MHD_MAX_TILES")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f{}%#]")

@@ -14,10 +14,10 @@ import uuid
 import pytest
 from globus_compute_sdk.serialize import ComputeSerializer, PureSourceTextInspect
 
-import mhd.functions._score
+import mhd.functions.worker.scoring
 from mhd.client.backends import LocalBackend, TaskFailed, jsonable_tiles, pack_task, task_payload
 from mhd.client.registration import function_code, function_source, score_serializer
-from mhd.functions.remote import score_tiles
+from mhd.functions.worker.remote import score_tiles
 from tilegen import blobs, encode
 
 
@@ -85,7 +85,7 @@ def test_workers_are_spawned_fresh_not_forked(local, root, monkeypatch):
     def poisoned(*args, **kwargs):
         raise AssertionError("ran the test process's copy of the module")
 
-    monkeypatch.setattr(mhd.functions._score, "score_batch", poisoned)
+    monkeypatch.setattr(mhd.functions.worker.scoring, "score_batch", poisoned)
     [entry] = local.submit(["t0.png"]).result(timeout=60)
     assert entry["features"] > 0
     assert local._engine.executor._mp_context.get_start_method() == "spawn"

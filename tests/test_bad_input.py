@@ -50,7 +50,7 @@ import pytest
 from PIL import ImageFile
 
 from conftest import isbi_paths
-from mhd.functions.remote import score_tiles
+from mhd.functions.worker.remote import score_tiles
 from tilegen import encode, png_header_only, tiff_header_only
 
 #: prctl(2) option and capability numbers (linux/prctl.h, linux/capability.h).

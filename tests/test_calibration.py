@@ -21,8 +21,8 @@ from mhd.client.calibrate import fit, threshold_density
 from mhd.client.cli import main
 from mhd.client.config import load
 from mhd.client.verdicts import Judge, rule_from_config
-from mhd.functions.remote import score_tiles
 from mhd.functions.worker.record import TileRecord
+from mhd.functions.worker.remote import score_tiles
 
 SERIES = Path(__file__).resolve().parents[1] / "examples" / "focus_series"
 

@@ -14,9 +14,9 @@ from scipy.ndimage import gaussian_filter
 from mhd.client import config as config_mod
 from mhd.client.discover import discover, natural_key, tile_positions
 from mhd.client.results import ResultsLog, SectionLocked, read_records
-from mhd.client.tissue import contrast_to_noise
 from mhd.client.transport import InlineTransport, SharedTransport, choose_transport
 from mhd.client.verdicts import Calibration, Judge, Rule, exit_status
+from mhd.functions.tissue import contrast_to_noise
 from mhd.functions.worker.record import TileRecord
 
 pytestmark = pytest.mark.usefixtures("isolated_config")

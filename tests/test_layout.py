@@ -47,7 +47,7 @@ def test_console_commands_run_help(command):
 
 
 def test_import_graph_reads_every_module():
-    assert {"mhd.functions", "mhd.functions.remote", "mhd.client.cli", "mhd.endpoint.configure"} <= set(GRAPH)
+    assert {"mhd.functions", "mhd.functions.worker.remote", "mhd.client.cli", "mhd.endpoint.configure"} <= set(GRAPH)
     # the reader resolves relative imports: client/cli.py's ``from .submit import ...``
     assert "mhd.client.submit" in GRAPH["mhd.client.cli"]
 
@@ -62,8 +62,26 @@ def _offenders(source: str, forbidden: tuple[str, ...]) -> list[str]:
     )
 
 
-def test_functions_import_nothing_from_client_or_endpoint():
-    assert _offenders("mhd.functions", ("mhd.client", "mhd.endpoint")) == []
+def test_the_pure_detector_imports_nothing_from_the_worker_client_endpoint_or_globus():
+    assert _offenders("mhd.functions", ("mhd.functions.worker", "mhd.client", "mhd.endpoint", "pathlib", "globus_sdk", "globus_compute_sdk", "globus_compute_endpoint")) == []
+
+
+def test_the_pure_detector_reads_no_environment_and_opens_no_file():
+    pure = [p for p in sorted((ROOT / "functions").rglob("*.py")) if IG.layer(IG.module_name(p)) == "mhd.functions"]
+    assert {"mhd.functions._detect", "mhd.functions.tissue", "mhd.functions.simulate"} <= {IG.module_name(p) for p in pure}
+    assert {IG.module_name(p): sorted(found) for p in pure if (found := IG.side_effects(p))} == {}
+
+
+def test_the_worker_side_is_what_the_registered_function_needs():
+    worker = {mod for mod in GRAPH if IG.layer(mod) == "mhd.functions.worker"}
+    assert {"mhd.functions.worker.remote", "mhd.functions.worker.scoring", "mhd.functions.worker.tileio", "mhd.functions.worker.settings", "mhd.functions.worker.record"} <= worker
+    assert "mhd.functions._score" in worker  # kept for functions registered before the move: worker side
+    assert _offenders("mhd.functions.worker", ("mhd.client", "mhd.endpoint")) == []
+
+
+def test_the_record_imports_nothing_heavy():
+    """The client and the worker both import the record: no array library, files or environment."""
+    assert {name.split(".")[0] for name in GRAPH["mhd.functions.worker.record"]} <= {"__future__", "dataclasses", "math", "typing"}
 
 
 def test_client_never_imports_cupy():
@@ -79,14 +97,18 @@ def test_the_checks_can_fail(tmp_path):
     for folder in IG.PACKAGES:
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "__init__.py").write_text("")
+    (tmp_path / "functions" / "worker").mkdir()
+    (tmp_path / "functions" / "worker" / "__init__.py").write_text("")
     (tmp_path / "functions" / "bad.py").write_text("def f():\n    from ..client import cli\n")
+    (tmp_path / "functions" / "leaky.py").write_text("import os\nfrom pathlib import Path\nfrom .worker import x\ndef f():\n    return open(os.environ['X'])\n")
     (tmp_path / "client" / "bad.py").write_text("def f():\n    import cupy\n")
     (tmp_path / "endpoint" / "bad.py").write_text("from mhd.client.config import Config\n")
     g = IG.graph(tmp_path)
     assert "mhd.client.cli" in g["mhd.functions.bad"]
     assert "cupy" in g["mhd.client.bad"]
     assert "mhd.client.config" in g["mhd.endpoint.bad"]
-    assert IG.layers(g) == {"mhd.functions": {"mhd.client"}, "mhd.client": {"cupy"}, "mhd.endpoint": {"mhd.client"}}
+    assert IG.layers(g) == {"mhd.functions.worker": set(), "mhd.functions": {"mhd.client", "mhd.functions.worker"}, "mhd.client": {"cupy"}, "mhd.endpoint": {"mhd.client"}}
+    assert IG.side_effects(tmp_path / "functions" / "leaky.py") == {"open", "os.environ", "pathlib"}
 
 
 def test_readme_layout_states_the_real_arrows():

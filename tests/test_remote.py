@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from mhd.functions import detect
-from mhd.functions._score import _check_opened, check_params
-from mhd.functions.remote import score_tiles
-from mhd.functions.settings import Limits
-from mhd.functions.tileio import TileError
 from mhd.functions.worker.record import RESULT_KEYS
+from mhd.functions.worker.remote import score_tiles
+from mhd.functions.worker.scoring import _check_opened, check_params
+from mhd.functions.worker.settings import Limits
+from mhd.functions.worker.tileio import TileError
 from tilegen import blobs, encode, png_header_only
 
 
@@ -287,3 +287,11 @@ def test_on_a_gpu_worker_the_backend_is_cupy(root):
     [cpu] = score_tiles(["sec/a.png"], {"backend": "numpy"})
     assert gpu["backend"].startswith("cupy:") and gpu["error"] is None
     assert abs(gpu["features"] - cpu["features"]) <= max(2, 0.02 * cpu["features"])
+
+
+def test_functions_registered_before_the_worker_side_moved_still_find_score_batch():
+    """Their source text, stored by the service, imports ``mhd.functions._score.score_batch``."""
+    from mhd.functions._score import score_batch as old
+    from mhd.functions.worker.scoring import score_batch
+
+    assert old is score_batch

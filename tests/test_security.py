@@ -33,8 +33,8 @@ from globus_offline import OfflineCompute
 from mhd.client import auth, cli
 from mhd.client.backends import LocalBackend, TaskFailed
 from mhd.endpoint import EndpointSpec, install_endpoint, validate_dir
-from mhd.functions.remote import score_tiles
-from mhd.functions.tileio import MAX_TIFF_PAGES
+from mhd.functions.worker.remote import score_tiles
+from mhd.functions.worker.tileio import MAX_TIFF_PAGES
 from tilegen import blobs, encode, png_header_only
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"

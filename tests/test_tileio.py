@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mhd.functions.tileio import LUMA, TileError, read_tile, sniff_format
+from mhd.functions.worker.tileio import LUMA, TileError, read_tile, sniff_format
 from tilegen import blobs, encode, png_header_only, tiff_header_only
 
 BIG = 10**8

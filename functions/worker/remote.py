@@ -6,7 +6,9 @@ It is registered **by source** (``PureSourceTextInspect`` /
 therefore imports everything it needs from the ``mhd`` package that the
 endpoint's environment has installed (``worker_init`` activates it); it
 refers to nothing else in this module. Keep it tiny: the implementation
-lives in :mod:`mhd.functions._score`, versioned with the package.
+lives in :mod:`mhd.functions.worker.scoring`, versioned with the package
+(functions registered before it moved there import :mod:`mhd.functions._score`,
+which is kept for them).
 
 Warm workers: a worker process imports the package once; filter banks and
 FFT plans (and on a GPU the CUDA context) are cached in the process, so only
@@ -40,6 +42,6 @@ def score_tiles(tiles, params=None):
         blur, grid, shape, ..., ms, detect_ms, error: None, or a message
         naming the tile); TileRecord.from_json reads one.
     """
-    from mhd.functions._score import score_batch
+    from mhd.functions.worker.scoring import score_batch
 
     return score_batch(tiles, params)

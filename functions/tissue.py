@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from mhd.functions import estimate_noise
+from ._normalize import estimate_noise
 
 __all__ = ["Tissue", "contrast_to_noise"]
 

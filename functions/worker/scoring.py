@@ -1,7 +1,7 @@
 """Score a batch of tiles on a worker: open safely, decode, detect, summarise.
 
 This is the body of the registered Globus Compute function
-:func:`mhd.functions.remote.score_tiles`. One bad tile yields an entry with
+:func:`mhd.functions.worker.remote.score_tiles`. One bad tile yields an entry with
 ``error`` set and never fails the batch; invalid ``params`` or a batch that is
 too large fail the whole task with a ``ValueError`` (a caller's mistake that
 every tile would share).
@@ -19,11 +19,11 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from ._detect import DEFAULTS, detect
-from ._scalespace import POLARITIES
+from .._detect import DEFAULTS, detect
+from .._scalespace import POLARITIES
+from .record import RESULT_KEYS, TileRecord
 from .settings import Limits
 from .tileio import TileError, read_tile
-from .worker.record import RESULT_KEYS, TileRecord
 
 __all__ = ["score_batch", "score_tile", "check_params", "open_in_root", "inline_bytes"]
 
