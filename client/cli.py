@@ -481,12 +481,13 @@ endpoint.add_command(_configure_with_stored_function())
 @main.command(context_settings=CONTEXT)
 @_run_options
 @click.option("--poll", type=click.FloatRange(0.05, 60), default=0.25, show_default=True, help="Seconds between looks at the folder.")
-@click.option("--give-up", type=click.FloatRange(0.0), default=10.0, show_default=True, help="Seconds a complete-looking but undecodable file waits before it is scored (and fails).")
+@click.option("--give-up", type=click.FloatRange(0.0), default=10.0, show_default=True, help="Seconds a stable but incomplete file (its image structure cut short) waits before it is scored (and fails).")
 @click.option("--idle-exit", type=click.FloatRange(0.0), help="Stop after this many seconds without a new tile (default: run until Ctrl-C).")
 def watch(directory: Path, executor: str | None, old_backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, results: Path | None, poll: float, give_up: float, idle_exit: float | None, **kwargs: Any) -> None:
     """Score tiles as the microscope writes them, until Ctrl-C.
 
-    A tile is taken once completely written (size stable and decodable, or
+    A tile is taken once completely written (size stable and its image
+    structure whole, read without decoding it, or
     renamed into place from a .part/.tmp/dot name). Each verdict is printed
     and recorded within about a second; with --on-oof, CMD runs with the
     tile's path as its last argument (no shell involved). Ctrl-C records

@@ -49,7 +49,6 @@ from mhd.functions.worker.record import TileRecord
 
 from .discover import RESULTS_NAME, natural_key, tile_positions
 from .results import read_records
-from .score import tissue_probe
 from .verdicts import Baseline, Judge, Rule, describe
 
 __all__ = ["Report", "make_report", "section_verdicts"]
@@ -82,7 +81,7 @@ class Report:
     focus_maps: Path | None = None
 
 
-def section_verdicts(records: list[TileRecord], rule: Rule, section: Path | None = None) -> tuple[dict[str, TileRecord], Baseline]:
+def section_verdicts(records: list[TileRecord], rule: Rule) -> tuple[dict[str, TileRecord], Baseline]:
     """Judge every tile against the whole section's baseline.
 
     Parameters
@@ -91,8 +90,6 @@ def section_verdicts(records: list[TileRecord], rule: Rule, section: Path | None
         The section's records (recorded verdicts, or fresh ``score_tiles``
         results read with :meth:`TileRecord.from_json`).
     rule : Rule
-    section : Path, optional
-        To measure tissue in tiles never measured before.
 
     Returns
     -------
@@ -102,7 +99,7 @@ def section_verdicts(records: list[TileRecord], rule: Rule, section: Path | None
     baseline : Baseline
         The whole-section threshold.
     """
-    judge = Judge(replace(rule, warmup=len(records) + 1), tissue_probe(section) if section else None)
+    judge = Judge(replace(rule, warmup=len(records) + 1))
     out: dict[str, TileRecord] = {}
     for rec in records:
         error = rec.error or (rec.reason or "error" if rec.verdict == "error" else None)
@@ -134,7 +131,7 @@ def make_report(section: Path, rule: Rule, positions: Path | None = None, out: P
     records = sorted(recs.values(), key=lambda r: natural_key(r.tile))
     folder = out or results / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    again, base = section_verdicts(records, rule, section)
+    again, base = section_verdicts(records, rule)
     pos = tile_positions([r.tile for r in records], positions)
     rep = Report(folder, folder / "mhd-results.csv", folder / "mhd-reacquire.txt", folder / "density.png", None, records, base)
     units = rule.calibration.units if rule.calibration is not None else ""

@@ -25,7 +25,6 @@ from .discover import RESULTS_NAME, Discovery, Tile, discover
 from .interrupt import EXIT_INTERRUPTED, Interrupt
 from .pipeline import OofHook, Pipeline
 from .results import ResultsLog
-from .score import tissue_probe
 from .transport import MB, DiskTransport, GlobusTransport, InlineTransport, SharedTransport, Transport, choose_transport
 from .verdicts import Judge, Rule, exit_status
 
@@ -279,7 +278,7 @@ def run_section(
         batch = cfg["batch"] or auto_batch(len(todo), workers, kind)
         transport = make_transport(cfg, section, todo, batch, transfer_client, kind)
         _header(console, section, found, len(results.records), len(todo), kind, workers, transport, rule)
-        judge = Judge(rule, tissue_probe(section, _grid(params)), prior=results.records.values())
+        judge = Judge(rule, prior=results.records.values())
         hook = OofHook(on_oof) if on_oof else None
         interrupted = False
         with Reporter(console, len(todo), show_ok) as reporter:
@@ -338,11 +337,6 @@ def _run(pipe: Pipeline, todo: list[Tile], console: Console, backend: Any, drain
 
 def _inflight(kind: str, workers: int) -> int:
     return 32 if kind == "globus" else max(4, 2 * workers)
-
-
-def _grid(params: dict | None) -> tuple[int, int]:
-    g = (params or {}).get("grid", (4, 4))
-    return (int(g[0]), int(g[1])) if isinstance(g, (list, tuple)) else (int(g), int(g))
 
 
 def _header(console: Console, section: Path, found: Discovery, done: int, todo: int, kind: str, workers: int, transport: Transport, rule: Rule) -> None:

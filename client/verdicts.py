@@ -67,9 +67,10 @@ Partly defocused tiles
 Empty tiles
     A tile (or cell) below the threshold whose coarse contrast-to-noise
     (:mod:`mhd.functions.tissue`) is under ``empty_cnr`` has no tissue to focus
-    on: ``empty``, not ``oof``. The ``contrast`` field of a result is used when
-    the scoring function provides it; otherwise the client measures the tile
-    it has on disk (only tiles that are already below the threshold).
+    on: ``empty``, not ``oof``. The worker measures it with the count
+    (``contrast`` and ``contrast_cells`` of the record); the client never
+    decodes a tile. A record without it (written by an older worker) counts
+    as tissue.
 """
 
 from __future__ import annotations
@@ -78,12 +79,11 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 from mhd.functions import ASTIGMATISM_THRESHOLD
-from mhd.functions.tissue import Tissue
 from mhd.functions.worker.record import TileRecord, finite
 
 __all__ = ["Baseline", "Calibration", "Judge", "Rule", "VERDICTS", "describe", "exit_status", "focus_map", "rule_from_config"]
@@ -99,8 +99,6 @@ FOCUS_MEASURES = ("blur", "count")
 
 #: Densities are floored at this many features per megapixel before the log.
 DENSITY_FLOOR = 1.0
-
-Probe = Callable[[str], "Tissue | None"]
 
 
 @dataclass(frozen=True)
@@ -255,18 +253,13 @@ class Judge:
     Parameters
     ----------
     rule : Rule
-    probe : callable, optional
-        ``probe(tile_id) -> Tissue or None``: measures tissue in the tile on
-        disk (``None`` when it cannot). Without one, only a ``contrast``
-        field in the result can make a tile ``empty``.
     prior : iterable of TileRecord
         Records already judged in this section (a resumed run): their
         densities seed the baseline.
     """
 
-    def __init__(self, rule: Rule, probe: Probe | None = None, prior: Iterable[TileRecord] = ()) -> None:
+    def __init__(self, rule: Rule, prior: Iterable[TileRecord] = ()) -> None:
         self.rule = rule
-        self._probe = probe
         self._pool: dict[str, float] = {}
         self._blur: dict[str, float] = {}
         self._pending: list[TileRecord] = []
@@ -353,17 +346,16 @@ class Judge:
         if cal is not None and cal.measure == "blur":
             blur = finite(rec.blur)
             defocus = None if blur is None else round(cal.defocus(blur), 3)
-        tissue = _TissueCache(rec, self._probe)
-        verdict, kind, reason = self._decide(rec, x, base, tissue)
+        verdict, kind, reason = self._decide(rec, x, base)
         if verdict == "empty":
             self._pool.pop(rec.tile, None)
             self._blur.pop(rec.tile, None)
             fmap = None
         else:
             fmap = focus_map(rec, cal.intercept if cal is not None and cal.measure == "count" else base.median)
-        return replace(rec, verdict=verdict, kind=kind, reason=reason, focus_map=fmap, defocus=defocus, contrast=tissue.contrast())
+        return replace(rec, verdict=verdict, kind=kind, reason=reason, focus_map=fmap, defocus=defocus)
 
-    def _decide(self, rec: TileRecord, x: float, base: Baseline, tissue: "_TissueCache") -> tuple[str, str | None, str]:
+    def _decide(self, rec: TileRecord, x: float, base: Baseline) -> tuple[str, str | None, str]:
         """``(verdict, kind, reason)`` of one tile: empty, then astigmatism, defocus, partial, ok."""
         cal = self.rule.calibration
         on_blur = self._on_blur and rec.has_blur  # records from before the blur measure: the count decides
@@ -375,7 +367,7 @@ class Judge:
         else:
             low = x < base.threshold
         if low:
-            cnr = tissue.cnr()
+            cnr = finite(rec.contrast)
             if cnr is not None and cnr < self.rule.empty_cnr:
                 return "empty", None, f"no tissue: contrast/noise {cnr:.1f} < {self.rule.empty_cnr:g}"
         strength = finite(rec.astigmatism)
@@ -388,19 +380,20 @@ class Judge:
             if on_blur:
                 return "oof", "defocus", "defocus: " + _blur_reason(blur, self.blur_baseline(), limit, len(self._blur))
             return "oof", "defocus", "defocus: " + _low_reason(x, base, self.rule.calibration)
-        cells = self._low_cells(rec, base.threshold - self.rule.partial_drop, tissue)
+        cells = self._low_cells(rec, base.threshold - self.rule.partial_drop)
         if cells:
             return "oof", "partial", "partial: cells " + " ".join(f"{r},{c}" for r, c in cells) + " low"
         return "ok", None, ""
 
-    def _low_cells(self, rec: TileRecord, limit: float, tissue: "_TissueCache") -> list[tuple[int, int]]:
+    def _low_cells(self, rec: TileRecord, limit: float) -> list[tuple[int, int]]:
+        """Cells of ``rec``'s grid below ``limit`` (``log`` density) that have tissue (all of them without ``contrast_cells``)."""
         dens = _cell_log_density(rec)
         if dens is None:
             return []
         low = [tuple(map(int, rc)) for rc in np.argwhere(dens < limit)]
         if not low:
             return []
-        cells = tissue.cells()
+        cells = None if rec.contrast_cells is None else np.asarray(rec.contrast_cells, dtype=float)
         if cells is None or cells.shape != dens.shape:
             return low
         return [(r, c) for r, c in low if cells[r, c] >= self.rule.empty_cnr]
@@ -475,35 +468,6 @@ def describe(rec: TileRecord, units: str = "") -> str:
     if kind == "partial":
         return rec.reason or "partial"
     return str(rec.verdict)
-
-
-class _TissueCache:
-    """Measure a tile's tissue at most once, only when a verdict needs it."""
-
-    def __init__(self, rec: TileRecord, probe: Probe | None) -> None:
-        self._rec, self._probe, self._done, self._tissue = rec, probe, False, None
-
-    def _get(self) -> Tissue | None:
-        if not self._done:
-            self._done = True
-            self._tissue = self._probe(self._rec.tile) if self._probe else None
-        return self._tissue
-
-    def contrast(self) -> float | None:
-        """The record's ``contrast``, else the one measured for this verdict (rounded), else None."""
-        if self._rec.contrast is not None:
-            return self._rec.contrast
-        return None if self._tissue is None else round(self._tissue.cnr, 2)
-
-    def cnr(self) -> float | None:
-        if self._rec.contrast is not None:
-            return float(self._rec.contrast)
-        t = self._get()
-        return None if t is None else t.cnr
-
-    def cells(self) -> np.ndarray | None:
-        t = self._get()
-        return None if t is None else t.cells
 
 
 def _astigmatism_reason(strength: float, angle: float | None, limit: float) -> str:

@@ -7,21 +7,26 @@ A tile is taken once it is completely written:
   ``*.tmp``) are ignored until renamed into place;
 - its size and modification time are unchanged since the previous poll, or
   it was last modified at least ``settle`` seconds ago;
-- and it decodes (a truncated PNG or TIFF does not).
+- and its container is whole (:func:`is_complete`), judged from its
+  structure without decoding a pixel: the worker decodes it, once.
 
-A tile that stays undecodable for ``give_up`` seconds is taken anyway, so it
+A tile that stays incomplete for ``give_up`` seconds is taken anyway, so it
 gets an ``error`` verdict naming it instead of being silently ignored.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from rich.console import Console
+
+from mhd.functions.worker.tileio import TileError, sniff_format
 
 from .config import Config
 from .console import Reporter
@@ -29,7 +34,6 @@ from .discover import Tile, discover
 from .interrupt import Interrupt
 from .pipeline import OofHook, Pipeline
 from .results import ResultsLog
-from .score import load_image, tissue_probe
 from .submit import (
     Outcome,
     _handling,
@@ -43,7 +47,7 @@ from .submit import (
 )
 from .verdicts import Judge, Rule
 
-__all__ = ["Landing", "watch_section"]
+__all__ = ["Landing", "is_complete", "watch_section"]
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +72,17 @@ class Landing:
         A file unmodified for this many seconds counts as complete without a
         second look.
     give_up : float
-        Seconds a stable but undecodable file waits before it is handed out
+        Seconds a stable but incomplete file waits before it is handed out
         anyway (to be reported as an error).
-    decodes : callable
-        ``decodes(path) -> bool``.
+    complete : callable
+        ``complete(path) -> bool``: is the file's container whole (default :func:`is_complete`).
     """
 
     section: Path
     done: set[str] = field(default_factory=set)
     settle: float = 1.0
     give_up: float = 10.0
-    decodes: Callable[[Path], bool] = lambda p: _decodes(p)
+    complete: Callable[[Path], bool] = lambda p: is_complete(p)
     _seen: dict[str, _Seen] = field(default_factory=dict)
 
     def poll(self) -> list[tuple[Tile, float]]:
@@ -111,19 +115,69 @@ class Landing:
             self._seen[tile.id] = _Seen(size, mtime_ns)
         if size == 0 or not (unchanged or now - mtime_ns / 1e9 >= self.settle):
             return False
-        if self.decodes(tile.path):
+        if self.complete(tile.path):
             return True
         seen = self._seen[tile.id]
         seen.first_bad = seen.first_bad or now
         return now - seen.first_bad >= self.give_up
 
 
-def _decodes(path: Path) -> bool:
+#: The last chunk of every PNG file: length 0, type IEND, its CRC.
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+#: A JPEG file's end-of-image marker.
+JPEG_END = b"\xff\xd9"
+
+
+def is_complete(path: Path) -> bool:
+    """Whether an image file is whole, from its structure only (no pixel is decoded).
+
+    PNG: it ends with the IEND chunk. JPEG: it ends with the end-of-image
+    marker (zero padding after it allowed). BMP: the file is at least the
+    size its header states. TIFF: every strip or tile of every page (offsets
+    and byte counts read by :mod:`tifffile` from the directories) lies within
+    the file. An unrecognised, unreadable or empty file is not complete.
+    """
     try:
-        load_image(path)
-        return True
-    except (OSError, ValueError):
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            kind = sniff_format(fh.read(16))
+            return _WHOLE[kind](fh, size)
+    except (OSError, TileError):
         return False
+
+
+def _tail(fh: BinaryIO, size: int, n: int) -> bytes:
+    fh.seek(max(0, size - n))
+    return fh.read(n)
+
+
+def _png_whole(fh: BinaryIO, size: int) -> bool:
+    return _tail(fh, size, len(PNG_END)) == PNG_END
+
+
+def _jpeg_whole(fh: BinaryIO, size: int) -> bool:
+    return _tail(fh, size, 4096).rstrip(b"\x00").endswith(JPEG_END)
+
+
+def _bmp_whole(fh: BinaryIO, size: int) -> bool:
+    fh.seek(2)
+    (stated,) = struct.unpack("<I", fh.read(4))
+    return 0 < stated <= size
+
+
+def _tiff_whole(fh: BinaryIO, size: int) -> bool:
+    import tifffile
+
+    fh.seek(0)
+    try:
+        with tifffile.TiffFile(fh) as tif:
+            pages = list(tif.pages)
+            return bool(pages) and all(o + n <= size for page in pages for o, n in zip(page.dataoffsets, page.databytecounts))
+    except Exception:  # a cut-off directory fails in many ways (struct, index, tifffile errors): not whole yet
+        return False
+
+
+_WHOLE = {"PNG": _png_whole, "JPEG": _jpeg_whole, "BMP": _bmp_whole, "TIFF": _tiff_whole}
 
 
 def watch_section(
@@ -169,7 +223,7 @@ def watch_section(
         workers = local_workers(cfg) if kind == "local" else 0
         transport = make_transport(cfg, section, [], cfg["batch"] or 1, transfer_client, kind)
         landing = Landing(section, {t for t, r in results.records.items() if r.verdict != "error"}, settle=max(poll, 0.5), give_up=give_up)
-        judge = Judge(rule, tissue_probe(section), prior=results.records.values())
+        judge = Judge(rule, prior=results.records.values())
         hook = OofHook(on_oof) if on_oof else None
         console.print(f"[bold]watching {section}[/] ({len(results.records)} tiles already recorded; executor {kind}, transport {transport.name}); Ctrl-C to stop")
         reporter = Reporter(console, None, show_ok=True)

@@ -32,7 +32,6 @@ from mhd.client.config import load
 from mhd.client.discover import discover
 from mhd.client.pipeline import Pipeline
 from mhd.client.results import ResultsLog
-from mhd.client.score import tissue_probe
 from mhd.client.submit import run_section
 from mhd.client.transport import GlobusTransport
 from mhd.client.verdicts import Judge, Rule
@@ -115,7 +114,7 @@ def test_globus_transfer_then_scoring_by_path(tmp_path, section):
     tiles = discover(section).tiles
     with ResultsLog(section) as results, LocalBackend(data_root=gpu_root, workers=2) as backend:
         seen = []
-        Pipeline(backend, transport, Judge(Rule(), tissue_probe(section)), results, None, seen.extend, max_inflight=4).run(tiles)
+        Pipeline(backend, transport, Judge(Rule()), results, None, seen.extend, max_inflight=4).run(tiles)
     assert len(seen) == 16 and {r.tile for r in seen if r.verdict == "oof"} == EXPECTED_OOF
     assert all(r.transport == "globus" and r.error is None for r in seen)
     [submit] = [c for c in responses.calls if c.request.url.endswith("/transfer")]

@@ -77,7 +77,7 @@ def test_without_a_measure_the_count_decides_defocus_or_partial():
 
 
 def test_empty_ok_and_error_have_no_kind():
-    judge = Judge(Rule(warmup=1), probe=lambda tile: None, prior=[replace(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
+    judge = Judge(Rule(warmup=1), prior=[replace(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
     resin = judge.add(scored("resin", 50, astigmatism=0.9, angle=10.0, contrast=1.0))[0]  # no tissue: nothing to stigmate
     assert (resin.verdict, resin.kind, resin.focus_map) == ("empty", None, None)
     ok = judge.add(scored("fine", 1.02e4, astigmatism=0.0))[0]

@@ -178,21 +178,16 @@ def test_resumed_judge_needs_no_warmup():
     assert judge.add(scored("x", 0.3e4))[0].verdict == "oof"
 
 
-def test_empty_needs_low_contrast_and_uses_probe_only_when_low():
-    calls = []
-
-    def probe(tile):
-        calls.append(tile)
-        return contrast_to_noise(np.random.default_rng(0).poisson(100, (128, 128)).astype(float))
-
-    judge = Judge(Rule(warmup=1), probe=probe, prior=[replace(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
-    assert judge.add(scored("good", 1e4))[0].verdict == "ok"
-    assert calls == []  # nothing measured for tiles above the threshold
-    resin = judge.add(scored("resin", 30))[0]
-    assert resin.verdict == "empty" and "no tissue" in resin.reason and resin.contrast < 3
-    blurry = judge.add(scored("blurry", 300, contrast=12.0))[0]  # field from the function wins
-    assert blurry.verdict == "oof" and calls == ["resin"]
-    assert judge.baseline().n == 10  # the empty tile left the baseline
+def test_empty_needs_a_low_count_and_low_contrast():
+    judge = Judge(Rule(warmup=1), prior=[replace(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
+    assert judge.add(scored("flat_but_dense", 1e4, contrast=1.0))[0].verdict == "ok"  # contrast matters only below the threshold
+    resin = judge.add(scored("resin", 30, contrast=1.2))[0]
+    assert resin.verdict == "empty" and "no tissue" in resin.reason and "1.2" in resin.reason
+    blurry = judge.add(scored("blurry", 300, contrast=12.0))[0]
+    assert blurry.verdict == "oof"
+    unknown = judge.add(scored("old_worker", 300))[0]  # no contrast measured: counted as tissue
+    assert unknown.verdict == "oof"
+    assert judge.baseline().n == 11  # 8 + 4 judged, less the empty tile
 
 
 def test_partial_tile_flags_low_cells_unless_they_have_no_tissue():
@@ -204,12 +199,9 @@ def test_partial_tile_flags_low_cells_unless_they_have_no_tissue():
     out = judge.add(scored("wrinkle", 0.9e4, grid=[row[:] for row in grid]))[0]
     assert out.verdict == "oof" and out.reason == "partial: cells 0,3 1,3 2,3 3,3 low"
 
-    class Edge:  # right column is resin: low contrast there
-        cnr = 10.0
-        cells = np.array([[10.0, 10.0, 10.0, 1.0]] * 4)
-
-    judge = Judge(Rule(warmup=1), probe=lambda t: Edge, prior=[replace(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
-    assert judge.add(scored("edge_of_section", 0.9e4, grid=grid))[0].verdict == "ok"
+    edge = [[10.0, 10.0, 10.0, 1.0]] * 4  # right column is resin: low contrast there
+    judge = Judge(Rule(warmup=1), prior=[replace(scored(f"t{i}", 1e4), verdict="ok") for i in range(8)])
+    assert judge.add(scored("edge_of_section", 0.9e4, grid=grid, contrast=10.0, contrast_cells=edge))[0].verdict == "ok"
 
 
 def test_calibrated_rule_estimates_defocus(tmp_path):

@@ -16,7 +16,8 @@ import pytest
 
 from mhd.client.discover import Tile
 from mhd.client.verdicts import Calibration
-from mhd.client.watch import Landing
+from mhd.client.watch import Landing, is_complete
+from tilegen import blobs, encode
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
 HOSTILE = "tile r9;$(touch PWNED) `touch PWNED2`.png"
@@ -37,19 +38,40 @@ def slow_write(path: Path, data: bytes, pause: float) -> None:
         fh.write(data[len(data) // 2 :])
 
 
-def test_landing_waits_for_stable_decodable_files(tmp_path):
+def test_landing_waits_for_stable_complete_files(tmp_path):
     data = (EXAMPLE / "tile_r0_c0.png").read_bytes()
     landing = Landing(tmp_path, settle=100.0, give_up=100.0)
     (tmp_path / "a.png").write_bytes(data[:1000])
     (tmp_path / ".b.png").write_bytes(data)
     assert landing.poll() == []  # first sight: not yet known to be stable
-    assert landing.poll() == []  # stable but truncated: not decodable
+    assert landing.poll() == []  # stable but truncated: not complete
     (tmp_path / "a.png").write_bytes(data)
     (tmp_path / ".b.png").rename(tmp_path / "b.png")
     assert landing.poll() == []  # both changed since the last look
     ready = landing.poll()
     assert [t.id for t, _ in ready] == ["a.png", "b.png"] and all(isinstance(t, Tile) for t, _ in ready)
     assert landing.poll() == []  # each tile is handed out once
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff", "jpeg", "bmp"])
+def test_a_truncated_file_is_incomplete_without_decoding_it(tmp_path, monkeypatch, fmt):
+    import mhd.functions.worker.tileio as tileio
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the watcher decoded a tile")
+
+    monkeypatch.setattr(tileio, "read_tile", no_decoding)
+    monkeypatch.setattr(tileio, "_read_tiff", no_decoding)
+    image = blobs((200, 300), 3)
+    data = encode(image, fmt.upper(), **({"rowsperstrip": 16} if fmt == "tiff" else {}))  # TIFF: tifffile, 13 strips
+    whole = tmp_path / f"whole.{fmt}"
+    whole.write_bytes(data)
+    assert is_complete(whole)
+    for cut in (len(data) - 1, len(data) // 2, 40, 0):
+        part = tmp_path / f"cut{cut}.{fmt}"
+        part.write_bytes(data[:cut])
+        assert not is_complete(part), (fmt, cut)
+    assert not is_complete(tmp_path / "missing.png")
 
 
 def test_landing_gives_up_on_files_that_never_decode(tmp_path):

@@ -132,3 +132,10 @@ def test_ruff_check_passes():
         pytest.skip("ruff is not installed (the [test] extra installs it)")
     proc = subprocess.run([str(ruff), "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_only_local_scoring_decodes_tiles_in_the_client():
+    """The worker measures what the verdicts need: no client module decodes a tile except ``client score``'s."""
+    decoders = {"mhd.functions.worker.tileio.read_tile", "mhd.functions.worker.scoring.load_tile", "mhd.client.score.load_image", "mhd.functions.tissue"}
+    users = {mod for mod, names in GRAPH.items() if IG.layer(mod) == "mhd.client" and names & decoders}
+    assert users == {"mhd.client.score"}

@@ -295,3 +295,13 @@ def test_functions_registered_before_the_worker_side_moved_still_find_score_batc
     from mhd.functions.worker.scoring import score_batch
 
     assert old is score_batch
+
+
+def test_the_worker_measures_tissue_on_the_detectors_grid(root):
+    """The verdict's ``empty`` rule needs the contrast: the worker returns it, per cell of the grid asked for."""
+    flat = {"name": "resin.png", "data": encode(np.full((96, 96), 120, np.uint8), "png")}
+    tissue, resin = score_tiles(["sec/a.png", flat], {"backend": "numpy", "grid": [2, 3]})
+    assert np.asarray(tissue["grid"]).shape == np.asarray(tissue["contrast_cells"]).shape == (2, 3)
+    assert tissue["contrast"] > 3 > resin["contrast"]
+    [tiny] = score_tiles([{"name": "tiny.png", "data": encode(blobs((96, 96), 1)[:16], "png")}], {"backend": "numpy", "grid": [16, 3]})
+    assert tiny["error"] is None and tiny["contrast"] is None and tiny["contrast_cells"] is None  # fewer than 2 px per cell

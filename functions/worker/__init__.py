@@ -1,6 +1,18 @@
-"""The worker side of the service: what runs on an endpoint's workers around the pure detector.
+"""The worker side: what runs on an endpoint's workers around the pure detector (:mod:`mhd.functions`).
 
-:mod:`.record` holds the tile record (:class:`~mhd.functions.worker.record.TileRecord`) that the
-worker returns and the client judges, records and reports. Nothing here imports the client, and
-importing this package imports no array library beyond NumPy.
+:mod:`.remote`
+    ``score_tiles``, the function registered with Globus Compute (by source).
+:mod:`.scoring`
+    Its body: parameter checks, confinement of tile paths to the data root,
+    inline tiles, and :func:`~mhd.functions.worker.scoring.measure` (detector
+    and tissue contrast of one decoded tile).
+:mod:`.tileio`
+    Decoding PNG, TIFF, BMP and JPEG within header-checked limits.
+:mod:`.settings`
+    The limits, read from the worker's environment.
+:mod:`.record`
+    :class:`~mhd.functions.worker.record.TileRecord`, what the worker returns
+    and the client judges, records and reports (importable without NumPy).
+
+Nothing here imports the client or the endpoint configuration.
 """

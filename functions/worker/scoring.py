@@ -16,16 +16,20 @@ import math
 import os
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+import numpy as np
+
 from .._detect import DEFAULTS, detect
 from .._scalespace import POLARITIES
+from ..tissue import contrast_to_noise
 from .record import RESULT_KEYS, TileRecord
 from .settings import Limits
 from .tileio import TileError, read_tile
 
-__all__ = ["score_batch", "score_tile", "check_params", "open_in_root", "inline_bytes"]
+__all__ = ["score_batch", "score_tile", "measure", "check_params", "open_in_root", "inline_bytes"]
 
 #: Longest tile name echoed back (characters).
 MAX_NAME = 1024
@@ -230,6 +234,47 @@ def load_tile(tile: Any, limits: Limits) -> Any:
 # ----------------------------------------------------------------- scoring
 
 
+def measure(tile: str, image: Any, params: dict[str, Any], **values: Any) -> TileRecord:
+    """Detect features in ``image`` and measure its tissue: the record of a scored tile.
+
+    Parameters
+    ----------
+    tile : str
+        Its name in the record.
+    image : (H, W) array_like
+        The decoded tile (grey levels).
+    params : dict
+        Detector parameters, ``backend`` included (``"auto"`` when absent).
+    **values
+        Further fields of the record (``device``, ...).
+
+    Returns
+    -------
+    TileRecord
+        The detector's measurements (:meth:`TileRecord.from_detection`) and
+        ``contrast`` / ``contrast_cells``: the coarse contrast-to-noise of the
+        tile and of each cell of the detector's ``grid`` (dimensionless,
+        rounded to 0.01; :func:`mhd.functions.tissue.contrast_to_noise`),
+        what the verdict needs to tell an empty tile from a defocused one;
+        None for a tile smaller than two pixels per cell. Costs about a tenth
+        of the detector's time on the CPU (0.1 s for a 4096^2 tile on a
+        loaded 2-core machine).
+
+    Raises
+    ------
+    ValueError
+        For invalid detector parameters or image (from :func:`mhd.functions.detect`).
+    """
+    opts = dict(params)
+    det = detect(image, backend=opts.pop("backend", "auto"), **opts)
+    try:
+        tissue = contrast_to_noise(image, det.grid.shape)
+    except ValueError:  # fewer than two pixels per cell: no measure
+        return TileRecord.from_detection(tile, det, **values)
+    cells = np.round(tissue.cells, 2).tolist()
+    return TileRecord.from_detection(tile, det, contrast=round(tissue.cnr, 2), contrast_cells=cells, **values)
+
+
 def score_tile(tile: Any, index: int, params: dict[str, Any], limits: Limits, device: str | None) -> dict[str, Any]:
     """Score one tile; any failure becomes the entry's ``error``.
 
@@ -242,23 +287,20 @@ def score_tile(tile: Any, index: int, params: dict[str, Any], limits: Limits, de
         megapixel), ``blur`` and ``blur_err`` (pixels), ``grid`` (list of
         lists of int), ``shape`` ([rows, cols]), ``noise`` (normalised units),
         ``astigmatism`` (0..1) and ``astigmatism_angle`` (degrees; None where
-        not measurable), ``backend`` (``"numpy"`` or ``"cupy:N"``),
+        not measurable), ``contrast`` and ``contrast_cells`` (see
+        :func:`measure`), ``backend`` (``"numpy"`` or ``"cupy:N"``),
         ``device`` (the worker's ``CUDA_VISIBLE_DEVICES`` or None), ``ms``
-        (read + detect, milliseconds), ``detect_ms`` (the detector's own
-        total) and ``error`` (None or a message naming the tile).
+        (read, detect and tissue, milliseconds), ``detect_ms`` (the
+        detector's own total) and ``error`` (None or a message naming the tile).
     """
     t0 = time.perf_counter()
     name = tile_name(tile, index)
     try:
-        image = load_tile(tile, limits)
-        opts = dict(params)
-        det = detect(image, backend=opts.pop("backend"), **opts)
+        rec = measure(name, load_tile(tile, limits), params, device=device)
     except Exception as exc:  # one bad tile never fails the batch
         reason = str(exc) if isinstance(exc, (TileError, ValueError)) else f"{type(exc).__name__}: {exc}"
-        rec = TileRecord.failed(name, reason, device=device, ms=_ms(t0))
-    else:
-        rec = TileRecord.from_detection(name, det, device=device, ms=_ms(t0))
-    return rec.to_json(RESULT_KEYS)
+        rec = TileRecord.failed(name, reason, device=device)
+    return replace(rec, ms=_ms(t0)).to_json(RESULT_KEYS)
 
 
 def _ms(t0: float) -> float:
