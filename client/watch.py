@@ -32,20 +32,9 @@ from .config import Config
 from .console import Reporter
 from .discover import Tile, discover
 from .interrupt import Interrupt
-from .pipeline import OofHook, Pipeline
-from .results import ResultsLog
-from .submit import (
-    Outcome,
-    _handling,
-    backend_kind,
-    check_backend,
-    interrupted_stop,
-    local_data_root,
-    local_workers,
-    make_transport,
-    open_backend,
-)
-from .verdicts import Judge, Rule
+from .pipeline import Pipeline
+from .session import Outcome, RunSession
+from .verdicts import Rule
 
 __all__ = ["Landing", "is_complete", "watch_section"]
 
@@ -204,8 +193,9 @@ def watch_section(
     the results log (default: the section).
 
     Ctrl-C stops following: the tasks that finish within ``drain_timeout``
-    seconds are recorded, the others are left for the next run (see
-    :func:`mhd.client.submit.run_section`).
+    seconds are recorded, the others are left for the next run. The run is
+    a :class:`~mhd.client.session.RunSession` (as ``submit``'s) fed tiles as
+    they land.
 
     Returns
     -------
@@ -217,29 +207,14 @@ def watch_section(
     KeyboardInterrupt
         Ctrl-C before following started (nothing recorded).
     """
-    check_backend(cfg, backend_kind(cfg))
-    with _handling(interrupt) as stop, ResultsLog(results_dir or section) as results:
-        kind = backend_kind(cfg)
-        workers = local_workers(cfg) if kind == "local" else 0
-        transport = make_transport(cfg, section, [], cfg["batch"] or 1, transfer_client, kind)
-        landing = Landing(section, {t for t, r in results.records.items() if r.verdict != "error"}, settle=max(poll, 0.5), give_up=give_up)
-        judge = Judge(rule, prior=results.records.values())
-        hook = OofHook(on_oof) if on_oof else None
-        console.print(f"[bold]watching {section}[/] ({len(results.records)} tiles already recorded; executor {kind}, transport {transport.name}); Ctrl-C to stop")
+    run = RunSession(section, cfg, console, rule=rule, params=params, on_oof=on_oof, transfer_client=transfer_client, compute_client=compute_client, results_dir=results_dir, interrupt=interrupt)
+    with run:
+        transport = run.use_transport([], cfg["batch"] or 1)
+        landing = Landing(section, {t for t, r in run.results.records.items() if r.verdict != "error"}, settle=max(poll, 0.5), give_up=give_up)
+        console.print(f"[bold]watching {section}[/] ({len(run.results.records)} tiles already recorded; executor {run.kind}, transport {transport.name}); Ctrl-C to stop")
         reporter = Reporter(console, None, show_ok=True)
-        stopped = False
-        with open_backend(cfg, kind, local_data_root(kind, transport), compute_client) as backend:
-            pipe = Pipeline(backend, transport, judge, results, params, on_verdicts=reporter, on_scored=reporter.scored, on_oof=hook, max_inflight=max(4, 2 * workers), task_timeout=cfg["task_timeout"], stop=stop)
-            stop.defer()
-            try:
-                _follow(pipe, landing, poll, idle_exit, stop)
-            except KeyboardInterrupt:
-                stopped = True
-                interrupted_stop(pipe, backend, console, cfg["drain_timeout"], what="stopping")
-        if hook is not None:
-            hook.close(timeout=1.0 if stopped else 10.0)
-        results.compact()
-        return Outcome(dict(results.records), sum(reporter.counts.values()), reporter.elapsed, found=discover(section), new_failed=reporter.counts["error"], results=results.path)
+        run.drive(lambda pipe: _follow(pipe, landing, poll, idle_exit, run.stop), reporter, what="stopping")
+    return run.outcome(reporter, discover(section), interrupted=False)
 
 
 #: Longest single wait of the watch loop (seconds): how soon it sees Ctrl-C.

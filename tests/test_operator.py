@@ -23,7 +23,7 @@ from mhd.client import cli
 from mhd.client.config import load
 from mhd.client.console import shorten_left, summary_table
 from mhd.client.report import text_colour
-from mhd.client.submit import make_transport
+from mhd.client.session import make_transport
 from mhd.client.transport import MB
 from mhd.functions.worker.record import TileRecord
 
