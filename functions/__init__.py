@@ -1,7 +1,10 @@
 """Pure computation: the multi-scale histologic feature detector (MHD).
 
 Image in, numbers out; NumPy/SciPy on the CPU or CuPy on a GPU from one code
-path. No Globus, no files, no command line here.
+path. No Globus, no files, no environment, no command line here
+(``tests/test_layout.py`` checks it). What runs around it on an endpoint's
+workers (the registered function, decoding, confinement, limits, the tile
+record) is :mod:`mhd.functions.worker`.
 
 >>> from mhd.functions import detect, normalize
 """

@@ -8,8 +8,9 @@ coarse structure stays), remove a plane (shading) from each region, and
 compare the remaining standard deviation with the noise expected in a block
 average. Pure noise scores about 1; blurred tissue scores ~10 or more.
 
-The client computes this only for tiles whose count is already low, from the
-tile it has on disk, unless the scoring result carries a ``contrast`` field.
+The worker measures it on every tile it scores, on the detector's grid
+(``contrast`` and ``contrast_cells`` of the tile record,
+:func:`mhd.functions.worker.scoring.measure`), so the client never decodes a tile.
 """
 
 from __future__ import annotations
