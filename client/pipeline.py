@@ -324,7 +324,7 @@ class Pipeline:
         for res in results if isinstance(results, list) else []:
             try:
                 result = TileRecord.from_json(res)
-            except (TypeError, ValueError):  # not a result entry: its tile is reported below
+            except ValueError:  # not a result entry: its tile is reported below
                 continue
             tile = staged.tiles.get(result.tile)
             if tile is None or tile.id in seen:

@@ -147,7 +147,7 @@ def _parse(raw: bytes, path: Path, n: int) -> TileRecord | None:
         return None
     try:
         return TileRecord.from_json(rec)
-    except (TypeError, ValueError):
+    except ValueError:
         log.warning("%s:%d: line without a tile id ignored", path, n)
         return None
 
