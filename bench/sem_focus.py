@@ -9,6 +9,7 @@ Commands::
     python bench/sem_focus.py sim --slices 10 --doses 2 20   # a quicker table
     python bench/sem_focus.py sim --set noise_k=3.5   # the same with other detector parameters (pairs too)
     python bench/sem_focus.py astig        # astigmatic vs isotropic disk of equal area, scan noise
+    python bench/sem_focus.py wedges       # real scans: power along the columns / along the rows, by frequency
 
 Data: ``MHD_KRISS_DIR`` (default ``tests/data/sem-kriss``, a vendored subset;
 ``../shared/data/sem-kriss`` holds all 25 pairs per folder) and
@@ -212,6 +213,39 @@ def cmd_astig(args: argparse.Namespace) -> None:
           f"astigmatic median {np.median(a[a[:, 2] == 1, 3]):.3f}")
 
 
+RINGS = ((0.02, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.35))
+
+
+def wedge_ratio(img: np.ndarray) -> np.ndarray:
+    """Power within 22.5 degrees of the k_y axis over power within 22.5 degrees of the k_x axis, per ring of :data:`RINGS` (cycles/px).
+
+    Below 1 in a ring: the image carries less detail across its rows (along
+    the columns) than along them at those frequencies, whatever the cause
+    (content, probe astigmatism, line-to-line jitter).
+    """
+    x = img.astype(float)
+    P = np.abs(np.fft.fft2((x - x.mean()) * np.outer(np.hanning(x.shape[0]), np.hanning(x.shape[1])))) ** 2
+    ky, kx = np.fft.fftfreq(x.shape[0])[:, None], np.fft.fftfreq(x.shape[1])[None, :]
+    r, th = np.hypot(kx, ky), np.arctan2(np.abs(ky), np.abs(kx))
+    out = []
+    for lo, hi in RINGS:
+        ring = (r >= lo) & (r < hi)
+        out.append(P[ring & (th > 3 * np.pi / 8)].mean() / P[ring & (th < np.pi / 8)].mean())
+    return np.array(out)
+
+
+def cmd_wedges(args: argparse.Namespace) -> None:
+    """Median ``wedge_ratio`` and ``detect().astigmatism`` of each scan kind of the real pairs."""
+    print("| folder | scan | power k_y / k_x at " + " | ".join(f"{lo:g}-{hi:g}" for lo, hi in RINGS) + " cycles/px | astigmatism median (>= 0.2) |")
+    print("|---|---|" + "---|" * (len(RINGS) + 1))
+    for folder, names in FOLDERS.items():
+        ps = pairs(folder)
+        for k, name in enumerate(names):
+            w = np.median([wedge_ratio(p[k]) for p in ps], axis=0)
+            a = np.array([detect(p[k], backend="numpy").astigmatism for p in ps])
+            print(f"| {folder} | {name} | " + " | ".join(f"{v:.2f}" for v in w) + f" | {np.nanmedian(a):.2f} ({(a >= 0.2).sum()}/{len(a)}) |")
+
+
 def _param(text: str) -> tuple[str, float]:
     """``KEY=VALUE`` of ``--set``: a numeric detector parameter."""
     key, sep, value = text.partition("=")
@@ -249,6 +283,8 @@ def main() -> None:
     p.add_argument("--ratio", type=float, default=2.0, help="axis ratio of the astigmatic disk")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_astig)
+    p = sub.add_parser("wedges", help="real scans: detail along the columns against along the rows, and the astigmatism read")
+    p.set_defaults(fn=cmd_wedges)
     args = ap.parse_args()
     args.set = dict(getattr(args, "set", []))
     args.fn(args)
