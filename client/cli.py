@@ -27,6 +27,7 @@ import click
 from rich.console import Console
 
 from mhd import __version__
+from mhd.params import Param, cli_params, validate
 
 from . import config as config_mod
 
@@ -70,22 +71,36 @@ def _load_config(**overrides: Any) -> config_mod.Config:
         raise click.ClickException(str(exc)) from None
 
 
+def _param_option(spec: Param) -> Callable:
+    """The option of one detector parameter, from its definition in :mod:`mhd.params`.
+
+    No click default: only the parameters given are sent; the help shows the detector's.
+    """
+    kind = click.IntRange if spec.kind == "int" else click.FloatRange
+    unit = f" {spec.unit}" if spec.unit else ""
+    return click.option(spec.option, spec.name, type=kind(spec.lo, spec.hi), help=f"{spec.help}  [detector default {spec.default:g}{unit}]")
+
+
 def detector_options(fn: Callable) -> Callable:
     """Options that set detector parameters (only those given are sent)."""
-    opts = [
-        click.option("--n-bin", type=click.IntRange(2, 64), help="DoG levels (scales)  [detector default 16]"),
-        click.option("--min-t", type=click.FloatRange(0.1, min_open=False), help="smallest Gaussian scale t, px  [1.0]"),
-        click.option("--max-t", type=click.FloatRange(0.1), help="largest Gaussian scale t, px  [8.0]"),
-        click.option("--threshold", type=click.FloatRange(0.0), help="response threshold (normalised units)  [0.10]"),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
+    for spec in reversed(cli_params()):
+        fn = _param_option(spec)(fn)
     return fn
 
 
 def _params(kwargs: dict) -> dict:
-    """Detector parameters given on the command line (popped from ``kwargs``)."""
-    return {k: v for k in ("n_bin", "min_t", "max_t", "threshold") if (v := kwargs.pop(k)) is not None}
+    """Detector parameters given on the command line (popped from ``kwargs``), checked together.
+
+    Raises
+    ------
+    click.UsageError
+        When they contradict each other (``--min-t`` not below ``--max-t``).
+    """
+    given = {p.name: v for p in cli_params() if (v := kwargs.pop(p.name)) is not None}
+    try:
+        return validate(given)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _section(path: Path) -> Path:
