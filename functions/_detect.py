@@ -460,7 +460,7 @@ def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.n
         t = scales(p["n_bin"], p["min_t"], p["max_t"])
 
         def hook(F: Any) -> None:
-            moments.append(spectral_moments(F, shape, t, xp, noise[0], (shape[0] - inside[0], shape[1] - inside[1]), noise_y=noise[1]))
+            moments.append(spectral_moments(F, shape, t, be, noise[0], (shape[0] - inside[0], shape[1] - inside[1]), noise_y=noise[1]))
 
         best, coarse, energy = _response(padded, bank, thr, p["polarity"], (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2), be, hook)
         del padded
