@@ -207,12 +207,20 @@ def _run_logged(section: Path, run: Callable[[], Any]) -> Any:
 # ------------------------------------------------------------------ score
 
 
+def _deprecated_array_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--backend numpy|cupy`` of score, renamed ``--device cpu|gpu`` ("backend" also named the executor)."""
+    if value is not None:
+        click.echo("client: --backend is deprecated for score; use --device (cpu for numpy, gpu for cupy)", err=True)
+    return value
+
+
 @main.command(context_settings=CONTEXT)
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file (path, features, density, grid, shape, ms, error).")
-@click.option("--backend", type=click.Choice(["auto", "numpy", "cupy"]), default="auto", show_default=True, help="Array backend of the detector.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True, help="Where the detector computes: cpu (NumPy) or gpu (CuPy on a CUDA GPU); auto: the GPU when CuPy sees one.")
+@click.option("--backend", "old_backend", type=click.Choice(["auto", "numpy", "cupy"]), hidden=True, callback=_deprecated_array_backend, help="Deprecated: --device.")
 @detector_options
-def score(files: tuple[Path, ...], as_json: bool, backend: str, **kwargs: Any) -> None:
+def score(files: tuple[Path, ...], as_json: bool, device: str, old_backend: str | None, **kwargs: Any) -> None:
     """Score image files in this process (no endpoint, no verdicts).
 
     A file that cannot be read or scored gets its error; the others are
@@ -228,7 +236,7 @@ def score(files: tuple[Path, ...], as_json: bool, backend: str, **kwargs: Any) -
     console = _console()
     failed = 0
     for path in files:
-        rec = score_file(path, backend=backend, **params)
+        rec = score_file(path, backend=old_backend or device, **params)
         failed += rec["error"] is not None
         if as_json:
             click.echo(json.dumps(rec))
@@ -244,7 +252,7 @@ def score(files: tuple[Path, ...], as_json: bool, backend: str, **kwargs: Any) -
 
 
 def _deprecated_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """``--backend`` of submit/watch, renamed ``--executor`` (``client score --backend`` is the array module)."""
+    """``--backend`` of submit/watch, renamed ``--executor`` (where tasks run; ``client score --device`` is where the detector computes)."""
     if value is not None:
         click.echo("client: --backend is deprecated for submit and watch; use --executor", err=True)
     return value
