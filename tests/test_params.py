@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -116,3 +117,10 @@ def test_the_spec_imports_only_the_standard_library():
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert {n.split(".")[0] for n in names} <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+def test_limits_the_docs_quote_are_the_spec():
+    text = (Path(__file__).resolve().parents[1] / "endpoint" / "README.md").read_text()
+    quoted = {name: float(value) for name, value in re.findall(r"`(\w+) <= ([\d.]+)`", text)}
+    assert quoted, "endpoint/README.md quotes no limit"
+    assert quoted == {name: spec.PARAMS[name].hi for name in quoted}
