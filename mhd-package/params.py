@@ -143,7 +143,7 @@ PARAMS: dict[str, Param] = {
     )
 }
 
-#: Default of every parameter (a copy: changing it changes nothing else).
+#: Default of every parameter, by name (derived from :data:`PARAMS`; also :data:`mhd.functions.DEFAULTS`).
 DEFAULTS: dict[str, Any] = {name: p.default for name, p in PARAMS.items()}
 
 
