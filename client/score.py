@@ -17,6 +17,7 @@ import numpy as np
 from mhd.functions import detect
 from mhd.functions.settings import Limits
 from mhd.functions.tileio import read_tile
+from mhd.params import DEFAULTS
 
 from .tissue import Tissue, contrast_to_noise
 
@@ -101,7 +102,7 @@ def _message(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def tissue_probe(section: str | Path, grid: tuple[int, int] = (4, 4)):
+def tissue_probe(section: str | Path, grid: tuple[int, int] = DEFAULTS["grid"]):
     """A ``probe(tile_id) -> Tissue or None`` for :class:`mhd.client.verdicts.Judge`.
 
     Reads the tile from ``section`` on this machine; ``None`` when it cannot

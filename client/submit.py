@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 from rich.console import Console
 
+from mhd.params import DEFAULTS
+
 from .config import Config
 from .console import Reporter, summary_lines, summary_table
 from .discover import RESULTS_NAME, Discovery, Tile, discover
@@ -339,7 +341,7 @@ def _inflight(kind: str, workers: int) -> int:
 
 
 def _grid(params: dict | None) -> tuple[int, int]:
-    g = (params or {}).get("grid", (4, 4))
+    g = (params or {}).get("grid", DEFAULTS["grid"])
     return (int(g[0]), int(g[1])) if isinstance(g, (list, tuple)) else (int(g), int(g))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mhd.functions import estimate_noise
+from mhd.params import DEFAULTS
 
 __all__ = ["Tissue", "contrast_to_noise"]
 
@@ -46,7 +47,7 @@ class Tissue:
     cells: np.ndarray
 
 
-def contrast_to_noise(image: Any, grid: tuple[int, int] = (4, 4)) -> Tissue:
+def contrast_to_noise(image: Any, grid: tuple[int, int] = DEFAULTS["grid"]) -> Tissue:
     """Contrast-to-noise ratio of the coarse structure of ``image``.
 
     Parameters

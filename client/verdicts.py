@@ -82,8 +82,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from mhd.functions import ASTIGMATISM_THRESHOLD
-
+from .rule import FOCUS_MEASURES, Rule, thresholds
 from .tissue import Tissue
 
 __all__ = ["Baseline", "Calibration", "Judge", "Rule", "VERDICTS", "describe", "exit_status", "focus_map", "rule_from_config"]
@@ -93,9 +92,6 @@ VERDICTS = ("ok", "oof", "empty", "error")
 
 #: Robust sigma of a normal distribution from its median absolute deviation.
 MAD_TO_SIGMA = 1.4826
-
-#: Focus measures the relative rule can use.
-FOCUS_MEASURES = ("blur", "count")
 
 #: Densities are floored at this many features per megapixel before the log.
 DENSITY_FLOOR = 1.0
@@ -190,25 +186,6 @@ class Calibration:
         return cal
 
 
-@dataclass(frozen=True)
-class Rule:
-    """Thresholds of the verdict rule (see the module docstring)."""
-
-    oof_k: float = 3.0
-    oof_min_drop: float = 0.3
-    warmup: int = 8
-    partial_drop: float = 0.7
-    empty_cnr: float = 3.0
-    calibration: Calibration | None = None
-    astigmatism_max: float = ASTIGMATISM_THRESHOLD
-    focus_measure: str = "blur"
-    blur_max: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.focus_measure not in FOCUS_MEASURES:
-            raise ValueError(f"focus_measure must be one of {', '.join(FOCUS_MEASURES)}, got {self.focus_measure!r}")
-
-
 def rule_from_config(cfg: Any, use_calibration: bool = True) -> Rule:
     """The rule of a :class:`mhd.client.config.Config` (its calibration file if present).
 
@@ -219,7 +196,7 @@ def rule_from_config(cfg: Any, use_calibration: bool = True) -> Rule:
         cal = Calibration.load(cfg.calibration_path)
         if cfg["max_defocus"] is not None:
             cal = Calibration(**{**asdict(cal), "max_defocus": cfg["max_defocus"]})
-    return Rule(cfg["oof_k"], cfg["oof_min_drop"], cfg["warmup"], cfg["partial_drop"], cfg["empty_cnr"], cal, cfg["astigmatism_max"], cfg["focus_measure"], cfg["blur_max"])
+    return Rule(calibration=cal, **{f.name: cfg[f.name] for f in thresholds()})
 
 
 @dataclass(frozen=True)
