@@ -504,7 +504,8 @@ def _low_reason(x: float, base: Baseline, cal: Calibration | None) -> str:
 def _blur_reason(blur: float | None, median: float, limit: float, n: int) -> str:
     if blur is None:
         return "no detail above the noise at any scale"
-    return f"blur {blur:.2f} px > {limit:.2f} px (section median {median:.2f} px + {math.sqrt(max(limit**2 - median**2, 0)):.1f} px, n={n})"
+    added = math.sqrt(max(limit**2 - median**2, 0))
+    return f"blur {blur:.2f} px > {limit:.2f} px (section median {median:.2f} px, {added:.1f} px added in quadrature, n={n})"
 
 
 def _k(v: float) -> str:

@@ -82,3 +82,12 @@ def test_a_configured_threshold_outside_its_limits_names_the_key_and_source(tmp_
     monkeypatch.setenv("MHD_EMPTY_CNR", "-3")
     with pytest.raises(ValueError, match=r"empty_cnr from \$MHD_EMPTY_CNR: invalid value '-3' \(must be a number >= 0\)"):
         config_mod.load()
+
+
+def test_the_blur_reason_states_the_limit_as_the_median_plus_blur_max_in_quadrature():
+    from mhd.client.verdicts import _blur_reason
+
+    median, blur_max = 0.83, 1.0
+    limit = math.hypot(median, blur_max)
+    reason = _blur_reason(3.26, median, limit, 7)
+    assert reason == "blur 3.26 px > 1.30 px (section median 0.83 px, 1.0 px added in quadrature, n=7)"
