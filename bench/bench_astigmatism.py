@@ -52,7 +52,7 @@ def padded_spectrum(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int], flo
 
 def measure(image: np.ndarray) -> tuple[float, float]:
     F, shape, noise, mirrored = padded_spectrum(image)
-    strength, angle = spectral_anisotropy(F, shape, T, np, noise, mirrored)
+    strength, angle = spectral_anisotropy(F, shape, T, "numpy", noise, mirrored)
     return float(strength[0]), float(angle[0])
 
 
@@ -73,7 +73,7 @@ def cost(repeats: int) -> None:
     x = np.zeros((1,) + shape, np.float32)
     t_detect = median_ms(lambda: detect(tile, n_bin=16, backend="numpy"), repeats)
     t_fft = median_ms(lambda: scipy.fft.rfft2(x, workers=-1), repeats)
-    t_aniso = median_ms(lambda: spectral_anisotropy(F, shape, T, np, noise, mirrored), repeats)
+    t_aniso = median_ms(lambda: spectral_anisotropy(F, shape, T, "numpy", noise, mirrored), repeats)
     print(f"cost on {tile.shape[0]}x{tile.shape[1]}, spectrum {shape[0]}x{shape[1]}, medians of {repeats} runs:")
     print(f"  detect(n_bin=16)          {t_detect:8.2f} ms")
     print(f"  rfft2 (for scale)         {t_fft:8.2f} ms")

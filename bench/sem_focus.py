@@ -7,7 +7,9 @@ Commands::
     python bench/sem_focus.py section      # a mixed section of fast, slow and blurred slow scans
     python bench/sem_focus.py sim          # ISBI slices through the SEM model: AUC table
     python bench/sem_focus.py sim --slices 10 --doses 2 20   # a quicker table
+    python bench/sem_focus.py sim --set noise_k=3.5   # the same with other detector parameters (pairs too)
     python bench/sem_focus.py astig        # astigmatic vs isotropic disk of equal area, scan noise
+    python bench/sem_focus.py wedges       # real scans: power along the columns / along the rows, by frequency
 
 Data: ``MHD_KRISS_DIR`` (default ``tests/data/sem-kriss``, a vendored subset;
 ``../shared/data/sem-kriss`` holds all 25 pairs per folder) and
@@ -79,7 +81,7 @@ def cmd_pairs(args: argparse.Namespace) -> None:
     for folder in FOLDERS:
         rows = []
         for fast, slow, _ in pairs(folder):
-            f, s = detect(fast, backend="numpy"), detect(slow, backend="numpy")
+            f, s = detect(fast, backend="numpy", **args.set), detect(slow, backend="numpy", **args.set)
             rows.append((f.count / max(s.count, 1), f.blur, s.blur))
         if not rows:
             continue
@@ -163,7 +165,7 @@ def cmd_sim(args: argparse.Namespace) -> None:
             for r in RADII:
                 scan = sem_scan(img, r, dose=dose, tau=float(rng.uniform(0.2, 2.0)), jitter=float(rng.uniform(0, 0.01)),
                                 gain=float(rng.uniform(0.4, 0.9)), offset=float(rng.uniform(0, 0.1)), bits=int(rng.choice([8, 16])), rng=rng)
-                d = detect(scan, backend="numpy")
+                d = detect(scan, backend="numpy", **args.set)
                 norm = normalize(scan, backend="numpy")
                 rows.append(dict(dose=dose, radius=r, count=d.count, blur=d.blur, **{k: fn(norm) for k, fn in CLASSIC_MEASURES.items()}))
     print(f"{len(rows)} scans of {len(files)} slices in {time.perf_counter() - t0:.0f} s; in focus: radius <= 0.5 px, out: >= 2 px")
@@ -211,11 +213,53 @@ def cmd_astig(args: argparse.Namespace) -> None:
           f"astigmatic median {np.median(a[a[:, 2] == 1, 3]):.3f}")
 
 
+RINGS = ((0.02, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.35))
+
+
+def wedge_ratio(img: np.ndarray) -> np.ndarray:
+    """Power within 22.5 degrees of the k_y axis over power within 22.5 degrees of the k_x axis, per ring of :data:`RINGS` (cycles/px).
+
+    Below 1 in a ring: the image carries less detail across its rows (along
+    the columns) than along them at those frequencies, whatever the cause
+    (content, probe astigmatism, line-to-line jitter).
+    """
+    x = img.astype(float)
+    P = np.abs(np.fft.fft2((x - x.mean()) * np.outer(np.hanning(x.shape[0]), np.hanning(x.shape[1])))) ** 2
+    ky, kx = np.fft.fftfreq(x.shape[0])[:, None], np.fft.fftfreq(x.shape[1])[None, :]
+    r, th = np.hypot(kx, ky), np.arctan2(np.abs(ky), np.abs(kx))
+    out = []
+    for lo, hi in RINGS:
+        ring = (r >= lo) & (r < hi)
+        out.append(P[ring & (th > 3 * np.pi / 8)].mean() / P[ring & (th < np.pi / 8)].mean())
+    return np.array(out)
+
+
+def cmd_wedges(args: argparse.Namespace) -> None:
+    """Median ``wedge_ratio`` and ``detect().astigmatism`` of each scan kind of the real pairs."""
+    print("| folder | scan | power k_y / k_x at " + " | ".join(f"{lo:g}-{hi:g}" for lo, hi in RINGS) + " cycles/px | astigmatism median (>= 0.2) |")
+    print("|---|---|" + "---|" * (len(RINGS) + 1))
+    for folder, names in FOLDERS.items():
+        ps = pairs(folder)
+        for k, name in enumerate(names):
+            w = np.median([wedge_ratio(p[k]) for p in ps], axis=0)
+            a = np.array([detect(p[k], backend="numpy").astigmatism for p in ps])
+            print(f"| {folder} | {name} | " + " | ".join(f"{v:.2f}" for v in w) + f" | {np.nanmedian(a):.2f} ({(a >= 0.2).sum()}/{len(a)}) |")
+
+
+def _param(text: str) -> tuple[str, float]:
+    """``KEY=VALUE`` of ``--set``: a numeric detector parameter."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, float(value)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pairs", help="count ratio and blur agreement on the real pairs")
     p.set_defaults(fn=cmd_pairs)
+    p.add_argument("--set", type=_param, action="append", default=[], metavar="KEY=VALUE", help="detector parameter, e.g. noise_k=3.5 (repeatable)")
     p = sub.add_parser("noise", help="simulated scan noise against the real fast scans")
     p.add_argument("--pairs", type=int, default=8)
     p.add_argument("--dose", type=float, default=20.0, help="electrons per white pixel of the simulation")
@@ -230,6 +274,7 @@ def main() -> None:
     p.add_argument("--slices", type=int, default=30)
     p.add_argument("--doses", type=float, nargs="+", default=list(DOSES))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", type=_param, action="append", default=[], metavar="KEY=VALUE", help="detector parameter, e.g. noise_k=3.5 (repeatable)")
     p.set_defaults(fn=cmd_sim)
     p = sub.add_parser("astig", help="astigmatism AUC with scan-correlated noise, including strong defocus")
     p.add_argument("--slices", type=int, default=10)
@@ -238,7 +283,10 @@ def main() -> None:
     p.add_argument("--ratio", type=float, default=2.0, help="axis ratio of the astigmatic disk")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_astig)
+    p = sub.add_parser("wedges", help="real scans: detail along the columns against along the rows, and the astigmatism read")
+    p.set_defaults(fn=cmd_wedges)
     args = ap.parse_args()
+    args.set = dict(getattr(args, "set", []))
     args.fn(args)
 
 

@@ -27,6 +27,7 @@ import click
 from rich.console import Console
 
 from mhd import __version__
+from mhd.params import Param, cli_params, validate
 
 from . import config as config_mod
 
@@ -70,22 +71,36 @@ def _load_config(**overrides: Any) -> config_mod.Config:
         raise click.ClickException(str(exc)) from None
 
 
+def _param_option(spec: Param) -> Callable:
+    """The option of one detector parameter, from its definition in :mod:`mhd.params`.
+
+    No click default: only the parameters given are sent; the help shows the detector's.
+    """
+    kind = click.IntRange if spec.kind == "int" else click.FloatRange
+    unit = f" {spec.unit}" if spec.unit else ""
+    return click.option(spec.option, spec.name, type=kind(spec.lo, spec.hi), help=f"{spec.help}  [detector default {spec.default:g}{unit}]")
+
+
 def detector_options(fn: Callable) -> Callable:
     """Options that set detector parameters (only those given are sent)."""
-    opts = [
-        click.option("--n-bin", type=click.IntRange(2, 64), help="DoG levels (scales)  [detector default 16]"),
-        click.option("--min-t", type=click.FloatRange(0.1, min_open=False), help="smallest Gaussian scale t, px  [1.0]"),
-        click.option("--max-t", type=click.FloatRange(0.1), help="largest Gaussian scale t, px  [8.0]"),
-        click.option("--threshold", type=click.FloatRange(0.0), help="response threshold (normalised units)  [0.10]"),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
+    for spec in reversed(cli_params()):
+        fn = _param_option(spec)(fn)
     return fn
 
 
 def _params(kwargs: dict) -> dict:
-    """Detector parameters given on the command line (popped from ``kwargs``)."""
-    return {k: v for k in ("n_bin", "min_t", "max_t", "threshold") if (v := kwargs.pop(k)) is not None}
+    """Detector parameters given on the command line (popped from ``kwargs``), checked together.
+
+    Raises
+    ------
+    click.UsageError
+        When they contradict each other (``--min-t`` not below ``--max-t``).
+    """
+    given = {p.name: v for p in cli_params() if (v := kwargs.pop(p.name)) is not None}
+    try:
+        return validate(given)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _section(path: Path) -> Path:
@@ -192,12 +207,20 @@ def _run_logged(section: Path, run: Callable[[], Any]) -> Any:
 # ------------------------------------------------------------------ score
 
 
+def _deprecated_array_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--backend numpy|cupy`` of score, renamed ``--device cpu|gpu`` ("backend" also named the executor)."""
+    if value is not None:
+        click.echo("client: --backend is deprecated for score; use --device (cpu for numpy, gpu for cupy)", err=True)
+    return value
+
+
 @main.command(context_settings=CONTEXT)
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file, as score_tiles returns it (tile: the path; features, density, blur, grid, shape, ms, error, ...).")
-@click.option("--backend", type=click.Choice(["auto", "numpy", "cupy"]), default="auto", show_default=True, help="Array backend of the detector.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True, help="Where the detector computes: cpu (NumPy) or gpu (CuPy on a CUDA GPU); auto: the GPU when CuPy sees one.")
+@click.option("--backend", "old_backend", type=click.Choice(["auto", "numpy", "cupy"]), hidden=True, callback=_deprecated_array_backend, help="Deprecated: --device.")
 @detector_options
-def score(files: tuple[Path, ...], as_json: bool, backend: str, **kwargs: Any) -> None:
+def score(files: tuple[Path, ...], as_json: bool, device: str, old_backend: str | None, **kwargs: Any) -> None:
     """Score image files in this process (no endpoint, no verdicts).
 
     A file that cannot be read or scored gets its error; the others are
@@ -215,7 +238,7 @@ def score(files: tuple[Path, ...], as_json: bool, backend: str, **kwargs: Any) -
     console = _console()
     failed = 0
     for path in files:
-        rec = score_file(path, backend=backend, **params)
+        rec = score_file(path, backend=old_backend or device, **params)
         failed += rec.error is not None
         if as_json:
             click.echo(json.dumps(rec.to_json(RESULT_KEYS)))
@@ -231,7 +254,7 @@ def score(files: tuple[Path, ...], as_json: bool, backend: str, **kwargs: Any) -
 
 
 def _deprecated_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """``--backend`` of submit/watch, renamed ``--executor`` (``client score --backend`` is the array module)."""
+    """``--backend`` of submit/watch, renamed ``--executor`` (where tasks run; ``client score --device`` is where the detector computes)."""
     if value is not None:
         click.echo("client: --backend is deprecated for submit and watch; use --executor", err=True)
     return value

@@ -9,11 +9,14 @@ environment variable named ``MHD_`` + the key in upper case (``MHD_ENDPOINT``,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from .rule import parse_threshold, thresholds
 
 __all__ = ["KEYS", "Config", "config_dir", "config_path", "load", "save_values"]
 
@@ -49,7 +52,8 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
     return parse
 
 
-#: Every configuration key. Thresholds are documented in ``client/verdicts.py``.
+#: Every configuration key. The verdict rule's thresholds are defined in :class:`mhd.client.rule.Rule`
+#: and explained in :mod:`mhd.client.verdicts`.
 KEYS: dict[str, Key] = {
     "endpoint": Key(None, _str, "Globus Compute endpoint UUID (the GPU endpoint 'mhd-gpu')"),
     "function": Key(None, _str, "registered score_tiles function UUID (client register)"),
@@ -72,15 +76,8 @@ KEYS: dict[str, Key] = {
     "task_timeout": Key(3600.0, _float, "seconds a scoring task may go without a result; then its tiles are recorded as errors"),
     "drain_timeout": Key(3.0, _float, "after Ctrl-C, seconds to wait for the tasks in flight (the rest are scored on the next run)"),
     "results": Key(None, _str, "folder for results: each section's mhd-results.jsonl, log, lock and report go to <results>/<section name>/ (default: the section)"),
-    "oof_k": Key(3.0, _float, "relative rule: OOF below median - k * robust sigma of log density"),
-    "oof_min_drop": Key(0.3, _float, "relative rule: ... and at least this far below it (natural log units)"),
-    "warmup": Key(8, _int, "relative rule: tiles scored before the first verdict"),
-    "focus_measure": Key("blur", _choice("blur", "count"), "relative rule's measure: 'blur' (px, dose-free) or 'count' (feature density)"),
-    "blur_max": Key(1.0, _float, "blur rule: OOF when the blur a tile adds to the section median exceeds this (px, in quadrature)"),
-    "partial_drop": Key(0.7, _float, "grid cell below the tile threshold by this much (log) flags a partly defocused tile"),
-    "empty_cnr": Key(3.0, _float, "contrast-to-noise below which a low-count tile is 'empty' (no tissue)"),
-    # the default is mhd.functions.ASTIGMATISM_THRESHOLD (not imported here: it would load SciPy on every command)
-    "astigmatism_max": Key(0.2, _float, "astigmatism strength (0..1) from which a tile is 'oof', kind astigmatism (turn the stigmators)"),
+    # the verdict rule's thresholds: defaults, limits and help are those of mhd.client.rule.Rule
+    **{f.name: Key(f.default, functools.partial(parse_threshold, f), f.metadata["help"]) for f in thresholds()},
     "calibration": Key(None, _str, "calibration JSON (default: calibration.json beside the config file)"),
     "max_defocus": Key(None, lambda v: None if v in (None, "") else float(v), "calibrated rule: largest acceptable |defocus| (series units)"),
 }

@@ -83,8 +83,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from mhd.functions import ASTIGMATISM_THRESHOLD
 from mhd.functions.worker.record import TileRecord, finite
+
+from .rule import FOCUS_MEASURES, Rule, thresholds
 
 __all__ = ["Baseline", "Calibration", "Judge", "Rule", "VERDICTS", "describe", "exit_status", "focus_map", "rule_from_config"]
 
@@ -93,9 +94,6 @@ VERDICTS = ("ok", "oof", "empty", "error")
 
 #: Robust sigma of a normal distribution from its median absolute deviation.
 MAD_TO_SIGMA = 1.4826
-
-#: Focus measures the relative rule can use.
-FOCUS_MEASURES = ("blur", "count")
 
 #: Densities are floored at this many features per megapixel before the log.
 DENSITY_FLOOR = 1.0
@@ -188,25 +186,6 @@ class Calibration:
         return cal
 
 
-@dataclass(frozen=True)
-class Rule:
-    """Thresholds of the verdict rule (see the module docstring)."""
-
-    oof_k: float = 3.0
-    oof_min_drop: float = 0.3
-    warmup: int = 8
-    partial_drop: float = 0.7
-    empty_cnr: float = 3.0
-    calibration: Calibration | None = None
-    astigmatism_max: float = ASTIGMATISM_THRESHOLD
-    focus_measure: str = "blur"
-    blur_max: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.focus_measure not in FOCUS_MEASURES:
-            raise ValueError(f"focus_measure must be one of {', '.join(FOCUS_MEASURES)}, got {self.focus_measure!r}")
-
-
 def rule_from_config(cfg: Any, use_calibration: bool = True) -> Rule:
     """The rule of a :class:`mhd.client.config.Config` (its calibration file if present).
 
@@ -217,7 +196,7 @@ def rule_from_config(cfg: Any, use_calibration: bool = True) -> Rule:
         cal = Calibration.load(cfg.calibration_path)
         if cfg["max_defocus"] is not None:
             cal = Calibration(**{**asdict(cal), "max_defocus": cfg["max_defocus"]})
-    return Rule(cfg["oof_k"], cfg["oof_min_drop"], cfg["warmup"], cfg["partial_drop"], cfg["empty_cnr"], cal, cfg["astigmatism_max"], cfg["focus_measure"], cfg["blur_max"])
+    return Rule(calibration=cal, **{f.name: cfg[f.name] for f in thresholds()})
 
 
 @dataclass(frozen=True)
@@ -486,7 +465,8 @@ def _low_reason(x: float, base: Baseline, cal: Calibration | None) -> str:
 def _blur_reason(blur: float | None, median: float, limit: float, n: int) -> str:
     if blur is None:
         return "no detail above the noise at any scale"
-    return f"blur {blur:.2f} px > {limit:.2f} px (section median {median:.2f} px + {math.sqrt(max(limit**2 - median**2, 0)):.1f} px, n={n})"
+    added = math.sqrt(max(limit**2 - median**2, 0))
+    return f"blur {blur:.2f} px > {limit:.2f} px (section median {median:.2f} px, {added:.1f} px added in quadrature, n={n})"
 
 
 def _k(v: float) -> str:

@@ -95,6 +95,7 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import Backend, get_backend
 from ._noise import CENTRES, _hats
 
 __all__ = [
@@ -285,21 +286,13 @@ def _seam_terms(P: int, Q: int, n: int, m: int) -> dict[str, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=16)
-def _band(shape: tuple[int, int], k_lo: float, k_hi: float, xp: Any, device: int | None) -> _Band:
-    """The (cached) band geometry for a padded shape, on the current device of ``xp``."""
+def _band(shape: tuple[int, int], k_lo: float, k_hi: float, be: Backend) -> _Band:
+    """The (cached) band geometry for a padded shape, on ``be``'s device."""
     P, Q = shape
     d, n, m = _crop_sizes(P, Q, k_lo, k_hi)
     host = {**_rings(P, Q, n, m, d, k_lo, k_hi), **_seam_terms(P, Q, n, m)}
-    on_device = {k: xp.asarray(host.pop(k)) for k in ("order", "rot", "col_sum", "row_sum", "shift_top", "shift_bottom", "shift_cols", "inv_lap_top", "inv_lap_bottom")}
+    on_device = {k: be.asarray(host.pop(k)) for k in ("order", "rot", "col_sum", "row_sum", "shift_top", "shift_bottom", "shift_cols", "inv_lap_top", "inv_lap_bottom")}
     return _Band(n=n, m=m, d=d, nyquist=2.0 / Q if Q % 2 == 0 else 0.0, **host, **on_device)
-
-
-def _device_of(xp: Any) -> int | None:
-    return int(xp.cuda.runtime.getDevice()) if hasattr(xp, "cuda") else None
-
-
-def _to_host(x: Any) -> np.ndarray:
-    return x.get() if hasattr(x, "get") else np.asarray(x)
 
 
 def _seam_jumps(F: Any, P: int, band: _Band, xp: Any) -> tuple[Any, Any, Any]:
@@ -366,23 +359,24 @@ def _sum_strided(x: Any, d: int, axis: int) -> Any:
     return out
 
 
-def _ring_sums(cells: Any, band: _Band, xp: Any, weight: Any = None) -> np.ndarray:
+def _ring_sums(cells: Any, band: _Band, be: Backend, weight: Any = None) -> np.ndarray:
     """``sum w p``, ``sum w p cos 2 theta``, ``sum w p sin 2 theta`` per ring: (B, 3, R) float64 on the host."""
+    xp = be.xp
     p = cells[:, band.order]
     if weight is not None:
-        p = p * xp.asarray(weight.astype(np.float32))
+        p = p * be.asarray(weight.astype(np.float32))
     terms = xp.stack([p, p * band.rot[0], p * band.rot[1]], axis=1).astype(xp.float64)
-    csum = _to_host(xp.cumsum(terms, axis=2))
+    csum = be.to_host(xp.cumsum(terms, axis=2))
     csum = np.concatenate([np.zeros(csum.shape[:2] + (1,)), csum], axis=2)
     return np.diff(csum[:, :, band.bounds], axis=2)
 
 
-def spectral_moments(F: Any, shape: tuple[int, int], t: Any, xp: Any, noise: Any, mirrored: tuple[int, int] = (0, 0), noise_y: Any = None) -> np.ndarray:
+def spectral_moments(F: Any, shape: tuple[int, int], t: Any, backend: str | Backend, noise: Any, mirrored: tuple[int, int] = (0, 0), noise_y: Any = None) -> np.ndarray:
     """Per-ring moments of the band-passed power spectrum (additive over blocks).
 
     Parameters
     ----------
-    F : (B, P, Q // 2 + 1) complex array on ``xp``
+    F : (B, P, Q // 2 + 1) complex array on ``backend``'s device
         ``rfft2`` over the last two axes of a (B, P, Q) real stack (the
         normalised image, padded), unnormalised forward transform.
     shape : (P, Q)
@@ -390,8 +384,8 @@ def spectral_moments(F: Any, shape: tuple[int, int], t: Any, xp: Any, noise: Any
     t : (n_bin + 1,) array
         The detector's Gaussian scales in pixels; only ``t[0]`` and ``t[-1]``
         matter (they set the band ``sqrt(2)/t[-1] .. sqrt(2)/t[0]`` rad/px).
-    xp : module
-        ``numpy`` or ``cupy``: the module of ``F``.
+    backend : {"numpy", "cupy", "cupy:N"} or Backend
+        Where ``F`` is (see :func:`mhd.functions.get_backend`).
     noise : float, (B,) or (B, len(CENTRES)) array
         The noise of each image, in the units of the transformed values: a
         white-noise standard deviation (each bin then holds ``noise**2 * P * Q``
@@ -442,7 +436,8 @@ def spectral_moments(F: Any, shape: tuple[int, int], t: Any, xp: Any, noise: Any
         raise ValueError("noise must be finite standard deviations or spectra >= 0")
     spectrum = noise if noise.ndim == 2 else np.broadcast_to(noise, (B,))[:, None] ** 2 * np.ones(len(CENTRES))
     k_lo, k_hi = _band_limits(t)
-    band = _band((P, Q), k_lo, k_hi, xp, _device_of(xp))
+    be = get_backend(backend)
+    band = _band((P, Q), k_lo, k_hi, be)
     # Scan noise shows the detector's response along x, |G(kx)|^2 ~ S(kx) / max S; the signal went through
     # the same response, which blurs it along x (anisotropy that is no astigmatism): divide it out.
     weight = None
@@ -451,7 +446,7 @@ def spectral_moments(F: Any, shape: tuple[int, int], t: Any, xp: Any, noise: Any
         shape_x = spectrum @ band.cell_phi / np.maximum(spectrum.max(axis=1, keepdims=True), 1e-300)
         shape_y = ny @ band.cell_phi / np.maximum(ny.max(axis=1, keepdims=True), 1e-300)
         weight = 1.0 / np.clip(shape_x / np.maximum(shape_y, 1e-300), SCAN_GAIN_MIN, 1.0)
-    sums = _ring_sums(_pooled_power(F.astype(xp.complex64, copy=False), P, band, xp), band, xp, weight)
+    sums = _ring_sums(_pooled_power(F.astype(be.xp.complex64, copy=False), P, band, be.xp), band, be, weight)
     power = sums[:, 0]
     cell_noise = P * Q * band.cell_bins * (spectrum @ band.cell_phi) * (1.0 if weight is None else weight)
     R = len(band.bins)
@@ -509,7 +504,7 @@ def anisotropy(moments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return strength, angle
 
 
-def spectral_anisotropy(F: Any, shape: tuple[int, int], t: Any, xp: Any, noise: Any, mirrored: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+def spectral_anisotropy(F: Any, shape: tuple[int, int], t: Any, backend: str | Backend, noise: Any, mirrored: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
     """Astigmatism of each image from the spectrum the detector already has.
 
     ``anisotropy(spectral_moments(...))``; see the module docstring for the
@@ -517,7 +512,7 @@ def spectral_anisotropy(F: Any, shape: tuple[int, int], t: Any, xp: Any, noise: 
 
     Parameters
     ----------
-    F, shape, t, xp, noise, mirrored
+    F, shape, t, backend, noise, mirrored
         As for :func:`spectral_moments`.
 
     Returns
@@ -537,8 +532,8 @@ def spectral_anisotropy(F: Any, shape: tuple[int, int], t: Any, xp: Any, noise: 
     >>> from mhd.functions.simulate import blur
     >>> image = blur(np.random.default_rng(0).random((256, 256)), 3.0, 1.0, angle=30.0)
     >>> F = scipy.fft.rfft2(image[None].astype(np.float32))
-    >>> strength, angle = spectral_anisotropy(F, (256, 256), [1.0, 8.0], np, noise=0.0)
+    >>> strength, angle = spectral_anisotropy(F, (256, 256), [1.0, 8.0], "numpy", noise=0.0)
     >>> bool(strength[0] > 0.5), bool(abs(angle[0] - 30.0) < 5.0)
     (True, True)
     """
-    return anisotropy(spectral_moments(F, shape, t, xp, noise, mirrored))
+    return anisotropy(spectral_moments(F, shape, t, backend, noise, mirrored))

@@ -12,30 +12,18 @@ from typing import Any, Sequence
 import numpy as np
 import scipy.fft
 
+from mhd.params import DEFAULTS
+from mhd.params import validate as validate_params
+
 from ._backend import Backend, get_backend
 from ._astigmatism import anisotropy, spectral_moments
 from ._blur import fit_blur
 from ._nms import local_maxima
 from ._noise import CENTRES, level_noise_std, noise_level_function, noise_spectrum, stabilize, stabilizer, white_equivalent
-from ._normalize import SATURATION_PCT, normalize_with_step
+from ._normalize import normalize_with_step
 from ._scalespace import MAX_DECIMATION, FilterBank, dog_pairs, filter_bank, scales
 
 __all__ = ["Detection", "detect", "detect_batch", "DEFAULTS"]
-
-#: Default parameters: they work on EM tiles of any size and bit depth.
-DEFAULTS: dict[str, Any] = dict(
-    n_bin=16,
-    min_t=1.0,
-    max_t=8.0,
-    threshold=0.10,
-    noise_k=5.0,
-    noise_margin=2.5,
-    polarity="both",
-    grid=(4, 4),
-    block_size=4096,
-    tol=1e-3,
-    saturation=SATURATION_PCT,
-)
 
 #: Smallest tile side the detector accepts (pixels).
 MIN_SIDE = 16
@@ -438,18 +426,6 @@ def _validate(image: Any) -> None:
         raise ValueError(f"image is too small ({shape[0]} x {shape[1]}); need at least {MIN_SIDE} x {MIN_SIDE} pixels")
 
 
-def _check_params(p: dict[str, Any]) -> None:
-    if p["threshold"] < 0 or p["noise_k"] < 0 or p["noise_margin"] < 0:
-        raise ValueError("threshold, noise_k and noise_margin must be >= 0")
-    if not 2 <= p["n_bin"] <= MAX_LEVELS:
-        raise ValueError(f"n_bin must be between 2 and {MAX_LEVELS}")
-    if p["block_size"] < 64:
-        raise ValueError("block_size must be at least 64 pixels")
-    gy, gx = p["grid"]
-    if gy < 1 or gx < 1:
-        raise ValueError("grid must be two positive integers (rows, cols)")
-
-
 def _grid_counts(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
     gy, gx = grid
     cy = np.minimum(rows * gy // shape[0], gy - 1).astype(np.int64)
@@ -484,7 +460,7 @@ def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.n
         t = scales(p["n_bin"], p["min_t"], p["max_t"])
 
         def hook(F: Any) -> None:
-            moments.append(spectral_moments(F, shape, t, xp, noise[0], (shape[0] - inside[0], shape[1] - inside[1]), noise_y=noise[1]))
+            moments.append(spectral_moments(F, shape, t, be, noise[0], (shape[0] - inside[0], shape[1] - inside[1]), noise_y=noise[1]))
 
         best, coarse, energy = _response(padded, bank, thr, p["polarity"], (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2), be, hook)
         del padded
@@ -552,11 +528,10 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
     list of Detection
         One per image, in order; ``timings`` are those of the whole batch.
     """
-    p = {**DEFAULTS, **params}
     unknown = set(params) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown detector parameter(s): {', '.join(sorted(unknown))}")
-    _check_params(p)
+    p = {**DEFAULTS, **validate_params(params)}
     backends = [get_backend(b) for b in backend] if isinstance(backend, (list, tuple)) else [get_backend(backend)]
     be = backends[0]
     if len(images) == 0:
@@ -615,7 +590,7 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
     return results
 
 
-def detect(image: Any, n_bin: int = 16, min_t: float = 1.0, max_t: float = 8.0, threshold: float = 0.10, *, backend: str | Backend | Sequence[str | Backend] = "auto", **params: Any) -> Detection:
+def detect(image: Any, n_bin: int = DEFAULTS["n_bin"], min_t: float = DEFAULTS["min_t"], max_t: float = DEFAULTS["max_t"], threshold: float = DEFAULTS["threshold"], *, backend: str | Backend | Sequence[str | Backend] = "auto", **params: Any) -> Detection:
     """Count multi-scale histologic features (MHD) in one EM tile.
 
     Steps (paper, sections 3-4): saturate 0.175 % of the darkest and lightest
@@ -629,19 +604,23 @@ def detect(image: Any, n_bin: int = 16, min_t: float = 1.0, max_t: float = 8.0, 
     than ``block_size`` are processed in blocks with enough overlap that the
     result equals the whole-image computation.
 
+    Defaults and limits of every parameter are defined once, in
+    :data:`mhd.params.PARAMS` (:data:`DEFAULTS`); a value outside them raises
+    ``ValueError``.
+
     Parameters
     ----------
     image : (M, N) array
         Grey levels, any numeric dtype and bit depth; at least 16 x 16 pixels.
     n_bin : int
-        Number of DoG levels (>= 2).
+        Number of DoG levels.
     min_t, max_t : float
-        Smallest and largest Gaussian scale, in pixels.
+        Smallest and largest Gaussian scale, in pixels (``min_t < max_t``).
     threshold : float
         Minimum response of a feature, in units of the normalised image
         (the scale-normalised Laplacian of a [0, 1] image) when the tile has no
-        noise. The defaults (0.10, ``noise_k`` 5, ``noise_margin`` 2.5, both
-        polarities) were chosen by measurement: on real fast and slow SEM
+        noise. The defaults (of ``threshold``, ``noise_k``, ``noise_margin``
+        and ``polarity``) were chosen by measurement: on real fast and slow SEM
         scans of the same fields (``bench/sem_focus.py pairs``) and on
         simulated through-focus series of the ISBI slices at mixed dose and
         gain (``bench/focus_measures.py``).
@@ -650,18 +629,18 @@ def detect(image: Any, n_bin: int = 16, min_t: float = 1.0, max_t: float = 8.0, 
         sequence (e.g. ``["cupy:0", "cupy:1"]``) deals the blocks of an image
         larger than ``block_size`` to several devices, one thread each.
     **params
-        ``noise_k`` (float, default 5): a level's threshold is at least this
+        ``noise_k`` (float): a level's threshold is at least this
         many standard deviations of its response to the tile's measured noise
         (pure Gaussian noise then yields no features). ``noise_margin``
-        (float, default 2.5): and at least ``threshold`` plus this many, so
+        (float): and at least ``threshold`` plus this many, so
         that structure just under the threshold is not lifted over it by
         noise. The noise is measured on each tile as a spectrum along the
         scan line after a variance-stabilising transform
         (``mhd.functions._noise``). ``polarity`` ("both",
         the default, counts dark and bright features, i.e. maxima of
         ``|D_i|``; "dark" is the paper's sign, "bright" the reference
-        code's; chosen by measurement, see ``bench/focus_measures.py``), ``grid`` ((rows, cols) of the count grid,
-        default (4, 4)), ``block_size`` (pixels per block side),
+        code's; chosen by measurement, see ``bench/focus_measures.py``), ``grid`` ((rows, cols) of the count grid),
+        ``block_size`` (pixels per block side),
         ``tol`` (spectral tolerance for decimated coarse levels; 0 disables)
         and ``saturation`` (percent at each end).
 

@@ -6,12 +6,14 @@ from typing import Any
 
 import numpy as np
 
+from mhd.params import DEFAULTS
+
 from ._backend import Backend, get_backend
 
 __all__ = ["normalize", "normalize_with_step", "saturation_limits", "estimate_noise"]
 
-#: Percentage of pixels saturated at each end of the histogram (the paper's 0.175 %).
-SATURATION_PCT = 0.175
+#: Percentage of pixels saturated at each end of the histogram (the paper's 0.175 %; defined in :mod:`mhd.params`).
+SATURATION_PCT = DEFAULTS["saturation"]
 
 
 def _check_image(image: Any) -> None:

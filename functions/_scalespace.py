@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from mhd.params import POLARITIES
+
 from ._backend import Backend
 
 __all__ = ["scales", "noise_gains", "FilterBank", "filter_bank", "POLARITIES", "MAX_DECIMATION"]
 
-POLARITIES = ("dark", "bright", "both")
 #: Largest decimation of the inverse transforms; padded sizes are multiples of it.
 MAX_DECIMATION = 16
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from mhd.params import DEFAULTS
+
 from ._normalize import estimate_noise
 
 __all__ = ["Tissue", "contrast_to_noise"]
@@ -47,7 +49,7 @@ class Tissue:
     cells: np.ndarray
 
 
-def contrast_to_noise(image: Any, grid: tuple[int, int] = (4, 4)) -> Tissue:
+def contrast_to_noise(image: Any, grid: tuple[int, int] = DEFAULTS["grid"]) -> Tissue:
     """Contrast-to-noise ratio of the coarse structure of ``image``.
 
     Parameters

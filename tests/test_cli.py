@@ -16,6 +16,7 @@ from mhd import __version__
 from mhd.client.cli import EXIT_USAGE, main
 from mhd.client.config import load
 from mhd.client.verdicts import Calibration, Judge, rule_from_config
+from mhd.functions import cuda_available
 from mhd.functions.worker.record import RESULT_KEYS, TileRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,9 +225,18 @@ def test_executor_option_and_its_deprecated_backend_alias(tmp_path, command):
         assert deprecated == (["client: --backend is deprecated for submit and watch; use --executor"] if note else [])
 
 
-def test_score_backend_is_still_the_array_module():
-    out = run("score", "--help").output
-    assert "--backend [auto|numpy|cupy]" in out
+def test_score_device_and_its_deprecated_backend_alias():
+    """--device cpu|gpu says where the detector computes; --backend numpy|cupy (hidden) still does, with a note."""
+    helptext = run("score", "--help").output
+    assert "--device [auto|cpu|gpu]" in helptext and "--backend" not in helptext
+    for args, note in ((["--device", "cpu"], False), (["--backend", "numpy"], True)):
+        out = CliRunner().invoke(main, ["score", *args, str(EXAMPLE / "tile_r0_c0.png"), "--json"])
+        assert out.exit_code == 0 and json.loads(out.stdout)["backend"] == "numpy", out.output
+        deprecated = [line for line in out.stderr.splitlines() if "deprecated" in line]
+        assert deprecated == (["client: --backend is deprecated for score; use --device (cpu for numpy, gpu for cupy)"] if note else [])
+    if not cuda_available():
+        gpu = CliRunner().invoke(main, ["score", "--device", "gpu", str(EXAMPLE / "tile_r0_c0.png"), "--json"])
+        assert gpu.exit_code == 1 and "needs CuPy and a CUDA GPU" in json.loads(gpu.stdout)["error"]
 
 
 def test_config_reads_the_old_backend_key_and_variable(tmp_path, monkeypatch):

@@ -70,7 +70,7 @@ def test_inline_bytes_travel_as_json(cloud, root):
 def test_remote_error_surfaces_as_a_clear_message(cloud):
     with GlobusBackend(cloud.endpoint_id, cloud.function_id, cloud.client()) as backend:
         future = backend.submit(["t0.png"], {"threshold": -1})
-        with pytest.raises(TaskFailed, match=r"^ValueError: params\['threshold'\] must be a number in \[0, 1000\], got -1$") as info:
+        with pytest.raises(TaskFailed, match=r"^ValueError: threshold must be a number in \[0, 1000\], got -1$") as info:
             future.result(timeout=60)
     assert isinstance(info.value.__cause__, TaskExecutionFailed)
 

@@ -149,9 +149,9 @@ def test_spectral_anisotropy_of_a_device_spectrum(tiles):
     from mhd.functions._astigmatism import spectral_anisotropy
 
     img = normalize(tiles[0], backend=CPU)[None]
-    want = spectral_anisotropy(CPU.rfft2(img), img.shape[1:], [1.0, 8.0], np, noise=0.01)
+    want = spectral_anisotropy(CPU.rfft2(img), img.shape[1:], [1.0, 8.0], CPU, noise=0.01)
     with DEV0.use():
-        got = spectral_anisotropy(DEV0.rfft2(DEV0.asarray(img)), img.shape[1:], [1.0, 8.0], XP, noise=0.01)
+        got = spectral_anisotropy(DEV0.rfft2(DEV0.asarray(img)), img.shape[1:], [1.0, 8.0], DEV0, noise=0.01)
     assert want[0][0] > 0
     np.testing.assert_allclose(got, want, rtol=1e-4)
 

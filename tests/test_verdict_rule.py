@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from mhd.client.verdicts import Calibration, focus_map
+from mhd.client.verdicts import Calibration, Rule, focus_map, rule_from_config
 from mhd.functions.worker.record import TileRecord
 
 
@@ -30,3 +30,65 @@ def test_a_tile_denser_than_the_in_focus_line_is_estimated_at_zero_defocus():
     assert cal.defocus(math.log(3e4)) == 0.0  # never a negative |defocus|
     assert cal.defocus(math.log(2e4) - 1.6) == pytest.approx(2.0)
     assert cal.log_threshold == pytest.approx(math.log(2e4) - 0.8)
+
+
+# ------------------------------------------------- one definition of the rule
+
+
+def test_the_configuration_keys_of_the_rule_are_its_fields():
+    from mhd.client import config as config_mod
+    from mhd.client.rule import thresholds
+
+    fields = thresholds()
+    assert [f.name for f in fields] == ["oof_k", "oof_min_drop", "warmup", "focus_measure", "blur_max", "partial_drop", "empty_cnr", "astigmatism_max"]
+    for f in fields:
+        key = config_mod.KEYS[f.name]
+        assert (key.default, key.help) == (f.default, f.metadata["help"]) == (getattr(Rule(), f.name), f.metadata["help"])
+
+
+def test_the_rule_is_built_by_keyword_from_the_configuration(tmp_path, monkeypatch):
+    from mhd.client import config as config_mod
+    from mhd.client.rule import thresholds
+
+    with pytest.raises(TypeError):
+        Rule(3.0)  # keyword only: no silent swap of thresholds
+    monkeypatch.setenv("MHD_CONFIG", str(tmp_path / "config.json"))
+    values = {"oof_k": "2.5", "oof_min_drop": "0.4", "warmup": "3", "focus_measure": "COUNT", "blur_max": "1.5", "partial_drop": "0.9", "empty_cnr": "4", "astigmatism_max": "0.3"}
+    for key, value in values.items():
+        monkeypatch.setenv(f"MHD_{key.upper()}", value)
+    rule = rule_from_config(config_mod.load(), use_calibration=False)
+    expected = {"oof_k": 2.5, "oof_min_drop": 0.4, "warmup": 3, "focus_measure": "count", "blur_max": 1.5, "partial_drop": 0.9, "empty_cnr": 4.0, "astigmatism_max": 0.3}
+    assert {f.name: getattr(rule, f.name) for f in thresholds()} == expected
+    assert type(rule.warmup) is int and rule.calibration is None
+
+
+@pytest.mark.parametrize(
+    "given, match",
+    [
+        (dict(oof_k=-1.0), "oof_k.*>= 0"),
+        (dict(blur_max=math.nan), "blur_max"),
+        (dict(warmup="many"), "warmup"),
+        (dict(focus_measure="sharpness"), "focus_measure.*one of blur, count"),
+    ],
+)
+def test_a_threshold_outside_its_limits_is_refused(given, match):
+    with pytest.raises(ValueError, match=match):
+        Rule(**given)
+
+
+def test_a_configured_threshold_outside_its_limits_names_the_key_and_source(tmp_path, monkeypatch):
+    from mhd.client import config as config_mod
+
+    monkeypatch.setenv("MHD_CONFIG", str(tmp_path / "config.json"))
+    monkeypatch.setenv("MHD_EMPTY_CNR", "-3")
+    with pytest.raises(ValueError, match=r"empty_cnr from \$MHD_EMPTY_CNR: invalid value '-3' \(must be a number >= 0\)"):
+        config_mod.load()
+
+
+def test_the_blur_reason_states_the_limit_as_the_median_plus_blur_max_in_quadrature():
+    from mhd.client.verdicts import _blur_reason
+
+    median, blur_max = 0.83, 1.0
+    limit = math.hypot(median, blur_max)
+    reason = _blur_reason(3.26, median, limit, 7)
+    assert reason == "blur 3.26 px > 1.30 px (section median 0.83 px, 1.0 px added in quadrature, n=7)"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 import os
 import stat
 import time
@@ -22,8 +21,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .._detect import DEFAULTS, detect
-from .._scalespace import POLARITIES
+from mhd.params import validate
+
+from .._detect import detect
 from ..tissue import contrast_to_noise
 from .record import RESULT_KEYS, TileRecord
 from .settings import Limits
@@ -39,59 +39,15 @@ _BACKENDS = ("auto", "numpy", "cupy")
 # ------------------------------------------------------------------ params
 
 
-def _number(lo: float, hi: float, integer: bool = False):
-    def check(name: str, v: Any) -> Any:
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
-        if not ok or (integer and int(v) != v):
-            kind = "an integer" if integer else "a number"
-            raise ValueError(f"params[{name!r}] must be {kind} in [{lo:g}, {hi:g}], got {v!r}")
-        return int(v) if integer else float(v)
-
-    return check
-
-
-def _choice(options: tuple[str, ...]):
-    def check(name: str, v: Any) -> str:
-        if v not in options:
-            raise ValueError(f"params[{name!r}] must be one of {', '.join(options)}, got {v!r}")
-        return v
-
-    return check
-
-
-def _grid(name: str, v: Any) -> tuple[int, int]:
-    cell = _number(1, 64, integer=True)
-    if not isinstance(v, (list, tuple)) or len(v) != 2:
-        raise ValueError(f"params[{name!r}] must be two integers (rows, cols), got {v!r}")
-    return cell(name, v[0]), cell(name, v[1])
-
-
-#: Bounds on caller-supplied detector parameters: they keep memory and time
-#: bounded (a filter bank holds ``n_bin`` spectra of ``block_size`` squared).
-PARAM_RULES = {
-    "n_bin": _number(2, 64, integer=True),
-    "min_t": _number(0.1, 64),
-    "max_t": _number(0.2, 64),
-    "threshold": _number(0, 1e3),
-    "noise_k": _number(0, 100),
-    "noise_margin": _number(0, 100),
-    "polarity": _choice(POLARITIES),
-    "grid": _grid,
-    "block_size": _number(64, 8192, integer=True),
-    "tol": _number(0, 1),
-    "saturation": _number(0, 49),
-    "backend": _choice(_BACKENDS),
-}
-
-
 def check_params(params: dict | None) -> dict[str, Any]:
     """Validate caller-supplied detector parameters.
 
     Parameters
     ----------
     params : dict or None
-        Any of :data:`mhd.functions.DEFAULTS` plus ``backend``
-        (``"auto"``, ``"numpy"`` or ``"cupy"``).
+        Any of :data:`mhd.params.PARAMS` (checked against its limits, which
+        bound a task's memory and time) plus ``backend`` (``"auto"``,
+        ``"numpy"`` or ``"cupy"``).
 
     Returns
     -------
@@ -107,15 +63,10 @@ def check_params(params: dict | None) -> dict[str, Any]:
         params = {}
     if not isinstance(params, dict):
         raise ValueError(f"params must be a dict or None, got {type(params).__name__}")
-    allowed = set(DEFAULTS) | {"backend"}
-    unknown = sorted(str(k) for k in params if k not in allowed)
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    checked = {k: PARAM_RULES[k](k, v) if k in PARAM_RULES else v for k, v in params.items()}
-    if checked.get("min_t", DEFAULTS["min_t"]) >= checked.get("max_t", DEFAULTS["max_t"]):
-        raise ValueError("params must satisfy min_t < max_t (pixels)")
-    checked.setdefault("backend", "auto")
-    return checked
+    backend = params.get("backend", "auto")
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
+    return {**validate({k: v for k, v in params.items() if k != "backend"}), "backend": backend}
 
 
 # ------------------------------------------------------------- tile input

@@ -1,0 +1,85 @@
+"""The verdict rule's thresholds: one definition of each default, limit and meaning.
+
+:class:`Rule` is the definition: each threshold is a field whose metadata holds
+its one-line help and its limits. The configuration (:data:`mhd.client.config.KEYS`,
+shown by ``client config --verbose``) builds its keys from these fields, and
+:func:`mhd.client.verdicts.rule_from_config` builds the rule from the configuration
+by keyword. What each threshold does is explained in :mod:`mhd.client.verdicts`.
+
+Standard library only: the configuration is read by every command, which must
+not load NumPy or SciPy for it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import Field, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .verdicts import Calibration
+
+__all__ = ["FOCUS_MEASURES", "Rule", "parse_threshold", "thresholds"]
+
+#: Focus measures the relative rule can use.
+FOCUS_MEASURES = ("blur", "count")
+
+
+def _threshold(default: Any, help: str, *, lo: float | None = 0.0, integer: bool = False, choices: tuple[str, ...] = ()) -> Any:
+    """A field of :class:`Rule` that is a configurable threshold (``lo``: inclusive lower limit)."""
+    return field(default=default, metadata={"help": help, "lo": None if choices else lo, "integer": integer, "choices": choices})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rule:
+    """Thresholds of the verdict rule (see :mod:`mhd.client.verdicts`), given by keyword.
+
+    Every field but ``calibration`` is a threshold (:func:`thresholds`): a
+    configuration key of the same name with the default, limits and help
+    given here. A value outside its limits raises ``ValueError``.
+    """
+
+    oof_k: float = _threshold(3.0, "relative rule: OOF below median - k * robust sigma of log density")
+    oof_min_drop: float = _threshold(0.3, "relative rule: ... and at least this far below it (natural log units)")
+    warmup: int = _threshold(8, "relative rule: tiles scored before the first verdict", integer=True)
+    focus_measure: str = _threshold("blur", "relative rule's measure: 'blur' (px, dose-free) or 'count' (feature density)", choices=FOCUS_MEASURES)
+    blur_max: float = _threshold(1.0, "blur rule: OOF when the blur a tile adds to the section median exceeds this (px, in quadrature)")
+    partial_drop: float = _threshold(0.7, "grid cell below the tile threshold by this much (log) flags a partly defocused tile")
+    empty_cnr: float = _threshold(3.0, "contrast-to-noise below which a low-count tile is 'empty' (no tissue)")
+    # mhd.functions.ASTIGMATISM_THRESHOLD (not imported: it loads SciPy); a test checks they agree
+    astigmatism_max: float = _threshold(0.2, "astigmatism strength (0..1) from which a tile is 'oof', kind astigmatism (turn the stigmators)")
+    calibration: Calibration | None = None
+
+    def __post_init__(self) -> None:
+        for f in thresholds():
+            try:
+                value = parse_threshold(f, getattr(self, f.name))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{f.name}: invalid value {getattr(self, f.name)!r} ({exc})") from None
+            object.__setattr__(self, f.name, value)
+
+
+def thresholds() -> list[Field]:
+    """The fields of :class:`Rule` that are thresholds, in order."""
+    return [f for f in fields(Rule) if "help" in f.metadata]
+
+
+def parse_threshold(f: Field, value: Any) -> Any:
+    """``value`` (a number, or text from a file or the environment) as threshold ``f``'s type.
+
+    Raises
+    ------
+    ValueError
+        When it does not parse or is outside the limits (the message says what is allowed).
+    """
+    choices = f.metadata["choices"]
+    if choices:
+        text = str(value).lower()
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+    integer, lo = f.metadata["integer"], f.metadata["lo"]
+    number = int(value) if integer else float(value)
+    if not math.isfinite(number) or (lo is not None and number < lo):
+        raise ValueError(f"must be {'an integer' if integer else 'a number'} >= {lo:g}")
+    return number
