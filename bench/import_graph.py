@@ -7,7 +7,9 @@ Read from the source with :mod:`ast` (nothing is imported), every ``import``
 statement counts, at module level or inside a function (a lazy import is
 still an arrow). The layers are the pure detector ``mhd.functions``, the
 worker side ``mhd.functions.worker`` (the registered function, decoding,
-confinement, limits, the tile record), ``mhd.client`` and ``mhd.endpoint``.
+confinement, limits, the tile record), ``mhd.client``, ``mhd.endpoint`` and
+the top-level ``mhd`` (the version and :mod:`mhd.params`, the detector's
+parameters, which every layer reads).
 ``tests/test_layout.py`` checks the architecture's arrows with the same
 reader:
 
@@ -16,7 +18,12 @@ reader:
   reads the environment nor opens files (:func:`side_effects`);
 * ``mhd.functions.worker`` imports nothing from ``mhd.client`` or ``mhd.endpoint``;
 * ``mhd.client`` never imports ``cupy``;
-* ``mhd.endpoint`` never imports ``mhd.client``.
+* ``mhd.endpoint`` never imports ``mhd.client``;
+* ``mhd`` (``mhd.params``) imports nothing of the package: every layer may read it.
+
+A subpackage's ``__init__`` runs when any of its modules is imported;
+``mhd.functions`` loads its detector lazily (PEP 562), so importing the worker's
+record does not load NumPy and SciPy (``tests/test_layout.py`` checks it at run time).
 """
 
 from __future__ import annotations
@@ -27,10 +34,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: folder -> import name, as pyproject.toml's [tool.setuptools.package-dir] maps them
-PACKAGES = {"functions": "mhd.functions", "client": "mhd.client", "endpoint": "mhd.endpoint"}
+PACKAGES = {"functions": "mhd.functions", "client": "mhd.client", "endpoint": "mhd.endpoint", "mhd-package": "mhd"}
 
 #: The layers, most specific first: a module belongs to the first one it is in.
-LAYERS = ("mhd.functions.worker", "mhd.functions", "mhd.client", "mhd.endpoint")
+LAYERS = ("mhd.functions.worker", "mhd.functions", "mhd.client", "mhd.endpoint", "mhd")
 
 #: Modules of another layer than their name says: ``mhd.functions._score`` is kept for
 #: functions registered before the worker side moved (it re-exports the worker's ``score_batch``).
@@ -68,7 +75,7 @@ def imports(path: Path, root: Path = ROOT) -> set[str]:
 
 
 def graph(root: Path = ROOT) -> dict[str, set[str]]:
-    """module -> every module it imports (``mhd`` and third-party), for all of functions/, client/, endpoint/."""
+    """module -> every module it imports (``mhd`` and third-party), for all of functions/, client/, endpoint/, mhd-package/."""
     out: dict[str, set[str]] = {}
     for folder in PACKAGES:
         for path in sorted((root / folder).rglob("*.py")):

@@ -9,23 +9,37 @@ record) is :mod:`mhd.functions.worker`.
 >>> from mhd.functions import detect, normalize
 """
 
-from ._astigmatism import ASTIGMATISM_THRESHOLD
-from ._backend import Backend, cuda_available, get_backend
-from ._detect import DEFAULTS, Detection, detect, detect_batch
-from ._normalize import estimate_noise, normalize, saturation_limits
-from ._scalespace import scales
+import importlib
+from typing import Any
 
-__all__ = [
-    "ASTIGMATISM_THRESHOLD",
-    "DEFAULTS",
-    "Backend",
-    "Detection",
-    "cuda_available",
-    "detect",
-    "detect_batch",
-    "estimate_noise",
-    "get_backend",
-    "normalize",
-    "saturation_limits",
-    "scales",
-]
+#: Public name -> the module that defines it. Loaded on first use (PEP 562), so
+#: that importing :mod:`mhd.functions.worker.record` (which the client does) does
+#: not load NumPy and SciPy with the detector.
+_EXPORTS = {
+    "ASTIGMATISM_THRESHOLD": "._astigmatism",
+    "Backend": "._backend",
+    "cuda_available": "._backend",
+    "get_backend": "._backend",
+    "DEFAULTS": "._detect",
+    "Detection": "._detect",
+    "detect": "._detect",
+    "detect_batch": "._detect",
+    "estimate_noise": "._normalize",
+    "normalize": "._normalize",
+    "saturation_limits": "._normalize",
+    "scales": "._scalespace",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

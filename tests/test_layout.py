@@ -84,6 +84,20 @@ def test_the_record_imports_nothing_heavy():
     assert {name.split(".")[0] for name in GRAPH["mhd.functions.worker.record"]} <= {"__future__", "dataclasses", "math", "typing"}
 
 
+def test_the_top_level_imports_nothing_of_the_package():
+    """``mhd.params`` is read by every layer, so it may import none of them."""
+    assert "mhd.params" in GRAPH
+    assert _offenders("mhd", ("mhd.functions", "mhd.client", "mhd.endpoint", "numpy", "scipy", "cupy")) == []
+
+
+def test_importing_the_record_or_the_cli_loads_no_array_library():
+    """At run time, not only in the source: a subpackage's __init__ runs too (mhd.functions loads lazily)."""
+    code = "import sys, mhd.functions.worker.record, mhd.client.cli, mhd.params; print(sorted(m for m in ('numpy', 'scipy', 'cupy') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 def test_client_never_imports_cupy():
     assert _offenders("mhd.client", ("cupy", "cupyx")) == []
 
@@ -107,7 +121,7 @@ def test_the_checks_can_fail(tmp_path):
     assert "mhd.client.cli" in g["mhd.functions.bad"]
     assert "cupy" in g["mhd.client.bad"]
     assert "mhd.client.config" in g["mhd.endpoint.bad"]
-    assert IG.layers(g) == {"mhd.functions.worker": set(), "mhd.functions": {"mhd.client", "mhd.functions.worker"}, "mhd.client": {"cupy"}, "mhd.endpoint": {"mhd.client"}}
+    assert IG.layers(g) == {"mhd.functions.worker": set(), "mhd.functions": {"mhd.client", "mhd.functions.worker"}, "mhd.client": {"cupy"}, "mhd.endpoint": {"mhd.client"}, "mhd": set()}
     assert IG.side_effects(tmp_path / "functions" / "leaky.py") == {"open", "os.environ", "pathlib"}
 
 
