@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import FrozenInstanceError, replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -71,3 +72,10 @@ def test_records_are_not_changed_in_place_by_the_judge():
 def test_finite():
     assert finite(None) is None and finite(math.nan) is None and finite(-math.inf) is None
     assert finite(np.float32(1.5)) == 1.5 and isinstance(finite(2), float)
+
+
+@pytest.mark.parametrize("doc", ["endpoint/README.md", "docs/notebook.md"])
+def test_the_docs_name_every_result_key(doc):
+    """What the function returns is listed where admins and notebook users read it."""
+    text = (Path(__file__).resolve().parents[1] / doc).read_text()
+    assert [key for key in RESULT_KEYS if f"`{key}`" not in text] == []
