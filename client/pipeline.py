@@ -176,6 +176,7 @@ class Pipeline:
     _streams: list[Iterator[Staged | None]] = field(default_factory=list)
     _futures: dict[cf.Future, _Task] = field(default_factory=dict)
     _local: dict[str, Tile] = field(default_factory=dict)
+    _warned_no_contrast: bool = False
 
     # ------------------------------------------------------------ feeding
 
@@ -326,6 +327,10 @@ class Pipeline:
                 result = TileRecord.from_json(res)
             except ValueError:  # not a result entry: its tile is reported below
                 continue
+            if result.error is None and "contrast" not in res and not self._warned_no_contrast:
+                self._warned_no_contrast = True
+                log.warning("the worker returned no tissue contrast (its mhd is older than this client's): empty tiles "
+                            "cannot be told from blurred ones; install this version of mhd where the tasks run")
             tile = staged.tiles.get(result.tile)
             if tile is None or tile.id in seen:
                 continue
