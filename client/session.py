@@ -151,7 +151,7 @@ def open_backend(cfg: Config, kind: str, data_root: Path | None = None, compute_
     return backends.GlobusBackend(cfg["endpoint"], cfg["function"], compute_client())
 
 
-def make_transport(cfg: Config, section: Path, tiles: list[Tile], batch: int, transfer_client: Callable[[list[str]], Any] | None = None, kind: str = "globus") -> Transport:
+def make_transport(cfg: Config, section: Path, tiles: list[Tile] | None, batch: int, transfer_client: Callable[[list[str]], Any] | None = None, kind: str = "globus") -> Transport:
     """The transport the configuration (and ``auto``) asks for.
 
     With the local backend the workers read the tiles from disk themselves
@@ -316,8 +316,8 @@ class RunSession:
                     self._hook.close(timeout=1.0 if self.interrupted else 10.0)
                 self.results.compact()
 
-    def use_transport(self, tiles: list[Tile], batch: int) -> Transport:
-        """Choose the transport for ``tiles`` (``auto`` looks at their sizes), ``batch`` tiles per task (:func:`make_transport`)."""
+    def use_transport(self, tiles: list[Tile] | None, batch: int) -> Transport:
+        """Choose the transport for ``tiles`` (``auto`` looks at their sizes; None: not known yet, as in ``watch``), ``batch`` tiles per task (:func:`make_transport`)."""
         self.transport = make_transport(self.cfg, self.section, tiles, batch, self._transfer_client, self.kind)
         return self.transport
 

@@ -321,16 +321,18 @@ class GlobusTransport(Transport):
         return out
 
 
-def choose_transport(name: str, tiles: list[Tile], inline_max_bytes: int, shared_ready: bool, globus_ready: bool) -> str:
+def choose_transport(name: str, tiles: list[Tile] | None, inline_max_bytes: int, shared_ready: bool, globus_ready: bool) -> str:
     """The transport ``auto`` means for these tiles.
 
     Inline while every tile is at most ``inline_max_bytes``; else shared
     storage when configured, else Globus Transfer when configured, else inline
     (large tiles then fail alone with a message saying what to configure).
+    ``tiles`` None means not known yet (``watch``): then shared storage or
+    Globus Transfer when configured, since any tile may be large.
     """
     if name != "auto":
         return name
-    if all(t.size <= inline_max_bytes for t in tiles):
+    if tiles is not None and all(t.size <= inline_max_bytes for t in tiles):
         return "inline"
     if shared_ready:
         return "shared"

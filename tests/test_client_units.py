@@ -276,3 +276,5 @@ def test_auto_transport_choice(tmp_path):
     assert choose_transport("auto", tiles, 50, True, True) == "shared"
     assert choose_transport("auto", tiles, 50, False, True) == "globus"
     assert choose_transport("shared", tiles[1:], 50, False, False) == "shared"
+    # tiles not known yet (watch): what carries any size, when configured
+    assert [choose_transport("auto", None, 50, s, g) for s, g in ((True, True), (False, True), (False, False))] == ["shared", "globus", "inline"]

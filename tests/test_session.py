@@ -76,3 +76,34 @@ def test_watch_honours_the_detectors_grid(tmp_path):
     for rec in records.values():
         assert np.asarray(rec.grid).shape == np.asarray(rec.contrast_cells).shape == (2, 3)
         assert rec.contrast > 3  # tissue
+
+
+def test_watch_sends_tiles_the_way_submit_does_when_tiles_may_be_large(tmp_path, monkeypatch):
+    """``auto`` with shared storage configured: submit sends a large tile through it, and watch, which
+    cannot know the sizes of tiles still to land, does too (it chose inline, so large tiles failed)."""
+    used = []
+
+    class Recorder:
+        def __init__(self, backend, transport, *args, **kwargs):
+            used.append(transport.name)
+            self.landed, self.busy = {}, False
+
+        def run(self, tiles):
+            pass
+
+        def feed(self, tiles):
+            pass
+
+        def finish(self):
+            pass
+
+    monkeypatch.setattr(session, "Pipeline", Recorder)
+    monkeypatch.setattr(session, "open_backend", lambda *args: contextlib.nullcontext(object()))
+    section = tmp_path / "s"
+    landed_long_ago(section, ["tile_r0_c0.png"])
+    size_mb = (section / "tile_r0_c0.png").stat().st_size / 2**20
+    cfg = load().override(executor="globus", endpoint="e", function="f", shared_local=str(tmp_path), shared_remote="/mnt/em", inline_max_mb=size_mb / 2)
+    console = Console(file=io.StringIO())
+    run_section(section, cfg, console, rule=Rule())
+    watch_section(section, cfg, console, rule=Rule(), idle_exit=0.0)
+    assert used == ["shared", "shared"]
