@@ -19,6 +19,7 @@ import contextlib
 import inspect
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -37,6 +38,17 @@ __all__ = ["main"]
 EXIT_USAGE = 64
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def prog_name() -> str:
+    """The name the program was started as (``mhd`` or ``client``); ``client`` under ``python -m mhd.client``."""
+    name = os.path.basename(sys.argv[0]).removesuffix(".exe")
+    return "client" if not name or name.endswith(".py") or name == "-c" else name
+
+
+def _prog(ctx: click.Context) -> str:
+    """The program's name as its usage line shows it."""
+    return ctx.find_root().info_name or "client"
 
 
 class _Group(click.Group):
@@ -109,7 +121,7 @@ def _section(path: Path) -> Path:
     return path.resolve()
 
 
-@click.group(cls=_Group, context_settings=CONTEXT)
+@click.group("client", cls=_Group, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="mhd client")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
@@ -210,7 +222,7 @@ def _run_logged(section: Path, run: Callable[[], Any]) -> Any:
 def _deprecated_array_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """``--backend numpy|cupy`` of score, renamed ``--device cpu|gpu`` ("backend" also named the executor)."""
     if value is not None:
-        click.echo("client: --backend is deprecated for score; use --device (cpu for numpy, gpu for cupy)", err=True)
+        click.echo(f"{_prog(ctx)}: --backend is deprecated for score; use --device (cpu for numpy, gpu for cupy)", err=True)
     return value
 
 
@@ -256,7 +268,7 @@ def score(files: tuple[Path, ...], as_json: bool, device: str, old_backend: str 
 def _deprecated_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """``--backend`` of submit/watch, renamed ``--executor`` (where tasks run; ``client score --device`` is where the detector computes)."""
     if value is not None:
-        click.echo("client: --backend is deprecated for submit and watch; use --executor", err=True)
+        click.echo(f"{_prog(ctx)}: --backend is deprecated for submit and watch; use --executor", err=True)
     return value
 
 

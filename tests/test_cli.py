@@ -225,6 +225,29 @@ def test_executor_option_and_its_deprecated_backend_alias(tmp_path, command):
         assert deprecated == (["client: --backend is deprecated for submit and watch; use --executor"] if note else [])
 
 
+@pytest.mark.parametrize(("argv0", "name"), [("/usr/local/bin/mhd", "mhd"), ("/opt/venv/bin/client", "client"), ("/x/mhd/client/__main__.py", "client"), ("C:\\venv\\Scripts\\mhd.exe", "mhd")])
+def test_program_name_is_the_one_started(monkeypatch, argv0, name):
+    from mhd.client.cli import prog_name
+
+    monkeypatch.setattr("sys.argv", [argv0.replace("\\", os.sep)])
+    assert prog_name() == name
+
+
+def test_both_entry_points_name_themselves_in_usage_and_notes():
+    """``mhd`` says ``mhd``, also in its deprecation notes; ``python -m mhd.client`` says ``client``."""
+    import subprocess
+    import sys
+
+    as_module = subprocess.run([sys.executable, "-m", "mhd.client", "--help"], capture_output=True, text=True, check=True)
+    assert as_module.stdout.startswith("Usage: client ")
+    script = Path(sys.executable).parent / "mhd"
+    if not script.exists():
+        pytest.skip("the mhd console script is not installed beside this interpreter")
+    assert subprocess.run([script, "--help"], capture_output=True, text=True, check=True).stdout.startswith("Usage: mhd ")
+    out = subprocess.run([script, "score", "--backend", "numpy", EXAMPLE / "tile_r0_c0.png", "--json"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stderr.startswith("mhd: --backend is deprecated for score"), out.stderr
+
+
 def test_score_device_and_its_deprecated_backend_alias():
     """--device cpu|gpu says where the detector computes; --backend numpy|cupy (hidden) still does, with a note."""
     helptext = run("score", "--help").output
