@@ -137,6 +137,7 @@ def main(verbose: int) -> None:
 
     Example:
 
+    \b
         client submit --dir examples/section_042
     """
     level = logging.WARNING - 10 * min(verbose, 2)
@@ -240,6 +241,7 @@ def score(files: tuple[Path, ...], as_json: bool, device: str, old_backend: str 
 
     Example:
 
+    \b
         client score examples/section_042/tile_r0_c0.png --json
     """
     from mhd.functions.worker.record import RESULT_KEYS
@@ -273,7 +275,7 @@ def _deprecated_backend(ctx: click.Context, param: click.Parameter, value: str |
 
 
 def _run_options(fn: Callable) -> Callable:
-    """Options shared by submit and watch."""
+    """Options shared by submit and watch (the detector's come after the command's own: ``@detector_options`` last)."""
     opts = [
         click.option("--dir", "directory", required=True, type=click.Path(path_type=Path), help="Section folder."),
         click.option("--executor", type=click.Choice(["auto", "local", "globus"]), help="Where scoring tasks run: local (process pool here) or globus (Globus Compute)  [config: auto]"),
@@ -287,7 +289,7 @@ def _run_options(fn: Callable) -> Callable:
     ]
     for opt in reversed(opts):
         fn = opt(fn)
-    return detector_options(fn)
+    return fn
 
 
 def _rule(cfg: config_mod.Config, no_calibration: bool):
@@ -351,6 +353,7 @@ def _compute_client() -> Any:
 @_run_options
 @click.option("--rescore", is_flag=True, help="Score every tile again (the old results are kept as a .bak file).")
 @click.option("-a", "--all", "show_ok", is_flag=True, help="Print a line for ok tiles too.")
+@detector_options
 def submit(directory: Path, executor: str | None, old_backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, results: Path | None, rescore: bool, show_ok: bool, **kwargs: Any) -> None:
     """Score every tile of a section and report out-of-focus tiles.
 
@@ -364,6 +367,7 @@ def submit(directory: Path, executor: str | None, old_backend: str | None, trans
 
     Example:
 
+    \b
         client submit --dir examples/section_042     # exits 2: the example has OOF tiles
     """
     from .interrupt import Interrupt
@@ -397,6 +401,7 @@ def config_cmd(as_json: bool, verbose: bool) -> None:
 
     Example:
 
+    \b
         MHD_OOF_K=4 client config
     """
     cfg = _load_config()
@@ -428,6 +433,7 @@ def login(force: bool) -> None:
 
     Example:
 
+    \b
         client login
     """
     from . import auth
@@ -445,6 +451,7 @@ def logout() -> None:
 
     Example:
 
+    \b
         client logout
     """
     from . import auth
@@ -469,6 +476,7 @@ def register(endpoint: Any, public: bool) -> None:
 
     Example:
 
+    \b
         client register --endpoint 4b116d3c-1703-4f8f-9f6f-39921e5864df
     """
     from .registration import register_score_tiles
@@ -488,6 +496,7 @@ def endpoint() -> None:
 
     Example:
 
+    \b
         client endpoint configure --gpus 8 --env /opt/mhd/venv
     """
 
@@ -518,6 +527,7 @@ endpoint.add_command(_configure_with_stored_function())
 @click.option("--poll", type=click.FloatRange(0.05, 60), default=0.25, show_default=True, help="Seconds between looks at the folder.")
 @click.option("--give-up", type=click.FloatRange(0.0), default=10.0, show_default=True, help="Seconds a stable but incomplete file (its image structure cut short) waits before it is scored (and fails).")
 @click.option("--idle-exit", type=click.FloatRange(0.0), help="Stop after this many seconds without a new tile (default: run until Ctrl-C).")
+@detector_options
 def watch(directory: Path, executor: str | None, old_backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, results: Path | None, poll: float, give_up: float, idle_exit: float | None, **kwargs: Any) -> None:
     """Score tiles as the microscope writes them, until Ctrl-C.
 
@@ -531,6 +541,7 @@ def watch(directory: Path, executor: str | None, old_backend: str | None, transp
 
     Example:
 
+    \b
         client watch --dir /data/section_043 --on-oof "notify-send 'Out of focus'"
     """
     from .interrupt import Interrupt
@@ -572,6 +583,7 @@ def report(directory: Path, positions: Path | None, out: Path | None, no_calibra
 
     Example:
 
+    \b
         client report --dir examples/section_042
     """
     from .report import make_report
@@ -617,6 +629,7 @@ def calibrate(directory: Path, csv_path: Path | None, pattern: str | None, units
 
     Example:
 
+    \b
         client calibrate --dir examples/focus_series --max-defocus 1
     """
     from . import calibrate as cal_mod
@@ -672,6 +685,7 @@ def focus_sweep(directory: Path, csv_path: Path | None, pattern: str | None, uni
 
     Example:
 
+    \b
         client focus-sweep --dir examples/wd_sweep
     """
     from . import sweep as sweep_mod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 import os
@@ -39,6 +40,30 @@ def test_help_version_and_examples():
     for cmd in COMMANDS:
         out = run(*cmd, "--help")
         assert out.exit_code == 0 and "Example:" in out.output, cmd
+
+
+@pytest.mark.parametrize("command", [[], *COMMANDS], ids=" ".join)
+def test_help_examples_are_kept_whole_for_copying(command):
+    """click rewraps paragraphs; each example block is marked (\\b) so that its lines come out as written."""
+    cmd = main
+    for name in command:
+        cmd = cmd.get_command(None, name)
+    example = inspect.cleandoc(cmd.help).split("Example:", 1)[1].strip("\n").split("\n\n")[0]  # the block after it
+    written = [line.strip() for line in example.splitlines() if line.strip() not in ("", "\b")]
+    out = CliRunner().invoke(main, [*command, "--help"], terminal_width=60)
+    shown = [line.strip() for line in out.output.split("Example:", 1)[1].splitlines()]
+    assert out.exit_code == 0 and written and all(line in shown for line in written), (written, shown)
+
+
+def test_watch_help_keeps_the_quoted_example_on_one_line():
+    out = CliRunner().invoke(main, ["watch", "--help"], terminal_width=80)
+    assert """client watch --dir /data/section_043 --on-oof "notify-send 'Out of focus'\"""" in out.output
+
+
+@pytest.mark.parametrize("command", ["submit", "watch"])
+def test_detector_options_come_after_the_run_options(command):
+    helptext = run(command, "--help").output.split("Options:", 1)[1]
+    assert helptext.index("--dir") < helptext.index("--results") < helptext.index("--n-bin") < helptext.index("--threshold")
 
 
 def test_usage_errors_exit_64_not_2():
