@@ -104,6 +104,14 @@ def test_cli_options_and_help_are_the_spec(command):
         assert opt.opts == [p.option]
         assert (opt.type.min, opt.type.max) == (p.lo, p.hi)
         assert f"[detector default {p.default:g}" in " ".join(helptext.split()), p.name
+        assert f"[{p.lo:g}<=x<={p.hi:g}]" in helptext, p.name  # 1000, not 1000.0
+
+
+def test_integral_limits_are_written_as_integers():
+    """Help prints a limit as written: ``1e3`` would show as ``1000.0``."""
+    for p in NUMBERS:
+        for limit in (p.lo, p.hi):
+            assert limit is None or not isinstance(limit, float) or not limit.is_integer(), (p.name, limit)
 
 
 def test_cli_refuses_contradicting_scales_as_a_usage_error(tmp_path):
