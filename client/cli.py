@@ -19,6 +19,7 @@ import contextlib
 import inspect
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -230,10 +231,10 @@ def _deprecated_array_backend(ctx: click.Context, param: click.Parameter, value:
 @main.command(context_settings=CONTEXT)
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file, as score_tiles returns it (tile: the path; features, density, blur, grid, shape, ms, error, ...).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True, help="Where the detector computes: cpu (NumPy) or gpu (CuPy on a CUDA GPU); auto: the GPU when CuPy sees one.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), help="Where the detector computes: cpu (NumPy) or gpu (CuPy on a CUDA GPU); auto: the GPU when CuPy sees one.  [default: auto]")
 @click.option("--backend", "old_backend", type=click.Choice(["auto", "numpy", "cupy"]), hidden=True, callback=_deprecated_array_backend, help="Deprecated: --device.")
 @detector_options
-def score(files: tuple[Path, ...], as_json: bool, device: str, old_backend: str | None, **kwargs: Any) -> None:
+def score(files: tuple[Path, ...], as_json: bool, device: str | None, old_backend: str | None, **kwargs: Any) -> None:
     """Score image files in this process (no endpoint, no verdicts).
 
     A file that cannot be read or scored gets its error; the others are
@@ -244,24 +245,36 @@ def score(files: tuple[Path, ...], as_json: bool, device: str, old_backend: str 
     \b
         client score examples/section_042/tile_r0_c0.png --json
     """
+    from mhd.functions import cuda_available
     from mhd.functions.worker.record import RESULT_KEYS
 
     from .score import score_file
 
     params = _params(kwargs)
+    backend = device or old_backend or "auto"  # --device wins over its deprecated alias
+    if backend in ("gpu", "cupy") and not cuda_available():
+        raise click.ClickException("--device gpu needs CuPy and a CUDA GPU, and this machine has none (use --device cpu or auto)")
     console = _console()
     failed = 0
     for path in files:
-        rec = score_file(path, backend=old_backend or device, **params)
+        rec = score_file(path, backend=backend, **params)
         failed += rec.error is not None
         if as_json:
             click.echo(json.dumps(rec.to_json(RESULT_KEYS)))
         elif rec.error:
             console.print(f"[bold magenta]ERROR[/] {rec.error}")
         else:
-            console.print(f"{path}  {rec.features:6d} features  {rec.density / 1000:7.1f}k/MP  {rec.shape[0]}x{rec.shape[1]}  {rec.ms:.0f} ms  [dim]{rec.backend}[/]")
+            console.print(f"{path}  {rec.features:6d} features  {rec.density / 1000:7.1f}k/MP  blur {_blur(rec)}  {rec.shape[0]}x{rec.shape[1]}  {rec.ms:.0f} ms  [dim]{rec.backend}[/]")
     if failed:
         sys.exit(1)
+
+
+def _blur(rec: Any) -> str:
+    """The blur as the verdicts read it: ``1.23 ± 0.05 px``, or ``-`` when not measurable."""
+    if rec.blur is None or not math.isfinite(rec.blur):
+        return "- px"
+    err = f" ± {rec.blur_err:.2f}" if rec.blur_err is not None and math.isfinite(rec.blur_err) else ""
+    return f"{rec.blur:.2f}{err} px"
 
 
 # ----------------------------------------------------------------- submit

@@ -282,9 +282,18 @@ def test_score_device_and_its_deprecated_backend_alias():
         assert out.exit_code == 0 and json.loads(out.stdout)["backend"] == "numpy", out.output
         deprecated = [line for line in out.stderr.splitlines() if "deprecated" in line]
         assert deprecated == (["client: --backend is deprecated for score; use --device (cpu for numpy, gpu for cupy)"] if note else [])
+    both = CliRunner().invoke(main, ["score", "--device", "cpu", "--backend", "cupy", str(EXAMPLE / "tile_r0_c0.png"), "--json"])
+    assert both.exit_code == 0 and json.loads(both.stdout)["backend"] == "numpy", both.output  # the new option wins
     if not cuda_available():
         gpu = CliRunner().invoke(main, ["score", "--device", "gpu", str(EXAMPLE / "tile_r0_c0.png"), "--json"])
-        assert gpu.exit_code == 1 and "needs CuPy and a CUDA GPU" in json.loads(gpu.stdout)["error"]
+        assert gpu.exit_code == 1 and gpu.stdout == ""
+        assert "Error: --device gpu needs CuPy and a CUDA GPU" in gpu.stderr and "backend" not in gpu.stderr
+
+
+def test_score_prints_the_blur_the_verdicts_use():
+    out = run("score", EXAMPLE / "tile_r0_c0.png")
+    rec = json.loads(run("score", EXAMPLE / "tile_r0_c0.png", "--json").output)
+    assert out.exit_code == 0 and f"blur {rec['blur']:.2f} ± {rec['blur_err']:.2f} px" in out.output, out.output
 
 
 def test_config_reads_the_old_backend_key_and_variable(tmp_path, monkeypatch):
