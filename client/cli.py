@@ -587,7 +587,8 @@ def report(directory: Path, positions: Path | None, out: Path | None, no_calibra
 
     Writes density.png (density per tile in acquisition order, with the
     threshold), montage.png (when tile positions are known), focus-maps.png
-    (feature density over each flagged tile's 4x4 grid), mhd-results.csv
+    (feature density over each flagged tile on the detector's grid,
+    default from mhd.params), mhd-results.csv
     and mhd-reacquire.txt. Tiles are also re-judged against the whole
     section (section_verdict); the re-acquire list has every tile flagged
     either way, and errors, each with what to fix after a tab: defocus

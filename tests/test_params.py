@@ -132,3 +132,12 @@ def test_limits_the_docs_quote_are_the_spec():
     quoted = {name: float(value) for name, value in re.findall(r"`(\w+) <= ([\d.]+)`", text)}
     assert quoted, "endpoint/README.md quotes no limit"
     assert quoted == {name: spec.PARAMS[name].hi for name in quoted}
+
+
+def test_the_docs_and_the_notebook_take_the_grid_from_the_spec():
+    """The grid's shape is a parameter: no document, help text or figure assumes the default one."""
+    root = Path(__file__).resolve().parents[1]
+    rows, cols = spec.PARAMS["grid"].default
+    literal = re.compile(rf"\b{rows} ?x ?{cols} grid|\({rows}, {cols}\) feature counts|set_[xy]ticks\(range\({rows}\)\)")
+    for name in ("README.md", "docs/notebook.md", "client/cli.py", "examples/notebook.ipynb"):
+        assert not literal.search((root / name).read_text()), name
