@@ -278,8 +278,8 @@ class Judge:
         -------
         list of TileRecord
             New records with ``verdict``, ``kind``, ``reason`` and
-            ``focus_map`` (and ``defocus`` when calibrated, ``contrast`` when
-            measured): usually one, of ``record``; none while the baseline
+            ``focus_map`` (and ``defocus`` when calibrated; ``contrast`` is
+            the worker's measurement, read, not added): usually one, of ``record``; none while the baseline
             warms up; all waiting records when it becomes ready.
         """
         if record.error:
