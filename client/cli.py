@@ -586,7 +586,8 @@ def report(directory: Path, positions: Path | None, out: Path | None, no_calibra
     """Figures, a CSV and the list of tiles to re-acquire, from a section's results.
 
     Writes density.png (density per tile in acquisition order, with the
-    threshold), montage.png (when tile positions are known), focus-maps.png
+    OOF threshold of the measure the verdicts use: the density's under the
+    count, else a panel of each tile's blur with its threshold), montage.png (when tile positions are known), focus-maps.png
     (feature density over each flagged tile on the detector's grid,
     default from mhd.params), mhd-results.csv
     and mhd-reacquire.txt. Tiles are also re-judged against the whole

@@ -16,6 +16,8 @@ from click.testing import CliRunner
 from mhd import __version__
 from mhd.client.cli import EXIT_USAGE, main
 from mhd.client.config import load
+from mhd.client.report import section_verdicts
+from mhd.client.rule import Rule
 from mhd.client.verdicts import Calibration, Judge, rule_from_config
 from mhd.functions import cuda_available
 from mhd.functions.worker.record import RESULT_KEYS, TileRecord
@@ -153,6 +155,29 @@ def test_report_writes_figures_csv_and_reacquire_list(tmp_path):
     assert rows["tile_r2_c0.png"]["section_verdict"] == "empty" and rows["tile_r0_c2.png"]["row"] == "0"
     assert (folder / "mhd-reacquire.txt").read_text().splitlines() == ["tile_r0_c2.png\tdefocus", "tile_r1_c1.png\tdefocus", "tile_r1_c2.png\terror"]
     assert "3 tile(s) to re-acquire" in out.output
+
+
+@pytest.mark.parametrize(("rule", "drawn"), [({}, "OOF threshold (blur)"), ({"focus_measure": "count"}, "OOF threshold")])
+def test_report_draws_the_threshold_of_the_measure_the_verdicts_use(tmp_path, monkeypatch, rule, drawn):
+    """Under the blur rule (default) the density gets no threshold line (the verdicts do not use one); the blur panel does."""
+    import matplotlib.axes
+
+    from mhd.client.report import blur_threshold, make_report
+
+    lines = []
+    real = matplotlib.axes.Axes.axhline
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", lambda ax, y=0, **kw: lines.append((kw.get("label"), y)) or real(ax, y, **kw))
+    section = tmp_path / "s"
+    write_results(section, [fake(f"tile_r0_c{c}.png", 1.4e4, blur=0.8 + 0.01 * c, blur_err=0.02) for c in range(9)] + [fake("tile_r1_c0.png", 1.3e4, "oof", blur=2.5)])
+    chosen = Rule(**rule)
+    rep = make_report(section, chosen)
+    thresholds = [(label, y) for label, y in lines if label and label.startswith("OOF threshold")]
+    if drawn == "OOF threshold":
+        assert thresholds == [(drawn, pytest.approx(math.exp(rep.baseline.threshold)))]
+    else:
+        judged, _ = section_verdicts(rep.records, chosen)
+        assert thresholds == [(drawn, pytest.approx(blur_threshold(judged.values(), chosen)))]
+        assert thresholds[0][1] == pytest.approx(math.hypot(0.84, chosen.blur_max), abs=0.02)
 
 
 def test_report_without_positions_and_without_results(tmp_path):
