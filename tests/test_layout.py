@@ -164,3 +164,16 @@ def test_references_to_bench_scripts_and_example_tiles_exist():
             assert (ROOT / "bench" / script).exists(), (path, script)
         for tile in re.findall(r"section_042/(\w+\.(?:tif|png|bmp))", text):
             assert (ROOT / "examples" / "section_042" / tile).exists(), (path, tile)
+
+
+def test_the_compatibility_shim_names_the_release_that_removes_it():
+    """``mhd.functions._score`` goes in the next minor release; its docstring and the README say which."""
+    import re
+
+    import mhd
+    import mhd.functions._score as shim
+
+    major, minor = (int(n) for n in mhd.__version__.split(".")[:2])
+    removal = f"{major}.{minor + 1}.0"
+    assert f"Removed in mhd {removal}" in shim.__doc__
+    assert re.search(rf"`mhd\.functions\._score`.{{0,200}}it is removed in {re.escape(removal)}", (ROOT / "README.md").read_text(), re.S)
