@@ -5,7 +5,7 @@ same way (source text + JSON arguments, see :mod:`mhd.client.registration`)
 and return ``concurrent.futures.Future`` objects:
 
 >>> with LocalBackend(data_root="section_042", workers=2) as backend:  # doctest: +SKIP
-...     future = backend.submit(["tile_0001.tif", "tile_0002.tif"], {"threshold": 0.02})
+...     future = backend.submit(["tile_r0_c0.png", "tile_r0_c2.png"], {"threshold": 0.02})
 ...     for entry in future.result():
 ...         print(entry["tile"], entry["density"], entry["error"])
 

@@ -19,6 +19,8 @@ import contextlib
 import inspect
 import json
 import logging
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -37,6 +39,17 @@ __all__ = ["main"]
 EXIT_USAGE = 64
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def prog_name() -> str:
+    """The name the program was started as (``mhd`` or ``client``); ``client`` under ``python -m mhd.client``."""
+    name = os.path.basename(sys.argv[0]).removesuffix(".exe")
+    return "client" if not name or name.endswith(".py") or name == "-c" else name
+
+
+def _prog(ctx: click.Context) -> str:
+    """The program's name as its usage line shows it."""
+    return ctx.find_root().info_name or "client"
 
 
 class _Group(click.Group):
@@ -109,7 +122,7 @@ def _section(path: Path) -> Path:
     return path.resolve()
 
 
-@click.group(cls=_Group, context_settings=CONTEXT)
+@click.group("client", cls=_Group, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="mhd client")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
@@ -125,6 +138,7 @@ def main(verbose: int) -> None:
 
     Example:
 
+    \b
         client submit --dir examples/section_042
     """
     level = logging.WARNING - 10 * min(verbose, 2)
@@ -210,17 +224,17 @@ def _run_logged(section: Path, run: Callable[[], Any]) -> Any:
 def _deprecated_array_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """``--backend numpy|cupy`` of score, renamed ``--device cpu|gpu`` ("backend" also named the executor)."""
     if value is not None:
-        click.echo("client: --backend is deprecated for score; use --device (cpu for numpy, gpu for cupy)", err=True)
+        click.echo(f"{_prog(ctx)}: --backend is deprecated for score; use --device (cpu for numpy, gpu for cupy)", err=True)
     return value
 
 
 @main.command(context_settings=CONTEXT)
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file, as score_tiles returns it (tile: the path; features, density, blur, grid, shape, ms, error, ...).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True, help="Where the detector computes: cpu (NumPy) or gpu (CuPy on a CUDA GPU); auto: the GPU when CuPy sees one.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), help="Where the detector computes: cpu (NumPy) or gpu (CuPy on a CUDA GPU); auto: the GPU when CuPy sees one.  [default: auto]")
 @click.option("--backend", "old_backend", type=click.Choice(["auto", "numpy", "cupy"]), hidden=True, callback=_deprecated_array_backend, help="Deprecated: --device.")
 @detector_options
-def score(files: tuple[Path, ...], as_json: bool, device: str, old_backend: str | None, **kwargs: Any) -> None:
+def score(files: tuple[Path, ...], as_json: bool, device: str | None, old_backend: str | None, **kwargs: Any) -> None:
     """Score image files in this process (no endpoint, no verdicts).
 
     A file that cannot be read or scored gets its error; the others are
@@ -228,26 +242,39 @@ def score(files: tuple[Path, ...], as_json: bool, device: str, old_backend: str 
 
     Example:
 
+    \b
         client score examples/section_042/tile_r0_c0.png --json
     """
+    from mhd.functions import cuda_available
     from mhd.functions.worker.record import RESULT_KEYS
 
     from .score import score_file
 
     params = _params(kwargs)
+    backend = device or old_backend or "auto"  # --device wins over its deprecated alias
+    if backend in ("gpu", "cupy") and not cuda_available():
+        raise click.ClickException("--device gpu needs CuPy and a CUDA GPU, and this machine has none (use --device cpu or auto)")
     console = _console()
     failed = 0
     for path in files:
-        rec = score_file(path, backend=old_backend or device, **params)
+        rec = score_file(path, backend=backend, **params)
         failed += rec.error is not None
         if as_json:
             click.echo(json.dumps(rec.to_json(RESULT_KEYS)))
         elif rec.error:
             console.print(f"[bold magenta]ERROR[/] {rec.error}")
         else:
-            console.print(f"{path}  {rec.features:6d} features  {rec.density / 1000:7.1f}k/MP  {rec.shape[0]}x{rec.shape[1]}  {rec.ms:.0f} ms  [dim]{rec.backend}[/]")
+            console.print(f"{path}  {rec.features:6d} features  {rec.density / 1000:7.1f}k/MP  blur {_blur(rec)}  {rec.shape[0]}x{rec.shape[1]}  {rec.ms:.0f} ms  [dim]{rec.backend}[/]")
     if failed:
         sys.exit(1)
+
+
+def _blur(rec: Any) -> str:
+    """The blur as the verdicts read it: ``1.23 ± 0.05 px``, or ``-`` when not measurable."""
+    if rec.blur is None or not math.isfinite(rec.blur):
+        return "- px"
+    err = f" ± {rec.blur_err:.2f}" if rec.blur_err is not None and math.isfinite(rec.blur_err) else ""
+    return f"{rec.blur:.2f}{err} px"
 
 
 # ----------------------------------------------------------------- submit
@@ -256,12 +283,12 @@ def score(files: tuple[Path, ...], as_json: bool, device: str, old_backend: str 
 def _deprecated_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """``--backend`` of submit/watch, renamed ``--executor`` (where tasks run; ``client score --device`` is where the detector computes)."""
     if value is not None:
-        click.echo("client: --backend is deprecated for submit and watch; use --executor", err=True)
+        click.echo(f"{_prog(ctx)}: --backend is deprecated for submit and watch; use --executor", err=True)
     return value
 
 
 def _run_options(fn: Callable) -> Callable:
-    """Options shared by submit and watch."""
+    """Options shared by submit and watch (the detector's come after the command's own: ``@detector_options`` last)."""
     opts = [
         click.option("--dir", "directory", required=True, type=click.Path(path_type=Path), help="Section folder."),
         click.option("--executor", type=click.Choice(["auto", "local", "globus"]), help="Where scoring tasks run: local (process pool here) or globus (Globus Compute)  [config: auto]"),
@@ -275,7 +302,7 @@ def _run_options(fn: Callable) -> Callable:
     ]
     for opt in reversed(opts):
         fn = opt(fn)
-    return detector_options(fn)
+    return fn
 
 
 def _rule(cfg: config_mod.Config, no_calibration: bool):
@@ -339,6 +366,7 @@ def _compute_client() -> Any:
 @_run_options
 @click.option("--rescore", is_flag=True, help="Score every tile again (the old results are kept as a .bak file).")
 @click.option("-a", "--all", "show_ok", is_flag=True, help="Print a line for ok tiles too.")
+@detector_options
 def submit(directory: Path, executor: str | None, old_backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, results: Path | None, rescore: bool, show_ok: bool, **kwargs: Any) -> None:
     """Score every tile of a section and report out-of-focus tiles.
 
@@ -352,6 +380,7 @@ def submit(directory: Path, executor: str | None, old_backend: str | None, trans
 
     Example:
 
+    \b
         client submit --dir examples/section_042     # exits 2: the example has OOF tiles
     """
     from .interrupt import Interrupt
@@ -385,6 +414,7 @@ def config_cmd(as_json: bool, verbose: bool) -> None:
 
     Example:
 
+    \b
         MHD_OOF_K=4 client config
     """
     cfg = _load_config()
@@ -416,6 +446,7 @@ def login(force: bool) -> None:
 
     Example:
 
+    \b
         client login
     """
     from . import auth
@@ -433,6 +464,7 @@ def logout() -> None:
 
     Example:
 
+    \b
         client logout
     """
     from . import auth
@@ -457,6 +489,7 @@ def register(endpoint: Any, public: bool) -> None:
 
     Example:
 
+    \b
         client register --endpoint 4b116d3c-1703-4f8f-9f6f-39921e5864df
     """
     from .registration import register_score_tiles
@@ -476,6 +509,7 @@ def endpoint() -> None:
 
     Example:
 
+    \b
         client endpoint configure --gpus 8 --env /opt/mhd/venv
     """
 
@@ -506,6 +540,7 @@ endpoint.add_command(_configure_with_stored_function())
 @click.option("--poll", type=click.FloatRange(0.05, 60), default=0.25, show_default=True, help="Seconds between looks at the folder.")
 @click.option("--give-up", type=click.FloatRange(0.0), default=10.0, show_default=True, help="Seconds a stable but incomplete file (its image structure cut short) waits before it is scored (and fails).")
 @click.option("--idle-exit", type=click.FloatRange(0.0), help="Stop after this many seconds without a new tile (default: run until Ctrl-C).")
+@detector_options
 def watch(directory: Path, executor: str | None, old_backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, results: Path | None, poll: float, give_up: float, idle_exit: float | None, **kwargs: Any) -> None:
     """Score tiles as the microscope writes them, until Ctrl-C.
 
@@ -519,6 +554,7 @@ def watch(directory: Path, executor: str | None, old_backend: str | None, transp
 
     Example:
 
+    \b
         client watch --dir /data/section_043 --on-oof "notify-send 'Out of focus'"
     """
     from .interrupt import Interrupt
@@ -550,8 +586,10 @@ def report(directory: Path, positions: Path | None, out: Path | None, no_calibra
     """Figures, a CSV and the list of tiles to re-acquire, from a section's results.
 
     Writes density.png (density per tile in acquisition order, with the
-    threshold), montage.png (when tile positions are known), focus-maps.png
-    (feature density over each flagged tile's 4x4 grid), mhd-results.csv
+    OOF threshold of the measure the verdicts use: the density's under the
+    count, else a panel of each tile's blur with its threshold), montage.png (when tile positions are known), focus-maps.png
+    (feature density over each flagged tile on the detector's grid,
+    default from mhd.params), mhd-results.csv
     and mhd-reacquire.txt. Tiles are also re-judged against the whole
     section (section_verdict); the re-acquire list has every tile flagged
     either way, and errors, each with what to fix after a tab: defocus
@@ -560,6 +598,7 @@ def report(directory: Path, positions: Path | None, out: Path | None, no_calibra
 
     Example:
 
+    \b
         client report --dir examples/section_042
     """
     from .report import make_report
@@ -605,6 +644,7 @@ def calibrate(directory: Path, csv_path: Path | None, pattern: str | None, units
 
     Example:
 
+    \b
         client calibrate --dir examples/focus_series --max-defocus 1
     """
     from . import calibrate as cal_mod
@@ -660,6 +700,7 @@ def focus_sweep(directory: Path, csv_path: Path | None, pattern: str | None, uni
 
     Example:
 
+    \b
         client focus-sweep --dir examples/wd_sweep
     """
     from . import sweep as sweep_mod

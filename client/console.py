@@ -37,6 +37,11 @@ def verdict_line(rec: TileRecord) -> str:
     return f"[{style}]{LABELS[v]}[/] {_esc(rec.tile)}  {dens}{extra}{late}"
 
 
+def _reason(rec: TileRecord) -> str:
+    """The reason for a line that names the tile already: an error's leading ``TILE: `` left out."""
+    return (rec.reason or "").removeprefix(f"{rec.tile}: ")
+
+
 def _esc(text: str) -> str:
     return text.replace("[", r"\[")
 
@@ -163,7 +168,7 @@ def summary_table(records: Iterable[TileRecord], title: str, new: int, elapsed: 
     if problems:
         table.add_section()
     for r in problems[:max_rows]:
-        table.add_row(f"[{STYLES[r.verdict]}]{r.verdict}[/]", "", _esc(shorten_left(r.tile, tile_width)), _esc(r.reason or ""))
+        table.add_row(f"[{STYLES[r.verdict]}]{r.verdict}[/]", "", _esc(shorten_left(r.tile, tile_width)), _esc(_reason(r)))
     if len(problems) > max_rows:
         table.add_row("", "", f"... and {len(problems) - max_rows} more", "see mhd-results.jsonl or client report")
     return table
@@ -173,14 +178,15 @@ def summary_lines(records: Iterable[TileRecord], title: str, new: int, elapsed: 
     """The summary as plain lines (output that is not a terminal: logs, ``| tee``, journals).
 
     One line of counts, one line per tile that needs attention
-    (``verdict<TAB>tile<TAB>reason``, so ``grep``/``cut`` work), and the
+    (``verdict<TAB>tile<TAB>reason``, so ``grep``/``cut`` work; an error's
+    reason without the tile id it starts with), and the
     run's figures; nothing is wrapped or shortened.
     """
     recs = list(records)
     counts = Counter(r.verdict for r in recs)
     lines = [f"{title}: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in VERDICTS)]
     problems = [r for r in recs if r.verdict != "ok"]
-    lines += [f"{r.verdict}\t{r.tile}\t{r.reason or ''}" for r in problems[:max_rows]]
+    lines += [f"{r.verdict}\t{r.tile}\t{_reason(r)}" for r in problems[:max_rows]]
     if len(problems) > max_rows:
         lines.append(f"... and {len(problems) - max_rows} more: see mhd-results.jsonl or client report")
     lines.append(_caption(len(recs), new, elapsed, failed))

@@ -4,8 +4,10 @@ Everything is written to ``<section>/mhd-report/``:
 
 ``density.png``
     Feature density per tile in acquisition order (log scale), coloured by
-    verdict (out-of-focus tiles marked by kind), with the section median and
-    the OOF threshold.
+    verdict (out-of-focus tiles marked by kind), with the section median;
+    and the OOF threshold of the measure the verdicts use
+    (:attr:`Rule.measure`): on the density when it is the count, else on a
+    second panel, the blur (px) of each tile.
 ``montage.png``
     Density over the montage (tiles placed by ``r<row>_c<col>`` in their
     names or a positions CSV), verdicts and kinds marked (an astigmatic tile
@@ -42,16 +44,17 @@ import math
 import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 
-from mhd.functions.worker.record import TileRecord
+from mhd.functions.worker.record import TileRecord, finite
 
 from .discover import RESULTS_NAME, natural_key, tile_positions
 from .results import read_records
 from .verdicts import Baseline, Judge, Rule, describe
 
-__all__ = ["Report", "make_report", "section_verdicts"]
+__all__ = ["Report", "blur_threshold", "make_report", "section_verdicts"]
 
 REPORT_DIR = "mhd-report"
 CSV_COLUMNS = (
@@ -110,6 +113,22 @@ def section_verdicts(records: list[TileRecord], rule: Rule) -> tuple[dict[str, T
     return out, base
 
 
+def blur_threshold(judged: Iterable[TileRecord], rule: Rule) -> float:
+    """Blur (px) above which a tile is out of focus, under a rule that judges by the blur.
+
+    Parameters
+    ----------
+    judged : iterable of TileRecord
+        The section judged as a whole (:func:`section_verdicts`): its
+        ``ok`` and ``oof`` tiles set the median blur of the relative rule.
+    rule : Rule
+        The rule they were judged by (a blur calibration fixes the threshold).
+    """
+    if rule.calibration is not None:
+        return rule.calibration.blur_threshold
+    return Judge(rule, prior=judged).blur_threshold()
+
+
 def make_report(section: Path, rule: Rule, positions: Path | None = None, out: Path | None = None, results: Path | None = None) -> Report:
     """Write the report files of ``section``.
 
@@ -138,7 +157,8 @@ def make_report(section: Path, rule: Rule, positions: Path | None = None, out: P
     _write_csv(rep.csv, records, again, pos)
     flagged = _flagged(records, again)
     _write_reacquire(rep.reacquire, flagged, again, units)
-    _plot_density(rep.density, records, base, section.name)
+    by_blur = rule.measure == "blur" and any(finite(r.blur) is not None for r in records)  # without blurs (older records) the count decides
+    _plot_density(rep.density, records, base, section.name, blur_threshold(again.values(), rule) if by_blur else None)
     if pos:
         rep.montage = folder / "montage.png"
         _plot_montage(rep.montage, records, pos, base, section.name)
@@ -190,31 +210,54 @@ def _pyplot():
     return plt
 
 
-def _plot_density(path: Path, records: list[TileRecord], base: Baseline, title: str) -> None:
+def _plot_density(path: Path, records: list[TileRecord], base: Baseline, title: str, blur_limit: float | None = None) -> None:
+    """density.png. ``blur_limit``: the verdicts' blur threshold (px) when they judge by the blur (a second
+    panel then shows each tile's blur against it); ``None`` when they judge by the count (its threshold is drawn)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1.6 + max(6.0, min(16.0, len(records) * 0.12)), 3.6), dpi=110)
+    width = 1.6 + max(6.0, min(16.0, len(records) * 0.12))
+    if blur_limit is None:
+        fig, ax = plt.subplots(figsize=(width, 3.6), dpi=110)
+        panels = [ax]
+    else:
+        fig, panels = plt.subplots(2, 1, sharex=True, figsize=(width, 6.4), dpi=110)
+        ax = panels[0]
     x = np.arange(len(records))
-    groups = [(v, None, v) for v in COLOURS if v != "oof"] + [("oof", k, f"oof: {k}" if k else "oof") for k in MARKERS]
-    for verdict, kind, label in groups:
-        idx = [i for i, r in enumerate(records) if r.verdict == verdict and r.kind == kind and r.density is not None]
-        if idx or verdict != "oof":
-            ax.scatter(x[idx], [max(records[i].density, 1.0) for i in idx], s=22, marker=MARKERS[kind], color=COLOURS[verdict], label=f"{label} ({len(idx)})", zorder=3)
-    errs = [i for i, r in enumerate(records) if r.verdict == "error"]
-    for i in errs:
-        ax.axvline(i, color=COLOURS["error"], alpha=0.3, lw=1)
+    _scatter_verdicts(ax, x, records, lambda r: None if r.density is None else max(r.density, 1.0), legend=True)
     ax.plot(x, [max(r.density or 1.0, 1.0) for r in records], color="0.7", lw=0.8, zorder=1)
-    if math.isfinite(base.threshold):
+    if blur_limit is None and math.isfinite(base.threshold):
         ax.axhline(math.exp(base.threshold), color="tab:red", ls="--", lw=1, label="OOF threshold")
     if math.isfinite(base.median):
         ax.axhline(math.exp(base.median), color="0.4", ls=":", lw=1, label="section median")
     ax.set_yscale("log")
-    ax.set_xlabel("tile (acquisition order)")
     ax.set_ylabel("features per megapixel")
-    ax.set_title(f"{title}: feature density")
+    if blur_limit is None:
+        ax.set_title(f"{title}: feature density")
+    else:
+        ax.set_title(f"{title}: feature density, and the blur the verdicts use")
+        bx = panels[1]
+        _scatter_verdicts(bx, x, records, lambda r: finite(r.blur), legend=False)
+        if math.isfinite(blur_limit):
+            bx.axhline(blur_limit, color="tab:red", ls="--", lw=1, label="OOF threshold (blur)")
+            bx.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.8)
+        bx.set_ylabel("blur (px)")
+    for panel in panels:
+        for i, r in enumerate(records):
+            if r.verdict == "error":
+                panel.axvline(i, color=COLOURS["error"], alpha=0.3, lw=1)
+    panels[-1].set_xlabel("tile (acquisition order)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.8)  # beside the axes: never over a tile
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _scatter_verdicts(ax, x: np.ndarray, records: list[TileRecord], value: Callable[[TileRecord], float | None], *, legend: bool) -> None:
+    """One point per tile with a ``value``, coloured by verdict, out-of-focus tiles marked by kind."""
+    groups = [(v, None, v) for v in COLOURS if v != "oof"] + [("oof", k, f"oof: {k}" if k else "oof") for k in MARKERS]
+    for verdict, kind, label in groups:
+        idx = [i for i, r in enumerate(records) if r.verdict == verdict and r.kind == kind and value(r) is not None]
+        if idx or (legend and verdict != "oof"):
+            ax.scatter(x[idx], [value(records[i]) for i in idx], s=22, marker=MARKERS[kind], color=COLOURS[verdict], label=f"{label} ({len(idx)})" if legend else None, zorder=3)
 
 
 def _plot_montage(path: Path, records: list[TileRecord], pos: dict[str, tuple[int, int]], base: Baseline, title: str) -> None:

@@ -58,6 +58,11 @@ class Rule:
                 raise ValueError(f"{f.name}: invalid value {getattr(self, f.name)!r} ({exc})") from None
             object.__setattr__(self, f.name, value)
 
+    @property
+    def measure(self) -> str:
+        """The focus measure the verdicts use: the calibration's, else ``focus_measure``."""
+        return self.calibration.measure if self.calibration is not None else self.focus_measure
+
 
 def thresholds() -> list[Field]:
     """The fields of :class:`Rule` that are thresholds, in order."""

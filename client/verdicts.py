@@ -278,9 +278,10 @@ class Judge:
         -------
         list of TileRecord
             New records with ``verdict``, ``kind``, ``reason`` and
-            ``focus_map`` (and ``defocus`` when calibrated, ``contrast`` when
-            measured): usually one, of ``record``; none while the baseline
-            warms up; all waiting records when it becomes ready.
+            ``focus_map`` (and ``defocus`` when calibrated; ``contrast`` is
+            the worker's measurement, read, not added): usually one, of
+            ``record``; none while the baseline warms up; all waiting
+            records when it becomes ready.
         """
         if record.error:
             return [replace(record, verdict="error", kind=None, reason=str(record.error), focus_map=None)]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .configure import LIMIT_VARS, PROVIDERS, EndpointSpec, install_endpoint, render_endpoint, start_command
+from .configure import LIMIT_VARS, MAX_GPUS, PROVIDERS, EndpointSpec, install_endpoint, render_endpoint, start_command
 
 __all__ = ["configure", "main"]
 
@@ -39,7 +39,7 @@ def _spec(options: dict, *, chosen: bool) -> EndpointSpec:
 
 
 @click.command("configure")
-@click.option("--gpus", type=click.IntRange(1, 64), required=True, help="GPUs per node; one worker each.")
+@click.option("--gpus", type=click.IntRange(1, MAX_GPUS), required=True, help="GPUs per node; one worker each.")
 @click.option("--env", "env", required=True, help="Absolute path of the venv where mhd-focus[gpu] is installed.")
 @click.option("--name", default="mhd-gpu", show_default=True, help="Endpoint name (~/.globus_compute/NAME).")
 @click.option("--function-id", multiple=True, metavar="UUID", help="Registered score_tiles UUID for allowed_functions (repeatable).")

@@ -46,9 +46,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["EndpointSpec", "render_endpoint", "install_endpoint", "validate_dir", "endpoint_dir", "start_command", "PROVIDERS", "LIMIT_VARS"]
+__all__ = ["EndpointSpec", "render_endpoint", "install_endpoint", "validate_dir", "endpoint_dir", "start_command", "PROVIDERS", "LIMIT_VARS", "MAX_GPUS"]
 
 PROVIDERS = ("local", "slurm", "pbspro")
+#: Most GPUs per node (one worker each) that a configuration may ask for.
+MAX_GPUS = 64
 #: Worker limits that may be set (see :mod:`mhd.functions.worker.settings`).
 LIMIT_VARS = ("MHD_MAX_PIXELS", "MHD_MAX_INLINE_BYTES", "MHD_MAX_TILES")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -65,7 +67,7 @@ class EndpointSpec:
     Attributes
     ----------
     gpus : int
-        GPUs per node, one worker each (1..64; a DGX A100 has 8).
+        GPUs per node, one worker each (1..MAX_GPUS; a DGX A100 has 8).
     env : str
         Absolute path of the virtual environment where ``mhd-focus`` (with the
         ``gpu`` extra) is installed; workers ``source <env>/bin/activate``.
@@ -134,8 +136,8 @@ class EndpointSpec:
         object.__setattr__(self, "function_ids", tuple(str(uuid.UUID(str(f))) for f in self.function_ids))
 
     def _check_numbers(self) -> None:
-        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or not 1 <= self.gpus <= 64:
-            raise ValueError(f"gpus must be an integer from 1 to 64, got {self.gpus!r}")
+        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or not 1 <= self.gpus <= MAX_GPUS:
+            raise ValueError(f"gpus must be an integer from 1 to {MAX_GPUS}, got {self.gpus!r}")
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}")
         for label, value, lo in (("retries", self.retries, 0), ("idle_minutes", self.idle_minutes, 1), ("max_blocks", self.max_blocks, 1), ("cpus_per_node", self.cpus_per_node, 1)):

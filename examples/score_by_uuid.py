@@ -3,7 +3,7 @@
 Copy the ``score_by_uuid`` body into a notebook cell, or run this file::
 
     MHD_ENDPOINT=<endpoint UUID> MHD_FUNCTION=<function UUID> \\
-        python examples/score_by_uuid.py section_042/tile_0001.tif section_042/tile_0002.tif
+        python examples/score_by_uuid.py section_042/tile_r0_c0.png section_042/tile_r0_c2.png
 
 Paths are relative to the endpoint's data root (``MHD_DATA_ROOT``); to send a
 local file instead, pass ``{"name": ..., "data": base64 text}`` (see

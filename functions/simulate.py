@@ -52,7 +52,7 @@ c. **Detector bandwidth** (:func:`scan_lowpass`): the detector and amplifier
    carries the past of its line, never the next line). Rows stay
    independent, columns become correlated: lag-1 autocorrelation 0.56 and
    lag-2 0.22 at ``tau`` = 1.06, as measured on the real 100 ns scans of
-   ``shared/data/sem-kriss`` (0.57 and 0.22; ``bench/sem_noise.py``).
+   ``shared/data/sem-kriss`` (0.57 and 0.22; ``python bench/sem_focus.py noise``).
 d. **Line jitter:** each scan line gets a random offset (standard deviation
    ``jitter``, fraction of full scale): the beam-current and detector drift
    from line to line.

@@ -1,9 +1,15 @@
 """mhd: ultrafast out-of-focus detection for electron microscopy.
 
-Subpackages
------------
+Subpackages and modules
+-----------------------
+mhd.params
+    The detector's parameters: defaults and limits, read by the detector,
+    the worker's validation and the command line.
 mhd.functions
     Pure computation: image in, numbers out (NumPy/SciPy or CuPy).
+mhd.functions.worker
+    The worker side: the registered function (score_tiles), tile decoding,
+    confinement to the data root, limits, the tile record.
 mhd.endpoint
     Globus Compute endpoint configuration and the remote worker's environment.
 mhd.client

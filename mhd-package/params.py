@@ -132,7 +132,7 @@ PARAMS: dict[str, Param] = {
         Param("n_bin", "int", 16, "DoG levels (scales) from min_t to max_t", lo=2, hi=64, cli=True),
         Param("min_t", "float", 1.0, "smallest Gaussian scale t", "px", lo=0.1, hi=64, cli=True),
         Param("max_t", "float", 8.0, "largest Gaussian scale t (above min_t)", "px", lo=0.1, hi=64, cli=True),
-        Param("threshold", "float", 0.10, "response threshold of a feature (normalised units)", lo=0, hi=1e3, cli=True),
+        Param("threshold", "float", 0.10, "response threshold of a feature (normalised units)", lo=0, hi=1000, cli=True),
         Param("noise_k", "float", 5.0, "a level's threshold is at least this many standard deviations of its response to the tile's noise", lo=0, hi=100),
         Param("noise_margin", "float", 2.5, "... and at least threshold plus this many", lo=0, hi=100),
         Param("polarity", "choice", "both", "features counted: dark, bright or both", choices=POLARITIES),

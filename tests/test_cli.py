@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 import os
@@ -15,6 +16,8 @@ from click.testing import CliRunner
 from mhd import __version__
 from mhd.client.cli import EXIT_USAGE, main
 from mhd.client.config import load
+from mhd.client.report import section_verdicts
+from mhd.client.rule import Rule
 from mhd.client.verdicts import Calibration, Judge, rule_from_config
 from mhd.functions import cuda_available
 from mhd.functions.worker.record import RESULT_KEYS, TileRecord
@@ -39,6 +42,30 @@ def test_help_version_and_examples():
     for cmd in COMMANDS:
         out = run(*cmd, "--help")
         assert out.exit_code == 0 and "Example:" in out.output, cmd
+
+
+@pytest.mark.parametrize("command", [[], *COMMANDS], ids=" ".join)
+def test_help_examples_are_kept_whole_for_copying(command):
+    """click rewraps paragraphs; each example block is marked (\\b) so that its lines come out as written."""
+    cmd = main
+    for name in command:
+        cmd = cmd.get_command(None, name)
+    example = inspect.cleandoc(cmd.help).split("Example:", 1)[1].strip("\n").split("\n\n")[0]  # the block after it
+    written = [line.strip() for line in example.splitlines() if line.strip() not in ("", "\b")]
+    out = CliRunner().invoke(main, [*command, "--help"], terminal_width=60)
+    shown = [line.strip() for line in out.output.split("Example:", 1)[1].splitlines()]
+    assert out.exit_code == 0 and written and all(line in shown for line in written), (written, shown)
+
+
+def test_watch_help_keeps_the_quoted_example_on_one_line():
+    out = CliRunner().invoke(main, ["watch", "--help"], terminal_width=80)
+    assert """client watch --dir /data/section_043 --on-oof "notify-send 'Out of focus'\"""" in out.output
+
+
+@pytest.mark.parametrize("command", ["submit", "watch"])
+def test_detector_options_come_after_the_run_options(command):
+    helptext = run(command, "--help").output.split("Options:", 1)[1]
+    assert helptext.index("--dir") < helptext.index("--results") < helptext.index("--n-bin") < helptext.index("--threshold")
 
 
 def test_usage_errors_exit_64_not_2():
@@ -128,6 +155,29 @@ def test_report_writes_figures_csv_and_reacquire_list(tmp_path):
     assert rows["tile_r2_c0.png"]["section_verdict"] == "empty" and rows["tile_r0_c2.png"]["row"] == "0"
     assert (folder / "mhd-reacquire.txt").read_text().splitlines() == ["tile_r0_c2.png\tdefocus", "tile_r1_c1.png\tdefocus", "tile_r1_c2.png\terror"]
     assert "3 tile(s) to re-acquire" in out.output
+
+
+@pytest.mark.parametrize(("rule", "drawn"), [({}, "OOF threshold (blur)"), ({"focus_measure": "count"}, "OOF threshold")])
+def test_report_draws_the_threshold_of_the_measure_the_verdicts_use(tmp_path, monkeypatch, rule, drawn):
+    """Under the blur rule (default) the density gets no threshold line (the verdicts do not use one); the blur panel does."""
+    import matplotlib.axes
+
+    from mhd.client.report import blur_threshold, make_report
+
+    lines = []
+    real = matplotlib.axes.Axes.axhline
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", lambda ax, y=0, **kw: lines.append((kw.get("label"), y)) or real(ax, y, **kw))
+    section = tmp_path / "s"
+    write_results(section, [fake(f"tile_r0_c{c}.png", 1.4e4, blur=0.8 + 0.01 * c, blur_err=0.02) for c in range(9)] + [fake("tile_r1_c0.png", 1.3e4, "oof", blur=2.5)])
+    chosen = Rule(**rule)
+    rep = make_report(section, chosen)
+    thresholds = [(label, y) for label, y in lines if label and label.startswith("OOF threshold")]
+    if drawn == "OOF threshold":
+        assert thresholds == [(drawn, pytest.approx(math.exp(rep.baseline.threshold)))]
+    else:
+        judged, _ = section_verdicts(rep.records, chosen)
+        assert thresholds == [(drawn, pytest.approx(blur_threshold(judged.values(), chosen)))]
+        assert thresholds[0][1] == pytest.approx(math.hypot(0.84, chosen.blur_max), abs=0.02)
 
 
 def test_report_without_positions_and_without_results(tmp_path):
@@ -225,6 +275,29 @@ def test_executor_option_and_its_deprecated_backend_alias(tmp_path, command):
         assert deprecated == (["client: --backend is deprecated for submit and watch; use --executor"] if note else [])
 
 
+@pytest.mark.parametrize(("argv0", "name"), [("/usr/local/bin/mhd", "mhd"), ("/opt/venv/bin/client", "client"), ("/x/mhd/client/__main__.py", "client"), ("C:\\venv\\Scripts\\mhd.exe", "mhd")])
+def test_program_name_is_the_one_started(monkeypatch, argv0, name):
+    from mhd.client.cli import prog_name
+
+    monkeypatch.setattr("sys.argv", [argv0.replace("\\", os.sep)])
+    assert prog_name() == name
+
+
+def test_both_entry_points_name_themselves_in_usage_and_notes():
+    """``mhd`` says ``mhd``, also in its deprecation notes; ``python -m mhd.client`` says ``client``."""
+    import subprocess
+    import sys
+
+    as_module = subprocess.run([sys.executable, "-m", "mhd.client", "--help"], capture_output=True, text=True, check=True)
+    assert as_module.stdout.startswith("Usage: client ")
+    script = Path(sys.executable).parent / "mhd"
+    if not script.exists():
+        pytest.skip("the mhd console script is not installed beside this interpreter")
+    assert subprocess.run([script, "--help"], capture_output=True, text=True, check=True).stdout.startswith("Usage: mhd ")
+    out = subprocess.run([script, "score", "--backend", "numpy", EXAMPLE / "tile_r0_c0.png", "--json"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stderr.startswith("mhd: --backend is deprecated for score"), out.stderr
+
+
 def test_score_device_and_its_deprecated_backend_alias():
     """--device cpu|gpu says where the detector computes; --backend numpy|cupy (hidden) still does, with a note."""
     helptext = run("score", "--help").output
@@ -234,9 +307,18 @@ def test_score_device_and_its_deprecated_backend_alias():
         assert out.exit_code == 0 and json.loads(out.stdout)["backend"] == "numpy", out.output
         deprecated = [line for line in out.stderr.splitlines() if "deprecated" in line]
         assert deprecated == (["client: --backend is deprecated for score; use --device (cpu for numpy, gpu for cupy)"] if note else [])
+    both = CliRunner().invoke(main, ["score", "--device", "cpu", "--backend", "cupy", str(EXAMPLE / "tile_r0_c0.png"), "--json"])
+    assert both.exit_code == 0 and json.loads(both.stdout)["backend"] == "numpy", both.output  # the new option wins
     if not cuda_available():
         gpu = CliRunner().invoke(main, ["score", "--device", "gpu", str(EXAMPLE / "tile_r0_c0.png"), "--json"])
-        assert gpu.exit_code == 1 and "needs CuPy and a CUDA GPU" in json.loads(gpu.stdout)["error"]
+        assert gpu.exit_code == 1 and gpu.stdout == ""
+        assert "Error: --device gpu needs CuPy and a CUDA GPU" in gpu.stderr and "backend" not in gpu.stderr
+
+
+def test_score_prints_the_blur_the_verdicts_use():
+    out = run("score", EXAMPLE / "tile_r0_c0.png")
+    rec = json.loads(run("score", EXAMPLE / "tile_r0_c0.png", "--json").output)
+    assert out.exit_code == 0 and f"blur {rec['blur']:.2f} ± {rec['blur_err']:.2f} px" in out.output, out.output
 
 
 def test_config_reads_the_old_backend_key_and_variable(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from globus_compute_endpoint.endpoint.identity_mapper import MappedPosixIdentity
 from mhd.client.backends import EngineBackend
 from mhd.endpoint import EndpointSpec, install_endpoint, render_endpoint, validate_dir
 from mhd.endpoint.cli import main
-from mhd.endpoint.configure import FILES, PROVIDERS
+from mhd.endpoint.configure import FILES, MAX_GPUS, PROVIDERS
 from tilegen import blobs, encode
 
 FID = "4b116d3c-1703-4f8f-9f6f-39921e5864df"
@@ -162,6 +162,14 @@ def test_existing_configuration_is_kept_unless_forced(tmp_path):
 def test_bad_settings_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         spec(**kw)
+
+
+def test_the_command_and_the_spec_allow_the_same_gpus():
+    option = next(p for p in main.commands["configure"].params if p.name == "gpus")
+    assert (option.type.min, option.type.max) == (1, MAX_GPUS)
+    assert spec(gpus=MAX_GPUS).gpus == MAX_GPUS
+    with pytest.raises(ValueError, match=f"gpus must be an integer from 1 to {MAX_GPUS}"):
+        spec(gpus=MAX_GPUS + 1)
 
 
 def test_paths_with_spaces_are_shell_quoted():

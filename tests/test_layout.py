@@ -153,3 +153,41 @@ def test_only_local_scoring_decodes_tiles_in_the_client():
     decoders = {"mhd.functions.worker.tileio.read_tile", "mhd.functions.worker.scoring.load_tile", "mhd.client.score.load_image", "mhd.functions.tissue"}
     users = {mod for mod, names in GRAPH.items() if IG.layer(mod) == "mhd.client" and names & decoders}
     assert users == {"mhd.client.score"}
+
+
+def test_the_package_docstring_names_every_subpackage():
+    import re
+
+    import mhd
+
+    text = (ROOT / "pyproject.toml").read_text()
+    packages = re.search(r"^packages = \[(.*)\]", text, re.M).group(1)
+    public = [name for name in re.findall(r'"([\w.]+)"', packages) if name != "mhd" and "._" not in name]
+    for name in [*public, "mhd.params"]:
+        assert re.search(rf"^{re.escape(name)}$", mhd.__doc__, re.M), name
+
+
+def test_references_to_bench_scripts_and_example_tiles_exist():
+    """A docstring or document that cites a bench script or an example tile cites one that is there."""
+    import re
+
+    files = [p for folder in ("functions", "client", "endpoint", "examples", "docs", "mhd-package") for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md")]
+    for path in [*files, ROOT / "README.md"]:
+        text = path.read_text()
+        for script in re.findall(r"bench/(\w+\.\w+)", text):
+            assert (ROOT / "bench" / script).exists(), (path, script)
+        for tile in re.findall(r"section_042/(\w+\.(?:tif|png|bmp))", text):
+            assert (ROOT / "examples" / "section_042" / tile).exists(), (path, tile)
+
+
+def test_the_compatibility_shim_names_the_release_that_removes_it():
+    """``mhd.functions._score`` goes in the next minor release; its docstring and the README say which."""
+    import re
+
+    import mhd
+    import mhd.functions._score as shim
+
+    major, minor = (int(n) for n in mhd.__version__.split(".")[:2])
+    removal = f"{major}.{minor + 1}.0"
+    assert f"Removed in mhd {removal}" in shim.__doc__
+    assert re.search(rf"`mhd\.functions\._score`.{{0,200}}it is removed in {re.escape(removal)}", (ROOT / "README.md").read_text(), re.S)

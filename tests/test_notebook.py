@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -82,8 +83,10 @@ def test_notebook_runs_in_local_mode_and_plots_the_section(kernel_env, monkeypat
     assert "oof   tile_r1_c2.png" in text
     assert "empty tile_r0_c3.png" in text
     assert counts["ok"] >= 10
+    # The default rule judges by the blur: the threshold shown (and drawn) is the blur's, not a count's.
+    assert re.search(r"out of focus above \d+\.\d\d px of blur", text) and "k/MP, out of focus below" not in text
     images = _images(nb)
-    assert len(images) == 2, "one figure: density per tile and montage; one: the grid of a flagged tile"
+    assert len(images) == 2, "one figure: the focus measure per tile and the montage; one: the grid of a flagged tile"
     assert all(len(img) > 10_000 for img in images)
 
 

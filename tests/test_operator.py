@@ -21,7 +21,7 @@ from rich.console import Console
 from conftest import isbi_paths
 from mhd.client import cli
 from mhd.client.config import load
-from mhd.client.console import shorten_left, summary_table
+from mhd.client.console import shorten_left, summary_lines, summary_table
 from mhd.client.report import text_colour
 from mhd.client.session import make_transport
 from mhd.client.transport import MB
@@ -178,6 +178,14 @@ def test_output_into_a_log_is_plain_unwrapped_lines(tmp_path):
     assert any(line.startswith("OOF") and long_id in line for line in text.splitlines())  # one line, whole
     assert f"oof\t{long_id}\tdefocus: " in text  # the summary: verdict<TAB>tile<TAB>reason
     assert "exit status 2 (out-of-focus tiles)" in text  # never split over two lines
+
+
+def test_summaries_name_an_errors_tile_once():
+    recs = [TileRecord("tile_r2_c1.png", verdict="error", reason="tile_r2_c1.png: cannot decode (truncated)", error="tile_r2_c1.png: cannot decode (truncated)")]
+    assert "error\ttile_r2_c1.png\tcannot decode (truncated)" in summary_lines(recs, "s: summary", 1, 1.0)
+    buf = io.StringIO()
+    Console(file=buf, width=100, force_terminal=True, color_system=None).print(summary_table(recs, "s: summary", 1, 1.0, width=100))
+    assert buf.getvalue().count("tile_r2_c1.png") == 1 and "cannot decode (truncated)" in buf.getvalue()
 
 
 def test_a_narrow_terminal_shortens_tile_ids_from_the_left():

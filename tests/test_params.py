@@ -104,6 +104,14 @@ def test_cli_options_and_help_are_the_spec(command):
         assert opt.opts == [p.option]
         assert (opt.type.min, opt.type.max) == (p.lo, p.hi)
         assert f"[detector default {p.default:g}" in " ".join(helptext.split()), p.name
+        assert f"[{p.lo:g}<=x<={p.hi:g}]" in helptext, p.name  # 1000, not 1000.0
+
+
+def test_integral_limits_are_written_as_integers():
+    """Help prints a limit as written: ``1e3`` would show as ``1000.0``."""
+    for p in NUMBERS:
+        for limit in (p.lo, p.hi):
+            assert limit is None or not isinstance(limit, float) or not limit.is_integer(), (p.name, limit)
 
 
 def test_cli_refuses_contradicting_scales_as_a_usage_error(tmp_path):
@@ -124,3 +132,12 @@ def test_limits_the_docs_quote_are_the_spec():
     quoted = {name: float(value) for name, value in re.findall(r"`(\w+) <= ([\d.]+)`", text)}
     assert quoted, "endpoint/README.md quotes no limit"
     assert quoted == {name: spec.PARAMS[name].hi for name in quoted}
+
+
+def test_the_docs_and_the_notebook_take_the_grid_from_the_spec():
+    """The grid's shape is a parameter: no document, help text or figure assumes the default one."""
+    root = Path(__file__).resolve().parents[1]
+    rows, cols = spec.PARAMS["grid"].default
+    literal = re.compile(rf"\b{rows} ?x ?{cols} grid|\({rows}, {cols}\) feature counts|set_[xy]ticks\(range\({rows}\)\)")
+    for name in ("README.md", "docs/notebook.md", "client/cli.py", "examples/notebook.ipynb"):
+        assert not literal.search((root / name).read_text()), name

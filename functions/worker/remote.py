@@ -31,8 +31,7 @@ def score_tiles(tiles, params=None):
         tile {"name": str, "data": bytes or base64 str} holding an encoded
         PNG, TIFF, BMP or JPEG file.
     params : dict, optional
-        Detector parameters (n_bin, min_t, max_t, threshold, noise_k,
-        polarity, grid, block_size, tol, saturation, backend).
+        Any of mhd.params.PARAMS (the detector's parameters), plus backend.
 
     Returns
     -------
