@@ -12,6 +12,7 @@ import scipy.fft
 
 from mhd.functions import _lanes, get_backend
 from mhd.functions._detect import _level_response, _mean_square
+from mhd.functions._noise import _median
 from mhd.functions._tags import COARSER, LEVEL_BITS, MAX_LEVELS, level_of, tag
 
 
@@ -126,3 +127,9 @@ def test_mean_square_skips_the_window_margin_and_the_halo():
     assert _mean_square(D, (4, 5, 12, 12), 1, be) == pytest.approx([4.0])
     coarse = np.full((1, 10, 10), 3.0, np.float32)
     assert _mean_square(coarse, (4, 4, 12, 12), 2, be) == pytest.approx([9.0])
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10])
+def test_noise_median_by_one_partition_equals_numpy(n):
+    x = np.random.default_rng(n).random(n).astype(np.float32)
+    assert _median(x, np) == pytest.approx(float(np.median(x)), rel=1e-6)
