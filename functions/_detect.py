@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-import scipy.fft
 
 from ._backend import Backend, get_backend
 from ._astigmatism import anisotropy, spectral_moments
@@ -121,12 +120,25 @@ def halo_width(sigma: float) -> int:
     return int(np.ceil(4.0 * sigma)) + 2
 
 
-def _fast_size(n: int) -> int:
-    """Smallest m >= n that is a multiple of MAX_DECIMATION and has only factors 2, 3, 5, 7."""
+def _fast_size(n: int, radix7: bool = False) -> int:
+    """Smallest m >= n that is a multiple of MAX_DECIMATION and has only factors 2, 3, 5 (and 7 with ``radix7``).
+
+    ducc0 and cuFFT transform lengths with a factor 7 as fast as their
+    neighbours (a 1024^2 tile pads to 1120 instead of 1152: 0.8x the time of
+    an inverse 2-D transform, ducc0, one thread); scipy's real transforms do not.
+    """
     m = -(-n // MAX_DECIMATION) * MAX_DECIMATION
-    while scipy.fft.next_fast_len(m, real=True) != m:
+    while not _smooth(m, (2, 3, 5, 7) if radix7 else (2, 3, 5)):
         m += MAX_DECIMATION
     return m
+
+
+def _smooth(n: int, primes: tuple[int, ...]) -> bool:
+    """True when ``n`` has no prime factor outside ``primes``."""
+    for p in primes:
+        while n % p == 0:
+            n //= p
+    return n == 1
 
 
 def _blocks(n: int, size: int) -> list[tuple[int, int]]:
@@ -440,7 +452,8 @@ def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.n
     """
     y0, y1, x0, x1 = block
     xp = be.xp
-    shape = (_fast_size(y1 - y0 + 2 * h), _fast_size(x1 - x0 + 2 * h))
+    radix7 = be.device is not None or be.fft == "ducc0"
+    shape = (_fast_size(y1 - y0 + 2 * h, radix7), _fast_size(x1 - x0 + 2 * h, radix7))
     with be.use():
         bank = filter_bank(shape, p["n_bin"], p["min_t"], p["max_t"], p["polarity"], p["tol"], be)
         t0 = time.perf_counter()

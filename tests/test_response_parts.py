@@ -41,9 +41,16 @@ def test_absolute_tag_clears_the_sign_and_a_running_maximum_carries_the_argmax()
 def test_running_max_merges_the_parts_of_several_threads():
     parts = [np.full(4, v, np.float32) for v in (3.0, 1.0, 5.0, 2.0)]
     rm = _lanes.RunningMax(np)
-    threads = [threading.Thread(target=rm.add, args=(p,)) for p in parts[:2]]
+    both_added = threading.Barrier(2)  # both threads alive at once: a finished thread's id may be reused
+
+    def add(p):
+        rm.add(p)
+        both_added.wait()
+
+    threads = [threading.Thread(target=add, args=(p,)) for p in parts[:2]]
     for t in threads:
         t.start()
+    for t in threads:
         t.join()
     rm.add(parts[2])
     assert len(rm.parts) == 3
