@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
+import io
 import logging
 import multiprocessing
 import os
@@ -373,6 +375,17 @@ def local_engine(data_root: str | os.PathLike | None = None, workers: int | None
     return engine
 
 
+@functools.lru_cache(maxsize=1)
+def warm_up_tile() -> dict:
+    """An inline 64 x 64 TIFF tile that :class:`LocalBackend` scores once per worker as soon as it starts."""
+    import numpy as np
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, (np.add.outer(np.arange(64), np.arange(64)) * 37 % 251).astype(np.uint8))
+    return {"name": "mhd-warm-up", "data": buf.getvalue()}
+
+
 class LocalBackend(EngineBackend):
     """Run ``score_tiles`` on this machine, no Globus account needed.
 
@@ -412,6 +425,23 @@ class LocalBackend(EngineBackend):
         self._broken: Any = None
         self.restarts = 0
         super().__init__(self._new_engine())
+        self._warm(self._engine)
+
+    def _warm(self, engine: Any) -> None:
+        """Start every worker now and have each score :func:`warm_up_tile` through the task path.
+
+        Workers then import the detector, decode, build the function from its
+        source and run the FFTs while the client is still discovering (and
+        transferring) tiles, so a small section does not wait for start-up.
+        The warm-up's results are not looked at: a worker that cannot score
+        fails its real tasks instead.
+        """
+        from globus_compute_endpoint.engines import GCFuture
+
+        payload = task_payload(self._serde, [warm_up_tile()], None)
+        for _ in range(self.workers):
+            task_id = uuid.uuid4()
+            engine.submit(GCFuture(task_id), pack_task(task_id, self._code, payload), resource_specification={}, result_serializers=list(RESULT_SERIALIZERS))
 
     def _new_engine(self) -> Any:
         data_root, workers, env, run_dir = self._engine_args
@@ -434,6 +464,7 @@ class LocalBackend(EngineBackend):
         if self._broken is self._engine:
             log.warning("a local worker process was lost: restarting the local engine (%d worker(s))", self.workers)
             old, self._engine = self._engine, self._new_engine()
+            self._warm(self._engine)
             self.restarts += 1
             old.executor.shutdown(wait=False, cancel_futures=True)
         return self._engine

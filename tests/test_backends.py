@@ -134,3 +134,27 @@ def test_no_data_root_means_inline_only_and_env_sets_limits(root):
 def test_tiles_must_be_a_list(local):
     with pytest.raises(TypeError, match="tiles must be a list"):
         local.submit("t0.png")
+
+
+# ------------------------------------------------------------- warm-up
+
+
+def test_warm_up_tile_scores_without_error():
+    from mhd.client.backends import warm_up_tile
+
+    [entry] = score_tiles([warm_up_tile()])
+    assert entry["error"] is None and entry["shape"] == [64, 64] and entry["tile"] == "mhd-warm-up"
+
+
+def test_workers_start_and_warm_before_the_first_task(root):
+    import time
+
+    with LocalBackend(data_root=root, workers=2) as backend:
+        executor = backend._engine.executor
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (len(executor._processes) == 2 and executor._idle_worker_semaphore._value == 2):
+            time.sleep(0.05)
+        assert len(executor._processes) == 2  # spawned with no task submitted
+        assert executor._idle_worker_semaphore._value == 2  # and idle again: the warm-up ran
+        [entry] = backend.submit(["t0.png"]).result(timeout=60)
+        assert entry["error"] is None
