@@ -246,12 +246,15 @@ class _WorkerContext(type(multiprocessing.get_context("spawn"))):  # type: ignor
     Process = _WorkerProcess
 
 
-def _init_worker(environ: dict[str, str | None], parent: int) -> None:
+def _init_worker(environ: dict[str, str | None], parent: int, slot: Any = None, workers: int = 1) -> None:
     """Process-pool initializer: ignore SIGINT (the client shuts the worker
     down), set (or, for None, remove) worker environment variables, keep
     the engine's task logging off the client's terminal (a failed task's
-    traceback travels in its result), and end the worker when its parent
-    process (the client) is gone."""
+    traceback travels in its result), end the worker when its parent
+    process (the client) is gone, and give it its share of the CPUs
+    (:func:`_pin`; ``slot`` is the pool's shared counter of started workers)."""
+    if slot is not None:
+        _pin(slot, workers)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     logging.getLogger().addHandler(logging.NullHandler())
@@ -261,6 +264,23 @@ def _init_worker(environ: dict[str, str | None], parent: int) -> None:
         else:
             os.environ[key] = value
     threading.Thread(target=_exit_with_parent, args=(parent,), name="mhd-exit-with-parent", daemon=True).start()
+
+
+def _pin(slot: Any, workers: int) -> None:
+    """Restrict this worker to its share of the CPUs: the ``k``-th worker started gets the ``k``-th of ``workers`` equal parts.
+
+    The detector runs one lane per CPU it may use; unpinned, every worker
+    would run as many lanes as the machine has CPUs, ``workers`` times too many
+    threads. No-op where the platform cannot set affinities.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    with slot.get_lock():
+        k, slot.value = slot.value, slot.value + 1
+    cpus = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cpus) // workers)
+    first = (k % workers) * share % len(cpus)
+    os.sched_setaffinity(0, cpus[first : first + share])
 
 
 def _exit_with_parent(parent: int, period: float = 1.0) -> None:
@@ -347,8 +367,8 @@ class EngineBackend:
 def local_engine(data_root: str | os.PathLike | None = None, workers: int | None = None, env: dict | None = None, *, run_dir: str) -> Any:
     """A started ``ProcessPoolEngine`` configured like the ``mhd-gpu`` endpoint.
 
-    Workers are freshly *spawned* processes (not forks of the caller) that
-    ignore SIGINT (a terminal's Ctrl-C is the client's to handle), take
+    Workers are freshly *spawned* processes (not forks of the caller), each
+    pinned to its share of the CPUs (:func:`_pin`), that ignore SIGINT (a terminal's Ctrl-C is the client's to handle), take
     ``MHD_DATA_ROOT`` = ``data_root`` (None removes it: inline tiles only) and
     the variables in ``env`` (a None value removes one), and deserialize only
     :data:`~mhd.client.registration.ALLOWED_SERIALIZERS`.
@@ -364,11 +384,13 @@ def local_engine(data_root: str | os.PathLike | None = None, workers: int | None
 
     environ: dict[str, str | None] = {"MHD_DATA_ROOT": os.path.realpath(data_root) if data_root else None}
     environ.update(env or {})
+    workers = workers or min(os.cpu_count() or 1, 8)
+    context = _WorkerContext()
     engine = ProcessPoolEngine(
-        max_workers=workers or min(os.cpu_count() or 1, 8),
-        mp_context=_WorkerContext(),
+        max_workers=workers,
+        mp_context=context,
         initializer=_init_worker,
-        initargs=(environ, os.getpid()),
+        initargs=(environ, os.getpid(), context.Value("i", 0), workers),
         allowed_serializers=list(ALLOWED_SERIALIZERS),
     )
     engine.start(endpoint_id=uuid.uuid4(), run_dir=run_dir)

@@ -158,3 +158,21 @@ def test_workers_start_and_warm_before_the_first_task(root):
         assert executor._idle_worker_semaphore._value == 2  # and idle again: the warm-up ran
         [entry] = backend.submit(["t0.png"]).result(timeout=60)
         assert entry["error"] is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs CPU affinities and 2 CPUs")
+def test_workers_share_the_cpus_without_overlap():
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, os\nfrom multiprocessing import Value\nfrom mhd.client.backends import _pin\n"
+        "slot, cpus, out = Value('i', 0), os.sched_getaffinity(0), []\n"
+        "for _ in range(3):\n    os.sched_setaffinity(0, cpus)\n    _pin(slot, 2)\n    out.append(sorted(os.sched_getaffinity(0)))\n"
+        "print(json.dumps(out))"
+    )
+    first, second, third = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout)
+    n = len(os.sched_getaffinity(0))
+    assert len(first) == len(second) == n // 2 and not set(first) & set(second)
+    assert third == first  # a third worker of two shares the first one's CPUs
