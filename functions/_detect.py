@@ -120,16 +120,23 @@ def halo_width(sigma: float) -> int:
     return int(np.ceil(4.0 * sigma)) + 2
 
 
+#: Smallest padded side that may have a factor 7 (pixels).
+RADIX7_MIN = 512
+
+
 def _fast_size(n: int) -> int:
-    """Smallest m >= n that is a multiple of MAX_DECIMATION and has only factors 2, 3, 5 and 7.
+    """Smallest m >= n that is a multiple of MAX_DECIMATION and has only factors 2, 3, 5 (and 7 from :data:`RADIX7_MIN`).
 
     The factor 7 is as fast as its neighbours in ducc0, pocketfft and cuFFT: a
     1024^2 tile pads to 1120^2 instead of 1152^2, 0.8x the time of an inverse
     2-D transform on one thread in both CPU libraries. One rule for every
-    backend keeps their grids, and so their results, the same.
+    backend keeps their grids, and so their results, the same. Smaller grids
+    keep the 2, 3, 5 sizes: the astigmatism measure's limit on mirrored
+    content (``MIN_MIRROR_FACTOR``) was set on them, and with a factor 7 a
+    256 px tile (grid 336, not 384) would pass it.
     """
     m = -(-n // MAX_DECIMATION) * MAX_DECIMATION
-    while not _smooth(m, (2, 3, 5, 7)):
+    while not _smooth(m, (2, 3, 5, 7) if m >= RADIX7_MIN else (2, 3, 5)):
         m += MAX_DECIMATION
     return m
 

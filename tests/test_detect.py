@@ -220,6 +220,7 @@ def test_timings_and_metadata():
 def test_geometry_helpers():
     assert _fast_size(1092) % 16 == 0 and _fast_size(1092) >= 1092
     assert _fast_size(1094) == 1120  # 2^5 * 5 * 7: the next multiple of 16, 1104, has a factor 23
+    assert _fast_size(326) == 384  # a 256 px tile: no factor 7 below RADIX7_MIN (336 = 2^4 * 3 * 7)
     assert _blocks(1000, 300) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
     assert halo_width(8.0) >= 4 * 8
 
