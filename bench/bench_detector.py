@@ -13,6 +13,8 @@ Peers, run round-robin on the same tile so that a noisy machine slows them alike
   cached analytic Gaussian transfer functions, one full-size irfft2 per DoG
   level, running max over scales, 3x3 maximum as two 1-D passes of shifted maxima (no padding:
   wraps around; no per-tile noise threshold)
+* ``mhd@COMMIT``   with ``--base COMMIT``: the detector as of that commit (its ``functions/``
+  from ``git archive``), to measure a change against its predecessor in one run
 * ``skimage``      ``skimage.feature.blob_dog`` (a different algorithm: geometric
   scales, 3-D maxima, pruning), only up to ``--skimage-max`` pixels a side
 
@@ -31,6 +33,7 @@ Usage::
     python bench/bench_detector.py                      # 512..4096, 8/16/32 levels
     python bench/bench_detector.py --sizes 1024 --levels 16 --repeat 21
     python bench/bench_detector.py --gpu --sizes 1024 4096
+    python bench/bench_detector.py --sizes 1024 --levels 16 --skimage-max 0 --base f1dca4b
 """
 
 from __future__ import annotations
@@ -71,6 +74,22 @@ def load_naive_mhd():
         return None
     spec = importlib.util.spec_from_file_location("naive_mhd", path)
     module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_base(commit: str):
+    """``mhd.functions`` as of ``commit`` (``git archive`` of ``functions/`` into a temporary folder), imported as ``mhd_base``."""
+    import subprocess
+    import sys
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    dest = Path(tempfile.mkdtemp(prefix="mhd-base-"))
+    subprocess.run(f"git -C {root} archive {commit} functions | tar -x -C {dest}", shell=True, check=True)
+    spec = importlib.util.spec_from_file_location("mhd_base", dest / "functions" / "__init__.py", submodule_search_locations=[str(dest / "functions")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mhd_base"] = module  # its modules import each other relatively, as mhd_base.*
     spec.loader.exec_module(module)
     return module
 
@@ -138,8 +157,9 @@ def peak_mb(fn) -> tuple[float, object]:
     return peak / 2**20, out
 
 
-def run_cpu(sizes, levels, repeat, skimage_max):
+def run_cpu(sizes, levels, repeat, skimage_max, base_commit=None):
     one_thread = get_backend("numpy", workers=1)
+    base = load_base(base_commit) if base_commit else None
     naive = load_naive_mhd()
     base_name = "naive_mhd" if naive is not None else "straightforward"
     print(f"| size | levels | peer | median ms | peak MB | x {base_name} | features |")
@@ -152,6 +172,8 @@ def run_cpu(sizes, levels, repeat, skimage_max):
                 "mhd-1-thread": lambda: detect(img, n_bin=n_bin, backend=one_thread).features,
                 "mhd-exact": lambda: detect(img, n_bin=n_bin, backend="numpy", tol=0).features,
             }
+            if base is not None:
+                peers[f"mhd@{base_commit}"] = lambda: base.detect(img, n_bin=n_bin, backend="numpy").features
             if naive is not None:
                 model = naive.MHD(img.shape, n_bin=n_bin)  # its transfer functions, built once per shape
                 peers["naive_mhd"] = lambda: model.count(naive.normalize(img))
@@ -228,9 +250,10 @@ def main() -> None:
     ap.add_argument("--skimage-max", type=int, default=1024, help="largest size at which blob_dog runs")
     ap.add_argument("--gpu", action="store_true", help="also measure CuPy on the GPU")
     ap.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    ap.add_argument("--base", metavar="COMMIT", help="also time the detector as of this git commit (peer mhd@COMMIT)")
     args = ap.parse_args()
     try:
-        run_cpu(args.sizes, args.levels, args.repeat, args.skimage_max)
+        run_cpu(args.sizes, args.levels, args.repeat, args.skimage_max, args.base)
         if args.gpu:
             if not cuda_available():
                 raise SystemExit("--gpu: no CUDA device visible to CuPy")

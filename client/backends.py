@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
+import io
 import logging
 import multiprocessing
 import os
@@ -244,12 +246,15 @@ class _WorkerContext(type(multiprocessing.get_context("spawn"))):  # type: ignor
     Process = _WorkerProcess
 
 
-def _init_worker(environ: dict[str, str | None], parent: int) -> None:
+def _init_worker(environ: dict[str, str | None], parent: int, slot: Any = None, workers: int = 1) -> None:
     """Process-pool initializer: ignore SIGINT (the client shuts the worker
     down), set (or, for None, remove) worker environment variables, keep
     the engine's task logging off the client's terminal (a failed task's
-    traceback travels in its result), and end the worker when its parent
-    process (the client) is gone."""
+    traceback travels in its result), end the worker when its parent
+    process (the client) is gone, and give it its share of the CPUs
+    (:func:`_pin`; ``slot`` is the pool's shared counter of started workers)."""
+    if slot is not None:
+        _pin(slot, workers)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     logging.getLogger().addHandler(logging.NullHandler())
@@ -259,6 +264,23 @@ def _init_worker(environ: dict[str, str | None], parent: int) -> None:
         else:
             os.environ[key] = value
     threading.Thread(target=_exit_with_parent, args=(parent,), name="mhd-exit-with-parent", daemon=True).start()
+
+
+def _pin(slot: Any, workers: int) -> None:
+    """Restrict this worker to its share of the CPUs: the ``k``-th worker started gets the ``k``-th of ``workers`` equal parts.
+
+    The detector runs one lane per CPU it may use; unpinned, every worker
+    would run as many lanes as the machine has CPUs, ``workers`` times too many
+    threads. No-op where the platform cannot set affinities.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    with slot.get_lock():
+        k, slot.value = slot.value, slot.value + 1
+    cpus = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cpus) // workers)
+    first = (k % workers) * share % len(cpus)
+    os.sched_setaffinity(0, cpus[first : first + share])
 
 
 def _exit_with_parent(parent: int, period: float = 1.0) -> None:
@@ -345,8 +367,8 @@ class EngineBackend:
 def local_engine(data_root: str | os.PathLike | None = None, workers: int | None = None, env: dict | None = None, *, run_dir: str) -> Any:
     """A started ``ProcessPoolEngine`` configured like the ``mhd-gpu`` endpoint.
 
-    Workers are freshly *spawned* processes (not forks of the caller) that
-    ignore SIGINT (a terminal's Ctrl-C is the client's to handle), take
+    Workers are freshly *spawned* processes (not forks of the caller), each
+    pinned to its share of the CPUs (:func:`_pin`), that ignore SIGINT (a terminal's Ctrl-C is the client's to handle), take
     ``MHD_DATA_ROOT`` = ``data_root`` (None removes it: inline tiles only) and
     the variables in ``env`` (a None value removes one), and deserialize only
     :data:`~mhd.client.registration.ALLOWED_SERIALIZERS`.
@@ -362,15 +384,28 @@ def local_engine(data_root: str | os.PathLike | None = None, workers: int | None
 
     environ: dict[str, str | None] = {"MHD_DATA_ROOT": os.path.realpath(data_root) if data_root else None}
     environ.update(env or {})
+    workers = workers or min(os.cpu_count() or 1, 8)
+    context = _WorkerContext()
     engine = ProcessPoolEngine(
-        max_workers=workers or min(os.cpu_count() or 1, 8),
-        mp_context=_WorkerContext(),
+        max_workers=workers,
+        mp_context=context,
         initializer=_init_worker,
-        initargs=(environ, os.getpid()),
+        initargs=(environ, os.getpid(), context.Value("i", 0), workers),
         allowed_serializers=list(ALLOWED_SERIALIZERS),
     )
     engine.start(endpoint_id=uuid.uuid4(), run_dir=run_dir)
     return engine
+
+
+@functools.lru_cache(maxsize=1)
+def warm_up_tile() -> dict:
+    """An inline 64 x 64 TIFF tile that :class:`LocalBackend` scores once per worker as soon as it starts."""
+    import numpy as np
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, (np.add.outer(np.arange(64), np.arange(64)) * 37 % 251).astype(np.uint8))
+    return {"name": "mhd-warm-up", "data": buf.getvalue()}
 
 
 class LocalBackend(EngineBackend):
@@ -412,6 +447,23 @@ class LocalBackend(EngineBackend):
         self._broken: Any = None
         self.restarts = 0
         super().__init__(self._new_engine())
+        self._warm(self._engine)
+
+    def _warm(self, engine: Any) -> None:
+        """Start every worker now and have each score :func:`warm_up_tile` through the task path.
+
+        Workers then import the detector, decode, build the function from its
+        source and run the FFTs while the client is still discovering (and
+        transferring) tiles, so a small section does not wait for start-up.
+        The warm-up's results are not looked at: a worker that cannot score
+        fails its real tasks instead.
+        """
+        from globus_compute_endpoint.engines import GCFuture
+
+        payload = task_payload(self._serde, [warm_up_tile()], None)
+        for _ in range(self.workers):
+            task_id = uuid.uuid4()
+            engine.submit(GCFuture(task_id), pack_task(task_id, self._code, payload), resource_specification={}, result_serializers=list(RESULT_SERIALIZERS))
 
     def _new_engine(self) -> Any:
         data_root, workers, env, run_dir = self._engine_args
@@ -434,6 +486,7 @@ class LocalBackend(EngineBackend):
         if self._broken is self._engine:
             log.warning("a local worker process was lost: restarting the local engine (%d worker(s))", self.workers)
             old, self._engine = self._engine, self._new_engine()
+            self._warm(self._engine)
             self.restarts += 1
             old.executor.shutdown(wait=False, cancel_futures=True)
         return self._engine

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-import scipy.fft
 
 from mhd.params import DEFAULTS
 from mhd.params import validate as validate_params
@@ -18,10 +16,12 @@ from mhd.params import validate as validate_params
 from ._backend import Backend, get_backend
 from ._astigmatism import anisotropy, spectral_moments
 from ._blur import fit_blur
+from ._lanes import PerThread, RunningMax, run_lanes
 from ._nms import local_maxima
 from ._noise import CENTRES, level_noise_std, noise_level_function, noise_spectrum, stabilize, stabilizer, white_equivalent
 from ._normalize import normalize_with_step
 from ._scalespace import MAX_DECIMATION, FilterBank, dog_pairs, filter_bank, scales
+from ._tags import COARSER, MAX_LEVELS, level_of, tag
 
 __all__ = ["Detection", "detect", "detect_batch", "DEFAULTS"]
 
@@ -108,12 +108,33 @@ def halo_width(sigma: float) -> int:
     return int(np.ceil(4.0 * sigma)) + 2
 
 
+#: Smallest padded side that may have a factor 7 (pixels).
+RADIX7_MIN = 512
+
+
 def _fast_size(n: int) -> int:
-    """Smallest m >= n that is a multiple of MAX_DECIMATION and has only factors 2, 3, 5, 7."""
+    """Smallest m >= n that is a multiple of MAX_DECIMATION and has only factors 2, 3, 5 (and 7 from :data:`RADIX7_MIN`).
+
+    The factor 7 is as fast as its neighbours in ducc0, pocketfft and cuFFT: a
+    1024^2 tile pads to 1120^2 instead of 1152^2, 0.8x the time of an inverse
+    2-D transform on one thread in both CPU libraries. One rule for every
+    backend keeps their grids, and so their results, the same. Smaller grids
+    keep the 2, 3, 5 sizes: the astigmatism measure's limit on mirrored
+    content (``MIN_MIRROR_FACTOR``) was set on them, and with a factor 7 a
+    256 px tile (grid 336, not 384) would pass it.
+    """
     m = -(-n // MAX_DECIMATION) * MAX_DECIMATION
-    while scipy.fft.next_fast_len(m, real=True) != m:
+    while not _smooth(m, (2, 3, 5, 7) if m >= RADIX7_MIN else (2, 3, 5)):
         m += MAX_DECIMATION
     return m
+
+
+def _smooth(n: int, primes: tuple[int, ...]) -> bool:
+    """True when ``n`` has no prime factor outside ``primes``."""
+    for p in primes:
+        while n % p == 0:
+            n //= p
+    return n == 1
 
 
 def _blocks(n: int, size: int) -> list[tuple[int, int]]:
@@ -210,69 +231,58 @@ def _upsample_cubic(x: Any, d: int, start: tuple[int, int], size: tuple[int, int
     return up[:, r0 : r0 + R, c0 : c0 + C]
 
 
-#: Low mantissa bits of a float32 response that carry its level index.
-LEVEL_BITS = 7
-_LEVEL_MASK = (1 << LEVEL_BITS) - 1
-#: Tag of an upsampled value: its level is read from the coarser grid's level map.
-COARSER = _LEVEL_MASK
-#: Most levels the tags can carry (indices 0 .. MAX_LEVELS - 1; the last tag is COARSER).
-MAX_LEVELS = _LEVEL_MASK
-#: Clears the sign bit and the level bits: ``|D|`` and an untagged value in one operation.
-_ABS_UNTAG = np.int32(0x7FFFFFFF & ~_LEVEL_MASK)
 #: Thresholds are at least this, so that dividing by them stays finite.
 MIN_THRESHOLD = 1e-12
 
 
-def _tag(D: Any, i: Any, xp: Any, absolute: bool = False) -> Any:
-    """Write level index ``i`` into the low mantissa bits of ``D`` (in place).
+def _level_response(Fd: Any, transfer: Any, scale: np.ndarray, shape: tuple[int, int], be: Backend, scratch: tuple[Any, Any], workers: int | None) -> Any:
+    """One DoG level in units of its threshold: ``irfft2(Fd * transfer * scale)``.
 
-    A running ``maximum`` over tagged responses then also carries the argmax,
-    for the cost of two integer operations instead of masked copies (which
-    are 20x slower on the CPU). The values move by < 2**-16 relative. With
-    ``absolute`` the sign bit is cleared by the same operation, so ``D``
-    becomes ``|D|`` for free.
+    Parameters
+    ----------
+    Fd : (B, p, q // 2 + 1) complex64 device array
+        The spectrum on the level's (possibly decimated) grid.
+    transfer : (p, q // 2 + 1) float32 device array
+        The level's transfer function (:class:`LevelGroup` row).
+    scale : (B,) float32 ndarray
+        ``1 / threshold`` of each image at this level.
+    shape : (p, q)
+        The level's grid.
+    scratch : (complex64 array like ``Fd``, float32 array of its shape)
+        Buffers of this thread for this grid (overwritten).
+    workers : int or None
+        FFT threads (None: the backend's).
+
+    Returns
+    -------
+    (B, p, q) float32 device array
+        ``D_i / thr_i``, a new array.
     """
-    bits = D.view(xp.int32)
-    bits &= _ABS_UNTAG if absolute else np.int32(~_LEVEL_MASK)
-    bits |= i
-    return D
+    xp = be.xp
+    buf, h = scratch
+    # the threshold is folded into the transfer function: D_i / thr_i > 1 passes level i
+    xp.multiply(transfer, xp.asarray(scale[:, None, None]), out=h)
+    xp.multiply(Fd, h, out=buf)
+    return be.irfft2(buf, shape, workers=workers, overwrite=True)
 
 
-def _level_of(D: Any, xp: Any) -> Any:
-    return (D.view(xp.int32) & _LEVEL_MASK).astype(xp.uint8)
+def _mean_square(D: Any, window: tuple[int, int, int, int], d: int, be: Backend) -> np.ndarray:
+    """Mean square of a (B, p, q) level response on grid ``d`` over ``window`` less its one-pixel margin: (B,) float64.
 
-
-@functools.lru_cache(maxsize=4)
-def _lane_pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="mhd-lane")
-
-
-class _RunningMax:
-    """A running maximum of one grid kept per thread, so lanes never share an array."""
-
-    def __init__(self, xp: Any) -> None:
-        self.xp, self.parts = xp, {}
-
-    def add(self, D: Any) -> None:
-        key = threading.get_ident()
-        cur = self.parts.get(key)
-        self.parts[key] = D if cur is None else self.xp.maximum(cur, D, out=cur)
-
-    def result(self, start: Any = None) -> Any:
-        parts = list(self.parts.values()) + ([] if start is None else [start])
-        for other in parts[1:]:
-            self.xp.maximum(parts[0], other, out=parts[0])
-        return parts[0]
+    Only the block itself counts, not its halo, where the padded grid wraps.
+    """
+    r0, c0, R, C = window
+    inner = D[:, (r0 + 1) // d : (r0 + R - 1) // d, (c0 + 1) // d : (c0 + C - 1) // d]
+    return be.to_host(be.xp.einsum("bij,bij->b", inner, inner)) / (inner.shape[1] * inner.shape[2])
 
 
 def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: str, window: tuple[int, int, int, int], be: Backend, spectrum_hook: Any = None) -> tuple[Any, list[tuple[int, Any]], np.ndarray]:
     """Running maximum over levels of response / threshold on a window.
 
-    Every level is one task: multiply the spectrum (cropped to the level's
-    grid) by the level's transfer function over its threshold, inverse FFT,
-    tag, and fold into the running maximum of its grid. On the CPU the tasks
-    are spread over ``be.workers`` lanes (threads with single-threaded FFTs),
-    so the element-wise work runs in parallel as well as the transforms; the
+    Every level is one task: :func:`_level_response` on the spectrum cropped
+    to the level's grid, :func:`_mean_square`, tag (``mhd.functions._tags``)
+    and fold into the running maximum of its grid. On the CPU the tasks run on
+    ``be.workers`` lanes (``mhd.functions._lanes``, single-threaded FFTs); the
     coarse grids' maxima are merged and upsampled by one task while the other
     lanes work on the finest grid. On a GPU the tasks run in order.
 
@@ -290,7 +300,7 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
     -------
     best : (B, R, C) float32
         ``max_i D_i / thr_i`` (``|D_i|`` for polarity "both"), its level index
-        tagged in the low mantissa bits (see :func:`_level_of`); ``best > 1``
+        tagged in the low mantissa bits (see :func:`level_of`); ``best > 1``
         passes some level's threshold. Each level is measured in units of its
         own threshold, so a level with a higher (noise) threshold needs a
         proportionally stronger response to win the maximum over scales.
@@ -308,60 +318,37 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
     inv_thr = (1.0 / np.maximum(thresholds, MIN_THRESHOLD)).astype(np.float32)
     groups = list(reversed(bank.groups))  # coarsest first
     spectra = {g.factor: F if g.factor == 1 else _crop_spectrum(F, g.factor, xp) for g in groups}
-    maxima = {g.factor: _RunningMax(xp) for g in groups}
+    maxima = {g.factor: RunningMax(xp) for g in groups}
     lanes = be.workers if be.device is None else 1
-    scratch: dict[tuple[int, int], tuple[Any, Any]] = {}
+    scratch = PerThread()
     coarse: list[tuple[int, Any]] = []
     energy = np.zeros(thresholds.shape)
 
     def level(d: int, transfer: Any, i: int) -> None:
         Fd = spectra[d]
-        key = (threading.get_ident(), d)
-        if key not in scratch:
-            scratch[key] = (xp.empty_like(Fd), xp.empty(Fd.shape, dtype=xp.float32))
-        buf, h = scratch[key]
-        # the threshold is folded into the transfer function: D_i / thr_i > 1 passes level i
-        xp.multiply(transfer, xp.asarray(inv_thr[:, i, None, None]), out=h)
-        xp.multiply(Fd, h, out=buf)
-        D = be.irfft2(buf, (P // d, Q // d), workers=1 if lanes > 1 else None, overwrite=True)
-        # mean square over the block itself (not its halo, where the padded grid wraps), for the blur fit
-        inner = D[:, (r0 + 1) // d : (r0 + R - 1) // d, (c0 + 1) // d : (c0 + C - 1) // d]
-        energy[:, i] = be.to_host(xp.einsum("bij,bij->b", inner, inner)) / (inner.shape[1] * inner.shape[2])
-        maxima[d].add(_tag(D, i, xp, absolute=polarity == "both"))
+        buffers = scratch.get(d, lambda: (xp.empty_like(Fd), xp.empty(Fd.shape, dtype=xp.float32)))
+        D = _level_response(Fd, transfer, inv_thr[:, i], (P // d, Q // d), be, buffers, 1 if lanes > 1 else None)
+        energy[:, i] = _mean_square(D, window, d, be)
+        maxima[d].add(tag(D, i, xp, absolute=polarity == "both"))
 
     def upsampled(acc: Any, d_from: int, d_to: int, start: tuple[int, int], size: tuple[int, int]) -> Any:
-        coarse.insert(0, (d_from, _level_of(acc, xp)))
-        return _tag(xp.ascontiguousarray(_upsample_cubic(acc, d_from // d_to, start, size, xp)), COARSER, xp)
+        coarse.insert(0, (d_from, level_of(acc, xp)))
+        return tag(xp.ascontiguousarray(_upsample_cubic(acc, d_from // d_to, start, size, xp)), COARSER, xp)
 
-    def merge_coarse(pending: list[Any]) -> Any:
+    def merge_coarse() -> Any:
         """The coarse grids' maxima, each upsampled into the next finer one, on the finest grid."""
-        for task in pending:
-            task.result()
         acc = None
         for g, finer in zip(groups, groups[1:]):
             acc = maxima[g.factor].result(acc)
             acc = upsampled(acc, g.factor, finer.factor, (0, 0), (P // finer.factor, Q // finer.factor))
         return acc
 
-    tasks: list[Any] = [(level, g.factor, g.transfer[j], i) for g in groups[:-1] for j, i in enumerate(g.levels)]
-    finest = groups[-1]
-    fine_tasks = [(level, finest.factor, finest.transfer[j], i) for j, i in enumerate(finest.levels)]
+    tasks = [functools.partial(level, g.factor, g.transfer[j], i) for g in groups[:-1] for j, i in enumerate(g.levels)]
     if spectrum_hook is not None:
-        tasks.insert(0, (spectrum_hook, F))  # reads the spectrum while the lanes filter it
-    if lanes == 1:
-        for fn, *args in tasks:
-            fn(*args)
-        start = merge_coarse([]) if len(groups) > 1 else None
-        for fn, *args in fine_tasks:
-            fn(*args)
-    else:
-        pool = _lane_pool(lanes)
-        pending = [pool.submit(fn, *args) for fn, *args in tasks]
-        # the merge waits only on tasks queued before it, so the pool cannot deadlock
-        merged = pool.submit(merge_coarse, pending) if len(groups) > 1 else None
-        for task in [pool.submit(fn, *args) for fn, *args in fine_tasks] + pending:
-            task.result()
-        start = merged.result() if merged is not None else None
+        tasks.insert(0, functools.partial(spectrum_hook, F))  # reads the spectrum while the lanes filter it
+    finest = groups[-1]
+    fine_tasks = [functools.partial(level, finest.factor, finest.transfer[j], i) for j, i in enumerate(finest.levels)]
+    start = run_lanes(lanes, tasks, merge_coarse if len(groups) > 1 else None, fine_tasks)
     best = maxima[finest.factor].result(start)
     energy *= thresholds**2
     if finest.factor == 1:
@@ -470,7 +457,7 @@ def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.n
         _, R, C = best.shape
         b, rem = np.divmod(idx, R * C)
         r, c = np.divmod(rem, C)
-        level = be.to_host(_level_of(best.ravel()[xp.asarray(idx)], xp)).astype(np.int64)
+        level = be.to_host(level_of(best.ravel()[xp.asarray(idx)], xp)).astype(np.int64)
         level = _resolve_levels(level, b, r + h - 1, c + h - 1, coarse, be)
         t2 = time.perf_counter()
     feats = np.stack([b, r - 1 + y0, c - 1 + x0, level], axis=1)

@@ -88,8 +88,28 @@ def local_maxima(response: Any, backend: Backend, floor: float = 0.0) -> np.ndar
         xp.maximum(pooled, np.nextafter(np.float32(floor), np.float32(np.inf)), out=pooled)
         cand = response[:, 1:-1, 1:-1] >= pooled
         flat = backend.to_host(xp.flatnonzero(cand)).astype(np.int64)
-    b, rem = np.divmod(flat, (R - 2) * (C - 2))
-    r, c = np.divmod(rem, C - 2)
-    keep = _merge_plateaus(b, r, c, (R - 2, C - 2))
+        b, rem = np.divmod(flat, (R - 2) * (C - 2))
+        r, c = np.divmod(rem, C - 2)
+        touching = backend.to_host(_has_candidate_neighbour(cand, b, r, c, xp))
+    # only candidates with a candidate neighbour can share a plateau: the rest are features as they are
+    keep = np.ones(len(flat), dtype=bool)
+    if touching.any():
+        group = np.flatnonzero(touching)
+        keep[group] = False
+        keep[group[_merge_plateaus(b[group], r[group], c[group], (R - 2, C - 2))]] = True
     b, r, c = b[keep], r[keep], c[keep]
     return (b * R + r + 1) * C + c + 1
+
+
+def _has_candidate_neighbour(cand: Any, b: np.ndarray, r: np.ndarray, c: np.ndarray, xp: Any) -> Any:
+    """For each candidate ``(b, r, c)`` (host int64 arrays) of the (B, R, C) bool mask ``cand``: is one of its 8 neighbours a candidate?
+
+    Returns a (N,) bool device array; 8 gathers of N, not a pass over the mask per direction.
+    """
+    padded = xp.pad(cand, ((0, 0), (1, 1), (1, 1)))
+    hit = xp.zeros(len(b), dtype=bool)
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            if dr or dc:
+                hit |= padded[b, r + 1 + dr, c + 1 + dc]
+    return hit

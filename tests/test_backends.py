@@ -134,3 +134,45 @@ def test_no_data_root_means_inline_only_and_env_sets_limits(root):
 def test_tiles_must_be_a_list(local):
     with pytest.raises(TypeError, match="tiles must be a list"):
         local.submit("t0.png")
+
+
+# ------------------------------------------------------------- warm-up
+
+
+def test_warm_up_tile_scores_without_error():
+    from mhd.client.backends import warm_up_tile
+
+    [entry] = score_tiles([warm_up_tile()])
+    assert entry["error"] is None and entry["shape"] == [64, 64] and entry["tile"] == "mhd-warm-up"
+
+
+def test_workers_start_and_warm_before_the_first_task(root):
+    import time
+
+    with LocalBackend(data_root=root, workers=2) as backend:
+        executor = backend._engine.executor
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (len(executor._processes) == 2 and executor._idle_worker_semaphore._value == 2):
+            time.sleep(0.05)
+        assert len(executor._processes) == 2  # spawned with no task submitted
+        assert executor._idle_worker_semaphore._value == 2  # and idle again: the warm-up ran
+        [entry] = backend.submit(["t0.png"]).result(timeout=60)
+        assert entry["error"] is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs CPU affinities and 2 CPUs")
+def test_workers_share_the_cpus_without_overlap():
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, os\nfrom multiprocessing import Value\nfrom mhd.client.backends import _pin\n"
+        "slot, cpus, out = Value('i', 0), os.sched_getaffinity(0), []\n"
+        "for _ in range(3):\n    os.sched_setaffinity(0, cpus)\n    _pin(slot, 2)\n    out.append(sorted(os.sched_getaffinity(0)))\n"
+        "print(json.dumps(out))"
+    )
+    first, second, third = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout)
+    n = len(os.sched_getaffinity(0))
+    assert len(first) == len(second) == n // 2 and not set(first) & set(second)
+    assert third == first  # a third worker of two shares the first one's CPUs

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
 from mhd.functions import DEFAULTS, detect, detect_batch, get_backend
+from mhd.functions._backend import FFT_LIBRARIES, default_fft
 from mhd.functions._detect import _blocks, _fast_size, halo_width
 
 
@@ -41,6 +44,21 @@ def test_lanes_give_the_same_features_as_one_thread(isbi):
     one = detect(img, backend=get_backend("numpy", workers=1))
     three = detect(img, backend=get_backend("numpy", workers=3))
     np.testing.assert_array_equal(one.features, three.features)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ducc0") is None, reason="needs the fast extra (ducc0)")
+def test_ducc0_and_pocketfft_give_the_same_detection(isbi):
+    img = np.tile(isbi[1], (1, 2))[:, :700]  # not square, not a power of two
+    a = detect(img, backend=get_backend("numpy", fft="scipy"))
+    b = detect(img, backend=get_backend("numpy", fft="ducc0"))
+    assert a.count == b.count and np.array_equal(a.features, b.features)
+    assert b.blur == pytest.approx(a.blur, abs=1e-5) and b.noise == pytest.approx(a.noise, rel=1e-5)
+
+
+def test_fft_library_is_checked():
+    assert get_backend("numpy").fft == default_fft() in FFT_LIBRARIES
+    with pytest.raises(ValueError, match="fft must be one of"):
+        get_backend("numpy", fft="fftpack")
 
 
 def test_scale_of_a_coarse_feature_comes_from_its_own_grid():
@@ -201,6 +219,8 @@ def test_timings_and_metadata():
 
 def test_geometry_helpers():
     assert _fast_size(1092) % 16 == 0 and _fast_size(1092) >= 1092
+    assert _fast_size(1094) == 1120  # 2^5 * 5 * 7: the next multiple of 16, 1104, has a factor 23
+    assert _fast_size(326) == 384  # a 256 px tile: no factor 7 below RADIX7_MIN (336 = 2^4 * 3 * 7)
     assert _blocks(1000, 300) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
     assert halo_width(8.0) >= 4 * 8
 

@@ -114,3 +114,15 @@ def test_a_single_two_pixel_plateau_counts_once():
 def test_blocks_without_an_interior_have_no_features(shape):
     idx = local_maxima(np.ones(shape, np.float32), BE)
     assert idx.dtype == np.int64 and idx.size == 0
+
+
+def test_only_candidates_with_a_candidate_neighbour_are_flagged():
+    from mhd.functions._nms import _has_candidate_neighbour
+
+    cand = np.zeros((2, 5, 6), dtype=bool)
+    cand[0, 0, 0] = cand[0, 1, 1] = True  # diagonal pair at the corner
+    cand[0, 3, 4] = True  # alone
+    cand[1, 4, 5] = True  # alone, at the far corner of the next image
+    cand[1, 0, 0] = True  # alone: the pair above is in image 0
+    b, r, c = (np.array(v) for v in zip(*np.argwhere(cand)))
+    np.testing.assert_array_equal(_has_candidate_neighbour(cand, b, r, c, np), [True, True, False, False, False])

@@ -1,0 +1,142 @@
+"""The pieces of the detector's response: level tags, lanes, and one level's maths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import scipy.fft
+
+from mhd.functions import _lanes, get_backend
+from mhd.functions._detect import _level_response, _mean_square
+from mhd.functions._noise import _median
+from mhd.functions._tags import COARSER, LEVEL_BITS, MAX_LEVELS, level_of, tag
+
+
+def test_tag_round_trips_and_barely_moves_the_value():
+    rng = np.random.default_rng(0)
+    D = rng.normal(size=1000).astype(np.float32)
+    levels = rng.integers(0, MAX_LEVELS, D.size).astype(np.int32)
+    tagged = tag(D.copy(), levels, np)
+    np.testing.assert_array_equal(level_of(tagged, np), levels)
+    np.testing.assert_allclose(tagged, D, rtol=2.0**-16)
+    assert np.all(np.sign(tagged) == np.sign(D))
+    assert COARSER == MAX_LEVELS == (1 << LEVEL_BITS) - 1
+
+
+def test_absolute_tag_clears_the_sign_and_a_running_maximum_carries_the_argmax():
+    rng = np.random.default_rng(1)
+    stack = rng.normal(size=(5, 64)).astype(np.float32)
+    best = None
+    for i, D in enumerate(stack):
+        D = tag(D.copy(), i, np, absolute=True)
+        assert np.all(D >= 0)
+        best = D if best is None else np.maximum(best, D)
+    np.testing.assert_array_equal(level_of(best, np), np.argmax(np.abs(stack), axis=0))
+
+
+def test_running_max_merges_the_parts_of_several_threads():
+    parts = [np.full(4, v, np.float32) for v in (3.0, 1.0, 5.0, 2.0)]
+    rm = _lanes.RunningMax(np)
+    both_added = threading.Barrier(2)  # both threads alive at once: a finished thread's id may be reused
+
+    def add(p):
+        rm.add(p)
+        both_added.wait()
+
+    threads = [threading.Thread(target=add, args=(p,)) for p in parts[:2]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rm.add(parts[2])
+    assert len(rm.parts) == 3
+    np.testing.assert_array_equal(rm.result(parts[3]), np.full(4, 5.0))
+    assert _lanes.RunningMax(np).result() is None
+
+
+def test_per_thread_objects_are_made_once_per_thread_and_key():
+    store, made = _lanes.PerThread(), []
+    a = store.get("k", lambda: made.append(1) or object())
+    assert store.get("k", lambda: made.append(2) or object()) is a and made == [1]
+    other = []
+    t = threading.Thread(target=lambda: other.append(store.get("k", object)))
+    t.start()
+    t.join()
+    assert other[0] is not a
+
+
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_run_lanes_merges_after_its_tasks_and_runs_the_rest(lanes):
+    done, lock = [], threading.Lock()
+
+    def task(name):
+        def run():
+            with lock:
+                done.append(name)
+
+        return run
+
+    def merge():
+        assert {"a", "b", "c"} <= set(done)  # every task queued before the merge has finished
+        return "merged"
+
+    assert _lanes.run_lanes(lanes, [task("a"), task("b"), task("c")], merge, [task("x"), task("y")]) == "merged"
+    assert sorted(done) == ["a", "b", "c", "x", "y"]
+    assert _lanes.run_lanes(lanes, [task("z")], None, []) is None
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_run_lanes_raises_a_task_error(lanes):
+    def boom():
+        raise RuntimeError("level failed")
+
+    with pytest.raises(RuntimeError, match="level failed"):
+        _lanes.run_lanes(lanes, [boom], lambda: None, [lambda: None])
+
+
+def test_lane_pools_are_shut_down_and_made_anew():
+    pool = _lanes.lane_pool(2)
+    assert _lanes.lane_pool(2) is pool
+    pool.submit(lambda: None).result()
+    _lanes.shutdown()
+    with pytest.raises(RuntimeError):
+        pool.submit(lambda: None)
+    assert _lanes.lane_pool(2) is not pool
+    _lanes.shutdown()
+
+
+def test_lane_threads_end_with_the_interpreter():
+    code = "from mhd.functions import _lanes; _lanes.lane_pool(2).submit(lambda: None).result(); print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_level_response_is_the_filtered_image_over_its_threshold():
+    rng = np.random.default_rng(2)
+    be = get_backend("numpy", workers=1)
+    x = rng.random((2, 32, 48)).astype(np.float32)
+    F = scipy.fft.rfft2(x)
+    h = rng.random(F.shape[1:]).astype(np.float32)
+    scale = np.array([2.0, 0.5], np.float32)
+    D = _level_response(F, h, scale, (32, 48), be, (np.empty_like(F), np.empty(F.shape, np.float32)), None)
+    expect = scipy.fft.irfft2(F * h * scale[:, None, None], s=(32, 48))
+    np.testing.assert_allclose(D, expect, rtol=1e-4, atol=1e-5)
+
+
+def test_mean_square_skips_the_window_margin_and_the_halo():
+    be = get_backend("numpy", workers=1)
+    D = np.full((1, 20, 20), 100.0, np.float32)
+    D[:, 5:15, 6:16] = 2.0  # the block: window (4, 5, 12, 12) less its one-pixel margin
+    assert _mean_square(D, (4, 5, 12, 12), 1, be) == pytest.approx([4.0])
+    coarse = np.full((1, 10, 10), 3.0, np.float32)
+    assert _mean_square(coarse, (4, 4, 12, 12), 2, be) == pytest.approx([9.0])
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10])
+def test_noise_median_by_one_partition_equals_numpy(n):
+    x = np.random.default_rng(n).random(n).astype(np.float32)
+    assert _median(x, np) == pytest.approx(float(np.median(x)), rel=1e-6)
