@@ -13,15 +13,15 @@ import numpy as np
 from mhd.params import DEFAULTS
 from mhd.params import validate as validate_params
 
-from ._backend import Backend, get_backend
 from ._astigmatism import anisotropy, spectral_moments
+from ._backend import Backend, get_backend
 from ._blur import fit_blur
 from ._lanes import PerThread, RunningMax, run_lanes
 from ._nms import local_maxima
 from ._noise import CENTRES, level_noise_std, noise_level_function, noise_spectrum, stabilize, stabilizer, white_equivalent
 from ._normalize import normalize_with_step
 from ._scalespace import MAX_DECIMATION, FilterBank, dog_pairs, filter_bank, scales
-from ._tags import COARSER, MAX_LEVELS, level_of, tag
+from ._tags import COARSER, level_of, tag
 
 __all__ = ["Detection", "detect", "detect_batch", "DEFAULTS"]
 

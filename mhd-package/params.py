@@ -18,7 +18,7 @@ reason:
 * ``n_bin`` <= 64: the worker's bound on memory and time for a hostile or
   mistaken task (a filter bank holds ``n_bin`` spectra of ``block_size``
   squared). The detector could represent 127 levels (the level index is
-  packed into 7 bits of each response, ``mhd.functions._detect.MAX_LEVELS``);
+  packed into 7 bits of each response, ``mhd.functions._tags.MAX_LEVELS``);
   a test checks that 64 stays within that.
 * ``min_t`` and ``max_t`` in [0.1, 64] px, with ``min_t < max_t``: a Gaussian
   narrower than a tenth of a pixel does not change a sampled image, and the

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from mhd import params as spec
 from mhd.client.cli import main
 from mhd.functions import DEFAULTS, detect
-from mhd.functions._detect import MAX_LEVELS
+from mhd.functions._tags import MAX_LEVELS
 from mhd.functions.worker.scoring import check_params
 
 #: Commands that take the detector's options.
