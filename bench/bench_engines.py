@@ -6,7 +6,7 @@ not beside the checkout):
 
 * ``detect``       the detector called in-process on decoded arrays (its own time)
 * ``score_tiles``  the registered function called in-process (confinement, decode, detect)
-* ``process-pool`` ``LocalBackend``: the endpoint's ProcessPoolEngine, spawned
+* ``process-pool`` ``LocalExecutor``: the endpoint's ProcessPoolEngine, spawned
   workers, the function rebuilt from source, ``execute_task``, JSON results
 * ``gce``          the endpoint's ``GlobusComputeEngine`` (Parsl HTEX on
   127.0.0.1, LocalProvider) running the same task bodies
@@ -48,7 +48,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-from mhd.client.backends import EngineBackend, LocalBackend
+from mhd.client.executors import EngineExecutor, LocalExecutor
 from mhd.client.registration import ALLOWED_SERIALIZERS
 from mhd.functions import detect
 from mhd.functions.worker.remote import score_tiles
@@ -96,7 +96,7 @@ def _ms(call) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def gce_backend(root: Path, workers: int, run_dir: str) -> EngineBackend:
+def gce_backend(root: Path, workers: int, run_dir: str) -> EngineExecutor:
     """GlobusComputeEngine on this host, configured like the shipped endpoint (no GPUs)."""
     from globus_compute_endpoint.engines import GlobusComputeEngine
     from parsl.providers import LocalProvider
@@ -110,7 +110,7 @@ def gce_backend(root: Path, workers: int, run_dir: str) -> EngineBackend:
         allowed_serializers=list(ALLOWED_SERIALIZERS),
     )
     engine.start(endpoint_id=uuid.uuid4(), run_dir=run_dir)
-    return EngineBackend(engine)
+    return EngineExecutor(engine)
 
 
 def measure(backend, names: list[str], batch: int, repeat: int) -> dict:
@@ -146,7 +146,7 @@ def measure(backend, names: list[str], batch: int, repeat: int) -> dict:
 def run_engine(kind: str, root: Path, names: list[str], batches: list[int], workers: int, repeat: int) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="mhd-bench-run-") as run_dir:
         t0 = time.perf_counter()
-        backend = LocalBackend(data_root=root, workers=workers, run_dir=run_dir) if kind == "process-pool" else gce_backend(root, workers, run_dir)
+        backend = LocalExecutor(data_root=root, workers=workers, run_dir=run_dir) if kind == "process-pool" else gce_backend(root, workers, run_dir)
         try:
             backend.submit(names[:1]).result(timeout=600)
             cold = time.perf_counter() - t0

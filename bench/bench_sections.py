@@ -8,14 +8,14 @@ root, then measured in one run:
   threads (all CPUs): tiles/s = 1000 / median ms
 * ``detect x cores``  the detector on one thread, times the number of CPUs: the
   ceiling for a pool of single-threaded workers
-* ``local``           ``LocalBackend`` (the embedded default: the endpoint's
+* ``local``           ``LocalExecutor`` (the embedded default: the endpoint's
   ``ProcessPoolEngine``, spawned workers) started fresh, as the ``client``
   command starts it, with every task of the section submitted at once:
   ``first s`` = seconds from submitting to the first verdict (a task's
   result), ``section s`` = to the last, ``tiles/s`` = tiles / section s;
   ``warm tiles/s`` = a second pass over the section on the same engine;
   with ``--compare`` also ``local, no warm-up``: a fresh engine whose workers
-  start at the first tasks, as before :meth:`LocalBackend._warm`.
+  start at the first tasks, as before :meth:`LocalExecutor._warm`.
   ``--lead`` seconds pass between starting the engine and submitting: the time
   a client spends discovering (and transferring) tiles while the engine starts
 
@@ -39,7 +39,7 @@ import imageio.v3 as iio
 import numpy as np
 import tifffile
 
-from mhd.client.backends import LocalBackend
+from mhd.client.executors import LocalExecutor
 from mhd.functions import detect, get_backend
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "isbi2012"
@@ -83,7 +83,7 @@ def detector_alone(images: list[np.ndarray], repeat: int) -> tuple[float, float]
     return statistics.median(many), statistics.median(single)
 
 
-def section_pass(backend: LocalBackend, names: list[str], batch: int, t0: float) -> tuple[float, float]:
+def section_pass(backend: LocalExecutor, names: list[str], batch: int, t0: float) -> tuple[float, float]:
     """Submit every task at once; seconds from ``t0`` to the first and to the last verdict."""
     futures = [backend.submit(names[i : i + batch]) for i in range(0, len(names), batch)]
     first = None
@@ -109,9 +109,9 @@ def run(size: int, repeat: int, tiles: int | None, lead: float, compare: bool) -
     rows = {}
     for _ in range(repeat):
         for kind in ("local", "local, no warm-up") if compare else ("local",):  # alternated: a noisy machine slows both alike
-            with LocalBackend(data_root=root) as backend:
+            with LocalExecutor(data_root=root) as backend:
                 if kind != "local":
-                    backend._warm = lambda engine: None  # what LocalBackend did before it warmed its workers
+                    backend._warm = lambda engine: None  # what LocalExecutor did before it warmed its workers
                     backend._engine.executor.shutdown(wait=True)  # the warm-up queued by __init__ is undone by a fresh engine
                     backend._engine = backend._new_engine()
                 time.sleep(lead)

@@ -1,7 +1,7 @@
 """Ctrl-C for ``submit`` and ``watch``: stop soon, record what was obtained, never a traceback.
 
 A terminal sends SIGINT to its whole foreground process group. The local
-engine's workers ignore it (:mod:`mhd.client.backends`); the client handles
+engine's workers ignore it (:mod:`mhd.client.executors`); the client handles
 it with :class:`Interrupt`:
 
 - while starting (before tiles are scored) the first Ctrl-C raises
@@ -10,7 +10,7 @@ it with :class:`Interrupt`:
 - once the pipeline runs (:meth:`Interrupt.defer`) the first Ctrl-C only
   sets :attr:`Interrupt.requested`: the pipeline stops submitting, records
   the tasks that finish within ``drain_timeout`` seconds, leaves the others
-  for the next run and stops the backend;
+  for the next run and stops the executor;
 - a second Ctrl-C ends the process at once (:func:`abandon`): every verdict
   already recorded is on disk (each record is one ``write`` and an
   ``fsync``), tasks still in flight are left for the next run, worker

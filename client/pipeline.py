@@ -1,4 +1,4 @@
-"""Tiles -> transport -> backend -> verdicts -> results log: the client's engine.
+"""Tiles -> transport -> executor -> verdicts -> results log: the client's engine.
 
 :class:`Pipeline` is fed tiles (all at once by ``submit``, a few at a time by
 ``watch``), stages them through a transport, submits one task per staged
@@ -9,7 +9,7 @@ anyone about it.
 
 A task that fails for a reason unrelated to its tiles (a lost worker, a
 transient service error, an unreachable result stream: see
-:func:`mhd.client.backends.retryable`) is submitted again, up to ``retries``
+:func:`mhd.client.executors.retryable`) is submitted again, up to ``retries``
 times; only then are its tiles recorded, as errors that the next run
 retries. A task without a result after ``task_timeout`` seconds (an
 endpoint that is down keeps tasks queued) is given up the same way, so a run
@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterator
 
 from mhd.functions.worker.record import TileRecord
 
-from .backends import failure_message, retryable
 from .discover import Tile
+from .executors import failure_message, retryable
 from .results import ResultsLog
 from .transport import Staged, Transport
 from .verdicts import Judge
@@ -124,8 +124,8 @@ class Pipeline:
 
     Parameters
     ----------
-    backend : object
-        ``submit(tiles, params) -> Future[list[dict]]`` (``mhd.client.backends``).
+    executor : object
+        ``submit(tiles, params) -> Future[list[dict]]`` (``mhd.client.executors``).
     transport : Transport
     judge : Judge
     results : ResultsLog
@@ -140,7 +140,7 @@ class Pipeline:
     max_inflight : int
         Most tasks outstanding.
     retries : int
-        Times a task whose failure is :func:`~mhd.client.backends.retryable`
+        Times a task whose failure is :func:`~mhd.client.executors.retryable`
         is submitted again before its tiles are recorded as errors.
     task_timeout : float
         Seconds a task may go without a result before its tiles are recorded
@@ -159,7 +159,7 @@ class Pipeline:
         the next run scores them).
     """
 
-    backend: Any
+    executor: Any
     transport: Transport
     judge: Judge
     results: ResultsLog
@@ -283,8 +283,8 @@ class Pipeline:
         if not staged.payload:
             return
         try:
-            fut = self.backend.submit(staged.payload, self.params)
-        except Exception as exc:  # the backend refused the task: its tiles fail, the run goes on
+            fut = self.executor.submit(staged.payload, self.params)
+        except Exception as exc:  # the executor refused the task: its tiles fail, the run goes on
             log.debug("submission of %d tile(s) failed", len(staged.tiles), exc_info=exc)
             self._fail(staged, f"submission failed: {_short(exc)}")
             return

@@ -30,7 +30,7 @@ from .results import ResultsLog
 from .transport import MB, DiskTransport, GlobusTransport, InlineTransport, SharedTransport, Transport, choose_transport
 from .verdicts import Judge, Rule, exit_status
 
-__all__ = ["Outcome", "RunSession", "backend_kind", "check_backend", "local_workers", "make_transport", "max_inflight", "open_backend"]
+__all__ = ["Outcome", "RunSession", "executor_kind", "check_executor", "local_workers", "make_transport", "max_inflight", "open_executor"]
 
 log = logging.getLogger(__name__)
 
@@ -98,21 +98,21 @@ class Outcome:
         return EXIT_INTERRUPTED if self.interrupted else exit_status(self.counts)
 
 
-def backend_kind(cfg: Config) -> str:
+def executor_kind(cfg: Config) -> str:
     """``local`` or ``globus``: ``auto`` is Globus when endpoint and function are configured."""
     if cfg["executor"] != "auto":
         return cfg["executor"]
     return "globus" if cfg["endpoint"] and cfg["function"] else "local"
 
 
-def check_backend(cfg: Config, kind: str) -> None:
-    """Raise ValueError when the ``globus`` backend lacks its endpoint or function UUID."""
+def check_executor(cfg: Config, kind: str) -> None:
+    """Raise ValueError when the ``globus`` executor lacks its endpoint or function UUID."""
     if kind == "globus" and not (cfg["endpoint"] and cfg["function"]):
         raise ValueError("the globus executor needs an endpoint and a function UUID: run 'client register --endpoint UUID' (see 'client config')")
 
 
 def local_workers(cfg: Config) -> int:
-    """Worker processes of the local backend."""
+    """Worker processes of the local executor."""
     return cfg["workers"] or max(1, min(8, os.cpu_count() or 1))
 
 
@@ -121,8 +121,8 @@ def max_inflight(kind: str, workers: int) -> int:
     return 32 if kind == "globus" else max(4, 2 * workers)
 
 
-def open_backend(cfg: Config, kind: str, data_root: Path | None = None, compute_client: Callable[[], Any] | None = None) -> Any:
-    """Start the backend (a context manager with ``submit`` and ``name``).
+def open_executor(cfg: Config, kind: str, data_root: Path | None = None, compute_client: Callable[[], Any] | None = None) -> Any:
+    """Start the executor (a context manager with ``submit`` and ``name``).
 
     Parameters
     ----------
@@ -130,7 +130,7 @@ def open_backend(cfg: Config, kind: str, data_root: Path | None = None, compute_
     kind : str
         ``local`` or ``globus``.
     data_root : Path, optional
-        Local backend: the folder path tiles are relative to (shared transport).
+        Local executor: the folder path tiles are relative to (shared transport).
     compute_client : callable, optional
         Returns an authenticated ``globus_compute_sdk.Client`` (only called
         for ``globus``).
@@ -141,20 +141,20 @@ def open_backend(cfg: Config, kind: str, data_root: Path | None = None, compute_
         If ``globus`` is asked for without an endpoint and a function UUID,
         or without a ``compute_client``.
     """
-    from . import backends
+    from . import executors
 
     if kind == "local":
-        return backends.LocalBackend(workers=local_workers(cfg), data_root=data_root)
-    check_backend(cfg, kind)
+        return executors.LocalExecutor(workers=local_workers(cfg), data_root=data_root)
+    check_executor(cfg, kind)
     if compute_client is None:
         raise ValueError("the globus executor needs a Globus Compute client")
-    return backends.GlobusBackend(cfg["endpoint"], cfg["function"], compute_client())
+    return executors.GlobusExecutor(cfg["endpoint"], cfg["function"], compute_client())
 
 
 def make_transport(cfg: Config, section: Path, tiles: list[Tile] | None, batch: int, transfer_client: Callable[[list[str]], Any] | None = None, kind: str = "globus") -> Transport:
     """The transport the configuration (and ``auto``) asks for.
 
-    With the local backend the workers read the tiles from disk themselves
+    With the local executor the workers read the tiles from disk themselves
     (``auto``: paths relative to the section, so any tile the function
     accepts is scored, whatever its size; ``shared``: relative to
     ``shared_local`` when set); ``inline`` still sends bytes, and ``globus``
@@ -289,8 +289,8 @@ class RunSession:
         results_dir: Path | None = None,
         interrupt: Interrupt | None = None,
     ) -> None:
-        self.kind = backend_kind(cfg)
-        check_backend(cfg, self.kind)
+        self.kind = executor_kind(cfg)
+        check_executor(cfg, self.kind)
         self.section, self.cfg, self.console, self.rule, self.params = section, cfg, console, rule, params
         self.workers = local_workers(cfg) if self.kind == "local" else 0
         self.max_inflight = max_inflight(self.kind, self.workers)
@@ -340,14 +340,14 @@ class RunSession:
         if self.transport is None:
             raise RuntimeError("use_transport() first")
         judge = Judge(self.rule, prior=self.results.records.values())
-        with open_backend(self.cfg, self.kind, local_data_root(self.kind, self.transport), self._compute_client) as backend:
-            pipe = Pipeline(backend, self.transport, judge, self.results, self.params, on_verdicts=reporter, on_scored=reporter.scored, on_oof=self._hook, max_inflight=self.max_inflight, task_timeout=self.cfg["task_timeout"], stop=self.stop)
+        with open_executor(self.cfg, self.kind, local_data_root(self.kind, self.transport), self._compute_client) as executor:
+            pipe = Pipeline(executor, self.transport, judge, self.results, self.params, on_verdicts=reporter, on_scored=reporter.scored, on_oof=self._hook, max_inflight=self.max_inflight, task_timeout=self.cfg["task_timeout"], stop=self.stop)
             self.stop.defer()
             try:
                 feed(pipe)
             except KeyboardInterrupt:
                 self.interrupted = True
-                _drain(pipe, backend, self.console, self.cfg["drain_timeout"], what)
+                _drain(pipe, executor, self.console, self.cfg["drain_timeout"], what)
         return self.interrupted
 
     def outcome(self, reporter: Reporter, found: Discovery | None, interrupted: bool) -> Outcome:
@@ -365,8 +365,8 @@ def _handling(interrupt: Interrupt | None):
         yield own
 
 
-def _drain(pipe: Pipeline, backend: Any, console: Console, drain_timeout: float, what: str = "interrupted") -> None:
-    """After Ctrl-C: record the tasks that finish within ``drain_timeout`` seconds, then stop the backend."""
+def _drain(pipe: Pipeline, executor: Any, console: Console, drain_timeout: float, what: str = "interrupted") -> None:
+    """After Ctrl-C: record the tasks that finish within ``drain_timeout`` seconds, then stop the executor."""
     tiles = pipe.inflight_tiles
     console.print(
         f"[bold]{what}[/]: {len(pipe.results.records)} tile(s) recorded; waiting up to {drain_timeout:g} s for the "
@@ -375,6 +375,6 @@ def _drain(pipe: Pipeline, backend: Any, console: Console, drain_timeout: float,
     )
     before = len(pipe.results.records)
     pipe.drain(drain_timeout)
-    backend.abort()
+    executor.abort()
     left = pipe.abandoned_tiles
     console.print(f"{what}: {len(pipe.results.records) - before} more tile(s) recorded; {left} tile(s) in flight left for the next run", highlight=False)

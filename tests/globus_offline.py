@@ -16,7 +16,7 @@ API (for tests; e.g. ``client submit`` with the Globus backend)::
     with OfflineCompute(data_root=tmp_path) as cloud:       # starts engine + mocks
         client = cloud.client()          # real globus_compute_sdk.Client (no login, no retries)
         fid = register_score_tiles(client)          # POST /v3/functions, stored by the "service"
-        backend = GlobusBackend(cloud.endpoint_id, fid, client)
+        backend = GlobusExecutor(cloud.endpoint_id, fid, client)
         entries = backend.submit(["a.png"]).result(timeout=60)
         cloud.submissions                # list of submit request bodies (JSON dicts)
         cloud.fail_submits(1, status=403, message="...")   # next submit request fails
@@ -45,7 +45,7 @@ from globus_compute_sdk.sdk import executor as sdk_executor
 from globus_compute_sdk.serialize import ComputeSerializer, PureSourceTextInspect
 from pika.spec import BasicProperties
 
-from mhd.client.backends import local_engine, pack_task
+from mhd.client.executors import local_engine, pack_task
 
 __all__ = ["OfflineCompute", "LoopbackResultWatcher"]
 

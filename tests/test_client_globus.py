@@ -5,7 +5,7 @@
   HTTP answered by ``responses``, tasks run on a real local endpoint engine).
 - The Globus Transfer transport through a real ``TransferClient`` answered
   by ``globus_sdk.testing`` fixtures; the "transfer" copies the files into the
-  endpoint's data root when the task succeeds, and the LocalBackend scores
+  endpoint's data root when the task succeeds, and the LocalExecutor scores
   them from there by path.
 """
 
@@ -27,9 +27,9 @@ from rich.console import Console
 
 from globus_offline import OfflineCompute
 from mhd.client import cli
-from mhd.client.backends import LocalBackend
 from mhd.client.config import load
 from mhd.client.discover import discover
+from mhd.client.executors import LocalExecutor
 from mhd.client.pipeline import Pipeline
 from mhd.client.results import ResultsLog
 from mhd.client.submit import run_section
@@ -112,7 +112,7 @@ def test_globus_transfer_then_scoring_by_path(tmp_path, section):
         dest_path="/incoming", dest_remote="incoming", section_name="section_042", transfer_batch=16, poll=0.05,
     )
     tiles = discover(section).tiles
-    with ResultsLog(section) as results, LocalBackend(data_root=gpu_root, workers=2) as backend:
+    with ResultsLog(section) as results, LocalExecutor(data_root=gpu_root, workers=2) as backend:
         seen = []
         Pipeline(backend, transport, Judge(Rule()), results, None, seen.extend, max_inflight=4).run(tiles)
     assert len(seen) == 16 and {r.tile for r in seen if r.verdict == "oof"} == EXPECTED_OOF

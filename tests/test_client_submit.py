@@ -1,6 +1,6 @@
 """``client submit`` end to end on the bundled example, with the local backend (the embedded default).
 
-Each run starts a real LocalBackend (spawned endpoint engine workers) and
+Each run starts a real LocalExecutor (spawned endpoint engine workers) and
 sends the tiles inline through the same serialization as the Globus backend.
 """
 

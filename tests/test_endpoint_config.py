@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from globus_compute_endpoint.endpoint.config import utils
 from globus_compute_endpoint.endpoint.identity_mapper import MappedPosixIdentity
 
-from mhd.client.backends import EngineBackend
+from mhd.client.executors import EngineExecutor
 from mhd.endpoint import EndpointSpec, install_endpoint, render_endpoint, validate_dir
 from mhd.endpoint.cli import main
 from mhd.endpoint.configure import FILES, MAX_GPUS, PROVIDERS
@@ -236,7 +236,7 @@ def test_shipped_config_runs_score_tiles_one_gpu_per_worker(tmp_path):
     directory = install_endpoint(EndpointSpec(gpus=2, env=sys.prefix, data_root=str(data), function_ids=(FID,)), home=tmp_path)
     engine = validate_dir(directory)[1].engine  # the user endpoint process's engine, as the endpoint renders it
     engine.start(endpoint_id=uuid.uuid4(), run_dir=str(tmp_path / "run"))
-    backend = EngineBackend(engine)
+    backend = EngineExecutor(engine)
     try:
         futures = [backend.submit(["t0.png", "t1.png", "t2.png"]) for _ in range(8)]
         entries = [e for f in futures for e in f.result(timeout=120)]

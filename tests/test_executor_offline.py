@@ -18,7 +18,7 @@ from globus_compute_sdk import Executor
 from globus_compute_sdk.errors import TaskExecutionFailed
 
 from globus_offline import OfflineCompute
-from mhd.client.backends import GlobusBackend, TaskFailed
+from mhd.client.executors import GlobusExecutor, TaskFailed
 from mhd.client.registration import function_source, register_score_tiles
 from tilegen import blobs, encode
 
@@ -48,7 +48,7 @@ def test_registration_sends_the_source_text(cloud):
 
 
 def test_globus_backend_submits_by_uuid_and_collects_results(cloud):
-    with GlobusBackend(cloud.endpoint_id, cloud.function_id, cloud.client()) as backend:
+    with GlobusExecutor(cloud.endpoint_id, cloud.function_id, cloud.client()) as backend:
         futures = [backend.submit([f"t{i}.png", "missing.png"], {"n_bin": 8}) for i in range(3)]
         results = [f.result(timeout=60) for f in futures]
     assert [r[0]["tile"] for r in results] == ["t0.png", "t1.png", "t2.png"]
@@ -62,13 +62,13 @@ def test_globus_backend_submits_by_uuid_and_collects_results(cloud):
 
 def test_inline_bytes_travel_as_json(cloud, root):
     raw = (root / "t1.png").read_bytes()
-    with GlobusBackend(cloud.endpoint_id, cloud.function_id, cloud.client()) as backend:
+    with GlobusExecutor(cloud.endpoint_id, cloud.function_id, cloud.client()) as backend:
         [entry] = backend.submit([{"name": "t1.png", "data": raw}]).result(timeout=60)
     assert entry["features"] > 0 and entry["tile"] == "t1.png"
 
 
 def test_remote_error_surfaces_as_a_clear_message(cloud):
-    with GlobusBackend(cloud.endpoint_id, cloud.function_id, cloud.client()) as backend:
+    with GlobusExecutor(cloud.endpoint_id, cloud.function_id, cloud.client()) as backend:
         future = backend.submit(["t0.png"], {"threshold": -1})
         with pytest.raises(TaskFailed, match=r"^ValueError: threshold must be a number in \[0, 1000\], got -1$") as info:
             future.result(timeout=60)
@@ -76,7 +76,7 @@ def test_remote_error_surfaces_as_a_clear_message(cloud):
 
 
 def test_failed_submission_makes_a_new_executor(cloud):
-    backend = GlobusBackend(cloud.endpoint_id, cloud.function_id, cloud.client())
+    backend = GlobusExecutor(cloud.endpoint_id, cloud.function_id, cloud.client())
     try:
         cloud.fail_submits(1, status=403, message="endpoint is offline")
         with pytest.raises(globus_sdk.GlobusAPIError, match="endpoint is offline"):

@@ -45,8 +45,8 @@ import mhd.client.results
 from conftest import isbi_paths
 from globus_offline import LoopbackResultWatcher, OfflineCompute
 from mhd.client import cli
-from mhd.client.backends import EngineBackend, GlobusBackend, LocalBackend
 from mhd.client.discover import discover
+from mhd.client.executors import EngineExecutor, GlobusExecutor, LocalExecutor
 from mhd.client.pipeline import Pipeline
 from mhd.client.registration import register_score_tiles
 from mhd.client.results import ResultsLog, ResultsWriteError
@@ -116,7 +116,7 @@ class _gone_ok:
 
 
 def pool_workers() -> list[psutil.Process]:
-    """The process-pool workers of this test process (LocalBackend spawns them)."""
+    """The process-pool workers of this test process (LocalExecutor spawns them)."""
     return [psutil.Process(p.pid) for p in multiprocessing.active_children()]
 
 
@@ -175,7 +175,7 @@ def test_a_worker_lost_on_every_attempt_fails_its_tiles_after_the_retries_then_t
 
     seen: list[TileRecord] = []
     killer = threading.Thread(target=kill_every_worker, daemon=True)
-    with ResultsLog(section) as results, LocalBackend(workers=1) as backend:
+    with ResultsLog(section) as results, LocalExecutor(workers=1) as backend:
         killer.start()
         t0 = time.monotonic()
         try:
@@ -218,7 +218,7 @@ def test_endpoint_engine_retries_a_task_whose_worker_was_killed(tmp_path):
         roots = [p for p in psutil.process_iter(["cmdline"]) if any(str(run_dir) in a for a in p.info["cmdline"] or [])]
         return {c for r in roots for c in (r, *r.children(recursive=True))}
 
-    backend = EngineBackend(engine)
+    backend = EngineExecutor(engine)
     try:
         backend.submit(["small.png"]).result(timeout=120)  # a warm worker
         future = backend.submit(["big.png"] * 3)
@@ -289,7 +289,7 @@ def test_transient_http_errors_are_retried_with_backoff_then_on_a_new_executor(c
     tiles = discover(section).tiles
     inline = [{"name": t.id, "data": t.path.read_bytes()} for t in tiles]
 
-    with GlobusBackend(cloud.endpoint_id, cloud.function_id, retrying_client(cloud)) as backend:
+    with GlobusExecutor(cloud.endpoint_id, cloud.function_id, retrying_client(cloud)) as backend:
         cloud.fail_submits(2, status=503, message="Service Unavailable")
         cloud.fail_submits(1, status=429, message="Too Many Requests")
         sent = len(cloud.submissions)
@@ -298,7 +298,7 @@ def test_transient_http_errors_are_retried_with_backoff_then_on_a_new_executor(c
     assert all(e["error"] is None for e in entries)
 
     seen: list[TileRecord] = []
-    with ResultsLog(section) as results, GlobusBackend(cloud.endpoint_id, cloud.function_id, retrying_client(cloud)) as backend:
+    with ResultsLog(section) as results, GlobusExecutor(cloud.endpoint_id, cloud.function_id, retrying_client(cloud)) as backend:
         cloud.fail_submits(4, status=502, message="Bad Gateway")  # more than the SDK retries
         with caplog.at_level(logging.WARNING, logger="mhd"):
             Pipeline(backend, InlineTransport(4), Judge(Rule(warmup=1)), results, None, seen.extend).run(tiles)
@@ -314,7 +314,7 @@ def test_a_refusal_that_is_not_transient_is_recorded_at_once(cloud, tmp_path):
     section = tmp_path / "section"
     write_tiles(section, 2)
     seen: list[TileRecord] = []
-    with ResultsLog(section) as results, GlobusBackend(cloud.endpoint_id, cloud.function_id, retrying_client(cloud)) as backend:
+    with ResultsLog(section) as results, GlobusExecutor(cloud.endpoint_id, cloud.function_id, retrying_client(cloud)) as backend:
         cloud.fail_submits(1, status=403, message="Function not permitted on endpoint")
         Pipeline(backend, InlineTransport(2), Judge(Rule(warmup=1)), results, None, seen.extend).run(discover(section).tiles)
         made = backend.executors_made
@@ -326,7 +326,7 @@ def test_a_task_queued_behind_a_failed_submission_is_not_left_hanging(cloud, tmp
     """The SDK cancels tasks still queued in an executor whose submission failed; their futures must end too."""
     raw = encode(isbi(0)[:128, :128], "PNG")
     client = retrying_client(cloud, retries=0)
-    backend = GlobusBackend(cloud.endpoint_id, cloud.function_id, client)
+    backend = GlobusExecutor(cloud.endpoint_id, cloud.function_id, client)
     cloud.delay = 0.5
     cloud.fail_submits(1, status=500, message="Internal Server Error")
     try:
@@ -360,7 +360,7 @@ def test_tasks_without_a_result_are_given_up_after_the_task_timeout(cloud, tmp_p
     sdk_executor._ResultWatcher = SilentEndpoint
     try:
         with ResultsLog(section) as results:
-            backend = GlobusBackend(cloud.endpoint_id, cloud.function_id, cloud.client())
+            backend = GlobusExecutor(cloud.endpoint_id, cloud.function_id, cloud.client())
             t0 = time.monotonic()
             Pipeline(backend, InlineTransport(2), Judge(Rule(warmup=1)), results, None, seen.extend, task_timeout=1.0).run(discover(section).tiles)
             elapsed = time.monotonic() - t0

@@ -3,7 +3,7 @@
 The kernel is this environment's Python (a kernelspec written to a temporary
 JUPYTER_PATH), so a fresh ``pip install -e '.[test]'`` is all it needs. Local
 mode runs the registered function's source text in the endpoint's own
-process-pool engine (``LocalBackend``) on ``examples/section_042``.
+process-pool engine (``LocalExecutor``) on ``examples/section_042``.
 """
 
 from __future__ import annotations

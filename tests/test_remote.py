@@ -1,6 +1,6 @@
 """score_tiles: results, per-tile errors, parameters and every confinement rule.
 
-These call the function in-process; ``test_backends.py`` runs the same
+These call the function in-process; ``test_executors.py`` runs the same
 function serialized by source through the endpoint's task execution path.
 """
 

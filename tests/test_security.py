@@ -31,7 +31,7 @@ from globus_sdk.token_storage import TokenStorageData
 
 from globus_offline import OfflineCompute
 from mhd.client import auth, cli
-from mhd.client.backends import LocalBackend, TaskFailed
+from mhd.client.executors import LocalExecutor, TaskFailed
 from mhd.endpoint import EndpointSpec, install_endpoint, validate_dir
 from mhd.functions.worker.remote import score_tiles
 from mhd.functions.worker.tileio import MAX_TIFF_PAGES
@@ -96,7 +96,7 @@ def test_hostile_paths_are_refused_by_the_deployed_function(hostile_root):
         "x" * 5000: "cannot open: File name too long",
         "a\x00b": "NUL byte",
     }
-    with LocalBackend(data_root=root, workers=1) as backend:
+    with LocalExecutor(data_root=root, workers=1) as backend:
         entries = backend.submit([*refused, "sec/good.png", "alias_in.png"]).result(timeout=60)
     for entry, (path, message) in zip(entries, refused.items()):
         assert entry["features"] is None and message in entry["error"], (path, entry["error"])
@@ -108,7 +108,7 @@ def test_hostile_paths_are_refused_by_the_deployed_function(hostile_root):
 def test_limits_set_by_the_administrator_hold_on_the_deployed_function():
     small = encode(blobs((64, 64), 3), "PNG")  # 4,096 pixels
     env = {"MHD_MAX_PIXELS": "5000", "MHD_MAX_INLINE_BYTES": str(len(small)), "MHD_MAX_TILES": "3"}
-    with LocalBackend(workers=1, env=env) as backend:
+    with LocalExecutor(workers=1, env=env) as backend:
         ok, too_many_pixels, too_many_bytes = backend.submit(
             [{"name": "ok.png", "data": small}, {"name": "bomb.png", "data": png_header_only(100, 100)}, {"name": "big.png", "data": small + b"\0"}]
         ).result(timeout=60)

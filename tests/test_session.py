@@ -54,7 +54,7 @@ def test_submit_and_watch_keep_the_same_tasks_in_flight(tmp_path, monkeypatch, o
             pass
 
     monkeypatch.setattr(session, "Pipeline", Recorder)
-    monkeypatch.setattr(session, "open_backend", lambda *args: contextlib.nullcontext(object()))
+    monkeypatch.setattr(session, "open_executor", lambda *args: contextlib.nullcontext(object()))
     section = tmp_path / "s"
     landed_long_ago(section, ["tile_r0_c0.png"])
     cfg = load().override(**overrides)
@@ -98,7 +98,7 @@ def test_watch_sends_tiles_the_way_submit_does_when_tiles_may_be_large(tmp_path,
             pass
 
     monkeypatch.setattr(session, "Pipeline", Recorder)
-    monkeypatch.setattr(session, "open_backend", lambda *args: contextlib.nullcontext(object()))
+    monkeypatch.setattr(session, "open_executor", lambda *args: contextlib.nullcontext(object()))
     section = tmp_path / "s"
     landed_long_ago(section, ["tile_r0_c0.png"])
     size_mb = (section / "tile_r0_c0.png").stat().st_size / 2**20

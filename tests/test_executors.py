@@ -1,6 +1,6 @@
 """The execution seam: score_tiles serialized by source, run by the endpoint's own engines.
 
-LocalBackend = the endpoint's ProcessPoolEngine with spawned workers and the
+LocalExecutor = the endpoint's ProcessPoolEngine with spawned workers and the
 endpoint's ``execute_task``. The GlobusComputeEngine (fake accelerators) runs
 the same task bodies in ``test_endpoint_config.py``, from the shipped config.
 """
@@ -15,7 +15,7 @@ import pytest
 from globus_compute_sdk.serialize import ComputeSerializer, PureSourceTextInspect
 
 import mhd.functions.worker.scoring
-from mhd.client.backends import LocalBackend, TaskFailed, jsonable_tiles, pack_task, task_payload
+from mhd.client.executors import LocalExecutor, TaskFailed, jsonable_tiles, pack_task, task_payload
 from mhd.client.registration import function_code, function_source, score_serializer
 from mhd.functions.worker.remote import score_tiles
 from tilegen import blobs, encode
@@ -32,7 +32,7 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local(root):
-    backend = LocalBackend(data_root=root, workers=2)
+    backend = LocalExecutor(data_root=root, workers=2)
     try:
         yield backend
     finally:
@@ -113,14 +113,14 @@ def test_engine_refuses_tasks_pickled_with_dill(local):
     packed = pack_task(task_id, function_code(dill), task_payload(dill, ["t0.png"], None))
     inner = GCFuture(task_id)
     local._engine.submit(inner, packed, resource_specification={})
-    from mhd.client.backends import unpack_result
+    from mhd.client.executors import unpack_result
 
     with pytest.raises(TaskFailed, match="disabled by current configuration|Allowed serializers"):
         unpack_result(inner.result(timeout=60), dill)
 
 
 def test_no_data_root_means_inline_only_and_env_sets_limits(root):
-    with LocalBackend(workers=1, env={"MHD_MAX_PIXELS": "5000"}) as backend:
+    with LocalExecutor(workers=1, env={"MHD_MAX_PIXELS": "5000"}) as backend:
         small = {"name": "s", "data": encode(blobs((64, 64)), "PNG")}
         large = {"name": "l", "data": (root / "t0.png").read_bytes()}
         path, ok, too_big = backend.submit(["t0.png", small, large]).result(timeout=60)
@@ -140,7 +140,7 @@ def test_tiles_must_be_a_list(local):
 
 
 def test_warm_up_tile_scores_without_error():
-    from mhd.client.backends import warm_up_tile
+    from mhd.client.executors import warm_up_tile
 
     [entry] = score_tiles([warm_up_tile()])
     assert entry["error"] is None and entry["shape"] == [64, 64] and entry["tile"] == "mhd-warm-up"
@@ -149,7 +149,7 @@ def test_warm_up_tile_scores_without_error():
 def test_workers_start_and_warm_before_the_first_task(root):
     import time
 
-    with LocalBackend(data_root=root, workers=2) as backend:
+    with LocalExecutor(data_root=root, workers=2) as backend:
         executor = backend._engine.executor
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (len(executor._processes) == 2 and executor._idle_worker_semaphore._value == 2):
@@ -167,7 +167,7 @@ def test_workers_share_the_cpus_without_overlap():
     import sys
 
     code = (
-        "import json, os\nfrom multiprocessing import Value\nfrom mhd.client.backends import _pin\n"
+        "import json, os\nfrom multiprocessing import Value\nfrom mhd.client.executors import _pin\n"
         "slot, cpus, out = Value('i', 0), os.sched_getaffinity(0), []\n"
         "for _ in range(3):\n    os.sched_setaffinity(0, cpus)\n    _pin(slot, 2)\n    out.append(sorted(os.sched_getaffinity(0)))\n"
         "print(json.dumps(out))"
@@ -176,3 +176,17 @@ def test_workers_share_the_cpus_without_overlap():
     n = len(os.sched_getaffinity(0))
     assert len(first) == len(second) == n // 2 and not set(first) & set(second)
     assert third == first  # a third worker of two shares the first one's CPUs
+
+
+def test_the_old_module_name_still_resolves_with_a_deprecation_warning():
+    """Notebooks written against 0.1 import mhd.client.backends.LocalBackend: it works until 0.2.0, and says so."""
+    import mhd.client.backends as old
+    from mhd.client import executors
+
+    for name, new in old.RENAMED.items():
+        with pytest.warns(DeprecationWarning, match=f"mhd.client.executors.{new}; the old module goes in 0.2.0"):
+            assert getattr(old, name) is getattr(executors, new)
+    with pytest.warns(DeprecationWarning):
+        assert old.retryable is executors.retryable
+    with pytest.raises(AttributeError):
+        old.NoSuchThing
