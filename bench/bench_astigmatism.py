@@ -94,7 +94,11 @@ def quality() -> None:
     rng = np.random.default_rng(2012)
     print(f"quality on {len(slices)} ISBI slices (512x512); dose = electrons/px at full brightness; threshold {ASTIGMATISM_THRESHOLD}")
     print("angle errors (degrees) over the astigmatic tiles with strength > 0 (no direction otherwise); 'none' counts those without")
-    print(f"{'dose':>6} {'probe px':>9} | {'focus p50/max':>13} | {'isotropic p50/max':>17} | {'astig min/p50':>13} | {'AUC iso':>7} {'AUC foc':>7} | {'flagged':>7} | {'angle err p50/p95/max':>21} {'none':>4}")
+    print(
+        f"{'dose':>6} {'probe px':>9} | {'focus p50/max':>13} | {'isotropic p50/max':>17} | "
+        f"{'astig min/p50':>13} | {'AUC iso':>7} {'AUC foc':>7} | {'flagged':>7} | "
+        f"{'angle err p50/p95/max':>21} {'none':>4}"
+    )
     for dose in DOSES:
         focus = [measure(digitize(shot_noise(s, dose, rng)))[0] for s in slices]
         for major, minor in PROBES:
@@ -117,7 +121,10 @@ def quality() -> None:
 def focus(step: float = 2.0) -> None:
     slices = [iio.imread(p) for p in sorted(ISBI.glob("train_*.png"))[::3]]
     print(f"best focus on {len(slices)} ISBI slices x 3 offsets, 9 images {step:g} um apart, default points=5")
-    print(f"{'dose':>6} | {'max |err| um':>12} {'(steps)':>7} | {'rms err um':>10} | {'median unc um':>13} | {'rms err/unc':>11} | {'median r':>8}")
+    print(
+        f"{'dose':>6} | {'max |err| um':>12} {'(steps)':>7} | {'rms err um':>10} | {'median unc um':>13} | "
+        f"{'rms err/unc':>11} | {'median r':>8}"
+    )
     for dose in DOSES:
         err, unc, r = [], [], []
         for k, image in enumerate(slices):
@@ -129,7 +136,11 @@ def focus(step: float = 2.0) -> None:
                 unc.append(bf.uncertainty)
                 r.append(bf.r)
         e, u = np.asarray(err), np.asarray(unc)
-        print(f"{dose:>6g} | {np.abs(e).max():12.3f} {np.abs(e).max() / step:7.3f} | {np.sqrt(np.mean(e**2)):10.3f} | {np.median(u):13.3f} | {np.sqrt(np.mean((e / u) ** 2)):11.2f} | {np.median(r):8.3f}")
+        print(
+            f"{dose:>6g} | {np.abs(e).max():12.3f} {np.abs(e).max() / step:7.3f} | "
+            f"{np.sqrt(np.mean(e**2)):10.3f} | {np.median(u):13.3f} | {np.sqrt(np.mean((e / u) ** 2)):11.2f} | "
+            f"{np.median(r):8.3f}"
+        )
 
 
 def main() -> None:

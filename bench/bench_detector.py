@@ -87,7 +87,9 @@ def load_base(commit: str):
     root = Path(__file__).resolve().parents[1]
     dest = Path(tempfile.mkdtemp(prefix="mhd-base-"))
     subprocess.run(f"git -C {root} archive {commit} functions | tar -x -C {dest}", shell=True, check=True)
-    spec = importlib.util.spec_from_file_location("mhd_base", dest / "functions" / "__init__.py", submodule_search_locations=[str(dest / "functions")])
+    spec = importlib.util.spec_from_file_location(
+        "mhd_base", dest / "functions" / "__init__.py", submodule_search_locations=[str(dest / "functions")]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["mhd_base"] = module  # its modules import each other relatively, as mhd_base.*
     spec.loader.exec_module(module)
@@ -110,7 +112,9 @@ def _plain_transfers(shape: tuple[int, int], n_bin: int, min_t: float, max_t: fl
     return [(gain[i] * (np.exp(-0.5 * k2 * t1[i] ** 2) - np.exp(-0.5 * k2 * t0[i] ** 2))).astype(np.float32) for i in range(n_bin)]
 
 
-def straightforward(image: np.ndarray, n_bin: int, min_t: float = 1.0, max_t: float = 8.0, threshold: float = DEFAULTS["threshold"]) -> np.ndarray:
+def straightforward(
+    image: np.ndarray, n_bin: int, min_t: float = 1.0, max_t: float = 8.0, threshold: float = DEFAULTS["threshold"]
+) -> np.ndarray:
     """The paper without tricks, but not wasteful; returns (N, 2) feature positions.
 
     One rfft2; per level one product with a cached float32 transfer function and
@@ -197,7 +201,19 @@ def run_cpu(sizes, levels, repeat, skimage_max, base_commit=None):
                 med = statistics.median(times[name])
                 n_feat = results[name] if isinstance(results[name], int) else len(results[name])
                 print(f"| {size} | {n_bin} | {name} | {med:.1f} | {mem[name]:.0f} | {med / base:.2f} | {n_feat} |")
-                FIGURES["cpu"].append(dict(size=size, levels=n_bin, peer=name, median_ms=med, peak_mb=mem[name], ratio_to=base_name, ratio=med / base, features=n_feat, runs=len(times[name])))
+                FIGURES["cpu"].append(
+                    dict(
+                        size=size,
+                        levels=n_bin,
+                        peer=name,
+                        median_ms=med,
+                        peak_mb=mem[name],
+                        ratio_to=base_name,
+                        ratio=med / base,
+                        features=n_feat,
+                        runs=len(times[name]),
+                    )
+                )
             agree = agreement(results["mhd"], results["mhd-exact"])
             print(f"| {size} | {n_bin} | agreement mhd vs mhd-exact | {agree:.4f} | | | |")
             FIGURES["cpu"].append(dict(size=size, levels=n_bin, peer="agreement mhd vs mhd-exact", agreement=agree))
@@ -221,7 +237,9 @@ def run_gpu(sizes, levels, repeat):
                 times.append((time.perf_counter() - t0) * 1e3)
             med = statistics.median(times)
             print(f"| single | {size} | {n_bin} | {med:.2f} | {1e3 / med:.0f} | {pool.total_bytes() / 2**20:.0f} |")
-            FIGURES["gpu"].append(dict(kind="single", size=size, levels=n_bin, median_ms=med, tiles_per_s=1e3 / med, pool_mb=pool.total_bytes() / 2**20))
+            FIGURES["gpu"].append(
+                dict(kind="single", size=size, levels=n_bin, median_ms=med, tiles_per_s=1e3 / med, pool_mb=pool.total_bytes() / 2**20)
+            )
     for batch in (8, 32, 64):
         tiles = [cupy.asarray(em_tile(1024))] * batch
         detect_batch(tiles, backend="cupy")
@@ -232,7 +250,16 @@ def run_gpu(sizes, levels, repeat):
             times.append(time.perf_counter() - t0)
         med = statistics.median(times)
         print(f"| batch {batch} | 1024 | 16 | {med * 1e3 / batch:.2f} | {batch / med:.0f} | {pool.total_bytes() / 2**20:.0f} |")
-        FIGURES["gpu"].append(dict(kind=f"batch {batch}", size=1024, levels=16, median_ms=med * 1e3 / batch, tiles_per_s=batch / med, pool_mb=pool.total_bytes() / 2**20))
+        FIGURES["gpu"].append(
+            dict(
+                kind=f"batch {batch}",
+                size=1024,
+                levels=16,
+                median_ms=med * 1e3 / batch,
+                tiles_per_s=batch / med,
+                pool_mb=pool.total_bytes() / 2**20,
+            )
+        )
     pool.free_all_blocks()
     big = cupy.asarray(em_tile(16384))
     t0 = time.perf_counter()
@@ -260,7 +287,9 @@ def main() -> None:
             run_gpu(args.sizes, args.levels, args.repeat)
     finally:  # the figures measured so far, even when a later step fails
         if args.json:
-            args.json.write_text(json.dumps(dict(args=vars(args) | {"json": str(args.json)}, peers_dir=str(PEERS_DIR), **FIGURES), indent=1))
+            args.json.write_text(
+                json.dumps(dict(args=vars(args) | {"json": str(args.json)}, peers_dir=str(PEERS_DIR), **FIGURES), indent=1)
+            )
 
 
 if __name__ == "__main__":

@@ -85,8 +85,21 @@ def in_process(names: list[str], images: list[np.ndarray], root: Path, repeat: i
             lat.append((time.perf_counter() - t0) * 1e3)
             ovh.append(lat[-1] - entry["detect_ms"])
     return [
-        {"engine": "detect", "batch": 1, "det_ms": statistics.median(det), "lat_ms": statistics.median(det), "tiles_s": 1e3 / statistics.median(det)},
-        {"engine": "score_tiles", "batch": 1, "det_ms": statistics.median(det), "lat_ms": statistics.median(lat), "ovh_ms_tile": statistics.median(ovh), "tiles_s": 1e3 / statistics.median(lat)},
+        {
+            "engine": "detect",
+            "batch": 1,
+            "det_ms": statistics.median(det),
+            "lat_ms": statistics.median(det),
+            "tiles_s": 1e3 / statistics.median(det),
+        },
+        {
+            "engine": "score_tiles",
+            "batch": 1,
+            "det_ms": statistics.median(det),
+            "lat_ms": statistics.median(lat),
+            "ovh_ms_tile": statistics.median(ovh),
+            "tiles_s": 1e3 / statistics.median(lat),
+        },
     ]
 
 
@@ -146,7 +159,11 @@ def measure(backend, names: list[str], batch: int, repeat: int) -> dict:
 def run_engine(kind: str, root: Path, names: list[str], batches: list[int], workers: int, repeat: int) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="mhd-bench-run-") as run_dir:
         t0 = time.perf_counter()
-        backend = LocalExecutor(data_root=root, workers=workers, run_dir=run_dir) if kind == "process-pool" else gce_backend(root, workers, run_dir)
+        backend = (
+            LocalExecutor(data_root=root, workers=workers, run_dir=run_dir)
+            if kind == "process-pool"
+            else gce_backend(root, workers, run_dir)
+        )
         try:
             backend.submit(names[:1]).result(timeout=600)
             cold = time.perf_counter() - t0
@@ -163,8 +180,18 @@ def table(rows: list[dict]) -> str:
     base = rows[0]["det_ms"]
     for r in rows:
         r["vs_detect"] = 1e3 / r["tiles_s"] / base if r.get("tiles_s") else None
-    cols = [("engine", "engine", "{}"), ("workers", "wk", "{}"), ("batch", "batch", "{}"), ("cold_s", "cold s", "{:.2f}"), ("lat_ms", "lat ms", "{:.1f}"),
-            ("tasks_s", "tasks/s", "{:.1f}"), ("tiles_s", "tiles/s", "{:.1f}"), ("vs_detect", "x detect", "{:.2f}"), ("ovh_ms_tile", "ovh ms/tile", "{:.2f}"), ("det_ms", "det ms", "{:.1f}")]
+    cols = [
+        ("engine", "engine", "{}"),
+        ("workers", "wk", "{}"),
+        ("batch", "batch", "{}"),
+        ("cold_s", "cold s", "{:.2f}"),
+        ("lat_ms", "lat ms", "{:.1f}"),
+        ("tasks_s", "tasks/s", "{:.1f}"),
+        ("tiles_s", "tiles/s", "{:.1f}"),
+        ("vs_detect", "x detect", "{:.2f}"),
+        ("ovh_ms_tile", "ovh ms/tile", "{:.2f}"),
+        ("det_ms", "det ms", "{:.1f}"),
+    ]
     cells = [[label for _, label, _ in cols]] + [[fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
@@ -183,8 +210,14 @@ def main(argv: list[str] | None = None) -> None:
     rows = in_process(names, images, root, args.repeat)
     for kind in args.engines:
         rows += run_engine(kind, root, names[: args.tiles], args.batches, args.workers, args.repeat)
-    peak = {"client_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
-    print(f"{len(names)} tiles of 512 x 512 from {'ISBI 2012' if DATA.exists() else 'synthetic noise'}; {os.cpu_count()} CPUs; median of {args.repeat}")
+    peak = {
+        "client_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+    print(
+        f"{len(names)} tiles of 512 x 512 from {'ISBI 2012' if DATA.exists() else 'synthetic noise'}; "
+        f"{os.cpu_count()} CPUs; median of {args.repeat}"
+    )
     print(table(rows))
     print(f"peak RSS: client {peak['client_peak_rss_mb']:.0f} MB, workers {peak['worker_peak_rss_mb']:.0f} MB")
     OUT.mkdir(exist_ok=True)

@@ -111,7 +111,9 @@ class RssSampler(threading.Thread):
         recorded = self.results.read_bytes().count(b"\n") if self.results.exists() else 0
         workers = [psutil.Process(p.pid) for p in multiprocessing.active_children()]
         traced = tracemalloc.get_traced_memory()[0] / MB if tracemalloc.is_tracing() else float("nan")
-        s = Sample(round(time.perf_counter() - self._t0, 2), recorded, round(self._me.memory_info().rss / MB, 1), round(_rss(workers), 1), traced)
+        s = Sample(
+            round(time.perf_counter() - self._t0, 2), recorded, round(self._me.memory_info().rss / MB, 1), round(_rss(workers), 1), traced
+        )
         self.samples.append(s)
         if self.on_sample is not None:
             self.on_sample(s)
@@ -160,7 +162,10 @@ def per_record(samples: list[Sample], tiles: int, warmup: float = 0.2, field: st
     x = [float(s.recorded) for s in after]
     y = [getattr(s, field) * MB for s in after]
     if len(after) < 3 or max(x) - min(x) < 0.2 * tiles:
-        raise ValueError(f"{len(after)} sample(s) over {max(x, default=0) - min(x, default=0):.0f} records after warm-up: lower --interval or raise --tiles")
+        raise ValueError(
+            f"{len(after)} sample(s) over {max(x, default=0) - min(x, default=0):.0f} records after warm-up: "
+            "lower --interval or raise --tiles"
+        )
     mx, my = sum(x) / len(x), sum(y) / len(y)
     return sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
 
@@ -207,7 +212,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0, help="tiles per task (0: automatic)")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     ap.add_argument("--warmup", type=float, default=0.2, help="fraction of tiles before memory is compared")
-    ap.add_argument("--traced", action="store_true", help="trace the client's Python heap (tracemalloc; slower) and print its growth per record")
+    ap.add_argument(
+        "--traced", action="store_true", help="trace the client's Python heap (tracemalloc; slower) and print its growth per record"
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "load.json")
     args = ap.parse_args()
 
@@ -235,10 +242,15 @@ def main() -> None:
         grew["client_heap_bytes_per_record"] = per_record(samples, args.tiles, args.warmup)
     grew["client_rss_bytes_per_record"] = per_record(samples, args.tiles, args.warmup, "client_mib")
     result.update(size=args.size, workers=args.workers, rss_growth_after_warmup=grew)
-    print(f"\nrecorded {result['records']} of {result['tiles']} tiles ({result['lines']} lines) in {result['elapsed_s']} s: "
-          f"{result['tiles_per_s']} tiles/s overall, {grew['steady_tiles_per_s']:.1f} tiles/s after warm-up")
-    print(f"RSS growth after {args.warmup:.0%} of the tiles: client {grew['client']:+.1%}, client + workers {grew['total']:+.1%}; "
-          f"client RSS {grew['client_rss_bytes_per_record']:+.0f} B/record" + (f", client heap {grew['client_heap_bytes_per_record']:+.0f} B/record" if args.traced else ""))
+    print(
+        f"\nrecorded {result['records']} of {result['tiles']} tiles ({result['lines']} lines) in {result['elapsed_s']} s: "
+        f"{result['tiles_per_s']} tiles/s overall, {grew['steady_tiles_per_s']:.1f} tiles/s after warm-up"
+    )
+    print(
+        f"RSS growth after {args.warmup:.0%} of the tiles: client {grew['client']:+.1%}, client + workers {grew['total']:+.1%}; "
+        f"client RSS {grew['client_rss_bytes_per_record']:+.0f} B/record"
+        + (f", client heap {grew['client_heap_bytes_per_record']:+.0f} B/record" if args.traced else "")
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

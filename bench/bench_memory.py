@@ -54,5 +54,6 @@ def main() -> None:
     for n_bin, peak in peaks.items():
         print(f"n_bin {n_bin:3d}: {peak / MB:8.1f} MiB  ({peak / peaks[base]:.2f} x n_bin {base})")
 
+
 if __name__ == "__main__":
     main()

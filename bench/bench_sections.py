@@ -119,10 +119,29 @@ def run(size: int, repeat: int, tiles: int | None, lead: float, compare: bool) -
                 _, again = section_pass(backend, names, batch, time.perf_counter())
             for key, value in (("first", first), ("section", section), ("warm", again)):
                 rows.setdefault(kind, {}).setdefault(key, []).append(value)
-    common = dict(size=size, tiles=n, batch=batch, cores=cores, workers=backend.workers, lead_s=lead, detect_ms=det_ms, detect_tiles_s=1e3 / det_ms,
-                  detect_1thread_ms=det1_ms, detect_x_cores_tiles_s=cores * 1e3 / det1_ms)
-    return [dict(common, engine=kind, first_s=statistics.median(r["first"]), section_s=statistics.median(r["section"]),
-                 tiles_s=n / statistics.median(r["section"]), warm_tiles_s=n / statistics.median(r["warm"])) for kind, r in rows.items()]
+    common = dict(
+        size=size,
+        tiles=n,
+        batch=batch,
+        cores=cores,
+        workers=backend.workers,
+        lead_s=lead,
+        detect_ms=det_ms,
+        detect_tiles_s=1e3 / det_ms,
+        detect_1thread_ms=det1_ms,
+        detect_x_cores_tiles_s=cores * 1e3 / det1_ms,
+    )
+    return [
+        dict(
+            common,
+            engine=kind,
+            first_s=statistics.median(r["first"]),
+            section_s=statistics.median(r["section"]),
+            tiles_s=n / statistics.median(r["section"]),
+            warm_tiles_s=n / statistics.median(r["warm"]),
+        )
+        for kind, r in rows.items()
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,10 +155,17 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     rows = [row for s in args.sizes for row in run(s, args.repeat, args.tiles, args.lead, args.compare)]
     print(f"lead {args.lead:g} s; {rows[0]['cores']} CPUs; medians of {args.repeat} fresh engines")
-    print("| size | tiles | workers | detect tiles/s | detect 1-thread x cores tiles/s | engine | first verdict s | section s | tiles/s | warm tiles/s |")
+    print(
+        "| size | tiles | workers | detect tiles/s | detect 1-thread x cores tiles/s | engine | first verdict "
+        "s | section s | tiles/s | warm tiles/s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['size']} | {r['tiles']} | {r['workers']} | {r['detect_tiles_s']:.1f} | {r['detect_x_cores_tiles_s']:.1f} | {r['engine']} | {r['first_s']:.2f} | {r['section_s']:.2f} | {r['tiles_s']:.1f} | {r['warm_tiles_s']:.1f} |")
+        print(
+            f"| {r['size']} | {r['tiles']} | {r['workers']} | {r['detect_tiles_s']:.1f} | "
+            f"{r['detect_x_cores_tiles_s']:.1f} | {r['engine']} | {r['first_s']:.2f} | {r['section_s']:.2f} | "
+            f"{r['tiles_s']:.1f} | {r['warm_tiles_s']:.1f} |"
+        )
     args.json.parent.mkdir(exist_ok=True)
     args.json.write_text(json.dumps(dict(args={k: str(v) for k, v in vars(args).items()}, rows=rows), indent=1))
 

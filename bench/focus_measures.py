@@ -161,7 +161,11 @@ def _dose(d: float) -> str:
 
 
 def print_table(rows: dict[str, dict[str, object]], doses: list[float]) -> None:
-    head = "| measure | Spearman rho vs abs(defocus) | pooled AUC | worst AUC (in-focus dose / OOF dose) | " + " | ".join(f"AUC dose {_dose(d)}" for d in doses) + " |"
+    head = (
+        "| measure | Spearman rho vs abs(defocus) | pooled AUC | worst AUC (in-focus dose / OOF dose) | "
+        + " | ".join(f"AUC dose {_dose(d)}" for d in doses)
+        + " |"
+    )
     print(head)
     print("|" + "---|" * (4 + len(doses)))
     for name, r in rows.items():
@@ -172,17 +176,30 @@ def print_table(rows: dict[str, dict[str, object]], doses: list[float]) -> None:
 
 def provenance() -> str:
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "functions"], capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "functions"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "git: unknown"
     return f"git {head}" + (" (functions/ has uncommitted changes)" if dirty else "")
 
 
 def header(slices: list[np.ndarray], scans: list[Scan], doses: list[float], seed: int, invert: bool) -> None:
-    print(f"Data: {len(slices)} ISBI 2012 slices ({DATA}){', contrast inverted' if invert else ''}; {len(scans)} simulated scans, seed {seed}; {provenance()}")
-    print(f"Defocus (um): {list(DEFOCUS_UM)}; probe sigma (px): {[round(float(psf_sigma(d)), 2) for d in DEFOCUS_UM]}; doses (e-/px): {[_dose(d) for d in doses]}")
-    print(f"In focus: probe sigma <= {IN_FOCUS_MAX_SIGMA} px; out of focus: probe sigma >= {OUT_OF_FOCUS_MIN_SIGMA} px. Random gain 0.4-0.9, offset 0-0.1, 8/16 bit.\n")
+    print(
+        f"Data: {len(slices)} ISBI 2012 slices ({DATA}){', contrast inverted' if invert else ''}; {len(scans)} "
+        f"simulated scans, seed {seed}; {provenance()}"
+    )
+    print(
+        f"Defocus (um): {list(DEFOCUS_UM)}; probe sigma (px): "
+        f"{[round(float(psf_sigma(d)), 2) for d in DEFOCUS_UM]}; doses (e-/px): {[_dose(d) for d in doses]}"
+    )
+    print(
+        f"In focus: probe sigma <= {IN_FOCUS_MAX_SIGMA} px; out of focus: probe sigma >= "
+        f"{OUT_OF_FOCUS_MIN_SIGMA} px. Random gain 0.4-0.9, offset 0-0.1, 8/16 bit.\n"
+    )
 
 
 # ------------------------------------------------------------------ commands
@@ -216,8 +233,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
         rows[name] = evaluate(scans, classic_scores(scans, fn))
     print_table(rows, sorted(args.doses))
     gain, flat = noise_leak(scans, mhd, flats, mhd_scores(flats, **params))
-    print(f"\nMHD and shot noise: at defocus {max(DEFOCUS_UM)} um the noisy/clean count ratio is at most {gain:.2f} (median over slices, worst dose);")
-    print(f"featureless noisy scans give at most {flat:.0f} features per megapixel (median, worst dose). ({time.perf_counter() - t0:.0f} s)")
+    print(
+        f"\nMHD and shot noise: at defocus {max(DEFOCUS_UM)} um the noisy/clean count ratio is at most "
+        f"{gain:.2f} (median over slices, worst dose);"
+    )
+    print(
+        f"featureless noisy scans give at most {flat:.0f} features per megapixel (median, worst dose). ({time.perf_counter() - t0:.0f} s)"
+    )
 
 
 def sweep_configs(args: argparse.Namespace) -> list[dict[str, object]]:
@@ -272,7 +294,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(f"Base: {base}; each row changes only the listed parameters.")
     print(f"noise gain: median count(dose)/count(no noise) at defocus {max(DEFOCUS_UM)} um, worst dose (> 1: noise counted as features);")
     print(f"flat: features per megapixel on featureless noisy scans ({len(flats)} scans), worst dose. ms/tile is indicative (2 cores).\n")
-    print("| parameters | Spearman rho | pooled AUC | worst AUC (in-focus dose / OOF dose) | min AUC within a dose (dose) | noise gain | flat /Mpx | median count in focus, no noise | ms/tile |")
+    print(
+        "| parameters | Spearman rho | pooled AUC | worst AUC (in-focus dose / OOF dose) | min AUC within a "
+        "dose (dose) | noise gain | flat /Mpx | median count in focus, no noise | ms/tile |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     inf_clean = np.array([s.sigma <= IN_FOCUS_MAX_SIGMA and np.isinf(s.dose) for s in scans])
     for cfg in [{}] + sweep_configs(args):
@@ -286,7 +311,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         name = ", ".join(f"{k}={v}" for k, v in cfg.items()) or "base"
         clean = f"{np.median(score[inf_clean]):.0f}" if inf_clean.any() else "-"
         print(
-            f"| {name} | {r['rho']:.3f} | {r['auc']:.3f} | {r['worst']:.3f} ({_dose(a)} / {_dose(b)}) | {r['per_dose'][d_min]:.3f} ({_dose(d_min)}) "
+            f"| {name} | {r['rho']:.3f} | {r['auc']:.3f} | {r['worst']:.3f} ({_dose(a)} / {_dose(b)}) | "
+            f"{r['per_dose'][d_min]:.3f} ({_dose(d_min)}) "
             f"| {gain:.2f} | {flat:.0f} | {clean} | {ms:.0f} |",
             flush=True,
         )
@@ -314,7 +340,10 @@ def cmd_noise(args: argparse.Namespace) -> None:
     print("estimate = estimate_noise(normalize(scan)); true = std of the added shot noise in the same normalised units;")
     print("intrinsic = estimate on the scan without shot noise (the TEM slice's own noise, after the added blur);")
     print("expected = sqrt(true^2 + intrinsic^2). Medians over slices.\n")
-    print("| added blur (px) | dose (e-/px) | true shot noise | intrinsic | estimate | estimate / true | estimate / expected (min-max over slices) |")
+    print(
+        "| added blur (px) | dose (e-/px) | true shot noise | intrinsic | estimate | estimate / true | "
+        "estimate / expected (min-max over slices) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for sigma in (0.0, 2.0):  # the slice as recorded; blurred so that its own noise is gone
         for dose in args.doses:
@@ -323,7 +352,11 @@ def cmd_noise(args: argparse.Namespace) -> None:
             rows = np.array([noise_truth(im, sigma, dose, rng) for im in slices])
             est, true, intrinsic = rows.T
             expected = np.hypot(true, intrinsic)
-            print(f"| {sigma:g} | {_dose(dose)} | {np.median(true):.4f} | {np.median(intrinsic):.4f} | {np.median(est):.4f} | {np.median(est / true):.3f} | {np.median(est / expected):.3f} ({np.min(est / expected):.3f}-{np.max(est / expected):.3f}) |")
+            print(
+                f"| {sigma:g} | {_dose(dose)} | {np.median(true):.4f} | {np.median(intrinsic):.4f} | "
+                f"{np.median(est):.4f} | {np.median(est / true):.3f} | {np.median(est / expected):.3f} "
+                f"({np.min(est / expected):.3f}-{np.max(est / expected):.3f}) |"
+            )
 
 
 def cmd_loglinear(args: argparse.Namespace) -> None:
@@ -332,16 +365,28 @@ def cmd_loglinear(args: argparse.Namespace) -> None:
     defocus = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
     rng = np.random.default_rng(args.seed)
     used = ", ".join(f"{k}={params.get(k, DEFAULTS[k])}" for k in TUNED)
-    print(f"Pearson r of log(count) with |defocus| = {defocus.tolist()} um (added blur 0..5 px), per slice; {len(slices)} slices{' (contrast inverted)' if args.invert else ''}; {used}; {provenance()}\n")
+    print(
+        f"Pearson r of log(count) with |defocus| = {defocus.tolist()} um (added blur 0..5 px), per slice; "
+        f"{len(slices)} slices{' (contrast inverted)' if args.invert else ''}; {used}; {provenance()}\n"
+    )
     print("| dose (e-/px) | min r | median r | max r | pooled r | slices with a rising step | median counts |")
     print("|---|---|---|---|---|---|---|")
     for dose in args.doses:
-        counts = np.array([[d.count for d in detect_batch([defocus_image(im, z, dose=dose, rng=rng) for z in defocus], backend="numpy", **params)] for im in slices])
+        counts = np.array(
+            [
+                [d.count for d in detect_batch([defocus_image(im, z, dose=dose, rng=rng) for z in defocus], backend="numpy", **params)]
+                for im in slices
+            ]
+        )
         logc = np.log(np.maximum(counts, 1))
         r = np.array([stats.pearsonr(defocus, row).statistic for row in logc])
         pooled = stats.pearsonr(np.tile(defocus, len(logc)), logc.ravel()).statistic
         rising = int((np.diff(counts, axis=1) >= 0).any(axis=1).sum())
-        print(f"| {_dose(dose)} | {r.min():.4f} | {np.median(r):.4f} | {r.max():.4f} | {pooled:.4f} | {rising} | {np.median(counts, axis=0).astype(int).tolist()} |", flush=True)
+        print(
+            f"| {_dose(dose)} | {r.min():.4f} | {np.median(r):.4f} | {r.max():.4f} | {pooled:.4f} | {rising} | "
+            f"{np.median(counts, axis=0).astype(int).tolist()} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -356,7 +401,13 @@ def main() -> None:
         p = sub.add_parser(name, help=helptext)
         p.set_defaults(func=fn)
         p.add_argument("--slices", type=int, default=None, help="use only the first N slices (default all 30)")
-        p.add_argument("--doses", type=float, nargs="+", default=list(DOSES if name != "noise" else (5.0, 20.0, 100.0, 1000.0)), help="electrons/px at full brightness; inf = no shot noise")
+        p.add_argument(
+            "--doses",
+            type=float,
+            nargs="+",
+            default=list(DOSES if name != "noise" else (5.0, 20.0, 100.0, 1000.0)),
+            help="electrons/px at full brightness; inf = no shot noise",
+        )
         p.add_argument("--seed", type=int, default=2012)
         p.add_argument("--invert", action="store_true", help="invert the slices' contrast (membranes bright) before simulating")
         if name == "sweep":

@@ -62,18 +62,48 @@ class Target:
 #: What is mutated, and which tests must catch it.
 TARGETS = {
     "nms": Target("functions/_nms.py", ("_max3", "_slice", "_merge_plateaus", "local_maxima"), "tests/test_nms.py"),
-    "normalize": Target("functions/_normalize.py", ("_check_image", "saturation_limits", "normalize", "estimate_noise"), "tests/test_normalize.py"),
-    "confinement": Target("functions/worker/scoring.py", ("open_in_root", "_inside", "_check_opened"), "tests/test_remote.py tests/test_security.py::test_hostile_paths_are_refused_by_the_deployed_function"),
+    "normalize": Target(
+        "functions/_normalize.py", ("_check_image", "saturation_limits", "normalize", "estimate_noise"), "tests/test_normalize.py"
+    ),
+    "confinement": Target(
+        "functions/worker/scoring.py",
+        ("open_in_root", "_inside", "_check_opened"),
+        "tests/test_remote.py tests/test_security.py::test_hostile_paths_are_refused_by_the_deployed_function",
+    ),
     "results": Target(
         "client/results.py",
-        ("read_records", "_parse", "ResultsLog", "__init__", "append", "extend", "superseded", "compact", "_reopen", "_cut_torn_tail", "_cut"),
+        (
+            "read_records",
+            "_parse",
+            "ResultsLog",
+            "__init__",
+            "append",
+            "extend",
+            "superseded",
+            "compact",
+            "_reopen",
+            "_cut_torn_tail",
+            "_cut",
+        ),
         "tests/test_client_units.py tests/test_results_durable.py tests/test_faults.py::test_disk_full_at_fsync_keeps_every_earlier_record",
     ),
     "drain": Target("client/pipeline.py", ("drain",), "tests/test_client_watch.py tests/test_client_submit.py", timeout=120.0),
     "calibration": Target("client/calibrate.py", ("fit", "threshold_density"), "tests/test_calibration.py tests/test_cli.py -k calibrat"),
     "verdicts": Target(
         "client/verdicts.py",
-        ("log_threshold", "defocus", "log_density", "add", "flush", "baseline", "_judge", "_decide", "_low_cells", "_cell_log_density", "exit_status"),
+        (
+            "log_threshold",
+            "defocus",
+            "log_density",
+            "add",
+            "flush",
+            "baseline",
+            "_judge",
+            "_decide",
+            "_low_cells",
+            "_cell_log_density",
+            "exit_status",
+        ),
         "tests/test_verdict_rule.py tests/test_client_units.py tests/test_calibration.py tests/test_client_kinds.py",
     ),
 }
@@ -99,7 +129,9 @@ def kept_operator(name: str) -> bool:
 
 def copy_tree(dest: Path) -> Path:
     """The working tree (tracked and untracked, not ignored files) under ``dest``, with an import folder."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, check=True).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, check=True
+    ).stdout
     for rel in filter(None, listed.decode().split("\0")):
         src = REPO / rel
         if src.is_file():
@@ -140,7 +172,9 @@ def skip_outside(db: Path, functions: tuple[str, ...]) -> tuple[int, int]:
                 outside.append(item.job_id)
         skipped = len(outside)
         if outside:
-            work_db.set_multiple_results(outside, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output="outside the targeted functions or operators"))
+            work_db.set_multiple_results(
+                outside, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output="outside the targeted functions or operators")
+            )
     return kept, skipped
 
 
@@ -173,12 +207,23 @@ def run_target(name: str, target: Target, tree: Path, env: dict[str, str], keep:
     kept, skipped = skip_outside(db, target.functions)
     print(f"\n== {name}: {target.module} ({', '.join(target.functions)}): {kept} mutants, tests: {target.tests}", flush=True)
     t0 = time.monotonic()
-    baseline = subprocess.run(f"{sys.executable} -m pytest -x -q -p no:cacheprovider {target.tests}", shell=True, cwd=tree, env=env, capture_output=True, text=True)
+    baseline = subprocess.run(
+        f"{sys.executable} -m pytest -x -q -p no:cacheprovider {target.tests}",
+        shell=True,
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if baseline.returncode:
         raise SystemExit(f"{name}: the tests fail on the unmutated copy:\n{baseline.stdout[-3000:]}")
     subprocess.run([*cr, "exec", str(cfg), str(db)], cwd=tree, env=env, check=True)
     found, counts = survivors(db)
-    print(f"   {counts['killed']} killed, {counts['survived']} survived, {counts['incompetent']} incompetent, {counts['error']} errors in {time.monotonic() - t0:.0f} s", flush=True)
+    print(
+        f"   {counts['killed']} killed, {counts['survived']} survived, {counts['incompetent']} incompetent, "
+        f"{counts['error']} errors in {time.monotonic() - t0:.0f} s",
+        flush=True,
+    )
     for where, diff in found:
         print(f"-- survived: {where}")
         print("\n".join(line for line in diff.splitlines() if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))))
@@ -203,9 +248,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mhd-mutation-") as tmp:
         tree = Path(tmp) / "tree"
         imports = copy_tree(tree)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(imports), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep), "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(imports), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
         env["MHD_CONFIG"] = str(Path(tmp) / "cfg" / "config.json")  # never the user's configuration
-        check = subprocess.run([sys.executable, "-c", "import mhd.functions._nms as m, mhd.client.results as r; print(m.__file__); print(r.__file__)"], env=env, cwd=tree, capture_output=True, text=True, check=True)
+        check = subprocess.run(
+            [sys.executable, "-c", "import mhd.functions._nms as m, mhd.client.results as r; print(m.__file__); print(r.__file__)"],
+            env=env,
+            cwd=tree,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         if any(not line.startswith(str(tree)) for line in check.stdout.split()):
             raise SystemExit(f"the copy is not what the tests would import:\n{check.stdout}")
         total = {}

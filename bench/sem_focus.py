@@ -87,7 +87,10 @@ def cmd_pairs(args: argparse.Namespace) -> None:
             continue
         r = np.array(rows)
         ok = np.mean([agree(a, b) for _, a, b in rows])
-        print(f"| {folder} | {len(r)} | {np.median(r[:, 0]):.2f} | {r[:, 0].max():.2f} | {np.median(r[:, 1]):.2f} | {np.median(r[:, 2]):.2f} | {ok:.0%} |")
+        print(
+            f"| {folder} | {len(r)} | {np.median(r[:, 0]):.2f} | {r[:, 0].max():.2f} | {np.median(r[:, 1]):.2f} "
+            f"| {np.median(r[:, 2]):.2f} | {ok:.0%} |"
+        )
 
 
 def _register(fast: np.ndarray, slow: np.ndarray) -> np.ndarray:
@@ -110,7 +113,12 @@ def _noise_stats(n: np.ndarray) -> tuple[float, float, float, np.ndarray]:
     spec = np.mean(np.abs(np.fft.rfft(n * np.hanning(n.shape[1]), axis=1)) ** 2, axis=0)
     bands = np.array_split(spec[1:], 8)
     rel = np.array([b.mean() for b in bands])
-    return float(np.mean(n[:, 1:] * n[:, :-1]) / v), float(np.mean(n[:, 2:] * n[:, :-2]) / v), float(np.mean(n[1:] * n[:-1]) / v), rel / rel[0]
+    return (
+        float(np.mean(n[:, 1:] * n[:, :-1]) / v),
+        float(np.mean(n[:, 2:] * n[:, :-2]) / v),
+        float(np.mean(n[1:] * n[:-1]) / v),
+        rel / rel[0],
+    )
 
 
 def cmd_noise(args: argparse.Namespace) -> None:
@@ -125,8 +133,10 @@ def cmd_noise(args: argparse.Namespace) -> None:
     for name, rows in (("real 100 ns scans", real), (f"sem_scan dose {args.dose:g}, tau {args.tau:g}", sim)):
         a = np.array([r[:3] for r in rows])
         spec = np.median([r[3] for r in rows], axis=0)
-        print(f"{name}: lag-1 x {np.median(a[:, 0]):.2f}, lag-2 x {np.median(a[:, 1]):.2f}, lag-1 y {np.median(a[:, 2]):.2f}; "
-              f"power along x in 8 bands 0..pi (relative): {' '.join(f'{v:.2f}' for v in spec)}")
+        print(
+            f"{name}: lag-1 x {np.median(a[:, 0]):.2f}, lag-2 x {np.median(a[:, 1]):.2f}, lag-1 y {np.median(a[:, 2]):.2f}; "
+            f"power along x in 8 bands 0..pi (relative): {' '.join(f'{v:.2f}' for v in spec)}"
+        )
 
 
 def cmd_section(args: argparse.Namespace) -> None:
@@ -163,8 +173,17 @@ def cmd_sim(args: argparse.Namespace) -> None:
         img = iio.imread(f)
         for dose in args.doses:
             for r in RADII:
-                scan = sem_scan(img, r, dose=dose, tau=float(rng.uniform(0.2, 2.0)), jitter=float(rng.uniform(0, 0.01)),
-                                gain=float(rng.uniform(0.4, 0.9)), offset=float(rng.uniform(0, 0.1)), bits=int(rng.choice([8, 16])), rng=rng)
+                scan = sem_scan(
+                    img,
+                    r,
+                    dose=dose,
+                    tau=float(rng.uniform(0.2, 2.0)),
+                    jitter=float(rng.uniform(0, 0.01)),
+                    gain=float(rng.uniform(0.4, 0.9)),
+                    offset=float(rng.uniform(0, 0.1)),
+                    bits=int(rng.choice([8, 16])),
+                    rng=rng,
+                )
                 d = detect(scan, backend="numpy", **args.set)
                 norm = normalize(scan, backend="numpy")
                 rows.append(dict(dose=dose, radius=r, count=d.count, blur=d.blur, **{k: fn(norm) for k, fn in CLASSIC_MEASURES.items()}))
@@ -172,8 +191,10 @@ def cmd_sim(args: argparse.Namespace) -> None:
     dose = np.array([r["dose"] for r in rows])
     radius = np.array([r["radius"] for r in rows])
     inf_, oof = radius <= 0.5, radius >= 2.0
-    measures = {"MHD blur (higher = out of focus)": np.array([-r["blur"] if np.isfinite(r["blur"]) else -1e9 for r in rows]),
-                "MHD count": np.array([r["count"] for r in rows], float)}
+    measures = {
+        "MHD blur (higher = out of focus)": np.array([-r["blur"] if np.isfinite(r["blur"]) else -1e9 for r in rows]),
+        "MHD count": np.array([r["count"] for r in rows], float),
+    }
     measures.update({k: np.array([r[k] for r in rows], float) for k in CLASSIC_MEASURES})
     print("| measure | pooled AUC | " + " | ".join(f"dose {d:g}" for d in args.doses) + " |")
     print("|---|---|" + "---|" * len(args.doses))
@@ -182,7 +203,10 @@ def cmd_sim(args: argparse.Namespace) -> None:
         print(f"| {name} | {auc(s[inf_], s[oof]):.3f} | " + " | ".join(f"{a:.3f}" for a in per) + " |")
     b = np.array([r["blur"] for r in rows])
     print("median blur (px) by disk radius, pooled over doses: " + ", ".join(f"R={r:g}: {np.nanmedian(b[radius == r]):.2f}" for r in RADII))
-    print("median blur (px) by dose, in focus (R=0): " + ", ".join(f"{d:g}: {np.nanmedian(b[(radius == 0) & (dose == d)]):.2f}" for d in args.doses))
+    print(
+        "median blur (px) by dose, in focus (R=0): "
+        + ", ".join(f"{d:g}: {np.nanmedian(b[(radius == 0) & (dose == d)]):.2f}" for d in args.doses)
+    )
 
 
 def cmd_astig(args: argparse.Namespace) -> None:
@@ -196,9 +220,19 @@ def cmd_astig(args: argparse.Namespace) -> None:
             for r in args.radii:
                 for astig in (False, True):
                     q = np.sqrt(args.ratio) if astig else 1.0
-                    scan = sem_scan(img, r * q, radius_minor=r / q, angle=float(rng.uniform(0, 180)), dose=dose, tau=float(rng.uniform(0.2, 2.0)),
-                                    jitter=float(rng.uniform(0, 0.01)), gain=float(rng.uniform(0.4, 0.9)), offset=float(rng.uniform(0, 0.1)),
-                                    bits=int(rng.choice([8, 16])), rng=rng)
+                    scan = sem_scan(
+                        img,
+                        r * q,
+                        radius_minor=r / q,
+                        angle=float(rng.uniform(0, 180)),
+                        dose=dose,
+                        tau=float(rng.uniform(0.2, 2.0)),
+                        jitter=float(rng.uniform(0, 0.01)),
+                        gain=float(rng.uniform(0.4, 0.9)),
+                        offset=float(rng.uniform(0, 0.1)),
+                        bits=int(rng.choice([8, 16])),
+                        rng=rng,
+                    )
                     d = detect(scan, backend="numpy")
                     rows.append((dose, r, astig, d.astigmatism if np.isfinite(d.astigmatism) else 0.0))
     a = np.array(rows, dtype=float)
@@ -209,8 +243,10 @@ def cmd_astig(args: argparse.Namespace) -> None:
         m = np.ones(len(a), bool) if r == "all" else a[:, 1] == r
         per = [auc(a[m & (a[:, 0] == d) & (a[:, 2] == 1), 3], a[m & (a[:, 0] == d) & (a[:, 2] == 0), 3]) for d in args.doses]
         print(f"| {r} | " + " | ".join(f"{v:.3f}" for v in per) + f" | {auc(a[m & (a[:, 2] == 1), 3], a[m & (a[:, 2] == 0), 3]):.3f} |")
-    print(f"isotropic strength: median {np.median(a[a[:, 2] == 0, 3]):.3f}, 95th percentile {np.percentile(a[a[:, 2] == 0, 3], 95):.3f}; "
-          f"astigmatic median {np.median(a[a[:, 2] == 1, 3]):.3f}")
+    print(
+        f"isotropic strength: median {np.median(a[a[:, 2] == 0, 3]):.3f}, 95th percentile {np.percentile(a[a[:, 2] == 0, 3], 95):.3f}; "
+        f"astigmatic median {np.median(a[a[:, 2] == 1, 3]):.3f}"
+    )
 
 
 RINGS = ((0.02, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.35))
@@ -236,14 +272,20 @@ def wedge_ratio(img: np.ndarray) -> np.ndarray:
 
 def cmd_wedges(args: argparse.Namespace) -> None:
     """Median ``wedge_ratio`` and ``detect().astigmatism`` of each scan kind of the real pairs."""
-    print("| folder | scan | power k_y / k_x at " + " | ".join(f"{lo:g}-{hi:g}" for lo, hi in RINGS) + " cycles/px | astigmatism median (>= 0.2) |")
+    print(
+        "| folder | scan | power k_y / k_x at "
+        + " | ".join(f"{lo:g}-{hi:g}" for lo, hi in RINGS)
+        + " cycles/px | astigmatism median (>= 0.2) |"
+    )
     print("|---|---|" + "---|" * (len(RINGS) + 1))
     for folder, names in FOLDERS.items():
         ps = pairs(folder)
         for k, name in enumerate(names):
             w = np.median([wedge_ratio(p[k]) for p in ps], axis=0)
             a = np.array([detect(p[k], backend="numpy").astigmatism for p in ps])
-            print(f"| {folder} | {name} | " + " | ".join(f"{v:.2f}" for v in w) + f" | {np.nanmedian(a):.2f} ({(a >= 0.2).sum()}/{len(a)}) |")
+            print(
+                f"| {folder} | {name} | " + " | ".join(f"{v:.2f}" for v in w) + f" | {np.nanmedian(a):.2f} ({(a >= 0.2).sum()}/{len(a)}) |"
+            )
 
 
 def _param(text: str) -> tuple[str, float]:
@@ -259,7 +301,9 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pairs", help="count ratio and blur agreement on the real pairs")
     p.set_defaults(fn=cmd_pairs)
-    p.add_argument("--set", type=_param, action="append", default=[], metavar="KEY=VALUE", help="detector parameter, e.g. noise_k=3.5 (repeatable)")
+    p.add_argument(
+        "--set", type=_param, action="append", default=[], metavar="KEY=VALUE", help="detector parameter, e.g. noise_k=3.5 (repeatable)"
+    )
     p = sub.add_parser("noise", help="simulated scan noise against the real fast scans")
     p.add_argument("--pairs", type=int, default=8)
     p.add_argument("--dose", type=float, default=20.0, help="electrons per white pixel of the simulation")
@@ -274,7 +318,9 @@ def main() -> None:
     p.add_argument("--slices", type=int, default=30)
     p.add_argument("--doses", type=float, nargs="+", default=list(DOSES))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", type=_param, action="append", default=[], metavar="KEY=VALUE", help="detector parameter, e.g. noise_k=3.5 (repeatable)")
+    p.add_argument(
+        "--set", type=_param, action="append", default=[], metavar="KEY=VALUE", help="detector parameter, e.g. noise_k=3.5 (repeatable)"
+    )
     p.set_defaults(fn=cmd_sim)
     p = sub.add_parser("astig", help="astigmatism AUC with scan-correlated noise, including strong defocus")
     p.add_argument("--slices", type=int, default=10)

@@ -80,7 +80,9 @@ def make_app(config_dir: str | os.PathLike | None = None) -> Any:
     client_id = os.environ.get("GLOBUS_COMPUTE_CLIENT_ID")
     secret = os.environ.get("GLOBUS_COMPUTE_CLIENT_SECRET")
     if secret and not client_id:
-        raise ValueError("GLOBUS_COMPUTE_CLIENT_SECRET is set without GLOBUS_COMPUTE_CLIENT_ID: set both for service credentials, or neither")
+        raise ValueError(
+            "GLOBUS_COMPUTE_CLIENT_SECRET is set without GLOBUS_COMPUTE_CLIENT_ID: set both for service credentials, or neither"
+        )
     if client_id and secret:
         return globus_sdk.ClientApp(APP_NAME, client_id=client_id, client_secret=secret, scope_requirements=scopes, config=config)
     client_id = os.environ.get("MHD_GLOBUS_CLIENT_ID") or DEFAULT_CLIENT_ID
@@ -123,7 +125,10 @@ class LoginRequired(RuntimeError):
 
 
 #: What to run when a login is needed and cannot be prompted for.
-LOGIN_HINT = "run 'client login' once as this user at a terminal (an unattended PC can use GLOBUS_COMPUTE_CLIENT_ID and GLOBUS_COMPUTE_CLIENT_SECRET)"
+LOGIN_HINT = (
+    "run 'client login' once as this user at a terminal (an unattended PC can use GLOBUS_COMPUTE_CLIENT_ID and "
+    "GLOBUS_COMPUTE_CLIENT_SECRET)"
+)
 
 
 def ensure_login(app: Any = None, interactive: bool | None = None) -> None:

@@ -23,5 +23,7 @@ def __getattr__(name: str) -> Any:
     new = RENAMED.get(name, name)
     if not hasattr(executors, new):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"mhd.client.backends.{name} is mhd.client.executors.{new}; the old module goes in 0.2.0", DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        f"mhd.client.backends.{name} is mhd.client.executors.{new}; the old module goes in 0.2.0", DeprecationWarning, stacklevel=2
+    )
     return getattr(executors, new)

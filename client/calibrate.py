@@ -108,7 +108,9 @@ def _read_csv(path: Path) -> dict[str, float]:
     return out
 
 
-def score_series(folder: Path, defocus: dict[str, float], params: dict | None = None, measure: str = "count") -> tuple[list[str], np.ndarray, np.ndarray]:
+def score_series(
+    folder: Path, defocus: dict[str, float], params: dict | None = None, measure: str = "count"
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Score the images in-process; failed images (and, for the blur, images without one) are logged and left out.
 
     Returns
@@ -134,7 +136,16 @@ def score_series(folder: Path, defocus: dict[str, float], params: dict | None = 
     return files, np.array(dz, float), np.array(vals, float)
 
 
-def fit(files: list[str], defocus: np.ndarray, density: np.ndarray, *, units: str = "um", max_defocus: float | None = None, params: dict | None = None, source: str = "") -> Fit:
+def fit(
+    files: list[str],
+    defocus: np.ndarray,
+    density: np.ndarray,
+    *,
+    units: str = "um",
+    max_defocus: float | None = None,
+    params: dict | None = None,
+    source: str = "",
+) -> Fit:
     """Least-squares line ``log(density) = a + b |defocus|``.
 
     Parameters
@@ -165,7 +176,16 @@ def fit(files: list[str], defocus: np.ndarray, density: np.ndarray, *, units: st
     return Fit(files, defocus, density, cal)
 
 
-def fit_blur(files: list[str], defocus: np.ndarray, blur: np.ndarray, *, units: str = "um", max_defocus: float | None = None, params: dict | None = None, source: str = "") -> Fit:
+def fit_blur(
+    files: list[str],
+    defocus: np.ndarray,
+    blur: np.ndarray,
+    *,
+    units: str = "um",
+    max_defocus: float | None = None,
+    params: dict | None = None,
+    source: str = "",
+) -> Fit:
     """Least-squares line ``blur**2 = a + b defocus**2`` (blur in px).
 
     Parameters
@@ -209,11 +229,21 @@ def plot_fit(result: Fit, path: Path) -> Path:
     ax.scatter(ad, result.density, color="tab:blue", zorder=3, label="images")
     xs = np.linspace(0, ad.max() * 1.05, 50)
     if cal.measure == "blur":
-        ax.plot(xs, np.sqrt(np.maximum(cal.intercept + cal.slope * xs**2, 0)), color="tab:red", label=f"fit: blur$^2$ = {cal.intercept:.2f} + {cal.slope:.3f} defocus$^2$, r = {cal.r:.3f}")
+        ax.plot(
+            xs,
+            np.sqrt(np.maximum(cal.intercept + cal.slope * xs**2, 0)),
+            color="tab:red",
+            label=f"fit: blur$^2$ = {cal.intercept:.2f} + {cal.slope:.3f} defocus$^2$, r = {cal.r:.3f}",
+        )
         ax.set_ylabel("blur (px)")
         ax.set_title("Blur through focus")
     else:
-        ax.plot(xs, np.exp(cal.intercept + cal.slope * xs), color="tab:red", label=f"fit: r = {cal.r:.4f}, slope = {cal.slope:.3f} / {cal.units}")
+        ax.plot(
+            xs,
+            np.exp(cal.intercept + cal.slope * xs),
+            color="tab:red",
+            label=f"fit: r = {cal.r:.4f}, slope = {cal.slope:.3f} / {cal.units}",
+        )
         ax.set_yscale("log")
         ax.set_ylabel("features per megapixel")
         ax.set_title("Feature density through focus")
@@ -229,5 +259,3 @@ def plot_fit(result: Fit, path: Path) -> Path:
 def threshold_density(cal: Calibration) -> float:
     """Density (features per megapixel) below which a tile is out of focus."""
     return math.exp(cal.log_threshold)
-
-

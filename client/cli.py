@@ -230,9 +230,25 @@ def _deprecated_array_backend(ctx: click.Context, param: click.Parameter, value:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per file, as score_tiles returns it (tile: the path; features, density, blur, grid, shape, ms, error, ...).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), help="Where the detector computes: cpu (NumPy) or gpu (CuPy on a CUDA GPU); auto: the GPU when CuPy sees one.  [default: auto]")
-@click.option("--backend", "old_backend", type=click.Choice(["auto", "numpy", "cupy"]), hidden=True, callback=_deprecated_array_backend, help="Deprecated: --device.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per file, as score_tiles returns it (tile: the path; features, density, blur, grid, shape, ms, error, ...).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "gpu"]),
+    help="Where the detector computes: cpu (NumPy) or gpu (CuPy on a CUDA GPU); auto: the GPU when CuPy sees one.  [default: auto]",
+)
+@click.option(
+    "--backend",
+    "old_backend",
+    type=click.Choice(["auto", "numpy", "cupy"]),
+    hidden=True,
+    callback=_deprecated_array_backend,
+    help="Deprecated: --device.",
+)
 @detector_options
 def score(files: tuple[Path, ...], as_json: bool, device: str | None, old_backend: str | None, **kwargs: Any) -> None:
     """Score image files in this process (no endpoint, no verdicts).
@@ -264,7 +280,10 @@ def score(files: tuple[Path, ...], as_json: bool, device: str | None, old_backen
         elif rec.error:
             console.print(f"[bold magenta]ERROR[/] {rec.error}")
         else:
-            console.print(f"{path}  {rec.features:6d} features  {rec.density / 1000:7.1f}k/MP  blur {_blur(rec)}  {rec.shape[0]}x{rec.shape[1]}  {rec.ms:.0f} ms  [dim]{rec.backend}[/]")
+            console.print(
+                f"{path}  {rec.features:6d} features  {rec.density / 1000:7.1f}k/MP  blur {_blur(rec)}  "
+                f"{rec.shape[0]}x{rec.shape[1]}  {rec.ms:.0f} ms  [dim]{rec.backend}[/]"
+            )
     if failed:
         sys.exit(1)
 
@@ -291,14 +310,39 @@ def _run_options(fn: Callable) -> Callable:
     """Options shared by submit and watch (the detector's come after the command's own: ``@detector_options`` last)."""
     opts = [
         click.option("--dir", "directory", required=True, type=click.Path(path_type=Path), help="Section folder."),
-        click.option("--executor", type=click.Choice(["auto", "local", "globus"]), help="Where scoring tasks run: local (process pool here) or globus (Globus Compute)  [config: auto]"),
-        click.option("--backend", "old_backend", type=click.Choice(["auto", "local", "globus"]), hidden=True, callback=_deprecated_backend, help="Deprecated: --executor."),
-        click.option("--transport", type=click.Choice(["auto", "inline", "shared", "globus"]), help="How tiles reach the function  [config: auto]"),
+        click.option(
+            "--executor",
+            type=click.Choice(["auto", "local", "globus"]),
+            help="Where scoring tasks run: local (process pool here) or globus (Globus Compute)  [config: auto]",
+        ),
+        click.option(
+            "--backend",
+            "old_backend",
+            type=click.Choice(["auto", "local", "globus"]),
+            hidden=True,
+            callback=_deprecated_backend,
+            help="Deprecated: --executor.",
+        ),
+        click.option(
+            "--transport", type=click.Choice(["auto", "inline", "shared", "globus"]), help="How tiles reach the function  [config: auto]"
+        ),
         click.option("--workers", type=click.IntRange(1, 64), help="Local executor worker processes."),
         click.option("--batch", type=click.IntRange(1, 1024), help="Tiles per scoring task."),
-        click.option("--on-oof", metavar="CMD", help="Run CMD TILE_PATH for each out-of-focus tile (no shell; MHD_TILE, MHD_VERDICT and MHD_REASON set)."),
+        click.option(
+            "--on-oof",
+            metavar="CMD",
+            help="Run CMD TILE_PATH for each out-of-focus tile (no shell; MHD_TILE, MHD_VERDICT and MHD_REASON set).",
+        ),
         click.option("--no-calibration", is_flag=True, help="Use the relative rule even if a calibration is stored."),
-        click.option("--results", "results", type=click.Path(file_okay=False, path_type=Path), help="Keep mhd-results.jsonl, the log, the lock and the report in RESULTS/<section name>/ instead of the section (read-only sections, archives)  [config: results]"),
+        click.option(
+            "--results",
+            "results",
+            type=click.Path(file_okay=False, path_type=Path),
+            help=(
+                "Keep mhd-results.jsonl, the log, the lock and the report in RESULTS/<section name>/ instead of "
+                "the section (read-only sections, archives)  [config: results]"
+            ),
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -367,7 +411,20 @@ def _compute_client() -> Any:
 @click.option("--rescore", is_flag=True, help="Score every tile again (the old results are kept as a .bak file).")
 @click.option("-a", "--all", "show_ok", is_flag=True, help="Print a line for ok tiles too.")
 @detector_options
-def submit(directory: Path, executor: str | None, old_backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, results: Path | None, rescore: bool, show_ok: bool, **kwargs: Any) -> None:
+def submit(
+    directory: Path,
+    executor: str | None,
+    old_backend: str | None,
+    transport: str | None,
+    workers: int | None,
+    batch: int | None,
+    on_oof: str | None,
+    no_calibration: bool,
+    results: Path | None,
+    rescore: bool,
+    show_ok: bool,
+    **kwargs: Any,
+) -> None:
     """Score every tile of a section and report out-of-focus tiles.
 
     Tiles (TIFF, PNG, BMP, JPEG; recursive) are taken in natural order of
@@ -393,7 +450,26 @@ def submit(directory: Path, executor: str | None, old_backend: str | None, trans
     rule = _rule(cfg, no_calibration)
     folder = _results_folder(section, cfg)
     with Interrupt() as interrupt:
-        outcome = _interruptible(console, lambda: _run_logged(folder, lambda: run_section(section, cfg, console, rule=rule, rescore=rescore, params=params, on_oof=on_oof, show_ok=show_ok, transfer_client=_transfer_client, compute_client=_compute_client, results_dir=folder, interrupt=interrupt)))
+        outcome = _interruptible(
+            console,
+            lambda: _run_logged(
+                folder,
+                lambda: run_section(
+                    section,
+                    cfg,
+                    console,
+                    rule=rule,
+                    rescore=rescore,
+                    params=params,
+                    on_oof=on_oof,
+                    show_ok=show_ok,
+                    transfer_client=_transfer_client,
+                    compute_client=_compute_client,
+                    results_dir=folder,
+                    interrupt=interrupt,
+                ),
+            ),
+        )
         section_summary(console, section, outcome)
     sys.exit(outcome.exit_status)
 
@@ -538,10 +614,32 @@ endpoint.add_command(_configure_with_stored_function())
 @main.command(context_settings=CONTEXT)
 @_run_options
 @click.option("--poll", type=click.FloatRange(0.05, 60), default=0.25, show_default=True, help="Seconds between looks at the folder.")
-@click.option("--give-up", type=click.FloatRange(0.0), default=10.0, show_default=True, help="Seconds a stable but incomplete file (its image structure cut short) waits before it is scored (and fails).")
-@click.option("--idle-exit", type=click.FloatRange(0.0), help="Stop after this many seconds without a new tile (default: run until Ctrl-C).")
+@click.option(
+    "--give-up",
+    type=click.FloatRange(0.0),
+    default=10.0,
+    show_default=True,
+    help="Seconds a stable but incomplete file (its image structure cut short) waits before it is scored (and fails).",
+)
+@click.option(
+    "--idle-exit", type=click.FloatRange(0.0), help="Stop after this many seconds without a new tile (default: run until Ctrl-C)."
+)
 @detector_options
-def watch(directory: Path, executor: str | None, old_backend: str | None, transport: str | None, workers: int | None, batch: int | None, on_oof: str | None, no_calibration: bool, results: Path | None, poll: float, give_up: float, idle_exit: float | None, **kwargs: Any) -> None:
+def watch(
+    directory: Path,
+    executor: str | None,
+    old_backend: str | None,
+    transport: str | None,
+    workers: int | None,
+    batch: int | None,
+    on_oof: str | None,
+    no_calibration: bool,
+    results: Path | None,
+    poll: float,
+    give_up: float,
+    idle_exit: float | None,
+    **kwargs: Any,
+) -> None:
     """Score tiles as the microscope writes them, until Ctrl-C.
 
     A tile is taken once completely written (size stable and its image
@@ -568,7 +666,27 @@ def watch(directory: Path, executor: str | None, old_backend: str | None, transp
     rule = _rule(cfg, no_calibration)
     folder = _results_folder(section, cfg)
     with Interrupt() as interrupt:
-        outcome = _interruptible(console, lambda: _run_logged(folder, lambda: watch_section(section, cfg, console, rule=rule, params=params, on_oof=on_oof, poll=poll, give_up=give_up, idle_exit=idle_exit, transfer_client=_transfer_client, compute_client=_compute_client, results_dir=folder, interrupt=interrupt)))
+        outcome = _interruptible(
+            console,
+            lambda: _run_logged(
+                folder,
+                lambda: watch_section(
+                    section,
+                    cfg,
+                    console,
+                    rule=rule,
+                    params=params,
+                    on_oof=on_oof,
+                    poll=poll,
+                    give_up=give_up,
+                    idle_exit=idle_exit,
+                    transfer_client=_transfer_client,
+                    compute_client=_compute_client,
+                    results_dir=folder,
+                    interrupt=interrupt,
+                ),
+            ),
+        )
         section_summary(console, section, outcome)
     sys.exit(outcome.exit_status)
 
@@ -578,10 +696,19 @@ def watch(directory: Path, executor: str | None, old_backend: str | None, transp
 
 @main.command(context_settings=CONTEXT)
 @click.option("--dir", "directory", required=True, type=click.Path(path_type=Path), help="Section folder (with mhd-results.jsonl).")
-@click.option("--positions", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV tile,row,col (default: r<row>_c<col> in tile names).")
+@click.option(
+    "--positions",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV tile,row,col (default: r<row>_c<col> in tile names).",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder  [default: DIR/mhd-report]")
 @click.option("--no-calibration", is_flag=True, help="Judge against the section even if a calibration is stored.")
-@click.option("--results", "results", type=click.Path(file_okay=False, path_type=Path), help="Results kept outside the section by submit/watch --results (read from RESULTS/<section name>/)  [config: results]")
+@click.option(
+    "--results",
+    "results",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Results kept outside the section by submit/watch --results (read from RESULTS/<section name>/)  [config: results]",
+)
 def report(directory: Path, positions: Path | None, out: Path | None, no_calibration: bool, results: Path | None) -> None:
     """Figures, a CSV and the list of tiles to re-acquire, from a section's results.
 
@@ -625,15 +752,46 @@ def report(directory: Path, positions: Path | None, out: Path | None, no_calibra
 
 @main.command(context_settings=CONTEXT)
 @click.option("--dir", "directory", required=True, type=click.Path(path_type=Path), help="Folder of a through-focus series.")
-@click.option("--csv", "csv_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV with columns file,defocus (default: defocus from file names).")
-@click.option("--pattern", help="Regular expression on file names; group 1 is the defocus  [default: df<number>, z<number>, defocus<number>]")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV with columns file,defocus (default: defocus from file names).",
+)
+@click.option(
+    "--pattern", help="Regular expression on file names; group 1 is the defocus  [default: df<number>, z<number>, defocus<number>]"
+)
 @click.option("--units", default="um", show_default=True, help="Defocus units.")
-@click.option("--max-defocus", type=click.FloatRange(0.0, min_open=True), help="Largest acceptable |defocus|  [default: the series' smallest non-zero |defocus|]")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Calibration file  [default: config 'calibration', ~/.config/mhd/calibration.json]")
+@click.option(
+    "--max-defocus",
+    type=click.FloatRange(0.0, min_open=True),
+    help="Largest acceptable |defocus|  [default: the series' smallest non-zero |defocus|]",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Calibration file  [default: config 'calibration', ~/.config/mhd/calibration.json]",
+)
 @click.option("--dry-run", is_flag=True, help="Fit and plot only; store nothing.")
-@click.option("--measure", type=click.Choice(["blur", "count"]), default="blur", show_default=True, help="blur: blur^2 = a + b defocus^2 (holds across doses); count: log(density) = a + b |defocus| (the paper's law, one dose).")
+@click.option(
+    "--measure",
+    type=click.Choice(["blur", "count"]),
+    default="blur",
+    show_default=True,
+    help="blur: blur^2 = a + b defocus^2 (holds across doses); count: log(density) = a + b |defocus| (the paper's law, one dose).",
+)
 @detector_options
-def calibrate(directory: Path, csv_path: Path | None, pattern: str | None, units: str, max_defocus: float | None, out: Path | None, dry_run: bool, measure: str, **kwargs: Any) -> None:
+def calibrate(
+    directory: Path,
+    csv_path: Path | None,
+    pattern: str | None,
+    units: str,
+    max_defocus: float | None,
+    out: Path | None,
+    dry_run: bool,
+    measure: str,
+    **kwargs: Any,
+) -> None:
     """Fit a focus measure against defocus on a through-focus series and store it.
 
     The blur (default): blur^2 = a + b defocus^2, in pixels. The count
@@ -676,15 +834,47 @@ def calibrate(directory: Path, csv_path: Path | None, pattern: str | None, units
 
 
 @main.command("focus-sweep", context_settings=CONTEXT)
-@click.option("--dir", "directory", required=True, type=click.Path(path_type=Path), help="Folder of images of one field at several working distances.")
-@click.option("--csv", "csv_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV with columns file,wd (default: WD from file names).")
-@click.option("--pattern", help="Regular expression on file names; group 1 is the WD, optional group 2 its unit  [default: wd<number><unit>, e.g. wd_5.002mm, wd-3.0um]")
-@click.option("--units", type=click.Choice(["nm", "um", "mm"]), help="Unit of working distances written without one  [default: from the names]")
-@click.option("--points", type=click.IntRange(3, 99), default=5, show_default=True, help="Distinct working distances in the fit around the highest count.")
+@click.option(
+    "--dir", "directory", required=True, type=click.Path(path_type=Path), help="Folder of images of one field at several working distances."
+)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV with columns file,wd (default: WD from file names).",
+)
+@click.option(
+    "--pattern",
+    help=(
+        "Regular expression on file names; group 1 is the WD, optional group 2 its unit  [default: "
+        "wd<number><unit>, e.g. wd_5.002mm, wd-3.0um]"
+    ),
+)
+@click.option(
+    "--units", type=click.Choice(["nm", "um", "mm"]), help="Unit of working distances written without one  [default: from the names]"
+)
+@click.option(
+    "--points",
+    type=click.IntRange(3, 99),
+    default=5,
+    show_default=True,
+    help="Distinct working distances in the fit around the highest count.",
+)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Plot file  [default: DIR/mhd-focus-sweep.png]")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object (best_wd, uncertainty, units, status, r, images, ...).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as one JSON object (best_wd, uncertainty, units, status, r, images, ...)."
+)
 @detector_options
-def focus_sweep(directory: Path, csv_path: Path | None, pattern: str | None, units: str | None, points: int, plot_path: Path | None, as_json: bool, **kwargs: Any) -> None:
+def focus_sweep(
+    directory: Path,
+    csv_path: Path | None,
+    pattern: str | None,
+    units: str | None,
+    points: int,
+    plot_path: Path | None,
+    as_json: bool,
+    **kwargs: Any,
+) -> None:
     """Find the best working distance (WD) from images of one field at several WDs.
 
     Scores each image in this process, fits log(feature count) around the

@@ -57,8 +57,15 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
 KEYS: dict[str, Key] = {
     "endpoint": Key(None, _str, "Globus Compute endpoint UUID (the GPU endpoint 'mhd-gpu')"),
     "function": Key(None, _str, "registered score_tiles function UUID (client register)"),
-    "executor": Key("auto", _choice("auto", "local", "globus"), "where scoring tasks run: local (a process pool here) or globus (Globus Compute); auto: globus when endpoint and function are set, else local"),
-    "transport": Key("auto", _choice("auto", "inline", "shared", "globus"), "auto: inline for small tiles, else shared/globus when configured"),
+    "executor": Key(
+        "auto",
+        _choice("auto", "local", "globus"),
+        "where scoring tasks run: local (a process pool here) or globus (Globus Compute); auto: globus when "
+        "endpoint and function are set, else local",
+    ),
+    "transport": Key(
+        "auto", _choice("auto", "inline", "shared", "globus"), "auto: inline for small tiles, else shared/globus when configured"
+    ),
     "inline_max_mb": Key(4.0, _float, "largest tile sent inline by transport=auto (MB)"),
     "request_mb": Key(6.0, _float, "tile bytes per inline task (the service limit is 10 MB per request, after base64)"),
     "shared_local": Key(None, _str, "shared transport: local folder the endpoint also sees"),
@@ -75,11 +82,17 @@ KEYS: dict[str, Key] = {
     "batch": Key(0, _int, "tiles per scoring task (0: automatic)"),
     "task_timeout": Key(3600.0, _float, "seconds a scoring task may go without a result; then its tiles are recorded as errors"),
     "drain_timeout": Key(3.0, _float, "after Ctrl-C, seconds to wait for the tasks in flight (the rest are scored on the next run)"),
-    "results": Key(None, _str, "folder for results: each section's mhd-results.jsonl, log, lock and report go to <results>/<section name>/ (default: the section)"),
+    "results": Key(
+        None,
+        _str,
+        "folder for results: each section's mhd-results.jsonl, log, lock and report go to <results>/<section name>/ (default: the section)",
+    ),
     # the verdict rule's thresholds: defaults, limits and help are those of mhd.client.rule.Rule
     **{f.name: Key(f.default, functools.partial(parse_threshold, f), f.metadata["help"]) for f in thresholds()},
     "calibration": Key(None, _str, "calibration JSON (default: calibration.json beside the config file)"),
-    "max_defocus": Key(None, lambda v: None if v in (None, "") else float(v), "calibrated rule: largest acceptable |defocus| (series units)"),
+    "max_defocus": Key(
+        None, lambda v: None if v in (None, "") else float(v), "calibrated rule: largest acceptable |defocus| (series units)"
+    ),
 }
 
 

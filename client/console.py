@@ -133,7 +133,9 @@ _FIXED_WIDTH = 25
 _MIN_REASON = 16
 
 
-def summary_table(records: Iterable[TileRecord], title: str, new: int, elapsed: float, max_rows: int = 20, *, failed: int = 0, width: int | None = None) -> Table:
+def summary_table(
+    records: Iterable[TileRecord], title: str, new: int, elapsed: float, max_rows: int = 20, *, failed: int = 0, width: int | None = None
+) -> Table:
     """The end-of-run table: counts per verdict, then the tiles that need attention.
 
     Parameters

@@ -440,7 +440,9 @@ class LocalExecutor(EngineExecutor):
 
     name = "local"
 
-    def __init__(self, data_root: str | os.PathLike | None = None, workers: int | None = None, env: dict | None = None, run_dir: str | None = None):
+    def __init__(
+        self, data_root: str | os.PathLike | None = None, workers: int | None = None, env: dict | None = None, run_dir: str | None = None
+    ):
         self._tmp = None if run_dir else tempfile.TemporaryDirectory(prefix="mhd-local-")
         self.workers = workers or min(os.cpu_count() or 1, 8)
         self._engine_args = (data_root, self.workers, env, run_dir or self._tmp.name)
@@ -463,7 +465,12 @@ class LocalExecutor(EngineExecutor):
         payload = task_payload(self._serde, [warm_up_tile()], None)
         for _ in range(self.workers):
             task_id = uuid.uuid4()
-            engine.submit(GCFuture(task_id), pack_task(task_id, self._code, payload), resource_specification={}, result_serializers=list(RESULT_SERIALIZERS))
+            engine.submit(
+                GCFuture(task_id),
+                pack_task(task_id, self._code, payload),
+                resource_specification={},
+                result_serializers=list(RESULT_SERIALIZERS),
+            )
 
     def _new_engine(self) -> Any:
         data_root, workers, env, run_dir = self._engine_args
@@ -544,7 +551,15 @@ class GlobusExecutor:
 
     name = "globus"
 
-    def __init__(self, endpoint_id: str, function_id: str, client: Any = None, *, batch_size: int = 128, executor_factory: Callable[[], Any] | None = None):
+    def __init__(
+        self,
+        endpoint_id: str,
+        function_id: str,
+        client: Any = None,
+        *,
+        batch_size: int = 128,
+        executor_factory: Callable[[], Any] | None = None,
+    ):
         if client is None and executor_factory is None:
             raise ValueError("GlobusExecutor needs a Compute client (mhd.client.auth.compute_client) or an executor_factory")
         self.endpoint_id = str(endpoint_id)
@@ -641,4 +656,3 @@ class GlobusExecutor:
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
         self.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
-

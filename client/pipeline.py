@@ -329,8 +329,10 @@ class Pipeline:
                 continue
             if result.error is None and "contrast" not in res and not self._warned_no_contrast:
                 self._warned_no_contrast = True
-                log.warning("the worker returned no tissue contrast (its mhd is older than this client's): empty tiles "
-                            "cannot be told from blurred ones; install this version of mhd where the tasks run")
+                log.warning(
+                    "the worker returned no tissue contrast (its mhd is older than this client's): empty tiles "
+                    "cannot be told from blurred ones; install this version of mhd where the tasks run"
+                )
             tile = staged.tiles.get(result.tile)
             if tile is None or tile.id in seen:
                 continue

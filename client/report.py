@@ -58,8 +58,9 @@ __all__ = ["Report", "blur_threshold", "make_report", "section_verdicts"]
 
 REPORT_DIR = "mhd-report"
 CSV_COLUMNS = (
-    "index", "tile", "row", "col", "verdict", "kind", "section_verdict", "section_kind", "reason", "features", "density", "blur", "blur_err", "defocus",
-    "astigmatism", "astigmatism_angle", "focus_map", "contrast", "error", "backend", "ms", "roundtrip_ms", "latency_ms", "scored_at",
+    "index", "tile", "row", "col", "verdict", "kind", "section_verdict", "section_kind", "reason",
+    "features", "density", "blur", "blur_err", "defocus", "astigmatism", "astigmatism_angle", "focus_map",
+    "contrast", "error", "backend", "ms", "roundtrip_ms", "latency_ms", "scored_at",
 )  # fmt: skip
 COLOURS = {"ok": "tab:green", "oof": "tab:red", "empty": "tab:olive", "error": "tab:purple"}
 #: Marker of each kind of out-of-focus tile in density.png (None: records judged before kinds existed).
@@ -257,7 +258,15 @@ def _scatter_verdicts(ax, x: np.ndarray, records: list[TileRecord], value: Calla
     for verdict, kind, label in groups:
         idx = [i for i, r in enumerate(records) if r.verdict == verdict and r.kind == kind and value(r) is not None]
         if idx or (legend and verdict != "oof"):
-            ax.scatter(x[idx], [value(records[i]) for i in idx], s=22, marker=MARKERS[kind], color=COLOURS[verdict], label=f"{label} ({len(idx)})" if legend else None, zorder=3)
+            ax.scatter(
+                x[idx],
+                [value(records[i]) for i in idx],
+                s=22,
+                marker=MARKERS[kind],
+                color=COLOURS[verdict],
+                label=f"{label} ({len(idx)})" if legend else None,
+                zorder=3,
+            )
 
 
 def _plot_montage(path: Path, records: list[TileRecord], pos: dict[str, tuple[int, int]], base: Baseline, title: str) -> None:

@@ -94,7 +94,11 @@ def check_writable(folder: Path, section: Path) -> None:
     except OSError as exc:
         why = exc.strerror or str(exc)
         if folder == section:
-            raise OSError(exc.errno, f"{section}: cannot write the results here ({why}); give --results DIR (or the config key 'results') to keep this section's mhd-results.jsonl, log and report in DIR/{section.name}/") from None
+            raise OSError(
+                exc.errno,
+                f"{section}: cannot write the results here ({why}); give --results DIR (or the config key "
+                f"'results') to keep this section's mhd-results.jsonl, log and report in DIR/{section.name}/",
+            ) from None
         raise OSError(exc.errno, f"{folder}: cannot write the results there ({why})") from None
 
 

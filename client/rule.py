@@ -42,12 +42,16 @@ class Rule:
     oof_k: float = _threshold(3.0, "relative rule: OOF below median - k * robust sigma of log density")
     oof_min_drop: float = _threshold(0.3, "relative rule: ... and at least this far below it (natural log units)")
     warmup: int = _threshold(8, "relative rule: tiles scored before the first verdict", integer=True)
-    focus_measure: str = _threshold("blur", "relative rule's measure: 'blur' (px, dose-free) or 'count' (feature density)", choices=FOCUS_MEASURES)
+    focus_measure: str = _threshold(
+        "blur", "relative rule's measure: 'blur' (px, dose-free) or 'count' (feature density)", choices=FOCUS_MEASURES
+    )
     blur_max: float = _threshold(1.0, "blur rule: OOF when the blur a tile adds to the section median exceeds this (px, in quadrature)")
     partial_drop: float = _threshold(0.7, "grid cell below the tile threshold by this much (log) flags a partly defocused tile")
     empty_cnr: float = _threshold(3.0, "contrast-to-noise below which a low-count tile is 'empty' (no tissue)")
     # mhd.functions.ASTIGMATISM_THRESHOLD (not imported: it loads SciPy); a test checks they agree
-    astigmatism_max: float = _threshold(0.2, "astigmatism strength (0..1) from which a tile is 'oof', kind astigmatism (turn the stigmators)")
+    astigmatism_max: float = _threshold(
+        0.2, "astigmatism strength (0..1) from which a tile is 'oof', kind astigmatism (turn the stigmators)"
+    )
     calibration: Calibration | None = None
 
     def __post_init__(self) -> None:

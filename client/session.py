@@ -108,7 +108,9 @@ def executor_kind(cfg: Config) -> str:
 def check_executor(cfg: Config, kind: str) -> None:
     """Raise ValueError when the ``globus`` executor lacks its endpoint or function UUID."""
     if kind == "globus" and not (cfg["endpoint"] and cfg["function"]):
-        raise ValueError("the globus executor needs an endpoint and a function UUID: run 'client register --endpoint UUID' (see 'client config')")
+        raise ValueError(
+            "the globus executor needs an endpoint and a function UUID: run 'client register --endpoint UUID' (see 'client config')"
+        )
 
 
 def local_workers(cfg: Config) -> int:
@@ -117,7 +119,11 @@ def local_workers(cfg: Config) -> int:
 
 
 def max_inflight(kind: str, workers: int) -> int:
-    """Scoring tasks kept outstanding: 32 on Globus Compute (its latency hides behind many tasks), else two per local worker (at least 4)."""
+    """Scoring tasks kept outstanding.
+
+    32 on Globus Compute (its latency hides behind many tasks), else two per
+    local worker (at least 4).
+    """
     return 32 if kind == "globus" else max(4, 2 * workers)
 
 
@@ -151,7 +157,14 @@ def open_executor(cfg: Config, kind: str, data_root: Path | None = None, compute
     return executors.GlobusExecutor(cfg["endpoint"], cfg["function"], compute_client())
 
 
-def make_transport(cfg: Config, section: Path, tiles: list[Tile] | None, batch: int, transfer_client: Callable[[list[str]], Any] | None = None, kind: str = "globus") -> Transport:
+def make_transport(
+    cfg: Config,
+    section: Path,
+    tiles: list[Tile] | None,
+    batch: int,
+    transfer_client: Callable[[list[str]], Any] | None = None,
+    kind: str = "globus",
+) -> Transport:
     """The transport the configuration (and ``auto``) asks for.
 
     With the local executor the workers read the tiles from disk themselves
@@ -204,9 +217,14 @@ def make_transport(cfg: Config, section: Path, tiles: list[Tile] | None, batch: 
 def _local_transport(cfg: Config, section: Path, batch: int) -> Transport:
     name = cfg["transport"]
     if name == "globus":
-        raise ValueError("transport globus copies tiles to the endpoint's storage, which the local engine does not see: use --transport auto (the local engine reads tiles from disk) or --executor globus")
+        raise ValueError(
+            "transport globus copies tiles to the endpoint's storage, which the local engine does not see: use "
+            "--transport auto (the local engine reads tiles from disk) or --executor globus"
+        )
     if name == "inline":
-        return InlineTransport(batch, int(cfg["request_mb"] * MB), hint="use --transport auto (the local engine then reads tiles from disk, any size)")
+        return InlineTransport(
+            batch, int(cfg["request_mb"] * MB), hint="use --transport auto (the local engine then reads tiles from disk, any size)"
+        )
     if name == "shared" and cfg["shared_local"]:
         return SharedTransport(batch, cfg["shared_local"], "")
     return DiskTransport(batch, section)
@@ -218,7 +236,10 @@ def _inline_hint(shared_ready: bool, globus_ready: bool) -> str:
         return "use --transport shared (shared_local is configured)"
     if globus_ready:
         return "use --transport globus (Globus Transfer is configured)"
-    return "score it on this machine with --executor local, or configure shared storage (shared_local, shared_remote) or Globus Transfer for the endpoint (see 'client config')"
+    return (
+        "score it on this machine with --executor local, or configure shared storage (shared_local, shared_remote) "
+        "or Globus Transfer for the endpoint (see 'client config')"
+    )
 
 
 def local_data_root(kind: str, transport: Transport) -> Path | None:
@@ -317,7 +338,11 @@ class RunSession:
                 self.results.compact()
 
     def use_transport(self, tiles: list[Tile] | None, batch: int) -> Transport:
-        """Choose the transport for ``tiles`` (``auto`` looks at their sizes; None: not known yet, as in ``watch``), ``batch`` tiles per task (:func:`make_transport`)."""
+        """Choose the transport for ``tiles``, ``batch`` tiles per task (:func:`make_transport`).
+
+        ``auto`` looks at the tiles' sizes; ``tiles`` None means not known yet
+        (``watch``).
+        """
         self.transport = make_transport(self.cfg, self.section, tiles, batch, self._transfer_client, self.kind)
         return self.transport
 
@@ -341,7 +366,19 @@ class RunSession:
             raise RuntimeError("use_transport() first")
         judge = Judge(self.rule, prior=self.results.records.values())
         with open_executor(self.cfg, self.kind, local_data_root(self.kind, self.transport), self._compute_client) as executor:
-            pipe = Pipeline(executor, self.transport, judge, self.results, self.params, on_verdicts=reporter, on_scored=reporter.scored, on_oof=self._hook, max_inflight=self.max_inflight, task_timeout=self.cfg["task_timeout"], stop=self.stop)
+            pipe = Pipeline(
+                executor,
+                self.transport,
+                judge,
+                self.results,
+                self.params,
+                on_verdicts=reporter,
+                on_scored=reporter.scored,
+                on_oof=self._hook,
+                max_inflight=self.max_inflight,
+                task_timeout=self.cfg["task_timeout"],
+                stop=self.stop,
+            )
             self.stop.defer()
             try:
                 feed(pipe)
@@ -352,7 +389,15 @@ class RunSession:
 
     def outcome(self, reporter: Reporter, found: Discovery | None, interrupted: bool) -> Outcome:
         """How the run ended (after the session is left: the log compacted)."""
-        return Outcome(dict(self.results.records), sum(reporter.counts.values()), reporter.elapsed, interrupted, found, reporter.counts["error"], self.results.path)
+        return Outcome(
+            dict(self.results.records),
+            sum(reporter.counts.values()),
+            reporter.elapsed,
+            interrupted,
+            found,
+            reporter.counts["error"],
+            self.results.path,
+        )
 
 
 @contextlib.contextmanager
@@ -377,4 +422,7 @@ def _drain(pipe: Pipeline, executor: Any, console: Console, drain_timeout: float
     pipe.drain(drain_timeout)
     executor.abort()
     left = pipe.abandoned_tiles
-    console.print(f"{what}: {len(pipe.results.records) - before} more tile(s) recorded; {left} tile(s) in flight left for the next run", highlight=False)
+    console.print(
+        f"{what}: {len(pipe.results.records) - before} more tile(s) recorded; {left} tile(s) in flight left for the next run",
+        highlight=False,
+    )

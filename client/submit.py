@@ -84,7 +84,19 @@ def run_section(
     KeyboardInterrupt
         Ctrl-C before scoring started (nothing recorded).
     """
-    run = RunSession(section, cfg, console, rule=rule, params=params, on_oof=on_oof, rescore=rescore, transfer_client=transfer_client, compute_client=compute_client, results_dir=results_dir, interrupt=interrupt)
+    run = RunSession(
+        section,
+        cfg,
+        console,
+        rule=rule,
+        params=params,
+        on_oof=on_oof,
+        rescore=rescore,
+        transfer_client=transfer_client,
+        compute_client=compute_client,
+        results_dir=results_dir,
+        interrupt=interrupt,
+    )
     found = discover(section)
     with run:
         todo = todo_tiles(found, run.results.records)
@@ -97,7 +109,9 @@ def run_section(
     return run.outcome(reporter, found, run.interrupted)
 
 
-def _header(console: Console, section: Path, found: Discovery, done: int, todo: int, kind: str, workers: int, transport: Transport, rule: Rule) -> None:
+def _header(
+    console: Console, section: Path, found: Discovery, done: int, todo: int, kind: str, workers: int, transport: Transport, rule: Rule
+) -> None:
     skipped = f", {len(found.skipped)} other file(s) skipped" if found.skipped else ""
     console.print(f"[bold]{section.name}[/]: {len(found.tiles)} tiles{skipped}; {done} already recorded, {todo} to score")
     for name in found.skipped[:5]:
@@ -124,7 +138,9 @@ def section_summary(console: Console, section: Path, outcome: Outcome) -> None:
     """Print the summary (a table on a terminal, plain lines otherwise) and where the results are."""
     title = f"{section.name}: summary"
     if console.is_terminal:
-        console.print(summary_table(outcome.records.values(), title, outcome.new, outcome.elapsed, failed=outcome.new_failed, width=console.width))
+        console.print(
+            summary_table(outcome.records.values(), title, outcome.new, outcome.elapsed, failed=outcome.new_failed, width=console.width)
+        )
     else:
         for line in summary_lines(outcome.records.values(), title, outcome.new, outcome.elapsed, failed=outcome.new_failed):
             console.file.write(line + "\n")  # as is: rich would expand the tabs
@@ -134,9 +150,11 @@ def section_summary(console: Console, section: Path, outcome: Outcome) -> None:
         line += f" + {a['unscored']} not scored yet" if a["unscored"] else ""
         line += f"; {a['gone']} earlier record(s) of tiles no longer in the folder" if a["gone"] else ""
         console.print(line, highlight=False)
-    console.print(f"results: {outcome.results or section / RESULTS_NAME}   exit status {outcome.exit_status} ({_meaning(outcome.exit_status)})", highlight=False)
+    console.print(
+        f"results: {outcome.results or section / RESULTS_NAME}   exit status {outcome.exit_status} ({_meaning(outcome.exit_status)})",
+        highlight=False,
+    )
 
 
 def _meaning(status: int) -> str:
     return {0: "all ok", 1: "some tiles failed", 2: "out-of-focus tiles", EXIT_INTERRUPTED: "interrupted"}[status]
-

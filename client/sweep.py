@@ -150,7 +150,9 @@ class Sweep:
             "n_points": f.n_points,
             "points": self.points,
             "step": _num(self.step),
-            "images": [{"file": im.file, "wd": im.wd, "features": im.features, "density": im.density, "error": im.error} for im in self.images],
+            "images": [
+                {"file": im.file, "wd": im.wd, "features": im.features, "density": im.density, "error": im.error} for im in self.images
+            ],
         }
 
 
@@ -169,7 +171,9 @@ def _parse_value(text: str, where: str) -> tuple[float, str | None]:
     return float(m.group(1)), _unit(m.group(2))
 
 
-def wd_table(folder: Path, csv_path: Path | None = None, pattern: str = DEFAULT_PATTERN, units: str | None = None) -> tuple[dict[str, float], str]:
+def wd_table(
+    folder: Path, csv_path: Path | None = None, pattern: str = DEFAULT_PATTERN, units: str | None = None
+) -> tuple[dict[str, float], str]:
     """Working distance of each image of a sweep, and their unit.
 
     Parameters
@@ -271,9 +275,13 @@ def fit_sweep(folder: Path, images: list[SweepImage], units: str, points: int = 
     good = [im for im in images if im.error is None]
     shapes = {im.shape for im in good}
     if len(shapes) > 1:
-        raise ValueError(f"images of different sizes ({', '.join(f'{r}x{c}' for r, c in sorted(shapes))}): a focus sweep images one field at one size")
+        raise ValueError(
+            f"images of different sizes ({', '.join(f'{r}x{c}' for r, c in sorted(shapes))}): a focus sweep images one field at one size"
+        )
     if len({im.wd for im in good}) < 3:
-        raise ValueError(f"need scored images at 3 or more distinct working distances, got {len(good)} image(s) at {len({im.wd for im in good})}")
+        raise ValueError(
+            f"need scored images at 3 or more distinct working distances, got {len(good)} image(s) at {len({im.wd for im in good})}"
+        )
     focus = best_focus([im.wd for im in good], [im.features for im in good], points=points)
     return Sweep(folder, units, images, focus, points)
 
@@ -333,7 +341,10 @@ def summary_lines(sweep: Sweep) -> list[str]:
         count = f"{im.features:8d}" if im.error is None else "   error"
         lines.append(f"{im.file:<{width}}  {_fmt(im.wd, step):>10}  {count}")
     if f.ok:
-        lines.append(f"best WD {_fmt(f.wd, step)} ± {_fmt(f.uncertainty, step)} {u}   (r = {f.r:.3f}, status ok, fit of {f.n_points} images, step {_fmt(step, step)} {u})")
+        lines.append(
+            f"best WD {_fmt(f.wd, step)} ± {_fmt(f.uncertainty, step)} {u}   (r = {f.r:.3f}, status ok, fit of "
+            f"{f.n_points} images, step {_fmt(step, step)} {u})"
+        )
     else:
         lines.append(f"no best focus inside the sweep (status {f.status}): {f.message}")
         lines.append(f"highest count at WD {_fmt(f.wd, step)} {u}   (r = {f.r:.3f})")

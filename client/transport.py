@@ -103,7 +103,13 @@ class InlineTransport(Transport):
                 cur.failed.append(_failed(tile, f"cannot read: {exc.strerror or exc}"))
                 continue
             if len(data) > self.request_bytes:
-                cur.failed.append(_failed(tile, f"{len(data) / MB:.1f} MB is over the inline limit of {self.request_bytes / MB:g} MB per task (request_mb); {self.hint}"))
+                cur.failed.append(
+                    _failed(
+                        tile,
+                        f"{len(data) / MB:.1f} MB is over the inline limit of {self.request_bytes / MB:g} MB "
+                        f"per task (request_mb); {self.hint}",
+                    )
+                )
                 continue
             if cur.payload and (len(cur.payload) >= self.batch or size + len(data) > self.request_bytes):
                 yield cur
@@ -227,7 +233,23 @@ class GlobusTransport(Transport):
 
     name = "globus"
 
-    def __init__(self, batch: int, transfer_client: Any, *, source_collection: str, dest_collection: str, source_local: str | Path, source_path: str, dest_path: str, dest_remote: str, section_name: str, transfer_batch: int = 16, poll: float = 2.0, max_active: int = 4, deadline: float = 3600.0) -> None:
+    def __init__(
+        self,
+        batch: int,
+        transfer_client: Any,
+        *,
+        source_collection: str,
+        dest_collection: str,
+        source_local: str | Path,
+        source_path: str,
+        dest_path: str,
+        dest_remote: str,
+        section_name: str,
+        transfer_batch: int = 16,
+        poll: float = 2.0,
+        max_active: int = 4,
+        deadline: float = 3600.0,
+    ) -> None:
         super().__init__(batch)
         self.tc = transfer_client
         self.source_collection, self.dest_collection = source_collection, dest_collection
@@ -267,12 +289,22 @@ class GlobusTransport(Transport):
     def _start(self, chunk: list[Tile]) -> _Transfer | Staged:
         import globus_sdk
 
-        td = globus_sdk.TransferData(self.source_collection, self.dest_collection, label=f"mhd {self.section_name}"[:128], sync_level="checksum", verify_checksum=True)
+        td = globus_sdk.TransferData(
+            self.source_collection,
+            self.dest_collection,
+            label=f"mhd {self.section_name}"[:128],
+            sync_level="checksum",
+            verify_checksum=True,
+        )
         remote = []
         for tile in chunk:
             rel = tile.path.resolve().relative_to(self.source_local).as_posix()
             td.add_item(posixpath.join(self.source_path, rel), posixpath.join(self.dest_path, self.section_name, tile.id))
-            remote.append(posixpath.join(self.dest_remote, self.section_name, tile.id) if self.dest_remote else posixpath.join(self.section_name, tile.id))
+            remote.append(
+                posixpath.join(self.dest_remote, self.section_name, tile.id)
+                if self.dest_remote
+                else posixpath.join(self.section_name, tile.id)
+            )
         try:
             task_id = self.tc.submit_transfer(td)["task_id"]
         except globus_sdk.GlobusError as exc:

@@ -355,7 +355,11 @@ class Judge:
             return "oof", "astigmatism", _astigmatism_reason(strength, finite(rec.astigmatism_angle), self.rule.astigmatism_max)
         if low:
             if cal_blur:
-                est = "no detail above the noise at any scale" if blur is None else f"blur {blur:.2f} px: est. defocus {cal.defocus(blur):.2g} {cal.units}"
+                est = (
+                    "no detail above the noise at any scale"
+                    if blur is None
+                    else f"blur {blur:.2f} px: est. defocus {cal.defocus(blur):.2g} {cal.units}"
+                )
                 return "oof", "defocus", f"defocus: {est} > {cal.max_defocus:g} {cal.units} (calibrated)"
             if on_blur:
                 return "oof", "defocus", "defocus: " + _blur_reason(blur, self.blur_baseline(), limit, len(self._blur))

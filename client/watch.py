@@ -207,11 +207,27 @@ def watch_section(
     KeyboardInterrupt
         Ctrl-C before following started (nothing recorded).
     """
-    run = RunSession(section, cfg, console, rule=rule, params=params, on_oof=on_oof, transfer_client=transfer_client, compute_client=compute_client, results_dir=results_dir, interrupt=interrupt)
+    run = RunSession(
+        section,
+        cfg,
+        console,
+        rule=rule,
+        params=params,
+        on_oof=on_oof,
+        transfer_client=transfer_client,
+        compute_client=compute_client,
+        results_dir=results_dir,
+        interrupt=interrupt,
+    )
     with run:
         transport = run.use_transport(None, cfg["batch"] or 1)  # tiles not known yet: auto prefers what carries any size
-        landing = Landing(section, {t for t, r in run.results.records.items() if r.verdict != "error"}, settle=max(poll, 0.5), give_up=give_up)
-        console.print(f"[bold]watching {section}[/] ({len(run.results.records)} tiles already recorded; executor {run.kind}, transport {transport.name}); Ctrl-C to stop")
+        landing = Landing(
+            section, {t for t, r in run.results.records.items() if r.verdict != "error"}, settle=max(poll, 0.5), give_up=give_up
+        )
+        console.print(
+            f"[bold]watching {section}[/] ({len(run.results.records)} tiles already recorded; executor "
+            f"{run.kind}, transport {transport.name}); Ctrl-C to stop"
+        )
         reporter = Reporter(console, None, show_ok=True)
         run.drive(lambda pipe: _follow(pipe, landing, poll, idle_exit, run.stop), reporter, what="stopping")
     return run.outcome(reporter, discover(section), interrupted=False)

@@ -44,14 +44,24 @@ def _spec(options: dict, *, chosen: bool) -> EndpointSpec:
 @click.option("--name", default="mhd-gpu", show_default=True, help="Endpoint name (~/.globus_compute/NAME).")
 @click.option("--function-id", multiple=True, metavar="UUID", help="Registered score_tiles UUID for allowed_functions (repeatable).")
 @click.option("--data-root", default=None, help="Workers' MHD_DATA_ROOT: folder that tile paths are relative to.")
-@click.option("--provider", type=click.Choice(PROVIDERS), default="local", show_default=True, help="Local GPUs, or GPU nodes from Slurm / PBS Pro.")
+@click.option(
+    "--provider", type=click.Choice(PROVIDERS), default="local", show_default=True, help="Local GPUs, or GPU nodes from Slurm / PBS Pro."
+)
 @click.option(
     "--multi-user/--single-user",
     default=None,
-    help="Layout for an endpoint run as root (identity mapping, --email) / as a non-root service account. [default: --multi-user when run as root, like globus-compute-endpoint configure]",
+    help=(
+        "Layout for an endpoint run as root (identity mapping, --email) / as a non-root service account. [default: "
+        "--multi-user when run as root, like globus-compute-endpoint configure]"
+    ),
 )
 @click.option("--email", default=None, help="Contact e-mail address shown to users (required with --multi-user).")
-@click.option("--identity-mapping", type=click.Path(exists=True, dir_okay=False), default=None, help="With --multi-user: identity mapping JSON (Globus identities -> local accounts).")
+@click.option(
+    "--identity-mapping",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="With --multi-user: identity mapping JSON (Globus identities -> local accounts).",
+)
 @click.option("--partition", default=None, help="Slurm partition / PBS Pro queue.")
 @click.option("--account", default=None, help="Scheduler account.")
 @click.option("--walltime", default="04:00:00", show_default=True, help="Scheduler wall time of one node (HH:MM:SS).")
@@ -62,7 +72,12 @@ def _spec(options: dict, *, chosen: bool) -> EndpointSpec:
 @click.option("--max-pixels", type=click.IntRange(1), default=None, help="Workers' MHD_MAX_PIXELS.")
 @click.option("--max-inline-bytes", type=click.IntRange(1), default=None, help="Workers' MHD_MAX_INLINE_BYTES.")
 @click.option("--max-tiles", type=click.IntRange(1), default=None, help="Workers' MHD_MAX_TILES.")
-@click.option("--home", type=click.Path(file_okay=False), default=None, help="Folder holding .globus_compute (default: your home); the printed start command says how the endpoint finds it.")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder holding .globus_compute (default: your home); the printed start command says how the endpoint finds it.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing configuration.")
 @click.option("--dry-run", is_flag=True, help="Print the files instead of writing them.")
 def configure(home: str | None, force: bool, dry_run: bool, **options) -> None:

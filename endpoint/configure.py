@@ -46,7 +46,17 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["EndpointSpec", "render_endpoint", "install_endpoint", "validate_dir", "endpoint_dir", "start_command", "PROVIDERS", "LIMIT_VARS", "MAX_GPUS"]
+__all__ = [
+    "EndpointSpec",
+    "render_endpoint",
+    "install_endpoint",
+    "validate_dir",
+    "endpoint_dir",
+    "start_command",
+    "PROVIDERS",
+    "LIMIT_VARS",
+    "MAX_GPUS",
+]
 
 PROVIDERS = ("local", "slurm", "pbspro")
 #: Most GPUs per node (one worker each) that a configuration may ask for.
@@ -140,7 +150,12 @@ class EndpointSpec:
             raise ValueError(f"gpus must be an integer from 1 to {MAX_GPUS}, got {self.gpus!r}")
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}")
-        for label, value, lo in (("retries", self.retries, 0), ("idle_minutes", self.idle_minutes, 1), ("max_blocks", self.max_blocks, 1), ("cpus_per_node", self.cpus_per_node, 1)):
+        for label, value, lo in (
+            ("retries", self.retries, 0),
+            ("idle_minutes", self.idle_minutes, 1),
+            ("max_blocks", self.max_blocks, 1),
+            ("cpus_per_node", self.cpus_per_node, 1),
+        ):
             if not isinstance(value, int) or value < lo:
                 raise ValueError(f"{label} must be an integer >= {lo}, got {value!r}")
         for key, value in self.limits.items():
@@ -167,10 +182,18 @@ class EndpointSpec:
 
     def _check_layout(self) -> None:
         if self.multi_user:
-            missing = [what for what, value in (("a contact email (--email)", self.email), ("an identity mapping file (--identity-mapping)", self.identity_mapping)) if not value]
+            missing = [
+                what
+                for what, value in (
+                    ("a contact email (--email)", self.email),
+                    ("an identity mapping file (--identity-mapping)", self.identity_mapping),
+                )
+                if not value
+            ]
             if missing:
                 raise ValueError(
-                    "an endpoint run as root (--multi-user) needs " + " and ".join(missing)
+                    "an endpoint run as root (--multi-user) needs "
+                    + " and ".join(missing)
                     + ": globus-compute-endpoint refuses to start a root endpoint without an email, and without an identity mapping"
                     " tasks would run as root; or run the endpoint as a non-root service account (--single-user, recommended)"
                 )
@@ -267,10 +290,15 @@ def validate_dir(directory: str | os.PathLike) -> list:
     directory = Path(directory)
     manager = _checked("config.yaml", lambda: utils.get_config(directory))
     if not isinstance(manager, CoreEndpointConfig):
-        raise ValueError("config.yaml has an `engine` block: globus-compute-endpoint 4.x will not start it (the engine belongs in user_config_template.yaml.j2)")
+        raise ValueError(
+            "config.yaml has an `engine` block: globus-compute-endpoint 4.x will not start it (the engine "
+            "belongs in user_config_template.yaml.j2)"
+        )
     if manager.identity_mapping_config_path is not None:
         if not manager.email:
-            raise ValueError("config.yaml names an identity mapping (an endpoint run as root) but no `email`: globus-compute-endpoint will not start it")
+            raise ValueError(
+                "config.yaml names an identity mapping (an endpoint run as root) but no `email`: globus-compute-endpoint will not start it"
+            )
         _check_identity_mapping(manager.identity_mapping_config_path)
     template = directory / "user_config_template.yaml.j2"
     identity = MappedPosixIdentity(pwd.getpwuid(os.getuid()), [], uuid.UUID(int=0))

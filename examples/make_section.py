@@ -103,7 +103,12 @@ def attribution(data: Path, out: Path, what: str) -> None:
 def main() -> None:
     here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "tests" / "data" / "isbi2012", help="folder of train_NN.png slices")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "tests" / "data" / "isbi2012",
+        help="folder of train_NN.png slices",
+    )
     ap.add_argument("--out", type=Path, default=here, help="examples folder")
     args = ap.parse_args()
     rng = np.random.default_rng(SEED)
@@ -111,7 +116,9 @@ def main() -> None:
         shutil.rmtree(args.out / name, ignore_errors=True)
     make_section(args.data, args.out / "section_042", rng)
     make_series(args.data, args.out / "focus_series", rng)
-    attribution(args.data, args.out / "section_042", "# section_042: a simulated 4 x 4 montage with out-of-focus, partly defocused and empty tiles")
+    attribution(
+        args.data, args.out / "section_042", "# section_042: a simulated 4 x 4 montage with out-of-focus, partly defocused and empty tiles"
+    )
     attribution(args.data, args.out / "focus_series", "# focus_series: one region scanned at defocus -4 ... +4 um")
 
 

@@ -90,7 +90,12 @@ def attribution(data: Path, out: Path, best_wd: float, slice_no: int) -> None:
 def main() -> None:
     here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "tests" / "data" / "isbi2012", help="folder of train_NN.png slices")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "tests" / "data" / "isbi2012",
+        help="folder of train_NN.png slices",
+    )
     ap.add_argument("--out", type=Path, default=here / "wd_sweep", help="sweep folder (replaced)")
     ap.add_argument("--best-wd", type=float, default=BEST_WD_MM, help="in-focus working distance, mm")
     ap.add_argument("--slice", type=int, default=SLICE, help="ISBI slice number 0..29")

@@ -261,7 +261,9 @@ def _rings(P: int, Q: int, n: int, m: int, d: int, k_lo: float, k_hi: float) -> 
         cell_rot=rot,
         cell_phi=phi,
         noise_trace=np.stack([np.bincount(r, c * p, n_rings) for p in phi], axis=1),
-        noise_aniso=np.stack([np.bincount(r, c * p * rot.real, n_rings) + 1j * np.bincount(r, c * p * rot.imag, n_rings) for p in phi], axis=1),
+        noise_aniso=np.stack(
+            [np.bincount(r, c * p * rot.real, n_rings) + 1j * np.bincount(r, c * p * rot.imag, n_rings) for p in phi], axis=1
+        ),
     )
 
 
@@ -291,7 +293,10 @@ def _band(shape: tuple[int, int], k_lo: float, k_hi: float, be: Backend) -> _Ban
     P, Q = shape
     d, n, m = _crop_sizes(P, Q, k_lo, k_hi)
     host = {**_rings(P, Q, n, m, d, k_lo, k_hi), **_seam_terms(P, Q, n, m)}
-    on_device = {k: be.asarray(host.pop(k)) for k in ("order", "rot", "col_sum", "row_sum", "shift_top", "shift_bottom", "shift_cols", "inv_lap_top", "inv_lap_bottom")}
+    on_device = {
+        k: be.asarray(host.pop(k))
+        for k in ("order", "rot", "col_sum", "row_sum", "shift_top", "shift_bottom", "shift_cols", "inv_lap_top", "inv_lap_bottom")
+    }
     return _Band(n=n, m=m, d=d, nyquist=2.0 / Q if Q % 2 == 0 else 0.0, **host, **on_device)
 
 
@@ -371,7 +376,9 @@ def _ring_sums(cells: Any, band: _Band, be: Backend, weight: Any = None) -> np.n
     return np.diff(csum[:, :, band.bounds], axis=2)
 
 
-def spectral_moments(F: Any, shape: tuple[int, int], t: Any, backend: str | Backend, noise: Any, mirrored: tuple[int, int] = (0, 0), noise_y: Any = None) -> np.ndarray:
+def spectral_moments(
+    F: Any, shape: tuple[int, int], t: Any, backend: str | Backend, noise: Any, mirrored: tuple[int, int] = (0, 0), noise_y: Any = None
+) -> np.ndarray:
     """Per-ring moments of the band-passed power spectrum (additive over blocks).
 
     Parameters
@@ -451,7 +458,12 @@ def spectral_moments(F: Any, shape: tuple[int, int], t: Any, backend: str | Back
     cell_noise = P * Q * band.cell_bins * (spectrum @ band.cell_phi) * (1.0 if weight is None else weight)
     R = len(band.bins)
     noise_power = np.stack([np.bincount(band.ring_of_cell, n, R) for n in cell_noise])
-    noise_aniso = np.stack([np.bincount(band.ring_of_cell, n * band.cell_rot.real, R) + 1j * np.bincount(band.ring_of_cell, n * band.cell_rot.imag, R) for n in cell_noise])
+    noise_aniso = np.stack(
+        [
+            np.bincount(band.ring_of_cell, n * band.cell_rot.real, R) + 1j * np.bincount(band.ring_of_cell, n * band.cell_rot.imag, R)
+            for n in cell_noise
+        ]
+    )
     # the noise's own anisotropy is exact; the grid's bias applies to the signal's (isotropic) mean power
     aniso = sums[:, 1] + 1j * sums[:, 2] - noise_aniso - (power - noise_power) / band.bins * band.grid_bias
     factor = (1 - 2 * mirrored[0] / P) * (1 - 2 * mirrored[1] / Q)
@@ -504,7 +516,9 @@ def anisotropy(moments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return strength, angle
 
 
-def spectral_anisotropy(F: Any, shape: tuple[int, int], t: Any, backend: str | Backend, noise: Any, mirrored: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+def spectral_anisotropy(
+    F: Any, shape: tuple[int, int], t: Any, backend: str | Backend, noise: Any, mirrored: tuple[int, int] = (0, 0)
+) -> tuple[np.ndarray, np.ndarray]:
     """Astigmatism of each image from the spectrum the detector already has.
 
     ``anisotropy(spectral_moments(...))``; see the module docstring for the

@@ -80,7 +80,15 @@ class Backend:
         if self.fft == "ducc0" and X.shape[-2] == shape[0] and X.shape[-1] == shape[1] // 2 + 1:
             import ducc0
 
-            return ducc0.fft.c2r(X, axes=(-2, -1), lastsize=shape[1], forward=False, inorm=2, nthreads=workers or self.workers, allow_overwriting_input=overwrite)
+            return ducc0.fft.c2r(
+                X,
+                axes=(-2, -1),
+                lastsize=shape[1],
+                forward=False,
+                inorm=2,
+                nthreads=workers or self.workers,
+                allow_overwriting_input=overwrite,
+            )
         return scipy.fft.irfft2(X, s=shape, axes=(-2, -1), workers=workers or self.workers, overwrite_x=overwrite)
 
     def rfft(self, x: Any) -> Any:

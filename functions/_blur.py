@@ -72,7 +72,9 @@ def _log_model(t0: tuple[float, ...], t1: tuple[float, ...], gain: tuple[float, 
     return np.log(np.maximum(E, 1e-300))
 
 
-def fit_blur(energy: np.ndarray, noise_var: np.ndarray, t: np.ndarray, t0: np.ndarray, t1: np.ndarray, gain: np.ndarray, area: float) -> tuple[np.ndarray, np.ndarray]:
+def fit_blur(
+    energy: np.ndarray, noise_var: np.ndarray, t: np.ndarray, t0: np.ndarray, t1: np.ndarray, gain: np.ndarray, area: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Blur width and its uncertainty from the energies of the scale-space levels.
 
     Parameters

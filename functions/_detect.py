@@ -235,7 +235,9 @@ def _upsample_cubic(x: Any, d: int, start: tuple[int, int], size: tuple[int, int
 MIN_THRESHOLD = 1e-12
 
 
-def _level_response(Fd: Any, transfer: Any, scale: np.ndarray, shape: tuple[int, int], be: Backend, scratch: tuple[Any, Any], workers: int | None) -> Any:
+def _level_response(
+    Fd: Any, transfer: Any, scale: np.ndarray, shape: tuple[int, int], be: Backend, scratch: tuple[Any, Any], workers: int | None
+) -> Any:
     """One DoG level in units of its threshold: ``irfft2(Fd * transfer * scale)``.
 
     Parameters
@@ -276,7 +278,15 @@ def _mean_square(D: Any, window: tuple[int, int, int, int], d: int, be: Backend)
     return be.to_host(be.xp.einsum("bij,bij->b", inner, inner)) / (inner.shape[1] * inner.shape[2])
 
 
-def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: str, window: tuple[int, int, int, int], be: Backend, spectrum_hook: Any = None) -> tuple[Any, list[tuple[int, Any]], np.ndarray]:
+def _response(
+    padded: Any,
+    bank: FilterBank,
+    thresholds: np.ndarray,
+    polarity: str,
+    window: tuple[int, int, int, int],
+    be: Backend,
+    spectrum_hook: Any = None,
+) -> tuple[Any, list[tuple[int, Any]], np.ndarray]:
     """Running maximum over levels of response / threshold on a window.
 
     Every level is one task: :func:`_level_response` on the spectrum cropped
@@ -356,7 +366,9 @@ def _response(padded: Any, bank: FilterBank, thresholds: np.ndarray, polarity: s
     return upsampled(best, finest.factor, 1, (r0, c0), (R, C)), coarse, energy
 
 
-def _resolve_levels(level: np.ndarray, b: np.ndarray, y: np.ndarray, x: np.ndarray, coarse: list[tuple[int, Any]], be: Backend) -> np.ndarray:
+def _resolve_levels(
+    level: np.ndarray, b: np.ndarray, y: np.ndarray, x: np.ndarray, coarse: list[tuple[int, Any]], be: Backend
+) -> np.ndarray:
     """Replace :data:`COARSER` tags by the level at the nearest sample of the coarser grids.
 
     ``b, y, x`` are the features' batch index and padded-grid position (host
@@ -420,7 +432,15 @@ def _grid_counts(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], gri
     return np.bincount(cy * gx + cx, minlength=gy * gx).reshape(gy, gx)
 
 
-def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.ndarray, noise: tuple[np.ndarray, np.ndarray], p: dict[str, Any], be: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+def _detect_block(
+    norm: Any,
+    block: tuple[int, int, int, int],
+    h: int,
+    thr: np.ndarray,
+    noise: tuple[np.ndarray, np.ndarray],
+    p: dict[str, Any],
+    be: Backend,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Features of one block of a normalised (B, H, W) stack on backend ``be``.
 
     Returns
@@ -465,7 +485,9 @@ def _detect_block(norm: Any, block: tuple[int, int, int, int], h: int, thr: np.n
     return feats, moments[0], energy, {"levels": (t1 - t0) * 1e3, "nms": (t2 - t1) * 1e3}
 
 
-def _detect_stack(norm: Any, thr: np.ndarray, noise: tuple[np.ndarray, np.ndarray], p: dict[str, Any], backends: list[Backend], timings: dict[str, float]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+def _detect_stack(
+    norm: Any, thr: np.ndarray, noise: tuple[np.ndarray, np.ndarray], p: dict[str, Any], backends: list[Backend], timings: dict[str, float]
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Features (row, col, level) and spectral moments for each image of a normalised (B, H, W) stack.
 
     ``thr`` is the (B, n_bin) per-level threshold, ``noise`` the (B, C) noise
@@ -577,7 +599,16 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
     return results
 
 
-def detect(image: Any, n_bin: int = DEFAULTS["n_bin"], min_t: float = DEFAULTS["min_t"], max_t: float = DEFAULTS["max_t"], threshold: float = DEFAULTS["threshold"], *, backend: str | Backend | Sequence[str | Backend] = "auto", **params: Any) -> Detection:
+def detect(
+    image: Any,
+    n_bin: int = DEFAULTS["n_bin"],
+    min_t: float = DEFAULTS["min_t"],
+    max_t: float = DEFAULTS["max_t"],
+    threshold: float = DEFAULTS["threshold"],
+    *,
+    backend: str | Backend | Sequence[str | Backend] = "auto",
+    **params: Any,
+) -> Detection:
     """Count multi-scale histologic features (MHD) in one EM tile.
 
     Steps (paper, sections 3-4): saturate 0.175 % of the darkest and lightest

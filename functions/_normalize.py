@@ -147,6 +147,10 @@ def estimate_noise(image: Any, backend: str | Backend = "auto", row_step: int = 
         xp = be.xp
         rows = xp.arange(1, x.shape[0] - 1, max(1, row_step))
         up, mid, dn = x[rows - 1], x[rows], x[rows + 1]
-        lap = (up[:, :-2] + up[:, 2:] + dn[:, :-2] + dn[:, 2:]) - 2 * (up[:, 1:-1] + dn[:, 1:-1] + mid[:, :-2] + mid[:, 2:]) + 4 * mid[:, 1:-1]
+        lap = (
+            (up[:, :-2] + up[:, 2:] + dn[:, :-2] + dn[:, 2:])
+            - 2 * (up[:, 1:-1] + dn[:, 1:-1] + mid[:, :-2] + mid[:, 2:])
+            + 4 * mid[:, 1:-1]
+        )
         # |lap| of Gaussian noise has median 0.6745 * 6 * sigma (the operator's L2 norm is 6).
         return float(xp.median(xp.abs(lap))) / (0.6745 * 6.0)

@@ -179,13 +179,21 @@ def best_focus(working_distance: Any, counts: Any, *, points: int = 5) -> BestFo
     y_mean = np.bincount(which, y) / np.bincount(which)
     best, lo, hi = _window(levels, y_mean, points)
     used = (which >= lo) & (which < hi)
-    sampled = dict(wd=float(levels[best]), uncertainty=float("inf"), peak_count=float(np.exp(y_mean[best])), width=float("inf"), n_points=int(used.sum()))
+    sampled = dict(
+        wd=float(levels[best]),
+        uncertainty=float("inf"),
+        peak_count=float(np.exp(y_mean[best])),
+        width=float("inf"),
+        n_points=int(used.sum()),
+    )
 
     def fallback(status: str, message: str) -> BestFocus:
         return BestFocus(r=_sweep_r(x, y, sampled["wd"]), status=status, message=message, **sampled)
 
     if best in (0, len(levels) - 1):
-        return fallback("edge", f"highest count at the end of the sweep (WD {levels[best]:g}): the best focus may lie beyond it; extend the sweep")
+        return fallback(
+            "edge", f"highest count at the end of the sweep (WD {levels[best]:g}): the best focus may lie beyond it; extend the sweep"
+        )
     x0 = float(levels[best])
     scale = float(np.ptp(levels[lo:hi]))
     (c0, c1, c2), cov = _fit_parabola(x[used], y[used], n[used], x0, scale)

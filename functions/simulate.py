@@ -130,7 +130,9 @@ def psf_sigma(defocus: Any, sigma0: float = SIGMA0, k: float = K_PX_PER_UM) -> A
     return np.hypot(sigma0, k * np.asarray(defocus, dtype=np.float64))[()]
 
 
-def astigmatic_psf(defocus: float, astigmatism: float = 0.0, angle: float = 0.0, sigma0: float = SIGMA0, k: float = K_PX_PER_UM) -> tuple[float, float, float]:
+def astigmatic_psf(
+    defocus: float, astigmatism: float = 0.0, angle: float = 0.0, sigma0: float = SIGMA0, k: float = K_PX_PER_UM
+) -> tuple[float, float, float]:
     """Axes of the astigmatic probe at a defocus.
 
     Parameters

@@ -111,7 +111,9 @@ class OfflineCompute:
     def __enter__(self) -> "OfflineCompute":
         self._mock.start()
         self._mock.add_callback(responses.POST, re.compile(_V3 + r"/functions$"), callback=self._register, content_type="application/json")
-        self._mock.add_callback(responses.POST, re.compile(_V3 + r"/endpoints/[^/]+/submit$"), callback=self._submit, content_type="application/json")
+        self._mock.add_callback(
+            responses.POST, re.compile(_V3 + r"/endpoints/[^/]+/submit$"), callback=self._submit, content_type="application/json"
+        )
         self._outer = LoopbackResultWatcher.harness  # harnesses may nest (a module's and a test's)
         LoopbackResultWatcher.harness = self
         sdk_executor._ResultWatcher = LoopbackResultWatcher
@@ -173,7 +175,12 @@ class OfflineCompute:
                 for task_id, payload in zip(ids[function_id], payloads):
                     self._tasks[task_id] = (function_id, payload, body.get("result_serializers"))
         endpoint_id = request.url.rstrip("/").split("/")[-2]
-        reply = {"request_id": str(uuid.uuid4()), "task_group_id": body.get("task_group_id") or str(uuid.uuid4()), "endpoint_id": endpoint_id, "tasks": ids}
+        reply = {
+            "request_id": str(uuid.uuid4()),
+            "task_group_id": body.get("task_group_id") or str(uuid.uuid4()),
+            "endpoint_id": endpoint_id,
+            "tasks": ids,
+        }
         return 200, {}, json.dumps(reply)
 
     # ------------------------------------------------------------ endpoint

@@ -68,7 +68,15 @@ def test_one_app_asks_for_compute_transfer_and_collection_access():
 def store_tokens(app) -> None:
     now = int(time.time())
     data = {
-        rs: TokenStorageData(rs, "c0ffee00-0000-4000-8000-000000000000", " ".join(str(s) for s in scopes), SECRET, "refresh-token-value", now + 3600, "Bearer")
+        rs: TokenStorageData(
+            rs,
+            "c0ffee00-0000-4000-8000-000000000000",
+            " ".join(str(s) for s in scopes),
+            SECRET,
+            "refresh-token-value",
+            now + 3600,
+            "Bearer",
+        )
         for rs, scopes in app.scope_requirements.items()
     }
     app.token_storage.store_token_data_by_resource_server(data)

@@ -151,8 +151,10 @@ def obey_file_modes() -> None:
 def denial(request) -> str:
     """How ``locked.png`` is made unreadable (see the module docstring)."""
     if request.param == "kernel" and os.geteuid() == 0 and not can_drop_root_bypass():
-        pytest.skip("running as root without CAP_SETPCAP: the kernel cannot be made to refuse root a chmod-000 file; "
-                    "the 'injected' variant covers the same unreadable file (EACCES at open, no privilege needed)")
+        pytest.skip(
+            "running as root without CAP_SETPCAP: the kernel cannot be made to refuse root a chmod-000 file; "
+            "the 'injected' variant covers the same unreadable file (EACCES at open, no privilege needed)"
+        )
     return request.param
 
 
@@ -241,5 +243,8 @@ def test_decompression_bomb_is_refused_from_its_header_and_never_decoded(monkeyp
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert re.fullmatch(rf"{re.escape(name)}: image is 200000 x 200000 = 40,000,000,000 pixels, above the limit of 268,435,456 \(MHD_MAX_PIXELS\)", entry["error"])
+    assert re.fullmatch(
+        rf"{re.escape(name)}: image is 200000 x 200000 = 40,000,000,000 pixels, above the limit of 268,435,456 \(MHD_MAX_PIXELS\)",
+        entry["error"],
+    )
     assert peak < 2 * 2**20  # bytes: the header is all that was read

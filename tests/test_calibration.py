@@ -52,7 +52,9 @@ def test_a_real_defocused_tile_is_judged_oof_by_the_fitted_rule(tmp_path):
     cal = rule.calibration
     assert cal.n == 8 and cal.max_defocus == 1.0  # default: the series' first step out of focus
     judge = Judge(rule)
-    far, focused = score_tiles([{"name": p.name, "data": p.read_bytes()} for p in (SERIES / "focus_df+4.0um.png", SERIES / "focus_df+0.0um.png")])
+    far, focused = score_tiles(
+        [{"name": p.name, "data": p.read_bytes()} for p in (SERIES / "focus_df+4.0um.png", SERIES / "focus_df+0.0um.png")]
+    )
     [far], [focused] = judge.add(TileRecord.from_json(far)), judge.add(TileRecord.from_json(focused))  # no warm-up with a calibration
     assert far.verdict == "oof" and far.kind == "defocus", far.reason
     assert 2.5 < far.defocus < 6.0  # estimated |defocus| of a 4 um tile, in um
@@ -69,7 +71,11 @@ def test_the_smallest_series_is_three_images_at_two_distinct_defocus():
     [
         ([0.0, 1.0], [2e4, 1e4], r"at least 3 scored images at 2 or more distinct \|defocus\|, got 2 at 2"),
         ([-1.0, 1.0, 1.0], [2e4, 1e4, 1e4], r"got 3 at 1"),
-        ([0.0, 1.0, 2.0], [1e4, 1.35e4, 1.82e4], r"density does not fall with \|defocus\| \(slope 0\.299 per um\)"),  # rises: not a focus series
+        (
+            [0.0, 1.0, 2.0],
+            [1e4, 1.35e4, 1.82e4],
+            r"density does not fall with \|defocus\| \(slope 0\.299 per um\)",
+        ),  # rises: not a focus series
     ],
 )
 def test_a_series_that_cannot_calibrate_is_refused(defocus, density, message):

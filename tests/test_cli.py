@@ -25,7 +25,20 @@ from mhd.functions.worker.record import RESULT_KEYS, TileRecord
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "section_042"
 SERIES = ROOT / "examples" / "focus_series"
-COMMANDS = [["score"], ["submit"], ["watch"], ["report"], ["calibrate"], ["config"], ["register"], ["login"], ["logout"], ["endpoint"], ["endpoint", "configure"], ["focus-sweep"]]
+COMMANDS = [
+    ["score"],
+    ["submit"],
+    ["watch"],
+    ["report"],
+    ["calibrate"],
+    ["config"],
+    ["register"],
+    ["login"],
+    ["logout"],
+    ["endpoint"],
+    ["endpoint", "configure"],
+    ["focus-sweep"],
+]
 
 
 pytestmark = pytest.mark.usefixtures("isolated_config")
@@ -84,10 +97,18 @@ def test_score_json_one_object_per_file_and_bad_files_fail_alone(tmp_path):
     import tifffile
 
     tifffile.imwrite(tiny, np.zeros((8, 8), np.uint8))
-    out = run("score", EXAMPLE / "tile_r0_c0.png", bad, tmp_path / "missing.png", tiny, EXAMPLE / "tile_r0_c1.tif", "--json", "--n-bin", "12")
+    out = run(
+        "score", EXAMPLE / "tile_r0_c0.png", bad, tmp_path / "missing.png", tiny, EXAMPLE / "tile_r0_c1.tif", "--json", "--n-bin", "12"
+    )
     assert out.exit_code == 1
     recs = [json.loads(x) for x in out.output.splitlines()]
-    assert [Path(r["tile"]).name for r in recs] == ["tile_r0_c0.png", "bad.png", "missing.png", "tiny.tif", "tile_r0_c1.tif"]  # "tile", as every record
+    assert [Path(r["tile"]).name for r in recs] == [
+        "tile_r0_c0.png",
+        "bad.png",
+        "missing.png",
+        "tiny.tif",
+        "tile_r0_c1.tif",
+    ]  # "tile", as every record
     assert all("path" not in r and tuple(r) == RESULT_KEYS for r in recs)
     good = [recs[0], recs[4]]
     assert all(r["error"] is None and r["features"] > 100 and r["shape"] == [256, 256] and r["ms"] > 0 for r in good)
@@ -114,7 +135,17 @@ def test_config_shows_values_and_sources(tmp_path, monkeypatch):
 
 def test_endpoint_configure_writes_validated_config_and_refuses_overwrite(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    args = ["endpoint", "configure", "--gpus", "4", "--env", "/opt/mhd/venv", "--single-user", "--function-id", "2f1c7ed8-6e2e-4b7e-9d0b-0d4b6d1f8a11"]
+    args = [
+        "endpoint",
+        "configure",
+        "--gpus",
+        "4",
+        "--env",
+        "/opt/mhd/venv",
+        "--single-user",
+        "--function-id",
+        "2f1c7ed8-6e2e-4b7e-9d0b-0d4b6d1f8a11",
+    ]
     out = run(*args)
     assert out.exit_code == 0, out.output
     folder = tmp_path / "home" / ".globus_compute" / "mhd-gpu"
@@ -134,7 +165,17 @@ def write_results(section: Path, records: list[dict]) -> None:
 
 def fake(tile, density, verdict="ok", **extra):
     cell = density * 0.004096
-    return {"tile": tile, "features": int(density * 0.065536), "density": density, "grid": [[cell] * 4] * 4, "shape": [256, 256], "verdict": verdict, "reason": "", "error": None, **extra}
+    return {
+        "tile": tile,
+        "features": int(density * 0.065536),
+        "density": density,
+        "grid": [[cell] * 4] * 4,
+        "shape": [256, 256],
+        "verdict": verdict,
+        "reason": "",
+        "error": None,
+        **extra,
+    }
 
 
 def test_report_writes_figures_csv_and_reacquire_list(tmp_path):
@@ -142,7 +183,14 @@ def test_report_writes_figures_csv_and_reacquire_list(tmp_path):
     records = [fake(f"tile_r{r}_c{c}.png", 1.4e4) for r in range(3) for c in range(3)]
     records[2] = fake("tile_r0_c2.png", 3e3, "oof", reason="x")
     records[4] = fake("tile_r1_c1.png", 1.35e4 * 0.6)  # recorded ok early on; the whole section says oof
-    records[5] = {"tile": "tile_r1_c2.png", "verdict": "error", "reason": "tile_r1_c2.png: cannot decode", "error": "tile_r1_c2.png: cannot decode", "features": None, "density": None}
+    records[5] = {
+        "tile": "tile_r1_c2.png",
+        "verdict": "error",
+        "reason": "tile_r1_c2.png: cannot decode",
+        "error": "tile_r1_c2.png: cannot decode",
+        "features": None,
+        "density": None,
+    }
     records[6] = fake("tile_r2_c0.png", 50, "empty", contrast=1.0)
     write_results(section, records)
     out = run("report", "--dir", section)
@@ -153,7 +201,11 @@ def test_report_writes_figures_csv_and_reacquire_list(tmp_path):
     rows = {r["tile"]: r for r in csv.DictReader((folder / "mhd-results.csv").open())}
     assert len(rows) == 9 and rows["tile_r1_c1.png"]["verdict"] == "ok" and rows["tile_r1_c1.png"]["section_verdict"] == "oof"
     assert rows["tile_r2_c0.png"]["section_verdict"] == "empty" and rows["tile_r0_c2.png"]["row"] == "0"
-    assert (folder / "mhd-reacquire.txt").read_text().splitlines() == ["tile_r0_c2.png\tdefocus", "tile_r1_c1.png\tdefocus", "tile_r1_c2.png\terror"]
+    assert (folder / "mhd-reacquire.txt").read_text().splitlines() == [
+        "tile_r0_c2.png\tdefocus",
+        "tile_r1_c1.png\tdefocus",
+        "tile_r1_c2.png\terror",
+    ]
     assert "3 tile(s) to re-acquire" in out.output
 
 
@@ -168,7 +220,11 @@ def test_report_draws_the_threshold_of_the_measure_the_verdicts_use(tmp_path, mo
     real = matplotlib.axes.Axes.axhline
     monkeypatch.setattr(matplotlib.axes.Axes, "axhline", lambda ax, y=0, **kw: lines.append((kw.get("label"), y)) or real(ax, y, **kw))
     section = tmp_path / "s"
-    write_results(section, [fake(f"tile_r0_c{c}.png", 1.4e4, blur=0.8 + 0.01 * c, blur_err=0.02) for c in range(9)] + [fake("tile_r1_c0.png", 1.3e4, "oof", blur=2.5)])
+    write_results(
+        section,
+        [fake(f"tile_r0_c{c}.png", 1.4e4, blur=0.8 + 0.01 * c, blur_err=0.02) for c in range(9)]
+        + [fake("tile_r1_c0.png", 1.3e4, "oof", blur=2.5)],
+    )
     chosen = Rule(**rule)
     rep = make_report(section, chosen)
     thresholds = [(label, y) for label, y in lines if label and label.startswith("OOF threshold")]
@@ -233,7 +289,9 @@ def test_calibrate_from_csv_and_its_errors(tmp_path):
 def test_endpoint_configure_allows_the_registered_function_by_default(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MHD_FUNCTION", "7d3f2a10-0c1e-4b55-8f0e-1a2b3c4d5e6f")
-    out = run("endpoint", "configure", "--gpus", "2", "--env", "/opt/mhd/venv", "--single-user", "--provider", "slurm", "--partition", "gpu")
+    out = run(
+        "endpoint", "configure", "--gpus", "2", "--env", "/opt/mhd/venv", "--single-user", "--provider", "slurm", "--partition", "gpu"
+    )
     assert out.exit_code == 0, out.output
     folder = tmp_path / "home" / ".globus_compute" / "mhd-gpu"
     assert "7d3f2a10-0c1e-4b55-8f0e-1a2b3c4d5e6f" in (folder / "config.yaml").read_text()
@@ -275,7 +333,15 @@ def test_executor_option_and_its_deprecated_backend_alias(tmp_path, command):
         assert deprecated == (["client: --backend is deprecated for submit and watch; use --executor"] if note else [])
 
 
-@pytest.mark.parametrize(("argv0", "name"), [("/usr/local/bin/mhd", "mhd"), ("/opt/venv/bin/client", "client"), ("/x/mhd/client/__main__.py", "client"), ("C:\\venv\\Scripts\\mhd.exe", "mhd")])
+@pytest.mark.parametrize(
+    ("argv0", "name"),
+    [
+        ("/usr/local/bin/mhd", "mhd"),
+        ("/opt/venv/bin/client", "client"),
+        ("/x/mhd/client/__main__.py", "client"),
+        ("C:\\venv\\Scripts\\mhd.exe", "mhd"),
+    ],
+)
 def test_program_name_is_the_one_started(monkeypatch, argv0, name):
     from mhd.client.cli import prog_name
 

@@ -108,8 +108,17 @@ def test_globus_transfer_then_scoring_by_path(tmp_path, section):
     responses.add_callback(responses.GET, re.compile(r"https://transfer\.api\.globus\.org/v0\.10/task/[^/]+$"), callback=service.get_task)
     tc = globus_sdk.TransferClient(authorizer=globus_sdk.AccessTokenAuthorizer("offline"))
     transport = GlobusTransport(
-        4, tc, source_collection=SRC, dest_collection=DST, source_local=tmp_path / "instrument", source_path="/",
-        dest_path="/incoming", dest_remote="incoming", section_name="section_042", transfer_batch=16, poll=0.05,
+        4,
+        tc,
+        source_collection=SRC,
+        dest_collection=DST,
+        source_local=tmp_path / "instrument",
+        source_path="/",
+        dest_path="/incoming",
+        dest_remote="incoming",
+        section_name="section_042",
+        transfer_batch=16,
+        poll=0.05,
     )
     tiles = discover(section).tiles
     with ResultsLog(section) as results, LocalExecutor(data_root=gpu_root, workers=2) as backend:
@@ -130,11 +139,24 @@ def test_globus_transfer_then_scoring_by_path(tmp_path, section):
 def test_failed_transfer_fails_its_tiles_alone(tmp_path, section):
     load_response(globus_sdk.TransferClient.get_submission_id)
     load_response(globus_sdk.TransferClient.submit_transfer)
-    responses.add(responses.GET, re.compile(r"https://transfer\.api\.globus\.org/v0\.10/task/[^/]+$"), json={"status": "FAILED", "nice_status_short_description": "permission denied"})
+    responses.add(
+        responses.GET,
+        re.compile(r"https://transfer\.api\.globus\.org/v0\.10/task/[^/]+$"),
+        json={"status": "FAILED", "nice_status_short_description": "permission denied"},
+    )
     tc = globus_sdk.TransferClient(authorizer=globus_sdk.AccessTokenAuthorizer("offline"))
     transport = GlobusTransport(
-        4, tc, source_collection=SRC, dest_collection=DST, source_local=section, source_path="/data",
-        dest_path="/in", dest_remote="", section_name="s", transfer_batch=16, poll=0.01,
+        4,
+        tc,
+        source_collection=SRC,
+        dest_collection=DST,
+        source_local=section,
+        source_path="/data",
+        dest_path="/in",
+        dest_remote="",
+        section_name="s",
+        transfer_batch=16,
+        poll=0.01,
     )
     staged = [s for s in transport.stage(discover(section).tiles) if s is not None]
     errors = [f.error for s in staged for f in s.failed]

@@ -33,7 +33,19 @@ def scored(tile, density, astigmatism=None, angle=None, cells=None, **extra):
     """A score_tiles result: ``cells`` is a (4, 4) array of cell densities (default: uniform)."""
     cells = np.full((4, 4), density) if cells is None else np.asarray(cells, float)
     grid = np.round(cells * CELL_MP).astype(int).tolist()
-    return TileRecord.from_json({"tile": tile, "features": int(density * SIDE * SIDE / 1e6), "density": density, "grid": grid, "shape": [SIDE, SIDE], "astigmatism": astigmatism, "astigmatism_angle": angle, "error": None, **extra})
+    return TileRecord.from_json(
+        {
+            "tile": tile,
+            "features": int(density * SIDE * SIDE / 1e6),
+            "density": density,
+            "grid": grid,
+            "shape": [SIDE, SIDE],
+            "astigmatism": astigmatism,
+            "astigmatism_angle": angle,
+            "error": None,
+            **extra,
+        }
+    )
 
 
 def warm_judge(rule=Rule(warmup=1), n=8, density=1e4):
@@ -128,18 +140,42 @@ def write_results(section: Path, records: list[dict]) -> None:
 def test_report_lists_what_to_fix_and_kinds_in_the_csv(tmp_path):
     section = tmp_path / "s"
     records = [dict(scored(f"tile_r0_c{c}.png", 1.4e4).to_json(), verdict="ok", kind=None, reason="") for c in range(6)]
-    records[1] = dict(scored("tile_r0_c1.png", 1.3e4, astigmatism=0.45, angle=33.6).to_json(), verdict="oof", kind="astigmatism", reason="astigmatism: ...")
-    records[2] = dict(scored("tile_r0_c2.png", 0.3e4).to_json(), verdict="oof", reason="55% below section median")  # judged before kinds existed
-    records[3] = {"tile": "tile_r0_c3.png", "verdict": "error", "reason": "tile_r0_c3.png: cannot decode", "error": "tile_r0_c3.png: cannot decode", "features": None, "density": None}
+    records[1] = dict(
+        scored("tile_r0_c1.png", 1.3e4, astigmatism=0.45, angle=33.6).to_json(),
+        verdict="oof",
+        kind="astigmatism",
+        reason="astigmatism: ...",
+    )
+    records[2] = dict(
+        scored("tile_r0_c2.png", 0.3e4).to_json(), verdict="oof", reason="55% below section median"
+    )  # judged before kinds existed
+    records[3] = {
+        "tile": "tile_r0_c3.png",
+        "verdict": "error",
+        "reason": "tile_r0_c3.png: cannot decode",
+        "error": "tile_r0_c3.png: cannot decode",
+        "features": None,
+        "density": None,
+    }
     write_results(section, records)
     out = CliRunner().invoke(main, ["report", "--dir", str(section)])
     assert out.exit_code == 0, out.output
     folder = section / "mhd-report"
-    assert (folder / "mhd-reacquire.txt").read_text().splitlines() == ["tile_r0_c1.png\tastigmatism 34 deg", "tile_r0_c2.png\tdefocus", "tile_r0_c3.png\terror"]
+    assert (folder / "mhd-reacquire.txt").read_text().splitlines() == [
+        "tile_r0_c1.png\tastigmatism 34 deg",
+        "tile_r0_c2.png\tdefocus",
+        "tile_r0_c3.png\terror",
+    ]
     rows = {r["tile"]: r for r in csv.DictReader((folder / "mhd-results.csv").open())}
-    assert (rows["tile_r0_c1.png"]["kind"], rows["tile_r0_c1.png"]["section_kind"], rows["tile_r0_c1.png"]["astigmatism_angle"]) == ("astigmatism", "astigmatism", "33.6")
+    assert (rows["tile_r0_c1.png"]["kind"], rows["tile_r0_c1.png"]["section_kind"], rows["tile_r0_c1.png"]["astigmatism_angle"]) == (
+        "astigmatism",
+        "astigmatism",
+        "33.6",
+    )
     assert (rows["tile_r0_c2.png"]["kind"], rows["tile_r0_c2.png"]["section_kind"]) == ("", "defocus")
-    assert rows["tile_r0_c0.png"]["kind"] == "" and np.array(json.loads(rows["tile_r0_c0.png"]["focus_map"])) == pytest.approx(1.0, abs=0.02)
+    assert rows["tile_r0_c0.png"]["kind"] == "" and np.array(json.loads(rows["tile_r0_c0.png"]["focus_map"])) == pytest.approx(
+        1.0, abs=0.02
+    )
     assert json.loads(rows["tile_r0_c2.png"]["focus_map"])[0][0] == pytest.approx(0.3 / 1.4, abs=0.02)
     assert (folder / "focus-maps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "focus-maps.png" in out.output
 
@@ -191,7 +227,10 @@ def test_submit_prints_and_records_the_kind_and_angle(judged_section):
     assert astig["astigmatism"] >= 0.4 and abs(astig["astigmatism_angle"] - 120) < 8
     assert all(r["astigmatism"] < ASTIGMATISM_THRESHOLD for t, r in recs.items() if t != "tile_r1_c0.png")
     printed = " ".join(output.split())  # rich wraps long lines at the terminal width
-    assert f"OOF tile_r1_c0.png {astig['density'] / 1000:.1f}k/MP astigmatism: {astig['astigmatism']:.2f} >= 0.2, blur along {astig['astigmatism_angle']:.0f} deg" in printed
+    assert (
+        f"OOF tile_r1_c0.png {astig['density'] / 1000:.1f}k/MP astigmatism: {astig['astigmatism']:.2f} >= 0.2, "
+        f"blur along {astig['astigmatism_angle']:.0f} deg" in printed
+    )
     assert "OOF tile_r0_c2.png" in printed and "k/MP defocus: " in printed
     assert all(len(r["focus_map"]) == 4 for r in recs.values())
 
@@ -199,8 +238,13 @@ def test_submit_prints_and_records_the_kind_and_angle(judged_section):
 def test_report_of_the_scored_section_says_what_to_fix(judged_section):
     section, _ = judged_section
     folder = section / "mhd-report"
-    angle = json.loads(next(ln for ln in (section / "mhd-results.jsonl").read_text().splitlines() if "tile_r1_c0" in ln))["astigmatism_angle"]
-    assert (folder / "mhd-reacquire.txt").read_text().splitlines() == ["tile_r0_c2.png\tdefocus", f"tile_r1_c0.png\tastigmatism {angle:.0f} deg"]
+    angle = json.loads(next(ln for ln in (section / "mhd-results.jsonl").read_text().splitlines() if "tile_r1_c0" in ln))[
+        "astigmatism_angle"
+    ]
+    assert (folder / "mhd-reacquire.txt").read_text().splitlines() == [
+        "tile_r0_c2.png\tdefocus",
+        f"tile_r1_c0.png\tastigmatism {angle:.0f} deg",
+    ]
     rows = {r["tile"]: r for r in csv.DictReader((folder / "mhd-results.csv").open())}
     assert rows["tile_r1_c0.png"]["kind"] == rows["tile_r1_c0.png"]["section_kind"] == "astigmatism"
     assert all((folder / name).stat().st_size > 1000 for name in ("density.png", "montage.png", "focus-maps.png"))

@@ -52,7 +52,9 @@ def test_submit_example_then_resume_then_a_bad_tile(section):
     assert {t for t, r in recs.items() if r["verdict"] == "oof"} == EXPECTED_OOF
     assert recs["tile_r0_c3.png"]["verdict"] == "empty"
     assert recs["tile_r2_c3.png"]["reason"].startswith("partial: cells")
-    assert all(r["backend"] == "numpy" and r["transport"] == "disk" and r["error"] is None for t, r in recs.items())  # the local engine reads the tiles itself
+    assert all(
+        r["backend"] == "numpy" and r["transport"] == "disk" and r["error"] is None for t, r in recs.items()
+    )  # the local engine reads the tiles itself
     assert recs["tile_r0_c1.tif"]["shape"] == [256, 256] and len(recs["tile_r0_c1.tif"]["grid"]) == 4
     for tile in EXPECTED_OOF:
         assert f"OOF   {tile}" in first.output

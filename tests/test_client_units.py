@@ -32,7 +32,18 @@ def touch(path, data=b"x"):
 
 
 def test_discovery_natural_order_recursive_and_skips(tmp_path):
-    for name in ["t10.png", "t9.tif", "t1.TIFF", "sub/t2.jpg", "a.bmp", "notes.txt", ".t3.png", "t4.png.part", "mhd-results.jsonl", "mhd-report/density.png"]:
+    for name in [
+        "t10.png",
+        "t9.tif",
+        "t1.TIFF",
+        "sub/t2.jpg",
+        "a.bmp",
+        "notes.txt",
+        ".t3.png",
+        "t4.png.part",
+        "mhd-results.jsonl",
+        "mhd-report/density.png",
+    ]:
         touch(tmp_path / name)
     found = discover(tmp_path)
     assert [t.id for t in found.tiles] == ["a.bmp", "sub/t2.jpg", "t1.TIFF", "t9.tif", "t10.png"]
@@ -153,7 +164,9 @@ def test_config_errors_name_the_key(tmp_path, monkeypatch):
 
 def scored(tile, density, grid=None, shape=(256, 256), **extra):
     cells = grid if grid is not None else [[density * 0.004096 / 1] * 4] * 4
-    return TileRecord.from_json({"tile": tile, "features": int(density * 0.065536), "density": density, "grid": cells, "shape": list(shape), "error": None, **extra})
+    return TileRecord.from_json(
+        {"tile": tile, "features": int(density * 0.065536), "density": density, "grid": cells, "shape": list(shape), "error": None, **extra}
+    )
 
 
 def test_relative_rule_waits_for_warmup_then_flags_low_tiles():
@@ -277,4 +290,8 @@ def test_auto_transport_choice(tmp_path):
     assert choose_transport("auto", tiles, 50, False, True) == "globus"
     assert choose_transport("shared", tiles[1:], 50, False, False) == "shared"
     # tiles not known yet (watch): what carries any size, when configured
-    assert [choose_transport("auto", None, 50, s, g) for s, g in ((True, True), (False, True), (False, False))] == ["shared", "globus", "inline"]
+    assert [choose_transport("auto", None, 50, s, g) for s, g in ((True, True), (False, True), (False, False))] == [
+        "shared",
+        "globus",
+        "inline",
+    ]

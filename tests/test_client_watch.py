@@ -92,7 +92,20 @@ def test_watch_scores_each_tile_once_alerts_safely_and_stops_on_ctrl_c(tmp_path)
     alerts = tmp_path / "alerts.txt"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MHD_")}
     env.update(MHD_CONFIG=str(tmp_path / "cfg.json"), MHD_CALIBRATION=str(cal), MHD_WORKERS="1")
-    cmd = [sys.executable, "-m", "mhd.client", "watch", "--dir", str(section), "--poll", "0.1", "--idle-exit", "60", "--on-oof", f"{sys.executable} {script} {alerts}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mhd.client",
+        "watch",
+        "--dir",
+        str(section),
+        "--poll",
+        "0.1",
+        "--idle-exit",
+        "60",
+        "--on-oof",
+        f"{sys.executable} {script} {alerts}",
+    ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         slow_write(section / "tile_r0_c0.png", (EXAMPLE / "tile_r0_c0.png").read_bytes(), 0.6)

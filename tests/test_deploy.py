@@ -121,7 +121,7 @@ def test_shell_scripts_pass_shellcheck(script):
 def test_shellcheck_reports_a_real_problem(tmp_path):
     """The check above can fail: an unquoted expansion is reported."""
     bad = tmp_path / "bad.sh"
-    bad.write_text('#!/usr/bin/env bash\nrm -rf $1/cache\n')
+    bad.write_text("#!/usr/bin/env bash\nrm -rf $1/cache\n")
     proc = subprocess.run([_tool("shellcheck"), str(bad)], capture_output=True, text=True)
     assert proc.returncode != 0 and "SC2086" in proc.stdout
 
@@ -162,7 +162,20 @@ def _dry_run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, 
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     env_dir, stage = tmp_path / "venv", tmp_path / "stage"
-    args = ["--gpus", "4", "--env", str(env_dir), "--python", sys.executable, "--find-links", str(wheels), "--stage", str(stage), "--dry-run", *extra]
+    args = [
+        "--gpus",
+        "4",
+        "--env",
+        str(env_dir),
+        "--python",
+        sys.executable,
+        "--find-links",
+        str(wheels),
+        "--stage",
+        str(stage),
+        "--dry-run",
+        *extra,
+    ]
     proc = _run(args, _env(home), service_account="--multi-user" not in extra)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not env_dir.exists(), "a dry run must not create the environment"
@@ -202,7 +215,11 @@ def test_dry_run_installs_nothing_and_stages_a_config_the_endpoint_loads(tmp_pat
     "args, requirement, index",
     [
         (["--source", "mhd-focus==0.1.0", "--cuda", "13"], "mhd-focus[gpu-cuda13]==0.1.0", ("--no-index",)),
-        (["--source", "mhd-focus", "--cuda", "none", "--index-url", "https://pypi.example.org/simple"], "mhd-focus", ("--index-url", "https://pypi.example.org/simple")),
+        (
+            ["--source", "mhd-focus", "--cuda", "none", "--index-url", "https://pypi.example.org/simple"],
+            "mhd-focus",
+            ("--index-url", "https://pypi.example.org/simple"),
+        ),
     ],
 )
 def test_dry_run_pip_command_uses_the_extra_and_only_the_named_index(tmp_path, args, requirement, index):
@@ -231,7 +248,19 @@ def test_dry_run_reports_an_installed_configuration_that_lacks_a_file(tmp_path):
     installed.mkdir(parents=True)
     files = render_endpoint(EndpointSpec(gpus=4, env=str(env_dir)))
     (installed / "config.yaml").write_text(files["config.yaml"])
-    args = ["--gpus", "4", "--env", str(env_dir), "--python", sys.executable, "--stage", str(tmp_path / "stage"), "--dry-run", "--", "--single-user"]
+    args = [
+        "--gpus",
+        "4",
+        "--env",
+        str(env_dir),
+        "--python",
+        sys.executable,
+        "--stage",
+        str(tmp_path / "stage"),
+        "--dry-run",
+        "--",
+        "--single-user",
+    ]
     proc = _run(args, _env(home), service_account=False)
     assert proc.returncode == 0, proc.stderr
     assert f"not installed yet: {installed / 'user_config_template.yaml.j2'}" in proc.stderr
@@ -250,13 +279,27 @@ def test_dry_run_on_a_fresh_host_renders_with_a_temporary_environment_or_says_wh
         pytest.skip("needs a base Python without mhd-focus installed")
     wheels, stage = tmp_path / "wheels", tmp_path / "stage"
     wheels.mkdir()
-    args = ["--gpus", "1", "--env", str(tmp_path / "venv"), "--python", str(base), "--find-links", str(wheels), "--stage", str(stage), "--dry-run"]
+    args = [
+        "--gpus",
+        "1",
+        "--env",
+        str(tmp_path / "venv"),
+        "--python",
+        str(base),
+        "--find-links",
+        str(wheels),
+        "--stage",
+        str(stage),
+        "--dry-run",
+    ]
     proc = _run(args, _env(_home(tmp_path)))
     assert proc.returncode == 1
     assert f"installing it into the temporary environment {stage}/render-venv" in proc.stdout
     assert f"+ {base} -m venv {stage}/render-venv && {stage}/render-venv/bin/python -m pip install" in proc.stdout
     assert f"--no-index --find-links {wheels} mhd-focus" in proc.stdout
-    assert f"cannot render the configuration in a dry run: mhd-focus is installed neither in {tmp_path / 'venv'} nor for {base}" in proc.stderr
+    assert (
+        f"cannot render the configuration in a dry run: mhd-focus is installed neither in {tmp_path / 'venv'} nor for {base}" in proc.stderr
+    )
     assert "The folder must hold wheels of mhd-focus and of all its dependencies" in proc.stderr and "pip wheel --wheel-dir" in proc.stderr
     assert not (stage / "render-venv").exists() and not (tmp_path / "venv").exists()
 
@@ -264,7 +307,10 @@ def test_dry_run_on_a_fresh_host_renders_with_a_temporary_environment_or_says_wh
 def test_a_missing_wheelhouse_is_explained(tmp_path):
     proc = _run(["--gpus", "2", "--find-links", str(tmp_path / "wheelhouse"), "--dry-run"], _env(_home(tmp_path)))
     assert proc.returncode == 1
-    assert f"--find-links: no such folder: {tmp_path / 'wheelhouse'}. The folder must hold wheels of mhd-focus and of all its dependencies" in proc.stderr
+    assert (
+        f"--find-links: no such folder: {tmp_path / 'wheelhouse'}. The folder must hold wheels of mhd-focus and of all its dependencies"
+        in proc.stderr
+    )
     assert "pip wheel --wheel-dir wheelhouse '.[gpu]'" in proc.stderr
 
 
@@ -278,13 +324,19 @@ def test_as_root_it_needs_email_and_identity_mapping_or_the_service_account(tmp_
     env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
     proc = _run(["--gpus", "2", "--env", str(tmp_path / "venv"), "--email", "em-admin@example.org"], env, service_account=False)
     assert proc.returncode == 1 and not (tmp_path / "venv").exists()
-    assert "run as root, the endpoint runs tasks as the local accounts that Globus identities map to and needs --email ADDRESS and --identity-mapping FILE" in proc.stderr
+    assert (
+        "run as root, the endpoint runs tasks as the local accounts that Globus identities map to and needs "
+        "--email ADDRESS and --identity-mapping FILE" in proc.stderr
+    )
     assert "sudo -u mhd -H" in proc.stderr
 
 
 def test_dry_run_as_root_with_email_and_identity_mapping_stages_the_root_layout(tmp_path):
     idmap = tmp_path / "idmap.json"
-    idmap.write_text('[{"DATA_TYPE": "expression_identity_mapping#1.0.0", "mappings": [{"source": "{username}", "match": "(.*)@example\\\\.org", "output": "{0}"}]}]')
+    idmap.write_text(
+        '[{"DATA_TYPE": "expression_identity_mapping#1.0.0", '
+        '"mappings": [{"source": "{username}", "match": "(.*)@example\\\\.org", "output": "{0}"}]}]'
+    )
     _, _, staged = _dry_run(tmp_path, "--email", "em-admin@example.org", "--identity-mapping", str(idmap), "--", "--multi-user")
     manager, _ = validate_dir(staged)
     assert manager.email == "em-admin@example.org" and manager.identity_mapping_config_path == idmap
@@ -327,7 +379,9 @@ def test_install_is_idempotent_refuses_to_clobber_and_replaces_with_force(tmp_pa
     assert changed.returncode == 1
     assert "rerun with --force" in changed.stderr
     assert "-  available_accelerators: 2" in changed.stderr and "+  available_accelerators: 3" in changed.stderr
-    assert config_yaml.read_text() == installed and template.read_text() == installed_template, "a differing configuration must be left alone"
+    assert config_yaml.read_text() == installed and template.read_text() == installed_template, (
+        "a differing configuration must be left alone"
+    )
 
     forced = _real(tmp_path, home, "--gpus", "3", "--force")
     assert forced.returncode == 0, forced.stderr
@@ -353,12 +407,24 @@ def test_install_works_from_the_clone_root_with_a_non_editable_install(tmp_path)
     """
     env_dir = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
-    site = Path(subprocess.run([env_dir / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [env_dir / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     installed = tmp_path / "installed"
     _copy_as_installed(installed)
     deps = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "globus_compute_endpoint").is_dir())
     (site / "mhd-test.pth").write_text(f"{installed}\n{deps}\n")
-    plain = subprocess.run([env_dir / "bin" / "python", "-c", "import mhd.endpoint, mhd.client, mhd.functions; print(mhd.__file__)"], cwd=ROOT, capture_output=True, text=True)
+    plain = subprocess.run(
+        [env_dir / "bin" / "python", "-c", "import mhd.endpoint, mhd.client, mhd.functions; print(mhd.__file__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout.strip() == str(installed / "mhd" / "__init__.py"), "the installed package, not a folder of the clone"
 
@@ -423,7 +489,9 @@ def test_systemd_unit_verifies(tmp_path):
     # The unit as installed, with this environment in place of /opt/mhd/venv so that ExecStart exists.
     text = UNIT.read_text().replace(_script_default_env(), sys.prefix)
     (tmp_path / UNIT.name).write_text(text)
-    proc = subprocess.run([analyze, "verify", "--man=no", str(tmp_path / "mhd-endpoint@mhd-gpu.service")], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [analyze, "verify", "--man=no", str(tmp_path / "mhd-endpoint@mhd-gpu.service")], capture_output=True, text=True, cwd=tmp_path
+    )
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
 
 
@@ -536,10 +604,15 @@ def _readme_snippets() -> dict[str, str]:
     return {m.group(1): block for block in blocks if (m := re.search(r"# mhd-container: (\w+)", block))}
 
 
-@pytest.mark.parametrize("kind, command", [("apptainer", "apptainer run --nv --bind /data/mhd /opt/mhd/mhd-worker.sif "), ("docker", "docker run --gpus all --network host ")])
+@pytest.mark.parametrize(
+    "kind, command",
+    [("apptainer", "apptainer run --nv --bind /data/mhd /opt/mhd/mhd-worker.sif "), ("docker", "docker run --gpus all --network host ")],
+)
 def test_readme_container_lines_load_and_wrap_the_worker_command(tmp_path, kind, command):
     snippet = _readme_snippets()[kind]
-    text = render_endpoint(EndpointSpec(gpus=2, env="/opt/mhd/venv", data_root="/data/mhd", function_ids=(FUNCTION,)))["user_config_template.yaml.j2"]
+    text = render_endpoint(EndpointSpec(gpus=2, env="/opt/mhd/venv", data_root="/data/mhd", function_ids=(FUNCTION,)))[
+        "user_config_template.yaml.j2"
+    ]
     anchor = "  type: GlobusComputeEngine\n"
     assert anchor in text
     config = load_config_yaml(text.replace(anchor, anchor + snippet))
@@ -593,9 +666,14 @@ def test_docs_name_only_real_client_commands_and_script_options(tmp_path, doc):
     for command in re.findall(r"`client (?:-\S+ )*([a-z]+)\b", text):
         assert command in main.commands, f"{doc.name}: 'client {command}' is not a client command"
     script_help = _run(["--help"], _env(_home(tmp_path))).stdout
-    configure_help = subprocess.run([sys.executable, "-m", "mhd.endpoint", "configure", "--help"], capture_output=True, text=True, check=True).stdout
+    configure_help = subprocess.run(
+        [sys.executable, "-m", "mhd.endpoint", "configure", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for line in re.findall(r"install-endpoint\.sh[^\n`|]*", text):
         ours, _, passed_on = line.partition(" -- ")
-        for part, helptext, what in ((ours, script_help, "install-endpoint.sh"), (passed_on, configure_help, "python -m mhd.endpoint configure")):
+        for part, helptext, what in (
+            (ours, script_help, "install-endpoint.sh"),
+            (passed_on, configure_help, "python -m mhd.endpoint configure"),
+        ):
             for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", part):
                 assert option in helptext, f"{doc.name}: {what} has no {option}"

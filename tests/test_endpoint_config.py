@@ -27,7 +27,12 @@ from tilegen import blobs, encode
 FID = "4b116d3c-1703-4f8f-9f6f-39921e5864df"
 SERIALIZERS = {"PureSourceTextInspect", "JSONData"}
 #: An identity mapping as globus-compute-endpoint's own example has it (Globus usernames @example.org -> local names).
-IDMAP = [{"DATA_TYPE": "expression_identity_mapping#1.0.0", "mappings": [{"source": "{username}", "match": "(.*)@example\\.org", "output": "{0}"}]}]
+IDMAP = [
+    {
+        "DATA_TYPE": "expression_identity_mapping#1.0.0",
+        "mappings": [{"source": "{username}", "match": "(.*)@example\\.org", "output": "{0}"}],
+    }
+]
 
 
 def spec(**kw) -> EndpointSpec:
@@ -59,7 +64,9 @@ def test_every_variant_loads_with_the_endpoint_loader(tmp_path, idmap, provider,
     assert sorted(p.name for p in directory.iterdir()) == sorted(FILES)
     manager, user = validate_dir(directory)
     assert [type(c).__name__ for c in (manager, user)] == ["CoreEndpointConfig", "UserEndpointConfig"]
-    assert "engine" not in (directory / "config.yaml").read_text(), "globus-compute-endpoint 4.x refuses to start a config.yaml with an engine"
+    assert "engine" not in (directory / "config.yaml").read_text(), (
+        "globus-compute-endpoint 4.x refuses to start a config.yaml with an engine"
+    )
     assert manager.allowed_functions == (FID,)
     assert (manager.email, manager.identity_mapping_config_path) == (("em-admin@example.org", idmap) if multi_user else (None, None))
     htex = engine_of(user)
@@ -119,7 +126,13 @@ def test_user_template_installs_nothing_and_accepts_no_user_options(tmp_path):
 
 def test_shipped_schema_is_package_data():
     names = {p.name for p in (resources.files("mhd.endpoint") / "templates").iterdir()}
-    assert {"manager_config.yaml.j2", "user_config_template.yaml.j2", "user_config_schema.json", "user_environment.yaml.j2", "_engine.yaml.j2"} <= names
+    assert {
+        "manager_config.yaml.j2",
+        "user_config_template.yaml.j2",
+        "user_config_schema.json",
+        "user_environment.yaml.j2",
+        "_engine.yaml.j2",
+    } <= names
 
 
 def test_without_function_ids_any_function_may_run_and_the_file_says_so(tmp_path):
@@ -199,7 +212,10 @@ def test_cli_home_elsewhere_prints_the_command_that_finds_it(tmp_path, monkeypat
     monkeypatch.setenv("HOME", str(tmp_path / "me"))
     out = CliRunner().invoke(main, ["configure", "--gpus", "1", "--env", "/opt/mhd/venv", "--single-user", "--home", str(tmp_path / "svc")])
     assert out.exit_code == 0, out.output
-    assert f"Start it with:  GLOBUS_COMPUTE_USER_DIR={tmp_path / 'svc' / '.globus_compute'} /opt/mhd/venv/bin/globus-compute-endpoint start mhd-gpu" in out.output
+    assert (
+        f"Start it with:  GLOBUS_COMPUTE_USER_DIR={tmp_path / 'svc' / '.globus_compute'} "
+        "/opt/mhd/venv/bin/globus-compute-endpoint start mhd-gpu" in out.output
+    )
 
 
 def test_cli_root_layout_needs_email_and_identity_mapping(tmp_path, idmap, monkeypatch):

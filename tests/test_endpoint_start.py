@@ -35,7 +35,12 @@ from conftest import REAL_HOME, SUITE_HOME
 BIN = Path(sys.executable).parent
 GCE = BIN / "globus-compute-endpoint"
 FID = "4b116d3c-1703-4f8f-9f6f-39921e5864df"
-IDMAP = [{"DATA_TYPE": "expression_identity_mapping#1.0.0", "mappings": [{"source": "{username}", "match": "(.*)@example\\.org", "output": "{0}"}]}]
+IDMAP = [
+    {
+        "DATA_TYPE": "expression_identity_mapping#1.0.0",
+        "mappings": [{"source": "{username}", "match": "(.*)@example\\.org", "output": "{0}"}],
+    }
+]
 NOBODY = 65534
 IS_ROOT = os.geteuid() == 0
 #: What ``start`` prints when it stops at the login (no terminal) or at the network.
@@ -90,7 +95,13 @@ def home():
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
     """HOME of its own, this venv first on PATH, no Globus credentials from outside."""
-    return {"HOME": str(home), "PATH": f"{BIN}{os.pathsep}/usr/bin{os.pathsep}/bin", "LANG": "C.UTF-8", "MHD_CONFIG": str(home / "mhd.json"), **extra}
+    return {
+        "HOME": str(home),
+        "PATH": f"{BIN}{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "LANG": "C.UTF-8",
+        "MHD_CONFIG": str(home / "mhd.json"),
+        **extra,
+    }
 
 
 def _configure(prefix: tuple[str, ...], home: Path, *args: str) -> str:
@@ -108,7 +119,9 @@ def _run(prefix: tuple[str, ...], home: Path, command: str) -> subprocess.Comple
     while "=" in words[0] and not words[0].startswith("/"):
         name, _, value = words.pop(0).partition("=")
         assignments[name] = value
-    return subprocess.run([*prefix, *words], env=_env(home, **assignments), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90, cwd="/")
+    return subprocess.run(
+        [*prefix, *words], env=_env(home, **assignments), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90, cwd="/"
+    )
 
 
 def _stopped_at(proc: subprocess.CompletedProcess) -> str:

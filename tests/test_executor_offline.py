@@ -99,5 +99,7 @@ def test_notebook_example_runs_by_uuid(cloud, root):
     spec = importlib.util.spec_from_file_location("score_by_uuid", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    entries = example.score_by_uuid(cloud.endpoint_id, cloud.function_id, ["t2.png", example.inline_tile(str(root / "t2.png"))], client=cloud.client())
+    entries = example.score_by_uuid(
+        cloud.endpoint_id, cloud.function_id, ["t2.png", example.inline_tile(str(root / "t2.png"))], client=cloud.client()
+    )
     assert entries[0]["features"] == entries[1]["features"] > 0

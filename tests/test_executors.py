@@ -172,7 +172,9 @@ def test_workers_share_the_cpus_without_overlap():
         "for _ in range(3):\n    os.sched_setaffinity(0, cpus)\n    _pin(slot, 2)\n    out.append(sorted(os.sched_getaffinity(0)))\n"
         "print(json.dumps(out))"
     )
-    first, second, third = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout)
+    first, second, third = json.loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
+    )
     n = len(os.sched_getaffinity(0))
     assert len(first) == len(second) == n // 2 and not set(first) & set(second)
     assert third == first  # a third worker of two shares the first one's CPUs

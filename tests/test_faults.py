@@ -207,7 +207,9 @@ def test_endpoint_engine_retries_a_task_whose_worker_was_killed(tmp_path):
     data.mkdir()
     (data / "big.png").write_bytes(encode(np.tile(isbi(0), (4, 4)), "PNG"))
     (data / "small.png").write_bytes(encode(isbi(1)[:128, :128], "PNG"))
-    directory = install_endpoint(EndpointSpec(gpus=1, env=sys.prefix, data_root=str(data), function_ids=(str(uuid.uuid4()),)), home=tmp_path)
+    directory = install_endpoint(
+        EndpointSpec(gpus=1, env=sys.prefix, data_root=str(data), function_ids=(str(uuid.uuid4()),)), home=tmp_path
+    )
     engine = validate_dir(directory)[1].engine  # the user endpoint process's engine
     assert engine.max_retries_on_system_failure == 2
     engine.executor.heartbeat_period = 1
@@ -319,7 +321,9 @@ def test_a_refusal_that_is_not_transient_is_recorded_at_once(cloud, tmp_path):
         Pipeline(backend, InlineTransport(2), Judge(Rule(warmup=1)), results, None, seen.extend).run(discover(section).tiles)
         made = backend.executors_made
     assert made == 1  # not resubmitted
-    assert [r.error for r in seen] == [f"{t}: Globus Compute refused the task (HTTP 403): Function not permitted on endpoint" for t in ("tile_00.png", "tile_01.png")]
+    assert [r.error for r in seen] == [
+        f"{t}: Globus Compute refused the task (HTTP 403): Function not permitted on endpoint" for t in ("tile_00.png", "tile_01.png")
+    ]
 
 
 def test_a_task_queued_behind_a_failed_submission_is_not_left_hanging(cloud, tmp_path):
@@ -362,13 +366,17 @@ def test_tasks_without_a_result_are_given_up_after_the_task_timeout(cloud, tmp_p
         with ResultsLog(section) as results:
             backend = GlobusExecutor(cloud.endpoint_id, cloud.function_id, cloud.client())
             t0 = time.monotonic()
-            Pipeline(backend, InlineTransport(2), Judge(Rule(warmup=1)), results, None, seen.extend, task_timeout=1.0).run(discover(section).tiles)
+            Pipeline(backend, InlineTransport(2), Judge(Rule(warmup=1)), results, None, seen.extend, task_timeout=1.0).run(
+                discover(section).tiles
+            )
             elapsed = time.monotonic() - t0
             backend.shutdown(wait=False, cancel_futures=True)
     finally:
         sdk_executor._ResultWatcher = LoopbackResultWatcher
     assert 1.0 <= elapsed < 10
-    assert [r.error for r in seen] == [f"tile_{i:02d}.png: no result within 1 s (is the endpoint running?); retried on the next run" for i in range(3)]
+    assert [r.error for r in seen] == [
+        f"tile_{i:02d}.png: no result within 1 s (is the endpoint running?); retried on the next run" for i in range(3)
+    ]
     assert len(records(section)) == 3
 
 
@@ -404,7 +412,11 @@ def test_unreachable_result_stream_records_errors_that_the_next_run_retries(clou
     # a fresh client process: no task group yet, so no result watcher already connected
     monkeypatch.setattr(Executor, "_default_task_group_id", None)
     url = f"amqp://guest:guest@127.0.0.1:{closed_port()}/"
-    amqp = cloud._mock.add(responses.GET, re.compile(r"https://[^/]+/v2/get_amqp_result_connection_url$"), json={"queue_prefix": "mhd-test", "connection_url": url})
+    amqp = cloud._mock.add(
+        responses.GET,
+        re.compile(r"https://[^/]+/v2/get_amqp_result_connection_url$"),
+        json={"queue_prefix": "mhd-test", "connection_url": url},
+    )
     sdk_executor._ResultWatcher = UnreachableResultStream
     try:
         t0 = time.monotonic()
@@ -481,9 +493,18 @@ def test_stalled_transfer_is_cancelled_at_its_deadline_and_the_summary_accounts_
         transfer = TransferService(service._mock, {SRC: instrument, DST: gpu})
         tc = globus_sdk.TransferClient(authorizer=globus_sdk.AccessTokenAuthorizer("offline"))
         settings = {
-            "BACKEND": "globus", "ENDPOINT": service.endpoint_id, "FUNCTION": function_id, "TRANSPORT": "globus",
-            "SOURCE_COLLECTION": SRC, "SOURCE_LOCAL": str(instrument), "SOURCE_PATH": "/", "DEST_COLLECTION": DST,
-            "DEST_PATH": "/incoming", "DEST_REMOTE": "incoming", "TRANSFER_BATCH": "8", "TRANSFER_TIMEOUT": "1",
+            "BACKEND": "globus",
+            "ENDPOINT": service.endpoint_id,
+            "FUNCTION": function_id,
+            "TRANSPORT": "globus",
+            "SOURCE_COLLECTION": SRC,
+            "SOURCE_LOCAL": str(instrument),
+            "SOURCE_PATH": "/",
+            "DEST_COLLECTION": DST,
+            "DEST_PATH": "/incoming",
+            "DEST_REMOTE": "incoming",
+            "TRANSFER_BATCH": "8",
+            "TRANSFER_TIMEOUT": "1",
         }
         for key, value in settings.items():
             monkeypatch.setenv(f"MHD_{key}", value)
@@ -515,7 +536,19 @@ def test_transfer_status_unknown_until_the_deadline_fails_its_tiles(tmp_path):
         cancel = mock.add(responses.POST, TRANSFER + "/task/t-1/cancel", json={"code": "Canceled"})
         tc = globus_sdk.TransferClient(authorizer=globus_sdk.AccessTokenAuthorizer("offline"))
         tc.retry_config.max_retries = 0
-        transport = GlobusTransport(2, tc, source_collection=SRC, dest_collection=DST, source_local=tmp_path, source_path="/", dest_path="/in", dest_remote="", section_name="s", poll=0.05, deadline=0.3)
+        transport = GlobusTransport(
+            2,
+            tc,
+            source_collection=SRC,
+            dest_collection=DST,
+            source_local=tmp_path,
+            source_path="/",
+            dest_path="/in",
+            dest_remote="",
+            section_name="s",
+            poll=0.05,
+            deadline=0.3,
+        )
         t0 = time.monotonic()
         staged = []
         for batch in transport.stage(discover(section).tiles):
@@ -526,7 +559,9 @@ def test_transfer_status_unknown_until_the_deadline_fails_its_tiles(tmp_path):
         elapsed = time.monotonic() - t0
         assert cancel.call_count == 1
     errors = [f.error for s in staged for f in s.failed]
-    assert errors == [f"tile_{i:02d}.png: Globus Transfer task t-1 did not finish within 0.3 s (status unknown); cancelled" for i in range(3)]
+    assert errors == [
+        f"tile_{i:02d}.png: Globus Transfer task t-1 did not finish within 0.3 s (status unknown); cancelled" for i in range(3)
+    ]
     assert 0.3 <= elapsed < 5
 
 
@@ -542,7 +577,9 @@ def test_disk_full_at_fsync_keeps_every_earlier_record(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(mhd.client.results.os, "fsync", full)
-    with pytest.raises(ResultsWriteError, match=r"cannot record the verdict of c\.png: No space left on device\. The 2 records written before are intact"):
+    with pytest.raises(
+        ResultsWriteError, match=r"cannot record the verdict of c\.png: No space left on device\. The 2 records written before are intact"
+    ):
         log.append(TileRecord("c.png", verdict="ok"))
     assert (tmp_path / "mhd-results.jsonl").read_bytes() == intact  # the unsynced line was cut off
     assert set(log.records) == {"a.png", "b.png"}
@@ -557,8 +594,10 @@ def small_disk(tmp_path):
     """A 2 MiB tmpfs (root with CAP_SYS_ADMIN only); unmounted afterwards."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    covered = ("the 'injected' variant covers the same full disk (ENOSPC at the results log's fsync, no privilege needed), "
-               "test_results_durable.py a write the kernel refuses (file-size limit)")
+    covered = (
+        "the 'injected' variant covers the same full disk (ENOSPC at the results log's fsync, no privilege needed), "
+        "test_results_durable.py a write the kernel refuses (file-size limit)"
+    )
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip(f"mounting a tmpfs needs root with CAP_SYS_ADMIN; {covered}")
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)

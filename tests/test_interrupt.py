@@ -171,7 +171,9 @@ def test_ctrl_c_while_scoring_records_every_finished_task_and_exits_130(engine, 
     assert took < 30, f"{took:.1f} s from Ctrl-C to exit"
     assert term.left_behind() == []
 
-    again = CliRunner().invoke(cli.main, ["submit", "--dir", str(section)], env={"MHD_CALIBRATION": env["MHD_CALIBRATION"], "MHD_WORKERS": "2"})
+    again = CliRunner().invoke(
+        cli.main, ["submit", "--dir", str(section)], env={"MHD_CALIBRATION": env["MHD_CALIBRATION"], "MHD_WORKERS": "2"}
+    )
     assert again.exit_code == 2, again.output
     assert f"{len(recs)} already recorded, {48 - len(recs)} to score" in again.output
     after = lines_of(results)
@@ -207,7 +209,11 @@ def test_ctrl_c_leaves_slow_tasks_for_the_next_run_and_a_second_ctrl_c_exits_at_
     done = lines_of(results)  # whole lines, each tile once (maybe none yet)
     assert len(done) < 12
 
-    again = CliRunner().invoke(cli.main, ["submit", "--dir", str(section), "--workers", "2"], env={"MHD_CALIBRATION": env["MHD_CALIBRATION"], "MHD_DRAIN_TIMEOUT": "0.2"})
+    again = CliRunner().invoke(
+        cli.main,
+        ["submit", "--dir", str(section), "--workers", "2"],
+        env={"MHD_CALIBRATION": env["MHD_CALIBRATION"], "MHD_DRAIN_TIMEOUT": "0.2"},
+    )
     assert again.exit_code in (0, 2), again.output
     assert len(lines_of(results)) == 12
 
@@ -242,7 +248,9 @@ def test_ctrl_c_with_a_short_drain_exits_within_seconds_and_the_rest_is_scored_n
     assert term.left_behind() == []
     kept = lines_of(results)
     assert len(kept) < 8
-    again = CliRunner().invoke(cli.main, ["submit", "--dir", str(section), "--workers", "2"], env={"MHD_CALIBRATION": env["MHD_CALIBRATION"]})
+    again = CliRunner().invoke(
+        cli.main, ["submit", "--dir", str(section), "--workers", "2"], env={"MHD_CALIBRATION": env["MHD_CALIBRATION"]}
+    )
     assert again.exit_code in (0, 2), again.output
     after = lines_of(results)
     assert len(after) == 8 and after[: len(kept)] == kept

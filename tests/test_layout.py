@@ -63,7 +63,21 @@ def _offenders(source: str, forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_the_pure_detector_imports_nothing_from_the_worker_client_endpoint_or_globus():
-    assert _offenders("mhd.functions", ("mhd.functions.worker", "mhd.client", "mhd.endpoint", "pathlib", "globus_sdk", "globus_compute_sdk", "globus_compute_endpoint")) == []
+    assert (
+        _offenders(
+            "mhd.functions",
+            (
+                "mhd.functions.worker",
+                "mhd.client",
+                "mhd.endpoint",
+                "pathlib",
+                "globus_sdk",
+                "globus_compute_sdk",
+                "globus_compute_endpoint",
+            ),
+        )
+        == []
+    )
 
 
 def test_the_pure_detector_reads_no_environment_and_opens_no_file():
@@ -74,7 +88,13 @@ def test_the_pure_detector_reads_no_environment_and_opens_no_file():
 
 def test_the_worker_side_is_what_the_registered_function_needs():
     worker = {mod for mod in GRAPH if IG.layer(mod) == "mhd.functions.worker"}
-    assert {"mhd.functions.worker.remote", "mhd.functions.worker.scoring", "mhd.functions.worker.tileio", "mhd.functions.worker.settings", "mhd.functions.worker.record"} <= worker
+    assert {
+        "mhd.functions.worker.remote",
+        "mhd.functions.worker.scoring",
+        "mhd.functions.worker.tileio",
+        "mhd.functions.worker.settings",
+        "mhd.functions.worker.record",
+    } <= worker
     assert "mhd.functions._score" in worker  # kept for functions registered before the move: worker side
     assert _offenders("mhd.functions.worker", ("mhd.client", "mhd.endpoint")) == []
 
@@ -92,7 +112,10 @@ def test_the_top_level_imports_nothing_of_the_package():
 
 def test_importing_the_record_or_the_cli_loads_no_array_library():
     """At run time, not only in the source: a subpackage's __init__ runs too (mhd.functions loads lazily)."""
-    code = "import sys, mhd.functions.worker.record, mhd.client.cli, mhd.params; print(sorted(m for m in ('numpy', 'scipy', 'cupy') if m in sys.modules))"
+    code = (
+        "import sys, mhd.functions.worker.record, mhd.client.cli, mhd.params; "
+        "print(sorted(m for m in ('numpy', 'scipy', 'cupy') if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
@@ -114,14 +137,22 @@ def test_the_checks_can_fail(tmp_path):
     (tmp_path / "functions" / "worker").mkdir()
     (tmp_path / "functions" / "worker" / "__init__.py").write_text("")
     (tmp_path / "functions" / "bad.py").write_text("def f():\n    from ..client import cli\n")
-    (tmp_path / "functions" / "leaky.py").write_text("import os\nfrom pathlib import Path\nfrom .worker import x\ndef f():\n    return open(os.environ['X'])\n")
+    (tmp_path / "functions" / "leaky.py").write_text(
+        "import os\nfrom pathlib import Path\nfrom .worker import x\ndef f():\n    return open(os.environ['X'])\n"
+    )
     (tmp_path / "client" / "bad.py").write_text("def f():\n    import cupy\n")
     (tmp_path / "endpoint" / "bad.py").write_text("from mhd.client.config import Config\n")
     g = IG.graph(tmp_path)
     assert "mhd.client.cli" in g["mhd.functions.bad"]
     assert "cupy" in g["mhd.client.bad"]
     assert "mhd.client.config" in g["mhd.endpoint.bad"]
-    assert IG.layers(g) == {"mhd.functions.worker": set(), "mhd.functions": {"mhd.client", "mhd.functions.worker"}, "mhd.client": {"cupy"}, "mhd.endpoint": {"mhd.client"}, "mhd": set()}
+    assert IG.layers(g) == {
+        "mhd.functions.worker": set(),
+        "mhd.functions": {"mhd.client", "mhd.functions.worker"},
+        "mhd.client": {"cupy"},
+        "mhd.endpoint": {"mhd.client"},
+        "mhd": set(),
+    }
     assert IG.side_effects(tmp_path / "functions" / "leaky.py") == {"open", "os.environ", "pathlib"}
 
 
@@ -135,22 +166,28 @@ def test_readme_layout_states_the_real_arrows():
 def test_ci_runs_the_readme_test_command_with_the_lint():
     readme = (ROOT / "README.md").read_text()
     [command] = [line for line in readme.splitlines() if line.startswith("python3 -m venv") and "[test]" in line]
-    assert ".venv/bin/ruff check . && .venv/bin/pytest -q" in command
+    assert ".venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/pytest -q" in command
     ci = (ROOT / ".ci" / "run").read_text().splitlines()[-1]
     assert ci == command.replace("pip install -e", "pip install -q -e"), "the same command, pip quiet"
 
 
-def test_ruff_check_passes():
+@pytest.mark.parametrize("args", [["check", "."], ["format", "--check", "."]])
+def test_ruff_passes(args):
     ruff = Path(sys.executable).with_name("ruff")
     if not ruff.exists():
         pytest.skip("ruff is not installed (the [test] extra installs it)")
-    proc = subprocess.run([str(ruff), "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([str(ruff), *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_only_local_scoring_decodes_tiles_in_the_client():
     """The worker measures what the verdicts need: no client module decodes a tile except ``client score``'s."""
-    decoders = {"mhd.functions.worker.tileio.read_tile", "mhd.functions.worker.scoring.load_tile", "mhd.client.score.load_image", "mhd.functions.tissue"}
+    decoders = {
+        "mhd.functions.worker.tileio.read_tile",
+        "mhd.functions.worker.scoring.load_tile",
+        "mhd.client.score.load_image",
+        "mhd.functions.tissue",
+    }
     users = {mod for mod, names in GRAPH.items() if IG.layer(mod) == "mhd.client" and names & decoders}
     assert users == {"mhd.client.score"}
 
@@ -171,7 +208,12 @@ def test_references_to_bench_scripts_and_example_tiles_exist():
     """A docstring or document that cites a bench script or an example tile cites one that is there."""
     import re
 
-    files = [p for folder in ("functions", "client", "endpoint", "examples", "docs", "mhd-package") for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md")]
+    files = [
+        p
+        for folder in ("functions", "client", "endpoint", "examples", "docs", "mhd-package")
+        for p in (ROOT / folder).rglob("*")
+        if p.suffix in (".py", ".md")
+    ]
     for path in [*files, ROOT / "README.md"]:
         text = path.read_text()
         for script in re.findall(r"bench/(\w+\.\w+)", text):

@@ -87,9 +87,12 @@ def test_many_small_tiles_are_each_recorded_once_with_flat_memory(bench_load, tm
     samples = result["_samples"]
     grew = bench_load.growth(samples, TILES, warmup=0.2)
     per_record = bench_load.per_record(samples, TILES, warmup=0.2)
-    figures = (f"load ({'leak of %d B/record injected' % leak if leak else 'as is'}): {TILES} tiles of 64x64 px, "
-               f"client heap {per_record:+.0f} B/record after warm-up (RSS {bench_load.per_record(samples, TILES, 0.2, 'client_mib'):+.0f} B/record); "
-               f"RSS growth client {grew['client']:+.1%}, with workers {grew['total']:+.1%}")
+    figures = (
+        f"load ({'leak of %d B/record injected' % leak if leak else 'as is'}): {TILES} tiles of 64x64 px, "
+        f"client heap {per_record:+.0f} B/record after warm-up (RSS "
+        f"{bench_load.per_record(samples, TILES, 0.2, 'client_mib'):+.0f} B/record); "
+        f"RSS growth client {grew['client']:+.1%}, with workers {grew['total']:+.1%}"
+    )
     print(figures)  # captured: shown with -s or -rP, never among the dots
     if leak:
         assert per_record > 0.6 * leak, figures  # the measure sees a leak of this size

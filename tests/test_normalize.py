@@ -96,7 +96,9 @@ def test_small_integer_limits_follow_the_exact_rule(dtype, saturation):
     levels, whatever the sign, and at least one pixel saturated even at 0 %."""
     rng = np.random.default_rng(4)
     info = np.iinfo(dtype) if dtype != np.bool_ else None
-    values = rng.integers(0, 2, 10_000) if info is None else rng.integers(max(info.min, -20_000), min(info.max, 20_000), 10_000, endpoint=True)  # spans wider than int8/int16 can subtract in
+    values = (
+        rng.integers(0, 2, 10_000) if info is None else rng.integers(max(info.min, -20_000), min(info.max, 20_000), 10_000, endpoint=True)
+    )  # spans wider than int8/int16 can subtract in
     img = values.astype(dtype).reshape(100, 100)
     assert saturation_limits(img, saturation, backend="numpy") == exact_limits(img, saturation)
 

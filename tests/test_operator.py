@@ -77,7 +77,16 @@ def tile_of(tmp_path: Path, size: int):
     [
         ({}, "score it on this machine with --executor local"),
         ({"MHD_SHARED_LOCAL": "/mnt/em"}, "use --transport shared (shared_local is configured)"),
-        ({"MHD_TRANSPORT": "inline", "MHD_SOURCE_COLLECTION": "s", "MHD_SOURCE_LOCAL": "/", "MHD_DEST_COLLECTION": "d", "MHD_DEST_PATH": "/in"}, "use --transport globus (Globus Transfer is configured)"),
+        (
+            {
+                "MHD_TRANSPORT": "inline",
+                "MHD_SOURCE_COLLECTION": "s",
+                "MHD_SOURCE_LOCAL": "/",
+                "MHD_DEST_COLLECTION": "d",
+                "MHD_DEST_PATH": "/in",
+            },
+            "use --transport globus (Globus Transfer is configured)",
+        ),
     ],
 )
 def test_the_inline_limit_applies_where_a_request_crosses_the_network_and_names_what_works(settings, says, tmp_path, monkeypatch):
@@ -181,7 +190,14 @@ def test_output_into_a_log_is_plain_unwrapped_lines(tmp_path):
 
 
 def test_summaries_name_an_errors_tile_once():
-    recs = [TileRecord("tile_r2_c1.png", verdict="error", reason="tile_r2_c1.png: cannot decode (truncated)", error="tile_r2_c1.png: cannot decode (truncated)")]
+    recs = [
+        TileRecord(
+            "tile_r2_c1.png",
+            verdict="error",
+            reason="tile_r2_c1.png: cannot decode (truncated)",
+            error="tile_r2_c1.png: cannot decode (truncated)",
+        )
+    ]
     assert "error\ttile_r2_c1.png\tcannot decode (truncated)" in summary_lines(recs, "s: summary", 1, 1.0)
     buf = io.StringIO()
     Console(file=buf, width=100, force_terminal=True, color_system=None).print(summary_table(recs, "s: summary", 1, 1.0, width=100))
@@ -236,7 +252,9 @@ def test_on_oof_help_names_every_variable():
     assert "MHD_TILE, MHD_VERDICT and MHD_REASON" in text
 
 
-@pytest.mark.parametrize(("rgba", "colour"), [((0.65, 0.0, 0.15, 1), "white"), ((0.0, 0.41, 0.22, 1), "white"), ((1.0, 1.0, 0.75, 1), "black")])
+@pytest.mark.parametrize(
+    ("rgba", "colour"), [((0.65, 0.0, 0.15, 1), "white"), ((0.0, 0.41, 0.22, 1), "white"), ((1.0, 1.0, 0.75, 1), "black")]
+)
 def test_focus_map_numbers_are_readable_on_their_cells(rgba, colour):
     assert text_colour(rgba) == colour
 

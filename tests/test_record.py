@@ -15,11 +15,27 @@ from mhd.client.verdicts import Judge, Rule
 from mhd.functions.worker.record import ALWAYS, RESULT_KEYS, TileRecord, finite
 
 #: A results-log line as versions before the blur measure wrote it (no ``blur``), with a field this version does not know.
-OLD_LINE = '{"tile":"a.png","verdict":"ok","reason":"","features":900,"density":13733.0,"error":null,"grid":[[1]],"shape":[256,256],"backend":"numpy","transport":"inline","roundtrip_ms":80.1,"scored_at":"2025-01-01T00:00:00.000+00:00","future_field":{"x":1}}'
+OLD_LINE = (
+    '{"tile":"a.png","verdict":"ok","reason":"","features":900,"density":13733.0,"error":null,"grid":[[1]],'
+    '"shape":[256,256],"backend":"numpy","transport":"inline","roundtrip_ms":80.1,'
+    '"scored_at":"2025-01-01T00:00:00.000+00:00","future_field":{"x":1}}'
+)
 
 
 def detection(blur=1.2, astigmatism=math.nan):
-    return SimpleNamespace(count=7, density=106.8, blur=blur, blur_err=0.1, grid=np.array([[3, 4]]), shape=(256, 256), noise=0.01, astigmatism=astigmatism, astigmatism_angle=math.nan, backend="numpy", timings={"total": 12.5})
+    return SimpleNamespace(
+        count=7,
+        density=106.8,
+        blur=blur,
+        blur_err=0.1,
+        grid=np.array([[3, 4]]),
+        shape=(256, 256),
+        noise=0.01,
+        astigmatism=astigmatism,
+        astigmatism_angle=math.nan,
+        backend="numpy",
+        timings={"total": 12.5},
+    )
 
 
 def test_an_old_log_line_reads_and_writes_back_unchanged():
@@ -35,7 +51,9 @@ def test_a_log_line_has_the_core_fields_and_blur_even_when_unmeasured():
     assert tuple(line)[: len(ALWAYS)] == ALWAYS
     assert "blur" in line and line["blur"] is None  # not measurable, which is not "written before blur existed"
     assert "contrast" not in line and "latency_ms" not in line  # fields without a value are left out
-    assert TileRecord.from_json(line) == TileRecord("b.png", verdict="oof", kind="defocus", reason="defocus: no detail", features=0, density=0.0)
+    assert TileRecord.from_json(line) == TileRecord(
+        "b.png", verdict="oof", kind="defocus", reason="defocus: no detail", features=0, density=0.0
+    )
     assert TileRecord.from_json(line).has_blur
 
 
@@ -99,7 +117,9 @@ def test_results_of_an_older_worker_without_contrast_are_recorded_with_one_warni
     class OldWorker:
         def submit(self, tiles, params=None):
             fut = cf.Future()
-            fut.set_result([{"tile": t["name"], "features": 900, "density": 13733.0, "grid": [[1]], "shape": [256, 256], "error": None} for t in tiles])
+            fut.set_result(
+                [{"tile": t["name"], "features": 900, "density": 13733.0, "grid": [[1]], "shape": [256, 256], "error": None} for t in tiles]
+            )
             return fut
 
     seen = []

@@ -98,7 +98,10 @@ def test_a_failed_compaction_leaves_the_log_as_it_was(tmp_path, monkeypatch):
 def test_lines_that_are_not_records_are_skipped_and_named(tmp_path, caplog):
     path = tmp_path / "mhd-results.jsonl"
     assert mhd.client.results.read_records(path) == ({}, 0)  # no log yet
-    path.write_bytes(b'{"tile": "a.png", "verdict": "ok"}\n[1, 2]\n{"verdict": "ok"}\n{"tile": 7}\n{not json\n{"tile": "b.png", "verdict": "oof"}\n{"tile": "c.png"')
+    path.write_bytes(
+        b'{"tile": "a.png", "verdict": "ok"}\n[1, '
+        b'2]\n{"verdict": "ok"}\n{"tile": 7}\n{not json\n{"tile": "b.png", "verdict": "oof"}\n{"tile": "c.png"'
+    )
     records, lines = mhd.client.results.read_records(path)
     assert list(records) == ["a.png", "b.png"] and lines == 2
     warned = [r.getMessage() for r in caplog.records]

@@ -110,7 +110,11 @@ def test_limits_set_by_the_administrator_hold_on_the_deployed_function():
     env = {"MHD_MAX_PIXELS": "5000", "MHD_MAX_INLINE_BYTES": str(len(small)), "MHD_MAX_TILES": "3"}
     with LocalExecutor(workers=1, env=env) as backend:
         ok, too_many_pixels, too_many_bytes = backend.submit(
-            [{"name": "ok.png", "data": small}, {"name": "bomb.png", "data": png_header_only(100, 100)}, {"name": "big.png", "data": small + b"\0"}]
+            [
+                {"name": "ok.png", "data": small},
+                {"name": "bomb.png", "data": png_header_only(100, 100)},
+                {"name": "big.png", "data": small + b"\0"},
+            ]
         ).result(timeout=60)
         with pytest.raises(TaskFailed, match=r"^ValueError: 4 tiles in one task, above the limit of 3 \(MHD_MAX_TILES\)"):
             backend.submit([{"name": "ok.png", "data": small}] * 4).result(timeout=60)
@@ -118,7 +122,10 @@ def test_limits_set_by_the_administrator_hold_on_the_deployed_function():
             backend.submit([{"name": "ok.png", "data": small}], {"block_size": 10**6}).result(timeout=60)
     assert ok["error"] is None and ok["features"] > 0
     assert too_many_pixels["error"] == "bomb.png: image is 100 x 100 = 10,000 pixels, above the limit of 5,000 (MHD_MAX_PIXELS)"
-    assert too_many_bytes["error"] == f"big.png: inline tile is {len(small) + 1:,} bytes, above the limit of {len(small):,} (MHD_MAX_INLINE_BYTES)"
+    assert (
+        too_many_bytes["error"]
+        == f"big.png: inline tile is {len(small) + 1:,} bytes, above the limit of {len(small):,} (MHD_MAX_INLINE_BYTES)"
+    )
 
 
 def test_a_tiff_of_many_tiny_pages_is_refused_from_its_page_count(monkeypatch):
@@ -146,7 +153,10 @@ def test_the_endpoint_runs_only_the_registered_function(tmp_path, multi_user):
     root = {}
     if multi_user:
         idmap = tmp_path / "idmap.json"
-        idmap.write_text('[{"DATA_TYPE": "expression_identity_mapping#1.0.0", "mappings": [{"source": "{username}", "match": "(.*)@example\\\\.org", "output": "{0}"}]}]')
+        idmap.write_text(
+            '[{"DATA_TYPE": "expression_identity_mapping#1.0.0", '
+            '"mappings": [{"source": "{username}", "match": "(.*)@example\\\\.org", "output": "{0}"}]}]'
+        )
         root = {"email": "em-admin@example.org", "identity_mapping": str(idmap)}
     directory = install_endpoint(EndpointSpec(gpus=1, env=sys.prefix, function_ids=(FID,), multi_user=multi_user, **root), home=tmp_path)
     manager, user = validate_dir(directory)
@@ -155,7 +165,9 @@ def test_the_endpoint_runs_only_the_registered_function(tmp_path, multi_user):
     assert user.allowed_functions is None
     user.allowed_functions = manager.allowed_functions
     creds = {"amqp_creds": {"task_queue_info": {}, "result_queue_info": {}, "heartbeat_queue_info": {}}}
-    interchange = EndpointInterchange(user, lambda: creds, {}, endpoint_id=str(uuid.uuid4()), endpoint_dir=tmp_path, result_store=ResultStore(tmp_path))
+    interchange = EndpointInterchange(
+        user, lambda: creds, {}, endpoint_id=str(uuid.uuid4()), endpoint_dir=tmp_path, result_store=ResultStore(tmp_path)
+    )
     assert interchange.function_allowed(FID)
     assert not interchange.function_allowed(str(uuid.uuid4()))
 
@@ -170,7 +182,9 @@ def store_fake_tokens() -> None:
     app = auth._app(None)
     expires = int(time.time()) + 3600
     data = {
-        rs: TokenStorageData(rs, "c0ffee00-0000-4000-8000-000000000000", " ".join(str(s) for s in scopes), SECRET, REFRESH, expires, "Bearer")
+        rs: TokenStorageData(
+            rs, "c0ffee00-0000-4000-8000-000000000000", " ".join(str(s) for s in scopes), SECRET, REFRESH, expires, "Bearer"
+        )
         for rs, scopes in app.scope_requirements.items()
     }
     app.token_storage.store_token_data_by_resource_server(data)

@@ -62,7 +62,9 @@ def test_noise_model_gives_each_levels_noise_response(a):
     pred = level_noise_std(noise_spectrum(n[None].astype(np.float32), get_backend("numpy")), t0, t1, g)[0]
     F = np.fft.fft2(n)
     k2 = (2 * np.pi * np.fft.fftfreq(512))[:, None] ** 2 + (2 * np.pi * np.fft.fftfreq(512))[None] ** 2
-    emp = np.array([np.fft.ifft2(F * gg * (np.exp(-0.5 * k2 * b * b) - np.exp(-0.5 * k2 * aa * aa))).real.std() for aa, b, gg in zip(t0, t1, g)])
+    emp = np.array(
+        [np.fft.ifft2(F * gg * (np.exp(-0.5 * k2 * b * b) - np.exp(-0.5 * k2 * aa * aa))).real.std() for aa, b, gg in zip(t0, t1, g)]
+    )
     np.testing.assert_allclose(pred, emp, rtol=0.05)
 
 
@@ -159,7 +161,15 @@ def test_blur_calibration_recovers_a_known_law_and_judges_by_it():
     assert cal.measure == "blur" and cal.intercept == pytest.approx(0.64, abs=0.1) and cal.slope == pytest.approx(0.81, abs=0.03)
     assert cal.blur_threshold == pytest.approx(np.sqrt(0.64 + 0.81 * 1.5**2), rel=0.03)
     judge = Judge(Rule(calibration=cal))
-    far = {"tile": "far.png", "features": 10, "density": 100.0, "blur": float(np.sqrt(0.64 + 0.81 * 9)), "grid": None, "shape": [512, 512], "error": None}
+    far = {
+        "tile": "far.png",
+        "features": 10,
+        "density": 100.0,
+        "blur": float(np.sqrt(0.64 + 0.81 * 9)),
+        "grid": None,
+        "shape": [512, 512],
+        "error": None,
+    }
     near = {"tile": "near.png", "features": 10, "density": 100.0, "blur": 0.85, "grid": None, "shape": [512, 512], "error": None}
     [far_judged], [near_judged] = judge.add(TileRecord.from_json(far)), judge.add(TileRecord.from_json(near))
     assert "verdict" not in far  # a new record: the input is left as it was

@@ -34,7 +34,9 @@ def landed_long_ago(section: Path, names: list[str]) -> None:
         os.utime(section / name, (past, past))
 
 
-@pytest.mark.parametrize(("overrides", "expected"), [({"executor": "globus", "endpoint": "e", "function": "f"}, 32), ({"executor": "local", "workers": 3}, 6)])
+@pytest.mark.parametrize(
+    ("overrides", "expected"), [({"executor": "globus", "endpoint": "e", "function": "f"}, 32), ({"executor": "local", "workers": 3}, 6)]
+)
 def test_submit_and_watch_keep_the_same_tasks_in_flight(tmp_path, monkeypatch, overrides, expected):
     """Watch kept 4 tasks in flight on Globus where submit kept 32; both now ask the session."""
     made = []
@@ -70,7 +72,9 @@ def test_watch_honours_the_detectors_grid(tmp_path):
     section = tmp_path / "s"
     landed_long_ago(section, ["tile_r0_c0.png", "tile_r0_c1.tif"])
     cfg = load().override(executor="local", workers=1)
-    out = watch_section(section, cfg, Console(file=io.StringIO()), rule=Rule(warmup=1), params={"grid": [2, 3], "backend": "numpy"}, poll=0.1, idle_exit=1.0)
+    out = watch_section(
+        section, cfg, Console(file=io.StringIO()), rule=Rule(warmup=1), params={"grid": [2, 3], "backend": "numpy"}, poll=0.1, idle_exit=1.0
+    )
     assert out.new == 2
     records, _ = read_records(section / "mhd-results.jsonl")
     for rec in records.values():
@@ -102,7 +106,9 @@ def test_watch_sends_tiles_the_way_submit_does_when_tiles_may_be_large(tmp_path,
     section = tmp_path / "s"
     landed_long_ago(section, ["tile_r0_c0.png"])
     size_mb = (section / "tile_r0_c0.png").stat().st_size / 2**20
-    cfg = load().override(executor="globus", endpoint="e", function="f", shared_local=str(tmp_path), shared_remote="/mnt/em", inline_max_mb=size_mb / 2)
+    cfg = load().override(
+        executor="globus", endpoint="e", function="f", shared_local=str(tmp_path), shared_remote="/mnt/em", inline_max_mb=size_mb / 2
+    )
     console = Console(file=io.StringIO())
     run_section(section, cfg, console, rule=Rule())
     watch_section(section, cfg, console, rule=Rule(), idle_exit=0.0)

@@ -22,7 +22,10 @@ def test_focus_map_of_a_non_square_grid_on_an_odd_sized_tile():
     expected = [[round(max(n / cell_mp, 1.0) / 1e4, 2) for n in row] for row in rec.grid]  # floored at 1 /MP
     assert focus_map(rec, centre) == expected
     assert expected[0][:2] == [0.78, 0.39]  # what the formula gives, written out
-    assert focus_map(TileRecord("t", grid=[[1]], shape=[10, 10]), math.nan) is None and focus_map(TileRecord("t", grid=[], shape=[8, 8]), 0.0) is None
+    assert (
+        focus_map(TileRecord("t", grid=[[1]], shape=[10, 10]), math.nan) is None
+        and focus_map(TileRecord("t", grid=[], shape=[8, 8]), 0.0) is None
+    )
 
 
 def test_a_tile_denser_than_the_in_focus_line_is_estimated_at_zero_defocus():
@@ -40,7 +43,16 @@ def test_the_configuration_keys_of_the_rule_are_its_fields():
     from mhd.client.rule import thresholds
 
     fields = thresholds()
-    assert [f.name for f in fields] == ["oof_k", "oof_min_drop", "warmup", "focus_measure", "blur_max", "partial_drop", "empty_cnr", "astigmatism_max"]
+    assert [f.name for f in fields] == [
+        "oof_k",
+        "oof_min_drop",
+        "warmup",
+        "focus_measure",
+        "blur_max",
+        "partial_drop",
+        "empty_cnr",
+        "astigmatism_max",
+    ]
     for f in fields:
         key = config_mod.KEYS[f.name]
         assert (key.default, key.help) == (f.default, f.metadata["help"]) == (getattr(Rule(), f.name), f.metadata["help"])
@@ -53,11 +65,29 @@ def test_the_rule_is_built_by_keyword_from_the_configuration(tmp_path, monkeypat
     with pytest.raises(TypeError):
         Rule(3.0)  # keyword only: no silent swap of thresholds
     monkeypatch.setenv("MHD_CONFIG", str(tmp_path / "config.json"))
-    values = {"oof_k": "2.5", "oof_min_drop": "0.4", "warmup": "3", "focus_measure": "COUNT", "blur_max": "1.5", "partial_drop": "0.9", "empty_cnr": "4", "astigmatism_max": "0.3"}
+    values = {
+        "oof_k": "2.5",
+        "oof_min_drop": "0.4",
+        "warmup": "3",
+        "focus_measure": "COUNT",
+        "blur_max": "1.5",
+        "partial_drop": "0.9",
+        "empty_cnr": "4",
+        "astigmatism_max": "0.3",
+    }
     for key, value in values.items():
         monkeypatch.setenv(f"MHD_{key.upper()}", value)
     rule = rule_from_config(config_mod.load(), use_calibration=False)
-    expected = {"oof_k": 2.5, "oof_min_drop": 0.4, "warmup": 3, "focus_measure": "count", "blur_max": 1.5, "partial_drop": 0.9, "empty_cnr": 4.0, "astigmatism_max": 0.3}
+    expected = {
+        "oof_k": 2.5,
+        "oof_min_drop": 0.4,
+        "warmup": 3,
+        "focus_measure": "count",
+        "blur_max": 1.5,
+        "partial_drop": 0.9,
+        "empty_cnr": 4.0,
+        "astigmatism_max": 0.3,
+    }
     assert {f.name: getattr(rule, f.name) for f in thresholds()} == expected
     assert type(rule.warmup) is int and rule.calibration is None
 

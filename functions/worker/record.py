@@ -202,4 +202,22 @@ _NAMES = frozenset(f.name for f in _FIELDS)
 ALWAYS = ("tile", "verdict", "reason", "features", "density", "error", "kind")
 
 #: Fields of a ``score_tiles`` result, in order: what the worker measures.
-RESULT_KEYS = ("tile", "features", "density", "blur", "blur_err", "grid", "shape", "noise", "astigmatism", "astigmatism_angle", "contrast", "contrast_cells", "backend", "device", "ms", "detect_ms", "error")
+RESULT_KEYS = (
+    "tile",
+    "features",
+    "density",
+    "blur",
+    "blur_err",
+    "grid",
+    "shape",
+    "noise",
+    "astigmatism",
+    "astigmatism_angle",
+    "contrast",
+    "contrast_cells",
+    "backend",
+    "device",
+    "ms",
+    "detect_ms",
+    "error",
+)
