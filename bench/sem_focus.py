@@ -164,6 +164,18 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(gt + eq / 2)
 
 
+def scan_conditions(rng: np.random.Generator) -> dict:
+    """Random scan conditions of one simulated tile, drawn in this order: detector time constant 0.2-2 dwells,
+    line jitter 0-1 %, gain 0.4-0.9, offset 0-0.1, 8 or 16 bits (``simulate.sem_scan``'s keywords)."""
+    return dict(
+        tau=float(rng.uniform(0.2, 2.0)),
+        jitter=float(rng.uniform(0, 0.01)),
+        gain=float(rng.uniform(0.4, 0.9)),
+        offset=float(rng.uniform(0, 0.1)),
+        bits=int(rng.choice([8, 16])),
+    )
+
+
 def cmd_sim(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(args.seed)
     files = sorted(ISBI.glob("*.png"))[: args.slices]
@@ -173,17 +185,7 @@ def cmd_sim(args: argparse.Namespace) -> None:
         img = iio.imread(f)
         for dose in args.doses:
             for r in RADII:
-                scan = sem_scan(
-                    img,
-                    r,
-                    dose=dose,
-                    tau=float(rng.uniform(0.2, 2.0)),
-                    jitter=float(rng.uniform(0, 0.01)),
-                    gain=float(rng.uniform(0.4, 0.9)),
-                    offset=float(rng.uniform(0, 0.1)),
-                    bits=int(rng.choice([8, 16])),
-                    rng=rng,
-                )
+                scan = sem_scan(img, r, dose=dose, **scan_conditions(rng), rng=rng)
                 d = detect(scan, backend="numpy", **args.set)
                 norm = normalize(scan, backend="numpy")
                 rows.append(dict(dose=dose, radius=r, count=d.count, blur=d.blur, **{k: fn(norm) for k, fn in CLASSIC_MEASURES.items()}))
@@ -226,11 +228,7 @@ def cmd_astig(args: argparse.Namespace) -> None:
                         radius_minor=r / q,
                         angle=float(rng.uniform(0, 180)),
                         dose=dose,
-                        tau=float(rng.uniform(0.2, 2.0)),
-                        jitter=float(rng.uniform(0, 0.01)),
-                        gain=float(rng.uniform(0.4, 0.9)),
-                        offset=float(rng.uniform(0, 0.1)),
-                        bits=int(rng.choice([8, 16])),
+                        **scan_conditions(rng),
                         rng=rng,
                     )
                     d = detect(scan, backend="numpy")

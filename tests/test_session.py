@@ -34,16 +34,13 @@ def landed_long_ago(section: Path, names: list[str]) -> None:
         os.utime(section / name, (past, past))
 
 
-@pytest.mark.parametrize(
-    ("overrides", "expected"), [({"executor": "globus", "endpoint": "e", "function": "f"}, 32), ({"executor": "local", "workers": 3}, 6)]
-)
-def test_submit_and_watch_keep_the_same_tasks_in_flight(tmp_path, monkeypatch, overrides, expected):
-    """Watch kept 4 tasks in flight on Globus where submit kept 32; both now ask the session."""
+def recorded_pipelines(monkeypatch) -> list[tuple[tuple, dict]]:
+    """The (args, kwargs) of every pipeline the commands build from now on; none of them runs, no executor starts."""
     made = []
 
-    class Recorder:  # the pipeline each command builds, not run
+    class Recorder:
         def __init__(self, *args, **kwargs):
-            made.append(kwargs["max_inflight"])
+            made.append((args, kwargs))
             self.landed, self.busy = {}, False
 
         def run(self, tiles):
@@ -57,13 +54,22 @@ def test_submit_and_watch_keep_the_same_tasks_in_flight(tmp_path, monkeypatch, o
 
     monkeypatch.setattr(session, "Pipeline", Recorder)
     monkeypatch.setattr(session, "open_executor", lambda *args: contextlib.nullcontext(object()))
+    return made
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"), [({"executor": "globus", "endpoint": "e", "function": "f"}, 32), ({"executor": "local", "workers": 3}, 6)]
+)
+def test_submit_and_watch_keep_the_same_tasks_in_flight(tmp_path, monkeypatch, overrides, expected):
+    """Watch kept 4 tasks in flight on Globus where submit kept 32; both now ask the session."""
+    made = recorded_pipelines(monkeypatch)
     section = tmp_path / "s"
     landed_long_ago(section, ["tile_r0_c0.png"])
     cfg = load().override(**overrides)
     console = Console(file=io.StringIO())
     run_section(section, cfg, console, rule=Rule())
     watch_section(section, cfg, console, rule=Rule(), idle_exit=0.0)
-    assert made == [expected, expected]
+    assert [kwargs["max_inflight"] for _, kwargs in made] == [expected, expected]
     assert session.max_inflight("globus", 0) == 32 and session.max_inflight("local", 1) == 4
 
 
@@ -85,24 +91,7 @@ def test_watch_honours_the_detectors_grid(tmp_path):
 def test_watch_sends_tiles_the_way_submit_does_when_tiles_may_be_large(tmp_path, monkeypatch):
     """``auto`` with shared storage configured: submit sends a large tile through it, and watch, which
     cannot know the sizes of tiles still to land, does too (it chose inline, so large tiles failed)."""
-    used = []
-
-    class Recorder:
-        def __init__(self, backend, transport, *args, **kwargs):
-            used.append(transport.name)
-            self.landed, self.busy = {}, False
-
-        def run(self, tiles):
-            pass
-
-        def feed(self, tiles):
-            pass
-
-        def finish(self):
-            pass
-
-    monkeypatch.setattr(session, "Pipeline", Recorder)
-    monkeypatch.setattr(session, "open_executor", lambda *args: contextlib.nullcontext(object()))
+    made = recorded_pipelines(monkeypatch)
     section = tmp_path / "s"
     landed_long_ago(section, ["tile_r0_c0.png"])
     size_mb = (section / "tile_r0_c0.png").stat().st_size / 2**20
@@ -112,4 +101,4 @@ def test_watch_sends_tiles_the_way_submit_does_when_tiles_may_be_large(tmp_path,
     console = Console(file=io.StringIO())
     run_section(section, cfg, console, rule=Rule())
     watch_section(section, cfg, console, rule=Rule(), idle_exit=0.0)
-    assert used == ["shared", "shared"]
+    assert [args[1].name for args, _ in made] == ["shared", "shared"]
