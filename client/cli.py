@@ -68,6 +68,21 @@ class _Group(click.Group):
         except click.UsageError as exc:
             exc.exit_code = EXIT_USAGE
             raise
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # unforeseen, outside a logged run: one line here, the traceback in a file
+            raise click.ClickException(f"unexpected {type(exc).__name__}: {exc} (traceback in {_save_traceback()})") from None
+
+
+def _save_traceback() -> str:
+    """Write the exception being handled to a new file in the temporary folder; its path."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="mhd-client-", suffix=".traceback.txt")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(traceback.format_exc())
+    return path
 
 
 def _console() -> Console:

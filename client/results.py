@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from mhd.functions.worker.record import TileRecord
+from mhd.functions.worker.record import VERDICTS, TileRecord
 
 from .discover import RESULTS_NAME
 
@@ -150,10 +150,14 @@ def _parse(raw: bytes, path: Path, n: int) -> TileRecord | None:
         log.warning("%s:%d: unreadable line ignored", path, n)
         return None
     try:
-        return TileRecord.from_json(rec)
+        record = TileRecord.from_json(rec)
     except ValueError:
         log.warning("%s:%d: line without a tile id ignored", path, n)
         return None
+    if record.verdict not in VERDICTS:
+        log.warning("%s:%d: record of %s without a verdict ignored (the tile is scored again)", path, n, record.tile)
+        return None
+    return record
 
 
 class ResultsLog:

@@ -83,14 +83,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from mhd.functions.worker.record import TileRecord, finite
+from mhd.functions.worker.record import VERDICTS, TileRecord, finite
 
 from .rule import FOCUS_MEASURES, Rule, thresholds
 
 __all__ = ["Baseline", "Calibration", "Judge", "Rule", "VERDICTS", "describe", "exit_status", "focus_map", "rule_from_config"]
-
-#: Every verdict, in the order summaries list them.
-VERDICTS = ("ok", "oof", "empty", "error")
 
 #: Robust sigma of a normal distribution from its median absolute deviation.
 MAD_TO_SIGMA = 1.4826

@@ -99,14 +99,15 @@ def test_lines_that_are_not_records_are_skipped_and_named(tmp_path, caplog):
     path = tmp_path / "mhd-results.jsonl"
     assert mhd.client.results.read_records(path) == ({}, 0)  # no log yet
     path.write_bytes(
-        b'{"tile": "a.png", "verdict": "ok"}\n[1, '
-        b'2]\n{"verdict": "ok"}\n{"tile": 7}\n{not json\n{"tile": "b.png", "verdict": "oof"}\n{"tile": "c.png"'
+        b'{"tile": "a.png", "verdict": "ok"}\n[1, 2]\n{"verdict": "ok"}\n{"tile": 7}\n{not json\n'
+        b'{"tile": "b.png", "verdict": "oof"}\n{"tile": "d.png"}\n{"tile": "e.png", "verdict": "fine"}\n{"tile": "c.png"'
     )
     records, lines = mhd.client.results.read_records(path)
     assert list(records) == ["a.png", "b.png"] and lines == 2
     warned = [r.getMessage() for r in caplog.records]
-    assert [w.split(": ", 1)[0] for w in warned] == [f"{path}:{n}" for n in (2, 3, 4, 5, 7)]  # 1-based line numbers
+    assert [w.split(": ", 1)[0] for w in warned] == [f"{path}:{n}" for n in (2, 3, 4, 5, 7, 8, 9)]  # 1-based line numbers
     assert "incomplete last line" in warned[-1] and "unreadable line" in warned[3]
+    assert all("without a verdict ignored (the tile is scored again)" in w for w in warned[4:6])
 
 
 def test_every_verdict_of_a_submit_run_was_fsynced_as_it_was_written(tmp_path, synced, isolated_config, monkeypatch):
@@ -157,3 +158,42 @@ def test_a_write_the_kernel_refuses_is_cut_off_and_earlier_records_stay(tmp_path
     assert tiles == [f"tile_{i:03d}.png" for i in range(int(kept))] and len(tiles) >= 5
     assert f"cannot record the verdict of tile_{len(tiles):03d}.png" in message
     assert f"The {len(tiles)} records written before are intact" in message
+
+
+def test_a_record_without_a_verdict_is_scored_again_and_report_does_not_fail(tmp_path, isolated_config, monkeypatch):
+    """A hand-edited or foreign line ``{"tile": ...}`` counted as recorded, and ``client report`` died on it with a traceback."""
+    section = tmp_path / "section_042"
+    shutil.copytree(EXAMPLE, section, ignore=shutil.ignore_patterns("mhd-*"))
+    monkeypatch.setenv("MHD_WORKERS", "1")
+    assert CliRunner().invoke(cli.main, ["submit", "--dir", str(section)]).exit_code == 2
+    log = section / "mhd-results.jsonl"
+    with log.open("a") as fh:
+        fh.write('{"tile": "tile_r0_c0.png"}\n')
+    out = CliRunner().invoke(cli.main, ["report", "--dir", str(section)])
+    assert out.exit_code == 0 and out.exception is None, out.output
+    assert mhd.client.results.read_records(log)[0]["tile_r0_c0.png"].verdict == "ok"  # the real record stands
+    # a tile whose only line has no verdict is not recorded: the next run scores it
+    lines = [line for line in log.read_text().splitlines(keepends=True) if '"tile_r0_c0.png"' not in line]
+    log.write_text("".join(lines) + '{"tile": "tile_r0_c0.png"}\n')
+    out = CliRunner().invoke(cli.main, ["submit", "--dir", str(section)])
+    assert "15 already recorded, 1 to score" in out.output, out.output
+    assert mhd.client.results.read_records(log)[0]["tile_r0_c0.png"].verdict == "ok"
+
+
+def test_an_unforeseen_failure_is_one_line_with_the_traceback_in_a_file(tmp_path, isolated_config, monkeypatch):
+    import tempfile
+
+    import mhd.client.report
+
+    def broken(*args, **kwargs):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(mhd.client.report, "make_report", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    section = tmp_path / "s"
+    section.mkdir()
+    out = CliRunner().invoke(cli.main, ["report", "--dir", str(section)])
+    assert out.exit_code == 1, out.output
+    [saved] = tmp_path.glob("mhd-client-*.traceback.txt")
+    assert out.output.strip() == f"Error: unexpected TypeError: unsupported operand (traceback in {saved})"
+    assert "Traceback" not in out.output and "raise TypeError" in saved.read_text()

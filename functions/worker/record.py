@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-__all__ = ["ALWAYS", "RESULT_KEYS", "TileRecord", "finite"]
+__all__ = ["ALWAYS", "RESULT_KEYS", "VERDICTS", "TileRecord", "finite"]
 
 
 def finite(value: Any) -> float | None:
@@ -200,6 +200,8 @@ _NAMES = frozenset(f.name for f in _FIELDS)
 
 #: Fields every results-log line has, first (None included).
 ALWAYS = ("tile", "verdict", "reason", "features", "density", "error", "kind")
+#: Every verdict a judged record carries, in the order summaries list them.
+VERDICTS = ("ok", "oof", "empty", "error")
 
 #: Fields of a ``score_tiles`` result, in order: what the worker measures.
 RESULT_KEYS = (
