@@ -10,6 +10,9 @@ def run() -> None:
     from .interrupt import install_early_handler
 
     install_early_handler()
+    from .pipes import install
+
+    install()  # `client submit | head` scores the whole section
     from .cli import main, prog_name
 
     main(prog_name=prog_name())
