@@ -158,6 +158,7 @@ def main(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, stream=sys.stderr, force=True)
+    logging.getLogger("PIL").setLevel(max(level, logging.INFO))  # -vv: our debug lines, not every PNG chunk
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)
         handler.setFormatter(_OneLine("%(levelname)s: %(message)s"))

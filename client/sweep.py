@@ -207,6 +207,9 @@ def wd_table(
     """
     images = [t.id for t in discover(folder).tiles if Path(t.id).name != PLOT_NAME]
     found = _from_csv(csv_path, images) if csv_path is not None else _from_names(images, pattern)
+    if images and not found:
+        how = "in its file,wd rows" if csv_path is not None else "in its name (e.g. wd_5.002mm.png; --pattern)"
+        raise ValueError(f"{folder}: no image has a working distance {how}")
     for f in images:
         if f not in found:
             log.warning("%s: no working distance for this image; left out", f)

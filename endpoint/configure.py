@@ -401,7 +401,7 @@ def install_endpoint(spec: EndpointSpec, *, home: str | os.PathLike | None = Non
     files = render_endpoint(spec)
     existing = sorted(name for name in files if (directory / name).exists())
     if existing and not force:
-        raise FileExistsError(f"{directory} already has {', '.join(existing)}; use force (--force) to overwrite")
+        raise FileExistsError(f"{directory} already has {', '.join(existing)}; give --force to overwrite them")
     with tempfile.TemporaryDirectory(prefix=f"{spec.name}-check-") as scratch:
         _write(Path(scratch) / spec.name, files)
         validate_dir(Path(scratch) / spec.name)

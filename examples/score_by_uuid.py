@@ -38,6 +38,8 @@ def score_by_uuid(endpoint_id: str, function_id: str, tiles: list, params: dict 
 
 
 if __name__ == "__main__":
+    if not (os.environ.get("MHD_ENDPOINT") and os.environ.get("MHD_FUNCTION")):
+        sys.exit("set MHD_ENDPOINT and MHD_FUNCTION to the endpoint's and the registered function's UUIDs (client config shows them)")
     entries = score_by_uuid(os.environ["MHD_ENDPOINT"], os.environ["MHD_FUNCTION"], sys.argv[1:])
     for entry in entries:
         verdict = entry["error"] or f"{entry['density']:.0f} features/Mpx on {entry['backend']}"

@@ -402,3 +402,11 @@ def test_config_reads_the_old_backend_key_and_variable(tmp_path, monkeypatch):
     monkeypatch.delenv("MHD_EXECUTOR")
     assert load()["executor"] == "globus"
     assert "backend" not in run("config").output.split()
+
+
+def test_debug_output_is_ours_not_every_png_chunk():
+    """``client -vv`` printed PIL's debug line for every PNG chunk it read."""
+    tile = Path(__file__).resolve().parents[1] / "examples" / "section_042" / "tile_r0_c0.png"
+    out = CliRunner().invoke(main, ["-vv", "score", str(tile)])
+    assert out.exit_code == 0, out.output
+    assert "STREAM b'IHDR'" not in out.output

@@ -119,6 +119,8 @@ def test_names_signs_units_and_their_errors(tmp_path):
         wd_table(folder("wd_5mm.png"), units="um")
     with pytest.raises(ValueError, match="needs a group"):
         wd_table(folder("wd_5mm.png"), pattern="wd")
+    with pytest.raises(ValueError, match=r"no image has a working distance in its name \(e.g. wd_5.002mm.png; --pattern\)"):
+        wd_table(folder("tile_r0_c0.png", "tile_r0_c1.png"))  # it said "working distances have no unit"
 
 
 def test_a_bad_image_fails_alone_and_too_few_images_are_refused(tmp_path):
