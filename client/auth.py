@@ -164,9 +164,24 @@ def ensure_login(app: Any = None, interactive: bool | None = None) -> None:
         raise LoginRequired(f"Globus login failed ({type(exc).__name__}: {exc}): {LOGIN_HINT}") from None
 
 
-def login(app: Any = None, *, force: bool = False) -> None:
-    """Log in now (browser / code prompt for a ``UserApp``) unless valid tokens exist."""
-    _app(app).login(force=force)
+def login(app: Any = None, *, force: bool = False, interactive: bool | None = None) -> None:
+    """Log in now (browser / code prompt for a ``UserApp``) unless valid tokens exist.
+
+    Raises
+    ------
+    LoginRequired
+        A person must log in and there is no terminal to prompt on
+        (``interactive``; default: stdin is a terminal); service
+        credentials need none.
+    """
+    import globus_sdk
+
+    app = _app(app)
+    if interactive is None:
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+    if not interactive and not isinstance(app, globus_sdk.ClientApp) and (force or app.login_required()):
+        raise LoginRequired(f"there is no terminal here to log in from: {LOGIN_HINT}")
+    app.login(force=force)
 
 
 def logout(app: Any = None) -> None:
