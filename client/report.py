@@ -41,6 +41,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -147,7 +148,11 @@ def make_report(section: Path, rule: Rule, positions: Path | None = None, out: P
     results = results or section
     recs, _ = read_records(results / RESULTS_NAME)
     if not recs:
-        raise FileNotFoundError(f"{results / RESULTS_NAME}: no results yet; run 'client submit --dir {section}' first")
+        if results != section:  # results kept elsewhere (--results or the config): submit must write them there
+            where = f" --results {results.parent}"
+        else:  # a read-only section can only be scored with its results elsewhere
+            where = "" if os.access(section, os.W_OK) else " --results DIR"
+        raise FileNotFoundError(f"{results / RESULTS_NAME}: no results yet; run 'client submit --dir {section}{where}' first")
     records = sorted(recs.values(), key=lambda r: natural_key(r.tile))
     folder = out or results / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)

@@ -245,6 +245,13 @@ def test_report_without_positions_and_without_results(tmp_path):
     (tmp_path / "empty").mkdir()
     none = run("report", "--dir", tmp_path / "empty")
     assert none.exit_code == 1 and "no results yet" in none.output
+    assert f"run 'client submit --dir {tmp_path / 'empty'}' first" in none.output
+    # results kept elsewhere: the submit it suggests writes them there
+    elsewhere = run("report", "--dir", tmp_path / "empty", "--results", tmp_path / "res")
+    assert (
+        elsewhere.exit_code == 1
+        and f"run 'client submit --dir {tmp_path / 'empty'} --results {tmp_path / 'res'}' first" in elsewhere.output
+    )
 
 
 def test_calibrate_fits_the_series_and_submit_rule_uses_it(tmp_path):
