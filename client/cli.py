@@ -447,7 +447,9 @@ def submit(
     their paths. Each verdict is appended to DIR/mhd-results.jsonl (or
     under --results) as it arrives, and a line is printed for each tile
     that is not ok (-a: every tile); a re-run scores only tiles not yet
-    recorded (and retries errors). Ctrl-C records the tasks that finish
+    recorded, retries errors, and scores again tiles whose file changed
+    since it was scored (re-imaged under the same name: the new verdict
+    replaces the old). Ctrl-C records the tasks that finish
     within drain_timeout seconds and exits 130. Exit status: 0 all ok,
     2 out-of-focus tiles, 1 errors.
 
@@ -660,7 +662,10 @@ def watch(
 
     A tile is taken once completely written (size stable and its image
     structure whole, read without decoding it, or
-    renamed into place from a .part/.tmp/dot name). Each verdict is printed
+    renamed into place from a .part/.tmp/dot name). A recorded tile whose
+    file changes (re-imaged under the same name, written over it or renamed
+    into place) is taken again the same way; its new verdict replaces the
+    old. Each verdict is printed
     and recorded within about a second; with --on-oof, CMD runs with the
     tile's path as its last argument (no shell involved). Ctrl-C records
     the tasks that finish within drain_timeout seconds (the others are

@@ -4,7 +4,8 @@ Acquisition order is the *natural sort* of the tiles' paths relative to the
 section folder (``tile_2`` before ``tile_10``; folders before their
 contents sort like any other path component). Names are what the microscope
 controls and what an operator reads; modification times change when files
-are copied or transferred, so they are not used.
+are copied or transferred, so they are not used for the order (with the size,
+they tell whether a recorded tile was re-imaged since: :class:`Tile`).
 """
 
 from __future__ import annotations
@@ -62,11 +63,16 @@ class Tile:
         Absolute path on this machine.
     size : int
         Size in bytes when discovered.
+    mtime_ns : int or None
+        Modification time (ns since the epoch) when discovered; with
+        ``size``, what identifies the version of the file that is scored
+        (a tile re-imaged under the same name differs in one or both).
     """
 
     id: str
     path: Path
     size: int
+    mtime_ns: int | None = None
 
 
 @dataclass
@@ -178,7 +184,8 @@ def discover(section: str | Path) -> Discovery:
         if is_partial_name(path.name):
             found.ignored.append(rel.as_posix())
         elif is_image_name(path.name):
-            found.tiles.append(Tile(rel.as_posix(), path, path.stat().st_size))
+            st = path.stat()
+            found.tiles.append(Tile(rel.as_posix(), path, st.st_size, st.st_mtime_ns))
         else:
             found.skipped.append(rel.as_posix())
     found.tiles.sort(key=lambda t: natural_key(t.id))

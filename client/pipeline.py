@@ -65,12 +65,22 @@ def record_from_result(result: TileRecord, tile: Tile, transport: str, roundtrip
         One entry of ``score_tiles``'s list (fields this client does not
         know are kept in ``extra``).
     tile : Tile
-        The local tile it belongs to (its id replaces the payload id).
+        The local tile it belongs to (its id replaces the payload id; its
+        size and mtime are recorded as ``file_size`` and ``file_mtime_ns``:
+        the version of the file scored).
     transport : str
     roundtrip_ms : float
         Task submission to result (milliseconds).
     """
-    return replace(result, tile=tile.id, transport=transport, roundtrip_ms=round(roundtrip_ms, 1), scored_at=_now())
+    return replace(
+        result,
+        tile=tile.id,
+        transport=transport,
+        roundtrip_ms=round(roundtrip_ms, 1),
+        scored_at=_now(),
+        file_size=tile.size,
+        file_mtime_ns=tile.mtime_ns,
+    )
 
 
 def _short(exc: BaseException) -> str:

@@ -28,7 +28,10 @@ Everything is written to ``<section>/mhd-report/``:
     ``tile_r1_c2.png<TAB>astigmatism 34 deg`` (turn the stigmators; blur
     along 34 degrees), ``...<TAB>defocus`` (refocus),
     ``...<TAB>partial: cells 0,3 1,3 low`` or ``...<TAB>error``.
-    ``cut -f1 mhd-reacquire.txt`` lists the ids alone.
+    ``cut -f1 mhd-reacquire.txt`` lists the ids alone. Re-imaged tiles
+    written under the same names are scored again by the next ``client
+    submit`` (or by a ``client watch`` that is running): their file's size
+    or modification time differs from the version recorded.
 
 ``section_verdict`` re-judges every tile against the whole section's
 baseline (hindsight: the recorded verdict used the section *so far*). The

@@ -2,7 +2,11 @@
 
 Which tiles are scored: every tile of the section without a record in
 ``mhd-results.jsonl``, plus those whose record is an ``error`` (retried: the
-cause may have been the network). ``rescore=True`` starts a fresh log (the
+cause may have been the network), plus those whose file changed since it was
+scored (its size or modification time differ from the record's
+``file_size``/``file_mtime_ns``: re-imaged under the same name, e.g. from
+``mhd-reacquire.txt``); the new record replaces the old one. Records written
+before those fields existed are kept. ``rescore=True`` starts a fresh log (the
 old one is kept as a ``.bak``) and scores everything.
 """
 
@@ -24,7 +28,7 @@ from .session import Outcome, RunSession
 from .transport import Transport
 from .verdicts import Rule
 
-__all__ = ["auto_batch", "run_section", "section_summary", "todo_tiles"]
+__all__ = ["auto_batch", "changed_tiles", "run_section", "section_summary", "todo_tiles"]
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +45,13 @@ def auto_batch(n_tiles: int, workers: int, kind: str) -> int:
 
 
 def todo_tiles(found: Discovery, records: dict[str, TileRecord]) -> list[Tile]:
-    """Tiles without a record, or whose record is an error (retried)."""
-    return [t for t in found.tiles if t.id not in records or records[t.id].verdict == "error"]
+    """Tiles without a record, whose record is an error (retried), or whose file changed since it was scored."""
+    return [t for t in found.tiles if (rec := records.get(t.id)) is None or rec.verdict == "error" or rec.changed(t.size, t.mtime_ns)]
+
+
+def changed_tiles(records: dict[str, TileRecord], tiles: list[Tile]) -> list[Tile]:
+    """Of ``tiles``, those recorded with a verdict whose file is not the version scored (size or mtime differ)."""
+    return [t for t in tiles if (rec := records.get(t.id)) is not None and rec.verdict != "error" and rec.changed(t.size, t.mtime_ns)]
 
 
 def run_section(
@@ -102,7 +111,8 @@ def run_section(
         todo = todo_tiles(found, run.results.records)
         batch = cfg["batch"] or auto_batch(len(todo), run.workers, run.kind)
         transport = run.use_transport(todo, batch)
-        _header(console, section, found, len(run.results.records), len(todo), run.kind, run.workers, transport, rule)
+        changed = len(changed_tiles(run.results.records, todo))
+        _header(console, section, found, len(run.results.records), len(todo), run.kind, run.workers, transport, rule, changed)
         with Reporter(console, len(todo), show_ok) as reporter:
             if todo:
                 run.drive(lambda pipe: pipe.run(todo), reporter)
@@ -110,10 +120,20 @@ def run_section(
 
 
 def _header(
-    console: Console, section: Path, found: Discovery, done: int, todo: int, kind: str, workers: int, transport: Transport, rule: Rule
+    console: Console,
+    section: Path,
+    found: Discovery,
+    done: int,
+    todo: int,
+    kind: str,
+    workers: int,
+    transport: Transport,
+    rule: Rule,
+    changed: int = 0,
 ) -> None:
     skipped = f", {len(found.skipped)} other file(s) skipped" if found.skipped else ""
-    console.print(f"[bold]{section.name}[/]: {len(found.tiles)} tiles{skipped}; {done} already recorded, {todo} to score")
+    again = f" ({changed} changed since: scored again)" if changed else ""
+    console.print(f"[bold]{section.name}[/]: {len(found.tiles)} tiles{skipped}; {done} already recorded{again}, {todo} to score")
     for name in found.skipped[:5]:
         console.print(f"  [dim]skipped (not an image): {name}[/]")
     if len(found.skipped) > 5:

@@ -12,6 +12,13 @@ A tile is taken once it is completely written:
 
 A tile that stays incomplete for ``give_up`` seconds is taken anyway, so it
 gets an ``error`` verdict naming it instead of being silently ignored.
+
+A tile already recorded (or handed out by this watch) is taken again when its
+file changes: a different size or modification time than the version scored
+(re-imaged under the same name, written in place or renamed over the old
+file). It then lands like a new tile (the same checks), and its new record
+replaces the old one. Records written before the file's size and mtime were
+recorded are kept as they are.
 """
 
 from __future__ import annotations
@@ -55,8 +62,11 @@ class Landing:
     Parameters
     ----------
     section : Path
-    done : set of str
-        Tile ids never to hand out again (already recorded).
+    done : dict of str to (int or None, int or None)
+        Tile ids already recorded or handed out -> the (size, mtime_ns) of
+        the file version scored. Such a tile is handed out again only once
+        its file differs in a value that is known (re-imaged under the same
+        name); (None, None): never again. A set of ids means the latter.
     settle : float
         A file unmodified for this many seconds counts as complete without a
         second look.
@@ -68,11 +78,15 @@ class Landing:
     """
 
     section: Path
-    done: set[str] = field(default_factory=set)
+    done: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
     settle: float = 1.0
     give_up: float = 10.0
     complete: Callable[[Path], bool] = lambda p: is_complete(p)
     _seen: dict[str, _Seen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.done, dict):
+            self.done = dict.fromkeys(self.done, (None, None))
 
     def poll(self) -> list[tuple[Tile, float]]:
         """Tiles that became complete since the last call, in acquisition order.
@@ -85,16 +99,16 @@ class Landing:
         ready = []
         now = time.time()
         for tile in discover(self.section).tiles:
-            if tile.id in self.done:
-                continue
             try:
                 st = tile.path.stat()
             except FileNotFoundError:
                 continue
+            if tile.id in self.done and not _differs(self.done[tile.id], st.st_size, st.st_mtime_ns):
+                continue
             if self._complete(tile, st.st_size, st.st_mtime_ns, now):
-                self.done.add(tile.id)
+                self.done[tile.id] = (st.st_size, st.st_mtime_ns)
                 self._seen.pop(tile.id, None)
-                ready.append((Tile(tile.id, tile.path, st.st_size), st.st_mtime_ns / 1e9))
+                ready.append((Tile(tile.id, tile.path, st.st_size, st.st_mtime_ns), st.st_mtime_ns / 1e9))
         return ready
 
     def _complete(self, tile: Tile, size: int, mtime_ns: int, now: float) -> bool:
@@ -109,6 +123,12 @@ class Landing:
         seen = self._seen[tile.id]
         seen.first_bad = seen.first_bad or now
         return now - seen.first_bad >= self.give_up
+
+
+def _differs(version: tuple[int | None, int | None], size: int, mtime_ns: int) -> bool:
+    """Whether a file of ``size`` and ``mtime_ns`` is not ``version`` (values not known do not count)."""
+    known_size, known_mtime = version
+    return (known_size is not None and size != known_size) or (known_mtime is not None and mtime_ns != known_mtime)
 
 
 #: The last chunk of every PNG file: length 0, type IEND, its CRC.
@@ -187,7 +207,9 @@ def watch_section(
 ) -> Outcome:
     """Follow ``section`` until Ctrl-C (or ``idle_exit`` seconds without a new tile).
 
-    Tiles already recorded are not scored again. Each verdict is recorded
+    Tiles already recorded are not scored again unless their file changes
+    (re-imaged under the same name: scored again once it settles, the new
+    record replacing the old). Each verdict is recorded
     (fsync) and printed as it arrives; ``latency_ms`` in each record is the
     time from the tile's last write to its verdict. ``results_dir`` holds
     the results log (default: the section).
@@ -221,9 +243,8 @@ def watch_section(
     )
     with run:
         transport = run.use_transport(None, cfg["batch"] or 1)  # tiles not known yet: auto prefers what carries any size
-        landing = Landing(
-            section, {t for t, r in run.results.records.items() if r.verdict != "error"}, settle=max(poll, 0.5), give_up=give_up
-        )
+        done = {t: (r.file_size, r.file_mtime_ns) for t, r in run.results.records.items() if r.verdict != "error"}
+        landing = Landing(section, done, settle=max(poll, 0.5), give_up=give_up)
         console.print(
             f"[bold]watching {section}[/] ({len(run.results.records)} tiles already recorded; executor "
             f"{run.kind}, transport {transport.name}); Ctrl-C to stop"

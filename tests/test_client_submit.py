@@ -119,3 +119,54 @@ def test_killed_client_resumes_without_losing_or_duplicating(tmp_path):
     after = lines(section)
     assert len(after) == 48 and len({r["tile"] for r in after}) == 48
     assert after[: len(before)] == before  # every verdict given before the kill is kept as it was
+
+
+def reimage(path: Path, data: bytes, mtime_ns: int | None = None) -> None:
+    """Write ``data`` over ``path`` the way a microscope re-images a tile: a partial file renamed into place."""
+    part = path.with_name(path.name + ".part")
+    part.write_bytes(data)
+    st = path.stat()
+    mtime_ns = mtime_ns or st.st_mtime_ns + 10**9  # a second later whatever the file system's clock resolution
+    os.utime(part, ns=(mtime_ns, mtime_ns))
+    part.replace(path)
+
+
+def test_submit_rescores_reimaged_tiles_and_only_those(section):
+    runner = CliRunner()
+    assert runner.invoke(main, ["submit", "--dir", str(section)]).exit_code == 2
+    before = {r["tile"]: r for r in lines(section)}
+    assert all(r["file_size"] == (section / t).stat().st_size for t, r in before.items())
+    assert all(r["file_mtime_ns"] == (section / t).stat().st_mtime_ns for t, r in before.items())
+
+    sharp = (section / "tile_r0_c0.png").read_bytes()
+    for tile in EXPECTED_OOF - {"tile_r3_c1.png"}:
+        reimage(section / tile, sharp)  # re-acquired in focus, under the same name
+    same = section / "tile_r3_c1.png"
+    reimage(same, same.read_bytes())  # the same size: the mtime alone tells the new version
+    again = runner.invoke(main, ["submit", "--dir", str(section)])
+    assert "16 already recorded (3 changed since: scored again), 3 to score" in again.output, again.output
+    after = {r["tile"]: r for r in lines(section)}
+    assert len(lines(section)) == 16  # the new records replaced the old ones
+    for tile in EXPECTED_OOF:
+        assert after[tile]["scored_at"] != before[tile]["scored_at"]
+        assert after[tile]["file_mtime_ns"] == (section / tile).stat().st_mtime_ns
+    for tile in EXPECTED_OOF - {"tile_r3_c1.png"}:
+        assert after[tile]["verdict"] == "ok" and after[tile]["file_size"] == len(sharp)
+    assert {t: r for t, r in after.items() if t not in EXPECTED_OOF} == {t: r for t, r in before.items() if t not in EXPECTED_OOF}
+    assert again.exit_code == 2  # tile_r3_c1.png was re-imaged just as out of focus
+
+    reimage(same, sharp)
+    fixed = runner.invoke(main, ["submit", "--dir", str(section)])
+    assert "(1 changed since: scored again), 1 to score" in fixed.output
+    assert fixed.exit_code == 0, fixed.output  # every re-imaged tile in focus: the section is done without --rescore
+
+
+def test_records_written_before_file_versions_were_kept_are_not_rescored(section):
+    runner = CliRunner()
+    assert runner.invoke(main, ["submit", "--dir", str(section)]).exit_code == 2
+    old = [{k: v for k, v in r.items() if k not in ("file_size", "file_mtime_ns")} for r in lines(section)]
+    (section / "mhd-results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    reimage(section / "tile_r1_c2.png", (section / "tile_r0_c0.png").read_bytes())
+    again = runner.invoke(main, ["submit", "--dir", str(section)])
+    assert again.exit_code == 2 and "16 already recorded, 0 to score" in again.output, again.output
+    assert lines(section) == old

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -13,10 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+import mhd.client.watch as watch
+from mhd.client.config import load
 from mhd.client.discover import Tile
-from mhd.client.verdicts import Calibration
-from mhd.client.watch import Landing, is_complete
+from mhd.client.results import read_records
+from mhd.client.submit import run_section
+from mhd.client.verdicts import Calibration, Rule
+from mhd.client.watch import Landing, is_complete, watch_section
 from tilegen import blobs, encode
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
@@ -51,6 +57,67 @@ def test_landing_waits_for_stable_complete_files(tmp_path):
     ready = landing.poll()
     assert [t.id for t, _ in ready] == ["a.png", "b.png"] and all(isinstance(t, Tile) for t, _ in ready)
     assert landing.poll() == []  # each tile is handed out once
+
+
+def rename_over(path: Path, data: bytes, mtime: float) -> None:
+    """Write ``data`` as ``path``.part, last modified at ``mtime``, and rename it over ``path``."""
+    part = path.with_name(path.name + ".part")
+    part.write_bytes(data)
+    os.utime(part, (mtime, mtime))
+    part.replace(path)
+
+
+def test_landing_hands_out_a_recorded_tile_again_once_its_file_changes(tmp_path):
+    data = (EXAMPLE / "tile_r0_c0.png").read_bytes()
+    rename_over(tmp_path / "a.png", data, time.time() - 60)
+    rename_over(tmp_path / "old.png", data, time.time() - 60)
+    st = (tmp_path / "a.png").stat()
+    landing = Landing(tmp_path, {"a.png": (st.st_size, st.st_mtime_ns), "old.png": (None, None)}, settle=1.0, give_up=100.0)
+    assert landing.poll() == []  # recorded, unchanged; old.png's record predates file versions: kept
+    rename_over(tmp_path / "a.png", data, time.time() - 30)  # re-imaged: same name, same size, another mtime
+    rename_over(tmp_path / "old.png", data[:-1] + b"x", time.time() - 30)
+    [(tile, landed)] = landing.poll()
+    assert tile.id == "a.png" and tile.mtime_ns == (tmp_path / "a.png").stat().st_mtime_ns and tile.size == len(data)
+    assert landing.poll() == []  # handed out once per version
+    (tmp_path / "a.png").write_bytes(data[:1000])  # re-imaged again, while this watch runs: waits until complete
+    assert landing.poll() == [] and landing.poll() == []
+    (tmp_path / "a.png").write_bytes(data)
+    os.utime(tmp_path / "a.png", (time.time() - 10, time.time() - 10))
+    assert [t.id for t, _ in landing.poll()] == ["a.png"]
+
+
+@pytest.mark.usefixtures("isolated_config")
+def test_watch_rescores_a_tile_renamed_into_place_over_a_recorded_one(tmp_path, monkeypatch):
+    section = tmp_path / "s"
+    section.mkdir()
+    for name in ("tile_r0_c0.png", "tile_r0_c1.tif"):
+        rename_over(section / name, (EXAMPLE / name).read_bytes(), time.time() - 60)
+    cfg = load().override(executor="local", workers=1)
+    console = Console(file=io.StringIO())
+    run_section(section, cfg, console, rule=Rule(warmup=1), params={"backend": "numpy"})
+    before, _ = read_records(section / "mhd-results.jsonl")
+    assert set(before) == {"tile_r0_c0.png", "tile_r0_c1.tif"}
+
+    new = (EXAMPLE / "tile_r1_c2.png").read_bytes()
+    real_discover = watch.discover
+    looks = []
+
+    def discover(folder):
+        found = real_discover(folder)
+        looks.append(1)
+        if len(looks) == 1:  # the watch is following: the microscope re-images tile_r0_c0.png now
+            rename_over(section / "tile_r0_c0.png", new, time.time() - 30)
+        return found
+
+    monkeypatch.setattr(watch, "discover", discover)
+    out = watch_section(section, cfg, console, rule=Rule(warmup=1), params={"backend": "numpy"}, poll=0.1, idle_exit=2.0)
+    assert out.new == 1
+    after, lines = read_records(section / "mhd-results.jsonl")
+    assert lines == 2  # the new record replaced the old one
+    rec = after["tile_r0_c0.png"]
+    assert (rec.file_size, rec.file_mtime_ns) == (len(new), (section / "tile_r0_c0.png").stat().st_mtime_ns)
+    assert rec.scored_at != before["tile_r0_c0.png"].scored_at and rec.latency_ms is not None
+    assert after["tile_r0_c1.tif"] == before["tile_r0_c1.tif"]  # untouched: not scored again
 
 
 @pytest.mark.parametrize("fmt", ["png", "tiff", "jpeg", "bmp"])

@@ -127,3 +127,12 @@ def test_results_of_an_older_worker_without_contrast_are_recorded_with_one_warni
         Pipeline(OldWorker(), InlineTransport(2), Judge(Rule(warmup=1)), results, None, seen.extend).run(discover(section).tiles)
     assert len(seen) == 4 and all(r.error is None and r.contrast is None for r in seen)
     assert caplog.text.count("the worker returned no tissue contrast") == 1
+
+
+def test_a_record_knows_the_file_version_it_scored_and_an_old_one_claims_none():
+    rec = TileRecord("a.png", verdict="oof", file_size=100, file_mtime_ns=5)
+    assert TileRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
+    assert not rec.changed(100, 5) and rec.changed(101, 5) and rec.changed(100, 6)
+    old = TileRecord.from_json(json.loads(OLD_LINE))  # written before file versions were recorded
+    assert (old.file_size, old.file_mtime_ns) == (None, None) and not old.changed(1, 2)
+    assert "file_size" not in old.to_json() and "file_size" not in old.brief().to_json()

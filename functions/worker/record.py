@@ -2,7 +2,8 @@
 
 The worker fills the measurements (:meth:`TileRecord.from_detection`, or
 :meth:`TileRecord.failed`); the client adds where the tile went and when
-(``transport``, ``roundtrip_ms``, ``scored_at``, ``latency_ms``) and the verdict
+(``transport``, ``roundtrip_ms``, ``scored_at``, ``latency_ms``, and the file
+version scored: ``file_size``, ``file_mtime_ns``) and the verdict
 (``verdict``, ``kind``, ``reason``, ``focus_map``, ``defocus``), each a new
 record (:func:`dataclasses.replace`), never an update in place.
 
@@ -89,6 +90,12 @@ class TileRecord:
         When it was recorded (ISO 8601, UTC).
     latency_ms : float or None
         Tile landed to verdict (milliseconds; ``watch`` only).
+    file_size, file_mtime_ns : int or None
+        The version of the tile file that was scored: its size (bytes) and
+        modification time (ns since the epoch) when the client found it.
+        ``submit`` and ``watch`` score a recorded tile again when its file
+        differs (re-imaged under the same name); None in records written
+        before these existed, which are then kept as they are.
     focus_map : list of list of float or None
         (gy, gx) cell density / baseline density.
     defocus : float or None
@@ -124,6 +131,8 @@ class TileRecord:
     roundtrip_ms: float | None = None
     scored_at: str | None = None
     latency_ms: float | None = None
+    file_size: int | None = None
+    file_mtime_ns: int | None = None
     focus_map: list | None = None
     defocus: float | None = None
     has_blur: bool = field(default=True, compare=False)
@@ -192,6 +201,16 @@ class TileRecord:
     def brief(self) -> "TileRecord":
         """This record without its per-cell arrays and unknown fields (what a run keeps in memory)."""
         return dataclasses.replace(self, grid=None, contrast_cells=None, focus_map=None, extra={})
+
+    def changed(self, size: int | None, mtime_ns: int | None) -> bool:
+        """Whether a file of ``size`` bytes modified at ``mtime_ns`` is not the version this record scored.
+
+        A field the record lacks (written before it existed) or a value not
+        known (None) is no evidence of change: such records are kept.
+        """
+        return (self.file_size is not None and size is not None and size != self.file_size) or (
+            self.file_mtime_ns is not None and mtime_ns is not None and mtime_ns != self.file_mtime_ns
+        )
 
 
 #: Fields written to JSON, in order (``has_blur`` and ``extra`` are not fields of the JSON object).
