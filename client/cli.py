@@ -7,6 +7,8 @@ Exit statuses (every command that judges tiles)::
     2    out-of-focus tiles, and no errors (errors take precedence)
     64   usage error (unknown option, missing argument)
     130  interrupted (Ctrl-C) before the run finished
+    143  terminated (SIGTERM: systemctl stop, kill, timeout); drained as for Ctrl-C
+    129  hung up (SIGHUP: the terminal or ssh session closed); drained as for Ctrl-C
 
 The terminal gets one line per problem, never a traceback; ``submit`` and
 ``watch`` also append everything, with the details (remote tracebacks, the
@@ -387,14 +389,18 @@ def _os_error(exc: OSError) -> str:
 
 
 def _interruptible(console: Console, run: Callable[[], Any]) -> Any:
-    """``run()``; Ctrl-C before scoring started ends the command with status 130, quietly."""
-    from .interrupt import EXIT_INTERRUPTED
+    """``run()``; Ctrl-C (SIGTERM, SIGHUP) before scoring started ends the command quietly with status 130 (143, 129)."""
+    import signal as signals
+
+    from .interrupt import exit_code, stopped_by
 
     try:
         return run()
-    except KeyboardInterrupt:
-        console.print("interrupted before scoring started: nothing recorded", highlight=False)
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signals.SIGINT)
+        with contextlib.suppress(OSError):  # a terminal that hung up
+            console.print(f"{stopped_by(signum)} before scoring started: nothing recorded", highlight=False)
+        sys.exit(exit_code(signum))
 
 
 def _compute_client() -> Any:
