@@ -438,7 +438,7 @@ def submit(
     under --results) as it arrives, and a line is printed for each tile
     that is not ok (-a: every tile); a re-run scores only tiles not yet
     recorded (and retries errors). Ctrl-C records the tasks that finish
-    within drain_timeout seconds and exits 130. Exit status: 0 all ok,
+    within drain_timeout seconds and exits 130 (SIGTERM: 143, SIGHUP: 129). Exit status: 0 all ok,
     2 out-of-focus tiles, 1 errors.
 
     Example:
@@ -654,7 +654,8 @@ def watch(
     and recorded within about a second; with --on-oof, CMD runs with the
     tile's path as its last argument (no shell involved). Ctrl-C records
     the tasks that finish within drain_timeout seconds (the others are
-    scored on the next run), then exits with the section's status (0/1/2).
+    scored on the next run), then exits with the section's status (0/1/2);
+    SIGTERM and SIGHUP do the same and exit 143 and 129.
 
     Example:
 
