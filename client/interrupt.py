@@ -125,7 +125,32 @@ def abandon(
     os._exit(status)
 
 
+def _detach_hung_up_terminal() -> None:
+    """After SIGHUP: point stdout and stderr at ``/dev/null`` where they were a terminal that is now gone.
+
+    A closed ssh or tmux session leaves the client writing to a hung-up
+    terminal, where every write fails (EIO); the drain, the records and the
+    exit status must not depend on the messages reaching anyone. A terminal
+    still there (SIGHUP sent by ``kill``) is kept.
+    """
+    for fd in (1, 2):
+        try:
+            os.fstat(fd)
+            if os.isatty(fd):
+                continue
+            mode = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists(f"/proc/self/fd/{fd}") else ""
+            if not (mode.startswith("/dev/pts/") or mode.startswith("/dev/tty")):
+                continue  # a file or a pipe (a journal): not a terminal at all
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
+        except OSError:
+            pass
+
+
 def _early(signum: int, frame: Any) -> None:
+    if signum == getattr(signal, "SIGHUP", None):
+        _detach_hung_up_terminal()
     abandon(stopped_by(signum), exit_code(signum))
 
 
@@ -212,6 +237,8 @@ class Interrupt:
                 raise Abandoned(self.signum or signal.SIGINT)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == getattr(signal, "SIGHUP", None):
+            _detach_hung_up_terminal()
         if self.abandoning:
             abandon(f"{stopped_by(self.signum or signum)} again: stopping now", self.status)
         if self.requested:

@@ -428,3 +428,25 @@ def test_a_second_ctrl_c_during_warm_up_records_the_held_verdicts(tmp_path):
     recs = lines_of(results)
     assert len(recs) == int(m[1]) and len(recs) + int(m[3]) <= 10
     assert term.left_behind() == []
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP") or not os.path.exists("/proc/self/fd"), reason="SIGHUP and /proc")
+def test_sighup_after_the_terminal_closed_still_drains_and_records(tmp_path):
+    """The ssh or tmux session is gone (every write to the terminal fails): the held verdicts are recorded all the same."""
+    section = example_section(tmp_path / "section")
+    results = section / "mhd-results.jsonl"
+    term = Terminal(client("submit", "--dir", str(section), "--batch", "1", "--workers", "2"), warm_up_env(tmp_path), tmp_path)
+    term.wait_for(lambda: scored(term, 48) >= 3)
+    term.note_workers()
+    os.close(term.master)  # the terminal goes away
+    os.killpg(term.proc.pid, signal.SIGHUP)
+    try:
+        status = term.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(term.proc.pid, signal.SIGKILL)
+        pytest.fail("the client did not exit within 60 s of SIGHUP")
+    assert status == 129
+    recs = lines_of(results)
+    assert len(recs) >= 3 and all(r["verdict"] in ("ok", "oof", "empty") for r in recs)
+    assert "Traceback" not in (section / "mhd-client.log").read_text()
+    assert term.left_behind() == []
