@@ -70,11 +70,6 @@ def stopped_by(signum: int) -> str:
     )
 
 
-def _again(signum: int) -> str:
-    """How the user sends the same stop again."""
-    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-
-
 class Stopped(KeyboardInterrupt):
     """The first stop signal, before the pipeline runs (``signum``: which)."""
 
