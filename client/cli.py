@@ -7,6 +7,8 @@ Exit statuses (every command that judges tiles)::
     2    out-of-focus tiles, and no errors (errors take precedence)
     64   usage error (unknown option, missing argument)
     130  interrupted (Ctrl-C) before the run finished
+    143  terminated (SIGTERM: systemctl stop, kill, timeout); drained as for Ctrl-C
+    129  hung up (SIGHUP: the terminal or ssh session closed); drained as for Ctrl-C
 
 The terminal gets one line per problem, never a traceback; ``submit`` and
 ``watch`` also append everything, with the details (remote tracebacks, the
@@ -403,14 +405,18 @@ def _os_error(exc: OSError) -> str:
 
 
 def _interruptible(console: Console, run: Callable[[], Any]) -> Any:
-    """``run()``; Ctrl-C before scoring started ends the command with status 130, quietly."""
-    from .interrupt import EXIT_INTERRUPTED
+    """``run()``; Ctrl-C (SIGTERM, SIGHUP) before scoring started ends the command quietly with status 130 (143, 129)."""
+    import signal as signals
+
+    from .interrupt import exit_code, stopped_by
 
     try:
         return run()
-    except KeyboardInterrupt:
-        console.print("interrupted before scoring started: nothing recorded", highlight=False)
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signals.SIGINT)
+        with contextlib.suppress(OSError):  # a terminal that hung up
+            console.print(f"{stopped_by(signum)} before scoring started: nothing recorded", highlight=False)
+        sys.exit(exit_code(signum))
 
 
 def _compute_client() -> Any:
@@ -449,8 +455,8 @@ def submit(
     that is not ok (-a: every tile); a re-run scores only tiles not yet
     recorded, retries errors, and scores again tiles whose file changed
     since it was scored (re-imaged under the same name: the new verdict
-    replaces the old). Ctrl-C records the tasks that finish
-    within drain_timeout seconds and exits 130. Exit status: 0 all ok,
+    replaces the old). Ctrl-C records the tasks that finish within
+    drain_timeout seconds and exits 130 (SIGTERM: 143, SIGHUP: 129). Exit status: 0 all ok,
     2 out-of-focus tiles, 1 errors.
 
     Example:
@@ -669,7 +675,8 @@ def watch(
     and recorded within about a second; with --on-oof, CMD runs with the
     tile's path as its last argument (no shell involved). Ctrl-C records
     the tasks that finish within drain_timeout seconds (the others are
-    scored on the next run), then exits with the section's status (0/1/2).
+    scored on the next run), then exits with the section's status (0/1/2);
+    SIGTERM and SIGHUP do the same and exit 143 and 129.
 
     Example:
 

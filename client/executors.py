@@ -221,23 +221,53 @@ def _running_future() -> Future:
 # ------------------------------------------------------------------ local
 
 
+#: Signals the local workers ignore: Ctrl-C (the terminal's process group),
+#: SIGTERM (``systemctl stop`` signals the whole control group) and SIGHUP (a
+#: closed terminal). The client handles them and stops the workers itself.
+_WORKER_IGNORES = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 class _WorkerProcess(multiprocessing.get_context("spawn").Process):
-    """A spawned pool worker that never sees the terminal's Ctrl-C.
+    """A spawned pool worker that never sees the client's stop signals.
 
     A terminal sends SIGINT to the whole foreground process group, workers
-    included; the client handles it (records what is in flight, then shuts
-    the workers down). The worker is started with SIGINT blocked, so one
+    included, and systemd sends SIGTERM to the whole control group; the client
+    handles them (records what is in flight, then shuts the workers down).
+    The worker is started with SIGINT, SIGTERM and SIGHUP blocked, so one
     that arrives while it starts (imports) stays pending, and
-    :func:`_init_worker` ignores it (discarding a pending one) before
-    unblocking it, as CPython's own resource tracker does.
+    :func:`_init_worker` ignores them (discarding a pending one) before
+    unblocking them, as CPython's own resource tracker does. As it ignores
+    SIGTERM, :meth:`terminate` kills it (SIGKILL): the pool terminates its
+    workers when one of them died, and the client when it stops.
     """
 
     def start(self) -> None:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, set(_WORKER_IGNORES))
         try:
             super().start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def terminate(self) -> None:
+        self.kill()
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (if not yet) with SIGHUP blocked.
+
+    It ignores SIGINT and SIGTERM itself, but a closed terminal's SIGHUP would
+    end it, and the client's semaphores would then be reported leaked (or
+    the tracker restarted with a warning) at exit.
+    """
+    if not hasattr(signal, "SIGHUP"):
+        return
+    from multiprocessing import resource_tracker
+
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class _WorkerContext(type(multiprocessing.get_context("spawn"))):  # type: ignore[misc]
@@ -247,16 +277,17 @@ class _WorkerContext(type(multiprocessing.get_context("spawn"))):  # type: ignor
 
 
 def _init_worker(environ: dict[str, str | None], parent: int, slot: Any = None, workers: int = 1) -> None:
-    """Process-pool initializer: ignore SIGINT (the client shuts the worker
-    down), set (or, for None, remove) worker environment variables, keep
+    """Process-pool initializer: ignore SIGINT, SIGTERM and SIGHUP (the client
+    shuts the worker down), set (or, for None, remove) worker environment variables, keep
     the engine's task logging off the client's terminal (a failed task's
     traceback travels in its result), end the worker when its parent
     process (the client) is gone, and give it its share of the CPUs
     (:func:`_pin`; ``slot`` is the pool's shared counter of started workers)."""
     if slot is not None:
         _pin(slot, workers)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    for signum in _WORKER_IGNORES:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_WORKER_IGNORES))
     logging.getLogger().addHandler(logging.NullHandler())
     for key, value in environ.items():
         if value is None:
@@ -368,7 +399,8 @@ def local_engine(data_root: str | os.PathLike | None = None, workers: int | None
     """A started ``ProcessPoolEngine`` configured like the ``mhd-gpu`` endpoint.
 
     Workers are freshly *spawned* processes (not forks of the caller), each
-    pinned to its share of the CPUs (:func:`_pin`), that ignore SIGINT (a terminal's Ctrl-C is the client's to handle), take
+    pinned to its share of the CPUs (:func:`_pin`), that ignore SIGINT, SIGTERM and SIGHUP (the client
+    handles them and stops the workers), take
     ``MHD_DATA_ROOT`` = ``data_root`` (None removes it: inline tiles only) and
     the variables in ``env`` (a None value removes one), and deserialize only
     :data:`~mhd.client.registration.ALLOWED_SERIALIZERS`.
@@ -385,6 +417,7 @@ def local_engine(data_root: str | os.PathLike | None = None, workers: int | None
     environ: dict[str, str | None] = {"MHD_DATA_ROOT": os.path.realpath(data_root) if data_root else None}
     environ.update(env or {})
     workers = workers or min(os.cpu_count() or 1, 8)
+    _start_resource_tracker()
     context = _WorkerContext()
     engine = ProcessPoolEngine(
         max_workers=workers,
@@ -507,9 +540,9 @@ class LocalExecutor(EngineExecutor):
             self._tmp.cleanup()
 
     def abort(self, timeout: float = 2.0) -> None:
-        """Stop now, after Ctrl-C: queued tasks are dropped and the workers
-        (which ignore SIGINT, and may be in the middle of a task) are
-        terminated; waits at most ``timeout`` seconds for them to exit."""
+        """Stop now, after Ctrl-C (or SIGTERM, SIGHUP): queued tasks are dropped and the workers
+        (which ignore those signals, and may be in the middle of a task) are
+        killed; waits at most ``timeout`` seconds for them to exit."""
         if not self._close():
             return
         executor = self._engine.executor
@@ -517,7 +550,7 @@ class LocalExecutor(EngineExecutor):
         executor.shutdown(wait=False, cancel_futures=True)
         for proc in workers:
             with contextlib.suppress(Exception):
-                proc.terminate()
+                proc.kill()
         deadline = time.monotonic() + timeout
         for proc in workers:
             proc.join(max(0.0, deadline - time.monotonic()))

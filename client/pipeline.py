@@ -19,6 +19,7 @@ always ends. Each tile is recorded once, whatever happened to its tasks.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import os
 import shlex
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 from mhd.functions.worker.record import TileRecord
 
@@ -164,9 +165,16 @@ class Pipeline:
         raises :class:`KeyboardInterrupt` (Ctrl-C, see
         :class:`mhd.client.interrupt.Interrupt`); the caller then
         :meth:`drain`-s.
+    shield : callable
+        ``shield()`` -> a context manager around the recording of verdicts:
+        a second Ctrl-C (:meth:`mhd.client.interrupt.Interrupt.shield`) waits
+        for its end, so no verdict is half recorded or lost on the way.
     abandoned_tiles : int
         Set by :meth:`drain`: tiles of the tasks it gave up on (no record:
         the next run scores them).
+    released_tiles : int
+        Set by :meth:`drain`: of the tiles it recorded, those that had been
+        held for the section baseline (judged with the baseline there was).
     """
 
     executor: Any
@@ -182,7 +190,9 @@ class Pipeline:
     task_timeout: float = 3600.0
     landed: dict[str, float] = field(default_factory=dict)
     stop: Callable[[], bool] = lambda: False
+    shield: Callable[[], ContextManager[Any]] = contextlib.nullcontext
     abandoned_tiles: int = 0
+    released_tiles: int = 0
     _streams: list[Iterator[Staged | None]] = field(default_factory=list)
     _futures: dict[cf.Future, _Task] = field(default_factory=dict)
     _local: dict[str, Tile] = field(default_factory=dict)
@@ -240,9 +250,12 @@ class Pipeline:
             self.pump(tick)
         self.finish()
 
-    def finish(self) -> None:
-        """Judge and record the tiles still waiting for the baseline."""
-        self._record(self.judge.flush())
+    def finish(self) -> int:
+        """Judge and record the tiles still waiting for the baseline (with the baseline there is); return how many."""
+        with self.shield():
+            held = self.judge.flush()
+            self._record(held)
+        return len(held)
 
     def drain(self, timeout: float) -> None:
         """Stop staging; record what completes within ``timeout`` seconds; cancel the rest.
@@ -259,7 +272,7 @@ class Pipeline:
         for fut in list(self._futures):
             fut.cancel()
         self._futures.clear()
-        self.finish()
+        self.released_tiles = self.finish()
 
     # ----------------------------------------------------------- internals
 
@@ -305,10 +318,11 @@ class Pipeline:
         if not self._futures:
             return
         done, _ = cf.wait(list(self._futures), timeout=timeout, return_when=cf.FIRST_COMPLETED)
-        for fut in done:
-            task = self._futures.pop(fut)
-            self._complete(fut, task)
-        self._give_up_late()
+        with self.shield():
+            for fut in done:
+                task = self._futures.pop(fut)
+                self._complete(fut, task)
+            self._give_up_late()
 
     def _give_up_late(self) -> None:
         """Record as errors the tiles of tasks older than ``task_timeout``."""
@@ -371,8 +385,9 @@ class Pipeline:
 
     def _judged(self, records: list[TileRecord]) -> None:
         """Judge new records; record those whose verdict is final (warm-up may hold some)."""
-        self.on_scored(len(records))
-        self._record([final for rec in records for final in self.judge.add(rec)])
+        with self.shield():
+            self.on_scored(len(records))
+            self._record([final for rec in records for final in self.judge.add(rec)])
 
     def _record(self, judged: list[TileRecord]) -> None:
         if not judged:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +25,7 @@ from mhd.functions.worker.record import TileRecord
 from .config import Config
 from .console import Reporter
 from .discover import Discovery, Tile
-from .interrupt import EXIT_INTERRUPTED, Interrupt
+from .interrupt import EXIT_INTERRUPTED, Abandoned, Interrupt, abandon, exit_code, stopped_by
 from .pipeline import OofHook, Pipeline
 from .results import ResultsLog
 from .transport import MB, DiskTransport, GlobusTransport, InlineTransport, SharedTransport, Transport, choose_transport
@@ -54,6 +55,8 @@ class Outcome:
         Of ``new``, the tiles recorded as errors.
     results : Path, optional
         The results log (``mhd-results.jsonl``).
+    signum : int, optional
+        The signal that stopped the run (SIGINT, SIGTERM, SIGHUP), if one did.
     """
 
     records: dict[str, TileRecord]
@@ -63,6 +66,7 @@ class Outcome:
     found: Discovery | None = None
     new_failed: int = 0
     results: Path | None = None
+    signum: int | None = None
 
     def accounting(self) -> dict[str, int]:
         """Where every file found went: ``found == scored + failed + skipped + unscored``.
@@ -94,7 +98,10 @@ class Outcome:
 
     @property
     def exit_status(self) -> int:
-        """130 if interrupted, else :func:`mhd.client.verdicts.exit_status`."""
+        """128 + the signal's number if SIGTERM or SIGHUP stopped the run, 130 if Ctrl-C interrupted
+        it, else :func:`mhd.client.verdicts.exit_status` (a ``watch`` ended by Ctrl-C too)."""
+        if self.signum is not None and self.signum != signal.SIGINT:
+            return exit_code(self.signum)
         return EXIT_INTERRUPTED if self.interrupted else exit_status(self.counts)
 
 
@@ -378,14 +385,24 @@ class RunSession:
                 max_inflight=self.max_inflight,
                 task_timeout=self.cfg["task_timeout"],
                 stop=self.stop,
+                shield=getattr(self.stop, "shield", contextlib.nullcontext),
             )
             self.stop.defer()
             try:
-                feed(pipe)
-            except KeyboardInterrupt:
+                try:
+                    feed(pipe)
+                except KeyboardInterrupt:
+                    self.interrupted = True
+                    _drain(pipe, executor, self.console, self.cfg["drain_timeout"], what, self.signum)
+            except Abandoned as again:
                 self.interrupted = True
-                _drain(pipe, executor, self.console, self.cfg["drain_timeout"], what)
+                _abandon(pipe, again.signum)
         return self.interrupted
+
+    @property
+    def signum(self) -> int:
+        """The signal that stopped the run (SIGINT when none is known)."""
+        return getattr(self.stop, "signum", None) or signal.SIGINT
 
     def outcome(self, reporter: Reporter, found: Discovery | None, interrupted: bool) -> Outcome:
         """How the run ended (after the session is left: the log compacted)."""
@@ -397,6 +414,7 @@ class RunSession:
             found,
             reporter.counts["error"],
             self.results.path,
+            self.signum if self.interrupted else None,
         )
 
 
@@ -410,19 +428,49 @@ def _handling(interrupt: Interrupt | None):
         yield own
 
 
-def _drain(pipe: Pipeline, executor: Any, console: Console, drain_timeout: float, what: str = "interrupted") -> None:
-    """After Ctrl-C: record the tasks that finish within ``drain_timeout`` seconds, then stop the executor."""
-    tiles = pipe.inflight_tiles
-    console.print(
+def _drain(
+    pipe: Pipeline, executor: Any, console: Console, drain_timeout: float, what: str = "interrupted", signum: int = signal.SIGINT
+) -> None:
+    """After Ctrl-C (SIGTERM, SIGHUP): record the tasks that finish within ``drain_timeout`` seconds and
+    the verdicts held for the section baseline, then stop the executor."""
+    if signum != signal.SIGINT:
+        what = f"{what} ({signal.Signals(signum).name})"
+    again = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    held = pipe.judge.pending
+    holding = f"; {held} scored tile(s) held for the section baseline are recorded then" if held else ""
+    _say(
+        console,
         f"[bold]{what}[/]: {len(pipe.results.records)} tile(s) recorded; waiting up to {drain_timeout:g} s for the "
-        f"{pipe.inflight} task(s) in flight ({tiles} tile(s)); Ctrl-C again to leave them for the next run",
-        highlight=False,
+        f"{pipe.inflight} task(s) in flight ({pipe.inflight_tiles} tile(s)){holding}; {again} again to leave them for the next run",
     )
     before = len(pipe.results.records)
     pipe.drain(drain_timeout)
     executor.abort()
     left = pipe.abandoned_tiles
-    console.print(
-        f"{what}: {len(pipe.results.records) - before} more tile(s) recorded; {left} tile(s) in flight left for the next run",
-        highlight=False,
+    released = pipe.released_tiles
+    judged = f" ({released} of them held for the section baseline, judged with the {pipe.judge.baseline().n} tile(s) it has)"
+    _say(
+        console,
+        f"{what}: {len(pipe.results.records) - before} more tile(s) recorded{judged if released else ''}; "
+        f"{left} tile(s) in flight left for the next run",
     )
+
+
+def _abandon(pipe: Pipeline, signum: int) -> None:
+    """After a second stop signal: record the verdicts held for the baseline, then end the process now."""
+    released = pipe.finish()
+    held = f"{released} tile(s) held for the section baseline judged and recorded; " if released else ""
+    left = pipe.inflight_tiles
+    abandon(
+        f"{stopped_by(signum)} again: stopping now; {held}{len(pipe.results.records)} tile(s) recorded in all; "
+        f"{left} tile(s) in flight left for the next run",
+        exit_code(signum),
+    )
+
+
+def _say(console: Console, text: str) -> None:
+    """Print a line; a terminal that hung up (SIGHUP) must not stop the drain."""
+    try:
+        console.print(text, highlight=False)
+    except OSError:
+        pass

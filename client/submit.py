@@ -23,7 +23,7 @@ from mhd.functions.worker.record import TileRecord
 from .config import Config
 from .console import Reporter, summary_lines, summary_table
 from .discover import RESULTS_NAME, Discovery, Tile, discover
-from .interrupt import EXIT_INTERRUPTED, Interrupt
+from .interrupt import EXIT_INTERRUPTED, Interrupt, stopped_by
 from .session import Outcome, RunSession
 from .transport import Transport
 from .verdicts import Rule
@@ -177,4 +177,6 @@ def section_summary(console: Console, section: Path, outcome: Outcome) -> None:
 
 
 def _meaning(status: int) -> str:
+    if status > 128:
+        return stopped_by(status - 128)
     return {0: "all ok", 1: "some tiles failed", 2: "out-of-focus tiles", EXIT_INTERRUPTED: "interrupted"}[status]

@@ -1,4 +1,5 @@
-"""Ctrl-C as a terminal sends it: SIGINT to the client's whole process group, workers included.
+"""Ctrl-C as a terminal sends it: SIGINT to the client's whole process group, workers included;
+SIGTERM as ``systemctl stop`` sends it (the whole control group) and SIGHUP as a closed terminal does.
 
 Each test runs the ``client`` program in a pseudo-terminal, in a session of
 its own, and signals the process group (``os.killpg``), as a terminal's
@@ -93,8 +94,11 @@ class Terminal:
             pass
 
     def ctrl_c(self) -> float:
+        return self.signal(signal.SIGINT)
+
+    def signal(self, signum: int) -> float:
         self.note_workers()
-        os.killpg(self.proc.pid, signal.SIGINT)
+        os.killpg(self.proc.pid, signum)
         return time.monotonic()
 
     def finish(self, timeout: float = 60.0) -> int:
@@ -298,4 +302,151 @@ def test_ctrl_c_stops_watch_recording_what_finished(engine, tmp_path):
     recorded, flying = in_flight(out)
     assert len(lines_of(results)) == recorded + flying
     assert "summary" in out
+    assert term.left_behind() == []
+
+
+# ------------------------------------------------------- SIGTERM, SIGHUP
+
+STOP_SIGNALS = [pytest.param(getattr(signal, name), id=name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+
+
+def warm_up_env(tmp_path: Path, **extra: str) -> dict:
+    """Environment of a client on the relative rule whose warm-up outlasts the run: every verdict is held for the baseline."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MHD_")}
+    env.update(MHD_CONFIG=str(tmp_path / "cfg" / "config.json"), MHD_WARMUP="1000", COLUMNS="100", **extra)
+    return env
+
+
+def scored(term: Terminal, total: int) -> int:
+    """Tiles scored so far, from the progress bar (``n/total``)."""
+    found = re.findall(rf"\b(\d+)/{total}\b", term.text)
+    return max((int(n) for n in found), default=0)
+
+
+def flat(out: str) -> str:
+    """The output without colours and with wrapped lines joined."""
+    return re.sub(r"\s+", " ", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out))
+
+
+def clean(out: str) -> None:
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert "leaked semaphore" not in out and "resource_tracker" not in out, out
+
+
+@pytest.mark.parametrize("signum", STOP_SIGNALS)
+def test_sigterm_and_sighup_during_submit_drain_record_the_held_verdicts_and_exit_128_plus_the_signal(signum, tmp_path):
+    """As the first Ctrl-C: the tasks in flight finish and are recorded, and so are the verdicts the warm-up held back."""
+    section = example_section(tmp_path / "section")
+    results = section / "mhd-results.jsonl"
+    env = warm_up_env(tmp_path, MHD_DRAIN_TIMEOUT="60")
+    term = Terminal(client("submit", "--dir", str(section), "--batch", "1", "--workers", "2"), env, tmp_path)
+    term.wait_for(lambda: scored(term, 48) >= 3)
+    assert count(results) == 0  # all held for the baseline so far
+    term.signal(signum)
+    status = term.finish()
+    out = flat(term.text)
+    name = signal.Signals(signum).name
+    assert status == 128 + signum, out
+    clean(out)
+    m = re.search(
+        rf"interrupted \({name}\): 0 tile\(s\) recorded; waiting up to 60 s for the \d+ task\(s\) in flight \((\d+) tile\(s\)\); "
+        rf"(\d+) scored tile\(s\) held for the section baseline are recorded then; {name} again",
+        out,
+    )
+    assert m, out
+    flying, held = int(m[1]), int(m[2])
+    assert held >= 3
+    recs = lines_of(results)
+    assert len(recs) == held + flying  # every verdict obtained is on disk
+    assert re.search(
+        rf"{len(recs)} more tile\(s\) recorded \({len(recs)} of them held for the section baseline, judged with the "
+        rf"\d+ tile\(s\) it has\); 0 tile\(s\) in flight left for the next run",
+        out,
+    ), out
+    assert all(r["verdict"] in ("ok", "oof", "empty") for r in recs)
+    assert f"exit status {128 + signum}" in out
+    assert term.left_behind() == []
+
+
+@pytest.mark.parametrize("signum", STOP_SIGNALS)
+def test_sigterm_and_sighup_stop_watch_like_ctrl_c_with_exit_128_plus_the_signal(signum, tmp_path):
+    section = tmp_path / "live"
+    section.mkdir()
+    results = section / "mhd-results.jsonl"
+    env = calibrated_env(tmp_path, MHD_DRAIN_TIMEOUT="60")
+    term = Terminal(client("watch", "--dir", str(section), "--poll", "0.1", "--batch", "1", "--workers", "1"), env, tmp_path)
+    term.wait_for(lambda: "watching" in term.text)
+    example_section(section, "ab")  # 32 tiles land at once
+    term.wait_for(lambda: count(results) >= 2)
+    term.signal(signum)
+    status = term.finish()
+    out = term.text
+    assert status == 128 + signum, out
+    clean(out)
+    recorded, flying = in_flight(out)
+    assert len(lines_of(results)) == recorded + flying
+    assert "summary" in out and f"exit status {128 + signum}" in out
+    assert term.left_behind() == []
+
+
+def test_sigterm_during_start_up_exits_143_quietly(tmp_path):
+    section = example_section(tmp_path / "section", "a")
+    term = Terminal(client("submit", "--dir", str(section), "--workers", "2"), calibrated_env(tmp_path), tmp_path)
+    term.read(1.5)
+    term.signal(signal.SIGTERM)
+    status = term.finish(30)
+    out = term.text
+    assert status == 143, out
+    assert "Traceback" not in out
+    assert term.left_behind() == []
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_during_warm_up_records_the_held_verdicts(tmp_path):
+    """Verdicts held for the baseline are judged with what baseline there is and written before the process ends."""
+    section = tmp_path / "section"
+    big_tiles(section, 10)
+    results = section / "mhd-results.jsonl"
+    env = warm_up_env(tmp_path, MHD_DRAIN_TIMEOUT="60")
+    term = Terminal(client("submit", "--dir", str(section), "--batch", "1", "--workers", "2"), env, tmp_path)
+    term.wait_for(lambda: scored(term, 10) >= 2)
+    term.ctrl_c()
+    term.wait_for(lambda: "waiting up to 60 s" in flat(term.text))
+    held = int(re.search(r"(\d+) scored tile\(s\) held for the section baseline", flat(term.text))[1])
+    term.ctrl_c()  # again: do not wait for the tasks in flight
+    status = term.finish()
+    out = flat(term.text)
+    assert status == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    m = re.search(
+        r"interrupted again: stopping now; (\d+) tile\(s\) held for the section baseline judged and recorded; "
+        r"(\d+) tile\(s\) recorded in all; (\d+) tile\(s\) in flight left for the next run",
+        out,
+    )
+    assert m, out
+    assert int(m[1]) >= held >= 2 and int(m[2]) == int(m[1])
+    recs = lines_of(results)
+    assert len(recs) == int(m[1]) and len(recs) + int(m[3]) <= 10
+    assert term.left_behind() == []
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP") or not os.path.exists("/proc/self/fd"), reason="SIGHUP and /proc")
+def test_sighup_after_the_terminal_closed_still_drains_and_records(tmp_path):
+    """The ssh or tmux session is gone (every write to the terminal fails): the held verdicts are recorded all the same."""
+    section = example_section(tmp_path / "section")
+    results = section / "mhd-results.jsonl"
+    term = Terminal(client("submit", "--dir", str(section), "--batch", "1", "--workers", "2"), warm_up_env(tmp_path), tmp_path)
+    term.wait_for(lambda: scored(term, 48) >= 3)
+    term.note_workers()
+    os.close(term.master)  # the terminal goes away
+    os.killpg(term.proc.pid, signal.SIGHUP)
+    try:
+        status = term.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(term.proc.pid, signal.SIGKILL)
+        pytest.fail("the client did not exit within 60 s of SIGHUP")
+    assert status == 129
+    recs = lines_of(results)
+    assert len(recs) >= 3 and all(r["verdict"] in ("ok", "oof", "empty") for r in recs)
+    assert "Traceback" not in (section / "mhd-client.log").read_text()
     assert term.left_behind() == []
