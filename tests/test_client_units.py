@@ -124,7 +124,7 @@ def test_results_lock_and_fresh_backup(tmp_path):
 
 def test_results_numpy_values_are_written(tmp_path):
     with ResultsLog(tmp_path) as log:
-        log.append(TileRecord("a", features=np.int64(3), grid=np.zeros((2, 2), int)))
+        log.append(TileRecord("a", verdict="ok", features=np.int64(3), grid=np.zeros((2, 2), int)))
     assert read_records(tmp_path / "mhd-results.jsonl")[0]["a"].grid == [[0, 0], [0, 0]]
 
 
