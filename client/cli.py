@@ -666,7 +666,7 @@ def watch(
 ) -> None:
     """Score tiles as the microscope writes them, until Ctrl-C.
 
-    A tile is taken once completely written (size stable and its image
+    A folder that does not exist yet is waited for. A tile is taken once completely written (size stable and its image
     structure whole, read without decoding it, or
     renamed into place from a .part/.tmp/dot name). A recorded tile whose
     file changes (re-imaged under the same name, written over it or renamed
@@ -688,6 +688,7 @@ def watch(
     from .watch import watch_section
 
     params = _params(kwargs) or None
+    _wait_for_folder(directory, poll, idle_exit)
     section = _section(directory)
     cfg = _load_config(executor=executor or old_backend, transport=transport, workers=workers, batch=batch, results=results)
     console = _console()
@@ -717,6 +718,24 @@ def watch(
         )
         section_summary(console, section, outcome)
     sys.exit(outcome.exit_status)
+
+
+def _wait_for_folder(directory: Path, poll: float, idle_exit: float | None) -> None:
+    """Wait until ``directory`` exists: the microscope often creates a section's folder after ``watch`` starts.
+
+    Ctrl-C (or SIGTERM, SIGHUP) while waiting exits quietly; with ``idle_exit`` the wait
+    gives up after that many seconds.
+    """
+    if directory.exists():
+        return
+    import time
+
+    click.echo(f"waiting for {directory} to appear (Ctrl-C to stop)", err=True)
+    start = time.monotonic()
+    while not directory.exists():
+        if idle_exit is not None and time.monotonic() - start > idle_exit:
+            raise click.ClickException(f"{directory} did not appear within --idle-exit {idle_exit:g} s")
+        time.sleep(poll)
 
 
 # ----------------------------------------------------------------- report

@@ -204,3 +204,38 @@ def test_watch_scores_each_tile_once_alerts_safely_and_stops_on_ctrl_c(tmp_path)
     assert args == [str(section.resolve() / HOSTILE)] and tile_env == args[0] and verdict_env == "oof"
     assert not list(tmp_path.rglob("PWNED*"))  # the file name was never given to a shell
     assert "OOF" in out and "summary" in out
+
+
+def test_watch_waits_for_a_section_folder_that_does_not_exist_yet(tmp_path, isolated_config):
+    """The microscope creates the section's folder after the operator starts watch: it used to fail at once."""
+    section = tmp_path / "section_044"
+    client = Path(sys.executable).with_name("client")
+    env = {**os.environ, "MHD_WORKERS": "1"}
+    proc = subprocess.Popen(
+        [str(client), "watch", "--dir", str(section), "--idle-exit", "20", "--poll", "0.1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)
+    assert proc.poll() is None  # still waiting, not "not a folder"
+    (tmp_path / "incoming").mkdir()
+    shutil.copy(EXAMPLE / "tile_r0_c0.png", tmp_path / "incoming" / "tile_r0_c0.png")
+    os.rename(tmp_path / "incoming", section)  # the folder appears with its first tile
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not read_records(section / "mhd-results.jsonl")[0]:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert f"waiting for {section} to appear" in err and "Traceback" not in err
+    assert list(read_records(section / "mhd-results.jsonl")[0]) == ["tile_r0_c0.png"], out + err
+
+
+def test_watch_gives_up_waiting_for_a_folder_after_idle_exit(tmp_path, isolated_config):
+    from click.testing import CliRunner
+
+    from mhd.client.cli import main
+
+    out = CliRunner().invoke(main, ["watch", "--dir", str(tmp_path / "never"), "--idle-exit", "0.3", "--poll", "0.1"])
+    assert out.exit_code == 1 and f"{tmp_path / 'never'} did not appear within --idle-exit 0.3 s" in out.output
