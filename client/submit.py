@@ -22,7 +22,7 @@ from mhd.functions.worker.record import TileRecord
 
 from .config import Config
 from .console import Reporter, summary_lines, summary_table
-from .discover import RESULTS_NAME, Discovery, Tile, discover
+from .discover import IMAGE_SUFFIXES, RESULTS_NAME, Discovery, Tile, discover
 from .interrupt import EXIT_INTERRUPTED, Interrupt, stopped_by
 from .session import Outcome, RunSession
 from .transport import Transport
@@ -89,7 +89,8 @@ def run_section(
     Raises
     ------
     ValueError, NotADirectoryError, mhd.client.results.SectionLocked
-        Configuration or usage problems, before anything is scored.
+        Configuration or usage problems (a folder without tiles among them),
+        before anything is scored.
     KeyboardInterrupt
         Ctrl-C before scoring started (nothing recorded).
     """
@@ -107,6 +108,9 @@ def run_section(
         interrupt=interrupt,
     )
     found = discover(section)
+    if not found.tiles:  # a mistyped or not yet written section is not "all ok"
+        others = f"; {len(found.skipped) + len(found.ignored)} other file(s)" if found.skipped or found.ignored else ""
+        raise ValueError(f"{section}: no tiles here ({', '.join(sorted(IMAGE_SUFFIXES))} files, in subfolders too){others}")
     with run:
         todo = todo_tiles(found, run.results.records)
         batch = cfg["batch"] or auto_batch(len(todo), run.workers, run.kind)

@@ -170,3 +170,18 @@ def test_records_written_before_file_versions_were_kept_are_not_rescored(section
     again = runner.invoke(main, ["submit", "--dir", str(section)])
     assert again.exit_code == 2 and "16 already recorded, 0 to score" in again.output, again.output
     assert lines(section) == old
+
+
+def test_a_folder_without_tiles_is_an_error_not_all_ok(tmp_path, isolated_config):
+    """A mistyped or not yet written section exited 0, "all ok", having checked nothing."""
+    from click.testing import CliRunner
+
+    from mhd.client.cli import main
+
+    (tmp_path / "notes.txt").write_text("x")
+    out = CliRunner().invoke(main, ["submit", "--dir", str(tmp_path)])
+    assert out.exit_code == 1, out.output
+    assert (
+        f"Error: {tmp_path}: no tiles here (.bmp, .jpeg, .jpg, .png, .tif, .tiff files, in subfolders too); 1 other file(s)" in out.output
+    )
+    assert not (tmp_path / "mhd-results.jsonl").exists()
