@@ -174,10 +174,9 @@ def section_summary(console: Console, section: Path, outcome: Outcome) -> None:
         line += f" + {a['unscored']} not scored yet" if a["unscored"] else ""
         line += f"; {a['gone']} earlier record(s) of tiles no longer in the folder" if a["gone"] else ""
         console.print(line, highlight=False)
-    console.print(
-        f"results: {outcome.results or section / RESULTS_NAME}   exit status {outcome.exit_status} ({_meaning(outcome.exit_status)})",
-        highlight=False,
-    )
+    console.print(f"results: {outcome.results or section / RESULTS_NAME}", highlight=False)
+    # a line of its own: after a long results path a terminal wrapped it mid-phrase
+    console.print(f"exit status {outcome.exit_status} ({_meaning(outcome.exit_status)})", highlight=False, soft_wrap=True)
 
 
 def _meaning(status: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +30,17 @@ os.environ["HOME"] = str(SUITE_HOME)
 for _var in ("GLOBUS_COMPUTE_USER_DIR", "MHD_CONFIG", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"):
     os.environ.pop(_var, None)
 atexit.register(shutil.rmtree, SUITE_HOME, ignore_errors=True)
+
+
+def default_stop_signals() -> None:
+    """``preexec_fn`` for a client started to be signalled: SIGINT, SIGTERM and SIGHUP handled by default, as a
+    shell gives its foreground jobs.
+
+    A test run started in the background (``bash .ci/run &``) ignores SIGINT,
+    and the client keeps a signal it was started ignoring ignored (``nohup``).
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def isbi_paths() -> list[Path]:

@@ -17,6 +17,7 @@ import pytest
 from rich.console import Console
 
 import mhd.client.watch as watch
+from conftest import default_stop_signals
 from mhd.client.config import load
 from mhd.client.discover import Tile
 from mhd.client.results import read_records
@@ -173,7 +174,9 @@ def test_watch_scores_each_tile_once_alerts_safely_and_stops_on_ctrl_c(tmp_path)
         "--on-oof",
         f"{sys.executable} {script} {alerts}",
     ]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=default_stop_signals
+    )
     try:
         slow_write(section / "tile_r0_c0.png", (EXAMPLE / "tile_r0_c0.png").read_bytes(), 0.6)
         part = section / "tile_r0_c1.tif.part"
@@ -217,6 +220,7 @@ def test_watch_waits_for_a_section_folder_that_does_not_exist_yet(tmp_path, isol
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_stop_signals,
     )
     time.sleep(1.0)
     assert proc.poll() is None  # still waiting, not "not a folder"

@@ -30,7 +30,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from conftest import isbi_paths
+from conftest import default_stop_signals, isbi_paths
 from mhd.client import cli
 from mhd.client.verdicts import Calibration
 from tilegen import encode
@@ -59,9 +59,18 @@ def calibrated_env(tmp_path: Path, **extra: str) -> dict:
 class Terminal:
     """A command in a pseudo-terminal, in a new session; Ctrl-C = SIGINT to its process group."""
 
-    def __init__(self, argv: list[str], env: dict, cwd: Path):
+    def __init__(self, argv: list[str], env: dict, cwd: Path, ignoring: tuple[int, ...] = ()):
+        """Start ``argv`` with the stop signals handled by default, except ``ignoring`` (as ``nohup`` ignores SIGHUP)."""
+
+        def signals() -> None:
+            default_stop_signals()
+            for signum in ignoring:
+                signal.signal(signum, signal.SIG_IGN)
+
         master, slave = pty.openpty()
-        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd, start_new_session=True, preexec_fn=signals
+        )
         os.close(slave)
         self.master = master
         self.output = b""
@@ -184,11 +193,12 @@ def test_ctrl_c_while_scoring_records_every_finished_task_and_exits_130(engine, 
     assert len(after) == 48 and after[: len(recs)] == recs  # nothing scored twice, nothing lost
 
 
-def big_tiles(section: Path, n: int) -> None:
-    """``n`` 1536 x 1536 tiles of real EM texture (about a second of detector each here)."""
+def big_tiles(section: Path, n: int, reps: int = 3) -> None:
+    """``n`` tiles of real EM texture, ``reps`` x 512 pixels square (1536^2: about 0.15 s of detector each here,
+    3072^2: about 0.5 s)."""
     section.mkdir(parents=True)
     for i in range(n):
-        (section / f"tile_{i:02d}.tif").write_bytes(encode(np.tile(iio.imread(isbi_paths()[i]), (3, 3)), "TIFF"))
+        (section / f"tile_{i:02d}.tif").write_bytes(encode(np.tile(iio.imread(isbi_paths()[i]), (reps, reps)), "TIFF"))
 
 
 @pytest.mark.slow
@@ -236,10 +246,13 @@ def _busy(pids: set[int]) -> bool:
 
 def test_ctrl_c_with_a_short_drain_exits_within_seconds_and_the_rest_is_scored_next_time(tmp_path):
     section = tmp_path / "section"
-    big_tiles(section, 8)
+    # Two tasks of eight 3072^2 tiles, one per worker: each takes about 4 s here, so both are still in flight
+    # when Ctrl-C comes (a worker has used 1 s of CPU) and after the 0.5 s drain. With 0.6 s tasks a fast run
+    # finished them inside the drain and nothing was left in flight.
+    big_tiles(section, 16, reps=6)
     results = section / "mhd-results.jsonl"
     env = calibrated_env(tmp_path, MHD_DRAIN_TIMEOUT="0.5")
-    term = Terminal(client("submit", "--dir", str(section), "--batch", "4", "--workers", "2"), env, tmp_path)
+    term = Terminal(client("submit", "--dir", str(section), "--batch", "8", "--workers", "2"), env, tmp_path)
     term.wait_for(lambda: "scoring" in term.text and term.workers and _busy(term.workers))
     t0 = term.ctrl_c()
     status = term.finish()
@@ -248,16 +261,16 @@ def test_ctrl_c_with_a_short_drain_exits_within_seconds_and_the_rest_is_scored_n
     assert status == 130, out
     assert "Traceback" not in out
     assert took < 5, f"{took:.1f} s from Ctrl-C to exit"
-    assert re.search(r"interrupted: \d+ more tile\(s\) recorded; [1-8] tile\(s\) in flight left for the next run", out), out
+    assert re.search(r"interrupted: \d+ more tile\(s\) recorded; (8|16) tile\(s\) in flight left for the next run", out), out
     assert term.left_behind() == []
     kept = lines_of(results)
-    assert len(kept) < 8
+    assert len(kept) <= 8
     again = CliRunner().invoke(
         cli.main, ["submit", "--dir", str(section), "--workers", "2"], env={"MHD_CALIBRATION": env["MHD_CALIBRATION"]}
     )
     assert again.exit_code in (0, 2), again.output
     after = lines_of(results)
-    assert len(after) == 8 and after[: len(kept)] == kept
+    assert len(after) == 16 and after[: len(kept)] == kept
 
 
 # -------------------------------------------------------------- start-up
@@ -386,6 +399,23 @@ def test_sigterm_and_sighup_stop_watch_like_ctrl_c_with_exit_128_plus_the_signal
     recorded, flying = in_flight(out)
     assert len(lines_of(results)) == recorded + flying
     assert "summary" in out and f"exit status {128 + signum}" in out
+    assert term.left_behind() == []
+
+
+def test_a_signal_the_client_was_started_ignoring_stays_ignored(tmp_path):
+    """``nohup client submit ...``: the closed terminal's SIGHUP neither stops the run nor loses a tile."""
+    section = example_section(tmp_path / "section", "ab")
+    results = section / "mhd-results.jsonl"
+    env = calibrated_env(tmp_path)
+    term = Terminal(client("submit", "--dir", str(section), "--batch", "1", "--workers", "2"), env, tmp_path, ignoring=(signal.SIGHUP,))
+    term.wait_for(lambda: count(results) >= 2)
+    term.signal(signal.SIGHUP)
+    status = term.finish()
+    out = term.text
+    assert status == 2, out  # the example section has out-of-focus tiles; not 129
+    clean(out)
+    assert "hung up" not in out
+    assert len(lines_of(results)) == 32
     assert term.left_behind() == []
 
 
