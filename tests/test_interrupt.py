@@ -118,9 +118,24 @@ class Terminal:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
             pytest.fail(f"the client did not exit within {timeout} s:\n{self.text}")
-        self.read(0.2)
+        self.read_to_end(5.0)
         os.close(self.master)
         return self.proc.returncode
+
+    def read_to_end(self, timeout: float) -> None:
+        """Read until every process of the session closed the terminal (at most ``timeout`` s after the client
+        exited): what multiprocessing's resource tracker prints at its exit comes after the client's."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            ready, _, _ = select.select([self.master], [], [], 0.05)
+            if ready:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # EIO: no process has the terminal open any more
+                    return
+                if not chunk:
+                    return
+                self.output += chunk
 
     @property
     def text(self) -> str:
@@ -216,7 +231,7 @@ def test_ctrl_c_leaves_slow_tasks_for_the_next_run_and_a_second_ctrl_c_exits_at_
     took = time.monotonic() - t0
     out = term.text
     assert status == 130, out
-    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    clean(out)  # no traceback, and no "leaked semaphore" warning from multiprocessing after the exit
     assert "interrupted again: stopping now" in out
     assert took < 5, f"{took:.1f} s from the second Ctrl-C to exit"
     assert term.left_behind() == []
@@ -447,7 +462,7 @@ def test_a_second_ctrl_c_during_warm_up_records_the_held_verdicts(tmp_path):
     status = term.finish()
     out = flat(term.text)
     assert status == 130, out
-    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    clean(out)
     m = re.search(
         r"interrupted again: stopping now; (\d+) tile\(s\) held for the section baseline judged and recorded; "
         r"(\d+) tile\(s\) recorded in all; (\d+) tile\(s\) in flight left for the next run",
