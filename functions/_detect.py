@@ -18,8 +18,18 @@ from ._backend import Backend, get_backend
 from ._blur import fit_blur
 from ._lanes import PerThread, RunningMax, run_lanes
 from ._nms import local_maxima
-from ._noise import CENTRES, level_noise_std, noise_level_function, noise_spectrum, stabilize, stabilizer, white_equivalent
-from ._normalize import normalize_with_step
+from ._noise import (
+    CENTRES,
+    level_noise_std,
+    level_rows,
+    noise_level_function,
+    noise_level_function_of_rows,
+    noise_spectrum,
+    stabilize,
+    stabilizer,
+    white_equivalent,
+)
+from ._normalize import grey_table, normalize_with_step
 from ._scalespace import MAX_DECIMATION, FilterBank, dog_pairs, filter_bank, scales
 from ._tags import COARSER, level_of, tag
 
@@ -76,7 +86,7 @@ class Detection:
     backend : str
         ``"numpy"`` or ``"cupy:<device>"``.
     timings : dict of str to float
-        Milliseconds spent in ``normalize``, ``noise`` (noise model and stabiliser), ``levels``
+        Milliseconds spent in ``normalize`` (with the variance-stabilising transform), ``noise`` (the noise spectrum), ``levels``
         (forward and inverse FFTs, running maximum), ``nms``, ``blur`` (the fit) and ``total``.
     """
 
@@ -396,22 +406,45 @@ def _resolve_levels(
 STABILIZER_FLOOR = 0.25
 
 
-def _stabilized(norm: Any, p: dict[str, Any], t: np.ndarray, be: Backend) -> Any:
-    """Each normalised image of a (B, H, W) stack after its variance-stabilising transform.
+def _prepared(image: Any, p: dict[str, Any], t: np.ndarray, be: Backend) -> tuple[Any, float]:
+    """One tile normalised (:func:`normalize_with_step`) and variance-stabilised, and its grey step.
 
-    The floor is ``STABILIZER_FLOOR`` times the white-noise level at which the
+    The stabilising transform (``mhd.functions._noise.stabilizer``) has a
+    floor of ``STABILIZER_FLOOR`` times the white-noise level at which the
     most noise-sensitive level's noise threshold reaches the absolute
     ``threshold``: noise well below it is ignored by the threshold anyway.
+    There is none with ``noise_k`` 0 or under 5 pixels a side.
+
+    A uint8 or uint16 tile goes through one table of its grey levels
+    (:func:`grey_table`): normalising and stabilising are both functions of
+    the grey level, so the tile is read once, by a gather, instead of being
+    normalised and then transformed pixel by pixel; the result is the same
+    to the bit.
+
+    Returns
+    -------
+    image : (H, W) float32 array on ``be``
+    step : float
+        As :func:`normalize_with_step`.
     """
-    if p["noise_k"] <= 0 or min(norm.shape[1:]) < 5:
-        return norm
-    unit = level_noise_std(np.ones((1, len(CENTRES))), *dog_pairs(t))  # per level, unit white noise
-    floor = STABILIZER_FLOOR * p["threshold"] / (p["noise_k"] * float(unit.max()))
-    out = []
-    for x in norm:
-        lut = stabilizer(*noise_level_function(x, be), floor)
-        out.append(x if lut is None else stabilize(x, lut, be))
-    return be.xp.stack(out)
+    xp = be.xp
+    x = be.asarray(image)
+    H, W = x.shape
+    floor = None
+    if p["noise_k"] > 0 and min(H, W) >= 5:
+        unit = level_noise_std(np.ones((1, len(CENTRES))), *dog_pairs(t))  # per level, unit white noise
+        floor = STABILIZER_FLOOR * p["threshold"] / (p["noise_k"] * float(unit.max()))
+    table = grey_table(x, p["saturation"], be)
+    if table is None:
+        norm, step = normalize_with_step(x, p["saturation"], be)
+        lut = None if floor is None else stabilizer(*noise_level_function(norm, be), floor)
+        return (norm if lut is None else stabilize(norm, lut, be)), step
+    values, step = table
+    if floor is not None:
+        rows = xp.asarray(level_rows(H, W))
+        lut = stabilizer(*noise_level_function_of_rows(*(xp.take(values, x[r]) for r in (rows - 1, rows, rows + 1)), be), floor)
+        values = values if lut is None else stabilize(values, lut, be)
+    return xp.take(values, x), step
 
 
 # ----------------------------------------------------------------- public
@@ -553,13 +586,12 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
     timings: dict[str, float] = {}
     with be.use():
         t_start = time.perf_counter()
-        norm, steps = zip(*(normalize_with_step(im, p["saturation"], be) for im in images))
+        t = scales(p["n_bin"], p["min_t"], p["max_t"])
+        norm, steps = zip(*(_prepared(im, p, t, be) for im in images))
         norm = be.xp.stack(norm)
         be.synchronize()
         t_noise = time.perf_counter()
         timings["normalize"] = (t_noise - t_start) * 1e3
-        t = scales(p["n_bin"], p["min_t"], p["max_t"])
-        norm = _stabilized(norm, p, t, be)
         # rounding to grey levels is white noise of variance step^2 / 12, which the median of a smooth tile misses
         spectrum = np.maximum(noise_spectrum(norm, be), np.square(steps)[:, None] / 12)
         # along the columns too (coarser): noise correlated along x only is the scan's detector response

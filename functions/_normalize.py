@@ -10,7 +10,7 @@ from mhd.params import DEFAULTS
 
 from ._backend import Backend, get_backend
 
-__all__ = ["normalize", "normalize_with_step", "saturation_limits", "estimate_noise"]
+__all__ = ["normalize", "normalize_with_step", "grey_table", "saturation_limits", "estimate_noise"]
 
 #: Percentage of pixels saturated at each end of the histogram (the paper's 0.175 %; defined in :mod:`mhd.params`).
 SATURATION_PCT = DEFAULTS["saturation"]
@@ -109,16 +109,54 @@ def normalize_with_step(image: Any, saturation: float = SATURATION_PCT, backend:
         xp = be.xp
         x = be.asarray(image)
         _check_image(x)
-        lo, hi = saturation_limits(x, saturation, be)
-        if hi <= lo:  # almost all pixels share one value: fall back to the full range
-            lo, hi = float(x.min()), float(x.max())
+        lo, hi = _limits(x, saturation, be)
         if hi <= lo:
             return xp.zeros(x.shape, dtype=xp.float32), 0.0
-        out = x.astype(xp.float32)
-        out -= xp.float32(lo)
-        out /= xp.float32(hi - lo)  # division, not a reciprocal product: hi maps to exactly 1
         step = 1.0 / (hi - lo) if x.dtype.kind in "uib" else 0.0
-        return xp.clip(out, 0.0, 1.0, out=out), step
+        return _scaled(x, lo, hi, xp), step
+
+
+def _limits(x: Any, saturation: float, be: Backend) -> tuple[float, float]:
+    """:func:`saturation_limits`, or the full range where they coincide (almost all pixels share one value)."""
+    lo, hi = saturation_limits(x, saturation, be)
+    if hi <= lo:
+        lo, hi = float(x.min()), float(x.max())
+    return lo, hi
+
+
+def _scaled(x: Any, lo: float, hi: float, xp: Any) -> Any:
+    """``clip((x - lo) / (hi - lo), 0, 1)`` as float32: the one formula of :func:`normalize` and :func:`grey_table`."""
+    out = x.astype(xp.float32)
+    out -= xp.float32(lo)
+    out /= xp.float32(hi - lo)  # division, not a reciprocal product: hi maps to exactly 1
+    return xp.clip(out, 0.0, 1.0, out=out)
+
+
+def grey_table(image: Any, saturation: float = SATURATION_PCT, backend: str | Backend = "auto") -> tuple[Any, float] | None:
+    """:func:`normalize` of a uint8 or uint16 image as a table over its grey levels.
+
+    Any function of the normalised grey level can then be applied to the
+    table (``max + 1`` entries) instead of to every pixel, and the image read
+    once, by ``xp.take(table, image)``.
+
+    Returns
+    -------
+    (table, step) or None
+        ``table``: (image.max() + 1,) float32 array on the backend with
+        ``xp.take(table, image) == normalize(image)`` to the bit; ``step`` as
+        :func:`normalize_with_step`. None for other dtypes and for a constant image.
+    """
+    be = get_backend(backend)
+    with be.use():
+        xp = be.xp
+        x = be.asarray(image)
+        _check_image(x)
+        if x.dtype.kind != "u" or x.dtype.itemsize > 2:
+            return None
+        lo, hi = _limits(x, saturation, be)
+        if hi <= lo:
+            return None
+        return _scaled(xp.arange(int(x.max()) + 1, dtype=x.dtype), lo, hi, xp), 1.0 / (hi - lo)
 
 
 def estimate_noise(image: Any, backend: str | Backend = "auto", row_step: int = 8) -> float:

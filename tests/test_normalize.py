@@ -128,3 +128,29 @@ def test_float16_tiles_take_the_quantile_path_like_float32():
     img = rng.random((64, 80)).astype(np.float16)
     np.testing.assert_array_equal(normalize(img, backend="numpy"), normalize(img.astype(np.float32), backend="numpy"))
     assert saturation_limits(img, backend="numpy") == saturation_limits(img.astype(np.float32), backend="numpy")
+
+
+@pytest.mark.parametrize("dtype, top", [(np.uint8, 255), (np.uint16, 40000)])
+def test_grey_table_gathers_exactly_what_normalize_computes(dtype, top):
+    from mhd.functions._normalize import grey_table, normalize_with_step
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(3, top, (300, 200)).astype(dtype)
+    img[0, :5] = top  # saturated pixels at both ends
+    img[1, :5] = 0
+    table, step = grey_table(img, backend="numpy")
+    want, want_step = normalize_with_step(img, backend="numpy")
+    assert table.dtype == np.float32 and table.shape == (int(img.max()) + 1,)
+    np.testing.assert_array_equal(np.take(table, img), want)  # to the bit
+    assert step == want_step
+
+
+@pytest.mark.parametrize(
+    "img",
+    [np.full((20, 20), 7, np.uint8), np.arange(400, dtype=np.float32).reshape(20, 20), np.arange(400, dtype=np.int16).reshape(20, 20)],
+    ids=["constant", "float", "signed"],
+)
+def test_grey_table_is_only_for_unsigned_tiles_with_contrast(img):
+    from mhd.functions._normalize import grey_table
+
+    assert grey_table(img, backend="numpy") is None
