@@ -53,6 +53,12 @@ c. **Detector bandwidth** (:func:`scan_lowpass`): the detector and amplifier
    independent, columns become correlated: lag-1 autocorrelation 0.56 and
    lag-2 0.22 at ``tau`` = 1.06, as measured on the real 100 ns scans of
    ``shared/data/sem-kriss`` (0.57 and 0.22; ``python bench/sem_focus.py noise``).
+   Each line starts after the beam has settled on its first point for
+   :data:`SETTLE` time constants, so the detector's response is stationary
+   from the first pixel on, as in the real scans (their first recorded
+   columns have the noise of the rest; a line that started from its own first
+   pixel's current left that pixel unaveraged, about twice as noisy at
+   ``tau`` = 2, and the detector counted noise features down that column).
 d. **Line jitter:** each scan line gets a random offset (standard deviation
    ``jitter``, fraction of full scale): the beam-current and detector drift
    from line to line.
@@ -490,6 +496,11 @@ def scan_lowpass(lines: Any, tau: float) -> np.ndarray:
     return out.reshape(x.shape[0], x.shape[1], _SUBSAMPLES).mean(axis=2)
 
 
+#: Time constants the beam settles on the first point of each line before it is recorded (:func:`sem_scan`):
+#: the detector's response is then within exp(-10) of its steady state.
+SETTLE = 10
+
+
 def sem_scan(
     image: Any,
     radius: float = 0.0,
@@ -537,8 +548,11 @@ def sem_scan(
     if max(radius, r_minor) > 0:
         pad = int(np.ceil(max(radius, r_minor))) + 2
         signal = _convolve_otf(signal, lambda shape: disk_otf(shape, radius, r_minor, angle), pad)
+    settle = int(np.ceil(SETTLE * tau))  # dwells on each line's first point before it is recorded
+    if settle:
+        signal = np.concatenate([np.repeat(signal[:, :1], settle, axis=1), signal], axis=1)
     current = shot_noise(signal, dose, gen)
-    current = scan_lowpass(current, tau)
+    current = scan_lowpass(current, tau)[:, settle:]
     if jitter < 0:
         raise ValueError("jitter must be >= 0")
     if jitter > 0:
