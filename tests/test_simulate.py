@@ -181,3 +181,14 @@ def test_astigmatic_scan_is_blurred_along_the_long_axis():
     cov, theta = _moments(scan.astype(np.float64))
     assert theta == pytest.approx(150.0, abs=0.5)  # defocus > 0: long axis across the astigmatism axis
     assert np.sqrt(np.linalg.eigvalsh(cov)) == pytest.approx([1.5, np.hypot(1.5, 4.0)], rel=0.02)
+
+
+@pytest.mark.parametrize("tau", [0.5, 2.0])
+def test_scan_lines_start_in_the_detectors_steady_state(tau):
+    """The first column of a scan is as noisy as the others (as in the real scans), not the unaveraged current."""
+    from mhd.functions.simulate import sem_scan
+
+    flat = np.full((2000, 64), 128, np.uint8)
+    scan = sem_scan(flat, 0.0, dose=20.0, tau=tau, bits=16, rng=0).astype(np.float64)
+    first, rest = scan[:, 0].std(), scan[:, 8:].std(axis=0).mean()
+    assert first == pytest.approx(rest, rel=0.1)
