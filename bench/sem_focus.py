@@ -10,6 +10,7 @@ Commands::
     python bench/sem_focus.py sim --set noise_k=3.5   # the same with other detector parameters (pairs too)
     python bench/sem_focus.py astig        # astigmatic vs isotropic disk of equal area, scan noise
     python bench/sem_focus.py wedges       # real scans: power along the columns / along the rows, by frequency
+    python bench/sem_focus.py thresholds   # each level's noise threshold against the true noise, low-dose tiles
 
 Data: ``MHD_KRISS_DIR`` (default ``tests/data/sem-kriss``, a vendored subset;
 ``../shared/data/sem-kriss`` holds all 25 pairs per folder) and
@@ -32,7 +33,13 @@ radius 0, 0.5, 1, 2, 3, 4 px, doses 2, 6, 20, 80 detected electrons per white
 pixel, a detector time constant drawn from 0.2 .. 2 dwells, line jitter, random
 gain, offset and bit depth. In focus = radius <= 0.5 px, out of focus = radius
 >= 2 px. It reports the pooled AUC and the AUC within each dose for the blur
-(higher blur = out of focus), the count and the classic measures.
+(higher blur = out of focus), the count and the classic measures, and the
+count's AUC at each dose against each blurred radius on its own.
+
+**thresholds** scans 6 ISBI slices twice with independent noise (dose 2, 6,
+20; in focus and a 3 px disk) and prints, over the 16 levels, the ratio of the
+noise standard deviation the detector measures on one scan to that of the
+level's response to the true noise (the difference of the two scans / sqrt 2).
 """
 
 from __future__ import annotations
@@ -203,6 +210,12 @@ def cmd_sim(args: argparse.Namespace) -> None:
     for name, s in measures.items():
         per = [auc(s[inf_ & (dose == d)], s[oof & (dose == d)]) for d in args.doses]
         print(f"| {name} | {auc(s[inf_], s[oof]):.3f} | " + " | ".join(f"{a:.3f}" for a in per) + " |")
+    count = measures["MHD count"]
+    for d in args.doses:
+        print(
+            f"count AUC at dose {d:g}, in focus against each blurred radius: "
+            + ", ".join(f"R={r:g}: {auc(count[inf_ & (dose == d)], count[(radius == r) & (dose == d)]):.3f}" for r in RADII if r >= 2.0)
+        )
     b = np.array([r["blur"] for r in rows])
     print("median blur (px) by disk radius, pooled over doses: " + ", ".join(f"R={r:g}: {np.nanmedian(b[radius == r]):.2f}" for r in RADII))
     print(
@@ -286,6 +299,38 @@ def cmd_wedges(args: argparse.Namespace) -> None:
             )
 
 
+def cmd_thresholds(args: argparse.Namespace) -> None:
+    """Each level's noise threshold against the noise it must hold back, on structured low-dose tiles."""
+    from mhd.functions import DEFAULTS, get_backend, scales
+    from mhd.functions._detect import _prepared
+    from mhd.functions._noise import level_noise_std, noise_spectrum
+    from mhd.functions._scalespace import dog_pairs
+
+    be, p = get_backend("numpy"), dict(DEFAULTS)
+    t = scales(p["n_bin"], p["min_t"], p["max_t"])
+    t0, t1, g = dog_pairs(t)
+    print("| dose | disk px | measured / true noise std of the levels: min | median | max |")
+    print("|---|---|---|---|---|")
+    for dose in args.doses:
+        for radius in (0.0, 3.0):
+            ratios = []
+            for f in sorted(ISBI.glob("*.png"))[: args.slices]:
+                img = iio.imread(f)
+                cond = dict(dose=dose, tau=1.0, gain=0.7, offset=0.05, bits=16)
+                (n1, step), (n2, _) = (_prepared(sem_scan(img, radius, rng=seed, **cond), p, t, be) for seed in (1, 2))
+                measured = level_noise_std(np.maximum(noise_spectrum(n1[None], be), step**2 / 12), t0, t1, g)[0]
+                noise = (n1 - n2) / np.sqrt(2)  # two independent scans of one field: their difference is noise only
+                ky, kx = 2 * np.pi * np.fft.fftfreq(noise.shape[0])[:, None], 2 * np.pi * np.fft.rfftfreq(noise.shape[1])[None]
+                F, k2 = np.fft.rfft2(noise), ky**2 + kx**2
+                true = [
+                    np.fft.irfft2(F * gi * (np.exp(-b * b * k2 / 2) - np.exp(-a * a * k2 / 2)), noise.shape).std()
+                    for a, b, gi in zip(t0, t1, g)
+                ]
+                ratios.append(measured / np.array(true))
+            r = np.median(ratios, axis=0)
+            print(f"| {dose:g} | {radius:g} | {r.min():.3f} | {np.median(r):.3f} | {r.max():.3f} |")
+
+
 def _param(text: str) -> tuple[str, float]:
     """``KEY=VALUE`` of ``--set``: a numeric detector parameter."""
     key, sep, value = text.partition("=")
@@ -327,6 +372,10 @@ def main() -> None:
     p.add_argument("--ratio", type=float, default=2.0, help="axis ratio of the astigmatic disk")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_astig)
+    p = sub.add_parser("thresholds", help="each level's noise threshold against the true noise of two independent scans")
+    p.add_argument("--slices", type=int, default=6)
+    p.add_argument("--doses", type=float, nargs="+", default=[2.0, 6.0, 20.0])
+    p.set_defaults(fn=cmd_thresholds)
     p = sub.add_parser("wedges", help="real scans: detail along the columns against along the rows, and the astigmatism read")
     p.set_defaults(fn=cmd_wedges)
     args = ap.parse_args()

@@ -233,3 +233,17 @@ def test_the_compatibility_shim_names_the_release_that_removes_it():
     removal = f"{major}.{minor + 1}.0"
     assert f"Removed in mhd {removal}" in shim.__doc__
     assert re.search(rf"`mhd\.functions\._score`.{{0,200}}it is removed in {re.escape(removal)}", (ROOT / "README.md").read_text(), re.S)
+
+
+def test_sem_focus_commands_the_documents_name_exist():
+    """``python bench/sem_focus.py <command>`` in the README, the docs and its own docstring names a command it has."""
+    import re
+    import subprocess
+    import sys
+
+    script = ROOT / "bench" / "sem_focus.py"
+    usage = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    commands = set(re.search(r"\{([\w,]+)\}", usage).group(1).split(","))
+    texts = [(ROOT / "README.md").read_text(), script.read_text(), *(p.read_text() for p in (ROOT / "docs").rglob("*.md"))]
+    named = {m for text in texts for m in re.findall(r"bench/sem_focus\.py (\w+)", text)}
+    assert named and named <= commands, named - commands
