@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from typing import Iterable
@@ -15,7 +16,7 @@ from mhd.functions.worker.record import TileRecord
 
 from .verdicts import VERDICTS
 
-__all__ = ["STYLES", "Reporter", "shorten_left", "summary_lines", "summary_table", "verdict_line"]
+__all__ = ["STYLES", "Reporter", "printable", "shorten_left", "summary_lines", "summary_table", "verdict_line"]
 
 #: Rich style of each verdict.
 STYLES = {"ok": "green", "oof": "bold white on red", "empty": "yellow", "error": "bold magenta"}
@@ -24,22 +25,42 @@ STYLES = {"ok": "green", "oof": "bold white on red", "empty": "yellow", "error":
 LABELS = {"ok": "ok   ", "oof": "OOF  ", "empty": "empty", "error": "ERROR"}
 
 
+#: Control characters (C0, DEL, C1) and the backslash that escapes them.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def printable(text: str) -> str:
+    r"""``text`` (a tile id, or a reason naming one) as one field of one line of output.
+
+    A file name may hold a newline or a tab (``"evil\nOOF   other.png"``):
+    printed as it is, it would forge a verdict line or a field of the
+    ``verdict<TAB>tile<TAB>reason`` summary. Control characters become
+    Python-style escapes (``\n``, ``\t``, ``\x1b``) and a backslash ``\\``,
+    so every name still reads one way; other text is unchanged. The results
+    log keeps the real name (JSON escapes it).
+    """
+    if not _UNPRINTABLE.search(text):
+        return text
+    return _UNPRINTABLE.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+
+
 def verdict_line(rec: TileRecord) -> str:
     """One rich-markup line for a record: label, tile, density and reason."""
     v = rec.verdict
     style = STYLES[v]
     dens = f"{rec.density / 1000:7.1f}k/MP" if rec.density is not None else " " * 10
-    reason = rec.reason or ""
+    reason = printable(rec.reason or "")
     late = f"  [dim]({rec.latency_ms / 1e3:.2f} s)[/]" if rec.latency_ms is not None else ""
     if v == "error":
         return f"[{style}]{LABELS[v]}[/] {_esc(reason)}{late}"
     extra = f"  {_esc(reason)}" if reason else ""
-    return f"[{style}]{LABELS[v]}[/] {_esc(rec.tile)}  {dens}{extra}{late}"
+    return f"[{style}]{LABELS[v]}[/] {_esc(printable(rec.tile))}  {dens}{extra}{late}"
 
 
 def _reason(rec: TileRecord) -> str:
-    """The reason for a line that names the tile already: an error's leading ``TILE: `` left out."""
-    return (rec.reason or "").removeprefix(f"{rec.tile}: ")
+    """The reason for a line that names the tile already: an error's leading ``TILE: `` left out (:func:`printable`)."""
+    return printable((rec.reason or "").removeprefix(f"{rec.tile}: "))
 
 
 def _esc(text: str) -> str:
@@ -159,7 +180,7 @@ def summary_table(
     counts = Counter(r.verdict for r in recs)
     table = Table(title=title, caption=_caption(len(recs), new, elapsed, failed), title_justify="left")
     problems = [r for r in recs if r.verdict != "ok"]
-    longest = max((len(r.tile) for r in problems[:max_rows]), default=4)
+    longest = max((len(printable(r.tile)) for r in problems[:max_rows]), default=4)
     tile_width = max(12, min(longest, (width or 10**6) - _FIXED_WIDTH - _MIN_REASON))
     table.add_column("verdict", no_wrap=True)
     table.add_column("tiles", justify="right", no_wrap=True)
@@ -170,7 +191,7 @@ def summary_table(
     if problems:
         table.add_section()
     for r in problems[:max_rows]:
-        table.add_row(f"[{STYLES[r.verdict]}]{r.verdict}[/]", "", _esc(shorten_left(r.tile, tile_width)), _esc(_reason(r)))
+        table.add_row(f"[{STYLES[r.verdict]}]{r.verdict}[/]", "", _esc(shorten_left(printable(r.tile), tile_width)), _esc(_reason(r)))
     if len(problems) > max_rows:
         table.add_row("", "", f"... and {len(problems) - max_rows} more", "see mhd-results.jsonl or client report")
     return table
@@ -188,7 +209,7 @@ def summary_lines(records: Iterable[TileRecord], title: str, new: int, elapsed: 
     counts = Counter(r.verdict for r in recs)
     lines = [f"{title}: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in VERDICTS)]
     problems = [r for r in recs if r.verdict != "ok"]
-    lines += [f"{r.verdict}\t{r.tile}\t{_reason(r)}" for r in problems[:max_rows]]
+    lines += [f"{r.verdict}\t{printable(r.tile)}\t{_reason(r)}" for r in problems[:max_rows]]
     if len(problems) > max_rows:
         lines.append(f"... and {len(problems) - max_rows} more: see mhd-results.jsonl or client report")
     lines.append(_caption(len(recs), new, elapsed, failed))

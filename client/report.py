@@ -54,6 +54,7 @@ import numpy as np
 
 from mhd.functions.worker.record import TileRecord, finite
 
+from .console import printable
 from .discover import RESULTS_NAME, natural_key, tile_positions
 from .results import read_records
 from .verdicts import Baseline, Judge, Rule, describe
@@ -199,7 +200,7 @@ def _flagged(records: list[TileRecord], again: dict[str, TileRecord]) -> list[Ti
 
 
 def _write_reacquire(path: Path, flagged: list[TileRecord], again: dict[str, TileRecord], units: str) -> None:
-    lines = (f"{rec.tile}\t{_what(rec, again[rec.tile], units)}\n" for rec in flagged)
+    lines = (f"{printable(rec.tile)}\t{printable(_what(rec, again[rec.tile], units))}\n" for rec in flagged)
     path.write_text("".join(lines), errors="surrogateescape")
 
 

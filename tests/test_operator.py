@@ -268,3 +268,25 @@ def test_the_reacquire_list_is_what_the_readme_says(tmp_path):
     assert lines and all(len(line.split("\t")) == 2 for line in lines)  # tile, a tab, what to fix
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "the tile id, a tab, what to fix" in readme and "one tile id per line" not in readme
+
+
+def test_a_tile_name_with_control_characters_cannot_forge_output_lines(tmp_path):
+    """A file named ``evil\\nOOF   other.png.png`` is one escaped field of one line everywhere the client prints it."""
+    from mhd.client.console import printable
+
+    section = copy_example(tmp_path / "section")
+    evil = "evil\nOOF   other.png.png"
+    (section / "tile_r1_c2.png").rename(section / evil)  # the example's out-of-focus tile
+    (section / "tab\tname.png").write_bytes((section / "tile_r0_c0.png").read_bytes())
+    out = CliRunner().invoke(cli.main, ["submit", "--dir", str(section)])
+    assert out.exit_code == 2, out.output
+    lines = out.output.splitlines()
+    assert not any(line.startswith("OOF   other.png") for line in lines), out.output  # no forged verdict line
+    assert "oof\tevil\\nOOF   other.png.png\tdefocus" in out.output
+    assert all(line.count("\t") in (0, 2) for line in lines)  # the summary's fields stay three
+    assert {r["tile"] for r in records(section / "mhd-results.jsonl")} >= {evil, "tab\tname.png"}  # real names kept
+    rep = CliRunner().invoke(cli.main, ["report", "--dir", str(section)])
+    assert rep.exit_code in (0, 2), rep.output
+    reacquire = (section / "mhd-report" / "mhd-reacquire.txt").read_text().splitlines()
+    assert "evil\\nOOF   other.png.png\tdefocus" in [line[: len("evil\\nOOF   other.png.png\tdefocus")] for line in reacquire]
+    assert printable("a\\b\x1b[31m\r") == "a\\\\b\\x1b[31m\\r" and printable("ordinary é.png") == "ordinary é.png"
