@@ -279,9 +279,12 @@ def score(files: tuple[Path, ...], as_json: bool, device: str | None, old_backen
     \b
         client score examples/section_042/tile_r0_c0.png --json
     """
+    from rich.markup import escape
+
     from mhd.functions import cuda_available
     from mhd.functions.worker.record import RESULT_KEYS
 
+    from .console import printable
     from .score import score_file
 
     params = _params(kwargs)
@@ -296,10 +299,10 @@ def score(files: tuple[Path, ...], as_json: bool, device: str | None, old_backen
         if as_json:
             click.echo(json.dumps(rec.to_json(RESULT_KEYS)))
         elif rec.error:
-            console.print(f"[bold magenta]ERROR[/] {rec.error}")
+            console.print(f"[bold magenta]ERROR[/] {escape(printable(rec.error))}")
         else:
             console.print(
-                f"{path}  {rec.features:6d} features  {rec.density / 1000:7.1f}k/MP  blur {_blur(rec)}  "
+                f"{escape(printable(str(path)))}  {rec.features:6d} features  {rec.density / 1000:7.1f}k/MP  blur {_blur(rec)}  "
                 f"{rec.shape[0]}x{rec.shape[1]}  {rec.ms:.0f} ms  [dim]{rec.backend}[/]"
             )
     if failed:

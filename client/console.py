@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from collections import Counter
 from typing import Iterable
 
@@ -25,9 +26,13 @@ STYLES = {"ok": "green", "oof": "bold white on red", "empty": "yellow", "error":
 LABELS = {"ok": "ok   ", "oof": "OOF  ", "empty": "empty", "error": "ERROR"}
 
 
-#: Control characters (C0, DEL, C1) and the backslash that escapes them.
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+#: Control characters (C0, DEL, C1), the backslash that escapes them, and any other non-ASCII character
+#: (checked one by one: only line and paragraph separators and format characters are escaped).
+_SUSPECT = re.compile(r"[\x00-\x1f\x7f-\uffff\\]|[\U00010000-\U0010ffff]")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+#: Unicode categories escaped: controls, format characters (bidi overrides such as U+202E), line and
+#: paragraph separators (``str.splitlines`` splits on U+2028 and U+2029).
+_ESCAPED_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 
 
 def printable(text: str) -> str:
@@ -35,14 +40,26 @@ def printable(text: str) -> str:
 
     A file name may hold a newline or a tab (``"evil\nOOF   other.png"``):
     printed as it is, it would forge a verdict line or a field of the
-    ``verdict<TAB>tile<TAB>reason`` summary. Control characters become
-    Python-style escapes (``\n``, ``\t``, ``\x1b``) and a backslash ``\\``,
-    so every name still reads one way; other text is unchanged. The results
-    log keeps the real name (JSON escapes it).
+    ``verdict<TAB>tile<TAB>reason`` summary, and a bidi override can make it
+    read as another name. Control and format characters and line separators
+    become Python-style escapes (``\n``, ``\t``, ``\x1b``, ``\u202e``) and a
+    backslash ``\\``, so every name still reads one way; other text (accented
+    letters, any script) is unchanged. The results log keeps the real name
+    (JSON escapes it).
     """
-    if not _UNPRINTABLE.search(text):
+    if not _SUSPECT.search(text):
         return text
-    return _UNPRINTABLE.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+    return _SUSPECT.sub(_escape_char, text)
+
+
+def _escape_char(m: re.Match) -> str:
+    ch = m[0]
+    if ch in _ESCAPES:
+        return _ESCAPES[ch]
+    if unicodedata.category(ch) not in _ESCAPED_CATEGORIES:
+        return ch  # printable: an accented letter, a CJK name
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def verdict_line(rec: TileRecord) -> str:
@@ -178,7 +195,7 @@ def summary_table(
     """
     recs = list(records)
     counts = Counter(r.verdict for r in recs)
-    table = Table(title=title, caption=_caption(len(recs), new, elapsed, failed), title_justify="left")
+    table = Table(title=_esc(printable(title)), caption=_caption(len(recs), new, elapsed, failed), title_justify="left")
     problems = [r for r in recs if r.verdict != "ok"]
     longest = max((len(printable(r.tile)) for r in problems[:max_rows]), default=4)
     tile_width = max(12, min(longest, (width or 10**6) - _FIXED_WIDTH - _MIN_REASON))
@@ -207,7 +224,7 @@ def summary_lines(records: Iterable[TileRecord], title: str, new: int, elapsed: 
     """
     recs = list(records)
     counts = Counter(r.verdict for r in recs)
-    lines = [f"{title}: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in VERDICTS)]
+    lines = [f"{printable(title)}: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in VERDICTS)]
     problems = [r for r in recs if r.verdict != "ok"]
     lines += [f"{r.verdict}\t{printable(r.tile)}\t{_reason(r)}" for r in problems[:max_rows]]
     if len(problems) > max_rows:

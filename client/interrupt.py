@@ -49,6 +49,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: :func:`abandon` has begun: a signal handled meanwhile ends the process at once.
+_abandoning = False
+
 #: Interrupted by the user (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
 
@@ -100,9 +103,15 @@ def abandon(
     """End the process at once with ``status`` (default 130), cleanly.
 
     Restores the terminal's cursor (hidden by the progress bar), kills
-    this process's worker processes (they ignore SIGINT, SIGTERM and SIGHUP)
-    and exits without unwinding (which could wait for threads or tasks).
+    this process's worker processes (they ignore SIGINT, SIGTERM and SIGHUP),
+    unlinks their semaphores and exits without unwinding (which could wait
+    for threads or tasks). A signal that arrives meanwhile (the third Ctrl-C)
+    ends the process at once.
     """
+    global _abandoning
+    if _abandoning:
+        os._exit(status)
+    _abandoning = True
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -127,13 +136,22 @@ def _release_semaphores(timeout: float = 1.0) -> None:
     ``os._exit`` skips multiprocessing's exit finalizers, so its resource
     tracker found the pool's semaphores still registered and printed "There
     appear to be 6 leaked semaphore objects" on the terminal after every
-    second Ctrl-C. The finalizers (priority >= 0, as at a normal exit) run in
-    a thread waited for at most ``timeout`` seconds: a lock held by the
-    interrupted main thread must not hang the exit.
+    second Ctrl-C. Only the semaphores' own finalizers run (unlink, then
+    unregister from the tracker), in a thread waited for at most ``timeout``
+    seconds: should the interrupted main thread hold the tracker's lock, the
+    exit goes on and the tracker unlinks them itself (with its warning).
     """
-    from multiprocessing import util
+    from multiprocessing import synchronize, util
 
-    runner = threading.Thread(target=util._run_finalizers, args=(0,), name="mhd-release-semaphores", daemon=True)
+    def release() -> None:
+        for finalizer in list(util._finalizer_registry.values()):
+            if getattr(finalizer, "_callback", None) is synchronize.SemLock._cleanup:
+                try:
+                    finalizer()
+                except Exception:  # noqa: BLE001 - one that fails is the tracker's to clean up
+                    pass
+
+    runner = threading.Thread(target=release, name="mhd-release-semaphores", daemon=True)
     runner.start()
     runner.join(timeout)
 

@@ -32,6 +32,7 @@ from typing import Any, Callable, ContextManager, Iterator
 
 from mhd.functions.worker.record import TileRecord
 
+from .console import printable
 from .discover import Tile
 from .executors import failure_message, retryable
 from .results import ResultsLog
@@ -401,7 +402,7 @@ class Pipeline:
             self.results.append(rec)
             records.append(rec)
             if rec.verdict == "error":
-                log.info("error: %s", rec.reason)
+                log.info("error: %s", printable(rec.reason or ""))
         self.on_verdicts(records)
         if self.on_oof is not None:
             for rec in records:

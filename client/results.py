@@ -155,7 +155,7 @@ def _parse(raw: bytes, path: Path, n: int) -> TileRecord | None:
         log.warning("%s:%d: line without a tile id ignored", path, n)
         return None
     if record.verdict not in VERDICTS:
-        log.warning("%s:%d: record of %s without a verdict ignored (the tile is scored again)", path, n, record.tile)
+        log.warning("%s:%d: record of %r without a verdict ignored (the tile is scored again)", path, n, record.tile)
         return None
     return record
 

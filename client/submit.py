@@ -21,7 +21,7 @@ from rich.console import Console
 from mhd.functions.worker.record import TileRecord
 
 from .config import Config
-from .console import Reporter, summary_lines, summary_table
+from .console import Reporter, printable, summary_lines, summary_table
 from .discover import IMAGE_SUFFIXES, RESULTS_NAME, Discovery, Tile, discover
 from .interrupt import EXIT_INTERRUPTED, Interrupt, stopped_by
 from .session import Outcome, RunSession
@@ -137,13 +137,15 @@ def _header(
 ) -> None:
     skipped = f", {len(found.skipped)} other file(s) skipped" if found.skipped else ""
     again = f" ({changed} changed since: scored again)" if changed else ""
-    console.print(f"[bold]{section.name}[/]: {len(found.tiles)} tiles{skipped}; {done} already recorded{again}, {todo} to score")
+    console.print(
+        f"[bold]{_esc(printable(section.name))}[/]: {len(found.tiles)} tiles{skipped}; {done} already recorded{again}, {todo} to score"
+    )
     for name in found.skipped[:5]:
-        console.print(f"  [dim]skipped (not an image): {name}[/]")
+        console.print(f"  [dim]skipped (not an image): {_esc(printable(name))}[/]")
     if len(found.skipped) > 5:
         console.print(f"  [dim]... and {len(found.skipped) - 5} more[/]")
     if found.ignored:
-        names = ", ".join(found.ignored[:3]) + (", ..." if len(found.ignored) > 3 else "")
+        names = ", ".join(printable(n) for n in found.ignored[:3]) + (", ..." if len(found.ignored) > 3 else "")
         console.print(f"  [dim]ignored {len(found.ignored)} hidden or partly written file(s) until renamed into place: {_esc(names)}[/]")
     where = f"local ({workers} worker{'s' if workers != 1 else ''})" if kind == "local" else "globus"
     if rule.calibration is not None:

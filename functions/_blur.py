@@ -54,8 +54,10 @@ NOISE_REL_ERR = 0.05
 #: Signal energies must clear this many standard deviations.
 SIGNIFICANCE = 2.0
 #: Relative uncertainty of the noise model's overall scale, common to all levels. With it, ``blur_err``
-#: matches the scatter of ``blur`` between noise realizations of one field (measured on sem-kriss slow
-#: scans re-scanned by ``simulate.sem_scan`` at 20 e/px: 0.085-0.10 px; the statistical term alone: 0.025).
+#: bounds the scatter of ``blur`` between noise realizations of one field (a sem-kriss slow scan re-scanned
+#: by ``simulate.sem_scan`` at 20 e/px through a 2 px disk: ``blur_err`` 0.108 px; most realizations fall
+#: in one mode of the fit, 0.01-0.02 px apart, about one in ten in a second mode 0.16 px away, so the
+#: standard deviation over 16 was 0.012-0.075 px; the statistical term alone: 0.025).
 NOISE_SCALE_ERR = 0.03
 
 

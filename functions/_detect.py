@@ -82,7 +82,10 @@ class Detection:
         independent of dose, gain, offset and bit depth in expectation. NaN
         when fewer than three levels carry signal (blank or pure-noise tile).
     blur_err : float
-        Uncertainty (one standard deviation) of ``blur``, pixels; NaN with it.
+        Uncertainty of ``blur``, pixels; NaN with it. An upper bound rather
+        than a standard deviation: it covers the jumps between the two
+        nearby modes the fit may settle in under another noise realization,
+        and overstates the scatter within one (``mhd.functions._blur``).
     backend : str
         ``"numpy"`` or ``"cupy:<device>"``.
     timings : dict of str to float

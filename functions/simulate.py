@@ -548,6 +548,8 @@ def sem_scan(
     if max(radius, r_minor) > 0:
         pad = int(np.ceil(max(radius, r_minor))) + 2
         signal = _convolve_otf(signal, lambda shape: disk_otf(shape, radius, r_minor, angle), pad)
+    if tau < 0:
+        raise ValueError("tau must be >= 0 (pixel dwells)")
     settle = int(np.ceil(SETTLE * tau))  # dwells on each line's first point before it is recorded
     if settle:
         signal = np.concatenate([np.repeat(signal[:, :1], settle, axis=1), signal], axis=1)

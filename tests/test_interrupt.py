@@ -219,7 +219,7 @@ def big_tiles(section: Path, n: int, reps: int = 3) -> None:
 @pytest.mark.slow
 def test_ctrl_c_leaves_slow_tasks_for_the_next_run_and_a_second_ctrl_c_exits_at_once(tmp_path):
     section = tmp_path / "section"
-    big_tiles(section, 12)
+    big_tiles(section, 12, reps=6)  # tasks of three 3072^2 tiles, ~1.5 s: still in flight at the second Ctrl-C
     results = section / "mhd-results.jsonl"
     env = calibrated_env(tmp_path, MHD_DRAIN_TIMEOUT="60")
     term = Terminal(client("submit", "--dir", str(section), "--batch", "3", "--workers", "2"), env, tmp_path)
@@ -424,6 +424,7 @@ def test_a_signal_the_client_was_started_ignoring_stays_ignored(tmp_path):
     env = calibrated_env(tmp_path)
     term = Terminal(client("submit", "--dir", str(section), "--batch", "1", "--workers", "2"), env, tmp_path, ignoring=(signal.SIGHUP,))
     term.wait_for(lambda: count(results) >= 2)
+    assert term.proc.poll() is None and count(results) < 32  # the signal comes while it scores
     term.signal(signal.SIGHUP)
     status = term.finish()
     out = term.text
@@ -450,7 +451,7 @@ def test_sigterm_during_start_up_exits_143_quietly(tmp_path):
 def test_a_second_ctrl_c_during_warm_up_records_the_held_verdicts(tmp_path):
     """Verdicts held for the baseline are judged with what baseline there is and written before the process ends."""
     section = tmp_path / "section"
-    big_tiles(section, 10)
+    big_tiles(section, 10, reps=6)  # ~0.5 s a tile: the tasks in flight outlast the second Ctrl-C
     results = section / "mhd-results.jsonl"
     env = warm_up_env(tmp_path, MHD_DRAIN_TIMEOUT="60")
     term = Terminal(client("submit", "--dir", str(section), "--batch", "1", "--workers", "2"), env, tmp_path)

@@ -278,6 +278,7 @@ def test_a_tile_name_with_control_characters_cannot_forge_output_lines(tmp_path)
     evil = "evil\nOOF   other.png.png"
     (section / "tile_r1_c2.png").rename(section / evil)  # the example's out-of-focus tile
     (section / "tab\tname.png").write_bytes((section / "tile_r0_c0.png").read_bytes())
+    (section / "notes[bold]x.txt").write_text("not a tile")  # skipped: its name is not markup either
     out = CliRunner().invoke(cli.main, ["submit", "--dir", str(section)])
     assert out.exit_code == 2, out.output
     lines = out.output.splitlines()
@@ -289,4 +290,6 @@ def test_a_tile_name_with_control_characters_cannot_forge_output_lines(tmp_path)
     assert rep.exit_code in (0, 2), rep.output
     reacquire = (section / "mhd-report" / "mhd-reacquire.txt").read_text().splitlines()
     assert "evil\\nOOF   other.png.png\tdefocus" in [line[: len("evil\\nOOF   other.png.png\tdefocus")] for line in reacquire]
-    assert printable("a\\b\x1b[31m\r") == "a\\\\b\\x1b[31m\\r" and printable("ordinary é.png") == "ordinary é.png"
+    assert "skipped (not an image): notes[bold]x.txt" in out.output
+    assert printable("a\\b\x1b[31m\r") == "a\\\\b\\x1b[31m\\r" and printable("ordinary é 漢字.png") == "ordinary é 漢字.png"
+    assert printable("gnp.\u202etxt") == "gnp.\\u202etxt" and printable("p\u2028q") == "p\\u2028q"  # bidi override, line separator

@@ -192,3 +192,10 @@ def test_scan_lines_start_in_the_detectors_steady_state(tau):
     scan = sem_scan(flat, 0.0, dose=20.0, tau=tau, bits=16, rng=0).astype(np.float64)
     first, rest = scan[:, 0].std(), scan[:, 8:].std(axis=0).mean()
     assert first == pytest.approx(rest, rel=0.1)
+
+
+def test_a_negative_detector_time_constant_is_refused_by_name():
+    from mhd.functions.simulate import sem_scan
+
+    with pytest.raises(ValueError, match="tau must be >= 0"):
+        sem_scan(np.zeros((8, 8), np.uint8), tau=-1.0)
