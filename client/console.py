@@ -162,7 +162,7 @@ def _caption(total: int, new: int, elapsed: float, failed: int) -> str:
     scored = new - failed
     rate = f", {scored / elapsed:.1f} tiles/s" if scored and elapsed > 0 else ""
     failures = f", {failed} failed" if failed else ""
-    return f"{total} tiles in the section; this run: {scored} scored{failures} in {elapsed:.1f} s{rate}"
+    return f"{total} tile(s) recorded in the section; this run: {scored} scored{failures} in {elapsed:.1f} s{rate}"
 
 
 #: Columns of the summary table other than the tile id and the reason, with borders and padding.

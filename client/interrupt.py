@@ -43,6 +43,7 @@ __all__ = [
     "Stopped",
     "abandon",
     "exit_code",
+    "ignored_note",
     "install_early_handler",
     "stopped_by",
 ]
@@ -188,6 +189,24 @@ def _early(signum: int, frame: Any) -> None:
 def _ignored(signum: int) -> bool:
     """Whether the process was started ignoring ``signum`` (``nohup``, a background job)."""
     return signal.getsignal(signum) is signal.SIG_IGN
+
+
+def ignored_note() -> str | None:
+    """A line for the header when Ctrl-C cannot stop this run, else None.
+
+    A process started ignoring SIGINT (a background job of a script, ``cmd &``
+    without job control) keeps ignoring it; the operator is told which
+    signal still stops it cleanly.
+    """
+    if not hasattr(signal, "SIGINT") or not _ignored(signal.SIGINT):
+        return None
+    live = [s for s in SIGNALS if s != signal.SIGINT and not _ignored(s)]
+    how = (
+        f"kill -{signal.Signals(live[0]).name.removeprefix('SIG')} {os.getpid()}"
+        if live
+        else "nothing but kill -KILL (tasks in flight are lost)"
+    )
+    return f"Ctrl-C is ignored here (started with SIGINT ignored, as a background job is): stop it with {how}"
 
 
 def install_early_handler() -> None:

@@ -23,7 +23,7 @@ from mhd.functions.worker.record import TileRecord
 from .config import Config
 from .console import Reporter, printable, summary_lines, summary_table
 from .discover import IMAGE_SUFFIXES, RESULTS_NAME, Discovery, Tile, discover
-from .interrupt import EXIT_INTERRUPTED, Interrupt, stopped_by
+from .interrupt import EXIT_INTERRUPTED, Interrupt, ignored_note, stopped_by
 from .session import Outcome, RunSession
 from .transport import Transport
 from .verdicts import Rule
@@ -154,6 +154,9 @@ def _header(
     else:
         how = f"relative to the section median, first verdicts after {rule.warmup} tiles"
     console.print(f"executor {where}, transport {transport.name}; rule: {how}", highlight=False)
+    note = ignored_note()
+    if note:
+        console.print(f"[yellow]{note}[/]", highlight=False)
 
 
 def _esc(text: str) -> str:

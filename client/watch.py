@@ -38,7 +38,7 @@ from mhd.functions.worker.tileio import TileError, sniff_format
 from .config import Config
 from .console import Reporter
 from .discover import Tile, discover
-from .interrupt import Interrupt
+from .interrupt import Interrupt, ignored_note
 from .pipeline import Pipeline
 from .session import Outcome, RunSession
 from .verdicts import Rule
@@ -249,6 +249,9 @@ def watch_section(
             f"[bold]watching {section}[/] ({len(run.results.records)} tiles already recorded; executor "
             f"{run.kind}, transport {transport.name}); Ctrl-C to stop"
         )
+        note = ignored_note()
+        if note:
+            console.print(f"[yellow]{note}[/]", highlight=False)
         reporter = Reporter(console, None, show_ok=True)
         run.drive(lambda pipe: _follow(pipe, landing, poll, idle_exit, run.stop), reporter, what="stopping")
     return run.outcome(reporter, discover(section), interrupted=False)

@@ -430,9 +430,21 @@ def test_a_signal_the_client_was_started_ignoring_stays_ignored(tmp_path):
     out = term.text
     assert status == 2, out  # the example section has out-of-focus tiles; not 129
     clean(out)
-    assert "hung up" not in out
+    assert "hung up" not in out and "Ctrl-C is ignored" not in out
     assert len(lines_of(results)) == 32
     assert term.left_behind() == []
+
+
+def test_a_client_started_ignoring_ctrl_c_says_how_to_stop_it(tmp_path):
+    """``client submit ... &`` from a script starts with SIGINT ignored: the header says so and names a signal that works."""
+    section = example_section(tmp_path / "section", "a")
+    term = Terminal(
+        client("submit", "--dir", str(section), "--workers", "1"), calibrated_env(tmp_path), tmp_path, ignoring=(signal.SIGINT,)
+    )
+    status = term.finish()
+    out = flat(term.text)
+    assert status in (0, 2), out
+    assert re.search(rf"Ctrl-C is ignored here \(.*\): stop it with kill -TERM {term.proc.pid}\b", out), out
 
 
 def test_sigterm_during_start_up_exits_143_quietly(tmp_path):
