@@ -232,8 +232,11 @@ def _plot_density(path: Path, records: list[TileRecord], base: Baseline, title: 
         fig, panels = plt.subplots(2, 1, sharex=True, figsize=(width, 6.4), dpi=110)
         ax = panels[0]
     x = np.arange(len(records))
-    _scatter_verdicts(ax, x, records, lambda r: None if r.density is None else max(r.density, 1.0), legend=True)
-    ax.plot(x, [max(r.density or 1.0, 1.0) for r in records], color="0.7", lw=0.8, zorder=1)
+    # the axis spans the tiles with tissue; an empty tile (no features) sits on its bottom edge, not four decades below
+    shown = [r.density for r in records if r.verdict != "empty" and r.density]
+    bottom = min(shown) / 2 if shown else 1.0
+    _scatter_verdicts(ax, x, records, lambda r: None if r.density is None else max(r.density, bottom), legend=True)
+    ax.plot(x, [max(r.density or bottom, bottom) for r in records], color="0.7", lw=0.8, zorder=1)
     if blur_limit is None and math.isfinite(base.threshold):
         ax.axhline(math.exp(base.threshold), color="tab:red", ls="--", lw=1, label="OOF threshold")
     if math.isfinite(base.median):
