@@ -34,6 +34,7 @@ Usage::
     python bench/bench_detector.py --sizes 1024 --levels 16 --repeat 21
     python bench/bench_detector.py --gpu --sizes 1024 4096
     python bench/bench_detector.py --sizes 1024 --levels 16 --skimage-max 0 --base f1dca4b
+    python bench/bench_detector.py --sizes 1024 --levels 16 --skimage-max 0 --dtype float32   # float tiles
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def peak_mb(fn) -> tuple[float, object]:
     return peak / 2**20, out
 
 
-def run_cpu(sizes, levels, repeat, skimage_max, base_commit=None):
+def run_cpu(sizes, levels, repeat, skimage_max, base_commit=None, dtype="uint8"):
     one_thread = get_backend("numpy", workers=1)
     base = load_base(base_commit) if base_commit else None
     naive = load_naive_mhd()
@@ -169,7 +170,7 @@ def run_cpu(sizes, levels, repeat, skimage_max, base_commit=None):
     print(f"| size | levels | peer | median ms | peak MB | x {base_name} | features |")
     print("|---|---|---|---|---|---|---|")
     for size in sizes:
-        img = em_tile(size)
+        img = em_tile(size).astype(dtype)  # the same grey levels; float tiles take the normaliser's float path
         for n_bin in levels:
             peers = {
                 "mhd": lambda: detect(img, n_bin=n_bin, backend="numpy").features,
@@ -278,9 +279,10 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="also measure CuPy on the GPU")
     ap.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     ap.add_argument("--base", metavar="COMMIT", help="also time the detector as of this git commit (peer mhd@COMMIT)")
+    ap.add_argument("--dtype", default="uint8", choices=["uint8", "uint16", "float32"], help="pixel type of the CPU tiles (default uint8)")
     args = ap.parse_args()
     try:
-        run_cpu(args.sizes, args.levels, args.repeat, args.skimage_max, args.base)
+        run_cpu(args.sizes, args.levels, args.repeat, args.skimage_max, args.base, args.dtype)
         if args.gpu:
             if not cuda_available():
                 raise SystemExit("--gpu: no CUDA device visible to CuPy")

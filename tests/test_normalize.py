@@ -154,3 +154,31 @@ def test_grey_table_is_only_for_unsigned_tiles_with_contrast(img):
     from mhd.functions._normalize import grey_table
 
     assert grey_table(img, backend="numpy") is None
+
+
+def test_order_statistics_are_exact_even_where_the_sample_misleads():
+    """Sorted rows, long ties and a half-saturated tile: each rank is the value np.sort puts there."""
+    from mhd.functions._normalize import order_statistics
+
+    rng = np.random.default_rng(7)
+    cases = [np.sort(rng.normal(size=50000)), np.repeat(rng.normal(size=50), 1000), rng.random(60000)]
+    cases[2][::2] = 1.0
+    for x in cases:
+        n = x.size
+        ranks = [0, 1, 87, n // 2 - 1, n // 2, n - 88, n - 2, n - 1]
+        got = order_statistics(x, ranks, np)
+        s = np.sort(x)
+        assert [got[k] for k in ranks] == [float(s[k]) for k in ranks]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_limits_are_numpys_quantiles(dtype):
+    rng = np.random.default_rng(8)
+    img = (rng.gamma(2.0, 30.0, (700, 900)) - 20).astype(dtype)
+    for saturation in (0.0, 0.175, 5.0, 49.0):
+        want = np.quantile(img.ravel(), [saturation / 100, 1 - saturation / 100])
+        got = saturation_limits(img, saturation, backend="numpy")
+        if dtype == np.float64:
+            assert got == tuple(float(v) for v in want)
+        else:  # NumPy interpolates in float32, we in float64
+            np.testing.assert_allclose(got, want, rtol=2 * np.finfo(np.float32).eps)
