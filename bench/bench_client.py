@@ -39,6 +39,7 @@ from rich.console import Console
 
 from mhd.client.config import load
 from mhd.client.discover import discover
+from mhd.client.results import read_records
 from mhd.client.score import load_image, score_file
 from mhd.client.submit import run_section
 from mhd.client.verdicts import Rule
@@ -112,16 +113,15 @@ def bench_watch(tmp: Path, n: int, interval: float, workers: int) -> dict:
     env = {**os.environ, "MHD_WORKERS": str(workers), "MHD_CONFIG": str(tmp / "cfg.json")}
     cmd = [sys.executable, "-m", "mhd.client", "watch", "--dir", str(section), "--poll", "0.1", "--idle-exit", "3"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(4.0)  # let the backend start before the first tile lands
+    time.sleep(4.0)  # let the executor start before the first tile lands
     for i in range(n):
         part = section / f".tile_{i:05d}{src[i % len(src)].suffix}.part"
         shutil.copy(src[i % len(src)], part)
         part.rename(section / part.name[1:-5])
         time.sleep(interval)
     proc.wait(timeout=120)
-    recs = [json.loads(x) for x in (section / "mhd-results.jsonl").read_text().splitlines()]
-    recs.sort(key=lambda r: r["tile"])
-    steady = sorted(r["latency_ms"] for r in recs[Rule().warmup :])
+    recs = sorted(read_records(section / "mhd-results.jsonl")[0].values(), key=lambda r: r.tile)
+    steady = sorted(r.latency_ms for r in recs[Rule().warmup :])
     return {
         "watch_tiles": len(recs),
         "watch_interval_s": interval,

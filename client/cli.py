@@ -31,6 +31,7 @@ import click
 from rich.console import Console
 
 from mhd import __version__
+from mhd.functions.worker.settings import ENV_VARS
 from mhd.params import Param, cli_params, validate
 
 from . import config as config_mod
@@ -348,7 +349,7 @@ def _run_options(fn: Callable) -> Callable:
             "--transport", type=click.Choice(["auto", "inline", "shared", "globus"]), help="How tiles reach the function  [config: auto]"
         ),
         click.option("--workers", type=click.IntRange(1, 64), help="Local executor worker processes."),
-        click.option("--batch", type=click.IntRange(1, 1024), help="Tiles per scoring task."),
+        click.option("--batch", type=click.IntRange(1, ENV_VARS["MHD_MAX_TILES"]), help="Tiles per scoring task."),
         click.option(
             "--on-oof",
             metavar="CMD",

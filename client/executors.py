@@ -204,7 +204,7 @@ def _relay(out: Future, convert: Callable[[Any], Any]) -> Callable[[Future], Non
     def settle(inner: Future) -> None:
         try:
             value = convert(inner.result())
-        except BaseException as exc:  # noqa: BLE001 - every failure belongs to the caller's future
+        except BaseException as exc:  # every failure belongs to the caller's future
             out.set_exception(exc)
         else:
             out.set_result(value)

@@ -116,7 +116,7 @@ def abandon(
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except Exception:  # noqa: BLE001 - a closed or broken stream must not stop the exit
+        except Exception:  # a closed or broken stream must not stop the exit
             pass
     if os.isatty(2):
         _write("\x1b[?25h")
@@ -124,7 +124,7 @@ def abandon(
     try:
         for child in multiprocessing.active_children():
             child.kill()
-    except Exception:  # noqa: BLE001 - best effort: workers also exit once their parent is gone
+    except Exception:  # best effort: workers also exit once their parent is gone
         pass
     _release_semaphores()
     logging.shutdown()
@@ -149,7 +149,7 @@ def _release_semaphores(timeout: float = 1.0) -> None:
             if getattr(finalizer, "_callback", None) is synchronize.SemLock._cleanup:
                 try:
                     finalizer()
-                except Exception:  # noqa: BLE001 - one that fails is the tracker's to clean up
+                except Exception:  # one that fails is the tracker's to clean up
                     pass
 
     runner = threading.Thread(target=release, name="mhd-release-semaphores", daemon=True)

@@ -16,6 +16,8 @@ import math
 from dataclasses import Field, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from mhd.params import ASTIGMATISM_THRESHOLD
+
 if TYPE_CHECKING:
     from .verdicts import Calibration
 
@@ -48,9 +50,8 @@ class Rule:
     blur_max: float = _threshold(1.0, "blur rule: OOF when the blur a tile adds to the section median exceeds this (px, in quadrature)")
     partial_drop: float = _threshold(0.7, "grid cell below the tile threshold by this much (log) flags a partly defocused tile")
     empty_cnr: float = _threshold(3.0, "contrast-to-noise below which a low-count tile is 'empty' (no tissue)")
-    # mhd.functions.ASTIGMATISM_THRESHOLD (not imported: it loads SciPy); a test checks they agree
     astigmatism_max: float = _threshold(
-        0.2, "astigmatism strength (0..1) from which a tile is 'oof', kind astigmatism (turn the stigmators)"
+        ASTIGMATISM_THRESHOLD, "astigmatism strength (0..1) from which a tile is 'oof', kind astigmatism (turn the stigmators)"
     )
     calibration: Calibration | None = None
 

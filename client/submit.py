@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 def auto_batch(n_tiles: int, workers: int, kind: str) -> int:
     """Tiles per scoring task: enough tasks to keep every worker busy, at most 8 tiles each.
 
-    The Globus backend uses 8 (fewer, larger requests against the service's
+    The Globus executor uses 8 (fewer, larger requests against the service's
     rate limit).
     """
     if kind == "globus":

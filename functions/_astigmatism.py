@@ -95,6 +95,8 @@ from typing import Any
 
 import numpy as np
 
+from mhd.params import ASTIGMATISM_THRESHOLD
+
 from ._backend import Backend, get_backend
 from ._noise import CENTRES, _hats
 
@@ -106,8 +108,6 @@ __all__ = [
     "spectral_moments",
 ]
 
-#: Strength above which a tile is called astigmatic (see the module docstring).
-ASTIGMATISM_THRESHOLD = 0.2
 #: Columns of the last axis of :func:`spectral_moments`.
 MOMENT_COLUMNS = ("power", "noise", "aniso_cos", "aniso_sin", "var_power", "var_cos", "var_sin", "weight")
 #: Rings per octave of radial frequency.

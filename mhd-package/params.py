@@ -42,10 +42,14 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["DEFAULTS", "PARAMS", "POLARITIES", "Param", "cli_params", "validate"]
+__all__ = ["ASTIGMATISM_THRESHOLD", "DEFAULTS", "PARAMS", "POLARITIES", "Param", "cli_params", "validate"]
 
 #: Feature polarities the detector counts: minima ("dark"), maxima ("bright") of the DoG, or both.
 POLARITIES = ("dark", "bright", "both")
+
+#: Astigmatism strength (0..1) from which a tile is astigmatic: the detector's recommended cut
+#: (:data:`mhd.functions.ASTIGMATISM_THRESHOLD`) and the default of the verdict rule's ``astigmatism_max``.
+ASTIGMATISM_THRESHOLD = 0.2
 
 
 @dataclass(frozen=True)

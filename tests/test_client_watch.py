@@ -203,7 +203,7 @@ def test_watch_scores_each_tile_once_alerts_safely_and_stops_on_ctrl_c(tmp_path)
     assert verdicts.pop(HOSTILE) == "oof" and set(verdicts.values()) == {"ok"}
     assert all(r["latency_ms"] >= 0 for r in recs)
     [alert] = alerts.read_text().splitlines()
-    args, tile_env, verdict_env = eval(alert)  # noqa: S307 - our own repr() output
+    args, tile_env, verdict_env = eval(alert)  # our own repr() output
     assert args == [str(section.resolve() / HOSTILE)] and tile_env == args[0] and verdict_env == "oof"
     assert not list(tmp_path.rglob("PWNED*"))  # the file name was never given to a shell
     assert "OOF" in out and "summary" in out
