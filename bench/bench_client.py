@@ -111,7 +111,7 @@ def bench_watch(tmp: Path, n: int, interval: float, workers: int) -> dict:
     section.mkdir()
     src = [t.path for t in discover(EXAMPLE).tiles]
     env = {**os.environ, "MHD_WORKERS": str(workers), "MHD_CONFIG": str(tmp / "cfg.json")}
-    cmd = [sys.executable, "-m", "mhd.client", "watch", "--dir", str(section), "--poll", "0.1", "--idle-exit", "3"]
+    cmd = [sys.executable, "-m", "mhd.client", "watch", "--dir", str(section), "--poll", "0.1", "--idle-exit", "10"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(4.0)  # let the executor start before the first tile lands
     for i in range(n):

@@ -650,7 +650,9 @@ endpoint.add_command(_configure_with_stored_function())
     help="Seconds a stable but incomplete file (its image structure cut short) waits before it is scored (and fails).",
 )
 @click.option(
-    "--idle-exit", type=click.FloatRange(0.0), help="Stop after this many seconds without a new tile (default: run until Ctrl-C)."
+    "--idle-exit",
+    type=click.FloatRange(0.0),
+    help="Stop after this many seconds without a new tile or a tile file still being written (default: run until Ctrl-C).",
 )
 @detector_options
 def watch(

@@ -75,6 +75,12 @@ class Landing:
         anyway (to be reported as an error).
     complete : callable
         ``complete(path) -> bool``: is the file's container whole (default :func:`is_complete`).
+
+    Attributes
+    ----------
+    changed_at : float
+        ``time.monotonic()`` when :meth:`poll` last saw a tile file appear or
+        change (0.0: never): a file still being written is activity too.
     """
 
     section: Path
@@ -82,6 +88,7 @@ class Landing:
     settle: float = 1.0
     give_up: float = 10.0
     complete: Callable[[Path], bool] = lambda p: is_complete(p)
+    changed_at: float = 0.0
     _seen: dict[str, _Seen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -116,6 +123,7 @@ class Landing:
         unchanged = prev is not None and (prev.size, prev.mtime_ns) == (size, mtime_ns)
         if not unchanged:
             self._seen[tile.id] = _Seen(size, mtime_ns)
+            self.changed_at = time.monotonic()
         if size == 0 or not (unchanged or now - mtime_ns / 1e9 >= self.settle):
             return False
         if self.complete(tile.path):
@@ -205,7 +213,7 @@ def watch_section(
     results_dir: Path | None = None,
     interrupt: Interrupt | None = None,
 ) -> Outcome:
-    """Follow ``section`` until Ctrl-C (or ``idle_exit`` seconds without a new tile).
+    """Follow ``section`` until Ctrl-C (or ``idle_exit`` seconds without a new or changing tile file).
 
     Tiles already recorded are not scored again unless their file changes
     (re-imaged under the same name: scored again once it settles, the new
@@ -281,7 +289,7 @@ def _follow(pipe: Pipeline, landing: Landing, poll: float, idle_exit: float | No
         if pipe.busy:
             pipe.pump(wait)
         else:
-            if idle_exit is not None and time.monotonic() - last_new >= idle_exit:
+            if idle_exit is not None and time.monotonic() - max(last_new, landing.changed_at) >= idle_exit:
                 pipe.finish()
                 return
             _sleep(wait, stop)

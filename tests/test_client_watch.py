@@ -121,6 +121,49 @@ def test_watch_rescores_a_tile_renamed_into_place_over_a_recorded_one(tmp_path, 
     assert after["tile_r0_c1.tif"] == before["tile_r0_c1.tif"]  # untouched: not scored again
 
 
+def test_landing_notes_when_a_file_appears_or_changes(tmp_path):
+    data = (EXAMPLE / "tile_r0_c0.png").read_bytes()
+    landing = Landing(tmp_path, settle=100.0, give_up=100.0)
+    landing.poll()
+    assert landing.changed_at == 0.0  # nothing seen yet
+    (tmp_path / "a.png").write_bytes(data[:1000])
+    before = time.monotonic()
+    landing.poll()
+    first = landing.changed_at
+    assert first >= before
+    landing.poll()
+    assert landing.changed_at == first  # unchanged since: no activity
+    (tmp_path / "a.png").write_bytes(data[:2000])
+    landing.poll()
+    assert landing.changed_at > first  # still being written
+
+
+@pytest.mark.usefixtures("isolated_config")
+def test_idle_exit_waits_for_a_tile_still_being_written(tmp_path, monkeypatch):
+    """--idle-exit counts a file still growing as activity: a tile written for longer than it is scored."""
+    section = tmp_path / "s"
+    section.mkdir()
+    data = (EXAMPLE / "tile_r0_c0.png").read_bytes()
+    cfg = load().override(executor="local", workers=1)
+    real_discover = watch.discover
+    looks = []
+
+    def discover(folder):  # the microscope writes one tile in 8 pieces over ~2.4 s, one piece per look
+        looks.append(1)
+        n = len(looks)
+        if n <= 8:
+            with (section / "tile_r0_c0.png").open("ab") as fh:
+                fh.write(data[(n - 1) * len(data) // 8 : n * len(data) // 8])
+        return real_discover(folder)
+
+    monkeypatch.setattr(watch, "discover", discover)
+    out = watch_section(
+        section, cfg, Console(file=io.StringIO()), rule=Rule(warmup=1), params={"backend": "numpy"}, poll=0.3, idle_exit=1.0
+    )
+    assert out.new == 1
+    assert read_records(section / "mhd-results.jsonl")[0]["tile_r0_c0.png"].verdict != "error"
+
+
 @pytest.mark.parametrize("fmt", ["png", "tiff", "jpeg", "bmp"])
 def test_a_truncated_file_is_incomplete_without_decoding_it(tmp_path, monkeypatch, fmt):
     import mhd.functions.worker.tileio as tileio
