@@ -64,7 +64,7 @@ __all__ = ["Report", "blur_threshold", "make_report", "section_verdicts"]
 REPORT_DIR = "mhd-report"
 CSV_COLUMNS = (
     "index", "tile", "row", "col", "verdict", "kind", "section_verdict", "section_kind", "reason",
-    "features", "density", "blur", "blur_err", "defocus", "astigmatism", "astigmatism_angle", "focus_map",
+    "features", "density", "blur", "blur_err", "defocus", "defocus_units", "astigmatism", "astigmatism_angle", "focus_map",
     "contrast", "error", "backend", "ms", "roundtrip_ms", "latency_ms", "scored_at",
 )  # fmt: skip
 COLOURS = {"ok": "tab:green", "oof": "tab:red", "empty": "tab:olive", "error": "tab:purple"}
@@ -112,7 +112,7 @@ def section_verdicts(records: list[TileRecord], rule: Rule) -> tuple[dict[str, T
     out: dict[str, TileRecord] = {}
     for rec in records:
         error = rec.error or (rec.reason or "error" if rec.verdict == "error" else None)
-        fresh = replace(rec, verdict=None, kind=None, reason=None, focus_map=None, defocus=None, error=error)
+        fresh = replace(rec, verdict=None, kind=None, reason=None, focus_map=None, defocus=None, defocus_units=None, error=error)
         out.update((r.tile, r) for r in judge.add(fresh))
     base = judge.baseline()
     out.update((r.tile, r) for r in judge.flush())

@@ -317,7 +317,9 @@ class Judge:
         base = self.baseline()
         x = log_density(rec.density)
         cal = self.rule.calibration
-        defocus = rec.defocus
+        defocus, units = rec.defocus, rec.defocus_units
+        if cal is not None:
+            units = cal.units
         if cal is not None and cal.measure == "count":
             defocus = round(cal.defocus(x), 3)
         if cal is not None and cal.measure == "blur":
@@ -330,7 +332,7 @@ class Judge:
             fmap = None
         else:
             fmap = focus_map(rec, cal.intercept if cal is not None and cal.measure == "count" else base.median)
-        return replace(rec, verdict=verdict, kind=kind, reason=reason, focus_map=fmap, defocus=defocus)
+        return replace(rec, verdict=verdict, kind=kind, reason=reason, focus_map=fmap, defocus=defocus, defocus_units=units)
 
     def _decide(self, rec: TileRecord, x: float, base: Baseline) -> tuple[str, str | None, str]:
         """``(verdict, kind, reason)`` of one tile: empty, then astigmatism, defocus, partial, ok."""
@@ -427,7 +429,9 @@ def describe(rec: TileRecord, units: str = "") -> str:
     rec : TileRecord
         A judged record.
     units : str
-        Units of its calibrated ``defocus`` estimate, if any (e.g. ``"um"``).
+        Units of its calibrated ``defocus`` estimate (e.g. ``"um"``) when the
+        record does not carry them (``defocus_units``: records written before
+        it existed).
 
     Returns
     -------
@@ -445,7 +449,7 @@ def describe(rec: TileRecord, units: str = "") -> str:
         return "astigmatism" if angle is None else f"astigmatism {angle:.0f} deg"
     if kind == "defocus":
         est = finite(rec.defocus)
-        return "defocus" if est is None else f"defocus, est. {est:.2g} {units}".rstrip()
+        return "defocus" if est is None else f"defocus, est. {est:.2g} {rec.defocus_units or units}".rstrip()
     if kind == "partial":
         return rec.reason or "partial"
     return str(rec.verdict)

@@ -129,6 +129,23 @@ def test_calibrated_kinds_and_map_relative_to_the_in_focus_density():
     assert judge.add(scored("astig", 0.9e4, astigmatism=0.4, angle=90.0))[0].kind == "astigmatism"
 
 
+def test_a_calibrated_estimate_keeps_its_units_in_a_report_made_without_the_calibration(tmp_path):
+    cal = Calibration(intercept=math.log(1e4), slope=-0.5, r=-0.99, n=9, units="um", max_defocus=1.0)
+    far = Judge(Rule(calibration=cal)).add(scored("tile_r0_c0.png", 1e4 * math.exp(-1.0)))[0]  # 2 um
+    assert (far.defocus, far.defocus_units) == (2.0, "um") and describe(far) == "defocus, est. 2 um"
+    assert TileRecord.from_json(far.to_json()).defocus_units == "um"  # in the results log
+    rejudged = Judge(Rule(warmup=1)).add(far)[0]  # judged again without a calibration: the estimate keeps its units
+    assert (rejudged.defocus, rejudged.defocus_units) == (2.0, "um")
+    section = tmp_path / "s"
+    others = [dict(scored(f"tile_r1_c{c}.png", 1.4e4).to_json(), verdict="ok") for c in range(4)]
+    write_results(section, [far.to_json(), *others])
+    out = CliRunner().invoke(main, ["report", "--dir", str(section)])  # no calibration stored
+    assert out.exit_code == 0, out.output
+    assert (section / "mhd-report" / "mhd-reacquire.txt").read_text().splitlines() == ["tile_r0_c0.png\tdefocus, est. 2 um"]
+    rows = list(csv.DictReader((section / "mhd-report" / "mhd-results.csv").open()))
+    assert (rows[0]["defocus"], rows[0]["defocus_units"]) == ("2.0", "um")
+
+
 # ------------------------------------------------------------ report, unit
 
 

@@ -4,7 +4,7 @@ The worker fills the measurements (:meth:`TileRecord.from_detection`, or
 :meth:`TileRecord.failed`); the client adds where the tile went and when
 (``transport``, ``roundtrip_ms``, ``scored_at``, ``latency_ms``, and the file
 version scored: ``file_size``, ``file_mtime_ns``) and the verdict
-(``verdict``, ``kind``, ``reason``, ``focus_map``, ``defocus``), each a new
+(``verdict``, ``kind``, ``reason``, ``focus_map``, ``defocus``, ``defocus_units``), each a new
 record (:func:`dataclasses.replace`), never an update in place.
 
 On the wire (a ``score_tiles`` result) and in the results log
@@ -100,6 +100,9 @@ class TileRecord:
         (gy, gx) cell density / baseline density.
     defocus : float or None
         Estimated |defocus| (calibration units) under a calibrated rule.
+    defocus_units : str or None
+        The units of ``defocus``: the calibration's (``"um"``), so that a
+        report made later, under another calibration or none, still says them.
     has_blur : bool
         False for a record read without a ``blur`` field (written before the
         blur measure existed): the verdict then uses the count. Not written.
@@ -135,6 +138,7 @@ class TileRecord:
     file_mtime_ns: int | None = None
     focus_map: list | None = None
     defocus: float | None = None
+    defocus_units: str | None = None
     has_blur: bool = field(default=True, compare=False)
     extra: dict = field(default_factory=dict)
 
