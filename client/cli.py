@@ -647,12 +647,15 @@ endpoint.add_command(_configure_with_stored_function())
     type=click.FloatRange(0.0),
     default=10.0,
     show_default=True,
-    help="Seconds a stable but incomplete file (its image structure cut short) waits before it is scored (and fails).",
+    help="Seconds a stable but incomplete file (empty, or its image structure cut short) waits before it is scored (and fails).",
 )
 @click.option(
     "--idle-exit",
     type=click.FloatRange(0.0),
-    help="Stop after this many seconds without a new tile or a tile file still being written (default: run until Ctrl-C).",
+    help=(
+        "Stop after this many seconds without a new or growing tile file, once every tile seen is scored"
+        " (an incomplete one after --give-up); default: run until Ctrl-C."
+    ),
 )
 @detector_options
 def watch(

@@ -11,7 +11,9 @@ they tell whether a recorded tile was re-imaged since: :class:`Tile`).
 from __future__ import annotations
 
 import csv
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,14 +179,13 @@ def discover(section: str | Path) -> Discovery:
     if not root.is_dir():
         raise NotADirectoryError(f"{section}: not a folder")
     found = Discovery()
-    for path in root.rglob("*"):
+    for path, st in _files(root):
         rel = path.relative_to(root)
-        if _is_own_output(rel) or not path.is_file():
+        if _is_own_output(rel):
             continue
         if is_partial_name(path.name):
             found.ignored.append(rel.as_posix())
         elif is_image_name(path.name):
-            st = path.stat()
             found.tiles.append(Tile(rel.as_posix(), path, st.st_size, st.st_mtime_ns))
         else:
             found.skipped.append(rel.as_posix())
@@ -192,6 +193,26 @@ def discover(section: str | Path) -> Discovery:
     found.skipped.sort(key=natural_key)
     found.ignored.sort(key=natural_key)
     return found
+
+
+def _files(root: Path) -> list[tuple[Path, os.stat_result]]:
+    """Every regular file under ``root`` (a link to one counts; links to folders are not followed) with its stat.
+
+    A folder or file removed while the walk runs (a microscope's scratch
+    folder, a file renamed away) is left out, not an error: ``watch`` walks
+    a folder that is being written.
+    """
+    out = []
+    for folder, _, names in os.walk(root):  # a folder that vanishes (or cannot be listed) is skipped
+        for name in names:
+            path = Path(folder, name)
+            try:
+                st = path.stat()
+            except OSError:  # removed since the folder was listed, or a dangling link
+                continue
+            if stat.S_ISREG(st.st_mode):
+                out.append((path, st))
+    return out
 
 
 def _is_own_output(rel: Path) -> bool:

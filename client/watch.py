@@ -10,8 +10,9 @@ A tile is taken once it is completely written:
 - and its container is whole (:func:`is_complete`), judged from its
   structure without decoding a pixel: the worker decodes it, once.
 
-A tile that stays incomplete for ``give_up`` seconds is taken anyway, so it
-gets an ``error`` verdict naming it instead of being silently ignored.
+A tile that stays incomplete (or empty) for ``give_up`` seconds is taken
+anyway, so it gets an ``error`` verdict naming it instead of being silently
+ignored; ``idle_exit`` waits for it.
 
 A tile already recorded (or handed out by this watch) is taken again when its
 file changes: a different size or modification time than the version scored
@@ -71,8 +72,8 @@ class Landing:
         A file unmodified for this many seconds counts as complete without a
         second look.
     give_up : float
-        Seconds a stable but incomplete file waits before it is handed out
-        anyway (to be reported as an error).
+        Seconds a stable but incomplete (or empty) file waits before it is
+        handed out anyway (to be reported as an error).
     complete : callable
         ``complete(path) -> bool``: is the file's container whole (default :func:`is_complete`).
 
@@ -91,6 +92,11 @@ class Landing:
     changed_at: float = 0.0
     _seen: dict[str, _Seen] = field(default_factory=dict)
 
+    @property
+    def pending(self) -> int:
+        """Tile files seen but not handed out yet (still being written, or waiting out ``give_up``)."""
+        return len(self._seen)
+
     def __post_init__(self) -> None:
         if not isinstance(self.done, dict):
             self.done = dict.fromkeys(self.done, (None, None))
@@ -105,7 +111,11 @@ class Landing:
         """
         ready = []
         now = time.time()
-        for tile in discover(self.section).tiles:
+        tiles = discover(self.section).tiles
+        present = {t.id for t in tiles}
+        for gone in [k for k in self._seen if k not in present]:  # removed or renamed away while pending
+            del self._seen[gone]
+        for tile in tiles:
             try:
                 st = tile.path.stat()
             except FileNotFoundError:
@@ -124,9 +134,9 @@ class Landing:
         if not unchanged:
             self._seen[tile.id] = _Seen(size, mtime_ns)
             self.changed_at = time.monotonic()
-        if size == 0 or not (unchanged or now - mtime_ns / 1e9 >= self.settle):
+        if not (unchanged or now - mtime_ns / 1e9 >= self.settle):
             return False
-        if self.complete(tile.path):
+        if size > 0 and self.complete(tile.path):
             return True
         seen = self._seen[tile.id]
         seen.first_bad = seen.first_bad or now
@@ -213,7 +223,8 @@ def watch_section(
     results_dir: Path | None = None,
     interrupt: Interrupt | None = None,
 ) -> Outcome:
-    """Follow ``section`` until Ctrl-C (or ``idle_exit`` seconds without a new or changing tile file).
+    """Follow ``section`` until Ctrl-C (or ``idle_exit`` seconds without a new or changing tile file, once
+    every tile file seen has been scored).
 
     Tiles already recorded are not scored again unless their file changes
     (re-imaged under the same name: scored again once it settles, the new
@@ -289,7 +300,8 @@ def _follow(pipe: Pipeline, landing: Landing, poll: float, idle_exit: float | No
         if pipe.busy:
             pipe.pump(wait)
         else:
-            if idle_exit is not None and time.monotonic() - max(last_new, landing.changed_at) >= idle_exit:
+            idle = time.monotonic() - max(last_new, landing.changed_at)
+            if idle_exit is not None and idle >= idle_exit and not landing.pending:
                 pipe.finish()
                 return
             _sleep(wait, stop)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
+import shutil
+import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -50,6 +54,43 @@ def test_discovery_natural_order_recursive_and_skips(tmp_path):
     assert found.skipped == ["notes.txt"]  # not an image
     assert found.ignored == [".t3.png", "t4.png.part"]  # being written: neither a tile nor skipped (README)
     assert found.tiles[0].path == tmp_path.resolve() / "a.bmp" and found.tiles[0].size == 1
+
+
+def test_discovery_counts_linked_files_but_does_not_follow_linked_folders(tmp_path):
+    outside = tmp_path / "outside"
+    touch(outside / "far.png")
+    section = tmp_path / "s"
+    touch(section / "t1.png")
+    (section / "link.png").symlink_to(outside / "far.png")
+    (section / "folder").symlink_to(outside, target_is_directory=True)
+    (section / "dangling.png").symlink_to(tmp_path / "gone.png")
+    os.mkfifo(section / "fifo.png")
+    found = discover(section)
+    assert [t.id for t in found.tiles] == ["link.png", "t1.png"] and found.skipped == []
+
+
+def test_discovery_survives_folders_and_files_vanishing_meanwhile(tmp_path):
+    """A folder removed while discover() walks the section is skipped, not an error (watch walks a live folder)."""
+    touch(tmp_path / "t1.png")
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            scratch = tmp_path / "scratch" / "deeper"
+            scratch.mkdir(parents=True, exist_ok=True)
+            for i in range(20):
+                touch(scratch / f"x{i}.png")
+            shutil.rmtree(tmp_path / "scratch", ignore_errors=True)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            assert "t1.png" in [t.id for t in discover(tmp_path).tiles]
+    finally:
+        stop.set()
+        worker.join()
 
 
 def test_natural_key_orders_numbers_by_value():

@@ -164,6 +164,38 @@ def test_idle_exit_waits_for_a_tile_still_being_written(tmp_path, monkeypatch):
     assert read_records(section / "mhd-results.jsonl")[0]["tile_r0_c0.png"].verdict != "error"
 
 
+@pytest.mark.usefixtures("isolated_config")
+def test_idle_exit_scores_files_that_stay_incomplete_or_empty_first(tmp_path):
+    """--idle-exit shorter than --give-up: the truncated and the empty file are still scored, as errors naming them."""
+    section = tmp_path / "s"
+    section.mkdir()
+    data = (EXAMPLE / "tile_r0_c0.png").read_bytes()
+    (section / "good.png").write_bytes(data)
+    (section / "cut.png").write_bytes(data[: len(data) // 2])  # never completed
+    (section / "empty.png").write_bytes(b"")
+    cfg = load().override(executor="local", workers=1)
+    start = time.monotonic()
+    out = watch_section(
+        section, cfg, Console(file=io.StringIO()), rule=Rule(warmup=1), params={"backend": "numpy"}, poll=0.1, give_up=2.0, idle_exit=0.5
+    )
+    assert time.monotonic() - start >= 2.0  # it waited out --give-up
+    recs, _ = read_records(section / "mhd-results.jsonl")
+    assert out.new == 3 and set(recs) == {"good.png", "cut.png", "empty.png"}
+    assert recs["good.png"].verdict != "error"
+    assert recs["cut.png"].verdict == "error" and "cut.png" in recs["cut.png"].error
+    assert recs["empty.png"].verdict == "error" and "empty.png" in recs["empty.png"].error
+
+
+def test_landing_forgets_a_pending_file_that_is_removed(tmp_path):
+    landing = Landing(tmp_path, settle=100.0, give_up=100.0)
+    (tmp_path / "a.png").write_bytes(b"\x89PNG")
+    landing.poll()
+    assert landing.pending == 1
+    (tmp_path / "a.png").unlink()
+    landing.poll()
+    assert landing.pending == 0  # an idle watch would otherwise wait for it forever
+
+
 @pytest.mark.parametrize("fmt", ["png", "tiff", "jpeg", "bmp"])
 def test_a_truncated_file_is_incomplete_without_decoding_it(tmp_path, monkeypatch, fmt):
     import mhd.functions.worker.tileio as tileio
