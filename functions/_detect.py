@@ -30,7 +30,7 @@ from ._noise import (
     white_equivalent,
 )
 from ._normalize import grey_table, normalize_with_step
-from ._scalespace import MAX_DECIMATION, FilterBank, dog_pairs, filter_bank, scales
+from ._scalespace import MAX_DECIMATION, FilterBank, LevelGroup, dog_pairs, filter_bank, scales
 from ._tags import COARSER, level_of, tag
 
 __all__ = ["Detection", "detect", "detect_batch", "DEFAULTS"]
@@ -249,7 +249,14 @@ MIN_THRESHOLD = 1e-12
 
 
 def _level_response(
-    Fd: Any, transfer: Any, scale: np.ndarray, shape: tuple[int, int], be: Backend, scratch: tuple[Any, Any], workers: int | None
+    Fd: Any,
+    group: LevelGroup,
+    j: int,
+    scale: np.ndarray,
+    shape: tuple[int, int],
+    be: Backend,
+    scratch: tuple[Any, Any, Any],
+    workers: int | None,
 ) -> Any:
     """One DoG level in units of its threshold: ``irfft2(Fd * transfer * scale)``.
 
@@ -257,13 +264,13 @@ def _level_response(
     ----------
     Fd : (B, p, q // 2 + 1) complex64 device array
         The spectrum on the level's (possibly decimated) grid.
-    transfer : (p, q // 2 + 1) float32 device array
-        The level's transfer function (:class:`LevelGroup` row).
+    group, j : LevelGroup, int
+        The level: ``group``'s ``j``-th (:meth:`LevelGroup.transfer_into`).
     scale : (B,) float32 ndarray
         ``1 / threshold`` of each image at this level.
     shape : (p, q)
         The level's grid.
-    scratch : (complex64 array like ``Fd``, float32 array of its shape)
+    scratch : (complex64 array like ``Fd``, float32 array of its shape, float32 (p, q // 2 + 1) array)
         Buffers of this thread for this grid (overwritten).
     workers : int or None
         FFT threads (None: the backend's).
@@ -273,11 +280,10 @@ def _level_response(
     (B, p, q) float32 device array
         ``D_i / thr_i``, a new array.
     """
-    xp = be.xp
-    buf, h = scratch
+    buf, h, tmp = scratch
     # the threshold is folded into the transfer function: D_i / thr_i > 1 passes level i
-    xp.multiply(transfer, xp.asarray(scale[:, None, None]), out=h)
-    xp.multiply(Fd, h, out=buf)
+    group.transfer_into(j, scale, h, tmp, be.xp)
+    be.xp.multiply(Fd, h, out=buf)
     return be.irfft2(buf, shape, workers=workers, overwrite=True)
 
 
@@ -347,10 +353,13 @@ def _response(
     coarse: list[tuple[int, Any]] = []
     energy = np.zeros(thresholds.shape)
 
-    def level(d: int, transfer: Any, i: int) -> None:
+    def level(g: LevelGroup, j: int) -> None:
+        d, i = g.factor, g.levels[j]
         Fd = spectra[d]
-        buffers = scratch.get(d, lambda: (xp.empty_like(Fd), xp.empty(Fd.shape, dtype=xp.float32)))
-        D = _level_response(Fd, transfer, inv_thr[:, i], (P // d, Q // d), be, buffers, 1 if lanes > 1 else None)
+        buffers = scratch.get(
+            d, lambda: (xp.empty_like(Fd), xp.empty(Fd.shape, dtype=xp.float32), xp.empty(Fd.shape[1:], dtype=xp.float32))
+        )
+        D = _level_response(Fd, g, j, inv_thr[:, i], (P // d, Q // d), be, buffers, 1 if lanes > 1 else None)
         energy[:, i] = _mean_square(D, window, d, be)
         maxima[d].add(tag(D, i, xp, absolute=polarity == "both"))
 
@@ -366,11 +375,11 @@ def _response(
             acc = upsampled(acc, g.factor, finer.factor, (0, 0), (P // finer.factor, Q // finer.factor))
         return acc
 
-    tasks = [functools.partial(level, g.factor, g.transfer[j], i) for g in groups[:-1] for j, i in enumerate(g.levels)]
+    tasks = [functools.partial(level, g, j) for g in groups[:-1] for j in range(len(g.levels))]
     if spectrum_hook is not None:
         tasks.insert(0, functools.partial(spectrum_hook, F))  # reads the spectrum while the lanes filter it
     finest = groups[-1]
-    fine_tasks = [functools.partial(level, finest.factor, finest.transfer[j], i) for j, i in enumerate(finest.levels)]
+    fine_tasks = [functools.partial(level, finest, j) for j in range(len(finest.levels))]
     start = run_lanes(lanes, tasks, merge_coarse if len(groups) > 1 else None, fine_tasks)
     best = maxima[finest.factor].result(start)
     energy *= thresholds**2

@@ -22,6 +22,7 @@ inverse FFT of ``1 / d**2`` the size.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,9 @@ __all__ = ["scales", "noise_gains", "FilterBank", "filter_bank", "POLARITIES", "
 
 #: Largest decimation of the inverse transforms; padded sizes are multiples of it.
 MAX_DECIMATION = 16
+#: A bank whose 2-D transfer functions take at most this many bytes keeps them (one multiply per level
+#: instead of two outer products and a sum); a larger one keeps only their 1-D factors.
+DENSE_BYTES = 32 * 2**20
 
 
 def scales(n_bin: int, min_t: float, max_t: float) -> np.ndarray:
@@ -100,20 +104,51 @@ def _dog_1d_peak_outside(t0: float, t1: float, gain: float, k_cut: float) -> flo
 class LevelGroup:
     """Levels evaluated on the same decimated grid.
 
+    A level's transfer function ``gain * (G(t1) - G(t0)) / d**2`` on the
+    cropped rfft grid is the sum of two outer products of 1-D Gaussians,
+    ``G(t; ky, kx) = G(t; ky) G(t; kx)``; only the 1-D factors are kept, and
+    :meth:`transfer_into` writes the 2-D function when a level runs. The bank
+    then takes ``O(n_bin (P + Q))`` memory, not ``O(n_bin P Q)``: memory stays
+    flat in the number of levels and in the block size for any parameters.
+
     Attributes
     ----------
     factor : int
         Decimation ``d``; the group's inverse FFTs have shape ``(P // d, Q // d)``.
     levels : tuple of int
         0-based level indices.
-    transfer : (len(levels), P // d, Q // (2 d) + 1) float32 device array
-        Transfer functions on the cropped rfft grid, including the ``1 / d**2``
-        that makes a smaller inverse FFT give the full-size amplitudes.
+    gy : (len(levels), 2, P // d) float32 device array
+        ``G(t0; ky)`` and ``G(t1; ky)`` of each level on the grid's rows.
+    gx : (len(levels), 2, Q // (2 d) + 1) float32 device array
+        ``-c G(t0; kx)`` and ``c G(t1; kx)`` with ``c = gain / d**2`` (the
+        ``1 / d**2`` makes a smaller inverse FFT give the full-size amplitudes).
     """
 
     factor: int
     levels: tuple[int, ...]
-    transfer: Any
+    gy: Any
+    gx: Any
+    dense: Any = None
+
+    def transfer_into(self, j: int, scale: np.ndarray, out: Any, tmp: Any, xp: Any) -> Any:
+        """Level ``j`` of the group (0-based within it) times ``scale[b]`` for each image ``b``.
+
+        Parameters
+        ----------
+        scale : (B,) float32 ndarray
+        out : (B, P // d, Q // (2 d) + 1) float32 device array
+            Overwritten and returned.
+        tmp : (P // d, Q // (2 d) + 1) float32 device array
+            Scratch.
+        """
+        if self.dense is not None:
+            return xp.multiply(self.dense[j], xp.asarray(scale[:, None, None]), out=out)
+        gy, gx = self.gy[j], self.gx[j]
+        for b, s in enumerate(scale):
+            xp.multiply(gy[1][:, None], (gx[1] * xp.float32(s))[None, :], out=out[b])
+            xp.multiply(gy[0][:, None], (gx[0] * xp.float32(s))[None, :], out=tmp)
+            xp.add(out[b], tmp, out=out[b])
+        return out
 
 
 @dataclass(frozen=True)
@@ -175,9 +210,16 @@ def _bank_cached(shape: tuple[int, int], n_bin: int, min_t: float, max_t: float,
             levels = tuple(i for i in range(n_bin) if factors[i] == d)
             ky = ky_full[_crop_rows(P, d)] if d > 1 else ky_full
             kx = kx_full[: Q // (2 * d) + 1]
-            k2 = ky[:, None] ** 2 + kx[None, :] ** 2
-            h = np.stack([gains[i] * (_gauss(k2, t1[i]) - _gauss(k2, t0[i])) / (d * d) for i in levels])
-            groups.append(LevelGroup(d, levels, backend.asarray(h.astype(np.float32))))
+            gy = np.stack([[_gauss(ky * ky, t0[i]), _gauss(ky * ky, t1[i])] for i in levels])
+            c = gains[list(levels)] / (d * d)
+            gx = np.stack([[-c[j] * _gauss(kx * kx, t0[i]), c[j] * _gauss(kx * kx, t1[i])] for j, i in enumerate(levels)])
+            groups.append(LevelGroup(d, levels, backend.asarray(gy.astype(np.float32)), backend.asarray(gx.astype(np.float32))))
+        dense_bytes = sum(4 * len(g.levels) * g.gy.shape[-1] * g.gx.shape[-1] for g in groups)
+        if dense_bytes <= DENSE_BYTES:
+            groups = [
+                dataclasses.replace(g, dense=g.gy[:, 1, :, None] * g.gx[:, 1, None, :] + g.gy[:, 0, :, None] * g.gx[:, 0, None, :])
+                for g in groups
+            ]
     return FilterBank(shape, t, tuple(groups), noise_gain)
 
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import scipy.fft
 
-from mhd.functions import _lanes, get_backend
+from mhd.functions import _lanes, _scalespace, detect, get_backend
 from mhd.functions._detect import _level_response, _mean_square
 from mhd.functions._noise import _median
+from mhd.functions._scalespace import LevelGroup
 from mhd.functions._tags import COARSER, LEVEL_BITS, MAX_LEVELS, level_of, tag
 
 
@@ -115,16 +116,51 @@ def test_lane_threads_end_with_the_interpreter():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
-def test_level_response_is_the_filtered_image_over_its_threshold():
+@pytest.mark.parametrize("dense", [False, True])
+def test_level_response_is_the_filtered_image_over_its_threshold(dense):
     rng = np.random.default_rng(2)
     be = get_backend("numpy", workers=1)
     x = rng.random((2, 32, 48)).astype(np.float32)
     F = scipy.fft.rfft2(x)
-    h = rng.random(F.shape[1:]).astype(np.float32)
+    gy, gx = rng.random((3, 2, 32)).astype(np.float32), rng.random((3, 2, 25)).astype(np.float32)
+    h = gy[1, 1][:, None] * gx[1, 1][None, :] + gy[1, 0][:, None] * gx[1, 0][None, :]  # level 1 of the group
+    group = LevelGroup(1, (4, 5, 6), gy, gx, dense=np.stack([h] * 3) if dense else None)
     scale = np.array([2.0, 0.5], np.float32)
-    D = _level_response(F, h, scale, (32, 48), be, (np.empty_like(F), np.empty(F.shape, np.float32)), None)
+    scratch = (np.empty_like(F), np.empty(F.shape, np.float32), np.empty(F.shape[1:], np.float32))
+    D = _level_response(F, group, 1, scale, (32, 48), be, scratch, None)
     expect = scipy.fft.irfft2(F * h * scale[:, None, None], s=(32, 48))
     np.testing.assert_allclose(D, expect, rtol=1e-4, atol=1e-5)
+
+
+def test_a_large_filter_bank_keeps_only_its_1d_factors_and_finds_the_same_features(monkeypatch):
+    """Memory flat in the number of levels and the block size: beyond DENSE_BYTES no 2-D transfer function is kept."""
+    be = get_backend("numpy")
+    dense = _scalespace.filter_bank((160, 192), 16, 1.0, 8.0, "dark", 0.0, be)
+    monkeypatch.setattr(_scalespace, "DENSE_BYTES", 0)
+    _scalespace._bank_cached.cache_clear()
+    factored = _scalespace.filter_bank((160, 192), 16, 1.0, 8.0, "dark", 0.0, be)
+    assert all(g.dense is None for g in factored.groups) and all(g.dense is not None for g in dense.groups)
+    (g,) = factored.groups
+    assert g.gy.nbytes + g.gx.nbytes == 16 * 2 * 4 * (160 + 97)  # O(n_bin (P + Q)), not O(n_bin P Q)
+    one = np.ones(1, np.float32)
+    for j in range(16):
+        out, tmp = np.empty((1, 160, 97), np.float32), np.empty((160, 97), np.float32)
+        np.testing.assert_allclose(
+            g.transfer_into(j, one, out, tmp, np), dense.groups[0].transfer_into(j, one, out.copy(), tmp, np), atol=1e-6
+        )
+    # the transfer functions are the analytic DoG
+    ky, kx = 2 * np.pi * np.fft.fftfreq(160), 2 * np.pi * np.fft.rfftfreq(192)
+    k2 = ky[:, None] ** 2 + kx[None, :] ** 2
+    t0, t1, gain = _scalespace.dog_pairs(_scalespace.scales(16, 1.0, 8.0))
+    expect = gain[3] * (np.exp(-0.5 * k2 * t1[3] ** 2) - np.exp(-0.5 * k2 * t0[3] ** 2))
+    np.testing.assert_allclose(g.transfer_into(3, one, out, tmp, np)[0], expect, atol=1e-6 * gain[3])
+    rng = np.random.default_rng(5)
+    image = (rng.random((150, 170)) * 40 + np.add.outer(np.sin(np.arange(150) / 3), np.cos(np.arange(170) / 4)) * 100).astype(np.uint8)
+    a = detect(image, backend="numpy", tol=0.0)
+    monkeypatch.setattr(_scalespace, "DENSE_BYTES", 32 * 2**20)
+    _scalespace._bank_cached.cache_clear()
+    b = detect(image, backend="numpy", tol=0.0)
+    assert a.count > 50 and sorted(map(tuple, a.features.tolist())) == sorted(map(tuple, b.features.tolist()))
 
 
 def test_mean_square_skips_the_window_margin_and_the_halo():
