@@ -29,6 +29,9 @@ __all__ = ["Tissue", "contrast_to_noise"]
 #: Block-averaged image side aimed at (pixels); sets the averaging factor.
 COARSE_SIDE = 32
 
+#: Fewest block averages across a grid cell (a plane is fitted to each cell), where the image has the pixels.
+CELL_SIDE = 4
+
 #: Smallest noise standard deviation assumed (grey levels): the quantisation step / sqrt(12).
 MIN_NOISE = 0.29
 
@@ -74,7 +77,8 @@ def contrast_to_noise(image: Any, grid: tuple[int, int] = DEFAULTS["grid"]) -> T
     gy, gx = grid
     if img.shape[0] < 2 * gy or img.shape[1] < 2 * gx:
         raise ValueError(f"image {img.shape} too small for a {gy}x{gx} grid")
-    f = max(1, min(img.shape) // COARSE_SIDE)
+    # blocks of f x f pixels: a ~COARSE_SIDE image, but at least CELL_SIDE blocks across each grid cell
+    f = max(1, min(min(img.shape) // COARSE_SIDE, img.shape[0] // (CELL_SIDE * gy), img.shape[1] // (CELL_SIDE * gx)))
     coarse = _block_mean(img, f)
     noise = max(estimate_noise(img, backend="numpy"), MIN_NOISE) / f
     cells = np.empty((gy, gx))

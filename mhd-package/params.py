@@ -120,13 +120,18 @@ class Param:
         return int(value) if self.kind == "int" else float(value)
 
     def _in_range(self, v: Any, integer: bool) -> bool:
-        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool):
+            return False
+        if not isinstance(v, numbers.Integral) and not math.isfinite(v):  # an int of any size compares exactly
             return False
         return self.lo <= v <= self.hi and (not integer or int(v) == v)
 
     def _error(self, value: Any) -> ValueError:
         unit = f" ({self.unit})" if self.unit else ""
-        return ValueError(f"{self.name} must be {self.limits()}{unit}, got {value!r}")
+        shown = repr(value)
+        if len(shown) > 60:  # a hostile value is not echoed whole
+            shown = shown[:57] + "..."
+        return ValueError(f"{self.name} must be {self.limits()}{unit}, got {shown}")
 
 
 #: Every detector parameter, in the order ``detect`` documents them.

@@ -80,6 +80,10 @@ def test_the_detector_runs_at_the_largest_n_bin_and_can_represent_it():
         ({"threshold": True}, "threshold"),
         ({"n_bin": np.float64(8.5)}, "n_bin"),
         ({"sigma": 1.6}, "unknown parameter"),
+        ({"n_bin": 10**400}, r"n_bin must be an integer in \[2, 64\], got 1000000000.{47}\.\.\.$"),  # JSON has big ints
+        ({"threshold": 10**400}, "threshold"),
+        ({"grid": [10**400, 2]}, "grid"),
+        ({"max_t": float("nan")}, "max_t"),
     ],
 )
 def test_validate_refuses_with_the_parameters_name(given, match):

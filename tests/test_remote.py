@@ -305,3 +305,12 @@ def test_the_worker_measures_tissue_on_the_detectors_grid(root):
     assert tissue["contrast"] > 3 > resin["contrast"]
     [tiny] = score_tiles([{"name": "tiny.png", "data": encode(blobs((96, 96), 1)[:16], "png")}], {"backend": "numpy", "grid": [16, 3]})
     assert tiny["error"] is None and tiny["contrast"] is None and tiny["contrast_cells"] is None  # fewer than 2 px per cell
+
+
+def test_the_finest_grid_allowed_gives_strict_json(root):
+    """grid 64 x 64 on a 1024^2 tile: every cell's contrast is a number (it was NaN, which strict JSON refuses)."""
+    tile = {"name": "big.png", "data": encode(np.tile(blobs((256, 256), 7), (4, 4)), "png")}
+    [entry] = score_tiles([tile], {"backend": "numpy", "grid": [64, 64]})
+    assert entry["error"] is None and np.asarray(entry["contrast_cells"]).shape == (64, 64)
+    assert np.isfinite(entry["contrast_cells"]).all()
+    json.loads(json.dumps(entry, allow_nan=False))

@@ -33,6 +33,8 @@ __all__ = ["score_batch", "score_tile", "measure", "check_params", "open_in_root
 
 #: Longest tile name echoed back (characters).
 MAX_NAME = 1024
+#: Longest tile path accepted (characters; Linux's PATH_MAX is 4096 bytes).
+MAX_PATH_CHARS = 4096
 _BACKENDS = ("auto", "numpy", "cupy")
 
 
@@ -91,6 +93,8 @@ def open_in_root(rel: str, root: Path | None) -> BinaryIO:
         raise TileError("path tiles are refused: MHD_DATA_ROOT is not set on this endpoint (send the tile inline)")
     if not isinstance(rel, str) or not rel.strip():
         raise TileError("empty path")
+    if len(rel) > MAX_PATH_CHARS:  # checked first: resolving a very long path takes time quadratic in its length
+        raise TileError(f"path longer than {MAX_PATH_CHARS} characters: refused")
     if "\x00" in rel:
         raise TileError("path contains a NUL byte")
     pure = PurePosixPath(rel)
