@@ -170,6 +170,30 @@ def test_huge_header_is_refused_before_decoding(make):
     assert peak < 5 * 2**20
 
 
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_too_short_for_its_declared_size_is_refused_before_decoding(progressive):
+    """A 64 x 64 JPEG whose frame header says 16000 x 16000: libjpeg would fill the rest with grey (a minute, GBs)."""
+    buf = io.BytesIO()
+    Image.fromarray(blobs((64, 64), 2)).save(buf, "JPEG", quality=90, progressive=progressive)
+    data = bytearray(buf.getvalue())
+    sof = data.find(b"\xff\xc2" if progressive else b"\xff\xc0")
+    data[sof + 5 : sof + 9] = (16000).to_bytes(2, "big") * 2
+    tracemalloc.start()
+    try:
+        with pytest.raises(TileError, match=r"JPEG of [\d,]+ bytes cannot hold its declared 16000 x 16000 pixels .*truncated or forged"):
+            decode(bytes(data), max_pixels=16384**2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5 * 2**20
+
+
+def test_a_flat_progressive_jpeg_is_not_taken_for_a_forged_one():
+    buf = io.BytesIO()
+    Image.fromarray(np.full((2048, 2048), 128, np.uint8)).save(buf, "JPEG", quality=95, progressive=True)
+    assert decode(buf.getvalue(), max_pixels=16384**2).shape == (2048, 2048)  # ~2 bits per block, the bound is 1
+
+
 def test_pixel_limit_is_exact():
     data = encode(blobs((40, 50)), "PNG")
     assert decode(data, max_pixels=2000).shape == (40, 50)

@@ -22,6 +22,9 @@ Policy
   a few MB of tiny pages would hold a worker for minutes). Multi-frame
   PNG/BMP/JPEG are refused likewise.
 - Bilevel (1-bit) and complex images are refused.
+- A Huffman-coded JPEG shorter than one coded bit per 8 x 8 block of its
+  declared size is refused as truncated or forged (libjpeg would fill the
+  missing blocks with grey without an error).
 - TIFF compressions that tifffile cannot decode without ``imagecodecs``
   (LZW, JPEG) are decoded by Pillow once tifffile has checked the header.
 
@@ -245,6 +248,8 @@ def _read_pil(fh: BinaryIO, fmt: str, max_pixels: int, max_decoded_bytes: int) -
         samples = len(im.getbands())
         itemsize = 4 if im.mode in ("I", "F") else 2 if im.mode.startswith("I;16") else 1
         _check_limits(ImageInfo(fmt, (rows, cols), samples, itemsize), max_pixels, max_decoded_bytes)
+        if fmt == "JPEG":
+            _check_jpeg_length(fh, rows, cols)
         if im.mode == "1":
             raise TileError("bilevel (1-bit) image: it has no grey levels to measure focus on")
         if im.mode in _PIL_GREY_MODES:
@@ -252,6 +257,53 @@ def _read_pil(fh: BinaryIO, fmt: str, max_pixels: int, max_decoded_bytes: int) -
         if im.mode == "LA":
             return np.asarray(im)[:, :, 0]
         return to_grey(np.asarray(im.convert("RGB")))
+
+
+#: JPEG frame markers of Huffman-coded images (baseline, extended, progressive): every 8 x 8 block of
+#: their first component costs at least one bit of coded data.
+_HUFFMAN_SOF = frozenset({0xC0, 0xC1, 0xC2})
+
+
+def _check_jpeg_length(fh: BinaryIO, rows: int, cols: int) -> None:
+    """Refuse a Huffman-coded JPEG too short to hold its declared size.
+
+    libjpeg fills what a cut-short scan lacks with grey and Pillow raises
+    nothing, so a few hundred bytes whose header claims 16000 x 16000 pixels
+    would decode to a grey 256-megapixel image (a minute and gigabytes for
+    nothing). Each 8 x 8 block of the first component needs at least one
+    coded bit (its DC difference), so a file below ``blocks / 8`` bytes is
+    truncated or forged. Arithmetic-coded JPEGs have no such bound and are not
+    checked.
+    """
+    fh.seek(0, 2)
+    size = fh.tell()
+    fh.seek(0)
+    if _jpeg_frame_marker(fh.read(1 << 16)) not in _HUFFMAN_SOF:
+        return
+    least = -(-rows // 8) * -(-cols // 8) // 8
+    if size < least:
+        raise TileError(
+            f"JPEG of {size:,} bytes cannot hold its declared {rows} x {cols} pixels "
+            f"(at least {least:,} bytes of coded data): truncated or forged"
+        )
+
+
+def _jpeg_frame_marker(head: bytes) -> int | None:
+    """The start-of-frame marker (0xC0 ... 0xCF) of a JPEG stream's header, or None where not found in ``head``."""
+    i = 2  # after SOI
+    while i + 4 <= len(head):
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
+            i += 2
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn (not DHT, JPG, DAC)
+            return marker
+        else:
+            i += 2 + int.from_bytes(head[i + 2 : i + 4], "big")
+    return None
 
 
 def _pil_open(fh: BinaryIO, fmt: str):
