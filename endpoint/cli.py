@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .configure import LIMIT_VARS, MAX_GPUS, PROVIDERS, EndpointSpec, install_endpoint, render_endpoint, start_command
+from .configure import LIMIT_VARS, MAX_GPUS, PROVIDERS, EndpointSpec, ignored_options, install_endpoint, render_endpoint, start_command
 
 __all__ = ["configure", "main"]
 
@@ -67,6 +67,7 @@ def _spec(options: dict, *, chosen: bool) -> EndpointSpec:
 @click.option("--walltime", default="04:00:00", show_default=True, help="Scheduler wall time of one node (HH:MM:SS).")
 @click.option("--max-blocks", type=click.IntRange(1), default=1, show_default=True, help="Most nodes requested at once.")
 @click.option("--gpu-type", default=None, help="Slurm GRES type, e.g. a100 (--gres=gpu:a100:N).")
+@click.option("--cpus-per-node", type=click.IntRange(1), default=32, show_default=True, help="PBS Pro ncpus per node.")
 @click.option("--idle-minutes", type=click.IntRange(1), default=30, show_default=True, help="Idle time before workers release their GPUs.")
 @click.option("--retries", type=click.IntRange(0), default=2, show_default=True, help="max_retries_on_system_failure.")
 @click.option("--max-pixels", type=click.IntRange(1), default=None, help="Workers' MHD_MAX_PIXELS.")
@@ -104,6 +105,8 @@ def configure(home: str | None, force: bool, dry_run: bool, **options) -> None:
     if not chosen:
         options["multi_user"] = as_root
     spec = _spec(options, chosen=chosen)
+    for option in ignored_options(spec):
+        click.echo(f"Warning: {option} has no effect with --provider {spec.provider}.", err=True)
     if dry_run:
         for name, text in render_endpoint(spec).items():
             click.echo(f"# ---- {name}\n{text}")
@@ -112,6 +115,12 @@ def configure(home: str | None, force: bool, dry_run: bool, **options) -> None:
         directory = install_endpoint(spec, home=home, force=force)
     except (FileExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # not writable: often HOME of another account (sudo -u without -H)
+        where = home or os.path.expanduser("~")
+        raise click.ClickException(
+            f"cannot write the configuration under {where}: {exc.strerror or exc}. Run this as the account that will run the "
+            "endpoint with its own HOME (sudo -u ACCOUNT -H ...), or give --home."
+        ) from exc
     click.echo(f"Wrote {directory}")
     if not spec.function_ids:
         click.echo("Warning: no --function-id, so allowed_functions is unset and any function may run.", err=True)

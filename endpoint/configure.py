@@ -35,6 +35,7 @@ loader, the identity mapping with the endpoint's own mapper.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
@@ -143,7 +144,7 @@ class EndpointSpec:
         self._check_numbers()
         self._check_text()
         self._check_layout()
-        object.__setattr__(self, "function_ids", tuple(str(uuid.UUID(str(f))) for f in self.function_ids))
+        object.__setattr__(self, "function_ids", tuple(_function_id(f) for f in self.function_ids))
 
     def _check_numbers(self) -> None:
         if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or not 1 <= self.gpus <= MAX_GPUS:
@@ -179,6 +180,8 @@ class EndpointSpec:
             raise ValueError(f"walltime must be HH:MM:SS, got {self.walltime!r}")
         if self.email is not None and not _EMAIL.match(self.email):
             raise ValueError(f"email {self.email!r} is not an e-mail address")
+        if self.data_root is not None and os.path.normpath(self.data_root) == "/":
+            raise ValueError("data_root must be a folder for tiles, not / (the workers could read any file)")
 
     def _check_layout(self) -> None:
         if self.multi_user:
@@ -348,8 +351,33 @@ def _checked(label: str, load):
     return config
 
 
+#: Scheduler options (EndpointSpec field, option) and the providers that use them.
+_PROVIDER_OPTIONS = (
+    ("partition", "--partition", ("slurm", "pbspro")),
+    ("account", "--account", ("slurm", "pbspro")),
+    ("gpu_type", "--gpu-type", ("slurm",)),
+    ("cpus_per_node", "--cpus-per-node", ("pbspro",)),
+    ("walltime", "--walltime", ("slurm", "pbspro")),
+    ("max_blocks", "--max-blocks", ("slurm", "pbspro")),
+)
+
+
+def ignored_options(spec: EndpointSpec) -> list[str]:
+    """The scheduler options given a value other than their default that ``spec.provider`` does not use."""
+    defaults = {f.name: f.default for f in dataclasses.fields(EndpointSpec)}
+    return [opt for name, opt, used in _PROVIDER_OPTIONS if spec.provider not in used and getattr(spec, name) != defaults[name]]
+
+
+def _function_id(value: object) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise ValueError(f"function id {value!r} is not a UUID (the one 'client register' printed)") from None
+
+
 def _write(directory: Path, files: dict[str, str]) -> None:
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # ~/.globus_compute: 0700 as the endpoint makes it
+    directory.mkdir(exist_ok=True, mode=0o700)
     for name, text in files.items():
         path = directory / name
         path.write_text(text)

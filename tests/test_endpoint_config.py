@@ -170,6 +170,9 @@ def test_existing_configuration_is_kept_unless_forced(tmp_path):
         ({"multi_user": True, "email": "a@example.org"}, r"needs an identity mapping file \(--identity-mapping\)"),
         ({"identity_mapping": "/etc/mhd/idmap.json"}, "applies only to an endpoint run as root"),
         ({"email": "admin"}, "not an e-mail address"),
+        ({"data_root": "/"}, "data_root must be a folder for tiles, not /"),
+        ({"data_root": "/data/.."}, "data_root must be a folder for tiles, not /"),
+        ({"function_ids": ("bad",)}, "function id 'bad' is not a UUID"),
     ],
 )
 def test_bad_settings_are_refused(kw, match):
@@ -206,6 +209,25 @@ def test_cli_configure_writes_refuses_and_dry_runs(tmp_path, monkeypatch):
     bad = runner.invoke(main, ["configure", "--gpus", "2", "--env", "relative"])
     assert bad.exit_code == 1 and "absolute path" in bad.output
     assert "Example:" in runner.invoke(main, ["configure", "--help"]).output
+
+
+def test_cli_says_which_options_the_provider_ignores_and_why_it_cannot_write(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    base = ["configure", "--gpus", "1", "--env", "/opt/mhd/venv", "--single-user", "--dry-run"]
+    local = CliRunner().invoke(main, [*base, "--partition", "gpu", "--walltime", "01:00:00"])
+    assert local.exit_code == 0 and "Warning: --partition has no effect with --provider local." in local.output
+    assert "Warning: --walltime has no effect" in local.output
+    pbs = CliRunner().invoke(main, [*base, "--provider", "pbspro", "--cpus-per-node", "8", "--gpu-type", "a100"])
+    assert "cpus_per_node: 8" in pbs.output and "Warning: --gpu-type has no effect with --provider pbspro." in pbs.output
+    assert "Warning: --cpus-per-node" not in pbs.output
+    out = CliRunner().invoke(main, [*base[:-1], "--home", "/proc/mhd-no-such-home"])  # nothing can be made under /proc
+    assert out.exit_code == 1 and "cannot write the configuration under" in out.output and "Traceback" not in out.output
+    assert "sudo -u ACCOUNT -H" in out.output
+
+
+def test_configure_makes_the_globus_compute_folder_private(tmp_path):
+    install_endpoint(spec(), home=tmp_path)
+    assert stat.S_IMODE((tmp_path / ".globus_compute").stat().st_mode) == 0o700
 
 
 def test_cli_home_elsewhere_prints_the_command_that_finds_it(tmp_path, monkeypatch):

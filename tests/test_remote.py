@@ -223,6 +223,13 @@ def test_path_tiles_are_refused_when_no_data_root_is_set(root, monkeypatch):
     assert inline["error"] is None
 
 
+@pytest.mark.parametrize("top", ["/", "//", "/tmp/.."])
+def test_the_file_systems_root_is_no_data_root(root, monkeypatch, top):
+    monkeypatch.setenv("MHD_DATA_ROOT", top)
+    with pytest.raises(ValueError, match="MHD_DATA_ROOT must be a folder for tiles, not the file system's root"):
+        score_tiles(["etc/passwd"])
+
+
 def test_pixel_limit_comes_from_the_environment(root, monkeypatch):
     monkeypatch.setenv("MHD_MAX_PIXELS", "9000")  # a.png is 96 x 96 = 9216
     entries = score_tiles(["sec/a.png", "sec/b.tif", {"name": "bomb", "data": png_header_only(50000, 50000)}])

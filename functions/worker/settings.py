@@ -78,8 +78,11 @@ class Limits:
         """
         env = os.environ if environ is None else environ
         root = env.get("MHD_DATA_ROOT") or None
+        real = Path(os.path.realpath(root)) if root else None
+        if real is not None and real == Path(real.anchor):
+            raise ValueError(f"MHD_DATA_ROOT must be a folder for tiles, not the file system's root ({root!r}): it would confine nothing")
         return cls(
-            data_root=Path(os.path.realpath(root)) if root else None,
+            data_root=real,
             max_pixels=_positive_int(env, "MHD_MAX_PIXELS"),
             max_inline_bytes=_positive_int(env, "MHD_MAX_INLINE_BYTES"),
             max_tiles=_positive_int(env, "MHD_MAX_TILES"),
