@@ -692,6 +692,7 @@ def watch(
     \b
         client watch --dir /data/section_043 --on-oof "notify-send 'Out of focus'"
     """
+    from .discover import IMAGE_SUFFIXES
     from .interrupt import Interrupt
     from .submit import section_summary
     from .watch import watch_section
@@ -725,6 +726,11 @@ def watch(
                 ),
             ),
         )
+        if idle_exit is not None and not outcome.records and outcome.signum is None:  # unattended, and nothing came: not "all ok"
+            raise click.ClickException(
+                f"{section}: no tiles arrived within --idle-exit {idle_exit:g} s ({', '.join(sorted(IMAGE_SUFFIXES))} files,"
+                " in subfolders too)"
+            )
         section_summary(console, section, outcome)
     sys.exit(outcome.exit_status)
 

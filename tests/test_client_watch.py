@@ -311,6 +311,17 @@ def test_watch_waits_for_a_section_folder_that_does_not_exist_yet(tmp_path, isol
     assert list(read_records(section / "mhd-results.jsonl")[0]) == ["tile_r0_c0.png"], out + err
 
 
+def test_watch_that_receives_no_tile_before_idle_exit_is_an_error(tmp_path, isolated_config):
+    """An unattended watch of a folder that stays empty must not say 'all ok' (submit says 'no tiles here')."""
+    from click.testing import CliRunner
+
+    from mhd.client.cli import main
+
+    (tmp_path / "notes.txt").write_text("not a tile")
+    out = CliRunner().invoke(main, ["watch", "--dir", str(tmp_path), "--idle-exit", "0.3", "--poll", "0.1", "--executor", "local"])
+    assert out.exit_code == 1 and "no tiles arrived within --idle-exit 0.3 s" in out.output and "all ok" not in out.output
+
+
 def test_watch_gives_up_waiting_for_a_folder_after_idle_exit(tmp_path, isolated_config):
     from click.testing import CliRunner
 
