@@ -70,6 +70,7 @@ def test_notebook_is_stored_clean_with_a_python_kernel():
 
 def test_notebook_runs_in_local_mode_and_plots_the_section(kernel_env, monkeypatch):
     monkeypatch.setenv("MHD_NOTEBOOK_MODE", "local")
+    monkeypatch.setenv("MHD_BLUR_MAX", "1.2")  # the configured rule, as client report reads it (not Rule()'s 1 px)
     nb = _execute(nbformat.read(NOTEBOOK, as_version=4))
     text = _text(nb)
     assert "mode local; section section_042" in text
@@ -84,7 +85,8 @@ def test_notebook_runs_in_local_mode_and_plots_the_section(kernel_env, monkeypat
     assert "empty tile_r0_c3.png" in text
     assert counts["ok"] >= 10
     # The default rule judges by the blur: the threshold shown (and drawn) is the blur's, not a count's.
-    assert re.search(r"out of focus above \d+\.\d\d px of blur", text) and "k/MP, out of focus below" not in text
+    assert re.search(r"out of focus above \d+\.\d\d px of blur \(the section median's plus 1.2 px", text)
+    assert "out of focus below" not in text  # the count's threshold, printed under a count rule
     images = _images(nb)
     assert len(images) == 2, "one figure: the focus measure per tile and the montage; one: the grid of a flagged tile"
     assert all(len(img) > 10_000 for img in images)
