@@ -110,7 +110,7 @@ def _read_csv(path: Path) -> dict[str, float]:
 
 def score_series(
     folder: Path, defocus: dict[str, float], params: dict | None = None, measure: str = "count"
-) -> tuple[list[str], np.ndarray, np.ndarray]:
+) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
     """Score the images in-process; failed images (and, for the blur, images without one) are logged and left out.
 
     Returns
@@ -119,12 +119,15 @@ def score_series(
     defocus : (n,) float64 ndarray
     values : (n,) float64 ndarray
         Features per megapixel (``measure="count"``) or blur in px (``"blur"``).
+    failed : list of str
+        The errors of the images that could not be scored.
     """
-    files, dz, vals = [], [], []
+    files, dz, vals, failed = [], [], [], []
     for f, d in defocus.items():
         rec = score_file(folder / f, **(params or {}))
         if rec.error:
             log.warning("%s; left out", rec.error)
+            failed.append(rec.error)
             continue
         value = rec.density if measure == "count" else rec.blur
         if value is None:
@@ -133,7 +136,7 @@ def score_series(
         files.append(f)
         dz.append(d)
         vals.append(value)
-    return files, np.array(dz, float), np.array(vals, float)
+    return files, np.array(dz, float), np.array(vals, float), failed
 
 
 def fit(

@@ -860,7 +860,8 @@ def calibrate(
     (--measure count): log(feature density) against |defocus|, the paper's
     figure 2. Reports r, plots it to DIR/mhd-calibration.png and stores the
     calibration that submit, watch and report then use: a tile is out of
-    focus when its estimated |defocus| exceeds --max-defocus.
+    focus when its estimated |defocus| exceeds --max-defocus. Exit status 1
+    when an image could not be scored (the others are fitted and stored).
 
     Example:
 
@@ -873,7 +874,7 @@ def calibrate(
     folder = _section(directory)
     try:
         table = cal_mod.defocus_table(folder, csv_path, pattern or cal_mod.DEFAULT_PATTERN)
-        files, dz, values = cal_mod.score_series(folder, table, params, measure)
+        files, dz, values, failed = cal_mod.score_series(folder, table, params, measure)
         fitter = cal_mod.fit_blur if measure == "blur" else cal_mod.fit
         result = fitter(files, dz, values, units=units, max_defocus=max_defocus, params=params, source=str(folder))
     except ValueError as exc:
@@ -890,6 +891,9 @@ def calibrate(
     if not dry_run:
         path = c.save(out or _load_config().calibration_path)
         click.echo(f"stored {path} (used by submit/watch/report; --no-calibration to ignore it)")
+    if failed:
+        click.echo(f"{len(failed)} image(s) could not be scored (above) and were left out of the fit", err=True)
+        sys.exit(1)
 
 
 # ------------------------------------------------------------ focus-sweep

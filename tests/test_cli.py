@@ -291,6 +291,13 @@ def test_calibrate_from_csv_and_its_errors(tmp_path):
     assert "needs a group" in run("calibrate", "--dir", series, "--pattern", "df").output
     table.write_text("file,defocus\nimg0.png,near\n")
     assert ":2: defocus 'near' is not a number" in run("calibrate", "--dir", series, "--csv", table).output
+    with table.open("w") as fh:  # one image of the series is corrupt: fitted without it, stored, exit status 1
+        fh.write("file,defocus\n" + "".join(f"img{i}.png,{float(name.split('df')[1][:-6])}\n" for i, name in enumerate(names)))
+    (series / "img0.png").write_bytes(b"\x89PNG\r\n\x1a\n corrupt")
+    partial = run("calibrate", "--dir", series, "--csv", table, "--out", tmp_path / "p.json")
+    assert partial.exit_code == 1 and f"{len(names) - 1} images: blur^2" in partial.output
+    assert "1 image(s) could not be scored (above) and were left out of the fit" in partial.output
+    assert Calibration.load(tmp_path / "p.json").n == len(names) - 1
 
 
 def test_endpoint_configure_allows_the_registered_function_by_default(tmp_path, monkeypatch):
