@@ -8,7 +8,7 @@ import unicodedata
 from collections import Counter
 from typing import Iterable
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -173,8 +173,8 @@ _MIN_REASON = 16
 
 def summary_table(
     records: Iterable[TileRecord], title: str, new: int, elapsed: float, max_rows: int = 20, *, failed: int = 0, width: int | None = None
-) -> Table:
-    """The end-of-run table: counts per verdict, then the tiles that need attention.
+) -> Group:
+    """The end-of-run table: counts per verdict, then the tiles that need attention; the run's counts below it.
 
     Parameters
     ----------
@@ -195,7 +195,7 @@ def summary_table(
     """
     recs = list(records)
     counts = Counter(r.verdict for r in recs)
-    table = Table(title=_esc(printable(title)), caption=_caption(len(recs), new, elapsed, failed), title_justify="left")
+    table = Table(title=_esc(printable(title)), title_justify="left")
     problems = [r for r in recs if r.verdict != "ok"]
     longest = max((len(printable(r.tile)) for r in problems[:max_rows]), default=4)
     tile_width = max(12, min(longest, (width or 10**6) - _FIXED_WIDTH - _MIN_REASON))
@@ -211,7 +211,8 @@ def summary_table(
         table.add_row(f"[{STYLES[r.verdict]}]{r.verdict}[/]", "", _esc(shorten_left(printable(r.tile), tile_width)), _esc(_reason(r)))
     if len(problems) > max_rows:
         table.add_row("", "", f"... and {len(problems) - max_rows} more", "see mhd-results.jsonl or client report")
-    return table
+    # the counts of the run on a line of their own: as a caption rich would wrap them to the table's width
+    return Group(table, Text(_caption(len(recs), new, elapsed, failed)))
 
 
 def summary_lines(records: Iterable[TileRecord], title: str, new: int, elapsed: float, max_rows: int = 20, *, failed: int = 0) -> list[str]:

@@ -204,6 +204,13 @@ def test_summaries_name_an_errors_tile_once():
     assert buf.getvalue().count("tile_r2_c1.png") == 1 and "cannot decode (truncated)" in buf.getvalue()
 
 
+def test_the_runs_counts_below_the_summary_are_one_line_on_a_wide_terminal():
+    recs = [TileRecord("a.png", verdict="ok"), TileRecord("b.png", verdict="oof", reason="blur 2.1 px")]
+    buf = io.StringIO()
+    Console(file=buf, width=160, force_terminal=True, color_system=None).print(summary_table(recs, "s: summary", 2, 3.2, width=160))
+    assert "2 tile(s) recorded in the section; this run: 2 scored in 3.2 s, 0.6 tiles/s\n" in buf.getvalue()  # was wrapped at the table
+
+
 def test_a_narrow_terminal_shortens_tile_ids_from_the_left():
     long_id = "acquisition_2024_03_01/overview_grid/row_03/col_04/tile_r3_c4_final.tif"
     recs = [TileRecord(long_id, verdict="oof", reason="defocus: 60% below section median 30.0k/MP (limit 26%, n=40)")]
