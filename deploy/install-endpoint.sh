@@ -182,8 +182,8 @@ check_args() {
 # What a wheelhouse (--find-links) must hold, and how to make one.
 wheelhouse_hint() {
     printf '%s' "The folder must hold wheels of mhd-focus and of all its dependencies (with --cuda 12: cupy-cuda12x)" \
-        " for this host's Python ($("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo "$PYTHON")" \
-        " and platform); make it on a machine with an index: pip wheel --wheel-dir wheelhouse '.[gpu]' from a clone" \
+        " for this host's Python version ($("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo "$PYTHON")" \
+        ") and platform; make it on a machine with an index: pip wheel --wheel-dir wheelhouse '.[gpu]' from a clone" \
         " of this repository, then copy it here (deploy/README.md, 'No internet'); or use --index-url."
 }
 
