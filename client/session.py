@@ -394,6 +394,12 @@ class RunSession:
                 except KeyboardInterrupt:
                     self.interrupted = True
                     _drain(pipe, executor, self.console, self.cfg["drain_timeout"], what, self.signum)
+                except Exception:
+                    # an unforeseen failure (the section folder removed, a full disk): the verdicts held for the
+                    # baseline are judged and recorded before it is reported, as on Ctrl-C
+                    with contextlib.suppress(Exception):
+                        pipe.finish()
+                    raise
             except Abandoned as again:
                 self.interrupted = True
                 _abandon(pipe, again.signum)

@@ -22,7 +22,7 @@ from mhd.client.config import load
 from mhd.client.discover import Tile
 from mhd.client.results import read_records
 from mhd.client.submit import run_section
-from mhd.client.verdicts import Calibration, Rule
+from mhd.client.verdicts import Calibration, Judge, Rule
 from mhd.client.watch import Landing, is_complete, watch_section
 from tilegen import blobs, encode
 
@@ -184,6 +184,34 @@ def test_idle_exit_scores_files_that_stay_incomplete_or_empty_first(tmp_path):
     assert recs["good.png"].verdict != "error"
     assert recs["cut.png"].verdict == "error" and "cut.png" in recs["cut.png"].error
     assert recs["empty.png"].verdict == "error" and "empty.png" in recs["empty.png"].error
+
+
+@pytest.mark.usefixtures("isolated_config")
+def test_an_unforeseen_failure_records_the_verdicts_held_for_the_baseline_first(tmp_path, monkeypatch):
+    """The section folder removed under a running watch: the error is reported, and no verdict obtained is lost."""
+    section = tmp_path / "s"
+    section.mkdir()
+    for name in ("tile_r0_c0.png", "tile_r0_c1.tif", "tile_r0_c2.png"):
+        rename_over(section / name, (EXAMPLE / name).read_bytes(), time.time() - 60)
+    real_discover, real_add = watch.discover, Judge.add
+    judged = []
+
+    def add(self, rec):
+        judged.append(rec.tile)
+        return real_add(self, rec)
+
+    def discover(folder):
+        if len(judged) == 3:  # the tiles are scored and held (warm-up 8): now the folder goes
+            raise NotADirectoryError(f"{folder}: not a folder")
+        return real_discover(folder)
+
+    monkeypatch.setattr(Judge, "add", add)
+    monkeypatch.setattr(watch, "discover", discover)
+    cfg = load().override(executor="local", workers=1)
+    with pytest.raises(NotADirectoryError):
+        watch_section(section, cfg, Console(file=io.StringIO()), rule=Rule(warmup=8), params={"backend": "numpy"}, poll=0.1)
+    recs, _ = read_records(section / "mhd-results.jsonl")
+    assert set(recs) == {"tile_r0_c0.png", "tile_r0_c1.tif", "tile_r0_c2.png"} and all(r.verdict for r in recs.values())
 
 
 def test_landing_forgets_a_pending_file_that_is_removed(tmp_path):
