@@ -11,6 +11,7 @@ they tell whether a recorded tile was re-imaged since: :class:`Tile`).
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import re
 import stat
@@ -203,16 +204,29 @@ def _files(root: Path) -> list[tuple[Path, os.stat_result]]:
     a folder that is being written.
     """
     out = []
-    for folder, _, names in os.walk(root):  # a folder that vanishes (or cannot be listed) is skipped
+    for folder, _, names in os.walk(root, onerror=_vanished_or_raise):
         for name in names:
             path = Path(folder, name)
             try:
                 st = path.stat()
-            except OSError:  # removed since the folder was listed, or a dangling link
-                continue
+            except OSError as exc:  # removed since the folder was listed, a dangling link or a link loop: as Path.is_file
+                if exc.errno in _NOT_A_FILE:
+                    continue
+                raise
             if stat.S_ISREG(st.st_mode):
                 out.append((path, st))
     return out
+
+
+#: stat() errors that mean "no file here" (those Path.is_file() reads as False).
+_NOT_A_FILE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+
+
+def _vanished_or_raise(exc: OSError) -> None:
+    """``os.walk``'s error handler: a folder removed meanwhile is skipped; any other error (EIO, EACCES, a
+    stale NFS handle) is raised, so that a listing that failed is never taken for an empty folder."""
+    if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        raise exc
 
 
 def _is_own_output(rel: Path) -> bool:

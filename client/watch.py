@@ -81,7 +81,8 @@ class Landing:
     ----------
     changed_at : float
         ``time.monotonic()`` when :meth:`poll` last saw a tile file appear or
-        change (0.0: never): a file still being written is activity too.
+        change, or one being written under a partial name (0.0: never): a
+        file still being written is activity too.
     """
 
     section: Path
@@ -91,6 +92,7 @@ class Landing:
     complete: Callable[[Path], bool] = lambda p: is_complete(p)
     changed_at: float = 0.0
     _seen: dict[str, _Seen] = field(default_factory=dict)
+    _partials: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def pending(self) -> int:
@@ -111,22 +113,34 @@ class Landing:
         """
         ready = []
         now = time.time()
-        tiles = discover(self.section).tiles
-        present = {t.id for t in tiles}
+        found = discover(self.section)
+        self._note_partials(found.ignored)
+        present = {t.id for t in found.tiles}
         for gone in [k for k in self._seen if k not in present]:  # removed or renamed away while pending
             del self._seen[gone]
-        for tile in tiles:
-            try:
-                st = tile.path.stat()
-            except FileNotFoundError:
+        for tile in found.tiles:
+            size, mtime_ns = tile.size, tile.mtime_ns
+            if tile.id in self.done and not _differs(self.done[tile.id], size, mtime_ns):
+                self._seen.pop(tile.id, None)  # back to the version scored (cp -p, rsync -t): nothing pending
                 continue
-            if tile.id in self.done and not _differs(self.done[tile.id], st.st_size, st.st_mtime_ns):
-                continue
-            if self._complete(tile, st.st_size, st.st_mtime_ns, now):
-                self.done[tile.id] = (st.st_size, st.st_mtime_ns)
+            if self._complete(tile, size, mtime_ns, now):
+                self.done[tile.id] = (size, mtime_ns)
                 self._seen.pop(tile.id, None)
-                ready.append((Tile(tile.id, tile.path, st.st_size, st.st_mtime_ns), st.st_mtime_ns / 1e9))
+                ready.append((Tile(tile.id, tile.path, size, mtime_ns), mtime_ns / 1e9))
         return ready
+
+    def _note_partials(self, names: list[str]) -> None:
+        """A file being written under a partial name (``.x.png``, ``x.png.part``) that appears or grows is activity too."""
+        now = {}
+        for name in names:
+            try:
+                st = (self.section / name).stat()
+            except OSError:
+                continue
+            now[name] = (st.st_size, st.st_mtime_ns)
+        if any(self._partials.get(name) != version for name, version in now.items()):
+            self.changed_at = time.monotonic()
+        self._partials = now
 
     def _complete(self, tile: Tile, size: int, mtime_ns: int, now: float) -> bool:
         prev = self._seen.get(tile.id)

@@ -65,6 +65,7 @@ def test_discovery_counts_linked_files_but_does_not_follow_linked_folders(tmp_pa
     (section / "folder").symlink_to(outside, target_is_directory=True)
     (section / "dangling.png").symlink_to(tmp_path / "gone.png")
     os.mkfifo(section / "fifo.png")
+    (section / "loop.png").symlink_to(section / "loop.png")
     found = discover(section)
     assert [t.id for t in found.tiles] == ["link.png", "t1.png"] and found.skipped == []
 
@@ -91,6 +92,15 @@ def test_discovery_survives_folders_and_files_vanishing_meanwhile(tmp_path):
     finally:
         stop.set()
         worker.join()
+
+
+def test_a_listing_that_fails_is_an_error_not_an_empty_folder():
+    from mhd.client.discover import _vanished_or_raise
+
+    _vanished_or_raise(FileNotFoundError(2, "gone"))  # removed while walked: skipped
+    for exc in (PermissionError(13, "denied"), OSError(5, "I/O error"), OSError(116, "Stale file handle")):
+        with pytest.raises(OSError):
+            _vanished_or_raise(exc)
 
 
 def test_natural_key_orders_numbers_by_value():

@@ -214,6 +214,31 @@ def test_an_unforeseen_failure_records_the_verdicts_held_for_the_baseline_first(
     assert set(recs) == {"tile_r0_c0.png", "tile_r0_c1.tif", "tile_r0_c2.png"} and all(r.verdict for r in recs.values())
 
 
+def test_landing_has_nothing_pending_once_a_file_is_back_to_the_version_scored(tmp_path):
+    data = (EXAMPLE / "tile_r0_c0.png").read_bytes()
+    rename_over(tmp_path / "a.png", data, time.time() - 60)
+    st = (tmp_path / "a.png").stat()
+    landing = Landing(tmp_path, {"a.png": (st.st_size, st.st_mtime_ns)}, settle=100.0, give_up=100.0)
+    (tmp_path / "a.png").write_bytes(data[:100])  # re-imaging starts ...
+    assert landing.poll() == [] and landing.pending == 1
+    rename_over(tmp_path / "a.png", data, st.st_mtime_ns / 1e9)  # ... and the scored file comes back (cp -p, rsync -t)
+    os.utime(tmp_path / "a.png", ns=(st.st_mtime_ns, st.st_mtime_ns))
+    assert landing.poll() == [] and landing.pending == 0  # an idle watch would otherwise wait for it forever
+
+
+def test_a_file_written_under_a_partial_name_is_activity(tmp_path):
+    landing = Landing(tmp_path, settle=100.0, give_up=100.0)
+    (tmp_path / "a.png.part").write_bytes(b"x" * 10)
+    landing.poll()
+    first = landing.changed_at
+    assert first > 0
+    landing.poll()
+    assert landing.changed_at == first
+    (tmp_path / "a.png.part").write_bytes(b"x" * 20)
+    landing.poll()
+    assert landing.changed_at > first and landing.pending == 0
+
+
 def test_landing_forgets_a_pending_file_that_is_removed(tmp_path):
     landing = Landing(tmp_path, settle=100.0, give_up=100.0)
     (tmp_path / "a.png").write_bytes(b"\x89PNG")
