@@ -318,8 +318,6 @@ class Judge:
         x = log_density(rec.density)
         cal = self.rule.calibration
         defocus, units = rec.defocus, rec.defocus_units
-        if cal is not None:
-            units = cal.units
         if cal is not None and cal.measure == "count":
             defocus = round(cal.defocus(x), 3)
         if cal is not None and cal.measure == "blur":
@@ -332,6 +330,8 @@ class Judge:
             fmap = None
         else:
             fmap = focus_map(rec, cal.intercept if cal is not None and cal.measure == "count" else base.median)
+        if cal is not None:
+            units = None if defocus is None else cal.units
         return replace(rec, verdict=verdict, kind=kind, reason=reason, focus_map=fmap, defocus=defocus, defocus_units=units)
 
     def _decide(self, rec: TileRecord, x: float, base: Baseline) -> tuple[str, str | None, str]:

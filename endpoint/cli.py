@@ -115,11 +115,11 @@ def configure(home: str | None, force: bool, dry_run: bool, **options) -> None:
         directory = install_endpoint(spec, home=home, force=force)
     except (FileExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    except OSError as exc:  # not writable: often HOME of another account (sudo -u without -H)
-        where = home or os.path.expanduser("~")
+    except OSError as exc:  # often HOME of another account (sudo -u without -H), or a full disk
+        where = f" ({exc.filename})" if exc.filename else ""
         raise click.ClickException(
-            f"cannot write the configuration under {where}: {exc.strerror or exc}. Run this as the account that will run the "
-            "endpoint with its own HOME (sudo -u ACCOUNT -H ...), or give --home."
+            f"cannot write the configuration: {exc.strerror or exc}{where}. If that is another account's HOME, run this as "
+            "the account that will run the endpoint with its own HOME (sudo -u ACCOUNT -H ...), or give --home."
         ) from exc
     click.echo(f"Wrote {directory}")
     if not spec.function_ids:

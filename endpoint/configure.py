@@ -180,7 +180,7 @@ class EndpointSpec:
             raise ValueError(f"walltime must be HH:MM:SS, got {self.walltime!r}")
         if self.email is not None and not _EMAIL.match(self.email):
             raise ValueError(f"email {self.email!r} is not an e-mail address")
-        if self.data_root is not None and os.path.normpath(self.data_root) == "/":
+        if self.data_root is not None and os.path.realpath(self.data_root) == "/":
             raise ValueError("data_root must be a folder for tiles, not / (the workers could read any file)")
 
     def _check_layout(self) -> None:

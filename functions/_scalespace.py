@@ -22,7 +22,6 @@ inverse FFT of ``1 / d**2`` the size.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -204,7 +203,7 @@ def _bank_cached(shape: tuple[int, int], n_bin: int, min_t: float, max_t: float,
     kx_full = 2 * np.pi * np.fft.rfftfreq(Q)
     noise_gain = noise_gains(t)
     factors = [_level_factor(t0[i], t1[i], abs(gains[i]), shape, tol) if tol > 0 else 1 for i in range(n_bin)]
-    groups = []
+    groups, parts = [], []
     with backend.use():
         for d in sorted(set(factors)):
             levels = tuple(i for i in range(n_bin) if factors[i] == d)
@@ -213,13 +212,13 @@ def _bank_cached(shape: tuple[int, int], n_bin: int, min_t: float, max_t: float,
             gy = np.stack([[_gauss(ky * ky, t0[i]), _gauss(ky * ky, t1[i])] for i in levels])
             c = gains[list(levels)] / (d * d)
             gx = np.stack([[-c[j] * _gauss(kx * kx, t0[i]), c[j] * _gauss(kx * kx, t1[i])] for j, i in enumerate(levels)])
-            groups.append(LevelGroup(d, levels, backend.asarray(gy.astype(np.float32)), backend.asarray(gx.astype(np.float32))))
-        dense_bytes = sum(4 * len(g.levels) * g.gy.shape[-1] * g.gx.shape[-1] for g in groups)
-        if dense_bytes <= DENSE_BYTES:
-            groups = [
-                dataclasses.replace(g, dense=g.gy[:, 1, :, None] * g.gx[:, 1, None, :] + g.gy[:, 0, :, None] * g.gx[:, 0, None, :])
-                for g in groups
-            ]
+            parts.append((d, levels, gy, gx))
+        dense = sum(4 * len(levels) * gy.shape[-1] * gx.shape[-1] for _, levels, gy, gx in parts) <= DENSE_BYTES
+        for d, levels, gy, gx in parts:
+            # a kept 2-D function is summed in float64, then rounded once (as exact as the analytic one)
+            h = (gy[:, 1, :, None] * gx[:, 1, None, :] + gy[:, 0, :, None] * gx[:, 0, None, :]).astype(np.float32) if dense else None
+            on = backend.asarray
+            groups.append(LevelGroup(d, levels, on(gy.astype(np.float32)), on(gx.astype(np.float32)), None if h is None else on(h)))
     return FilterBank(shape, t, tuple(groups), noise_gain)
 
 

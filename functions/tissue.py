@@ -77,17 +77,20 @@ def contrast_to_noise(image: Any, grid: tuple[int, int] = DEFAULTS["grid"]) -> T
     gy, gx = grid
     if img.shape[0] < 2 * gy or img.shape[1] < 2 * gx:
         raise ValueError(f"image {img.shape} too small for a {gy}x{gx} grid")
-    # blocks of f x f pixels: a ~COARSE_SIDE image, but at least CELL_SIDE blocks across each grid cell
-    f = max(1, min(min(img.shape) // COARSE_SIDE, img.shape[0] // (CELL_SIDE * gy), img.shape[1] // (CELL_SIDE * gx)))
+    sigma = max(estimate_noise(img, backend="numpy"), MIN_NOISE)
+    # the tile: blocks of f x f pixels, a ~COARSE_SIDE image; the cells: the same blocks, or smaller ones where
+    # a fine grid would leave fewer than CELL_SIDE of them across a cell
+    f = max(1, min(img.shape) // COARSE_SIDE)
+    fc = max(1, min(f, img.shape[0] // (CELL_SIDE * gy), img.shape[1] // (CELL_SIDE * gx)))
     coarse = _block_mean(img, f)
-    noise = max(estimate_noise(img, backend="numpy"), MIN_NOISE) / f
+    fine = coarse if fc == f else _block_mean(img, fc)
     cells = np.empty((gy, gx))
-    rows = np.linspace(0, coarse.shape[0], gy + 1).round().astype(int)
-    cols = np.linspace(0, coarse.shape[1], gx + 1).round().astype(int)
+    rows = np.linspace(0, fine.shape[0], gy + 1).round().astype(int)
+    cols = np.linspace(0, fine.shape[1], gx + 1).round().astype(int)
     for i in range(gy):
         for j in range(gx):
-            cells[i, j] = _detrended_std(coarse[rows[i] : rows[i + 1], cols[j] : cols[j + 1]]) / noise
-    return Tissue(float(_detrended_std(coarse) / noise), cells)
+            cells[i, j] = _detrended_std(fine[rows[i] : rows[i + 1], cols[j] : cols[j + 1]]) / (sigma / fc)
+    return Tissue(float(_detrended_std(coarse) / (sigma / f)), cells)
 
 
 def _block_mean(img: np.ndarray, f: int) -> np.ndarray:

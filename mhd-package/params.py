@@ -128,7 +128,10 @@ class Param:
 
     def _error(self, value: Any) -> ValueError:
         unit = f" ({self.unit})" if self.unit else ""
-        shown = repr(value)
+        if isinstance(value, int) and value.bit_length() > 192:  # repr() itself refuses ints of over 4300 digits
+            shown = f"an integer of {value.bit_length()} bits"
+        else:
+            shown = repr(value)
         if len(shown) > 60:  # a hostile value is not echoed whole
             shown = shown[:57] + "..."
         return ValueError(f"{self.name} must be {self.limits()}{unit}, got {shown}")

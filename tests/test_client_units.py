@@ -303,6 +303,8 @@ def test_contrast_to_noise_separates_resin_from_blurred_tissue(isbi):
     assert contrast_to_noise(np.full((64, 64), 255.0)).cnr == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="2-D"):
         contrast_to_noise(np.zeros((4, 4, 3)))
+    fine = contrast_to_noise(tissue, (64, 64))  # 4 px per cell: smaller blocks for the cells, the same for the tile
+    assert fine.cnr == t.cnr and np.isfinite(fine.cells).all() and fine.cells.shape == (64, 64)
 
 
 # -------------------------------------------------------------- transports

@@ -172,6 +172,7 @@ def test_existing_configuration_is_kept_unless_forced(tmp_path):
         ({"email": "admin"}, "not an e-mail address"),
         ({"data_root": "/"}, "data_root must be a folder for tiles, not /"),
         ({"data_root": "/data/.."}, "data_root must be a folder for tiles, not /"),
+        ({"data_root": "//"}, "data_root must be a folder for tiles, not /"),
         ({"function_ids": ("bad",)}, "function id 'bad' is not a UUID"),
     ],
 )
@@ -221,7 +222,8 @@ def test_cli_says_which_options_the_provider_ignores_and_why_it_cannot_write(tmp
     assert "cpus_per_node: 8" in pbs.output and "Warning: --gpu-type has no effect with --provider pbspro." in pbs.output
     assert "Warning: --cpus-per-node" not in pbs.output
     out = CliRunner().invoke(main, [*base[:-1], "--home", "/proc/mhd-no-such-home"])  # nothing can be made under /proc
-    assert out.exit_code == 1 and "cannot write the configuration under" in out.output and "Traceback" not in out.output
+    assert out.exit_code == 1 and "cannot write the configuration: " in out.output and "/proc/mhd-no-such-home" in out.output
+    assert "Traceback" not in out.output
     assert "sudo -u ACCOUNT -H" in out.output
 
 

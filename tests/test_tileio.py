@@ -170,17 +170,19 @@ def test_huge_header_is_refused_before_decoding(make):
     assert peak < 5 * 2**20
 
 
-@pytest.mark.parametrize("progressive", [False, True])
-def test_a_jpeg_too_short_for_its_declared_size_is_refused_before_decoding(progressive):
-    """A 64 x 64 JPEG whose frame header says 16000 x 16000: libjpeg would fill the rest with grey (a minute, GBs)."""
+@pytest.mark.parametrize("progressive, padding", [(False, 0), (True, 0), (False, 4)])
+def test_a_jpeg_too_short_for_its_declared_size_is_refused_before_decoding(progressive, padding):
+    """A 64 x 64 JPEG whose frame header says 16000 x 16000: libjpeg would fill the rest with grey (a minute, GBs).
+    Metadata segments before the frame (``padding`` of 64 KiB each) neither hide the header nor count as image data."""
     buf = io.BytesIO()
     Image.fromarray(blobs((64, 64), 2)).save(buf, "JPEG", quality=90, progressive=progressive)
     data = bytearray(buf.getvalue())
     sof = data.find(b"\xff\xc2" if progressive else b"\xff\xc0")
     data[sof + 5 : sof + 9] = (16000).to_bytes(2, "big") * 2
+    data[2:2] = (b"\xff\xe1\xff\xff" + bytes(65533)) * padding  # APP1 segments of the largest size
     tracemalloc.start()
     try:
-        with pytest.raises(TileError, match=r"JPEG of [\d,]+ bytes cannot hold its declared 16000 x 16000 pixels .*truncated or forged"):
+        with pytest.raises(TileError, match=r"JPEG with [\d,]+ bytes of image data cannot hold its declared 16000 x 16000 pixels"):
             decode(bytes(data), max_pixels=16384**2)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -192,6 +194,17 @@ def test_a_flat_progressive_jpeg_is_not_taken_for_a_forged_one():
     buf = io.BytesIO()
     Image.fromarray(np.full((2048, 2048), 128, np.uint8)).save(buf, "JPEG", quality=95, progressive=True)
     assert decode(buf.getvalue(), max_pixels=16384**2).shape == (2048, 2048)  # ~2 bits per block, the bound is 1
+    buf = io.BytesIO()
+    Image.fromarray(np.full((600, 400, 3), 128, np.uint8)).save(buf, "JPEG", quality=95, progressive=True, subsampling=2)
+    assert decode(buf.getvalue(), max_pixels=16384**2).shape == (600, 400)  # colour, 4:2:0
+
+
+def test_a_jpeg_without_a_frame_header_is_corrupt():
+    data = encode(blobs((32, 32), 1), "JPEG")
+    sof = data.find(b"\xff\xc0")
+    cut = data[:sof] + data[sof + 2 + int.from_bytes(data[sof + 2 : sof + 4], "big") :]  # the frame header removed
+    with pytest.raises(TileError):
+        decode(cut, max_pixels=16384**2)
 
 
 def test_pixel_limit_is_exact():

@@ -260,7 +260,7 @@ def _read_pil(fh: BinaryIO, fmt: str, max_pixels: int, max_decoded_bytes: int) -
 
 
 #: JPEG frame markers of Huffman-coded images (baseline, extended, progressive): every 8 x 8 block of
-#: their first component costs at least one bit of coded data.
+#: their full-resolution component costs at least one bit of coded data.
 _HUFFMAN_SOF = frozenset({0xC0, 0xC1, 0xC2})
 
 
@@ -270,40 +270,56 @@ def _check_jpeg_length(fh: BinaryIO, rows: int, cols: int) -> None:
     libjpeg fills what a cut-short scan lacks with grey and Pillow raises
     nothing, so a few hundred bytes whose header claims 16000 x 16000 pixels
     would decode to a grey 256-megapixel image (a minute and gigabytes for
-    nothing). Each 8 x 8 block of the first component needs at least one
-    coded bit (its DC difference), so a file below ``blocks / 8`` bytes is
-    truncated or forged. Arithmetic-coded JPEGs have no such bound and are not
-    checked.
+    nothing). Each 8 x 8 block of a full-resolution component (every JPEG has
+    one, whatever the subsampling) needs at least one coded bit (its DC
+    difference), so a file below ``blocks / 8`` bytes is truncated or forged.
+    Arithmetic-coded JPEGs have no such bound and are not checked.
     """
     fh.seek(0, 2)
     size = fh.tell()
+    marker, scan = _jpeg_frame_and_scan(fh, size)
     fh.seek(0)
-    if _jpeg_frame_marker(fh.read(1 << 16)) not in _HUFFMAN_SOF:
+    if marker not in _HUFFMAN_SOF:
         return
     least = -(-rows // 8) * -(-cols // 8) // 8
-    if size < least:
+    if size - scan < least:  # the coded data: from the first scan on (metadata before it does not count)
         raise TileError(
-            f"JPEG of {size:,} bytes cannot hold its declared {rows} x {cols} pixels "
-            f"(at least {least:,} bytes of coded data): truncated or forged"
+            f"JPEG with {size - scan:,} bytes of image data cannot hold its declared {rows} x {cols} pixels "
+            f"(at least {least:,} bytes): truncated or forged"
         )
 
 
-def _jpeg_frame_marker(head: bytes) -> int | None:
-    """The start-of-frame marker (0xC0 ... 0xCF) of a JPEG stream's header, or None where not found in ``head``."""
-    i = 2  # after SOI
-    while i + 4 <= len(head):
-        if head[i] != 0xFF:
-            return None
-        marker = head[i + 1]
+def _jpeg_frame_and_scan(fh: BinaryIO, size: int) -> tuple[int, int]:
+    """The start-of-frame marker (0xC0 ... 0xCF) of a JPEG file and the offset of its first scan (SOS),
+    found by seeking from segment to segment.
+
+    Raises
+    ------
+    TileError
+        When the segments end before a frame header and a scan.
+    """
+    pos, frame = 2, None  # after SOI
+    while pos + 4 <= size:
+        fh.seek(pos)
+        head = fh.read(4)
+        if head[0] != 0xFF:
+            break
+        marker = head[1]
         if marker == 0xFF:  # fill byte
-            i += 1
+            pos += 1
         elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
-            i += 2
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn (not DHT, JPG, DAC)
-            return marker
+            pos += 2
+        elif marker == 0xDA:  # start of scan: the coded data follow
+            if frame is None:
+                break
+            return frame, pos
+        elif marker == 0xD9:
+            break
         else:
-            i += 2 + int.from_bytes(head[i + 2 : i + 4], "big")
-    return None
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn (not DHT, JPG, DAC)
+                frame = marker
+            pos += 2 + int.from_bytes(head[2:4], "big")
+    raise TileError("JPEG has no frame header and scan: truncated or corrupt")
 
 
 def _pil_open(fh: BinaryIO, fmt: str):
