@@ -92,6 +92,19 @@ def test_detect_batch_on_device_equals_numpy(tiles):
         _same(dev, cpu)
 
 
+def test_a_factored_filter_bank_on_two_devices_equals_numpy(tiles, monkeypatch):
+    """Banks above DENSE_BYTES write each level's filter from its 1-D factors on the device (a batch too)."""
+    from mhd.functions import _scalespace
+
+    monkeypatch.setattr(_scalespace, "DENSE_BYTES", 0)
+    _scalespace._bank_cached.cache_clear()
+    try:
+        for dev, cpu in zip(detect_batch(tiles, backend=[DEV0, DEV1], block_size=256), detect_batch(tiles, backend=CPU, block_size=256)):
+            _same(dev, cpu)
+    finally:
+        _scalespace._bank_cached.cache_clear()
+
+
 def test_blocks_dealt_over_two_devices_equal_numpy(tiles):
     cpu = detect(tiles[1], backend=CPU, block_size=128)
     two = detect(tiles[1], backend=[DEV0, DEV1], block_size=128)
