@@ -466,16 +466,18 @@ def spectral_moments(
     )
     # the noise's own anisotropy is exact; the grid's bias applies to the signal's (isotropic) mean power
     aniso = sums[:, 1] + 1j * sums[:, 2] - noise_aniso - (power - noise_power) / band.bins * band.grid_bias
-    factor = (1 - 2 * mirrored[0] / P) * (1 - 2 * mirrored[1] / Q)
+    fy, fx = 1 - 2 * mirrored[0] / P, 1 - 2 * mirrored[1] / Q
+    factor = fy * fx
+    # mostly mirror padding along both axes (a thin strip) makes both terms negative and their product positive
+    measurable = min(fy, fx) > 0 and factor >= MIN_MIRROR_FACTOR
     aniso_cos = aniso.real / band.gain[:, 0]
-    aniso_sin = aniso.imag / (band.gain[:, 1] * factor) if abs(factor) >= MIN_MIRROR_FACTOR else np.full_like(aniso.imag, np.nan)
+    aniso_sin = aniso.imag / (band.gain[:, 1] * factor) if measurable else np.full_like(aniso.imag, np.nan)
     # Each bin's power is exponential for a Gaussian random field, so chance alone gives
     # Var(T) = sum p^2 ~ T^2 / n and Var(Re A) = Var(Im A) = Var(T) / 2 before the corrections;
     # mirrored copies add no independent bins.
     independent = (P - mirrored[0]) * (Q - mirrored[1]) / (P * Q)
     var_power = power**2 / (band.bins * independent)
     var_cos = var_power / (2 * band.gain[:, 0])
-    measurable = abs(factor) >= MIN_MIRROR_FACTOR  # else aniso_sin is NaN already: no 0-division
     var_sin = var_power / (2 * band.gain[:, 1] * factor**2) if measurable else np.full_like(var_power, np.nan)
     weight = np.broadcast_to(band.bins * band.tilt, power.shape)
     return np.stack([power, noise_power, aniso_cos, aniso_sin, var_power, var_cos, var_sin, weight], axis=2)

@@ -382,7 +382,7 @@ def _response(
     fine_tasks = [functools.partial(level, finest, j) for j in range(len(finest.levels))]
     start = run_lanes(lanes, tasks, merge_coarse if len(groups) > 1 else None, fine_tasks)
     best = maxima[finest.factor].result(start)
-    energy *= thresholds**2
+    energy *= np.maximum(thresholds, MIN_THRESHOLD) ** 2  # the thresholds the responses were divided by
     if finest.factor == 1:
         return xp.ascontiguousarray(best[:, r0 : r0 + R, c0 : c0 + C]), coarse, energy
     return upsampled(best, finest.factor, 1, (r0, c0), (R, C)), coarse, energy
@@ -464,7 +464,9 @@ def _prepared(image: Any, p: dict[str, Any], t: np.ndarray, be: Backend) -> tupl
 
 def _validate(image: Any) -> None:
     shape = getattr(image, "shape", None)
-    if shape is None or len(shape) != 2:
+    if shape is None:
+        raise TypeError(f"image must be an array (NumPy or CuPy), got {type(image).__name__}")
+    if len(shape) != 2:
         raise ValueError(f"image must be a 2-D array (rows, cols), got shape {shape}")
     if min(shape) < MIN_SIDE:
         raise ValueError(f"image is too small ({shape[0]} x {shape[1]}); need at least {MIN_SIDE} x {MIN_SIDE} pixels")
@@ -587,12 +589,16 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
         raise TypeError(f"unknown detector parameter(s): {', '.join(sorted(unknown))}")
     p = {**DEFAULTS, **validate_params(params)}
     backends = [get_backend(b) for b in backend] if isinstance(backend, (list, tuple)) else [get_backend(backend)]
+    if not backends:
+        raise ValueError("backend: an empty list names no device")
     be = backends[0]
+    images = list(images)
     if len(images) == 0:
         return []
-    shape = tuple(images[0].shape)
     for im in images:
         _validate(im)
+    shape = tuple(images[0].shape)
+    for im in images:
         if tuple(im.shape) != shape:
             raise ValueError(f"all images of a batch must have one shape: {shape} != {tuple(im.shape)}")
     timings: dict[str, float] = {}

@@ -172,6 +172,8 @@ def white_equivalent(S: np.ndarray) -> np.ndarray:
 LEVEL_BINS = 16
 #: Entries of the variance-stabilising look-up table over [0, 1].
 LUT_SIZE = 1024
+#: Largest ratio of the stabiliser's steepest slope to its flattest (where a region measures no noise).
+MAX_STRETCH = 100.0
 
 
 def level_rows(H: int, W: int) -> np.ndarray:
@@ -254,6 +256,8 @@ def stabilizer(level: np.ndarray, sigma: np.ndarray, floor: float) -> np.ndarray
     """
     u = np.linspace(0.0, 1.0, LUT_SIZE)
     s = np.sqrt(np.interp(u, level, sigma) ** 2 + floor**2)
+    # a flat region measures no noise at all: the slope stays within MAX_STRETCH of the noisiest level's
+    s = np.maximum(s, max(float(s.max()), 1e-12) / MAX_STRETCH)
     f = np.concatenate([[0.0], np.cumsum((1 / s[1:] + 1 / s[:-1]) / 2)])
     f /= f[-1]
     if np.max(np.abs(f - u)) < 0.01:

@@ -50,7 +50,7 @@ def saturation_limits(image: Any, saturation: float = SATURATION_PCT, backend: s
         _check_image(x)
         n = x.size
         q = saturation / 100.0
-        if x.dtype.kind in "ub" or (x.dtype.kind == "i" and x.dtype.itemsize <= 2):
+        if x.dtype.kind in "uib" and x.dtype.itemsize <= 2:  # a histogram of at most 65536 bins
             x = x.astype(np.int64) if x.dtype.kind == "b" else x
             offset = int(x.min())
             counts = xp.bincount(x.ravel().astype(xp.int64) - offset)  # widened first: int8/int16 spans overflow their own type
@@ -60,7 +60,7 @@ def saturation_limits(image: Any, saturation: float = SATURATION_PCT, backend: s
             lo = int(xp.searchsorted(cdf, k_lo, side="left")) + offset
             hi = int(xp.searchsorted(cdf, k_hi, side="right")) + offset
             return float(lo), float(min(hi, int(x.max())))
-        x = x.astype(xp.float64) if x.dtype.kind == "i" else x
+        x = x.astype(xp.float64) if x.dtype.kind in "iu" else x  # 32- and 64-bit integers: quantiles, not a histogram
         if not np.isfinite(float(x.min())) or not np.isfinite(float(x.max())):  # a NaN makes both NaN
             raise ValueError("image contains NaN or infinite values")
         lo, hi = _quantiles(x.ravel(), (q, 1.0 - q), xp)
@@ -180,10 +180,20 @@ def _limits(x: Any, saturation: float, be: Backend) -> tuple[float, float]:
 
 
 def _scaled(x: Any, lo: float, hi: float, xp: Any) -> Any:
-    """``clip((x - lo) / (hi - lo), 0, 1)`` as float32: the one formula of :func:`normalize` and :func:`grey_table`."""
-    out = x.astype(xp.float32)
-    out -= xp.float32(lo)
-    out /= xp.float32(hi - lo)  # division, not a reciprocal product: hi maps to exactly 1
+    """``clip((x - lo) / (hi - lo), 0, 1)`` as float32: the one formula of :func:`normalize` and :func:`grey_table`.
+
+    In float32 for 8- and 16-bit and float32 images (exact enough, half the memory); in float64 for the
+    others, whose offset or range float32 would lose (``1e10 + texture``, values beyond 3e38 or below 1e-38).
+    """
+    if x.dtype.itemsize <= 2 or x.dtype == xp.float32:
+        out = x.astype(xp.float32)
+        out -= xp.float32(lo)
+        out /= xp.float32(hi - lo)  # division, not a reciprocal product: hi maps to exactly 1
+    else:
+        wide = x.astype(xp.float64)
+        wide -= lo
+        wide /= hi - lo
+        out = wide.astype(xp.float32)
     return xp.clip(out, 0.0, 1.0, out=out)
 
 

@@ -32,7 +32,7 @@ COARSE_SIDE = 32
 #: Fewest block averages across a grid cell (a plane is fitted to each cell), where the image has the pixels.
 CELL_SIDE = 4
 
-#: Smallest noise standard deviation assumed (grey levels): the quantisation step / sqrt(12).
+#: Smallest noise standard deviation assumed for integer images (grey levels): the quantisation step / sqrt(12).
 MIN_NOISE = 0.29
 
 
@@ -71,13 +71,18 @@ def contrast_to_noise(image: Any, grid: tuple[int, int] = DEFAULTS["grid"]) -> T
     ValueError
         If ``image`` is not 2-D or is smaller than ``grid`` times 2 pixels.
     """
-    img = np.asarray(image, dtype=np.float64)
+    raw = np.asarray(image)
+    img = raw.astype(np.float64)
     if img.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {img.shape}")
     gy, gx = grid
     if img.shape[0] < 2 * gy or img.shape[1] < 2 * gx:
         raise ValueError(f"image {img.shape} too small for a {gy}x{gx} grid")
-    sigma = max(estimate_noise(img, backend="numpy"), MIN_NOISE)
+    sigma = estimate_noise(img, backend="numpy")
+    if raw.dtype.kind in "uib":
+        sigma = max(sigma, MIN_NOISE)  # integer grey levels: at least their rounding noise
+    else:  # floats of any scale: at least a float32's rounding at the tile's magnitude
+        sigma = max(sigma, float(np.max(np.abs(img))) * np.finfo(np.float32).eps / np.sqrt(12), np.finfo(np.float64).tiny)
     # the tile: blocks of f x f pixels, a ~COARSE_SIDE image; the cells: the same blocks, or smaller ones where
     # a fine grid would leave fewer than CELL_SIDE of them across a cell
     f = max(1, min(img.shape) // COARSE_SIDE)

@@ -348,3 +348,12 @@ def test_auto_transport_choice(tmp_path):
         "globus",
         "inline",
     ]
+
+
+def test_contrast_of_float_tiles_does_not_depend_on_their_scale(isbi):
+    rng = np.random.default_rng(3)
+    tissue = rng.poisson(gaussian_filter(isbi[0][:256, :256].astype(float), 6) / 255 * 200) / 200 * 255
+    ref = contrast_to_noise(tissue).cnr
+    for scale in (1 / 255, 1e-3 / 255, 1e6):  # the integer rounding floor (0.29 grey levels) made [0, 1] tissue look empty
+        assert contrast_to_noise((tissue * scale).astype(np.float32)).cnr == pytest.approx(ref, rel=1e-3)
+    assert contrast_to_noise(rng.normal(0.5, 0.05, (256, 256)).astype(np.float32)).cnr == pytest.approx(1.0, abs=0.2)

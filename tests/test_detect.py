@@ -285,3 +285,36 @@ def test_integer_tiles_through_the_grey_table_are_normalised_and_stabilised_to_t
     assert lut is not None
     np.testing.assert_array_equal(got, stabilize(norm, lut, be))
     assert step == want_step
+
+
+def test_wide_integer_and_float64_tiles_are_read_at_their_full_precision(isbi):
+    """32/64-bit integers take quantiles, not a histogram of every value up to the largest (3 GB for uint32 values to 4e8);
+    float64 is scaled in float64, so an offset or a range float32 cannot hold loses nothing."""
+    img = isbi[0][:256, :256]
+    ref = detect(img, backend="numpy")
+    x = img.astype(np.float64)
+    for wide in (img.astype(np.uint32) * 16_000_000, img.astype(np.uint64) * 2**55, x * 1e39, x * 1e-310, 1e10 + x * 1e-3):
+        d = detect(wide, backend="numpy")
+        assert d.count == ref.count and d.blur == pytest.approx(ref.blur, abs=1e-4), wide.dtype  # float path: last digits
+
+
+def test_threshold_zero_and_flat_regions_give_finite_results(isbi):
+    half = isbi[0][:256, :256].copy()
+    half[:, :128] = 0  # a flat region: no noise measured there
+    for th in (0.0, 1e-10):
+        d = detect(half, backend="numpy", threshold=th)  # it raised scipy's "array must not contain infs or NaNs"
+        assert d.count > 0 and np.isfinite(d.blur) and np.isfinite(d.thresholds).all()
+    bare = detect(isbi[0][:256, :256], backend="numpy", threshold=0, noise_k=0, noise_margin=0)
+    assert np.isfinite(bare.blur)  # zero thresholds: the level energies are still measured
+
+
+def test_a_thin_strip_of_noise_is_not_astigmatic():
+    strip = np.random.default_rng(1).integers(0, 255, (16, 4000), dtype=np.uint8)
+    assert np.isnan(detect(strip, backend="numpy").astigmatism)  # mostly mirror padding: it read 1.0
+
+
+def test_what_is_not_an_image_is_refused_by_name():
+    with pytest.raises(TypeError, match="image must be an array"):
+        detect([[0] * 32] * 32, backend="numpy")
+    with pytest.raises(ValueError, match="empty list"):
+        detect_batch([np.zeros((32, 32))], backend=[])
