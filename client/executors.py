@@ -348,6 +348,7 @@ class EngineExecutor:
         self._code = function_code(self._serde)
         self._lock = threading.Lock()
         self._closed = False
+        self._pending: set[Any] = set()  # the engine's futures not resolved yet
 
     def submit(self, tiles: list, params: dict | None = None) -> "Future[list[dict]]":
         """Queue one task scoring ``tiles``; see the module docstring for the future's outcomes."""
@@ -360,9 +361,15 @@ class EngineExecutor:
             if self._closed:
                 raise RuntimeError(f"{type(self).__name__} is shut down; no new tasks may be submitted")
             engine = self._ready_engine()
+            self._pending.add(inner)
+            inner.add_done_callback(self._resolved)
             inner.add_done_callback(_relay(out, lambda body: self._unpack(body, engine)))
             engine.submit(inner, packed, resource_specification={}, result_serializers=list(RESULT_SERIALIZERS))
         return out
+
+    def _resolved(self, inner: Any) -> None:
+        with self._lock:
+            self._pending.discard(inner)
 
     def _ready_engine(self) -> Any:
         """The engine to submit to (called with the lock held)."""
@@ -392,7 +399,12 @@ class EngineExecutor:
         return self
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        self.shutdown(wait=True, cancel_futures=exc_type is not None)
+        with self._lock:
+            given_up = bool(self._pending)  # a task the pipeline stopped waiting for (task_timeout) may never end
+        if given_up:
+            self.abort()
+        else:
+            self.shutdown(wait=True, cancel_futures=exc_type is not None)
 
 
 def local_engine(data_root: str | os.PathLike | None = None, workers: int | None = None, env: dict | None = None, *, run_dir: str) -> Any:
@@ -603,6 +615,7 @@ class GlobusExecutor:
         self._executor: Any = None
         self._lock = threading.Lock()
         self._closed = False
+        self._pending: set[Future] = set()  # the SDK's futures not resolved yet
         self.executors_made = 0
 
     def _default_executor(self) -> Any:
@@ -630,6 +643,7 @@ class GlobusExecutor:
             if self._closed:
                 raise RuntimeError("GlobusExecutor is shut down; no new tasks may be submitted")
             executor, inner = self._submit_once(args, kwargs)
+            self._pending.add(inner)
         out = _running_future()
         inner.add_done_callback(lambda f: self._settle(out, f, executor))
         return out
@@ -648,6 +662,8 @@ class GlobusExecutor:
         or result-stream failure also retires the executor that had it."""
         from globus_compute_sdk.errors import TaskExecutionFailed
 
+        with self._lock:
+            self._pending.discard(inner)
         if inner.cancelled():  # queued when an earlier submission failed: the executor dropped it
             self._retire(executor)
             out.set_exception(RuntimeError("the executor stopped before sending this task (an earlier submission failed)"))
@@ -671,12 +687,20 @@ class GlobusExecutor:
         threading.Thread(target=executor.shutdown, kwargs={"wait": False, "cancel_futures": True}, daemon=True).start()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Shut the executor down (``wait`` for outstanding results by default)."""
+        """Shut the executor down (``wait`` for outstanding results by default).
+
+        With ``cancel_futures`` the results of tasks already on the endpoint
+        are given up too: the SDK's result watcher drops their futures, which
+        it would otherwise wait for before the process could exit (its
+        stopping thread is not a daemon), however long the endpoint stays silent.
+        """
         with self._lock:
             self._closed = True
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+            if cancel_futures:
+                _drop_result_watcher(executor)
 
     def abort(self) -> None:
         """Stop now, after Ctrl-C: tasks not yet sent are dropped; results of
@@ -688,4 +712,25 @@ class GlobusExecutor:
         return self
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        self.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
+        with self._lock:
+            given_up = bool(self._pending)  # results the pipeline stopped waiting for (task_timeout): never wait for them
+        stop = exc_type is not None or given_up
+        self.shutdown(wait=not stop, cancel_futures=stop)
+
+
+def _drop_result_watcher(executor: Any) -> None:
+    """Shut down the SDK's result watcher of ``executor``'s task group, cancelling the futures it holds.
+
+    ``Executor.shutdown(cancel_futures=True)`` cancels only tasks not yet
+    sent; the watcher (``globus_compute_sdk.sdk.executor._RESULT_WATCHERS``,
+    SDK 4.x) keeps the others, and the SDK's exit hook shuts it down without
+    cancelling, so the process would wait for results that may never come.
+    """
+    try:
+        from globus_compute_sdk.sdk.executor import _RESULT_WATCHERS
+
+        watcher = _RESULT_WATCHERS.get(executor.task_group_id)
+    except (ImportError, AttributeError):  # another SDK layout: nothing to drop here
+        return
+    if watcher is not None:
+        watcher.shutdown(wait=False, cancel_futures=True)

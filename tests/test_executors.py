@@ -192,3 +192,34 @@ def test_the_old_module_name_still_resolves_with_a_deprecation_warning():
         assert old.retryable is executors.retryable
     with pytest.raises(AttributeError):
         old.NoSuchThing
+
+
+class SilentEngine:
+    """An engine that accepts tasks and never finishes them (a worker stuck in a tile)."""
+
+    def __init__(self):
+        self.shutdowns: list[bool] = []
+
+    def submit(self, future, packed, resource_specification, result_serializers):
+        pass
+
+    def shutdown(self, block=False):
+        self.shutdowns.append(block)
+
+
+def test_leaving_an_executor_with_tasks_given_up_does_not_wait_for_them(tmp_path):
+    """After the pipeline gave up on a task (task_timeout), leaving the executor stops the engine without waiting."""
+    from mhd.client.discover import discover
+    from mhd.client.executors import EngineExecutor
+    from mhd.client.pipeline import Pipeline
+    from mhd.client.results import ResultsLog
+    from mhd.client.transport import InlineTransport
+    from mhd.client.verdicts import Judge, Rule
+
+    (tmp_path / "a.png").write_bytes(encode(blobs((64, 64), 1), "PNG"))
+    engine = SilentEngine()
+    with ResultsLog(tmp_path) as results:
+        with EngineExecutor(engine) as executor:
+            Pipeline(executor, InlineTransport(1), Judge(Rule(warmup=1)), results, None, task_timeout=0.3).run(discover(tmp_path).tiles)
+        assert "no result within" in results.records["a.png"].error
+    assert engine.shutdowns == [False]  # abort(): block=False; it was shutdown(block=True), waiting for ever
