@@ -362,11 +362,18 @@ class Pipeline:
             if tile is None or tile.id in seen:
                 continue
             seen.add(tile.id)
-            recs.append(record_from_result(result, tile, self.transport.name, ms))
+            if self._current(tile):
+                recs.append(record_from_result(result, tile, self.transport.name, ms))
         for tile in staged.tiles.values():
-            if tile.id not in seen:
+            if tile.id not in seen and self._current(tile):
                 recs.append(TileRecord.failed(tile.id, "no result returned for this tile", transport=self.transport.name))
         self._judged(recs)
+
+    def _current(self, tile: Tile) -> bool:
+        """Whether ``tile`` is the version of its file last fed: a task for an older version (the tile was
+        re-imaged while it was scored) must not record its verdict over the newer one's."""
+        last = self._local.get(tile.id)
+        return last is None or (last.size, last.mtime_ns) == (tile.size, tile.mtime_ns)
 
     def _task_failed(self, task: _Task, exc: BaseException) -> None:
         """Submit a task again if its failure allows it, else record its tiles as errors."""
@@ -382,7 +389,7 @@ class Pipeline:
         self._fail(task.staged, f"{why}{tries}" + ("; retried on the next run" if again else ""))
 
     def _fail(self, staged: Staged, message: str) -> None:
-        self._judged([TileRecord.failed(t.id, message, transport=self.transport.name) for t in staged.tiles.values()])
+        self._judged([TileRecord.failed(t.id, message, transport=self.transport.name) for t in staged.tiles.values() if self._current(t)])
 
     def _judged(self, records: list[TileRecord]) -> None:
         """Judge new records; record those whose verdict is final (warm-up may hold some)."""

@@ -20,7 +20,7 @@ import mhd.client.watch as watch
 from conftest import default_stop_signals
 from mhd.client.config import load
 from mhd.client.discover import Tile
-from mhd.client.results import read_records
+from mhd.client.results import ResultsLog, read_records
 from mhd.client.submit import run_section
 from mhd.client.verdicts import Calibration, Judge, Rule
 from mhd.client.watch import Landing, is_complete, watch_section
@@ -382,3 +382,48 @@ def test_watch_gives_up_waiting_for_a_folder_after_idle_exit(tmp_path, isolated_
 
     out = CliRunner().invoke(main, ["watch", "--dir", str(tmp_path / "never"), "--idle-exit", "0.3", "--poll", "0.1"])
     assert out.exit_code == 1 and f"{tmp_path / 'never'} did not appear within --idle-exit 0.3 s" in out.output
+
+
+def test_a_verdict_for_an_older_version_of_a_tile_does_not_replace_the_newer_ones(tmp_path):
+    """The tile is re-imaged while its first task runs (watch feeds it again); the first task answers last."""
+    import concurrent.futures as cf
+
+    from mhd.client.pipeline import Pipeline
+    from mhd.client.transport import DiskTransport
+
+    class Manual:
+        name = "manual"
+
+        def __init__(self):
+            self.tasks = []
+
+        def submit(self, tiles, params=None):
+            fut = cf.Future()
+            fut.set_running_or_notify_cancel()
+            self.tasks.append(fut)
+            return fut
+
+    path = tmp_path / "a.png"
+    executor = Manual()
+
+    def answer(task, density):
+        task.set_result([{"tile": "a.png", "features": 10, "density": density, "blur": 1.0, "error": None, "contrast": 50.0}])
+
+    with ResultsLog(tmp_path) as log:
+        pipe = Pipeline(executor, DiskTransport(1, tmp_path), Judge(Rule(warmup=1)), log)
+        path.write_bytes(b"version 1")
+        st = path.stat()
+        pipe.feed([Tile("a.png", path, st.st_size, st.st_mtime_ns)])
+        pipe.pump(0)
+        path.write_bytes(b"version 2, longer")
+        os.utime(path, ns=(st.st_mtime_ns + 10**9,) * 2)
+        st2 = path.stat()
+        pipe.feed([Tile("a.png", path, st2.st_size, st2.st_mtime_ns)])
+        pipe.pump(0)
+        answer(executor.tasks[1], 222.0)  # the new version's verdict first ...
+        pipe.pump(0.1)
+        answer(executor.tasks[0], 111.0)  # ... then the old version's (a slower worker, a retried task)
+        pipe.pump(0.1)
+        rec = log.records["a.png"]
+    assert (rec.density, rec.file_size) == (222.0, st2.st_size)
+    assert [json.loads(line)["density"] for line in (tmp_path / "mhd-results.jsonl").read_text().splitlines()] == [222.0]
