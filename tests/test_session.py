@@ -53,7 +53,7 @@ def recorded_pipelines(monkeypatch) -> list[tuple[tuple, dict]]:
             pass
 
     monkeypatch.setattr(session, "Pipeline", Recorder)
-    monkeypatch.setattr(session, "open_executor", lambda *args: contextlib.nullcontext(object()))
+    monkeypatch.setattr(session, "open_executor", lambda *args, **kwargs: contextlib.nullcontext(object()))
     return made
 
 
