@@ -169,7 +169,11 @@ class ResultsLog:
         Section folder; the log is ``section/mhd-results.jsonl``.
     fresh : bool
         Start a new log: an existing one is kept as
-        ``mhd-results.jsonl.<UTC time>.bak`` (``--rescore``).
+        ``mhd-results.jsonl.<UTC time>.bak`` (``--rescore``; ``...-1.bak`` and
+        so on within one second).
+
+    The section is locked by ``mhd-results.jsonl.lock`` beside the log
+    (``flock``, released when the process ends).
 
     Attributes
     ----------
@@ -184,14 +188,20 @@ class ResultsLog:
 
     def __init__(self, section: str | Path, fresh: bool = False) -> None:
         self.path = Path(section) / RESULTS_NAME
-        self._fh = self.path.open("ab+", buffering=0)  # unbuffered: a failed write leaves nothing pending
+        # the lock is on a file of its own, never replaced: compacting or starting afresh replaces the log
+        # itself, and a lock on it would be free between the rename and the reopening
+        self._lock = self.path.with_name(RESULTS_NAME + ".lock").open("ab")
         try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._fh.close()
+            self._lock.close()
             raise SectionLocked(f"{self.path}: another client is writing this section") from None
+        self._fh = self.path.open("ab+", buffering=0)  # unbuffered: a failed write leaves nothing pending
         if fresh and self.path.stat().st_size:
-            backup = self.path.with_name(f"{RESULTS_NAME}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.bak")
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            backup, n = self.path.with_name(f"{RESULTS_NAME}.{stamp}.bak"), 1
+            while backup.exists():  # two fresh starts within a second keep both logs
+                backup, n = self.path.with_name(f"{RESULTS_NAME}.{stamp}-{n}.bak"), n + 1
             os.replace(self.path, backup)
             self._reopen()
             log.info("previous results kept in %s", backup)
@@ -208,9 +218,11 @@ class ResultsLog:
         self.close()
 
     def close(self) -> None:
-        """Release the lock and close the file."""
+        """Close the log and release the lock."""
         if not self._fh.closed:
             self._fh.close()
+        if not self._lock.closed:
+            self._lock.close()
 
     # --------------------------------------------------------------- writes
 
@@ -268,7 +280,6 @@ class ResultsLog:
 
     def _reopen(self) -> None:
         self._fh = self.path.open("ab+", buffering=0)
-        fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def _cut_torn_tail(self) -> None:
         size = self.path.stat().st_size

@@ -169,8 +169,24 @@ def test_results_lock_and_fresh_backup(tmp_path):
             ResultsLog(tmp_path)
     with ResultsLog(tmp_path, fresh=True) as log:
         assert log.records == {}
-    backups = list(tmp_path.glob("mhd-results.jsonl.*.bak"))
-    assert len(backups) == 1 and json.loads(backups[0].read_text())["tile"] == "a"
+        log.append(rec("b"))
+    with ResultsLog(tmp_path, fresh=True):  # again within the second: the first backup is kept too
+        pass
+    backups = sorted(tmp_path.glob("mhd-results.jsonl.*.bak"))
+    assert sorted(json.loads(b.read_text())["tile"] for b in backups) == ["a", "b"]
+
+
+def test_the_section_stays_locked_while_the_log_is_compacted(tmp_path):
+    """The lock is on a file of its own: compacting replaces the log, and a lock on it was free meanwhile."""
+    with ResultsLog(tmp_path) as log:
+        log.append(rec("a"))
+        log.append(replace(rec("a"), reason="again"))
+        log.compact()
+        with pytest.raises(SectionLocked):
+            ResultsLog(tmp_path)
+        log.append(rec("b"))
+    with ResultsLog(tmp_path) as log:  # released when closed
+        assert set(log.records) == {"a", "b"}
 
 
 def test_results_numpy_values_are_written(tmp_path):
