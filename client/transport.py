@@ -191,6 +191,7 @@ class _Transfer:
     remote: list[str]
     warned: bool = False
     started: float = field(default_factory=time.monotonic)
+    checked: float | None = None  # when its status was last asked for (None: not yet)
 
 
 class GlobusTransport(Transport):
@@ -277,6 +278,11 @@ class GlobusTransport(Transport):
                     active.append(started)
             still = []
             for tr in active:
+                now = time.monotonic()
+                if tr.checked is not None and now - tr.checked < self.poll:  # the pipeline may look sooner than poll
+                    still.append(tr)
+                    continue
+                tr.checked = now
                 staged = self._check(tr)
                 if staged is None:
                     still.append(tr)

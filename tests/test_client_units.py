@@ -373,3 +373,33 @@ def test_contrast_of_float_tiles_does_not_depend_on_their_scale(isbi):
     for scale in (1 / 255, 1e-3 / 255, 1e6):  # the integer rounding floor (0.29 grey levels) made [0, 1] tissue look empty
         assert contrast_to_noise((tissue * scale).astype(np.float32)).cnr == pytest.approx(ref, rel=1e-3)
     assert contrast_to_noise(rng.normal(0.5, 0.05, (256, 256)).astype(np.float32)).cnr == pytest.approx(1.0, abs=0.2)
+
+
+def test_transfer_status_is_asked_for_every_poll_seconds_however_often_the_pipeline_looks(tmp_path):
+    from mhd.client.transport import GlobusTransport
+
+    class Transfers:
+        def __init__(self):
+            self.asked = 0
+
+        def submit_transfer(self, data):
+            return {"task_id": "t1"}
+
+        def get_task(self, task_id):
+            self.asked += 1
+            return {"status": "ACTIVE"}
+
+    touch(tmp_path / "a.png", b"x")
+    tc = Transfers()
+    transport = GlobusTransport(
+        1, tc, source_collection="s", dest_collection="d", source_local=tmp_path, source_path="/", dest_path="/in",
+        dest_remote="", section_name="sec", poll=0.5,
+    )  # fmt: skip
+    stream = transport.stage(discover(tmp_path).tiles)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.3:  # the pipeline pumps much more often than poll
+        assert next(stream) is None
+    assert tc.asked == 1
+    time.sleep(0.5)
+    next(stream)
+    assert tc.asked == 2
