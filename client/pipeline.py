@@ -34,7 +34,7 @@ from mhd.functions.worker.record import TileRecord
 
 from .console import printable
 from .discover import Tile
-from .executors import failure_message, retryable
+from .executors import WorkerLost, failure_message, retryable
 from .results import ResultsLog
 from .transport import Staged, Transport
 from .verdicts import Judge
@@ -56,6 +56,15 @@ class _Task:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _single_tiles(staged: Staged) -> list[Staged]:
+    """One :class:`Staged` per tile of ``staged`` (payload items are paths, or inline dicts with a ``name``)."""
+    out = []
+    for item in staged.payload:
+        key = item["name"] if isinstance(item, dict) else item
+        out.append(Staged({key: staged.tiles[key]}, [item]))
+    return out
 
 
 def record_from_result(result: TileRecord, tile: Tile, transport: str, roundtrip_ms: float) -> TileRecord:
@@ -196,6 +205,7 @@ class Pipeline:
     released_tiles: int = 0
     _streams: list[Iterator[Staged | None]] = field(default_factory=list)
     _futures: dict[cf.Future, _Task] = field(default_factory=dict)
+    _quarantine: list[tuple[Staged, int]] = field(default_factory=list)
     _local: dict[str, Tile] = field(default_factory=dict)
     _warned_no_contrast: bool = False
 
@@ -210,7 +220,7 @@ class Pipeline:
     @property
     def busy(self) -> bool:
         """True while tiles are queued, moving or being scored."""
-        return bool(self._streams or self._futures)
+        return bool(self._streams or self._futures or self._quarantine)
 
     @property
     def inflight(self) -> int:
@@ -229,7 +239,9 @@ class Pipeline:
         on its transport (a Transfer in progress), waits at most the
         transport's ``poll`` seconds.
         """
-        if self._stage():
+        if self._quarantine:
+            self._release_quarantine()
+        elif self._stage():
             timeout = min(timeout, self.transport.poll)
             if not self._futures:
                 time.sleep(timeout)
@@ -269,7 +281,8 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         while self._futures and time.monotonic() < deadline:
             self.collect(max(0.0, deadline - time.monotonic()))
-        self.abandoned_tiles = self.inflight_tiles
+        self.abandoned_tiles = self.inflight_tiles + sum(len(staged.tiles) for staged, _ in self._quarantine)
+        self._quarantine.clear()
         for fut in list(self._futures):
             fut.cancel()
         self._futures.clear()
@@ -300,6 +313,14 @@ class Pipeline:
             waiting = 0
             self._submit(staged)
         return bool(self._streams) and waiting >= len(self._streams)
+
+    def _release_quarantine(self) -> None:
+        """Tiles of tasks whose worker died are scored one at a time with nothing else in flight: a tile that
+        kills its worker (a decoder's crash, memory) then fails alone instead of breaking the pool under the
+        tasks beside it, which would fail with it on every retry."""
+        if not self._futures:
+            staged, attempt = self._quarantine.pop(0)
+            self._submit(staged, attempt)
 
     def _submit(self, staged: Staged, attempt: int = 1) -> None:
         if staged.failed:
@@ -383,7 +404,10 @@ class Pipeline:
         log.debug("task of %d tile(s), attempt %d: %s\n%s", n, task.attempt, why, getattr(exc, "details", ""), exc_info=exc)
         if again and task.attempt <= self.retries:
             log.warning("%s; submitting its %d tile(s) again (attempt %d of %d)", why, n, task.attempt + 1, self.retries + 1)
-            self._submit(Staged(task.staged.tiles, task.staged.payload), task.attempt + 1)
+            if isinstance(exc, WorkerLost):  # one of these tiles may be what killed it: each alone, nothing beside it
+                self._quarantine += [(one, task.attempt + 1) for one in _single_tiles(task.staged)]
+            else:
+                self._submit(Staged(task.staged.tiles, task.staged.payload), task.attempt + 1)
             return
         tries = f" (after {task.attempt} attempts)" if task.attempt > 1 else ""
         self._fail(task.staged, f"{why}{tries}" + ("; retried on the next run" if again else ""))

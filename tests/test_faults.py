@@ -46,7 +46,7 @@ from conftest import isbi_paths
 from globus_offline import LoopbackResultWatcher, OfflineCompute
 from mhd.client import cli
 from mhd.client.discover import discover
-from mhd.client.executors import EngineExecutor, GlobusExecutor, LocalExecutor
+from mhd.client.executors import EngineExecutor, GlobusExecutor, LocalExecutor, WorkerLost
 from mhd.client.pipeline import Pipeline
 from mhd.client.registration import register_score_tiles
 from mhd.client.results import ResultsLog, ResultsWriteError
@@ -190,7 +190,7 @@ def test_a_worker_lost_on_every_attempt_fails_its_tiles_after_the_retries_then_t
     for rec in seen:
         assert rec.verdict == "error"
         assert rec.error == f"{rec.tile}: worker process lost (killed or crashed) while scoring (after 2 attempts); retried on the next run"
-    assert restarts == 1 and elapsed < 60  # one resubmission, then it gave up: bounded
+    assert restarts == 2 and elapsed < 60  # each tile resubmitted alone once (a lost worker's tiles), then given up: bounded
     assert entry["error"] is None and entry["features"] > 0  # a fresh engine once the killing stops
 
 
@@ -660,3 +660,50 @@ def test_disk_full_mid_run_stops_clearly_and_loses_no_recorded_verdict(how, tmp_
     assert f"{len(before)} already recorded, {16 - len(before)} to score" in again.output
     after = records(section)
     assert len(after) == 16 and after[: len(before)] == before
+
+
+class CrashingPool:
+    """Like a process pool: a task holding a poison tile kills its worker, and every task in flight fails with it."""
+
+    name = "pool"
+
+    def __init__(self):
+        self.live: list = []
+        self.lock = threading.Lock()
+
+    def submit(self, tiles, params=None):
+        fut = cf.Future()
+        fut.set_running_or_notify_cancel()
+        with self.lock:
+            self.live.append((tiles, fut))
+        threading.Timer(0.05, self.finish).start()
+        return fut
+
+    def finish(self):
+        with self.lock:
+            live, self.live = self.live, []
+        crash = any("poison.png" in tiles for tiles, _ in live)
+        for tiles, fut in live:
+            if crash:
+                fut.set_exception(WorkerLost("worker lost", "BrokenProcessPool"))
+            else:
+                fut.set_result([{"tile": t, "features": 5, "density": 50.0, "blur": 1.0, "error": None, "contrast": 50.0} for t in tiles])
+
+
+def test_a_tile_that_kills_its_worker_fails_alone(tmp_path):
+    """The tiles in flight beside it were recorded as errors 'after 3 attempts': after a lost worker each tile of the
+    lost tasks is tried alone, with nothing else in flight."""
+    from mhd.client.discover import Tile
+    from mhd.client.transport import DiskTransport
+
+    names = ["poison.png", "innocent.png", "bystander.png", "other.png"]
+    tiles = []
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+        tiles.append(Tile(name, tmp_path / name, 1, 0))
+    with ResultsLog(tmp_path) as results:
+        Pipeline(CrashingPool(), DiskTransport(2, tmp_path), Judge(Rule(warmup=1)), results, None, task_timeout=30).run(tiles)
+        verdicts = {t: r.verdict for t, r in results.records.items()}
+        reason = results.records["poison.png"].reason
+    assert verdicts["poison.png"] == "error" and "after 3 attempts" in reason
+    assert all(verdicts[n] != "error" for n in names[1:]), verdicts
