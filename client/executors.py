@@ -362,14 +362,14 @@ class EngineExecutor:
                 raise RuntimeError(f"{type(self).__name__} is shut down; no new tasks may be submitted")
             engine = self._ready_engine()
             self._pending.add(inner)
-            inner.add_done_callback(self._resolved)
+            inner.add_done_callback(self._pending.discard)  # no lock: it may run inside engine.submit, under ours
             inner.add_done_callback(_relay(out, lambda body: self._unpack(body, engine)))
-            engine.submit(inner, packed, resource_specification={}, result_serializers=list(RESULT_SERIALIZERS))
+            try:
+                engine.submit(inner, packed, resource_specification={}, result_serializers=list(RESULT_SERIALIZERS))
+            except BaseException:
+                self._pending.discard(inner)
+                raise
         return out
-
-    def _resolved(self, inner: Any) -> None:
-        with self._lock:
-            self._pending.discard(inner)
 
     def _ready_engine(self) -> Any:
         """The engine to submit to (called with the lock held)."""
@@ -399,9 +399,7 @@ class EngineExecutor:
         return self
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        with self._lock:
-            given_up = bool(self._pending)  # a task the pipeline stopped waiting for (task_timeout) may never end
-        if given_up:
+        if self._pending:  # a task the pipeline stopped waiting for (task_timeout) may never end
             self.abort()
         else:
             self.shutdown(wait=True, cancel_futures=exc_type is not None)
@@ -616,6 +614,7 @@ class GlobusExecutor:
         self._lock = threading.Lock()
         self._closed = False
         self._pending: set[Future] = set()  # the SDK's futures not resolved yet
+        self._made: list[Any] = []  # every SDK executor made (a retired one's results may still be awaited)
         self.executors_made = 0
 
     def _default_executor(self) -> Any:
@@ -633,6 +632,7 @@ class GlobusExecutor:
     def _current_executor(self) -> Any:
         if self._executor is None:
             self._executor = self._factory()
+            self._made.append(self._executor)
             self.executors_made += 1
         return self._executor
 
@@ -699,8 +699,9 @@ class GlobusExecutor:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=wait, cancel_futures=cancel_futures)
-            if cancel_futures:
-                _drop_result_watcher(executor)
+        if cancel_futures:
+            for made in self._made:  # their task groups are known once they have submitted
+                _drop_result_watcher(getattr(made, "task_group_id", None))
 
     def abort(self) -> None:
         """Stop now, after Ctrl-C: tasks not yet sent are dropped; results of
@@ -718,8 +719,8 @@ class GlobusExecutor:
         self.shutdown(wait=not stop, cancel_futures=stop)
 
 
-def _drop_result_watcher(executor: Any) -> None:
-    """Shut down the SDK's result watcher of ``executor``'s task group, cancelling the futures it holds.
+def _drop_result_watcher(group: Any) -> None:
+    """Shut down the SDK's result watcher of a task group, cancelling the futures it holds.
 
     ``Executor.shutdown(cancel_futures=True)`` cancels only tasks not yet
     sent; the watcher (``globus_compute_sdk.sdk.executor._RESULT_WATCHERS``,
@@ -729,8 +730,8 @@ def _drop_result_watcher(executor: Any) -> None:
     try:
         from globus_compute_sdk.sdk.executor import _RESULT_WATCHERS
 
-        watcher = _RESULT_WATCHERS.get(executor.task_group_id)
-    except (ImportError, AttributeError):  # another SDK layout: nothing to drop here
+        watcher = _RESULT_WATCHERS.get(group)
+    except ImportError:  # another SDK layout: nothing to drop here
         return
     if watcher is not None:
         watcher.shutdown(wait=False, cancel_futures=True)

@@ -52,6 +52,7 @@ class _Task:
     staged: Staged
     t0: float
     attempt: int = 1
+    alone: bool = False  # a lost worker's tile, tried with nothing else in flight
 
 
 def _now() -> str:
@@ -229,8 +230,8 @@ class Pipeline:
 
     @property
     def inflight_tiles(self) -> int:
-        """Tiles of the scoring tasks outstanding."""
-        return sum(len(task.staged.tiles) for task in self._futures.values())
+        """Tiles of the scoring tasks outstanding (those of a lost worker waiting to be tried alone included)."""
+        return sum(len(task.staged.tiles) for task in self._futures.values()) + sum(len(s.tiles) for s, _ in self._quarantine)
 
     def pump(self, timeout: float) -> None:
         """Submit what is ready, then collect results for up to ``timeout`` seconds.
@@ -239,7 +240,7 @@ class Pipeline:
         on its transport (a Transfer in progress), waits at most the
         transport's ``poll`` seconds.
         """
-        if self._quarantine:
+        if self._quarantine or any(task.alone for task in self._futures.values()):
             self._release_quarantine()
         elif self._stage():
             timeout = min(timeout, self.transport.poll)
@@ -281,7 +282,7 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         while self._futures and time.monotonic() < deadline:
             self.collect(max(0.0, deadline - time.monotonic()))
-        self.abandoned_tiles = self.inflight_tiles + sum(len(staged.tiles) for staged, _ in self._quarantine)
+        self.abandoned_tiles = self.inflight_tiles
         self._quarantine.clear()
         for fut in list(self._futures):
             fut.cancel()
@@ -318,11 +319,11 @@ class Pipeline:
         """Tiles of tasks whose worker died are scored one at a time with nothing else in flight: a tile that
         kills its worker (a decoder's crash, memory) then fails alone instead of breaking the pool under the
         tasks beside it, which would fail with it on every retry."""
-        if not self._futures:
+        if self._quarantine and not self._futures:
             staged, attempt = self._quarantine.pop(0)
-            self._submit(staged, attempt)
+            self._submit(staged, attempt, alone=True)
 
-    def _submit(self, staged: Staged, attempt: int = 1) -> None:
+    def _submit(self, staged: Staged, attempt: int = 1, alone: bool = False) -> None:
         if staged.failed:
             self._judged(staged.failed)
         if not staged.payload:
@@ -333,7 +334,7 @@ class Pipeline:
             log.debug("submission of %d tile(s) failed", len(staged.tiles), exc_info=exc)
             self._fail(staged, f"submission failed: {_short(exc)}")
             return
-        self._futures[fut] = _Task(staged, time.perf_counter(), attempt)
+        self._futures[fut] = _Task(staged, time.perf_counter(), attempt, alone)
 
     def collect(self, timeout: float) -> None:
         """Record the tasks that complete within ``timeout`` seconds."""

@@ -196,17 +196,22 @@ class ResultsLog:
         except BlockingIOError:
             self._lock.close()
             raise SectionLocked(f"{self.path}: another client is writing this section") from None
-        self._fh = self.path.open("ab+", buffering=0)  # unbuffered: a failed write leaves nothing pending
-        if fresh and self.path.stat().st_size:
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            backup, n = self.path.with_name(f"{RESULTS_NAME}.{stamp}.bak"), 1
-            while backup.exists():  # two fresh starts within a second keep both logs
-                backup, n = self.path.with_name(f"{RESULTS_NAME}.{stamp}-{n}.bak"), n + 1
-            os.replace(self.path, backup)
-            self._reopen()
-            log.info("previous results kept in %s", backup)
-        self._cut_torn_tail()
-        full, self._lines = read_records(self.path)
+        try:
+            self._fh = self.path.open("ab+", buffering=0)  # unbuffered: a failed write leaves nothing pending
+            if fresh and self.path.stat().st_size:
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                backup, n = self.path.with_name(f"{RESULTS_NAME}.{stamp}.bak"), 1
+                while backup.exists():  # two fresh starts within a second keep both logs
+                    backup, n = self.path.with_name(f"{RESULTS_NAME}.{stamp}-{n}.bak"), n + 1
+                os.replace(self.path, backup)
+                self._fh.close()
+                self._reopen()
+                log.info("previous results kept in %s", backup)
+            self._cut_torn_tail()
+            full, self._lines = read_records(self.path)
+        except BaseException:
+            self.close()  # the lock is not kept by a log that failed to open
+            raise
         self.records = {tile: rec.brief() for tile, rec in full.items()}
 
     # ------------------------------------------------------------ lifecycle
@@ -219,8 +224,9 @@ class ResultsLog:
 
     def close(self) -> None:
         """Close the log and release the lock."""
-        if not self._fh.closed:
-            self._fh.close()
+        fh = getattr(self, "_fh", None)
+        if fh is not None and not fh.closed:
+            fh.close()
         if not self._lock.closed:
             self._lock.close()
 

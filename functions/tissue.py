@@ -81,8 +81,9 @@ def contrast_to_noise(image: Any, grid: tuple[int, int] = DEFAULTS["grid"]) -> T
     sigma = estimate_noise(img, backend="numpy")
     if raw.dtype.kind in "uib":
         sigma = max(sigma, MIN_NOISE)  # integer grey levels: at least their rounding noise
-    else:  # floats of any scale: at least a float32's rounding at the tile's magnitude
-        sigma = max(sigma, float(np.max(np.abs(img))) * np.finfo(np.float32).eps / np.sqrt(12), np.finfo(np.float64).tiny)
+    else:  # floats of any scale: at least their own rounding at the tile's magnitude
+        eps = np.finfo(raw.dtype if raw.dtype.kind == "f" else np.float64).eps  # the tile's own float type
+        sigma = max(sigma, float(np.max(np.abs(img))) * eps / np.sqrt(12), np.finfo(np.float64).tiny)
     # the tile: blocks of f x f pixels, a ~COARSE_SIDE image; the cells: the same blocks, or smaller ones where
     # a fine grid would leave fewer than CELL_SIDE of them across a cell
     f = max(1, min(img.shape) // COARSE_SIDE)
@@ -108,5 +109,6 @@ def _detrended_std(region: np.ndarray) -> float:
     """Standard deviation of ``region`` after removing its least-squares plane."""
     yy, xx = np.mgrid[: region.shape[0], : region.shape[1]]
     a = np.column_stack([np.ones(region.size), yy.ravel(), xx.ravel()])
-    coef, *_ = np.linalg.lstsq(a, region.ravel(), rcond=None)
-    return float(np.std(region.ravel() - a @ coef))
+    values = region.ravel() - region.mean()  # centred first: an offset of 1e10 does not swamp the fit's rounding
+    coef, *_ = np.linalg.lstsq(a, values, rcond=None)
+    return float(np.std(values - a @ coef))

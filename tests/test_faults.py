@@ -670,19 +670,22 @@ class CrashingPool:
     def __init__(self):
         self.live: list = []
         self.lock = threading.Lock()
+        self.crashes: list[list[str]] = []  # the tiles of the tasks each crash took down
 
     def submit(self, tiles, params=None):
         fut = cf.Future()
         fut.set_running_or_notify_cancel()
         with self.lock:
             self.live.append((tiles, fut))
-        threading.Timer(0.05, self.finish).start()
+        threading.Timer(0.8 if "poison.png" in tiles else 0.05, self.finish).start()  # it dies after the pipeline's tick
         return fut
 
     def finish(self):
         with self.lock:
             live, self.live = self.live, []
         crash = any("poison.png" in tiles for tiles, _ in live)
+        if crash:
+            self.crashes.append(sorted(t for tiles, _ in live for t in tiles))
         for tiles, fut in live:
             if crash:
                 fut.set_exception(WorkerLost("worker lost", "BrokenProcessPool"))
@@ -696,14 +699,16 @@ def test_a_tile_that_kills_its_worker_fails_alone(tmp_path):
     from mhd.client.discover import Tile
     from mhd.client.transport import DiskTransport
 
-    names = ["poison.png", "innocent.png", "bystander.png", "other.png"]
+    names = ["innocent.png", "bystander.png", "other.png", "poison.png"] + [f"later_{i}.png" for i in range(4)]  # poison tried last
     tiles = []
     for name in names:
         (tmp_path / name).write_bytes(b"x")
         tiles.append(Tile(name, tmp_path / name, 1, 0))
     with ResultsLog(tmp_path) as results:
-        Pipeline(CrashingPool(), DiskTransport(2, tmp_path), Judge(Rule(warmup=1)), results, None, task_timeout=30).run(tiles)
+        pool = CrashingPool()
+        Pipeline(pool, DiskTransport(2, tmp_path), Judge(Rule(warmup=1)), results, None, max_inflight=2, task_timeout=30).run(tiles)
         verdicts = {t: r.verdict for t, r in results.records.items()}
         reason = results.records["poison.png"].reason
     assert verdicts["poison.png"] == "error" and "after 3 attempts" in reason
-    assert all(verdicts[n] != "error" for n in names[1:]), verdicts
+    assert len(verdicts) == len(names) and all(verdicts[n] != "error" for n in names if n != "poison.png"), verdicts
+    assert pool.crashes[1:] == [["poison.png"]] * 2  # after the first crash it never had company, not even when tried last
