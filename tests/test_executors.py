@@ -223,3 +223,32 @@ def test_leaving_an_executor_with_tasks_given_up_does_not_wait_for_them(tmp_path
             Pipeline(executor, InlineTransport(1), Judge(Rule(warmup=1)), results, None, task_timeout=0.3).run(discover(tmp_path).tiles)
         assert "no result within" in results.records["a.png"].error
     assert engine.shutdowns == [False]  # abort(): block=False; it was shutdown(block=True), waiting for ever
+
+
+class AnswersInsideSubmit:
+    """A broken process pool fails a new task at once, inside ``submit``."""
+
+    def submit(self, future, packed, resource_specification, result_serializers):
+        future.set_exception(RuntimeError("BrokenProcessPool: a child process terminated abruptly"))
+
+    def shutdown(self, block=False):
+        pass
+
+
+def test_a_task_failed_inside_submit_does_not_deadlock_the_executor():
+    import threading
+
+    from mhd.client.executors import EngineExecutor
+
+    outcome = []
+
+    def run():
+        with EngineExecutor(AnswersInsideSubmit()) as executor:
+            fut = executor.submit([{"name": "a.png", "data": b"x"}])
+            outcome.append(fut.exception(timeout=5))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "submit deadlocked on its own lock"
+    assert outcome and outcome[0] is not None
