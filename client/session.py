@@ -134,9 +134,7 @@ def max_inflight(kind: str, workers: int) -> int:
     return 32 if kind == "globus" else max(4, 2 * workers)
 
 
-def open_executor(
-    cfg: Config, kind: str, data_root: Path | None = None, compute_client: Callable[[], Any] | None = None, *, inline: bool = False
-) -> Any:
+def open_executor(cfg: Config, kind: str, data_root: Path | None = None, compute_client: Callable[[], Any] | None = None) -> Any:
     """Start the executor (a context manager with ``submit`` and ``name``).
 
     Parameters
@@ -149,11 +147,6 @@ def open_executor(
     compute_client : callable, optional
         Returns an authenticated ``globus_compute_sdk.Client`` (only called
         for ``globus``).
-    inline : bool
-        Tasks carry their tiles (inline transport): the Globus executor then
-        sends one task per request, since each may take most of the service's
-        10 MB request limit (the SDK otherwise packs up to 128 queued tasks
-        into one request).
 
     Raises
     ------
@@ -168,7 +161,7 @@ def open_executor(
     check_executor(cfg, kind)
     if compute_client is None:
         raise ValueError("the globus executor needs a Globus Compute client")
-    return executors.GlobusExecutor(cfg["endpoint"], cfg["function"], compute_client(), batch_size=1 if inline else 128)
+    return executors.GlobusExecutor(cfg["endpoint"], cfg["function"], compute_client())
 
 
 def make_transport(
@@ -379,8 +372,7 @@ class RunSession:
         if self.transport is None:
             raise RuntimeError("use_transport() first")
         judge = Judge(self.rule, prior=self.results.records.values())
-        root, inline = local_data_root(self.kind, self.transport), isinstance(self.transport, InlineTransport)
-        with open_executor(self.cfg, self.kind, root, self._compute_client, inline=inline) as executor:
+        with open_executor(self.cfg, self.kind, local_data_root(self.kind, self.transport), self._compute_client) as executor:
             pipe = Pipeline(
                 executor,
                 self.transport,

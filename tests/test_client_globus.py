@@ -170,19 +170,3 @@ def test_globus_transport_needs_its_collections_and_the_globus_backend(section):
         run_section(section, cfg, Console(file=io.StringIO()), rule=Rule())
     with pytest.raises(ValueError, match="which the local engine does not see: use --transport auto"):
         run_section(section, load().override(transport="globus"), Console(file=io.StringIO()), rule=Rule())
-
-
-def test_inline_tasks_go_one_per_request(section):
-    """Each inline task may take most of the service's 10 MB request limit: the SDK must not pack several into one request
-    (it packs up to 128 queued tasks; four 5.9 MB tiles went as one 31.5 MB request)."""
-    from mhd.client.registration import register_score_tiles
-    from mhd.client.session import open_executor
-
-    with OfflineCompute(workers=1) as cloud:
-        cfg = load().override(endpoint=cloud.endpoint_id, function=register_score_tiles(cloud.client()))
-        tile = {"name": "tile_r0_c0.png", "data": (section / "tile_r0_c0.png").read_bytes()}
-        with open_executor(cfg, "globus", compute_client=cloud.client, inline=True) as executor:
-            futures = [executor.submit([tile]) for _ in range(6)]
-            assert all(f.result(timeout=60)[0]["error"] is None for f in futures)
-        per_request = [sum(len(v) for v in body["tasks"].values()) for body in cloud.submissions]
-    assert sum(per_request) == 6 and set(per_request) == {1}
