@@ -40,7 +40,26 @@ def test_real_scan_noise_adds_no_features(kriss):
 
 def test_blur_of_two_scans_of_one_field_agrees(kriss):
     ok = [abs(f.blur - s.blur) <= 0.3 + 0.15 * max(f.blur, s.blur) for f, s in kriss]
-    assert np.mean(ok) >= 0.75, [(round(f.blur, 2), round(s.blur, 2)) for f, s in kriss]
+    assert np.mean(ok) >= 0.9, [(round(f.blur, 2), round(s.blur, 2)) for f, s in kriss]
+
+
+def test_scan_noise_does_not_read_as_blur_on_real_slow_scans():
+    """Noise cannot blur the signal: real slow scans with synthetic noise at the fast scans' level and correlation
+    (rows independent, lag-1 0.55 along x, 6.5 % of the range, as ``bench/sem_focus.py bias``) keep their blur within
+    0.3 px + 15 %, and move by less than 0.2 px (median). With the fit's per-level noise uncertainty at 5 % instead of
+    2 % the median move was 0.26 px on these eight scans (0.17 now), and 0.33 / 0.29 px over all 50 + 50 (0.24 / 0.12
+    now): most of the real fast scans' 0.3 px offset from their slow scans."""
+    rng = np.random.default_rng(0)
+    moved = []
+    for _, slow in _pairs("time", "fast_100ns", "slow_30us")[:4] + _pairs("line", "single_line", "integrated_50x")[:4]:
+        lo, hi = np.percentile(slow, [0.1, 99.9])
+        noise = scipy.signal.lfilter([0.45], [1, -0.55], rng.standard_normal((slow.shape[0], slow.shape[1] + 20)), axis=1)[:, 20:]
+        noisy = np.clip(np.round(slow + noise * 0.065 * (hi - lo) / noise.std()), 0, 255).astype(np.uint8)
+        clean, d = detect(slow, backend="numpy"), detect(noisy, backend="numpy")
+        assert d.count <= clean.count  # noise only hides features
+        moved.append((clean.blur, d.blur))
+    ok = [abs(b - a) <= 0.3 + 0.15 * max(a, b) for a, b in moved]
+    assert np.mean(ok) >= 0.9 and np.median([b - a for a, b in moved]) < 0.2, np.round(moved, 2).tolist()
 
 
 def test_blurred_slow_scans_have_more_blur_than_every_in_focus_scan(kriss):
