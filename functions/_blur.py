@@ -61,9 +61,9 @@ NOISE_REL_ERR = 0.02
 SIGNIFICANCE = 2.0
 #: Relative uncertainty of the noise model's overall scale, common to all levels. With it, ``blur_err``
 #: bounds the scatter of ``blur`` between noise realizations of one field (a sem-kriss slow scan re-scanned
-#: by ``simulate.sem_scan`` at 20 e/px through a 2 px disk: ``blur_err`` 0.108 px; most realizations fall
-#: in one mode of the fit, 0.01-0.02 px apart, about one in ten in a second mode 0.16 px away, so the
-#: standard deviation over 16 was 0.012-0.075 px; the statistical term alone: 0.025).
+#: by ``simulate.sem_scan`` at 20 e/px through a 2 px disk: ``blur_err`` 0.113 px; the realizations fall in two
+#: modes of the fit 0.16 px apart, about half in each, each 0.01-0.03 px wide, so the standard deviation over 16
+#: was 0.082-0.088 px for four sets of seeds; with a 5 % per-level uncertainty one in ten took the second mode).
 NOISE_SCALE_ERR = 0.03
 
 

@@ -210,9 +210,9 @@ def test_blur_calibration_recovers_a_known_law_and_judges_by_it():
 def test_blur_err_covers_the_scatter_between_noise_realizations():
     """One real field re-scanned with independent shot noise: ``blur_err`` never understates the spread of ``blur``.
 
-    It overstates it: on this field (disk radius 2 px, dose 20) most realizations fall in one mode of the
-    fit, 0.01-0.02 px apart, and about one in ten in a second mode 0.16 px lower; over 16 realizations the
-    standard deviation was 0.012-0.075 px for four sets of seeds, against ``blur_err`` 0.108. So ``blur_err``
+    It overstates it: on this field (disk radius 2 px, dose 20) the realizations fall in two modes of the fit
+    0.16 px apart, about half in each; over 16 realizations the standard deviation was 0.082-0.088 px for four sets
+    of seeds, against ``blur_err`` 0.113. So ``blur_err``
     is an upper bound that covers the mode jumps, not the standard deviation within a mode.
     """
     _, slow = _pairs("time", "fast_100ns", "slow_30us")[0]
@@ -220,7 +220,7 @@ def test_blur_err_covers_the_scatter_between_noise_realizations():
     blur = np.array([d.blur for d in dets])
     err = np.median([d.blur_err for d in dets])
     assert np.std(blur, ddof=1) < 1.5 * err, (blur, err)
-    assert np.all(np.abs(blur - np.median(blur)) < 2.5 * err), (blur, err)  # a mode jump is 1.5 err
+    assert np.all(np.abs(blur - np.median(blur)) < 2.5 * err), (blur, err)  # a mode jump is 1.4 err
     assert err < 0.2  # px: still small against the blur differences verdicts are made on (0.5 px and more)
 
 
