@@ -691,7 +691,7 @@ def detect(
         and ``polarity``) were chosen by measurement: on real fast and slow SEM
         scans of the same fields (``bench/sem_focus.py pairs``) and on
         simulated through-focus series of the ISBI slices at mixed dose and
-        gain (``bench/focus_measures.py``).
+        gain (``bench/focus_measures.py``, ``bench/sem_focus.py sim``).
     backend : {"auto", "numpy", "cupy", "cupy:N"}, Backend, or a sequence of them
         Where to compute; ``"auto"`` uses a CUDA GPU when one is present. A
         sequence (e.g. ``["cupy:0", "cupy:1"]``) deals the blocks of an image

@@ -144,7 +144,7 @@ PARAMS: dict[str, Param] = {
         Param("n_bin", "int", 16, "DoG levels (scales) from min_t to max_t", lo=2, hi=64, cli=True),
         Param("min_t", "float", 1.0, "smallest Gaussian scale t", "px", lo=0.1, hi=64, cli=True),
         Param("max_t", "float", 8.0, "largest Gaussian scale t (above min_t)", "px", lo=0.1, hi=64, cli=True),
-        Param("threshold", "float", 0.10, "response threshold of a feature (normalised units)", lo=0, hi=1000, cli=True),
+        Param("threshold", "float", 0.05, "response threshold of a feature (normalised units)", lo=0, hi=1000, cli=True),
         Param(
             "noise_k",
             "float",
