@@ -34,7 +34,7 @@ import numpy as np
 
 from .discover import discover, match_names
 from .score import score_file
-from .verdicts import DENSITY_FLOOR, Calibration
+from .verdicts import DENSITY_FLOOR, Calibration, fitted_params
 
 __all__ = ["DEFAULT_PATTERN", "Fit", "defocus_table", "fit", "fit_blur", "plot_fit", "score_series", "threshold_density"]
 
@@ -175,7 +175,7 @@ def fit(
         raise ValueError(f"density does not fall with |defocus| (slope {slope:.3g} per {units}): is this a through-focus series?")
     if max_defocus is None:
         max_defocus = float(np.min(ad[ad > 0]))
-    cal = Calibration(float(intercept), float(slope), r, int(ad.size), units, float(max_defocus), dict(params or {}), source)
+    cal = Calibration(float(intercept), float(slope), r, int(ad.size), units, float(max_defocus), fitted_params(params), source)
     return Fit(files, defocus, density, cal)
 
 
@@ -215,7 +215,7 @@ def fit_blur(
         raise ValueError(f"blur does not grow with |defocus| (slope {slope:.3g} px^2 per {units}^2): is this a through-focus series?")
     if max_defocus is None:
         max_defocus = float(np.min(ad[ad > 0]))
-    cal = Calibration(float(intercept), float(slope), r, int(ad.size), units, float(max_defocus), dict(params or {}), source, "blur")
+    cal = Calibration(float(intercept), float(slope), r, int(ad.size), units, float(max_defocus), fitted_params(params), source, "blur")
     return Fit(files, defocus, np.asarray(blur, float), cal)
 
 

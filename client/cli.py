@@ -371,13 +371,38 @@ def _run_options(fn: Callable) -> Callable:
     return fn
 
 
-def _rule(cfg: config_mod.Config, no_calibration: bool):
+def _rule(cfg: config_mod.Config, no_calibration: bool, params: dict | None = None, console: Any = None):
+    """The verdict rule; with ``params`` (the run's explicit detector parameters) a stored calibration must hold for them.
+
+    Raises ``click.ClickException`` when the calibration was fitted with other detector parameters (its law does
+    not hold for these tiles); a count calibration that does not record them all gets a warning on ``console``.
+    """
+    from rich.markup import escape
+
+    from .console import printable
     from .verdicts import rule_from_config
 
     try:
-        return rule_from_config(cfg, use_calibration=not no_calibration)
+        rule = rule_from_config(cfg, use_calibration=not no_calibration)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    cal = rule.calibration
+    if cal is not None and console is not None:
+        where = printable(str(cfg.calibration_path))
+        differ = cal.mismatch(params)
+        if differ:
+            raise click.ClickException(
+                f"{where} was fitted with other detector parameters: {', '.join(differ)}. Score with the same options, "
+                "run 'client calibrate' again, or pass --no-calibration"
+            )
+        if cal.measure == "count" and cal.unrecorded():
+            console.print(
+                f"[yellow]{escape(where)} does not record the detector parameters its count law was fitted with "
+                f"({', '.join(cal.unrecorded())}; written by an earlier version): if they were other than this run's "
+                "(the default threshold was 0.10, now 0.05), run 'client calibrate' again[/]",
+                highlight=False,
+            )
+    return rule
 
 
 def _transfer_client(collection_ids: list[str]) -> Any:
@@ -475,7 +500,7 @@ def submit(
     section = _section(directory)
     cfg = _load_config(executor=executor or old_backend, transport=transport, workers=workers, batch=batch, results=results)
     console = _console()
-    rule = _rule(cfg, no_calibration)
+    rule = _rule(cfg, no_calibration, params, console)
     folder = _results_folder(section, cfg)
     with Interrupt() as interrupt:
         outcome = _interruptible(
@@ -702,7 +727,7 @@ def watch(
     section = _section(directory)
     cfg = _load_config(executor=executor or old_backend, transport=transport, workers=workers, batch=batch, results=results)
     console = _console()
-    rule = _rule(cfg, no_calibration)
+    rule = _rule(cfg, no_calibration, params, console)
     folder = _results_folder(section, cfg)
     with Interrupt() as interrupt:
         outcome = _interruptible(

@@ -84,16 +84,39 @@ from typing import Any, Iterable
 import numpy as np
 
 from mhd.functions.worker.record import VERDICTS, TileRecord, finite
+from mhd.params import DEFAULTS
 
 from .rule import FOCUS_MEASURES, Rule, thresholds
 
-__all__ = ["Baseline", "Calibration", "Judge", "Rule", "VERDICTS", "describe", "exit_status", "focus_map", "rule_from_config"]
+__all__ = [
+    "Baseline",
+    "Calibration",
+    "Judge",
+    "Rule",
+    "VERDICTS",
+    "describe",
+    "exit_status",
+    "fitted_params",
+    "focus_map",
+    "rule_from_config",
+]
 
 #: Robust sigma of a normal distribution from its median absolute deviation.
 MAD_TO_SIGMA = 1.4826
 
 #: Densities are floored at this many features per megapixel before the log.
 DENSITY_FLOOR = 1.0
+#: Detector parameters that change neither a tile's count nor its blur (how it is split into blocks, the count grid).
+LAYOUT_PARAMS = ("block_size", "grid")
+
+
+def fitted_params(params: dict | None) -> dict:
+    """Every detector parameter that shapes the count and the blur, as a run with explicit ``params`` uses them.
+
+    What a calibration records: defaults change between versions (``threshold`` 0.10 -> 0.05), and a law fitted
+    under one set of parameters does not hold under another.
+    """
+    return {k: v for k, v in {**DEFAULTS, **(params or {})}.items() if k not in LAYOUT_PARAMS}
 
 
 @dataclass(frozen=True)
@@ -123,7 +146,8 @@ class Calibration:
     max_defocus : float
         Largest acceptable |defocus| (``units``).
     params : dict
-        Detector parameters the series was scored with.
+        Detector parameters the series was scored with (:func:`fitted_params`; files written by
+        earlier versions hold only those given on the command line).
     source : str
         The series folder.
     """
@@ -153,6 +177,16 @@ class Calibration:
         if self.measure == "blur":
             return math.sqrt(max(value * value - self.intercept, 0.0) / self.slope)
         return max(0.0, (value - self.intercept) / self.slope)
+
+    def mismatch(self, params: dict | None) -> list[str]:
+        """The recorded parameters that a run with explicit ``params`` (the rest default) scores differently:
+        ``"name=fitted (this run: value)"`` each; empty when the law holds for its tiles."""
+        run = fitted_params(params)
+        return [f"{k}={self.params[k]!r} (this run: {run[k]!r})" for k in run if k in self.params and self.params[k] != run[k]]
+
+    def unrecorded(self) -> list[str]:
+        """Parameters this calibration does not record (a file written before calibrations recorded them all)."""
+        return [k for k in fitted_params(None) if k not in self.params]
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON (folders created)."""

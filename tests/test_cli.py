@@ -271,6 +271,35 @@ def test_calibrate_fits_the_series_and_submit_rule_uses_it(tmp_path):
     assert rule_from_config(load(), use_calibration=False).calibration is None
 
 
+def test_a_calibration_holds_only_for_the_detector_parameters_it_was_fitted_with(tmp_path, monkeypatch):
+    """A count law fitted at one threshold does not hold at another: submit and watch refuse it, naming the
+    parameter, instead of judging by it; the same options pass. A file that does not record its parameters (an
+    earlier version's) is used with a warning."""
+    from mhd.client.verdicts import fitted_params
+
+    monkeypatch.setenv("MHD_WORKERS", "1")
+    series = tmp_path / "series"
+    shutil.copytree(SERIES, series, ignore=shutil.ignore_patterns("mhd-*"))
+    assert run("calibrate", "--dir", series, "--measure", "count", "--threshold", "0.1").exit_code == 0
+    store = tmp_path / "cfg" / "calibration.json"
+    cal = Calibration.load(store)
+    assert cal.params == {**fitted_params(None), "threshold": 0.1} and "block_size" not in cal.params
+    section = tmp_path / "section"
+    section.mkdir()
+    for tile in sorted(EXAMPLE.glob("*.png"))[:2]:
+        shutil.copy(tile, section / tile.name)
+    for command in ("submit", "watch"):
+        refused = run(command, "--dir", section, *(["--idle-exit", "1"] if command == "watch" else []))
+        assert refused.exit_code == 1 and "Traceback" not in refused.output, refused.output
+        assert "was fitted with other detector parameters: threshold=0.1 (this run: 0.05)" in refused.output
+        assert not (section / "mhd-results.jsonl").exists()  # refused before anything was scored
+    same = run("submit", "--dir", section, "--threshold", "0.1")
+    assert same.exit_code in (0, 2) and "fitted with other" not in same.output, same.output
+    store.write_text(json.dumps({**json.loads(store.read_text()), "params": {}}))  # as earlier versions wrote it
+    old = run("submit", "--dir", section)
+    assert old.exit_code in (0, 2) and "does not record the detector parameters" in old.output, old.output
+
+
 def test_calibrate_from_csv_and_its_errors(tmp_path):
     series = tmp_path / "series"
     series.mkdir()
