@@ -395,14 +395,26 @@ def _rule(cfg: config_mod.Config, no_calibration: bool, params: dict | None = No
                 f"{where} was fitted with other detector parameters: {', '.join(differ)}. Score with the same options, "
                 "run 'client calibrate' again, or pass --no-calibration"
             )
-        if cal.measure == "count" and cal.unrecorded():
+        unrecorded = cal.unrecorded()
+        if cal.measure == "count" and unrecorded:
+            changed = " (the default threshold was 0.10, now 0.05)" if "threshold" in unrecorded else ""
             console.print(
                 f"[yellow]{escape(where)} does not record the detector parameters its count law was fitted with "
-                f"({', '.join(cal.unrecorded())}; written by an earlier version): if they were other than this run's "
-                "(the default threshold was 0.10, now 0.05), run 'client calibrate' again[/]",
+                f"({', '.join(unrecorded)}; written by an earlier version): if they were other than this run's{changed}, "
+                "run 'client calibrate' again[/]",
                 highlight=False,
             )
     return rule
+
+
+def _scoring_params(rule: Any, params: dict | None) -> dict | None:
+    """What a run sends its workers: with a calibration, every parameter it was fitted with, so that a worker
+    whose defaults differ (an endpoint on another version) scores as the law expects; else the options given."""
+    if rule.calibration is None:
+        return params
+    from .verdicts import fitted_params
+
+    return fitted_params(params)
 
 
 def _transfer_client(collection_ids: list[str]) -> Any:
@@ -501,6 +513,7 @@ def submit(
     cfg = _load_config(executor=executor or old_backend, transport=transport, workers=workers, batch=batch, results=results)
     console = _console()
     rule = _rule(cfg, no_calibration, params, console)
+    params = _scoring_params(rule, params)
     folder = _results_folder(section, cfg)
     with Interrupt() as interrupt:
         outcome = _interruptible(
@@ -728,6 +741,7 @@ def watch(
     cfg = _load_config(executor=executor or old_backend, transport=transport, workers=workers, batch=batch, results=results)
     console = _console()
     rule = _rule(cfg, no_calibration, params, console)
+    params = _scoring_params(rule, params)
     folder = _results_folder(section, cfg)
     with Interrupt() as interrupt:
         outcome = _interruptible(

@@ -205,9 +205,12 @@ class Calibration:
             If the file is not a calibration or its slope is not negative.
         """
         try:
-            cal = cls(**json.loads(Path(path).read_text()))
-        except (json.JSONDecodeError, TypeError) as exc:
+            data = json.loads(Path(path).read_text())
+            cal = cls(**{**data, "params": data.get("params") or {}})
+        except (json.JSONDecodeError, TypeError, AttributeError) as exc:
             raise ValueError(f"{path}: not a calibration file ({exc})") from None
+        if not isinstance(cal.params, dict):
+            raise ValueError(f"{path}: params must be an object of detector parameters, got {cal.params!r}")
         if cal.measure not in FOCUS_MEASURES:
             raise ValueError(f"{path}: measure must be one of {', '.join(FOCUS_MEASURES)}, got {cal.measure!r}")
         if cal.measure == "count" and not cal.slope < 0:

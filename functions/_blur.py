@@ -54,8 +54,9 @@ ALPHA_GRID = np.round(np.arange(0.0, 4.0 + 1e-9, 0.125), 3)
 #: tiles at dose 20, nearly the same at every level (``bench/sem_focus.py thresholds``: within one tile the 16
 #: levels spread by 0.5-1.5 %, i.e. 1-3 % in variance; the common part is :data:`NOISE_SCALE_ERR`'s). A larger
 #: value mistrusts the noise-dominated fine levels of a noisy tile and lets the coarse levels' content set the
-#: blur: 0.05 read ~0.3 px more blur on real slow SEM scans once scan noise at the fast scans' level was added
-#: (``bench/sem_focus.py bias``: 0.33 px, 0.24 with 0.02), and so on the real fast scans against their slow scans.
+#: blur: 0.05 read ~0.35 px more blur on real slow SEM scans once scan noise at the fast scans' level was added
+#: (``bench/sem_focus.py bias``, median move over the ``time/`` and ``line/`` scans: +0.36 / +0.33 px with 0.05,
+#: +0.27 / +0.20 with 0.02), and so on the real fast scans against their slow scans.
 NOISE_REL_ERR = 0.02
 #: Signal energies must clear this many standard deviations.
 SIGNIFICANCE = 2.0

@@ -275,7 +275,6 @@ def test_a_calibration_holds_only_for_the_detector_parameters_it_was_fitted_with
     """A count law fitted at one threshold does not hold at another: submit and watch refuse it, naming the
     parameter, instead of judging by it; the same options pass. A file that does not record its parameters (an
     earlier version's) is used with a warning."""
-    from mhd.client.verdicts import fitted_params
 
     monkeypatch.setenv("MHD_WORKERS", "1")
     series = tmp_path / "series"
@@ -283,7 +282,8 @@ def test_a_calibration_holds_only_for_the_detector_parameters_it_was_fitted_with
     assert run("calibrate", "--dir", series, "--measure", "count", "--threshold", "0.1").exit_code == 0
     store = tmp_path / "cfg" / "calibration.json"
     cal = Calibration.load(store)
-    assert cal.params == {**fitted_params(None), "threshold": 0.1} and "block_size" not in cal.params
+    shaping = {"n_bin", "min_t", "max_t", "threshold", "noise_k", "noise_margin", "polarity", "tol", "saturation"}
+    assert set(cal.params) == shaping and cal.params["threshold"] == 0.1 and cal.params["n_bin"] == 16
     section = tmp_path / "section"
     section.mkdir()
     for tile in sorted(EXAMPLE.glob("*.png"))[:2]:
@@ -295,9 +295,28 @@ def test_a_calibration_holds_only_for_the_detector_parameters_it_was_fitted_with
         assert not (section / "mhd-results.jsonl").exists()  # refused before anything was scored
     same = run("submit", "--dir", section, "--threshold", "0.1")
     assert same.exit_code in (0, 2) and "fitted with other" not in same.output, same.output
+    records = [json.loads(line) for line in (section / "mhd-results.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r.get("error") is None and r["features"] > 0 for r in records)  # scored with all of them
     store.write_text(json.dumps({**json.loads(store.read_text()), "params": {}}))  # as earlier versions wrote it
     old = run("submit", "--dir", section)
     assert old.exit_code in (0, 2) and "does not record the detector parameters" in old.output, old.output
+    assert "the default threshold was 0.10, now 0.05" in old.output
+    store.write_text(json.dumps({**json.loads(store.read_text()), "params": None}))  # hand-edited
+    assert Calibration.load(store).params == {}
+    store.write_text(json.dumps({**json.loads(store.read_text()), "params": [0.1]}))
+    broken = run("submit", "--dir", section)
+    assert broken.exit_code == 1 and "params must be an object" in broken.output and "Traceback" not in broken.output
+
+
+def test_a_calibrated_run_sends_every_parameter_the_law_was_fitted_with():
+    """A worker with other defaults (an endpoint on another version) then scores as the law expects."""
+    from mhd.client.cli import _scoring_params
+    from mhd.client.verdicts import fitted_params
+
+    cal = Calibration(1.0, -0.5, -0.99, 9, "um", 1.0, fitted_params({"threshold": 0.1}))
+    assert _scoring_params(Rule(calibration=cal), {"threshold": 0.1}) == cal.params
+    assert _scoring_params(Rule(), {"threshold": 0.1}) == {"threshold": 0.1}  # no law: only the options given
+    assert _scoring_params(Rule(), None) is None
 
 
 def test_calibrate_from_csv_and_its_errors(tmp_path):

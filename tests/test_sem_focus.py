@@ -47,7 +47,7 @@ def test_scan_noise_does_not_read_as_blur_on_real_slow_scans():
     """Noise cannot blur the signal: real slow scans with synthetic noise at the fast scans' level and correlation
     (rows independent, lag-1 0.55 along x, 6.5 % of the range, as ``bench/sem_focus.py bias``) keep their blur within
     0.3 px + 15 %, and move by less than 0.25 px (median). With the fit's per-level noise uncertainty at 5 % instead of
-    2 % the median move was 0.31 px on these eight scans (0.20 now), and 0.35 / 0.32 px over all 50 + 50 (0.27 / 0.20
+    2 % the median move was 0.31 px on these eight scans (0.20 now), and 0.36 / 0.33 px over all 50 + 50 (0.27 / 0.20
     now): most of the real fast scans' 0.3 px offset from their slow scans."""
     rng = np.random.default_rng(0)
     moved = []

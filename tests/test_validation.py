@@ -80,8 +80,8 @@ def test_counts_fall_at_every_defocus_step(counts, dose):
 @pytest.mark.parametrize("dose", list(DOSES))
 def test_blur_rises_at_every_defocus_step(detections, blurs, dose):
     """Up to 4 px of added blur the blur rises at every step on every slice; from 4 to 5 px, where a dose-20 tile's
-    ``blur_err`` is 0.7-2.4 px (its fine levels hold only noise), it rises or falls by less than the two readings'
-    ``blur_err``. (Measured: clean, every step rises, the last by >= 3.4 combined ``blur_err``; at dose 20 the last
+    ``blur_err`` is 0.7-2.4 px (its fine levels hold only noise), it rises or falls by less than half the two
+    readings' combined ``blur_err``. (Measured: clean, every step rises, the last by >= 3.4 combined ``blur_err``; at dose 20 the last
     step's smallest rise was 0.04 ``blur_err`` with the fit's earlier 5 % per-level noise uncertainty, and three of
     30 slices fall by up to 0.27 of it with today's 2 %.)"""
     b = blurs[dose]
@@ -90,8 +90,8 @@ def test_blur_rises_at_every_defocus_step(detections, blurs, dose):
     assert (steps[:, :-1] > 0).all(), f"blur fell at (slice, step) {np.argwhere(steps[:, :-1] <= 0).tolist()}"
     err = np.array([[d.blur_err for d in row] for row in detections[dose]])
     combined = np.hypot(err[:, -2], err[:, -1])
-    assert (steps[:, -1] > -combined).all(), (
-        f"blur fell beyond its blur_err from 4 to 5 px on slices {np.nonzero(steps[:, -1] <= -combined)[0].tolist()}"
+    assert (steps[:, -1] > -0.5 * combined).all(), (
+        f"blur fell beyond half its blur_err from 4 to 5 px on slices {np.nonzero(steps[:, -1] <= -0.5 * combined)[0].tolist()}"
     )
 
 
