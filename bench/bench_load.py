@@ -76,6 +76,17 @@ def make_section(folder: Path, n: int, size: int = 64, distinct: int = 256) -> P
     return folder
 
 
+def _processes(children: list) -> list[psutil.Process]:
+    """psutil handles of child processes, leaving out any that exited since they were listed (a worker replaced)."""
+    procs = []
+    for child in children:
+        try:
+            procs.append(psutil.Process(child.pid))
+        except psutil.Error:
+            pass
+    return procs
+
+
 def _rss(procs: list[psutil.Process]) -> float:
     total = 0
     for p in procs:
@@ -109,7 +120,7 @@ class RssSampler(threading.Thread):
 
     def sample(self) -> Sample:
         recorded = self.results.read_bytes().count(b"\n") if self.results.exists() else 0
-        workers = [psutil.Process(p.pid) for p in multiprocessing.active_children()]
+        workers = _processes(multiprocessing.active_children())
         traced = tracemalloc.get_traced_memory()[0] / MB if tracemalloc.is_tracing() else float("nan")
         s = Sample(
             round(time.perf_counter() - self._t0, 2), recorded, round(self._me.memory_info().rss / MB, 1), round(_rss(workers), 1), traced

@@ -116,8 +116,13 @@ class _gone_ok:
 
 
 def pool_workers() -> list[psutil.Process]:
-    """The process-pool workers of this test process (LocalExecutor spawns them)."""
-    return [psutil.Process(p.pid) for p in multiprocessing.active_children()]
+    """The process-pool workers of this test process (LocalExecutor spawns them); one that exits while they are
+    listed is left out."""
+    procs = []
+    for child in multiprocessing.active_children():
+        with _gone_ok():
+            procs.append(psutil.Process(child.pid))
+    return procs
 
 
 def accounting_line(found: int, scored: int, failed: int, skipped: int) -> str:

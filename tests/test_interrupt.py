@@ -143,7 +143,12 @@ class Terminal:
 
     def left_behind(self) -> list[int]:
         """Worker processes still alive a moment after the client exited."""
-        procs = [psutil.Process(pid) for pid in self.workers if psutil.pid_exists(pid)]
+        procs = []
+        for pid in self.workers:
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:  # gone already: not left behind
+                pass
         _, alive = psutil.wait_procs(procs, timeout=5)
         for p in alive:
             p.kill()
