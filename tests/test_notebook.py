@@ -103,3 +103,23 @@ def test_notebook_picks_globus_mode_when_an_endpoint_and_function_are_configured
     text = _text(_execute(nb))
     assert "mode globus; section section_042" in text
     assert f"{ENDPOINT} {FUNCTION}" in text
+
+
+def test_notebook_scores_with_a_stored_calibrations_parameters_or_refuses_other_ones(kernel_env):
+    """Only the settings cell runs: a calibration holds for the detector parameters it was fitted with."""
+    from nbclient.exceptions import CellExecutionError
+
+    from mhd.client.verdicts import Calibration, fitted_params
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    first = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    nb.cells = nb.cells[: first + 1]
+    nb.cells.append(nbformat.v4.new_code_cell("print(sorted(PARAMS.items()))"))
+    store = kernel_env / "calibration.json"  # beside the (absent) configuration file
+    Calibration(0.5, 2.0, 0.99, 9, "um", 1.0, fitted_params(None), "series", "blur").save(store)
+    text = _text(_execute(nb))
+    assert str(sorted(fitted_params(None).items())) in text  # sent whole: an endpoint's defaults cannot differ
+    Calibration(0.5, 2.0, 0.99, 9, "um", 1.0, fitted_params({"threshold": 0.1}), "series", "blur").save(store)
+    nb.cells[-2].outputs, nb.cells[-1].outputs = [], []
+    with pytest.raises(CellExecutionError, match="fitted with other detector parameters"):
+        _execute(nb)
