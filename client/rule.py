@@ -48,7 +48,10 @@ class Rule:
         "blur", "relative rule's measure: 'blur' (px, dose-free) or 'count' (feature density)", choices=FOCUS_MEASURES
     )
     blur_max: float = _threshold(1.0, "blur rule: OOF when the blur a tile adds to the section median exceeds this (px, in quadrature)")
-    partial_drop: float = _threshold(0.7, "grid cell below the tile threshold by this much (log) flags a partly defocused tile")
+    partial_drop: float = _threshold(
+        0.7,
+        "records without blur_cells (older workers): grid cell below the tile threshold by this much (log) flags a partly defocused tile",
+    )
     empty_cnr: float = _threshold(3.0, "contrast-to-noise below which a low-count tile is 'empty' (no tissue)")
     astigmatism_max: float = _threshold(
         ASTIGMATISM_THRESHOLD, "astigmatism strength (0..1) from which a tile is 'oof', kind astigmatism (turn the stigmators)"

@@ -43,8 +43,9 @@ Relative rule on blur (default, ``focus_measure = "blur"``)
     disk of radius about 2 px), or when no detail is left above its noise
     (``blur`` not measurable) and it is not empty. Records without a
     ``blur`` field (written before it existed) are judged by the count. It holds in sections whose
-    dose changes from tile to tile (measured: ``bench/sem_focus.py``). The
-    partial rule and ``focus_map`` still use the count grid.
+    dose changes from tile to tile (measured: ``bench/sem_focus.py``).
+    ``focus_map`` still uses the count grid; the partial rule uses the
+    cells' blur under every rule (below).
 Relative rule on the count (``focus_measure = "count"``)
     The baseline is the section itself: median ``m`` and robust sigma
     ``s = 1.4826 * MAD`` of ``log d`` over the section's tiles so far (this
@@ -61,9 +62,19 @@ Calibrated rule
     |defocus| exceeds ``max_defocus``, and the estimate is recorded. Nothing
     waits for a baseline.
 Partly defocused tiles
-    A tile above the threshold is still ``oof`` when a cell of its feature
-    grid is far below it (``partial_drop`` further, in log units) while that
-    cell has tissue: reason ``partial: cells r,c ... low``.
+    A tile above the threshold is still ``oof`` when a cell of its grid is
+    blurred while that cell has tissue: reason ``partial: cells r,c ...
+    low``. A cell is blurred when its blur (``blur_cells``) minus its
+    uncertainty (``blur_cells_err``) exceeds ``sqrt(c**2 + blur_max**2)``,
+    ``c`` the section's median cell blur (the median over tiles of each
+    tile's median cell), or when no detail is left in it. On real SEM
+    scans of in-focus fields the feature density of a cell follows its
+    content (a cell of a few particles on a flat support counts a tenth of
+    its neighbours), and a rule on density called 5 of 24 such tiles
+    partial (``tests/test_sem_focus.py``); cells' blurs read 0.0-1.6 px
+    there, and a cell behind a 4 um defocus 5-7 px. Records without
+    ``blur_cells`` (older workers) use the density: a cell ``partial_drop``
+    (log units) below the tile threshold.
 Empty tiles
     A tile (or cell) below the threshold whose coarse contrast-to-noise
     (:mod:`mhd.functions.tissue`) is under ``empty_cnr`` has no tissue to focus
@@ -275,6 +286,7 @@ class Judge:
         self.rule = rule
         self._pool: dict[str, float] = {}
         self._blur: dict[str, float] = {}
+        self._cell_blur: dict[str, float] = {}
         self._pending: list[TileRecord] = []
         for rec in prior:
             if rec.verdict in ("ok", "oof"):
@@ -285,6 +297,9 @@ class Judge:
         blur = finite(rec.blur)
         if blur is not None:
             self._blur[rec.tile] = blur
+        cells = _finite_cells(rec.blur_cells)
+        if cells is not None and np.isfinite(cells).any():
+            self._cell_blur[rec.tile] = float(np.nanmedian(cells))
 
     @property
     def _on_blur(self) -> bool:
@@ -293,6 +308,14 @@ class Judge:
     def blur_baseline(self) -> float:
         """Median blur (px) of the section so far; NaN when no tile has one."""
         return float(np.median(np.fromiter(self._blur.values(), float))) if self._blur else math.nan
+
+    def cell_blur_threshold(self) -> float:
+        """Blur (px) above which a cell of a tile is out of focus: ``sqrt(c**2 + blur_max**2)``, ``c`` the median
+        over the section's tiles of each tile's median cell blur (a cell reads more blur than its whole tile, whose
+        sharpest cells weigh most); inf before any tile has cells."""
+        if not self._cell_blur:
+            return math.inf
+        return math.hypot(float(np.median(np.fromiter(self._cell_blur.values(), float))), self.rule.blur_max)
 
     def blur_threshold(self) -> float:
         """Blur (px) above which a tile is out of focus: ``sqrt(m**2 + blur_max**2)``."""
@@ -364,6 +387,7 @@ class Judge:
         if verdict == "empty":
             self._pool.pop(rec.tile, None)
             self._blur.pop(rec.tile, None)
+            self._cell_blur.pop(rec.tile, None)
             fmap = None
         else:
             fmap = focus_map(rec, cal.intercept if cal is not None and cal.measure == "count" else base.median)
@@ -406,17 +430,38 @@ class Judge:
         return "ok", None, ""
 
     def _low_cells(self, rec: TileRecord, limit: float) -> list[tuple[int, int]]:
-        """Cells of ``rec``'s grid below ``limit`` (``log`` density) that have tissue (all of them without ``contrast_cells``)."""
-        dens = _cell_log_density(rec)
-        if dens is None:
-            return []
-        low = [tuple(map(int, rc)) for rc in np.argwhere(dens < limit)]
+        """Cells of ``rec``'s grid out of focus that have tissue (all of them without ``contrast_cells``).
+
+        With ``blur_cells``: a cell whose blur exceeds :meth:`cell_blur_threshold` by more than its
+        ``blur_cells_err``, or that has no detail above the noise. Records without them (written before they
+        existed): a cell whose ``log`` density is below ``limit``.
+        """
+        blur = _finite_cells(rec.blur_cells)
+        if blur is not None:
+            err = _finite_cells(rec.blur_cells_err)
+            err = np.zeros_like(blur) if err is None or err.shape != blur.shape else np.nan_to_num(err)
+            with np.errstate(invalid="ignore"):
+                out = np.isnan(blur) | (blur - err > self.cell_blur_threshold())
+        else:
+            dens = _cell_log_density(rec)
+            if dens is None:
+                return []
+            out = dens < limit
+        low = [tuple(map(int, rc)) for rc in np.argwhere(out)]
         if not low:
             return []
         cells = None if rec.contrast_cells is None else np.asarray(rec.contrast_cells, dtype=float)
-        if cells is None or cells.shape != dens.shape:
+        if cells is None or cells.shape != out.shape:
             return low
         return [(r, c) for r, c in low if cells[r, c] >= self.rule.empty_cnr]
+
+
+def _finite_cells(values: list | None) -> np.ndarray | None:
+    """A record's (gy, gx) list of cell values as floats (None as NaN), or None without one."""
+    if values is None:
+        return None
+    out = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
+    return out if out.ndim == 2 and out.size else None
 
 
 def _cell_log_density(rec: TileRecord) -> np.ndarray | None:

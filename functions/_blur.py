@@ -43,7 +43,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["fit_blur", "BLUR_GRID", "ALPHA_GRID"]
+__all__ = ["fit_blur", "fit_blur_cells", "BLUR_GRID", "ALPHA_GRID"]
 
 #: Blur widths tried (pixels).
 BLUR_GRID = np.round(np.arange(0.0, 12.0 + 1e-9, 0.05), 3)
@@ -120,11 +120,69 @@ def fit_blur(
     return blur, err
 
 
-def _fit_one(logm: np.ndarray, E: np.ndarray, N: np.ndarray, n_eff: np.ndarray) -> tuple[float, float] | None:
-    """``(blur, statistical error)`` in px from one image's level energies; None with fewer than three signal levels."""
+def fit_blur_cells(
+    energy: np.ndarray, noise_var: np.ndarray, t: np.ndarray, t0: np.ndarray, t1: np.ndarray, gain: np.ndarray, area: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blur width of each cell of a grid and its statistical uncertainty: :func:`fit_blur`'s fit, all cells at once.
+
+    Parameters
+    ----------
+    energy : (B, gy, gx, n_bin) array
+        Mean squared response of each level over each cell (image units
+        squared); NaN where a level has no sample in a cell.
+    noise_var : (B, n_bin) array
+        Variance of each level's response to the measured noise: one tile's
+        noise holds in all its cells.
+    t, t0, t1, gain : (n_bin,) arrays
+        As for :func:`fit_blur`.
+    area : (gy, gx) array
+        Pixels in each cell.
+
+    Returns
+    -------
+    blur, err : (B, gy, gx) float64 ndarrays
+        Pixels; NaN where fewer than three levels carry signal. ``err`` is
+        :func:`fit_blur`'s statistical term only: the noise model's common
+        error (:data:`NOISE_SCALE_ERR`) moves the cells of a tile together.
+
+    The weighted least squares of :func:`fit_blur` for every cell in three
+    matrix products: ``sum_i w_i (y_i - m_i - log A)^2`` with ``log A``
+    profiled out is ``Swyy - 2 Swym + Swmm - (Swy - Swm)^2 / Sw`` over the
+    model grid's ``m``.
+    """
+    logm = _log_model(tuple(map(float, t0)), tuple(map(float, t1)), tuple(map(float, gain)))
+    na, nb, n = logm.shape
+    m = logm.reshape(na * nb, n).T  # (n, K)
+    E = np.asarray(energy, dtype=np.float64)
+    N = np.asarray(noise_var, dtype=np.float64)[:, None, None, :]
+    n_eff = np.maximum(np.asarray(area, dtype=np.float64)[..., None] / (4 * np.pi * np.asarray(t) ** 2), 1.0)
+    S, sd, use = _signal(E, N, n_eff)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.where(use, np.log(np.where(use, S, 1.0)), 0.0)
+        w = np.where(use, (S / sd) ** 2, 0.0)
+        Sw = w.sum(axis=-1)[..., None]
+        chi2 = (w * y * y).sum(axis=-1)[..., None] - 2 * (w * y) @ m + w @ (m * m) - ((w * y).sum(axis=-1)[..., None] - w @ m) ** 2 / Sw
+    profile = chi2.reshape(chi2.shape[:-1] + (na, nb)).min(axis=-2)  # over alpha, for each blur
+    blur, err = np.full(E.shape[:-1], np.nan), np.full(E.shape[:-1], np.nan)
+    dof = np.maximum(use.sum(axis=-1) - 3, 1)
+    for idx in zip(*np.nonzero(use.sum(axis=-1) >= 3)):
+        i = int(np.argmin(profile[idx]))
+        blur[idx] = _refine(BLUR_GRID, profile[idx], i)
+        err[idx] = _half_width(BLUR_GRID, profile[idx] / max(profile[idx][i] / dof[idx], 1.0), i)
+    return blur, err
+
+
+def _signal(E: np.ndarray, N: np.ndarray, n_eff: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Signal energy ``S = E - N`` of each level, its standard deviation, and which levels carry signal."""
     S = E - N
     sd = np.sqrt(2 * E**2 / n_eff + (NOISE_REL_ERR * N) ** 2)
-    use = S > SIGNIFICANCE * sd
+    with np.errstate(invalid="ignore"):
+        return S, sd, S > SIGNIFICANCE * sd
+
+
+def _fit_one(logm: np.ndarray, E: np.ndarray, N: np.ndarray, n_eff: np.ndarray) -> tuple[float, float] | None:
+    """``(blur, statistical error)`` in px from one image's level energies; None with fewer than three signal levels."""
+    S, sd, use = _signal(E, N, n_eff)
     if use.sum() < 3:
         return None
     y = np.log(S[use])

@@ -15,7 +15,8 @@ from mhd.params import validate as validate_params
 
 from ._astigmatism import anisotropy, spectral_moments
 from ._backend import Backend, get_backend
-from ._blur import fit_blur
+from ._blur import fit_blur, fit_blur_cells
+from ._cells import Bands, bands, cell_edges, cell_sums
 from ._lanes import PerThread, RunningMax, run_lanes
 from ._nms import local_maxima
 from ._noise import (
@@ -86,6 +87,17 @@ class Detection:
         than a standard deviation: it covers the jumps between the two
         nearby modes the fit may settle in under another noise realization,
         and overstates the scatter within one (``mhd.functions._blur``).
+    blur_cells : (gy, gx) float64 ndarray
+        ``blur`` of each cell of ``grid`` (pixels), fitted to the same levels'
+        energy over the cell alone, with the tile's noise; NaN where under
+        three levels carry signal there (an empty or featureless cell). A cell
+        holds fewer samples than the tile, so its blur scatters more, and a
+        cell of sparse content reads a little more blur than the tile
+        (``mhd.functions._blur``); compare cells with each other.
+    blur_cells_err : (gy, gx) float64 ndarray
+        Statistical uncertainty of each of ``blur_cells`` (pixels; NaN with
+        it): the half-width of its fit, without the noise model's common
+        error, which moves all cells of a tile together.
     backend : str
         ``"numpy"`` or ``"cupy:<device>"``.
     timings : dict of str to float
@@ -104,6 +116,8 @@ class Detection:
     astigmatism_angle: float
     blur: float
     blur_err: float
+    blur_cells: np.ndarray
+    blur_cells_err: np.ndarray
     backend: str
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -287,29 +301,21 @@ def _level_response(
     return be.irfft2(buf, shape, workers=workers, overwrite=True)
 
 
-def _mean_square(D: Any, window: tuple[int, int, int, int], d: int, be: Backend) -> np.ndarray:
-    """Mean square of a (B, p, q) level response on grid ``d`` over ``window`` less its one-pixel margin: (B,) float64.
-
-    Only the block itself counts, not its halo, where the padded grid wraps.
-    """
-    r0, c0, R, C = window
-    inner = D[:, (r0 + 1) // d : (r0 + R - 1) // d, (c0 + 1) // d : (c0 + C - 1) // d]
-    return be.to_host(be.xp.einsum("bij,bij->b", inner, inner)) / (inner.shape[1] * inner.shape[2])
-
-
 def _response(
     padded: Any,
     bank: FilterBank,
     thresholds: np.ndarray,
     polarity: str,
     window: tuple[int, int, int, int],
+    cells: tuple[Bands, Bands],
     be: Backend,
     spectrum_hook: Any = None,
-) -> tuple[Any, list[tuple[int, Any]], np.ndarray]:
+) -> tuple[Any, list[tuple[int, Any]], np.ndarray, np.ndarray]:
     """Running maximum over levels of response / threshold on a window.
 
     Every level is one task: :func:`_level_response` on the spectrum cropped
-    to the level's grid, :func:`_mean_square`, tag (``mhd.functions._tags``)
+    to the level's grid, its sum of squares over each cell
+    (``mhd.functions._cells``), tag (``mhd.functions._tags``)
     and fold into the running maximum of its grid. On the CPU the tasks run on
     ``be.workers`` lanes (``mhd.functions._lanes``, single-threaded FFTs); the
     coarse grids' maxima are merged and upsampled by one task while the other
@@ -321,6 +327,10 @@ def _response(
     thresholds : (B, n_bin) float64
     window : (r0, c0, R, C)
         Window of the padded grid to return (the block plus a one-pixel margin).
+    cells : (rows, cols)
+        The block's pixels (the window less its margin) split by the count
+        grid's cells (``mhd.functions._cells.bands``): the energies are summed
+        over these and not over the halo, where the padded grid wraps.
     spectrum_hook : callable, optional
         Called once with the forward spectrum (B, P, Q // 2 + 1), so other
         measures share the one forward FFT.
@@ -336,9 +346,12 @@ def _response(
         Values that came from a coarser grid are tagged :data:`COARSER`.
     coarse : list of (factor, (B, P // factor, Q // factor) uint8 device array)
         Level maps of the coarser grids, finest first, for :func:`_resolve_levels`.
-    energy : (B, n_bin) float64 ndarray
-        Mean square of each level's response ``D_i`` over the window without
-        its one-pixel margin (image units squared), for the blur estimate.
+    sums : (B, n_bin, m_rows, m_cols) float64 ndarray
+        Sum of squares of each level's response ``D_i`` (image units squared)
+        over the samples of its grid in each band pair of ``cells``, for the
+        blur estimate.
+    samples : (n_bin, m_rows, m_cols) int64 ndarray
+        The number of those samples.
     """
     xp = be.xp
     r0, c0, R, C = window
@@ -351,7 +364,9 @@ def _response(
     lanes = be.workers if be.device is None else 1
     scratch = PerThread()
     coarse: list[tuple[int, Any]] = []
-    energy = np.zeros(thresholds.shape)
+    rows, cols = cells
+    sums = np.zeros(thresholds.shape + (len(rows.cell), len(cols.cell)))
+    samples = np.zeros((thresholds.shape[1], len(rows.cell), len(cols.cell)), dtype=np.int64)
 
     def level(g: LevelGroup, j: int) -> None:
         d, i = g.factor, g.levels[j]
@@ -360,7 +375,8 @@ def _response(
             d, lambda: (xp.empty_like(Fd), xp.empty(Fd.shape, dtype=xp.float32), xp.empty(Fd.shape[1:], dtype=xp.float32))
         )
         D = _level_response(Fd, g, j, inv_thr[:, i], (P // d, Q // d), be, buffers, 1 if lanes > 1 else None)
-        energy[:, i] = _mean_square(D, window, d, be)
+        cs, samples[i] = cell_sums(D, d, rows, cols, xp)
+        sums[:, i] = be.to_host(cs)
         maxima[d].add(tag(D, i, xp, absolute=polarity == "both"))
 
     def upsampled(acc: Any, d_from: int, d_to: int, start: tuple[int, int], size: tuple[int, int]) -> Any:
@@ -382,10 +398,10 @@ def _response(
     fine_tasks = [functools.partial(level, finest, j) for j in range(len(finest.levels))]
     start = run_lanes(lanes, tasks, merge_coarse if len(groups) > 1 else None, fine_tasks)
     best = maxima[finest.factor].result(start)
-    energy *= np.maximum(thresholds, MIN_THRESHOLD) ** 2  # the thresholds the responses were divided by
+    sums *= (np.maximum(thresholds, MIN_THRESHOLD) ** 2)[..., None, None]  # the thresholds the responses were divided by
     if finest.factor == 1:
-        return xp.ascontiguousarray(best[:, r0 : r0 + R, c0 : c0 + C]), coarse, energy
-    return upsampled(best, finest.factor, 1, (r0, c0), (R, C)), coarse, energy
+        return xp.ascontiguousarray(best[:, r0 : r0 + R, c0 : c0 + C]), coarse, sums, samples
+    return upsampled(best, finest.factor, 1, (r0, c0), (R, C)), coarse, sums, samples
 
 
 def _resolve_levels(
@@ -487,7 +503,7 @@ def _detect_block(
     noise: tuple[np.ndarray, np.ndarray],
     p: dict[str, Any],
     be: Backend,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], dict[str, float]]:
     """Features of one block of a normalised (B, H, W) stack on backend ``be``.
 
     Returns
@@ -498,6 +514,11 @@ def _detect_block(
         Spectral moments of the block for the astigmatism measure (additive over blocks).
     energy : (B, n_bin) float64
         Each level's mean square response times the block's area (additive over blocks).
+    cells : ((B, n_bin, gy, gx) float64, (n_bin, gy, gx) float64)
+        Each level's mean square response over the part of each grid cell in
+        the block times that part's area, and those areas (both additive over
+        blocks; 0 for a cell outside the block or, on a decimated level, too
+        thin to hold a sample).
     timings : dict
         Milliseconds in ``levels`` and ``nms``.
     """
@@ -516,7 +537,9 @@ def _detect_block(
         def hook(F: Any) -> None:
             moments.append(spectral_moments(F, shape, t, be, noise[0], (shape[0] - inside[0], shape[1] - inside[1]), noise_y=noise[1]))
 
-        best, coarse, energy = _response(padded, bank, thr, p["polarity"], (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2), be, hook)
+        gy, gx = p["grid"]
+        cells = (bands(y0, y1, H, gy, h - y0), bands(x0, x1, W, gx, h - x0))
+        best, coarse, sums, samples = _response(padded, bank, thr, p["polarity"], (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2), cells, be, hook)
         del padded
         be.synchronize()
         t1 = time.perf_counter()
@@ -528,20 +551,27 @@ def _detect_block(
         level = _resolve_levels(level, b, r + h - 1, c + h - 1, coarse, be)
         t2 = time.perf_counter()
     feats = np.stack([b, r - 1 + y0, c - 1 + x0, level], axis=1)
-    energy *= (y1 - y0) * (x1 - x0)  # weighted by the block's area: summed over blocks
-    return feats, moments[0], energy, {"levels": (t1 - t0) * 1e3, "nms": (t2 - t1) * 1e3}
+    energy = sums.sum(axis=(2, 3)) / samples.sum(axis=(1, 2)) * ((y1 - y0) * (x1 - x0))  # weighted by the block's area
+    area = np.outer(cells[0].sizes(), cells[1].sizes()) * (samples > 0)  # (n_bin, m_rows, m_cols)
+    num, den = np.zeros(sums.shape[:2] + (gy, gx)), np.zeros((sums.shape[1], gy, gx))
+    ix = np.ix_(cells[0].cell, cells[1].cell)
+    num[(slice(None), slice(None)) + ix] = sums / np.maximum(samples, 1) * area
+    den[(slice(None),) + ix] = area
+    return feats, moments[0], energy, (num, den), {"levels": (t1 - t0) * 1e3, "nms": (t2 - t1) * 1e3}
 
 
 def _detect_stack(
     norm: Any, thr: np.ndarray, noise: tuple[np.ndarray, np.ndarray], p: dict[str, Any], backends: list[Backend], timings: dict[str, float]
-) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
     """Features (row, col, level) and spectral moments for each image of a normalised (B, H, W) stack.
 
     ``thr`` is the (B, n_bin) per-level threshold, ``noise`` the (B, C) noise
     spectra along the rows and along the columns
     (``mhd.functions._noise.noise_spectrum``). Returns per-image feature arrays and the (B, R, 8)
-    spectral moments summed over blocks, and the (B, n_bin) mean square
-    response of each level over each image. Blocks are dealt round-robin
+    spectral moments summed over blocks, the (B, n_bin) mean square
+    response of each level over each image and the (B, n_bin, gy, gx) one
+    over each cell of the count grid (NaN where a level has no sample in a
+    cell). Blocks are dealt round-robin
     to ``backends`` (one thread each: several GPUs share a huge image); with
     one backend they run in order on it.
     """
@@ -553,7 +583,7 @@ def _detect_stack(
     else:
         host = backends[0].to_host(norm)  # each device copies its own blocks from the host
 
-        def run(k: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]]:
+        def run(k: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], dict[str, float]]]:
             return [_detect_block(host, blk, h, thr, noise, p, backends[k]) for blk in blocks[k :: len(backends)]]
 
         n = len(backends)
@@ -564,9 +594,13 @@ def _detect_stack(
         for key, ms in t.items():
             timings[key] = timings.get(key, 0.0) + ms
     feats = np.concatenate([f for f, *_ in parts])
-    moments = np.sum([m for _, m, _, _ in parts], axis=0)
-    energy = np.sum([e for _, _, e, _ in parts], axis=0) / (H * W)
-    return [feats[feats[:, 0] == k, 1:] for k in range(B)], moments, energy
+    moments = np.sum([part[1] for part in parts], axis=0)
+    energy = np.sum([part[2] for part in parts], axis=0) / (H * W)
+    num = np.sum([part[3][0] for part in parts], axis=0)
+    den = np.sum([part[3][1] for part in parts], axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cells = np.where(den > 0, num / den, np.nan)
+    return [feats[feats[:, 0] == k, 1:] for k in range(B)], moments, energy, cells
 
 
 def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | Backend] = "auto", **params: Any) -> list[Detection]:
@@ -619,15 +653,18 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
         noise_sd = level_noise_std(spectrum, *pairs)
         thr = np.maximum(p["threshold"] + p["noise_margin"] * noise_sd, p["noise_k"] * noise_sd)
         timings["noise"] = (time.perf_counter() - t_noise) * 1e3
-        feats, moments, energy = _detect_stack(norm, thr, (spectrum, spectrum_y), p, backends, timings)
+        feats, moments, energy, cell_energy = _detect_stack(norm, thr, (spectrum, spectrum_y), p, backends, timings)
         strength, angle = anisotropy(moments)
         t_blur = time.perf_counter()
         blur, blur_err = fit_blur(energy, noise_sd**2, t, *pairs, area=shape[0] * shape[1])
+        gy, gx = p["grid"]
+        cell_area = np.outer(np.diff(cell_edges(shape[0], gy)), np.diff(cell_edges(shape[1], gx)))
+        blur_cells, blur_cells_err = fit_blur_cells(np.moveaxis(cell_energy, 1, -1), noise_sd**2, t, *pairs, area=cell_area)
         timings["blur"] = (time.perf_counter() - t_blur) * 1e3
         del norm
     timings["total"] = (time.perf_counter() - t_start) * 1e3
     results = []
-    for f, nz, th, ast, ang, bl, be_ in zip(feats, noise, thr, strength, angle, blur, blur_err):
+    for f, nz, th, ast, ang, bl, be_, bc, bce in zip(feats, noise, thr, strength, angle, blur, blur_err, blur_cells, blur_cells_err):
         features = np.column_stack([f[:, 0], f[:, 1], t[f[:, 2]]]).astype(np.float64) if len(f) else np.empty((0, 3))
         results.append(
             Detection(
@@ -642,6 +679,8 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
                 astigmatism_angle=float(ang),
                 blur=float(bl),
                 blur_err=float(be_),
+                blur_cells=bc,
+                blur_cells_err=bce,
                 backend="+".join(b.name for b in backends),
                 timings=dict(timings),
             )

@@ -270,7 +270,27 @@ def test_empty_needs_a_low_count_and_low_contrast():
     assert judge.baseline().n == 11  # 8 + 4 judged, less the empty tile
 
 
-def test_partial_tile_flags_low_cells_unless_they_have_no_tissue():
+def test_partial_tile_flags_blurred_cells_not_sparse_ones():
+    """With ``blur_cells`` the partial rule reads the cells' blur: a cell of sparse content (a tenth of the features)
+    but sharp is not partial; cells blurred beyond their uncertainty are, and so is one with no detail left."""
+    sharp = [[1.0, 1.1, 0.9, 1.0] for _ in range(4)]
+    err = [[0.2] * 4 for _ in range(4)]
+    prior = [replace(scored(f"t{i}", 1e4, blur=0.6, blur_cells=sharp, blur_cells_err=err), verdict="ok") for i in range(8)]
+    sparse = [[40.96] * 4 for _ in range(4)]
+    sparse[3][1] = 4.0
+    judge = Judge(Rule(warmup=1), prior=prior)
+    assert judge.cell_blur_threshold() == pytest.approx(np.hypot(1.0, 1.0))
+    ok = judge.add(scored("particles", 1e4, grid=sparse, blur=0.6, blur_cells=sharp, blur_cells_err=err))[0]
+    assert ok.verdict == "ok", ok.reason  # the density rule would call cell 3,1 low
+
+    wrinkle = [row[:3] + [3.0] for row in sharp]
+    wrinkle[0][3] = 1.6  # within its uncertainty of the limit: not evidence
+    wrinkle[1][3] = None  # no detail above the noise
+    out = judge.add(scored("wrinkle", 1e4, blur=0.7, blur_cells=wrinkle, blur_cells_err=err))[0]
+    assert (out.verdict, out.kind, out.reason) == ("oof", "partial", "partial: cells 1,3 2,3 3,3 low")
+
+
+def test_partial_tile_without_cell_blurs_flags_low_density_cells_unless_they_have_no_tissue():
     cell = 1e4 * (64 * 64) / 1e6
     grid = [[cell] * 4 for _ in range(4)]
     for r in range(4):

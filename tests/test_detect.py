@@ -128,6 +128,24 @@ def test_blocks_give_the_whole_image_result(isbi):
     assert len(a & b) / max(len(a), len(b)) >= 0.995
 
 
+def test_cell_blur_finds_the_blurred_part_of_a_tile_and_blocks_do_not_change_it(isbi):
+    """The right quarter of a tile blurred by a Gaussian of 3 px: its cells read it, the others the sharp slice's;
+    the blocks of a large image and the decimated coarse levels sum each cell's energy as the whole image does."""
+    from mhd.functions.simulate import blur, shot_noise
+
+    img = np.block([[isbi[11], isbi[12]], [isbi[13], isbi[14]]]).astype(np.float64) / 255
+    img[:, 768:] = blur(img, 3.0)[:, 768:]
+    scan = shot_noise(img, 50.0, rng=1)
+    whole = detect(scan, backend="numpy")
+    blocked = detect(scan, backend="numpy", block_size=300)  # 4 x 4 blocks: cells and blocks cut the image differently
+    assert whole.blur_cells.shape == whole.blur_cells_err.shape == whole.grid.shape == (4, 4)
+    sharp, blurred = whole.blur_cells[:, :3], whole.blur_cells[:, 3]
+    assert np.isfinite(whole.blur_cells).all() and sharp.max() < 1.2 and blurred.min() > 3.0, whole.blur_cells.round(2)
+    assert (blurred - whole.blur_cells_err[:, 3] > sharp.max()).all()
+    np.testing.assert_allclose(blocked.blur_cells, whole.blur_cells, atol=1e-3)  # measured: 7e-6 px
+    assert blocked.blur == pytest.approx(whole.blur, abs=1e-3)
+
+
 def test_decimated_levels_agree_with_full_resolution(isbi):
     img = np.block([[isbi[7], isbi[8]], [isbi[9], isbi[10]]])
     fast = detect(img, backend="numpy").features

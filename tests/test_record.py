@@ -29,6 +29,8 @@ def detection(blur=1.2, astigmatism=math.nan):
         blur=blur,
         blur_err=0.1,
         grid=np.array([[3, 4]]),
+        blur_cells=np.array([[0.714159, np.nan]]),
+        blur_cells_err=np.array([[0.2, np.nan]]),
         shape=(256, 256),
         noise=0.01,
         astigmatism=astigmatism,
@@ -64,6 +66,7 @@ def test_from_detection_is_json_safe_and_the_wire_has_the_result_keys():
     assert json.loads(json.dumps(wire, allow_nan=False)) == wire  # no NaN, no NumPy
     assert (wire["features"], wire["grid"], wire["shape"], wire["detect_ms"], wire["ms"]) == (7, [[3, 4]], [256, 256], 12.5, 20.0)
     assert wire["astigmatism"] is None and wire["astigmatism_angle"] is None  # NaN: not measurable
+    assert (wire["blur_cells"], wire["blur_cells_err"]) == ([[0.71, None]], [[0.2, None]])  # 0.01 px; NaN: not measurable
     assert TileRecord.from_json(wire) == rec
 
 

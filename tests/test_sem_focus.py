@@ -136,16 +136,17 @@ def test_astigmatism_under_scan_noise_and_strong_defocus(isbi, radius):
 
 
 @pytest.mark.usefixtures("isolated_config")
-@pytest.mark.parametrize("measure, radii", [("blur", (1.5, 4.0)), ("count", (3.0, 4.0))])
+@pytest.mark.parametrize("measure, radii", [("blur", (1.5, 4.0)), ("count", (2.0, 4.0))])
 def test_client_flags_exactly_the_blurred_tiles_of_a_mixed_dose_section(tmp_path, monkeypatch, measure, radii):
     """Real fast and slow scans in focus (noise changes ~10x from tile to tile) and slow scans blurred by a
     disk probe (radius in ``radii``, px) with fast-scan-like noise: ``client submit`` calls the blurred ones,
     and only them, out of focus by defocus.
 
-    The blur rule does for disks of 1.5-4 px. The count rule, now that the count no longer counts scan noise,
-    does for 3-4 px; it missed a 2 px disk here (0.73 of the section's median count with the threshold at 0.10,
-    inside the rule's tolerance, where the blur read 1.56 px against 0.0-1.1 in focus). Across doses 2 to 80 only the blur
-    separates (``bench/sem_focus.py sim``), which is why it is the default.
+    The blur rule does for disks of 1.5-4 px; the count rule for 2-4 px (it missed a 2 px disk with ``noise_k`` 5,
+    when the count hid faint features under the fast scans' noise; seeds 1-6 all pass now). Across doses the blur
+    separates better (``bench/sem_focus.py sim``), which is why it is the default. No in-focus tile is called
+    partly defocused: a partial rule on the cells' feature density called 5 of these 24 partial (a cell of a few
+    particles counts a tenth of its neighbours); on the cells' blur it calls none.
     """
     from click.testing import CliRunner
 
@@ -169,11 +170,11 @@ def test_client_flags_exactly_the_blurred_tiles_of_a_mixed_dose_section(tmp_path
     # the slow 30 us scans of this specimen read weakly astigmatic (0.2-0.5 along ~95 deg; the fast scans of
     # the same fields hide it under their noise): those verdicts are kind "astigmatism", not "defocus", and so
     # is a blurred copy's that reads astigmatic too (astigmatism is reported first; its blur is still the largest)
-    defocused = {r["tile"] for r in recs if r["kind"] == "defocus"}
+    defocused = {r["tile"] for r in recs if r["kind"] in ("defocus", "partial")}
     sharpest = max(r["blur"] for r in recs if r["tile"] not in blurred)
     assert len(recs) == 24 + len(blurred) and all("blur" in r and "blur_err" in r for r in recs)
     assert result.exit_code == 2, result.output
-    assert defocused <= blurred, result.output  # no tile in focus is called defocused
+    assert defocused <= blurred, result.output  # no tile in focus is called defocused, or partly (5 were, by cell density)
     for r in recs:
         if r["tile"] in blurred:
             assert r["kind"] == "defocus" or (r["kind"] == "astigmatism" and r["blur"] > sharpest), result.output

@@ -36,6 +36,11 @@ def finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _cells(values: Any) -> list[list[float | None]]:
+    """A (gy, gx) array as lists of rows, rounded to 0.01, NaN as None (JSON-safe)."""
+    return [[None if v is None else round(v, 2) for v in map(finite, row)] for row in values]
+
+
 @dataclass(frozen=True)
 class TileRecord:
     """The record of one tile (frozen: derive new ones with :func:`dataclasses.replace`).
@@ -61,6 +66,10 @@ class TileRecord:
         Blur width and its uncertainty (pixels); None where not measurable.
     grid : list of list of int or None
         (gy, gx) feature counts per cell.
+    blur_cells, blur_cells_err : list of list of float or None
+        (gy, gx) blur of each cell of ``grid`` and its statistical
+        uncertainty (pixels, 0.01 px; None in a cell where not measurable):
+        where in the tile the focus is lost.
     shape : list of int or None
         ``[rows, cols]`` (pixels).
     noise : float or None
@@ -120,6 +129,8 @@ class TileRecord:
     blur: float | None = None
     blur_err: float | None = None
     grid: list | None = None
+    blur_cells: list | None = None
+    blur_cells_err: list | None = None
     shape: list | None = None
     noise: float | None = None
     astigmatism: float | None = None
@@ -162,6 +173,8 @@ class TileRecord:
             blur=finite(det.blur),
             blur_err=finite(det.blur_err),
             grid=det.grid.tolist(),
+            blur_cells=_cells(det.blur_cells),
+            blur_cells_err=_cells(det.blur_cells_err),
             shape=[int(s) for s in det.shape],
             noise=float(det.noise),
             astigmatism=finite(det.astigmatism),
@@ -204,7 +217,7 @@ class TileRecord:
 
     def brief(self) -> "TileRecord":
         """This record without its per-cell arrays and unknown fields (what a run keeps in memory)."""
-        return dataclasses.replace(self, grid=None, contrast_cells=None, focus_map=None, extra={})
+        return dataclasses.replace(self, grid=None, blur_cells=None, blur_cells_err=None, contrast_cells=None, focus_map=None, extra={})
 
     def changed(self, size: int | None, mtime_ns: int | None) -> bool:
         """Whether a file of ``size`` bytes modified at ``mtime_ns`` is not the version this record scored.
@@ -234,6 +247,8 @@ RESULT_KEYS = (
     "blur",
     "blur_err",
     "grid",
+    "blur_cells",
+    "blur_cells_err",
     "shape",
     "noise",
     "astigmatism",
