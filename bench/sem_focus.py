@@ -10,6 +10,8 @@ Commands::
     python bench/sem_focus.py sim --set noise_k=3.5   # the same with other detector parameters (pairs too)
     python bench/sem_focus.py sim --model other   # the same through another degradation model
     python bench/sem_focus.py astig        # astigmatic vs isotropic disk of equal area, scan noise
+    python bench/sem_focus.py partial      # tiles with a quarter behind a disk: partial verdicts by cell blur / density
+    python bench/sem_focus.py verdicts     # astigmatic and round disks judged against sharp scans: verdict kinds
     python bench/sem_focus.py wedges       # real scans: power along the columns / along the rows, by frequency
     python bench/sem_focus.py thresholds   # each level's noise threshold against the true noise, low-dose tiles
 
@@ -51,6 +53,19 @@ standard deviation 6.5 % of the grey-level range: what ``noise`` and
 realizations each, and prints how far the blur moves (noise cannot blur the
 signal, so any move is the estimate's bias) and how often it stays within
 0.3 px + 15 % of the clean scan's, with the count ratio noisy / clean.
+
+**partial** scans 15 ISBI slices per dose (2, 5, 20, 80) with the right
+quarter of each tile (the last column of the 4 x 4 grid) behind a disk of
+radius 3, 4 or 6 px, and judges each tile against 15 sharp scans of the
+same slices (``client``'s verdict rule, defaults): how many are called
+``partial`` (or out of focus at all) by the cells' blur, and by the
+cells' feature density (the rule for records without ``blur_cells``);
+the sharp tiles themselves are judged too (false alarms).
+
+**verdicts** judges 2:1 elliptical disks and round disks (radius 1 to 4 px)
+on 10 ISBI slices against 30 sharp scans of them (doses 5, 20, 50) with
+``client``'s rule, and prints the verdict kinds, and how many of the
+elliptical ones the astigmatism strength alone (>= 0.2) would call.
 
 **thresholds** scans 6 ISBI slices twice with independent noise (dose 2, 6,
 20; in focus and a 3 px disk) and prints, over the 16 levels, the ratio of the
@@ -343,6 +358,85 @@ def wedge_ratio(img: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
+def cmd_partial(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from mhd.client.verdicts import Judge, Rule
+    from mhd.functions.worker.scoring import measure
+
+    rng = np.random.default_rng(args.seed)
+    files = sorted(ISBI.glob("*.png"))[: args.slices]
+    radii = (3.0, 4.0, 6.0)
+    table: dict[tuple[float, float], tuple[int, int]] = {}
+    for dose in args.doses:
+        sharp = [
+            measure(f.name, sem_scan(iio.imread(f), 0.0, dose=dose, **scan_conditions(rng), rng=rng), {"backend": "numpy"}) for f in files
+        ]
+        prior = [replace(r, verdict="ok") for r in sharp]
+
+        def judged(rec):
+            """(by cell blur, by cell density): called out of focus at all."""
+            old = replace(rec, blur_cells=None, blur_cells_err=None)
+            return tuple(Judge(Rule(), prior=prior).add(r)[0].verdict == "oof" for r in (rec, old))
+
+        table[(dose, 0.0)] = tuple(map(sum, zip(*(judged(r) for r in sharp))))
+        for radius in radii:
+            hits = []
+            for f in files:
+                img, cond = iio.imread(f), scan_conditions(rng)
+                tile = sem_scan(img, 0.0, dose=dose, **cond, rng=rng)
+                side = tile.shape[1] - tile.shape[1] // 4
+                tile[:, side:] = sem_scan(img, radius, dose=dose, **cond, rng=rng)[:, side:]
+                hits.append(judged(measure(f.name, tile, {"backend": "numpy"})))
+            table[(dose, radius)] = tuple(map(sum, zip(*hits)))
+    n = len(files)
+    print(f"{n} ISBI slices per dose, right quarter behind a disk; called out of focus, of {n}: by cell blur / by cell density")
+    print("| disk radius | " + " | ".join(f"{d:g} e/px" for d in args.doses) + " |")
+    print("|---|" + "---|" * len(args.doses))
+    for radius in radii:
+        print(f"| {radius:g} px | " + " | ".join("%d / %d" % table[(d, radius)] for d in args.doses) + " |")
+    print("| sharp tiles | " + " | ".join("%d / %d" % table[(d, 0.0)] for d in args.doses) + " |")
+
+
+def cmd_verdicts(args: argparse.Namespace) -> None:
+    import copy
+    from collections import Counter
+
+    from mhd.client.verdicts import Judge, Rule
+    from mhd.functions.worker.scoring import measure
+
+    rng = np.random.default_rng(args.seed)
+    files = sorted(ISBI.glob("*.png"))[: args.slices]
+    for dose in args.doses:
+        judge = Judge(Rule())
+        for rep in range(3):
+            for f in files:
+                scan = sem_scan(iio.imread(f), 0.0, dose=dose, **scan_conditions(rng), rng=rng)
+                judge.add(measure(f"{f.stem}_sharp{rep}", scan, {"backend": "numpy"}))
+        judge.flush()
+        print(f"dose {dose:g}: blur limit {judge.blur_threshold():.2f} px, cell limit {judge.cell_blur_threshold():.2f} px")
+        for radius in args.radii:
+            for ratio in (1.0, 2.0):
+                kinds, strong = Counter(), 0
+                for f in files:
+                    q = np.sqrt(ratio)
+                    scan = sem_scan(
+                        iio.imread(f),
+                        radius * q,
+                        radius_minor=radius / q,
+                        angle=float(rng.uniform(0, 180)),
+                        dose=dose,
+                        **scan_conditions(rng),
+                        rng=rng,
+                    )
+                    rec = measure(f.stem, scan, {"backend": "numpy"})
+                    out = copy.deepcopy(judge).add(rec)[0]
+                    kinds[out.kind or out.verdict] += 1
+                    strong += (rec.astigmatism or 0.0) >= 0.2
+                shape = "2:1 ellipse" if ratio > 1 else "round disk"
+                print(f"  {shape}, radius {radius:g} px: {dict(sorted(kinds.items()))}; strength >= 0.2: {strong} of {len(files)}")
+
+
 def cmd_wedges(args: argparse.Namespace) -> None:
     """Median ``wedge_ratio`` and ``detect().astigmatism`` of each scan kind of the real pairs."""
     print(
@@ -473,6 +567,17 @@ def main() -> None:
     p.add_argument("--ratio", type=float, default=2.0, help="axis ratio of the astigmatic disk")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_astig)
+    p = sub.add_parser("partial", help="tiles with a quarter behind a disk: partial verdicts by cell blur and by cell density")
+    p.add_argument("--slices", type=int, default=15)
+    p.add_argument("--doses", type=float, nargs="+", default=[2.0, 5.0, 20.0, 80.0])
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(fn=cmd_partial)
+    p = sub.add_parser("verdicts", help="astigmatic and round disks judged against sharp scans: verdict kinds")
+    p.add_argument("--slices", type=int, default=10)
+    p.add_argument("--doses", type=float, nargs="+", default=[5.0, 20.0, 50.0])
+    p.add_argument("--radii", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0], help="radius of the round disk, px")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_verdicts)
     p = sub.add_parser("thresholds", help="each level's noise threshold against the true noise of two independent scans")
     p.add_argument("--slices", type=int, default=6)
     p.add_argument("--doses", type=float, nargs="+", default=[2.0, 6.0, 20.0])

@@ -48,6 +48,10 @@ class Rule:
         "blur", "relative rule's measure: 'blur' (px, dose-free) or 'count' (feature density)", choices=FOCUS_MEASURES
     )
     blur_max: float = _threshold(1.0, "blur rule: OOF when the blur a tile adds to the section median exceeds this (px, in quadrature)")
+    partial_blur: float = _threshold(
+        1.5,
+        "grid cell whose blur exceeds the section's cells by this much (px, in quadrature, beyond its uncertainty) flags a partly defocused tile",
+    )
     partial_drop: float = _threshold(
         0.7,
         "records without blur_cells (older workers): grid cell below the tile threshold by this much (log) flags a partly defocused tile",

@@ -65,6 +65,21 @@ def test_astigmatism_at_the_threshold_is_oof_even_with_a_normal_count():
     assert (below.verdict, below.kind, below.reason) == ("ok", None, "")
 
 
+def test_an_anisotropic_tile_as_sharp_as_the_section_is_not_astigmatic():
+    """With a blur, astigmatism is called only where the worst direction's blur, ``blur * sqrt(1 + strength)``,
+    exceeds the defocus rule's blur limit: a slow scan that resolves one axis a little worse is not re-imaged."""
+    judge = Judge(Rule(warmup=1), prior=[replace(scored(f"t{i}", 1e4, blur=0.6), verdict="ok") for i in range(8)])
+    limit = judge.blur_threshold()
+    assert limit == pytest.approx(np.hypot(0.6, 1.0))
+    scan = judge.add(scored("slow_scan", 1e4, astigmatism=0.26, angle=94.0, blur=0.5))[0]
+    assert (scan.verdict, scan.kind) == ("ok", None)  # worst direction 0.56 px
+    astig = judge.add(scored("astig", 1e4, astigmatism=0.4, angle=30.0, blur=1.0))[0]  # 1.18 px > 1.17 px
+    assert (astig.verdict, astig.kind) == ("oof", "astigmatism")
+    assert astig.reason == f"astigmatism: 0.40 >= 0.2, blur along 30 deg (1.18 px > {limit:.2f} px)"
+    older = judge.add(scored("older_worker", 1e4, astigmatism=0.26, angle=94.0))[0]  # no blur field: strength alone
+    assert older.kind == "astigmatism"
+
+
 def test_astigmatism_takes_precedence_over_a_low_count_and_over_partial_cells():
     judge = warm_judge()
     low = judge.add(scored("astig_low", 0.4e4, astigmatism=0.55, angle=120.0))[0]

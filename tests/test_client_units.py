@@ -279,12 +279,12 @@ def test_partial_tile_flags_blurred_cells_not_sparse_ones():
     sparse = [[40.96] * 4 for _ in range(4)]
     sparse[3][1] = 4.0
     judge = Judge(Rule(warmup=1), prior=prior)
-    assert judge.cell_blur_threshold() == pytest.approx(np.hypot(1.0, 1.0))
+    assert judge.cell_blur_threshold() == pytest.approx(np.hypot(1.0, 1.5))  # partial_blur 1.5 px
     ok = judge.add(scored("particles", 1e4, grid=sparse, blur=0.6, blur_cells=sharp, blur_cells_err=err))[0]
     assert ok.verdict == "ok", ok.reason  # the density rule would call cell 3,1 low
 
     wrinkle = [row[:3] + [3.0] for row in sharp]
-    wrinkle[0][3] = 1.6  # within its uncertainty of the limit: not evidence
+    wrinkle[0][3] = 1.9  # above the limit (1.80) by less than its uncertainty: not evidence
     wrinkle[1][3] = None  # no detail above the noise
     out = judge.add(scored("wrinkle", 1e4, blur=0.7, blur_cells=wrinkle, blur_cells_err=err))[0]
     assert (out.verdict, out.kind, out.reason) == ("oof", "partial", "partial: cells 1,3 2,3 3,3 low")
