@@ -50,7 +50,7 @@ class Rule:
     blur_max: float = _threshold(1.0, "blur rule: OOF when the blur a tile adds to the section median exceeds this (px, in quadrature)")
     partial_blur: float = _threshold(
         1.5,
-        "grid cell whose blur exceeds the section's cells by this much (px, in quadrature, beyond its uncertainty) flags a partly defocused tile",
+        "grid cell whose blur exceeds the section's cells by this (px, in quadrature, beyond its error) flags a partly defocused tile",
     )
     partial_drop: float = _threshold(
         0.7,

@@ -74,7 +74,7 @@ Calibrated rule
 Partly defocused tiles
     A tile above the threshold is still ``oof`` when a cell of its grid is
     blurred while that cell has tissue: reason ``partial: cells r,c ...
-    low``. A cell is blurred when its blur (``blur_cells``) minus its
+    blurred``. A cell is blurred when its blur (``blur_cells``) minus its
     uncertainty (``blur_cells_err``) exceeds ``sqrt(c**2 + partial_blur**2)``
     (1.5 px), ``c`` the section's median cell blur (the median over tiles of
     each tile's median cell), or when no detail is left in it. A cell's
@@ -86,12 +86,14 @@ Partly defocused tiles
     5 of 24 such tiles partial (``tests/test_sem_focus.py``); cells' blurs
     read 0.0-1.6 px there, and a cell behind a 4 um defocus 5-7 px.
     Measured on the ISBI slices through ``simulate.sem_scan`` with the
-    right quarter behind a disk (``README``): the blur rule finds more
-    partly defocused tiles than the density rule at every dose (a 4 px
-    disk: 6 / 13 / 14 / 15 of 15 at 2 / 5 / 20 / 80 e/px, against 3 / 7 /
-    13 / 15) and called 1 of the 15 sharp tiles partial at 2 e/px (none
-    above). Records without ``blur_cells`` (older workers) use the density:
-    a cell ``partial_drop`` (log units) below the tile threshold.
+    right quarter behind a disk (``bench/sem_focus.py partial``): for a
+    3 or 4 px disk the blur rule finds more partly defocused tiles than the
+    density rule at every dose (4 px: 9 / 12 / 15 / 15 of 15 at 2 / 5 / 20 /
+    80 e/px, against 6 / 6 / 13 / 14), for a 6 px disk fewer at 2 and 5
+    e/px (8 and 14 against 12 and 15: the cell's fit is loose when no fine
+    level is left above its noise), and no sharp tile is called. Records without ``blur_cells`` (older workers) use the density:
+    a cell ``partial_drop`` (log units) below the tile threshold (reason
+    ``partial: cells r,c ... low``).
 Empty tiles
     A tile (or cell) below the threshold whose coarse contrast-to-noise
     (:mod:`mhd.functions.tissue`) is under ``empty_cnr`` has no tissue to focus
@@ -314,9 +316,9 @@ class Judge:
         blur = finite(rec.blur)
         if blur is not None:
             self._blur[rec.tile] = blur
-        cells = _finite_cells(rec.blur_cells)
-        if cells is not None and np.isfinite(cells).any():
-            self._cell_blur[rec.tile] = float(np.nanmedian(cells))
+        cells = rec.median_cell_blur()
+        if cells is not None:
+            self._cell_blur[rec.tile] = cells
 
     @property
     def _on_blur(self) -> bool:
@@ -329,7 +331,8 @@ class Judge:
     def cell_blur_threshold(self) -> float:
         """Blur (px) above which a cell of a tile is out of focus: ``sqrt(c**2 + partial_blur**2)``, ``c`` the median
         over the section's tiles of each tile's median cell blur (a cell reads more blur than its whole tile, whose
-        sharpest cells weigh most); inf before any tile has cells."""
+        sharpest cells weigh most); inf before any tile has cells. A calibrated run, which does not wait for a
+        baseline, judges its first tile against that tile's own median cell, which a few blurred cells do not move."""
         if not self._cell_blur:
             return math.inf
         return math.hypot(float(np.median(np.fromiter(self._cell_blur.values(), float))), self.rule.partial_blur)
@@ -445,19 +448,27 @@ class Judge:
             return "oof", "defocus", "defocus: " + _low_reason(x, base, self.rule.calibration)
         cells = self._low_cells(rec, base.threshold - self.rule.partial_drop)
         if cells:
-            return "oof", "partial", "partial: cells " + " ".join(f"{r},{c}" for r, c in cells) + " low"
+            word = "low" if _finite_cells(rec.blur_cells) is None else "blurred"  # by density (older records) or by blur
+            return "oof", "partial", "partial: cells " + " ".join(f"{r},{c}" for r, c in cells) + " " + word
         return "ok", None, ""
 
     def _worst_blur(self, rec: TileRecord, strength: float, cal: Calibration | None) -> tuple[float, float] | None:
         """``(blur along the worst direction, the blur limit)`` (px) of an anisotropic tile, or None where there is no
         blur to gate the astigmatism verdict with (a record from before the blur measure, no detail left, no limit yet).
 
+        The limit is a blur calibration's, else the relative blur rule's (``sqrt(m**2 + blur_max**2)`` over the
+        section so far, whatever ``focus_measure``; under a count calibration once ``warmup`` tiles have a blur).
         A probe whose Gaussian widths are ``s1 < s2`` leaves a power spectrum whose directional second moments go as
         ``1 / s**2``: strength ``(s2**2 - s1**2) / (s2**2 + s1**2)``. With ``blur**2`` the mean of ``s1**2`` and
         ``s2**2``, the worst direction's is ``blur * sqrt(1 + strength)``.
         """
         blur = finite(rec.blur) if rec.has_blur else None
-        limit = cal.blur_threshold if cal is not None and cal.measure == "blur" else self.blur_threshold()
+        if cal is not None and cal.measure == "blur":
+            limit = cal.blur_threshold
+        elif cal is None or len(self._blur) >= self.rule.warmup:  # the relative blur limit, also under the count's rules
+            limit = self.blur_threshold()
+        else:  # a count calibration judges before the section has a blur baseline: the strength alone
+            return None
         if blur is None or not math.isfinite(limit):
             return None
         return blur * math.sqrt(1 + strength), limit
@@ -490,10 +501,11 @@ class Judge:
 
 
 def _finite_cells(values: list | None) -> np.ndarray | None:
-    """A record's (gy, gx) list of cell values as floats (None as NaN), or None without one."""
-    if values is None:
+    """A record's (gy, gx) list of cell values as floats (None as NaN), or None without one or when malformed."""
+    try:
+        out = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
+    except (TypeError, ValueError):  # absent, ragged or not numbers (a hand-edited log): no cells
         return None
-    out = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
     return out if out.ndim == 2 and out.size else None
 
 

@@ -58,6 +58,9 @@ ALPHA_GRID = np.round(np.arange(0.0, 4.0 + 1e-9, 0.125), 3)
 #: (``bench/sem_focus.py bias``, median move over the ``time/`` and ``line/`` scans: +0.36 / +0.33 px with 0.05,
 #: +0.27 / +0.20 with 0.02), and so on the real fast scans against their slow scans.
 NOISE_REL_ERR = 0.02
+#: Cells fitted at once by :func:`fit_blur_cells` (each holds a few arrays of ``len(ALPHA_GRID) * len(BLUR_GRID)``
+#: float64: 256 cells take ~16 MB each).
+CELL_CHUNK = 256
 #: Signal energies must clear this many standard deviations.
 SIGNIFICANCE = 2.0
 #: Relative uncertainty of the noise model's overall scale, common to all levels. With it, ``blur_err``
@@ -158,18 +161,21 @@ def fit_blur_cells(
     n_eff = np.maximum(np.asarray(area, dtype=np.float64)[..., None] / (4 * np.pi * np.asarray(t) ** 2), 1.0)
     S, sd, use = _signal(E, N, n_eff)
     with np.errstate(invalid="ignore", divide="ignore"):
-        y = np.where(use, np.log(np.where(use, S, 1.0)), 0.0)
-        w = np.where(use, (S / sd) ** 2, 0.0)
-        Sw = w.sum(axis=-1)[..., None]
-        chi2 = (w * y * y).sum(axis=-1)[..., None] - 2 * (w * y) @ m + w @ (m * m) - ((w * y).sum(axis=-1)[..., None] - w @ m) ** 2 / Sw
-    profile = chi2.reshape(chi2.shape[:-1] + (na, nb)).min(axis=-2)  # over alpha, for each blur
-    blur, err = np.full(E.shape[:-1], np.nan), np.full(E.shape[:-1], np.nan)
-    dof = np.maximum(use.sum(axis=-1) - 3, 1)
-    for idx in zip(*np.nonzero(use.sum(axis=-1) >= 3)):
-        i = int(np.argmin(profile[idx]))
-        blur[idx] = _refine(BLUR_GRID, profile[idx], i)
-        err[idx] = _half_width(BLUR_GRID, profile[idx] / max(profile[idx][i] / dof[idx], 1.0), i)
-    return blur, err
+        y = np.where(use, np.log(np.where(use, S, 1.0)), 0.0).reshape(-1, n)
+        w = np.where(use, (S / sd) ** 2, 0.0).reshape(-1, n)
+    blur, err = np.full(y.shape[0], np.nan), np.full(y.shape[0], np.nan)
+    levels = (w > 0).sum(axis=1)
+    for lo in range(0, len(y), CELL_CHUNK):  # (cells, K) float64 arrays: bounded for a 64 x 64 grid
+        cy, cw = y[lo : lo + CELL_CHUNK], w[lo : lo + CELL_CHUNK]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            swy = (cw * cy).sum(axis=1)[:, None]
+            chi2 = (cw * cy * cy).sum(axis=1)[:, None] - 2 * (cw * cy) @ m + cw @ (m * m) - (swy - cw @ m) ** 2 / cw.sum(axis=1)[:, None]
+        profile = chi2.reshape(-1, na, nb).min(axis=1)  # over alpha, for each blur
+        for j in np.nonzero(levels[lo : lo + CELL_CHUNK] >= 3)[0]:
+            i = int(np.argmin(profile[j]))
+            blur[lo + j] = _refine(BLUR_GRID, profile[j], i)
+            err[lo + j] = _half_width(BLUR_GRID, profile[j] / max(profile[j][i] / max(levels[lo + j] - 3, 1), 1.0), i)
+    return blur.reshape(E.shape[:-1]), err.reshape(E.shape[:-1])
 
 
 def _signal(E: np.ndarray, N: np.ndarray, n_eff: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -99,7 +99,10 @@ def cell_sums(D: Any, d: int, rows: Bands, cols: Bands, xp: Any) -> tuple[Any, n
     r, c = rows.on_grid(d), cols.on_grid(d)
     inner = D[:, r[0] : r[-1]]
     # (B, rows, m_cols): each row's sum of squares within each column band
-    per_row = xp.stack([xp.einsum("bij,bij->bi", inner[..., a:b], inner[..., a:b]) for a, b in zip(c[:-1], c[1:])], axis=-1)
+    zeros = xp.zeros(inner.shape[:2], dtype=inner.dtype)  # a band without samples (shorter than d): no einsum over nothing
+    per_row = xp.stack(
+        [xp.einsum("bij,bij->bi", inner[..., a:b], inner[..., a:b]) if b > a else zeros for a, b in zip(c[:-1], c[1:])], axis=-1
+    )
     # summed within each row band: differences of the running sum at the bands' ends
     run = xp.cumsum(per_row, axis=1, dtype=xp.float64)
     run = xp.concatenate([xp.zeros_like(run[:, :1]), run], axis=1)

@@ -287,7 +287,12 @@ def test_partial_tile_flags_blurred_cells_not_sparse_ones():
     wrinkle[0][3] = 1.9  # above the limit (1.80) by less than its uncertainty: not evidence
     wrinkle[1][3] = None  # no detail above the noise
     out = judge.add(scored("wrinkle", 1e4, blur=0.7, blur_cells=wrinkle, blur_cells_err=err))[0]
-    assert (out.verdict, out.kind, out.reason) == ("oof", "partial", "partial: cells 1,3 2,3 3,3 low")
+    assert (out.verdict, out.kind, out.reason) == ("oof", "partial", "partial: cells 1,3 2,3 3,3 blurred")
+
+    resumed = Judge(Rule(warmup=8), prior=[r.brief() for r in prior])  # a resumed run keeps records without their cells
+    assert resumed.cell_blur_threshold() == pytest.approx(np.hypot(1.0, 1.5))
+    assert resumed.add(scored("wrinkle", 1e4, blur=0.7, blur_cells=wrinkle, blur_cells_err=err))[0].kind == "partial"
+    assert Judge(Rule(warmup=1)).cell_blur_threshold() == math.inf  # no tile with cells yet: no partial verdict
 
 
 def test_partial_tile_without_cell_blurs_flags_low_density_cells_unless_they_have_no_tissue():

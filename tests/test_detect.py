@@ -146,6 +146,26 @@ def test_cell_blur_finds_the_blurred_part_of_a_tile_and_blocks_do_not_change_it(
     assert blocked.blur == pytest.approx(whole.blur, abs=1e-3)
 
 
+def test_cell_fit_is_the_tile_fit_for_each_cell(isbi):
+    """``fit_blur_cells`` (all cells at once, the chi-square expanded into sums) gives ``fit_blur``'s blur for each
+    cell's energies, NaN levels (no sample) left out, and the statistical part of its ``blur_err``."""
+    from mhd.functions import _blur
+    from mhd.functions._scalespace import dog_pairs
+
+    det = detect(isbi[4], backend="numpy", grid=(1, 1))
+    t, pairs = det.scales, dog_pairs(det.scales)
+    noise = np.full(16, 1e-8)
+    energy = np.array([1e-3, 8e-4, 5e-4, 3e-4, 2e-4, 1e-4, 5e-5, 2e-5, 1e-5, 5e-6, 2e-6, 1e-6, 5e-7, 2e-7, 1e-7, 5e-8]) + noise
+    cells = np.stack([energy, energy * np.linspace(1, 3, 16), np.where(np.arange(16) < 10, energy, np.nan), noise])
+    blur, err = _blur.fit_blur_cells(cells[None, None], noise[None], t, *pairs, area=np.full((1, 4), 128.0 * 128.0))
+    for j in range(3):
+        e = np.nan_to_num(cells[j], nan=0.0)  # a level without samples carries no signal in fit_blur either
+        one, one_err = _blur.fit_blur(e[None], noise[None], t, *pairs, area=128.0 * 128.0)
+        assert blur[0, 0, j] == pytest.approx(one[0], abs=1e-9) and 0 < err[0, 0, j] <= one_err[0] + 1e-9
+    assert len(set(np.round(blur[0, 0, :3], 6))) == 3  # three different fits
+    assert np.isnan(blur[0, 0, 3]) and np.isnan(err[0, 0, 3])  # noise only: not measurable
+
+
 def test_decimated_levels_agree_with_full_resolution(isbi):
     img = np.block([[isbi[7], isbi[8]], [isbi[9], isbi[10]]])
     fast = detect(img, backend="numpy").features

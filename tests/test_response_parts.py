@@ -11,7 +11,8 @@ import pytest
 import scipy.fft
 
 from mhd.functions import _lanes, _scalespace, detect, get_backend
-from mhd.functions._detect import _level_response, _mean_square
+from mhd.functions._cells import bands, cell_edges, cell_sums
+from mhd.functions._detect import _level_response
 from mhd.functions._noise import _median
 from mhd.functions._scalespace import LevelGroup
 from mhd.functions._tags import COARSER, LEVEL_BITS, MAX_LEVELS, level_of, tag
@@ -163,13 +164,22 @@ def test_a_large_filter_bank_keeps_only_its_1d_factors_and_finds_the_same_featur
     assert a.count > 50 and sorted(map(tuple, a.features.tolist())) == sorted(map(tuple, b.features.tolist()))
 
 
-def test_mean_square_skips_the_window_margin_and_the_halo():
-    be = get_backend("numpy", workers=1)
-    D = np.full((1, 20, 20), 100.0, np.float32)
-    D[:, 5:15, 6:16] = 2.0  # the block: window (4, 5, 12, 12) less its one-pixel margin
-    assert _mean_square(D, (4, 5, 12, 12), 1, be) == pytest.approx([4.0])
-    coarse = np.full((1, 10, 10), 3.0, np.float32)
-    assert _mean_square(coarse, (4, 4, 12, 12), 2, be) == pytest.approx([9.0])
+def test_cell_sums_cover_the_block_and_not_its_halo_split_as_the_count_grid():
+    """Rows 5..14 and columns 6..15 of a padded block are image pixels 10..19 of a 30-pixel axis cut in 3 cells
+    (edges 0, 10, 20, 30): one band each, in cell 1; a 4-cell grid (edges 0, 8, 15, 23) cuts them 10..14 | 15..19."""
+    assert cell_edges(30, 3).tolist() == [0, 10, 20, 30] and cell_edges(30, 4).tolist() == [0, 8, 15, 23, 30]
+    D = np.full((1, 20, 20), 100.0, np.float32)  # the halo
+    D[:, 5:15, 6:16] = 2.0
+    rows, cols = bands(10, 20, 30, 3, -5), bands(10, 20, 30, 4, -4)
+    assert rows.cell.tolist() == [1] and cols.cell.tolist() == [1, 2] and cols.cuts.tolist() == [6, 11, 16]
+    sums, samples = cell_sums(D, 1, rows, cols, np)
+    assert samples.tolist() == [[50, 50]] and sums.tolist() == [[[200.0, 200.0]]]
+    coarse = np.full((1, 10, 10), 3.0, np.float32)  # decimated by 2: bands of 5 px hold 2 or 3 samples
+    sums, samples = cell_sums(coarse, 2, rows, cols, np)
+    assert samples.tolist() == [[10, 15]] and sums.tolist() == [[[90.0, 135.0]]]
+    thin = bands(10, 20, 30, 3, -5), bands(10, 12, 30, 30, -4)  # one-pixel cells: the first holds no sample at d = 2
+    sums, samples = cell_sums(coarse, 2, *thin, np)
+    assert samples.tolist() == [[0, 5]] and sums.tolist() == [[[0.0, 45.0]]]
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 10])

@@ -41,7 +41,7 @@ def _cells(values: Any) -> list[list[float | None]]:
     return [[None if v is None else round(v, 2) for v in map(finite, row)] for row in values]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TileRecord:
     """The record of one tile (frozen: derive new ones with :func:`dataclasses.replace`).
 
@@ -115,6 +115,10 @@ class TileRecord:
     has_blur : bool
         False for a record read without a ``blur`` field (written before the
         blur measure existed): the verdict then uses the count. Not written.
+    cells_blur : float or None
+        Median of ``blur_cells`` kept by :meth:`brief`, which drops the
+        cells: what the verdict's partial rule needs of an earlier tile
+        (:meth:`median_cell_blur`). Not written.
     extra : dict
         Fields this version does not know, kept as read.
     """
@@ -151,6 +155,7 @@ class TileRecord:
     defocus: float | None = None
     defocus_units: str | None = None
     has_blur: bool = field(default=True, compare=False)
+    cells_blur: float | None = field(default=None, compare=False)
     extra: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------ building
@@ -217,7 +222,26 @@ class TileRecord:
 
     def brief(self) -> "TileRecord":
         """This record without its per-cell arrays and unknown fields (what a run keeps in memory)."""
-        return dataclasses.replace(self, grid=None, blur_cells=None, blur_cells_err=None, contrast_cells=None, focus_map=None, extra={})
+        return dataclasses.replace(
+            self,
+            grid=None,
+            blur_cells=None,
+            blur_cells_err=None,
+            contrast_cells=None,
+            focus_map=None,
+            extra={},
+            cells_blur=self.median_cell_blur(),
+        )
+
+    def median_cell_blur(self) -> float | None:
+        """Median of the measurable ``blur_cells`` (pixels), or of the cells :meth:`brief` dropped; None without any."""
+        if not isinstance(self.blur_cells, list):
+            return self.cells_blur
+        values = sorted(
+            v for row in self.blur_cells if isinstance(row, list) for v in row if isinstance(v, (int, float)) and math.isfinite(v)
+        )
+        n = len(values)
+        return (values[(n - 1) // 2] + values[n // 2]) / 2 if n else None
 
     def changed(self, size: int | None, mtime_ns: int | None) -> bool:
         """Whether a file of ``size`` bytes modified at ``mtime_ns`` is not the version this record scored.
@@ -230,8 +254,8 @@ class TileRecord:
         )
 
 
-#: Fields written to JSON, in order (``has_blur`` and ``extra`` are not fields of the JSON object).
-_FIELDS = tuple(f for f in dataclasses.fields(TileRecord) if f.name not in ("has_blur", "extra"))
+#: Fields written to JSON, in order (``has_blur``, ``cells_blur`` and ``extra`` are not fields of the JSON object).
+_FIELDS = tuple(f for f in dataclasses.fields(TileRecord) if f.name not in ("has_blur", "cells_blur", "extra"))
 _NAMES = frozenset(f.name for f in _FIELDS)
 
 #: Fields every results-log line has, first (None included).
