@@ -74,7 +74,11 @@ Calibrated rule
 Partly defocused tiles
     A tile above the threshold is still ``oof`` when a cell of its grid is
     blurred while that cell has tissue: reason ``partial: cells r,c ...
-    blurred``. A cell is blurred when its blur (``blur_cells``) minus its
+    blurred``. When more than half of the cells with tissue are blurred the
+    tile is out of focus as a whole: kind ``defocus``, reason ``defocus: n
+    of m cells blurred`` (under the count's rules a tile blurred all over
+    can keep a count inside the section's spread while its cells' blur
+    shows it). A cell is blurred when its blur (``blur_cells``) minus its
     uncertainty (``blur_cells_err``) exceeds ``sqrt(c**2 + partial_blur**2)``
     (1.5 px), ``c`` the section's median cell blur (the median over tiles of
     each tile's median cell), or when no detail is left in it. A cell's
@@ -448,8 +452,13 @@ class Judge:
             return "oof", "defocus", "defocus: " + _low_reason(x, base, self.rule.calibration)
         cells = self._low_cells(rec, base.threshold - self.rule.partial_drop)
         if cells:
-            word = "low" if _finite_cells(rec.blur_cells) is None else "blurred"  # by density (older records) or by blur
-            return "oof", "partial", "partial: cells " + " ".join(f"{r},{c}" for r, c in cells) + " " + word
+            blur = _finite_cells(rec.blur_cells)
+            if blur is None:  # by density (older records)
+                return "oof", "partial", "partial: cells " + " ".join(f"{r},{c}" for r, c in cells) + " low"
+            tissue = _tissue_cells(rec, blur.shape, self.rule.empty_cnr)
+            if 2 * len(cells) > tissue:  # most of the tile: not a region to look for, a focus to fix
+                return "oof", "defocus", f"defocus: {len(cells)} of {tissue} cells blurred (> {self.cell_blur_threshold():.2f} px)"
+            return "oof", "partial", "partial: cells " + " ".join(f"{r},{c}" for r, c in cells) + " blurred"
         return "ok", None, ""
 
     def _worst_blur(self, rec: TileRecord, strength: float, cal: Calibration | None) -> tuple[float, float] | None:
@@ -498,6 +507,14 @@ class Judge:
         if cells is None or cells.shape != out.shape:
             return low
         return [(r, c) for r, c in low if cells[r, c] >= self.rule.empty_cnr]
+
+
+def _tissue_cells(rec: TileRecord, shape: tuple[int, ...], empty_cnr: float) -> int:
+    """How many cells of a grid of ``shape`` show tissue (``contrast_cells`` at least ``empty_cnr``; all without it)."""
+    cnr = _finite_cells(rec.contrast_cells)
+    if cnr is None or cnr.shape != shape:
+        return int(np.prod(shape))
+    return int((cnr >= empty_cnr).sum())
 
 
 def _finite_cells(values: list | None) -> np.ndarray | None:

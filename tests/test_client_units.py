@@ -289,6 +289,10 @@ def test_partial_tile_flags_blurred_cells_not_sparse_ones():
     out = judge.add(scored("wrinkle", 1e4, blur=0.7, blur_cells=wrinkle, blur_cells_err=err))[0]
     assert (out.verdict, out.kind, out.reason) == ("oof", "partial", "partial: cells 1,3 2,3 3,3 blurred")
 
+    most = [row[:1] + [3.0] * 3 for row in sharp]  # 12 of 16 cells blurred: the focus, not a region
+    whole = judge.add(scored("blurred_all_over", 1e4, blur=0.7, blur_cells=most, blur_cells_err=err))[0]
+    assert (whole.verdict, whole.kind, whole.reason) == ("oof", "defocus", "defocus: 12 of 16 cells blurred (> 1.80 px)")
+
     resumed = Judge(Rule(warmup=8), prior=[r.brief() for r in prior])  # a resumed run keeps records without their cells
     assert resumed.cell_blur_threshold() == pytest.approx(np.hypot(1.0, 1.5))
     assert resumed.add(scored("wrinkle", 1e4, blur=0.7, blur_cells=wrinkle, blur_cells_err=err))[0].kind == "partial"
