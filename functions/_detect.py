@@ -6,7 +6,7 @@ import concurrent.futures
 import functools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -17,8 +17,8 @@ from ._astigmatism import anisotropy, spectral_moments
 from ._backend import Backend, get_backend
 from ._blur import fit_blur, fit_blur_cells
 from ._cells import Bands, bands, cell_edges, cell_sums
-from ._lanes import PerThread, RunningMax, run_lanes
-from ._nms import local_maxima
+from ._lanes import PerThread, RunningMax, run_lanes, soon
+from ._nms import candidates, local_maxima
 from ._noise import (
     CENTRES,
     level_noise_std,
@@ -102,7 +102,8 @@ class Detection:
         ``"numpy"`` or ``"cupy:<device>"``.
     timings : dict of str to float
         Milliseconds spent in ``normalize`` (with the variance-stabilising transform), ``noise`` (the noise spectrum), ``levels``
-        (forward and inverse FFTs, running maximum), ``nms``, ``blur`` (the fit) and ``total``.
+        (forward and inverse FFTs, running maximum), ``nms``, ``blur`` (the fit) and ``total``. On CPU lanes the noise is
+        measured beside the forward FFT and the blur fitted beside the NMS, so the parts can add up to more than ``total``.
     """
 
     count: int
@@ -266,13 +267,12 @@ def _level_response(
     Fd: Any,
     group: LevelGroup,
     j: int,
-    scale: np.ndarray,
     shape: tuple[int, int],
     be: Backend,
     scratch: tuple[Any, Any, Any],
     workers: int | None,
 ) -> Any:
-    """One DoG level in units of its threshold: ``irfft2(Fd * transfer * scale)``.
+    """One DoG level: ``irfft2(Fd * transfer)``.
 
     Parameters
     ----------
@@ -280,8 +280,6 @@ def _level_response(
         The spectrum on the level's (possibly decimated) grid.
     group, j : LevelGroup, int
         The level: ``group``'s ``j``-th (:meth:`LevelGroup.transfer_into`).
-    scale : (B,) float32 ndarray
-        ``1 / threshold`` of each image at this level.
     shape : (p, q)
         The level's grid.
     scratch : (complex64 array like ``Fd``, float32 array of its shape, float32 (p, q // 2 + 1) array)
@@ -292,19 +290,17 @@ def _level_response(
     Returns
     -------
     (B, p, q) float32 device array
-        ``D_i / thr_i``, a new array.
+        ``D_i`` in image units, a new array.
     """
     buf, h, tmp = scratch
-    # the threshold is folded into the transfer function: D_i / thr_i > 1 passes level i
-    group.transfer_into(j, scale, h, tmp, be.xp)
-    be.xp.multiply(Fd, h, out=buf)
+    be.xp.multiply(Fd, group.transfer_into(j, None, h, tmp, be.xp), out=buf)
     return be.irfft2(buf, shape, workers=workers, overwrite=True)
 
 
 def _response(
     padded: Any,
     bank: FilterBank,
-    thresholds: np.ndarray,
+    noise: concurrent.futures.Future,
     polarity: str,
     window: tuple[int, int, int, int],
     cells: tuple[Bands, Bands],
@@ -314,17 +310,21 @@ def _response(
     """Running maximum over levels of response / threshold on a window.
 
     Every level is one task: :func:`_level_response` on the spectrum cropped
-    to the level's grid, its sum of squares over each cell
-    (``mhd.functions._cells``), tag (``mhd.functions._tags``)
-    and fold into the running maximum of its grid. On the CPU the tasks run on
-    ``be.workers`` lanes (``mhd.functions._lanes``, single-threaded FFTs); the
-    coarse grids' maxima are merged and upsampled by one task while the other
-    lanes work on the finest grid. On a GPU the tasks run in order.
+    to the level's grid, divided by the level's threshold once the noise
+    model is in (so the first transforms need not wait for it), its sum of
+    squares over each cell (``mhd.functions._cells``), tag
+    (``mhd.functions._tags``) and fold into the running maximum of its grid.
+    On the CPU the tasks run on ``be.workers`` lanes (``mhd.functions._lanes``,
+    single-threaded FFTs): the finest grid's levels on half of them, the
+    moments hook, the coarse levels and their merge (upsampled into the finest
+    grid) on the others. On a GPU the tasks run in order.
 
     Parameters
     ----------
     padded : (B, P, Q) float32 device array
-    thresholds : (B, n_bin) float64
+    noise : Future of NoiseModel
+        The tiles' noise model (:func:`_noise_model`); awaited after the
+        forward FFT, which it may overlap on another lane.
     window : (r0, c0, R, C)
         Window of the padded grid to return (the block plus a one-pixel margin).
     cells : (rows, cols)
@@ -332,8 +332,8 @@ def _response(
         grid's cells (``mhd.functions._cells.bands``): the energies are summed
         over these and not over the halo, where the padded grid wraps.
     spectrum_hook : callable, optional
-        Called once with the forward spectrum (B, P, Q // 2 + 1), so other
-        measures share the one forward FFT.
+        Called once with the forward spectrum (B, P, Q // 2 + 1) and the
+        noise model, so other measures share the one forward FFT.
 
     Returns
     -------
@@ -357,16 +357,16 @@ def _response(
     r0, c0, R, C = window
     P, Q = padded.shape[1:]
     F = be.rfft2(padded)
-    inv_thr = (1.0 / np.maximum(thresholds, MIN_THRESHOLD)).astype(np.float32)
+    B, n_bin = padded.shape[0], len(bank.t)
     groups = list(reversed(bank.groups))  # coarsest first
     spectra = {g.factor: F if g.factor == 1 else _crop_spectrum(F, g.factor, xp) for g in groups}
     maxima = {g.factor: RunningMax(xp) for g in groups}
-    lanes = be.workers if be.device is None else 1
+    lanes = _lanes(be)
     scratch = PerThread()
     coarse: list[tuple[int, Any]] = []
     rows, cols = cells
-    sums = np.zeros(thresholds.shape + (len(rows.cell), len(cols.cell)))
-    samples = np.zeros((thresholds.shape[1], len(rows.cell), len(cols.cell)), dtype=np.int64)
+    sums = np.zeros((B, n_bin, len(rows.cell), len(cols.cell)))
+    samples = np.zeros((n_bin, len(rows.cell), len(cols.cell)), dtype=np.int64)
 
     def level(g: LevelGroup, j: int) -> None:
         d, i = g.factor, g.levels[j]
@@ -374,7 +374,11 @@ def _response(
         buffers = scratch.get(
             d, lambda: (xp.empty_like(Fd), xp.empty(Fd.shape, dtype=xp.float32), xp.empty(Fd.shape[1:], dtype=xp.float32))
         )
-        D = _level_response(Fd, g, j, inv_thr[:, i], (P // d, Q // d), be, buffers, 1 if lanes > 1 else None)
+        D = _level_response(Fd, g, j, (P // d, Q // d), be, buffers, 1 if lanes > 1 else None)
+        # in units of the level's threshold, once the noise model is in (the transform did not wait for it):
+        # D_i / thr_i > 1 passes level i
+        for b, s in enumerate(1.0 / np.maximum(noise.result().thresholds[:, i], MIN_THRESHOLD)):
+            D[b] *= xp.float32(s)
         cs, samples[i] = cell_sums(D, d, rows, cols, xp)
         sums[:, i] = be.to_host(cs)
         maxima[d].add(tag(D, i, xp, absolute=polarity == "both"))
@@ -393,15 +397,14 @@ def _response(
 
     tasks = [functools.partial(level, g, j) for g in groups[:-1] for j in range(len(g.levels))]
     if spectrum_hook is not None:
-        tasks.insert(0, functools.partial(spectrum_hook, F))  # reads the spectrum while the lanes filter it
+        tasks.insert(0, lambda: spectrum_hook(F, noise.result()))  # reads the spectrum while the lanes filter it
     finest = groups[-1]
     fine_tasks = [functools.partial(level, finest, j) for j in range(len(finest.levels))]
     start = run_lanes(lanes, tasks, merge_coarse if len(groups) > 1 else None, fine_tasks)
-    best = maxima[finest.factor].result(start)
-    sums *= (np.maximum(thresholds, MIN_THRESHOLD) ** 2)[..., None, None]  # the thresholds the responses were divided by
+    sums *= (np.maximum(noise.result().thresholds, MIN_THRESHOLD) ** 2)[..., None, None]  # the thresholds the responses were divided by
     if finest.factor == 1:
-        return xp.ascontiguousarray(best[:, r0 : r0 + R, c0 : c0 + C]), coarse, sums, samples
-    return upsampled(best, finest.factor, 1, (r0, c0), (R, C)), coarse, sums, samples
+        return maxima[1].result(start, window=(slice(None), slice(r0, r0 + R), slice(c0, c0 + C))), coarse, sums, samples
+    return upsampled(maxima[finest.factor].result(start), finest.factor, 1, (r0, c0), (R, C)), coarse, sums, samples
 
 
 def _resolve_levels(
@@ -499,17 +502,22 @@ def _detect_block(
     norm: Any,
     block: tuple[int, int, int, int],
     h: int,
-    thr: np.ndarray,
-    noise: tuple[np.ndarray, np.ndarray],
+    noise: concurrent.futures.Future,
     p: dict[str, Any],
     be: Backend,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], dict[str, float]]:
+) -> tuple[Callable[[], tuple[np.ndarray, float]], np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], float]:
     """Features of one block of a normalised (B, H, W) stack on backend ``be``.
+
+    The 3 x 3 maxima of the block's NMS run on the lanes, by bands of rows
+    (:func:`mhd.functions._lanes.soon`), while the caller goes on; with one
+    lane (a GPU, or ``workers=1``) they have run when this returns.
 
     Returns
     -------
-    feats : (N, 4) int64
-        ``(batch, row, col, level)`` in image coordinates.
+    feats : callable
+        Returns ``(batch, row, col, level)`` in image coordinates ((N, 4)
+        int64) and the milliseconds the NMS took, once the bands are done;
+        holds the block's response until called.
     moments : (B, R, 8) float64
         Spectral moments of the block for the astigmatism measure (additive over blocks).
     energy : (B, n_bin) float64
@@ -519,8 +527,8 @@ def _detect_block(
         the block times that part's area, and those areas (both additive over
         blocks; 0 for a cell outside the block or, on a decimated level, too
         thin to hold a sample).
-    timings : dict
-        Milliseconds in ``levels`` and ``nms``.
+    levels_ms : float
+        Milliseconds from the block's extraction to its last level.
     """
     y0, y1, x0, x1 = block
     xp = be.xp
@@ -533,74 +541,153 @@ def _detect_block(
         inside = (min(y1 + h, H) - max(y0 - h, 0), min(x1 + h, W) - max(x0 - h, 0))
         moments = []
         t = scales(p["n_bin"], p["min_t"], p["max_t"])
+        mirrored = (shape[0] - inside[0], shape[1] - inside[1])
 
-        def hook(F: Any) -> None:
-            moments.append(spectral_moments(F, shape, t, be, noise[0], (shape[0] - inside[0], shape[1] - inside[1]), noise_y=noise[1]))
+        def hook(F: Any, model: NoiseModel) -> None:
+            moments.append(spectral_moments(F, shape, t, be, model.spectrum, mirrored, noise_y=model.spectrum_y))
 
         gy, gx = p["grid"]
         cells = (bands(y0, y1, H, gy, h - y0), bands(x0, x1, W, gx, h - x0))
-        best, coarse, sums, samples = _response(padded, bank, thr, p["polarity"], (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2), cells, be, hook)
+        window = (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2)
+        best, coarse, sums, samples = _response(padded, bank, noise, p["polarity"], window, cells, be, hook)
         del padded
         be.synchronize()
-        t1 = time.perf_counter()
-        idx = local_maxima(best, be, floor=1.0)
+        levels_ms = (time.perf_counter() - t0) * 1e3
         _, R, C = best.shape
-        b, rem = np.divmod(idx, R * C)
-        r, c = np.divmod(rem, C)
-        level = be.to_host(level_of(best.ravel()[xp.asarray(idx)], xp)).astype(np.int64)
-        level = _resolve_levels(level, b, r + h - 1, c + h - 1, coarse, be)
-        t2 = time.perf_counter()
-    feats = np.stack([b, r - 1 + y0, c - 1 + x0, level], axis=1)
+        mask = xp.empty((best.shape[0], R - 2, C - 2), dtype=bool) if min(R, C) >= 3 else None
+
+    # the NMS on the lanes while the caller goes on (the blur fit): the 3 x 3 maxima by bands of rows, then the rest,
+    # queued after the bands (which have started when it does: its wait cannot hold up the pool)
+    edges = np.linspace(0, R - 2, max(1, min(_lanes(be), (R - 2) // 64)) + 1).round().astype(int)
+    rows = list(zip(edges[:-1], edges[1:])) if mask is not None else []
+    bands_done = [soon(_lanes(be), functools.partial(candidates, best, be, 1.0, band, mask)) for band in rows]
+
+    def features() -> tuple[np.ndarray, float]:
+        for job in bands_done:
+            job.result()
+        with be.use():
+            idx = local_maxima(best, be, floor=1.0, cand=mask)
+            b, rem = np.divmod(idx, R * C)
+            r, c = np.divmod(rem, C)
+            level = be.to_host(level_of(best.ravel()[xp.asarray(idx)], xp)).astype(np.int64)
+            level = _resolve_levels(level, b, r + h - 1, c + h - 1, coarse, be)
+        return np.stack([b, r - 1 + y0, c - 1 + x0, level], axis=1), (time.perf_counter() - t_nms) * 1e3
+
+    t_nms = time.perf_counter()
+    found = soon(_lanes(be), features)
+
     energy = sums.sum(axis=(2, 3)) / samples.sum(axis=(1, 2)) * ((y1 - y0) * (x1 - x0))  # weighted by the block's area
     area = np.outer(cells[0].sizes(), cells[1].sizes()) * (samples > 0)  # (n_bin, m_rows, m_cols)
     num, den = np.zeros(sums.shape[:2] + (gy, gx)), np.zeros((sums.shape[1], gy, gx))
     ix = np.ix_(cells[0].cell, cells[1].cell)
     num[(slice(None), slice(None)) + ix] = sums / np.maximum(samples, 1) * area
     den[(slice(None),) + ix] = area
-    return feats, moments[0], energy, (num, den), {"levels": (t1 - t0) * 1e3, "nms": (t2 - t1) * 1e3}
+    return found.result, moments[0], energy, (num, den), levels_ms
+
+
+def _lanes(be: Backend) -> int:
+    """CPU lanes of a backend: its workers on the CPU, one on a GPU (kernels queue in order there)."""
+    return be.workers if be.device is None else 1
 
 
 def _detect_stack(
-    norm: Any, thr: np.ndarray, noise: tuple[np.ndarray, np.ndarray], p: dict[str, Any], backends: list[Backend], timings: dict[str, float]
-) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    norm: Any, noise: concurrent.futures.Future, p: dict[str, Any], backends: list[Backend], timings: dict[str, float]
+) -> tuple[Callable[[], list[np.ndarray]], np.ndarray, np.ndarray, np.ndarray]:
     """Features (row, col, level) and spectral moments for each image of a normalised (B, H, W) stack.
 
-    ``thr`` is the (B, n_bin) per-level threshold, ``noise`` the (B, C) noise
-    spectra along the rows and along the columns
-    (``mhd.functions._noise.noise_spectrum``). Returns per-image feature arrays and the (B, R, 8)
+    ``noise`` is the future of the stack's :class:`NoiseModel`. Returns a
+    function that waits for the blocks' NMS and gives the per-image feature
+    arrays (so that the caller can fit the blur meanwhile), the (B, R, 8)
     spectral moments summed over blocks, the (B, n_bin) mean square
     response of each level over each image and the (B, n_bin, gy, gx) one
     over each cell of the count grid (NaN where a level has no sample in a
     cell). Blocks are dealt round-robin
     to ``backends`` (one thread each: several GPUs share a huge image); with
-    one backend they run in order on it.
+    one backend they run in order on it. Milliseconds are added to
+    ``timings`` under ``levels`` and (when the features are collected) ``nms``.
     """
     B, H, W = norm.shape
     h = halo_width(dog_pairs(scales(p["n_bin"], p["min_t"], p["max_t"]))[1].max())
     blocks = [(y0, y1, x0, x1) for y0, y1 in _blocks(H, p["block_size"]) for x0, x1 in _blocks(W, p["block_size"])]
+
+    def settled(part: tuple) -> tuple:
+        """The block's features found now, so that its response is freed (memory flat in the number of blocks)."""
+        found = part[0]()
+        return (lambda: found, *part[1:])
+
     if len(backends) == 1:
-        parts = [_detect_block(norm, blk, h, thr, noise, p, backends[0]) for blk in blocks]
+        parts: list[tuple] = []
+        for blk in blocks:  # a block's NMS overlaps the next block's levels; the last one the caller's blur fit
+            part = _detect_block(norm, blk, h, noise, p, backends[0])
+            parts[-1:] = [settled(prev) for prev in parts[-1:]]
+            parts.append(part)
     else:
         host = backends[0].to_host(norm)  # each device copies its own blocks from the host
 
-        def run(k: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], dict[str, float]]]:
-            return [_detect_block(host, blk, h, thr, noise, p, backends[k]) for blk in blocks[k :: len(backends)]]
+        def run(k: int) -> list[tuple]:
+            return [settled(_detect_block(host, blk, h, noise, p, backends[k])) for blk in blocks[k :: len(backends)]]
 
         n = len(backends)
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
             per_device = list(pool.map(run, range(n)))
         parts = [per_device[i % n][i // n] for i in range(len(blocks))]  # back in block order: features as with one device
-    for *_, t in parts:
-        for key, ms in t.items():
-            timings[key] = timings.get(key, 0.0) + ms
-    feats = np.concatenate([f for f, *_ in parts])
+    timings["levels"] = timings.get("levels", 0.0) + sum(part[4] for part in parts)
     moments = np.sum([part[1] for part in parts], axis=0)
     energy = np.sum([part[2] for part in parts], axis=0) / (H * W)
     num = np.sum([part[3][0] for part in parts], axis=0)
     den = np.sum([part[3][1] for part in parts], axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         cells = np.where(den > 0, num / den, np.nan)
-    return [feats[feats[:, 0] == k, 1:] for k in range(B)], moments, energy, cells
+
+    def features() -> list[np.ndarray]:
+        found = [part[0]() for part in parts]
+        timings["nms"] = timings.get("nms", 0.0) + sum(ms for _, ms in found)
+        feats = np.concatenate([f for f, _ in found])
+        return [feats[feats[:, 0] == k, 1:] for k in range(B)]
+
+    return features, moments, energy, cells
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """The measured noise of a (B, H, W) stack of normalised tiles and the thresholds it sets.
+
+    Attributes
+    ----------
+    spectrum, spectrum_y : (B, len(CENTRES)) float64
+        Noise power spectra along the rows and along the columns
+        (``mhd.functions._noise.noise_spectrum``), at least the grey-level
+        rounding's ``step**2 / 12``.
+    white : (B,) float64
+        Per-pixel standard deviation (:func:`mhd.functions._noise.white_equivalent`).
+    level_sd : (B, n_bin) float64
+        Standard deviation of each level's response to that noise.
+    thresholds : (B, n_bin) float64
+        Each level's threshold (:class:`Detection` ``thresholds``).
+    ms : float
+        Milliseconds the measurement took.
+    """
+
+    spectrum: np.ndarray
+    spectrum_y: np.ndarray
+    white: np.ndarray
+    level_sd: np.ndarray
+    thresholds: np.ndarray
+    ms: float
+
+
+def _noise_model(norm: Any, steps: Sequence[float], t: np.ndarray, p: dict[str, Any], be: Backend) -> NoiseModel:
+    """Measure the noise of a normalised (B, H, W) stack on ``be`` and set each level's threshold."""
+    t0 = time.perf_counter()
+    with be.use():
+        # rounding to grey levels is white noise of variance step^2 / 12, which the median of a smooth tile misses
+        floor = np.square(steps)[:, None] / 12
+        spectrum = np.maximum(noise_spectrum(norm, be), floor)
+        # along the columns too (coarser): noise correlated along x only is the scan's detector response
+        spectrum_y = np.maximum(noise_spectrum(be.xp.swapaxes(norm, 1, 2), be, samples=1 << 14), floor)
+    level_sd = level_noise_std(spectrum, *dog_pairs(t))
+    thresholds = np.maximum(p["threshold"] + p["noise_margin"] * level_sd, p["noise_k"] * level_sd)
+    return NoiseModel(spectrum, spectrum_y, white_equivalent(spectrum), level_sd, thresholds, (time.perf_counter() - t0) * 1e3)
 
 
 def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | Backend] = "auto", **params: Any) -> list[Detection]:
@@ -642,29 +729,26 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
         norm, steps = zip(*(_prepared(im, p, t, be) for im in images))
         norm = be.xp.stack(norm)
         be.synchronize()
-        t_noise = time.perf_counter()
-        timings["normalize"] = (t_noise - t_start) * 1e3
-        # rounding to grey levels is white noise of variance step^2 / 12, which the median of a smooth tile misses
-        spectrum = np.maximum(noise_spectrum(norm, be), np.square(steps)[:, None] / 12)
-        # along the columns too (coarser): noise correlated along x only is the scan's detector response
-        spectrum_y = np.maximum(noise_spectrum(be.xp.swapaxes(norm, 1, 2), be, samples=1 << 14), np.square(steps)[:, None] / 12)
-        noise = white_equivalent(spectrum)
-        pairs = dog_pairs(t)
-        noise_sd = level_noise_std(spectrum, *pairs)
-        thr = np.maximum(p["threshold"] + p["noise_margin"] * noise_sd, p["noise_k"] * noise_sd)
-        timings["noise"] = (time.perf_counter() - t_noise) * 1e3
-        feats, moments, energy, cell_energy = _detect_stack(norm, thr, (spectrum, spectrum_y), p, backends, timings)
+        timings["normalize"] = (time.perf_counter() - t_start) * 1e3
+        # measured on a lane while the first block's forward FFT runs here (in order with one lane)
+        noise = soon(_lanes(be), functools.partial(_noise_model, norm, steps, t, p, be))
+        features, moments, energy, cell_energy = _detect_stack(norm, noise, p, backends, timings)
+        model = noise.result()
+        timings["noise"] = model.ms
         strength, angle = anisotropy(moments)
-        t_blur = time.perf_counter()
-        blur, blur_err = fit_blur(energy, noise_sd**2, t, *pairs, area=shape[0] * shape[1])
+        t_blur = time.perf_counter()  # while the last block's NMS runs on a lane
+        pairs = dog_pairs(t)
+        blur, blur_err = fit_blur(energy, model.level_sd**2, t, *pairs, area=shape[0] * shape[1])
         gy, gx = p["grid"]
         cell_area = np.outer(np.diff(cell_edges(shape[0], gy)), np.diff(cell_edges(shape[1], gx)))
-        blur_cells, blur_cells_err = fit_blur_cells(np.moveaxis(cell_energy, 1, -1), noise_sd**2, t, *pairs, area=cell_area)
+        blur_cells, blur_cells_err = fit_blur_cells(np.moveaxis(cell_energy, 1, -1), model.level_sd**2, t, *pairs, area=cell_area)
         timings["blur"] = (time.perf_counter() - t_blur) * 1e3
+        feats = features()
         del norm
     timings["total"] = (time.perf_counter() - t_start) * 1e3
     results = []
-    for f, nz, th, ast, ang, bl, be_, bc, bce in zip(feats, noise, thr, strength, angle, blur, blur_err, blur_cells, blur_cells_err):
+    per_image = zip(feats, model.white, model.thresholds, strength, angle, blur, blur_err, blur_cells, blur_cells_err)
+    for f, nz, th, ast, ang, bl, be_, bc, bce in per_image:
         features = np.column_stack([f[:, 0], f[:, 1], t[f[:, 2]]]).astype(np.float64) if len(f) else np.empty((0, 3))
         results.append(
             Detection(

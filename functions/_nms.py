@@ -10,7 +10,7 @@ import scipy.sparse.csgraph
 
 from ._backend import Backend
 
-__all__ = ["local_maxima"]
+__all__ = ["candidates", "local_maxima"]
 
 
 def _max3(x: Any, axis: int, xp: Any) -> Any:
@@ -58,7 +58,38 @@ def _merge_plateaus(b: np.ndarray, r: np.ndarray, c: np.ndarray, shape: tuple[in
     return np.sort(order[first])
 
 
-def local_maxima(response: Any, backend: Backend, floor: float = 0.0) -> np.ndarray:
+def candidates(response: Any, backend: Backend, floor: float = 0.0, rows: tuple[int, int] | None = None, out: Any = None) -> Any:
+    """Pixels equal to their 3 x 3 maximum and strictly above ``floor``.
+
+    Parameters
+    ----------
+    response : (B, R, C) float32 device array
+        As for :func:`local_maxima`.
+    rows : (r0, r1), optional
+        Only rows ``r0 .. r1 - 1`` of the mask (response rows ``r0 .. r1 + 1``
+        are read), so that bands of rows can be computed side by side.
+    out : (B, R - 2, C - 2) bool device array, optional
+        Written (those rows only) and returned; a new array without it.
+
+    Returns
+    -------
+    (B, R - 2, C - 2) bool device array
+        The mask of the pixels inside the one-pixel margin.
+    """
+    xp = backend.xp
+    B, R, C = response.shape
+    r0, r1 = (0, R - 2) if rows is None else rows
+    with backend.use():  # the kernels run on the response's device
+        out = xp.empty((B, R - 2, C - 2), dtype=bool) if out is None else out
+        part = response[:, r0 : r1 + 2]
+        pooled = _max3(_max3(part, 2, xp), 1, xp)
+        # clamping the pool to the next float above the floor folds "> floor" into one comparison
+        xp.maximum(pooled, np.nextafter(np.float32(floor), np.float32(np.inf)), out=pooled)
+        xp.greater_equal(part[:, 1:-1, 1:-1], pooled, out=out[:, r0:r1])
+    return out
+
+
+def local_maxima(response: Any, backend: Backend, floor: float = 0.0, cand: Any = None) -> np.ndarray:
     """Features: strict-or-plateau 3x3 maxima of a positive response.
 
     Parameters
@@ -70,6 +101,9 @@ def local_maxima(response: Any, backend: Backend, floor: float = 0.0) -> np.ndar
     backend : Backend
     floor : float
         Only pixels strictly above ``floor`` can be features.
+    cand : (B, R - 2, C - 2) bool device array, optional
+        :func:`candidates` of ``response`` and ``floor`` when already
+        computed (by bands of rows, on several threads).
 
     Returns
     -------
@@ -83,10 +117,7 @@ def local_maxima(response: Any, backend: Backend, floor: float = 0.0) -> np.ndar
     if R < 3 or C < 3:
         return np.empty(0, dtype=np.int64)
     with backend.use():  # the kernels run on the response's device
-        pooled = _max3(_max3(response, 2, xp), 1, xp)
-        # clamping the pool to the next float above the floor folds "> floor" into one comparison
-        xp.maximum(pooled, np.nextafter(np.float32(floor), np.float32(np.inf)), out=pooled)
-        cand = response[:, 1:-1, 1:-1] >= pooled
+        cand = candidates(response, backend, floor) if cand is None else cand
         flat = backend.to_host(xp.flatnonzero(cand)).astype(np.int64)
         b, rem = np.divmod(flat, (R - 2) * (C - 2))
         r, c = np.divmod(rem, C - 2)

@@ -129,25 +129,27 @@ class LevelGroup:
     gx: Any
     dense: Any = None
 
-    def transfer_into(self, j: int, scale: np.ndarray, out: Any, tmp: Any, xp: Any) -> Any:
-        """Level ``j`` of the group (0-based within it) times ``scale[b]`` for each image ``b``.
+    def transfer_into(self, j: int, scale: np.ndarray | None, out: Any, tmp: Any, xp: Any) -> Any:
+        """Level ``j`` of the group (0-based within it), times ``scale[b]`` for each image ``b``.
 
         Parameters
         ----------
-        scale : (B,) float32 ndarray
+        scale : (B,) float32 ndarray or None
+            None: the transfer function alone, (P // d, Q // (2 d) + 1), the
+            kept 2-D function itself when there is one (do not write to it).
         out : (B, P // d, Q // (2 d) + 1) float32 device array
-            Overwritten and returned.
+            Overwritten and returned (its first image only, with ``scale`` None).
         tmp : (P // d, Q // (2 d) + 1) float32 device array
             Scratch.
         """
         if self.dense is not None:
-            return xp.multiply(self.dense[j], xp.asarray(scale[:, None, None]), out=out)
+            return self.dense[j] if scale is None else xp.multiply(self.dense[j], xp.asarray(scale[:, None, None]), out=out)
         gy, gx = self.gy[j], self.gx[j]
-        for b, s in enumerate(scale):
+        for b, s in enumerate([1.0] if scale is None else scale):
             xp.multiply(gy[1][:, None], (gx[1] * xp.float32(s))[None, :], out=out[b])
             xp.multiply(gy[0][:, None], (gx[0] * xp.float32(s))[None, :], out=tmp)
             xp.add(out[b], tmp, out=out[b])
-        return out
+        return out[0] if scale is None else out
 
 
 @dataclass(frozen=True)

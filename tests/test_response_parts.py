@@ -56,8 +56,15 @@ def test_running_max_merges_the_parts_of_several_threads():
         t.join()
     rm.add(parts[2])
     assert len(rm.parts) == 3
+    window = (slice(1, 3),)
+    cut = rm.result(np.array([0, 7, 0, 0], np.float32), window=window)  # a new array: the parts stay as they were
+    np.testing.assert_array_equal(cut, [7.0, 5.0])
+    assert cut.flags.c_contiguous and not any(np.shares_memory(cut, p) for p in parts)
     np.testing.assert_array_equal(rm.result(parts[3]), np.full(4, 5.0))
     assert _lanes.RunningMax(np).result() is None
+    one = _lanes.RunningMax(np)
+    one.add(np.arange(4, dtype=np.float32))
+    np.testing.assert_array_equal(one.result(window=window), [1.0, 2.0])
 
 
 def test_per_thread_objects_are_made_once_per_thread_and_key():
@@ -118,7 +125,7 @@ def test_lane_threads_end_with_the_interpreter():
 
 
 @pytest.mark.parametrize("dense", [False, True])
-def test_level_response_is_the_filtered_image_over_its_threshold(dense):
+def test_level_response_is_the_filtered_image(dense):
     rng = np.random.default_rng(2)
     be = get_backend("numpy", workers=1)
     x = rng.random((2, 32, 48)).astype(np.float32)
@@ -126,11 +133,15 @@ def test_level_response_is_the_filtered_image_over_its_threshold(dense):
     gy, gx = rng.random((3, 2, 32)).astype(np.float32), rng.random((3, 2, 25)).astype(np.float32)
     h = gy[1, 1][:, None] * gx[1, 1][None, :] + gy[1, 0][:, None] * gx[1, 0][None, :]  # level 1 of the group
     group = LevelGroup(1, (4, 5, 6), gy, gx, dense=np.stack([h] * 3) if dense else None)
-    scale = np.array([2.0, 0.5], np.float32)
     scratch = (np.empty_like(F), np.empty(F.shape, np.float32), np.empty(F.shape[1:], np.float32))
-    D = _level_response(F, group, 1, scale, (32, 48), be, scratch, None)
-    expect = scipy.fft.irfft2(F * h * scale[:, None, None], s=(32, 48))
-    np.testing.assert_allclose(D, expect, rtol=1e-4, atol=1e-5)
+    D = _level_response(F, group, 1, (32, 48), be, scratch, None)
+    np.testing.assert_allclose(D, scipy.fft.irfft2(F * h, s=(32, 48)), rtol=1e-4, atol=1e-5)
+    if dense:  # the kept function itself, not a copy; the factored one is written into the scratch
+        assert np.shares_memory(group.transfer_into(1, None, scratch[1], scratch[2], np), group.dense)
+    else:
+        np.testing.assert_allclose(group.transfer_into(1, None, scratch[1], scratch[2], np), h, rtol=1e-6)
+    scale = np.array([2.0, 0.5], np.float32)
+    np.testing.assert_allclose(group.transfer_into(1, scale, scratch[1], scratch[2], np), h * scale[:, None, None], rtol=1e-6)
 
 
 def test_a_large_filter_bank_keeps_only_its_1d_factors_and_finds_the_same_features(monkeypatch):
