@@ -1,6 +1,6 @@
 """Detector speed and memory against peers, measured in one run.
 
-Peers, run round-robin on the same tile so that a noisy machine slows them alike:
+Peers, run round-robin on the same tile (in a shuffled order each round) so that a noisy machine slows them alike:
 
 * ``mhd``          the package's detector (decimated coarse levels, cubic upsampling)
 * ``mhd-1-thread`` the same on one CPU thread (how much the lanes give)
@@ -13,10 +13,16 @@ Peers, run round-robin on the same tile so that a noisy machine slows them alike
   cached analytic Gaussian transfer functions, one full-size irfft2 per DoG
   level, running max over scales, 3x3 maximum as two 1-D passes of shifted maxima (no padding:
   wraps around; no per-tile noise threshold)
-* ``mhd@COMMIT``   with ``--base COMMIT``: the detector as of that commit (its ``functions/``
-  from ``git archive``), to measure a change against its predecessor in one run
 * ``skimage``      ``skimage.feature.blob_dog`` (a different algorithm: geometric
   scales, 3-D maxima, pruning), only up to ``--skimage-max`` pixels a side
+
+``--base COMMIT`` then compares this tree's detector with the one of that commit
+(its ``functions/`` from ``git archive``) at each size and number of levels:
+fresh processes, one per detector, alternate for ``--rounds`` rounds, each
+timing ``--repeat`` calls after a warm-up; it prints each round's pair of
+medians, how many rounds this tree won, and the median of the per-round
+ratios. In one process the two copies disturb each other: an identical copy
+loaded beside ``mhd`` measured 25 % slower in the round-robin.
 
 Prints, per size and number of levels, the median milliseconds per tile after
 a warm-up, peak memory allocated during one warm call (tracemalloc, MB; cached
@@ -33,7 +39,7 @@ Usage::
     python bench/bench_detector.py                      # 512..4096, 8/16/32 levels
     python bench/bench_detector.py --sizes 1024 --levels 16 --repeat 21
     python bench/bench_detector.py --gpu --sizes 1024 4096
-    python bench/bench_detector.py --sizes 1024 --levels 16 --skimage-max 0 --base f1dca4b
+    python bench/bench_detector.py --sizes 1024 --levels 16 --skimage-max 0 --base f1dca4b --rounds 10
     python bench/bench_detector.py --sizes 1024 --levels 16 --skimage-max 0 --dtype float32   # float tiles
 """
 
@@ -45,6 +51,7 @@ import gc
 import importlib.util
 import json
 import os
+import random
 import statistics
 import time
 import tracemalloc
@@ -162,9 +169,8 @@ def peak_mb(fn) -> tuple[float, object]:
     return peak / 2**20, out
 
 
-def run_cpu(sizes, levels, repeat, skimage_max, base_commit=None, dtype="uint8"):
+def run_cpu(sizes, levels, repeat, skimage_max, dtype="uint8"):
     one_thread = get_backend("numpy", workers=1)
-    base = load_base(base_commit) if base_commit else None
     naive = load_naive_mhd()
     base_name = "naive_mhd" if naive is not None else "straightforward"
     print(f"| size | levels | peer | median ms | peak MB | x {base_name} | features |")
@@ -177,8 +183,6 @@ def run_cpu(sizes, levels, repeat, skimage_max, base_commit=None, dtype="uint8")
                 "mhd-1-thread": lambda: detect(img, n_bin=n_bin, backend=one_thread).features,
                 "mhd-exact": lambda: detect(img, n_bin=n_bin, backend="numpy", tol=0).features,
             }
-            if base is not None:
-                peers[f"mhd@{base_commit}"] = lambda: base.detect(img, n_bin=n_bin, backend="numpy").features
             if naive is not None:
                 model = naive.MHD(img.shape, n_bin=n_bin)  # its transfer functions, built once per shape
                 peers["naive_mhd"] = lambda: model.count(naive.normalize(img))
@@ -190,8 +194,11 @@ def run_cpu(sizes, levels, repeat, skimage_max, base_commit=None, dtype="uint8")
             for name, fn in peers.items():  # warm-up (filter banks, FFT plans), then memory of a warm call
                 fn()
                 mem[name], results[name] = peak_mb(fn)
+            order = random.Random(size * 1000 + n_bin)
             for rep in range(reps):  # round-robin: a noisy machine slows every peer alike
-                for name, fn in peers.items():
+                # in a new order each round: a peer run after one that freed much memory (mhd-exact) found the
+                # allocator in another state, which made identical code 25 % slower in a fixed order
+                for name, fn in order.sample(list(peers.items()), len(peers)):
                     if name == "skimage" and rep >= 3:  # seconds per call: three timings are plenty
                         continue
                     t0 = time.perf_counter()
@@ -270,6 +277,44 @@ def run_gpu(sizes, levels, repeat):
     FIGURES["gpu"].append(dict(kind="huge", size=16384, levels=64, ms=ms, pool_mb=pool.total_bytes() / 2**20, features=det.count))
 
 
+def time_one(commit: str, size: int, n_bin: int, repeat: int, dtype: str) -> float:
+    """Median ms of ``detect`` on the bench tile, this tree's (``commit`` "") or ``commit``'s, in this process."""
+    module = load_base(commit) if commit else importlib.import_module("mhd.functions")
+    img = em_tile(size).astype(dtype)
+    for _ in range(3):
+        module.detect(img, n_bin=n_bin, backend="numpy")
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        module.detect(img, n_bin=n_bin, backend="numpy")
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def run_ab(commit: str, size: int, n_bin: int, repeat: int, rounds: int, dtype: str) -> None:
+    """This tree against ``commit``: alternating fresh processes (:func:`time_one`), the order swapped each round."""
+    import subprocess
+    import sys
+
+    def one(which: str) -> float:
+        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_detector as b; "
+        code += f"print(b.time_one({which!r}, {size}, {n_bin}, {repeat}, {dtype!r}))"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        return float(out.stdout.split()[-1])
+
+    pairs = []
+    for r in range(rounds):
+        order = ("", commit) if r % 2 == 0 else (commit, "")
+        got = {which: one(which) for which in order}
+        pairs.append((got[""], got[commit]))
+    ratios = [a / b for a, b in pairs]
+    print(f"\n{size}^2 x {n_bin}, this tree against {commit}, ms per round (fresh processes, {repeat} calls each):")
+    print("  " + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in pairs))
+    wins = sum(a < b for a, b in pairs)
+    print(f"  this tree faster in {wins} of {rounds} rounds; median ratio {statistics.median(ratios):.3f}")
+    FIGURES["cpu"].append(dict(size=size, levels=n_bin, base=commit, pairs_ms=pairs, wins=wins, median_ratio=statistics.median(ratios)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
@@ -278,11 +323,16 @@ def main() -> None:
     ap.add_argument("--skimage-max", type=int, default=1024, help="largest size at which blob_dog runs")
     ap.add_argument("--gpu", action="store_true", help="also measure CuPy on the GPU")
     ap.add_argument("--json", type=Path, help="also write every figure to this JSON file")
-    ap.add_argument("--base", metavar="COMMIT", help="also time the detector as of this git commit (peer mhd@COMMIT)")
+    ap.add_argument("--base", metavar="COMMIT", help="also compare with the detector as of this git commit, in alternating fresh processes")
+    ap.add_argument("--rounds", type=int, default=8, help="rounds of --base (a fresh process per detector each)")
     ap.add_argument("--dtype", default="uint8", choices=["uint8", "uint16", "float32"], help="pixel type of the CPU tiles (default uint8)")
     args = ap.parse_args()
     try:
-        run_cpu(args.sizes, args.levels, args.repeat, args.skimage_max, args.base, args.dtype)
+        run_cpu(args.sizes, args.levels, args.repeat, args.skimage_max, args.dtype)
+        if args.base:
+            for size in args.sizes:
+                for n_bin in args.levels:
+                    run_ab(args.base, size, n_bin, args.repeat, args.rounds, args.dtype)
         if args.gpu:
             if not cuda_available():
                 raise SystemExit("--gpu: no CUDA device visible to CuPy")
