@@ -196,8 +196,7 @@ def run_cpu(sizes, levels, repeat, skimage_max, dtype="uint8"):
                 mem[name], results[name] = peak_mb(fn)
             order = random.Random(size * 1000 + n_bin)
             for rep in range(reps):  # round-robin: a noisy machine slows every peer alike
-                # in a new order each round: a peer run after one that freed much memory (mhd-exact) found the
-                # allocator in another state, which made identical code 25 % slower in a fixed order
+                # in a new order each round, so that no peer always runs after the same one
                 for name, fn in order.sample(list(peers.items()), len(peers)):
                     if name == "skimage" and rep >= 3:  # seconds per call: three timings are plenty
                         continue
