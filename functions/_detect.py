@@ -377,8 +377,7 @@ def _response(
         D = _level_response(Fd, g, j, (P // d, Q // d), be, buffers, 1 if lanes > 1 else None)
         # in units of the level's threshold, once the noise model is in (the transform did not wait for it):
         # D_i / thr_i > 1 passes level i
-        for b, s in enumerate(1.0 / np.maximum(noise.result().thresholds[:, i], MIN_THRESHOLD)):
-            D[b] *= xp.float32(s)
+        D *= xp.asarray((1.0 / np.maximum(noise.result().thresholds[:, i], MIN_THRESHOLD)).astype(np.float32)[:, None, None])
         cs, samples[i] = cell_sums(D, d, rows, cols, xp)
         sums[:, i] = be.to_host(cs)
         maxima[d].add(tag(D, i, xp, absolute=polarity == "both"))
