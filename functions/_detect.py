@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
@@ -729,8 +730,10 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
         norm = be.xp.stack(norm)
         be.synchronize()
         timings["normalize"] = (time.perf_counter() - t_start) * 1e3
-        # measured on a lane while the first block's forward FFT runs here (in order with one lane)
-        noise = soon(_lanes(be), functools.partial(_noise_model, norm, steps, t, p, be))
+        # measured on a lane while the first block's forward FFT runs here (in order with one lane), its 1-D transforms
+        # on one thread there, as every lane's
+        lane = dataclasses.replace(be, workers=1) if _lanes(be) > 1 else be
+        noise = soon(_lanes(be), functools.partial(_noise_model, norm, steps, t, p, lane))
         features, moments, energy, cell_energy = _detect_stack(norm, noise, p, backends, timings)
         model = noise.result()
         timings["noise"] = model.ms
