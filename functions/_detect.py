@@ -283,7 +283,7 @@ def _level_response(
         The level: ``group``'s ``j``-th (:meth:`LevelGroup.transfer_into`).
     shape : (p, q)
         The level's grid.
-    scratch : (complex64 array like ``Fd``, float32 (1, p, q // 2 + 1) array, float32 (p, q // 2 + 1) array)
+    scratch : (complex64 array like ``Fd``, two float32 (p, q // 2 + 1) arrays)
         Buffers of this thread for this grid (overwritten).
     workers : int or None
         FFT threads (None: the backend's).
@@ -294,7 +294,7 @@ def _level_response(
         ``D_i`` in image units, a new array.
     """
     buf, h, tmp = scratch
-    be.xp.multiply(Fd, group.transfer_into(j, None, h, tmp, be.xp), out=buf)
+    be.xp.multiply(Fd, group.transfer_into(j, h, tmp, be.xp), out=buf)
     return be.irfft2(buf, shape, workers=workers, overwrite=True)
 
 
@@ -373,7 +373,7 @@ def _response(
         d, i = g.factor, g.levels[j]
         Fd = spectra[d]
         buffers = scratch.get(
-            d, lambda: (xp.empty_like(Fd), xp.empty((1,) + Fd.shape[1:], dtype=xp.float32), xp.empty(Fd.shape[1:], dtype=xp.float32))
+            d, lambda: (xp.empty_like(Fd), xp.empty(Fd.shape[1:], dtype=xp.float32), xp.empty(Fd.shape[1:], dtype=xp.float32))
         )
         D = _level_response(Fd, g, j, (P // d, Q // d), be, buffers, 1 if lanes > 1 else None)
         # in units of the level's threshold, once the noise model is in (the transform did not wait for it):

@@ -129,27 +129,25 @@ class LevelGroup:
     gx: Any
     dense: Any = None
 
-    def transfer_into(self, j: int, scale: np.ndarray | None, out: Any, tmp: Any, xp: Any) -> Any:
-        """Level ``j`` of the group (0-based within it), times ``scale[b]`` for each image ``b``.
+    def transfer_into(self, j: int, out: Any, tmp: Any, xp: Any) -> Any:
+        """Level ``j`` of the group (0-based within it): its 2-D transfer function.
 
         Parameters
         ----------
-        scale : (B,) float32 ndarray or None
-            None: the transfer function alone, (P // d, Q // (2 d) + 1), the
-            kept 2-D function itself when there is one (do not write to it).
-        out : (B, P // d, Q // (2 d) + 1) float32 device array
-            Overwritten and returned (its first image only, with ``scale`` None).
-        tmp : (P // d, Q // (2 d) + 1) float32 device array
-            Scratch.
+        out, tmp : (P // d, Q // (2 d) + 1) float32 device arrays
+            Scratch: the function is written into ``out`` from its 1-D factors.
+
+        Returns
+        -------
+        (P // d, Q // (2 d) + 1) float32 device array
+            ``out``, or the kept 2-D function itself when there is one (do not write to it).
         """
         if self.dense is not None:
-            return self.dense[j] if scale is None else xp.multiply(self.dense[j], xp.asarray(scale[:, None, None]), out=out)
+            return self.dense[j]
         gy, gx = self.gy[j], self.gx[j]
-        for b, s in enumerate([1.0] if scale is None else scale):
-            xp.multiply(gy[1][:, None], (gx[1] * xp.float32(s))[None, :], out=out[b])
-            xp.multiply(gy[0][:, None], (gx[0] * xp.float32(s))[None, :], out=tmp)
-            xp.add(out[b], tmp, out=out[b])
-        return out[0] if scale is None else out
+        xp.multiply(gy[1][:, None], gx[1][None, :], out=out)
+        xp.multiply(gy[0][:, None], gx[0][None, :], out=tmp)
+        return xp.add(out, tmp, out=out)
 
 
 @dataclass(frozen=True)
