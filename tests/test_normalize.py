@@ -182,3 +182,14 @@ def test_float_limits_are_numpys_quantiles(dtype):
             assert got == tuple(float(v) for v in want)
         else:  # NumPy interpolates in float32, we in float64
             np.testing.assert_allclose(got, want, rtol=2 * np.finfo(np.float32).eps)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("view", ["even", "odd", "strided", "transposed"])
+def test_grey_histogram_counts_every_pixel_once(dtype, view):
+    from mhd.functions._normalize import _histogram
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 251, (64, 48)).astype(dtype)
+    img = {"even": img, "odd": img[:63, :47], "strided": img[:, ::3], "transposed": img.T}[view]
+    assert np.array_equal(_histogram(img, np), np.bincount(img.ravel()))
