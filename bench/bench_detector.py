@@ -5,6 +5,11 @@ Peers, run round-robin on the same tile (in a shuffled order each round) so that
 * ``mhd``          the package's detector (decimated coarse levels, cubic upsampling)
 * ``mhd-1-thread`` the same on one CPU thread (how much the lanes give)
 * ``mhd-exact``    the same with ``tol=0`` (every level at full resolution)
+* ``mhd-transforms`` the Fourier work of ``mhd``'s scale space alone, on one thread: the forward
+  transform of the padded tile and, per level, the product with its transfer function and the inverse
+  transform on its (decimated) grid, and nothing else. No detector that uses these levels can take less;
+  ``mhd`` less this is what everything else costs (normalising, the noise model, the per-level passes,
+  the merge, the NMS, the blur fit, the moments)
 * ``naive_mhd``    the honest outside peer: ``shared/peers/naive_mhd.py`` beside the
   clone (folder overridable by ``MHD_PEERS_DIR``; skipped with a note when absent),
   timed as ``MHD(shape, n_bin).count(normalize(img))`` with the instance (its
@@ -63,7 +68,8 @@ import scipy.fft
 from scipy.spatial import cKDTree
 
 from mhd.functions import DEFAULTS, cuda_available, detect, detect_batch, get_backend, normalize, scales
-from mhd.functions._scalespace import dog_pairs
+from mhd.functions._detect import _crop_spectrum, _fast_size, halo_width
+from mhd.functions._scalespace import dog_pairs, filter_bank
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "isbi2012"
 
@@ -145,6 +151,26 @@ def straightforward(
     return np.argwhere((best == pooled) & (best > threshold))
 
 
+def transforms_only(image: np.ndarray, n_bin: int, backend) -> None:
+    """The Fourier transforms of ``detect``'s scale space for ``image`` and nothing else (see the module docstring).
+
+    The padded grid, the filter bank and its decimated groups are the detector's own (one block, defaults
+    otherwise); the input is the tile as float32, reflected into the grid.
+    """
+    p = DEFAULTS
+    h = halo_width(dog_pairs(scales(n_bin, p["min_t"], p["max_t"]))[1].max())
+    P, Q = (_fast_size(n + 2 * h) for n in image.shape)
+    bank = filter_bank((P, Q), n_bin, p["min_t"], p["max_t"], p["polarity"], p["tol"], backend)
+    grid = np.pad(image.astype(np.float32), ((h, P - image.shape[0] - h), (h, Q - image.shape[1] - h)), mode="reflect")[None]
+    F = backend.rfft2(grid)
+    for g in bank.groups:
+        Fd = F if g.factor == 1 else _crop_spectrum(F, g.factor, np)
+        buf, out, tmp = np.empty_like(Fd), np.empty(Fd.shape[1:], np.float32), np.empty(Fd.shape[1:], np.float32)
+        for j in range(len(g.levels)):
+            np.multiply(Fd, g.transfer_into(j, out, tmp, np), out=buf)
+            backend.irfft2(buf, (P // g.factor, Q // g.factor), overwrite=True)
+
+
 def skimage_peer(image: np.ndarray, n_bin: int) -> np.ndarray:
     from skimage.feature import blob_dog
 
@@ -182,6 +208,7 @@ def run_cpu(sizes, levels, repeat, skimage_max, dtype="uint8"):
                 "mhd": lambda: detect(img, n_bin=n_bin, backend="numpy").features,
                 "mhd-1-thread": lambda: detect(img, n_bin=n_bin, backend=one_thread).features,
                 "mhd-exact": lambda: detect(img, n_bin=n_bin, backend="numpy", tol=0).features,
+                "mhd-transforms": lambda: transforms_only(img, n_bin, one_thread),
             }
             if naive is not None:
                 model = naive.MHD(img.shape, n_bin=n_bin)  # its transfer functions, built once per shape
@@ -206,8 +233,10 @@ def run_cpu(sizes, levels, repeat, skimage_max, dtype="uint8"):
             base = statistics.median(times[base_name])
             for name in peers:
                 med = statistics.median(times[name])
-                n_feat = results[name] if isinstance(results[name], int) else len(results[name])
-                print(f"| {size} | {n_bin} | {name} | {med:.1f} | {mem[name]:.0f} | {med / base:.2f} | {n_feat} |")
+                n_feat = results[name] if results[name] is None or isinstance(results[name], int) else len(results[name])
+                print(
+                    f"| {size} | {n_bin} | {name} | {med:.1f} | {mem[name]:.0f} | {med / base:.2f} | {'-' if n_feat is None else n_feat} |"
+                )
                 FIGURES["cpu"].append(
                     dict(
                         size=size,
