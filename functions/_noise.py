@@ -112,7 +112,7 @@ def noise_spectrum(images: Any, be: Backend, samples: int = SAMPLES) -> np.ndarr
         rows = xp.asarray(rows[::step])
         phi, M = _row_geometry(W)
         phi_d = be.asarray(phi)
-        out = np.zeros((B, len(CENTRES)))
+        medians = []
         for b in range(B):
             x = images[b]
             v = x[rows - 1] - 2 * x[rows] + x[rows + 1]
@@ -121,10 +121,9 @@ def noise_spectrum(images: Any, be: Backend, samples: int = SAMPLES) -> np.ndarr
             o = xp.abs(be.irfft(V[None] * phi_d[:, None, :], W)[..., ::2]).reshape(len(CENTRES), -1)
             mid = o.shape[1] // 2
             # |values| order as their bit patterns do (non-negative float32): an integer partition is ~12 % faster
-            median = xp.partition(o.view(xp.int32), mid, axis=1)[:, mid].view(xp.float32)
-            var = (be.to_host(median).astype(np.float64) / _MAD) ** 2
-            out[b] = scipy.optimize.nnls(M, var)[0]
-        return out
+            medians.append(xp.partition(o.view(xp.int32), mid, axis=1)[:, mid].view(xp.float32))
+        var = (be.to_host(xp.stack(medians)).astype(np.float64) / _MAD) ** 2  # every image's in one read-back
+        return np.stack([scipy.optimize.nnls(M, var_b)[0] for var_b in var])
 
 
 @functools.lru_cache(maxsize=16)
@@ -227,22 +226,45 @@ def noise_level_function_of_rows(a: Any, b: Any, c: Any, be: Backend) -> tuple[n
         wide = mean.astype(edges.dtype)
         for edge in edges:
             label += wide > edge
-        order = xp.argsort(label, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(be.to_host(xp.bincount(label, minlength=LEVEL_BINS)))])
+        level, sigma = _bin_medians(mean, v, label, be)
+        return level, sigma / (_MAD * np.sqrt(6.0))
+
+
+def _bin_medians(mean: Any, v: Any, label: Any, be: Backend) -> tuple[np.ndarray, np.ndarray]:
+    """Median of ``mean`` and of ``v`` within each non-empty bin of ``label``, in bin order.
+
+    ``mean`` and ``v`` are non-negative float32 and ``label`` int8 (n,) arrays on ``be``;
+    the bins are intervals of ``mean`` (:func:`noise_level_function_of_rows`). A
+    median of an even count is the mean of its two middle values. Returns two
+    (bins,) float64 ndarrays, the same on every backend to the bit.
+
+    On the CPU each bin is partitioned alone (faster there than one selection over
+    all samples). On a GPU, where ``partition`` sorts fully and each value read
+    back waits for the device, the samples are sorted once per array, and the
+    middle values of every bin read back in one transfer: the bins' order
+    statistics of ``mean`` are the array's own, since each bin is an interval of
+    it; ``v`` is sorted by its bin and then its value, as one int64 key (the bits
+    of a non-negative float32 order as its values do).
+    """
+    xp = be.xp
+    counts = be.to_host(xp.bincount(label, minlength=LEVEL_BINS)).astype(np.int64)
+    full = counts > 0
+    first = (np.cumsum(counts) - counts)[full]
+    mid = np.concatenate([first + (counts[full] - 1) // 2, first + counts[full] // 2])  # lower middles, then upper
+    if be.device is None:
+        order = np.argsort(label, kind="stable")  # a stable sort of small labels is a counting sort
         mean, v = mean[order], v[order]
-        level, sigma = [], []
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            if hi > lo:
-                level.append(_median(mean[lo:hi], xp))
-                sigma.append(_median(v[lo:hi], xp))
-        return np.array(level), np.array(sigma) / (_MAD * np.sqrt(6.0))
-
-
-def _median(x: Any, xp: Any) -> float:
-    """Median of a non-empty 1-D array (the mean of its two middle values when even), by one partition."""
-    n = x.size
-    p = xp.partition(x, [(n - 1) // 2, n // 2])
-    return (float(p[(n - 1) // 2]) + float(p[n // 2])) / 2
+        middle = []
+        for x in (mean, v):
+            pairs = [np.partition(x[lo : lo + n], [(n - 1) // 2, n // 2])[[(n - 1) // 2, n // 2]] for lo, n in zip(first, counts[full])]
+            middle.append(np.concatenate([[p[0] for p in pairs], [p[1] for p in pairs]]))
+    else:
+        key = (label.astype(xp.int64) << 32) | v.view(xp.int32).astype(xp.int64)
+        v_mid = (xp.sort(key)[mid] & 0xFFFFFFFF).astype(xp.int32).view(xp.float32)
+        middle = be.to_host(xp.stack([xp.sort(mean)[mid], v_mid]))
+    both = np.asarray(middle, dtype=np.float64)
+    half = len(first)
+    return (both[0, :half] + both[0, half:]) / 2, (both[1, :half] + both[1, half:]) / 2
 
 
 def stabilizer(level: np.ndarray, sigma: np.ndarray, floor: float) -> np.ndarray | None:

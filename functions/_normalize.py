@@ -25,6 +25,11 @@ def _check_image(image: Any) -> None:
         raise TypeError(f"image dtype {image.dtype} is not numeric")
 
 
+def _check_saturation(saturation: float) -> None:
+    if not 0 <= saturation < 50:
+        raise ValueError("saturation must be a percentage in [0, 50)")
+
+
 def saturation_limits(image: Any, saturation: float = SATURATION_PCT, backend: str | Backend = "auto") -> tuple[float, float]:
     """Grey levels below/above which ``saturation`` percent of the pixels lie.
 
@@ -41,28 +46,21 @@ def saturation_limits(image: Any, saturation: float = SATURATION_PCT, backend: s
         ``lo`` is the smallest value with at least ``saturation`` % of pixels at
         or below it; ``hi`` the largest with at least ``saturation`` % at or above.
     """
-    if not 0 <= saturation < 50:
-        raise ValueError("saturation must be a percentage in [0, 50)")
+    _check_saturation(saturation)
     be = get_backend(backend)
     with be.use():  # the backend's device is current: arrays made here land on it, kernels run there
         xp = be.xp
         x = be.asarray(image)
         _check_image(x)
-        n = x.size
         q = saturation / 100.0
         if x.dtype.kind in "uib" and x.dtype.itemsize <= 2:  # a histogram of at most 65536 bins
             if x.dtype.kind == "u":
-                offset, counts = 0, _histogram(x, xp)
+                offset, counts = 0, _grey_counts(x, be)
             else:
                 x = x.astype(np.int64) if x.dtype.kind == "b" else x
                 offset = int(x.min())
-                counts = xp.bincount(x.ravel().astype(xp.int64) - offset)  # widened first: int8/int16 spans overflow their own type
-            cdf = xp.cumsum(counts)
-            k_lo = max(int(np.floor(q * n)), 1)  # at least one pixel at or below lo
-            k_hi = n - max(int(np.floor(q * n)), 1)  # pixels strictly below hi
-            lo = int(xp.searchsorted(cdf, k_lo, side="left")) + offset
-            hi = int(xp.searchsorted(cdf, k_hi, side="right")) + offset
-            return float(lo), float(min(hi, counts.size - 1 + offset))  # the last bin is the maximum's
+                counts = be.to_host(xp.bincount(x.ravel().astype(xp.int64) - offset))  # widened first: int8/int16 spans overflow
+            return _histogram_limits(counts, q, offset)
         x = x.astype(xp.float64) if x.dtype.kind in "iu" else x  # 32- and 64-bit integers: quantiles, not a histogram
         if not np.isfinite(float(x.min())) or not np.isfinite(float(x.max())):  # a NaN makes both NaN
             raise ValueError("image contains NaN or infinite values")
@@ -70,8 +68,27 @@ def saturation_limits(image: Any, saturation: float = SATURATION_PCT, backend: s
         return lo, hi
 
 
+def _histogram_limits(counts: np.ndarray, q: float, offset: int) -> tuple[float, float]:
+    """:func:`saturation_limits` from a host histogram whose bin ``k`` counts the value ``k + offset`` (the last bin the
+    maximum's)."""
+    cdf = np.cumsum(counts)
+    n = int(cdf[-1])
+    k_lo = max(int(np.floor(q * n)), 1)  # at least one pixel at or below lo
+    k_hi = n - max(int(np.floor(q * n)), 1)  # pixels strictly below hi
+    lo = int(np.searchsorted(cdf, k_lo, side="left")) + offset
+    hi = int(np.searchsorted(cdf, k_hi, side="right")) + offset
+    return float(lo), float(min(hi, counts.size - 1 + offset))
+
+
+def _grey_counts(x: Any, be: Backend) -> np.ndarray:
+    """The histogram of an 8- or 16-bit unsigned array on ``be``, read back once: (x.max() + 1,) int64 host array."""
+    counts = be.to_host(_histogram(x, be.xp))
+    return counts[: int(np.flatnonzero(counts)[-1]) + 1]
+
+
 def _histogram(x: Any, xp: Any) -> Any:
-    """Counts of each grey level ``0 .. x.max()`` of an 8- or 16-bit unsigned array: (x.max() + 1,) int64.
+    """Counts of each grey level of an 8- or 16-bit unsigned array: (m,) int64 array of ``xp``, ``m > x.max()``, zero
+    beyond the maximum (:func:`_grey_counts` trims them).
 
     A contiguous uint8 array of even size is counted two pixels at a time, by
     their 16-bit pairs, then folded: half the increments (0.8 against 1.4 ms
@@ -81,8 +98,7 @@ def _histogram(x: Any, xp: Any) -> Any:
     if flat.dtype != xp.uint8 or flat.size % 2 or not flat.flags.c_contiguous:
         return xp.bincount(flat)
     pairs = xp.bincount(flat.view(xp.uint16), minlength=1 << 16).reshape(256, 256)
-    counts = pairs.sum(axis=0) + pairs.sum(axis=1)  # each pixel once, whichever byte of its pair it is
-    return counts[: int(xp.flatnonzero(counts)[-1]) + 1]
+    return pairs.sum(axis=0) + pairs.sum(axis=1)  # each pixel once, whichever byte of its pair it is
 
 
 def _quantiles(x: Any, qs: tuple[float, ...], xp: Any) -> list[float]:
@@ -236,10 +252,14 @@ def grey_table(image: Any, saturation: float = SATURATION_PCT, backend: str | Ba
         _check_image(x)
         if x.dtype.kind != "u" or x.dtype.itemsize > 2:
             return None
-        lo, hi = _limits(x, saturation, be)
+        _check_saturation(saturation)
+        counts = _grey_counts(x, be)  # the one read-back: limits, range and table size all come from it
+        lo, hi = _histogram_limits(counts, saturation / 100.0, 0)
+        if hi <= lo:  # as _limits: the full range
+            lo, hi = float(np.flatnonzero(counts)[0]), float(counts.size - 1)
         if hi <= lo:
             return None
-        return _scaled(xp.arange(int(x.max()) + 1, dtype=x.dtype), lo, hi, xp), 1.0 / (hi - lo)
+        return _scaled(xp.arange(counts.size, dtype=x.dtype), lo, hi, xp), 1.0 / (hi - lo)
 
 
 def estimate_noise(image: Any, backend: str | Backend = "auto", row_step: int = 8) -> float:

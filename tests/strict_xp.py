@@ -12,6 +12,9 @@ here rather than on the first GPU run:
 * Reductions and scalar indexing return 0-d device arrays, never Python or
   NumPy scalars. ``float()``, ``int()``, ``bool()`` of a 0-d device array are
   allowed (CuPy synchronises and copies); of a larger array they raise.
+* Every read-back to the host (``get``, ``asnumpy``, ``item``, ``tolist`` and a
+  scalar conversion) is counted in :data:`READS`: on a GPU each one waits for
+  the device's queue to drain, so a batch's count per tile is a design figure.
 * Each array remembers the fake device current when it was made; using it in a
   computation while another device is current raises ValueError (CuPy does
   without peer access), and ``cuda.Device(i)`` switches the current device per
@@ -37,6 +40,13 @@ _local = threading.local()
 #: Number of fake devices.
 DEVICES = 2
 
+#: Read-backs to the host so far (device to host copies and scalar conversions), in all threads.
+READS = [0]
+
+
+def _read() -> None:
+    READS[0] += 1
+
 
 def _current() -> int:
     return getattr(_local, "device", 0)
@@ -58,12 +68,14 @@ class DeviceArray:
         raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy array explicitly.")
 
     def get(self) -> np.ndarray:
+        _read()
         return self._a.copy()
 
     # -- scalars -------------------------------------------------------
     def _scalar(self) -> Any:
         if self._a.ndim != 0:
             raise TypeError(f"only 0-d device arrays convert to Python scalars, got shape {self._a.shape}")
+        _read()
         return self._a[()]
 
     def __float__(self) -> float:
@@ -79,9 +91,11 @@ class DeviceArray:
         return complex(self._scalar())
 
     def item(self) -> Any:
+        _read()
         return self._a.item()
 
     def tolist(self) -> Any:
+        _read()
         return self._a.tolist()
 
     # -- container -----------------------------------------------------
@@ -311,6 +325,7 @@ def array(a: Any, dtype: Any = None, copy: bool = True, order: Any = None) -> De
 def asnumpy(a: Any) -> np.ndarray:
     """Copy to the host: device arrays to NumPy; NumPy input is returned as an array."""
     if isinstance(a, DeviceArray):
+        _read()
         return a._a.copy()
     return np.asarray(a)
 

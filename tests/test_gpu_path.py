@@ -92,6 +92,21 @@ def test_detect_batch_on_device_equals_numpy(tiles):
         _same(dev, cpu)
 
 
+def test_a_batch_reads_back_a_few_values_per_tile(tiles):
+    """Each read-back to the host waits for the GPU's queue to drain. Per tile a batch reads back its histogram, the
+    noise-level bins' counts and middle values: not one value per bin (it read back 68 values and copies per tile,
+    64 of them the bins' medians one by one), nor the noise spectrum image by image."""
+
+    def reads(batch: list) -> int:
+        start = strict_xp.READS[0]
+        detect_batch(batch, backend=DEV0)
+        return strict_xp.READS[0] - start
+
+    one, eight = reads(tiles[:1]), reads(tiles * 4)
+    assert (eight - one) / 7 <= 4
+    assert one <= 30  # per level once per batch (its energy per cell), the moments, the NMS and the features
+
+
 def test_a_factored_filter_bank_on_two_devices_equals_numpy(tiles, monkeypatch):
     """Banks above DENSE_BYTES write each level's filter from its 1-D factors on the device (a batch too)."""
     from mhd.functions import _scalespace
