@@ -107,6 +107,19 @@ def test_a_batch_reads_back_a_few_values_per_tile(tiles):
     assert one <= 30  # per level once per batch (its energy per cell), the moments, the NMS and the features
 
 
+def test_noise_bin_medians_by_sorting_on_device_equal_the_cpus_partitions():
+    from test_response_parts import bins_case
+
+    from mhd.functions._noise import _bin_medians
+
+    for seed in range(3):
+        mean, v, label = bins_case(seed)
+        with DEV0.use():
+            on_device = [XP.asarray(a) for a in (mean, v, label)]
+        for dev, cpu in zip(_bin_medians(*on_device, DEV0), _bin_medians(mean, v, label, CPU)):
+            assert isinstance(dev, np.ndarray) and dev.tolist() == cpu.tolist()
+
+
 def test_a_factored_filter_bank_on_two_devices_equals_numpy(tiles, monkeypatch):
     """Banks above DENSE_BYTES write each level's filter from its 1-D factors on the device (a batch too)."""
     from mhd.functions import _scalespace

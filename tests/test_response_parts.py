@@ -13,7 +13,7 @@ import scipy.fft
 from mhd.functions import _lanes, _scalespace, detect, get_backend
 from mhd.functions._cells import bands, cell_edges, cell_sums
 from mhd.functions._detect import _level_response
-from mhd.functions._noise import _median
+from mhd.functions._noise import LEVEL_BINS, _bin_medians
 from mhd.functions._scalespace import LevelGroup
 from mhd.functions._tags import COARSER, LEVEL_BITS, MAX_LEVELS, level_of, tag
 
@@ -190,7 +190,22 @@ def test_cell_sums_cover_the_block_and_not_its_halo_split_as_the_count_grid():
     assert samples.tolist() == [[0, 5]] and sums.tolist() == [[[0.0, 45.0]]]
 
 
-@pytest.mark.parametrize("n", [1, 2, 7, 10])
-def test_noise_median_by_one_partition_equals_numpy(n):
-    x = np.random.default_rng(n).random(n).astype(np.float32)
-    assert _median(x, np) == pytest.approx(float(np.median(x)), rel=1e-6)
+def bins_case(seed: int):
+    """Samples of the noise level function: ``mean`` binned by intervals of itself (some bins empty, counts odd
+    and even), ``v`` independent of it."""
+    rng = np.random.default_rng(seed)
+    mean = rng.random(301).astype(np.float32)
+    edges = np.sort(rng.choice(np.linspace(0.05, 0.95, 40), LEVEL_BINS - 1, replace=False))
+    edges[3] = edges[4]  # an empty bin
+    label = (mean[:, None] > edges[None, :]).sum(axis=1).astype(np.int8)
+    return mean, rng.random(301).astype(np.float32), label
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_noise_bin_medians_equal_numpys_median_of_each_bin(seed):
+    mean, v, label = bins_case(seed)
+    level, sigma = _bin_medians(mean, v, label, get_backend("numpy"))
+    full = [k for k in range(LEVEL_BINS) if (label == k).any()]
+    assert len(full) < LEVEL_BINS
+    assert level.tolist() == [float(np.median(mean[label == k].astype(np.float64))) for k in full]
+    assert sigma.tolist() == [float(np.median(v[label == k].astype(np.float64))) for k in full]
