@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import tracemalloc
+from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
-from mhd.functions.worker.tileio import LUMA, TileError, read_tile, sniff_format
+from mhd.functions import detect
+from mhd.functions.worker.tileio import LUMA, MAX_FRAME, TileError, read_tile, sniff_format, to_grey, trim_frame
 from tilegen import blobs, encode, png_header_only, tiff_header_only
 
 BIG = 10**8
@@ -227,3 +231,67 @@ def test_pillow_global_limit_is_restored():
     with pytest.raises(TileError):
         decode(png_header_only(10**5, 10**5), max_pixels=5000)
     assert Image.MAX_IMAGE_PIXELS == before
+
+
+# ------------------------------------------------------- image area only
+
+SEM = Path(__file__).parent / "data" / "sem-kriss"
+
+
+def framed(inner: np.ndarray) -> np.ndarray:
+    """``inner`` inside a frame as an FEI SEM draws it: a ring of one value, then a ring of another."""
+    out = np.pad(inner, 1, constant_values=0)
+    return np.pad(out, 1, constant_values=200)
+
+
+def test_a_two_ring_frame_is_trimmed_to_the_image():
+    inner = blobs((40, 50), seed=3)
+    assert np.array_equal(trim_frame(framed(inner)), inner)
+    assert np.array_equal(decode(encode(framed(inner), "PNG")), inner)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((64, 64), 7, np.uint8),  # a blank tile: all of it uniform
+        framed(blobs((14, 40), seed=1)),  # what is left would be under 16 px a side
+    ],
+)
+def test_a_uniform_or_too_small_image_keeps_its_frame(image):
+    assert trim_frame(image) is image
+
+
+def test_at_most_max_frame_lines_go_from_each_side():
+    inner = blobs((40, 40), seed=2)
+    thick = np.pad(inner, MAX_FRAME + 2, constant_values=0)
+    assert trim_frame(thick).shape == (40 + 4, 40 + 4)
+    edge = inner.copy()
+    edge[0] = 9  # one uniform line of the image itself: a frame of one line
+    assert trim_frame(edge).shape == (39, 40)
+
+
+def test_the_fei_data_bar_is_cut_off_by_the_metadata():
+    """A synthetic FEI TIFF: the image is the ResolutionX x ResolutionY named in the FEI_HELIOS tag; below it the bar."""
+    image = blobs((48, 64), seed=4)
+    bar = np.tile(np.array([0, 255], np.uint8), (12, 32))  # text-like stripes
+    buf = io.BytesIO()
+    meta = "[Image]\r\nResolutionX=64\r\nResolutionY=48\r\n"
+    tifffile.imwrite(buf, np.vstack([image, bar]), extratags=[(34682, "s", 0, meta, True)])
+    assert np.array_equal(decode(buf.getvalue()), image)
+
+
+def test_a_real_fei_scan_loses_its_bar_and_frame_and_reads_as_its_image_area():
+    """The slow scan of pair 001 as the microscope saved it: 471 x 512 RGB with a green and a black frame line and a
+    data bar of text below row 441. As a tile it is the image area, the PNG of the same scan less the frame line
+    that PNG kept; the bar doubled the feature count and pulled the blur to 0."""
+    path = SEM / "fei-original" / "30us_001.tif"
+    with open(path, "rb") as fh:
+        tile = read_tile(fh, BIG)
+    png = iio.imread(SEM / "time" / "slow_30us_001.png")  # rows 1-439, columns 1-510 of the original, one channel
+    assert tile.shape == (439, 509)
+    np.testing.assert_allclose(tile[:-1], png[1:, 1:], atol=1e-3)  # grey RGB: the luma is the grey level
+    whole = to_grey(tifffile.imread(path))  # the page as stored
+    det, raw = detect(tile, backend="numpy"), detect(whole, backend="numpy")
+    assert raw.count > 2 * det.count
+    assert raw.blur < 0.1 and 0.8 < det.blur < 1.4
+    assert np.nanmin(det.blur_cells) > 0.5  # no cell reads the frame's step as sharpness

@@ -27,6 +27,14 @@ Policy
   missing blocks with grey without an error).
 - TIFF compressions that tifffile cannot decode without ``imagecodecs``
   (LZW, JPEG) are decoded by Pillow once tifffile has checked the header.
+- Only the image area is returned. An FEI / Thermo Fisher SEM saves its data
+  bar (text, scale bar, logo) below the image in the same TIFF; the image is
+  the ``ResolutionX`` x ``ResolutionY`` pixels at the top left that its FEI
+  metadata names, and the bar is cut off (on a real scan it held as many
+  features as the image above it). Then up to :data:`MAX_FRAME` uniform lines
+  (every pixel one value) are trimmed from each edge: the black frame such
+  instruments draw, whose step to the image the detector would count as
+  structure and the blur fit read as sharpness (:func:`trim_frame`).
 
 Every refusal raises :class:`TileError` with a message meant for the person
 who sent the tile; the caller prefixes the tile's name.
@@ -40,10 +48,15 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["MAX_TIFF_PAGES", "TileError", "ImageInfo", "sniff_format", "read_tile", "to_grey"]
+__all__ = ["MAX_TIFF_PAGES", "MAX_FRAME", "TileError", "ImageInfo", "sniff_format", "read_tile", "to_grey", "trim_frame"]
 
 #: Most pages (IFDs) a TIFF tile may have: one image plus thumbnails or reduced resolutions.
 MAX_TIFF_PAGES = 64
+
+#: Most uniform lines :func:`trim_frame` removes from each edge of a tile (an instrument's frame is 1-2 px).
+MAX_FRAME = 4
+#: Smallest side a tile keeps after :func:`trim_frame` (the detector's smallest tile).
+MIN_TRIMMED_SIDE = 16
 
 #: BT.601 luma weights for R, G, B.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -126,7 +139,8 @@ def read_tile(fh: BinaryIO, max_pixels: int, max_decoded_bytes: int | None = Non
     Returns
     -------
     (M, N) ndarray
-        Integer or float grey levels as stored, or float32 for colour input.
+        Integer or float grey levels as stored, or float32 for colour input: the
+        image area only (no FEI data bar, no uniform frame; see the module docstring).
 
     Raises
     ------
@@ -146,7 +160,35 @@ def read_tile(fh: BinaryIO, max_pixels: int, max_decoded_bytes: int | None = Non
     except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, struct.error, ...
         raise TileError(f"cannot decode {fmt} image: {exc}") from exc
     _check_values(image)
-    return image
+    return trim_frame(image)
+
+
+def trim_frame(image: np.ndarray) -> np.ndarray:
+    """``image`` without the uniform lines along its edges: at most :data:`MAX_FRAME` from each side.
+
+    A line is uniform when all its pixels hold one value (an instrument's frame,
+    or padding): it carries no image. The frame is peeled ring by ring, each
+    edge's line judged within the lines still kept: an FEI scan's 1 px green
+    ring and the 1 px black ring inside it go in two steps. A uniform image (a
+    blank tile) is returned whole, and so is one that would keep fewer than
+    :data:`MIN_TRIMMED_SIDE` pixels a side.
+
+    Returns
+    -------
+    (M', N') ndarray
+        A view of ``image``.
+    """
+    if image.size == 0 or image.min() == image.max():
+        return image
+    top = bottom = left = right = 0
+    for _ in range(MAX_FRAME):
+        kept = image[top : image.shape[0] - bottom, left : image.shape[1] - right]
+        cut = [bool(line.min() == line.max()) for line in (kept[0], kept[-1], kept[:, 0], kept[:, -1])]
+        if not any(cut):
+            break
+        top, bottom, left, right = (n + c for n, c in zip((top, bottom, left, right), cut))
+    out = image[top : image.shape[0] - bottom, left : image.shape[1] - right]
+    return out if min(out.shape) >= MIN_TRIMMED_SIDE else image
 
 
 def to_grey(pixels: np.ndarray) -> np.ndarray:
@@ -197,6 +239,7 @@ def _read_tiff(fh: BinaryIO, max_pixels: int, max_decoded_bytes: int) -> np.ndar
             raise TileError("TIFF file holds no image")
         series = tif.series[0]
         rows, cols, samples = _tiff_geometry(series.axes, series.shape)
+        area = _fei_image_area(tif, rows, cols)
         info = ImageInfo("TIFF", (rows, cols), samples, np.dtype(series.dtype).itemsize)
         _check_limits(info, max_pixels, max_decoded_bytes)
         try:
@@ -207,8 +250,21 @@ def _read_tiff(fh: BinaryIO, max_pixels: int, max_decoded_bytes: int) -> np.ndar
             data = None  # a codec tifffile lacks without imagecodecs (LZW, JPEG): Pillow has them
     if data is None:
         fh.seek(0)
-        return _read_pil(fh, "TIFF", max_pixels, max_decoded_bytes)
-    return _tiff_to_2d(data, series.axes)
+        image = _read_pil(fh, "TIFF", max_pixels, max_decoded_bytes)
+    else:
+        image = _tiff_to_2d(data, series.axes)
+    return image[: area[0], : area[1]]
+
+
+def _fei_image_area(tif: object, rows: int, cols: int) -> tuple[int, int]:
+    """Rows and columns of the image proper in a TIFF of ``rows`` x ``cols``: the ``ResolutionY`` x ``ResolutionX``
+    its FEI metadata names (the data bar lies below), or all of it."""
+    meta = (getattr(tif, "fei_metadata", None) or {}).get("Image") or {}
+    try:
+        r, c = int(meta.get("ResolutionY", rows)), int(meta.get("ResolutionX", cols))
+    except (TypeError, ValueError):  # metadata that names no size: the whole page
+        return rows, cols
+    return (r, c) if 0 < r <= rows and 0 < c <= cols else (rows, cols)
 
 
 def _tiff_geometry(axes: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
