@@ -81,7 +81,11 @@ Partly defocused tiles
     shows it). A cell is blurred when its blur (``blur_cells``) minus its
     uncertainty (``blur_cells_err``) exceeds ``sqrt(c**2 + partial_blur**2)``
     (1.5 px), ``c`` the section's median cell blur (the median over tiles of
-    each tile's median cell), or when no detail is left in it. A cell's
+    each tile's median cell), or when no detail is left in it. A cell whose
+    coarse contrast is under :data:`SMOOTH_CELL` (a fifth) of its tile's
+    median cell is not judged: smooth content (the inside of a large
+    particle) has no detail to lose, and on real in-focus SEM scans such
+    cells read no detail or 3-12 px. A cell's
     blur scatters with its content more than a tile's (sharp cells of the
     ISBI slices read up to 0.7 px above ``c``), hence a larger margin than
     ``blur_max``. On real SEM scans of in-focus fields the feature density
@@ -503,18 +507,33 @@ class Judge:
         low = [tuple(map(int, rc)) for rc in np.argwhere(out)]
         if not low:
             return []
-        cells = None if rec.contrast_cells is None else np.asarray(rec.contrast_cells, dtype=float)
-        if cells is None or cells.shape != out.shape:
-            return low
-        return [(r, c) for r, c in low if cells[r, c] >= self.rule.empty_cnr]
+        judged = _judged_cells(rec, out.shape, self.rule.empty_cnr)
+        return [(r, c) for r, c in low if judged[r, c]]
+
+
+#: A cell whose contrast-to-noise is below this fraction of its tile's median cell's has too little structure for
+#: its focus to be judged: the smooth inside of a large particle, say. On real in-focus SEM scans
+#: (tests/data/sem-kriss, the image area) such cells read 0.05-0.13 of their tiles' median and no detail or a blur
+#: of 3-12 px; cells behind a 2-6 px disk in the same scans kept 0.5-1.0 (blur removes fine detail, not the
+#: coarse structure this contrast measures).
+SMOOTH_CELL = 0.2
+
+
+def _judged_cells(rec: TileRecord, shape: tuple[int, ...], empty_cnr: float) -> np.ndarray:
+    """Which cells of a grid of ``shape`` have structure enough to judge their focus: ``contrast_cells`` at least
+    ``empty_cnr`` (tissue) and at least :data:`SMOOTH_CELL` of the tile's median cell. All of them without it."""
+    cnr = _finite_cells(rec.contrast_cells)
+    if cnr is None or cnr.shape != shape:
+        return np.ones(shape, dtype=bool)
+    finite = cnr[np.isfinite(cnr)]
+    typical = float(np.median(finite)) if finite.size else 0.0
+    with np.errstate(invalid="ignore"):  # a NaN cell is never judged
+        return cnr >= max(empty_cnr, SMOOTH_CELL * typical)
 
 
 def _tissue_cells(rec: TileRecord, shape: tuple[int, ...], empty_cnr: float) -> int:
-    """How many cells of a grid of ``shape`` show tissue (``contrast_cells`` at least ``empty_cnr``; all without it)."""
-    cnr = _finite_cells(rec.contrast_cells)
-    if cnr is None or cnr.shape != shape:
-        return int(np.prod(shape))
-    return int((cnr >= empty_cnr).sum())
+    """How many cells of a grid of ``shape`` can be judged (:func:`_judged_cells`)."""
+    return int(_judged_cells(rec, shape, empty_cnr).sum())
 
 
 def _finite_cells(values: list | None) -> np.ndarray | None:

@@ -299,6 +299,25 @@ def test_partial_tile_flags_blurred_cells_not_sparse_ones():
     assert Judge(Rule(warmup=1)).cell_blur_threshold() == math.inf  # no tile with cells yet: no partial verdict
 
 
+def test_a_cell_of_smooth_content_is_not_judged_for_focus():
+    """The inside of a large particle on a real SEM scan: coarse shading far above the noise (not resin), a tenth
+    of its neighbours' contrast and no detail, or a loose blur of several px. It is not called blurred; a cell
+    behind a defocused probe keeps its coarse contrast and is."""
+    sharp = [[1.0, 1.1, 0.9, 1.0] for _ in range(4)]
+    err = [[0.2] * 4 for _ in range(4)]
+    prior = [replace(scored(f"t{i}", 1e4, blur=0.6, blur_cells=sharp, blur_cells_err=err), verdict="ok") for i in range(8)]
+    judge = Judge(Rule(warmup=1), prior=prior)
+    cells = [row[:] for row in sharp]
+    cells[2][0], cells[0][1] = None, 12.0
+    contrast = [[400.0] * 4 for _ in range(4)]
+    contrast[2][0], contrast[0][1] = 20.0, 60.0  # 0.05 and 0.15 of the median cell: smooth
+    smooth = judge.add(scored("sphere", 1e4, blur=1.1, blur_cells=cells, blur_cells_err=err, contrast=300.0, contrast_cells=contrast))[0]
+    assert smooth.verdict == "ok", smooth.reason
+    contrast[0][1] = 100.0  # 0.25 of the median: judged
+    out = judge.add(scored("wrinkle", 1e4, blur=1.1, blur_cells=cells, blur_cells_err=err, contrast=300.0, contrast_cells=contrast))[0]
+    assert (out.verdict, out.kind, out.reason) == ("oof", "partial", "partial: cells 0,1 blurred")
+
+
 def test_partial_tile_without_cell_blurs_flags_low_density_cells_unless_they_have_no_tissue():
     cell = 1e4 * (64 * 64) / 1e6
     grid = [[cell] * 4 for _ in range(4)]
