@@ -87,6 +87,7 @@ import numpy as np
 from mhd.functions import detect, normalize
 from mhd.functions.classic import CLASSIC_MEASURES
 from mhd.functions.simulate import digitize, disk_otf, scan_lowpass, sem_scan, shot_noise, to_signal
+from mhd.functions.worker.tileio import trim_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 KRISS = Path(os.environ.get("MHD_KRISS_DIR", ROOT / "tests" / "data" / "sem-kriss"))
@@ -98,6 +99,11 @@ FINE_SCALE = 4.0
 DOSES = (2.0, 6.0, 20.0, 80.0)
 
 
+def scan(path: Path) -> np.ndarray:
+    """A sem-kriss PNG's image area, as a tile is read: without the line of the microscope's frame it kept."""
+    return trim_frame(iio.imread(path))
+
+
 def pairs(folder: str) -> list[tuple[np.ndarray, np.ndarray, str]]:
     """(fast, slow, index) images of one sem-kriss folder."""
     fast, slow = FOLDERS[folder]
@@ -106,7 +112,7 @@ def pairs(folder: str) -> list[tuple[np.ndarray, np.ndarray, str]]:
         idx = f.stem.rsplit("_", 1)[1]
         s = KRISS / folder / f"{slow}_{idx}.png"
         if s.exists():
-            out.append((iio.imread(f), iio.imread(s), idx))
+            out.append((scan(f), scan(s), idx))
     return out
 
 
