@@ -514,8 +514,8 @@ class Judge:
 #: A cell whose contrast-to-noise is below this fraction of its tile's median cell's has too little structure for
 #: its focus to be judged: the smooth inside of a large particle, say. On real in-focus SEM scans
 #: (tests/data/sem-kriss, the image area) such cells read 0.05-0.13 of their tiles' median and no detail or a blur
-#: of 3-12 px; cells behind a 2-6 px disk in the same scans kept 0.5-1.0 (blur removes fine detail, not the
-#: coarse structure this contrast measures).
+#: of 3-12 px; cells behind a 2-24 px disk in the same scans kept 0.26-1.1, and in the ISBI slices 0.3-0.8 (blur
+#: removes fine detail, not the coarse structure this contrast measures).
 SMOOTH_CELL = 0.2
 
 

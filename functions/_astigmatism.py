@@ -310,7 +310,7 @@ def _seam_jumps(F: Any, P: int, band: _Band, xp: Any) -> tuple[Any, Any, Any]:
         ``E`` on the top and bottom crop rows.
     """
     n, m = band.n, band.m
-    # matrix-vector products: no (B, P, m) temporary, and 5-25x faster than the same einsum over complex values
+    # matrix-vector products: in NumPy no (B, P, m) temporary, and 5-25x faster than the same einsum over complex values
     jump_rows = (band.col_sum @ F[:, :, :m])[:, None, :]
     # E(q) sums all Q columns: the rfft half gives sum_g F(q) plus, by symmetry, the
     # conjugate of the same sum at -q without the columns that are their own mirror

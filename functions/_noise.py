@@ -105,7 +105,7 @@ def noise_spectrum(images: Any, be: Backend, samples: int = SAMPLES) -> np.ndarr
     with be.use():  # the backend's device is current: arrays made here land on it, kernels run there
         xp = be.xp
         B, H, W = images.shape
-        if H < 3 or W < 3:
+        if B == 0 or H < 3 or W < 3:
             return np.zeros((B, len(CENTRES)))
         rows = _rows(H)
         step = max(1, int(len(rows) * W // samples))
@@ -247,7 +247,11 @@ def _bin_medians(mean: Any, v: Any, label: Any, be: Backend) -> tuple[np.ndarray
     of a non-negative float32 order as its values do).
     """
     xp = be.xp
-    counts = be.to_host(xp.bincount(label, minlength=LEVEL_BINS)).astype(np.int64)
+    if be.device is None:
+        counts = np.bincount(label, minlength=LEVEL_BINS)
+    else:  # CuPy's bincount waits for the device twice before it counts (negative values, the maximum)
+        counts = be.to_host((label[None, :] == xp.arange(LEVEL_BINS, dtype=label.dtype)[:, None]).sum(axis=1))
+    counts = counts.astype(np.int64)
     full = counts > 0
     first = (np.cumsum(counts) - counts)[full]
     mid = np.concatenate([first + (counts[full] - 1) // 2, first + counts[full] // 2])  # lower middles, then upper

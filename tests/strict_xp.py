@@ -12,9 +12,10 @@ here rather than on the first GPU run:
 * Reductions and scalar indexing return 0-d device arrays, never Python or
   NumPy scalars. ``float()``, ``int()``, ``bool()`` of a 0-d device array are
   allowed (CuPy synchronises and copies); of a larger array they raise.
-* Every read-back to the host (``get``, ``asnumpy``, ``item``, ``tolist`` and a
-  scalar conversion) is counted in :data:`READS`: on a GPU each one waits for
-  the device's queue to drain, so a batch's count per tile is a design figure.
+* Every read-back to the host (``get``, ``asnumpy``, ``item``, ``tolist``, a
+  scalar conversion, and the two inside CuPy's ``bincount``) is counted in
+  :data:`READS`: on a GPU each one waits for the device's queue to drain, so a
+  batch's count per tile is a design figure.
 * Each array remembers the fake device current when it was made; using it in a
   computation while another device is current raises ValueError (CuPy does
   without peer access), and ``cuda.Device(i)`` switches the current device per
@@ -317,6 +318,14 @@ def asarray(a: Any, dtype: Any = None, order: Any = None) -> DeviceArray:
     return DeviceArray(np.array(_unwrap(a), dtype=dtype, order=order or "K", copy=True))
 
 
+def bincount(x: Any, weights: Any = None, minlength: int = 0) -> DeviceArray:
+    """``np.bincount`` on the device, with CuPy's two waits for the device: it checks the input for negative values and
+    reads its maximum before sizing the output."""
+    _read()
+    _read()
+    return _device_func(np.bincount)(x, weights, minlength)
+
+
 def array(a: Any, dtype: Any = None, copy: bool = True, order: Any = None) -> DeviceArray:
     out = asarray(a, dtype, order)
     return DeviceArray(out._a.copy()) if copy and isinstance(a, DeviceArray) else out
@@ -367,6 +376,7 @@ _MODULE = _Namespace(
     asarray=asarray,
     array=array,
     asnumpy=asnumpy,
+    bincount=bincount,
     get_array_module=get_array_module,
     ndarray=DeviceArray,
     cuda=cuda,

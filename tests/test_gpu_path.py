@@ -93,9 +93,10 @@ def test_detect_batch_on_device_equals_numpy(tiles):
 
 
 def test_a_batch_reads_back_a_few_values_per_tile(tiles):
-    """Each read-back to the host waits for the GPU's queue to drain. Per tile a batch reads back its histogram, the
-    noise-level bins' counts and middle values: not one value per bin (it read back 68 values and copies per tile,
-    64 of them the bins' medians one by one), nor the noise spectrum image by image."""
+    """Each read-back to the host waits for the GPU's queue to drain. Per tile a batch reads back its histogram (after
+    the two waits inside CuPy's ``bincount``), the noise-level bins' counts and their middle values: about 5, not
+    one value per bin (it read back 68 values and copies per tile, 64 of them the bins' medians one by one, and
+    waited 2 more times inside ``bincount``), nor the noise spectrum image by image."""
 
     def reads(batch: list) -> int:
         start = strict_xp.READS[0]
@@ -103,8 +104,8 @@ def test_a_batch_reads_back_a_few_values_per_tile(tiles):
         return strict_xp.READS[0] - start
 
     one, eight = reads(tiles[:1]), reads(tiles * 4)
-    assert (eight - one) / 7 <= 4
-    assert one <= 30  # per level once per batch (its energy per cell), the moments, the NMS and the features
+    assert (eight - one) / 7 <= 6
+    assert one <= 36  # per level once per batch (its energy per cell), the moments, the NMS and the features
 
 
 def test_noise_bin_medians_by_sorting_on_device_equal_the_cpus_partitions():

@@ -261,6 +261,13 @@ def test_a_uniform_or_too_small_image_keeps_its_frame(image):
     assert trim_frame(image) is image
 
 
+@pytest.mark.parametrize("rows", [2, 4, 6, 20])
+def test_a_tile_of_uniform_lines_is_returned_whole(rows):
+    """Stripes one value per row: every row is uniform, the image is not; nothing is trimmed, nothing raises."""
+    stripes = np.repeat((np.arange(rows) % 2 * 9).astype(np.uint8)[:, None], 20, axis=1)
+    assert np.array_equal(decode(encode(stripes, "PNG")), stripes)
+
+
 def test_at_most_max_frame_lines_go_from_each_side():
     inner = blobs((40, 40), seed=2)
     thick = np.pad(inner, MAX_FRAME + 2, constant_values=0)
@@ -277,6 +284,23 @@ def test_the_fei_data_bar_is_cut_off_by_the_metadata():
     buf = io.BytesIO()
     meta = "[Image]\r\nResolutionX=64\r\nResolutionY=48\r\n"
     tifffile.imwrite(buf, np.vstack([image, bar]), extratags=[(34682, "s", 0, meta, True)])
+    assert np.array_equal(decode(buf.getvalue()), image)
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        "[Image]\r\nResolutionX=64\r\nResolutionY=inf\r\n",
+        "[Image]\r\nResolutionX=true\r\nResolutionY=true\r\n",
+        "[Image]\r\nResolutionX=64\r\nResolutionY=600\r\n",
+        "[Image]\r\nResolutionX=0\r\nResolutionY=-3\r\n",
+        "[Beam]\r\nHV=10000\r\n",
+    ],
+)
+def test_fei_metadata_that_names_no_image_size_keeps_the_whole_page(meta):
+    image = blobs((60, 64), seed=5)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, image, extratags=[(34682, "s", 0, meta, True)])
     assert np.array_equal(decode(buf.getvalue()), image)
 
 

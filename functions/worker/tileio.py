@@ -178,11 +178,13 @@ def trim_frame(image: np.ndarray) -> np.ndarray:
     (M', N') ndarray
         A view of ``image``.
     """
-    if image.size == 0 or image.min() == image.max():
+    if min(image.shape) < MIN_TRIMMED_SIDE or image.min() == image.max():
         return image
     top = bottom = left = right = 0
     for _ in range(MAX_FRAME):
         kept = image[top : image.shape[0] - bottom, left : image.shape[1] - right]
+        if min(kept.shape) < MIN_TRIMMED_SIDE:
+            return image
         cut = [bool(line.min() == line.max()) for line in (kept[0], kept[-1], kept[:, 0], kept[:, -1])]
         if not any(cut):
             break
@@ -256,15 +258,21 @@ def _read_tiff(fh: BinaryIO, max_pixels: int, max_decoded_bytes: int) -> np.ndar
     return image[: area[0], : area[1]]
 
 
+#: Largest FEI metadata tag read (bytes); a microscope writes ~10 KB. A larger one is not metadata: the whole page.
+MAX_FEI_TAG_BYTES = 1 << 20
+
+
 def _fei_image_area(tif: object, rows: int, cols: int) -> tuple[int, int]:
     """Rows and columns of the image proper in a TIFF of ``rows`` x ``cols``: the ``ResolutionY`` x ``ResolutionX``
-    its FEI metadata names (the data bar lies below), or all of it."""
-    meta = (getattr(tif, "fei_metadata", None) or {}).get("Image") or {}
-    try:
-        r, c = int(meta.get("ResolutionY", rows)), int(meta.get("ResolutionX", cols))
-    except (TypeError, ValueError):  # metadata that names no size: the whole page
+    its FEI metadata names (the data bar lies below), or all of it where the metadata names no such size."""
+    tags = tif.pages.first.tags
+    if any(t is not None and t.valuebytecount > MAX_FEI_TAG_BYTES for t in (tags.get(34680), tags.get(34682))):
         return rows, cols
-    return (r, c) if 0 < r <= rows and 0 < c <= cols else (rows, cols)
+    meta = (tif.fei_metadata or {}).get("Image")
+    r, c = (meta.get(key) if isinstance(meta, dict) else None for key in ("ResolutionY", "ResolutionX"))
+    if type(r) is int and type(c) is int and 0 < r <= rows and 0 < c <= cols:  # not True, not 1e400
+        return r, c
+    return rows, cols
 
 
 def _tiff_geometry(axes: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
