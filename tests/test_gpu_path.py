@@ -95,8 +95,8 @@ def test_detect_batch_on_device_equals_numpy(tiles):
 def test_a_batch_reads_back_a_few_values_per_tile(tiles):
     """Each read-back to the host waits for the GPU's queue to drain. Per tile a batch reads back its histogram (after
     the two waits inside CuPy's ``bincount``), the noise-level bins' counts and their middle values: about 5, not
-    one value per bin (it read back 68 values and copies per tile, 64 of them the bins' medians one by one, and
-    waited 2 more times inside ``bincount``), nor the noise spectrum image by image."""
+    one value per bin (it read back about 75 times per tile, 64 of them the bins' medians one by one), nor the
+    noise spectrum image by image."""
 
     def reads(batch: list) -> int:
         start = strict_xp.READS[0]
