@@ -459,7 +459,7 @@ class Judge:
             blur = _finite_cells(rec.blur_cells)
             if blur is None:  # by density (older records)
                 return "oof", "partial", "partial: cells " + " ".join(f"{r},{c}" for r, c in cells) + " low"
-            tissue = _tissue_cells(rec, blur.shape, self.rule.empty_cnr)
+            tissue = int(_judged_cells(rec, blur.shape, self.rule.empty_cnr).sum())
             if 2 * len(cells) > tissue:  # most of the tile: not a region to look for, a focus to fix
                 return "oof", "defocus", f"defocus: {len(cells)} of {tissue} cells blurred (> {self.cell_blur_threshold():.2f} px)"
             return "oof", "partial", "partial: cells " + " ".join(f"{r},{c}" for r, c in cells) + " blurred"
@@ -529,11 +529,6 @@ def _judged_cells(rec: TileRecord, shape: tuple[int, ...], empty_cnr: float) -> 
     typical = float(np.median(finite)) if finite.size else 0.0
     with np.errstate(invalid="ignore"):  # a NaN cell is never judged
         return cnr >= max(empty_cnr, SMOOTH_CELL * typical)
-
-
-def _tissue_cells(rec: TileRecord, shape: tuple[int, ...], empty_cnr: float) -> int:
-    """How many cells of a grid of ``shape`` can be judged (:func:`_judged_cells`)."""
-    return int(_judged_cells(rec, shape, empty_cnr).sum())
 
 
 def _finite_cells(values: list | None) -> np.ndarray | None:

@@ -254,21 +254,19 @@ def _bin_medians(mean: Any, v: Any, label: Any, be: Backend) -> tuple[np.ndarray
     counts = counts.astype(np.int64)
     full = counts > 0
     first = (np.cumsum(counts) - counts)[full]
-    mid = np.concatenate([first + (counts[full] - 1) // 2, first + counts[full] // 2])  # lower middles, then upper
+    mid = np.stack([first + (counts[full] - 1) // 2, first + counts[full] // 2], axis=1)  # (bins, 2): the middle two
     if be.device is None:
         order = np.argsort(label, kind="stable")  # a stable sort of small labels is a counting sort
-        mean, v = mean[order], v[order]
-        middle = []
-        for x in (mean, v):
-            pairs = [np.partition(x[lo : lo + n], [(n - 1) // 2, n // 2])[[(n - 1) // 2, n // 2]] for lo, n in zip(first, counts[full])]
-            middle.append(np.concatenate([[p[0] for p in pairs], [p[1] for p in pairs]]))
+        middle = [
+            [np.partition(x[lo : lo + n], pick - lo)[pick - lo] for lo, n, pick in zip(first, counts[full], mid)]
+            for x in (mean[order], v[order])
+        ]
     else:
         key = (label.astype(xp.int64) << 32) | v.view(xp.int32).astype(xp.int64)
         v_mid = (xp.sort(key)[mid] & 0xFFFFFFFF).astype(xp.int32).view(xp.float32)
         middle = be.to_host(xp.stack([xp.sort(mean)[mid], v_mid]))
-    both = np.asarray(middle, dtype=np.float64)
-    half = len(first)
-    return (both[0, :half] + both[0, half:]) / 2, (both[1, :half] + both[1, half:]) / 2
+    both = np.asarray(middle, dtype=np.float64).reshape(2, -1, 2)  # (mean or v, bin, lower or upper middle)
+    return (both[0, :, 0] + both[0, :, 1]) / 2, (both[1, :, 0] + both[1, :, 1]) / 2
 
 
 def stabilizer(level: np.ndarray, sigma: np.ndarray, floor: float) -> np.ndarray | None:
