@@ -10,7 +10,9 @@ full-resolution levels side by side contend for memory bandwidth
 the transforms (:func:`soon`): the noise model beside the forward FFT, the
 NMS beside the blur fit. The thread pools are made once per size and shut
 down at interpreter exit (or by :func:`shutdown`; a later call makes a fresh
-pool).
+pool). A process forked from one that has used them (``multiprocessing`` on
+Linux) has the pools but not their threads: the child forgets them and makes
+its own (its first detection waited forever for threads that were not there).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import atexit
 import collections
 import concurrent.futures
 import functools
+import os
 import threading
 from typing import Any, Callable, Sequence
 
@@ -35,6 +38,17 @@ def lane_pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
         if pool is None:
             pool = _POOLS[n] = concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="mhd-lane")
         return pool
+
+
+def _forget_pools() -> None:
+    """In a forked child: the parent's pools have no threads here; start afresh (no shutdown, which would wait)."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pools)
 
 
 @atexit.register

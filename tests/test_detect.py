@@ -47,6 +47,29 @@ def test_lanes_give_the_same_features_as_one_thread(isbi):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ducc0") is None, reason="needs the fast extra (ducc0)")
+def _count_in_child(image, queue):
+    queue.put(detect(image, backend="numpy").count)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_a_process_forked_after_a_detection_detects_too(isbi):
+    """A child forked from a process whose lanes have run has their pools but not their threads (a notebook that
+    detects, then starts a multiprocessing pool): it makes its own instead of waiting forever."""
+    import multiprocessing
+
+    image = isbi[0][:256, :256]
+    parent = detect(image, backend="numpy").count  # the lanes' threads now exist here
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_count_in_child, args=(image, queue))
+    child.start()
+    child.join(60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and queue.get(timeout=5) == parent
+
+
 def test_ducc0_and_pocketfft_give_the_same_detection(isbi):
     img = np.tile(isbi[1], (1, 2))[:, :700]  # not square, not a power of two
     a = detect(img, backend=get_backend("numpy", fft="scipy"))
