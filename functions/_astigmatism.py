@@ -94,6 +94,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.special
 
 from mhd.params import ASTIGMATISM_THRESHOLD
 
@@ -104,6 +105,7 @@ __all__ = [
     "ASTIGMATISM_THRESHOLD",
     "MOMENT_COLUMNS",
     "anisotropy",
+    "blur_anisotropy",
     "spectral_anisotropy",
     "spectral_moments",
 ]
@@ -517,6 +519,83 @@ def anisotropy(moments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     strength = np.sqrt(np.clip(np.abs(a) ** 2 - CHANCE_Z**2 * chance, 0.0, 1.0))
     angle = np.where(strength > 0, (np.degrees(np.angle(a)) / 2 + 90.0) % 180.0, np.nan)  # NaN > 0 is False
     return strength, angle
+
+
+def ring_k2(t: Any) -> np.ndarray:
+    """Mean squared radial frequency (rad/px)^2 over each ring of :func:`spectral_moments`: (R,) float64."""
+    k_lo, k_hi = _band_limits(t)
+    n_rings = max(2, int(np.ceil(RINGS_PER_OCTAVE * np.log2(k_hi / k_lo))))
+    edges = np.geomspace(k_lo, k_hi, n_rings + 1)
+    return (edges[:-1] ** 2 + edges[1:] ** 2) / 2  # over the ring's area
+
+
+#: |delta| (px^2) searched by :func:`blur_anisotropy`, and its step.
+DELTA_GRID = np.arange(0.0, 16.0 + 1e-9, 0.02)
+
+
+def _bessel_ratio(x: np.ndarray) -> np.ndarray:
+    """``I1(x) / I0(x)``: a ring's normalised anisotropy under an elliptical Gaussian of ``x = k**2 delta``."""
+    return scipy.special.i1e(x) / scipy.special.i0e(x)
+
+
+def blur_anisotropy(moments: np.ndarray, t: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The anisotropic part of the blur, in px^2, from :func:`spectral_moments`.
+
+    A probe (or any point spread function) of second-moment matrix ``Sigma``
+    (px^2) leaves ``exp(-k^T Sigma k)`` of the power at frequency ``k``. With
+    ``Sigma = b^2 I + delta R(phi)`` (``b^2`` the mean of its two principal
+    variances, ``delta`` half their difference, ``phi`` the direction of the
+    larger), a ring of radius ``k`` loses ``exp(-k^2 b^2)`` on average and its
+    normalised anisotropy is ``a = -I1(x) / I0(x) e^{2 i phi}``, ``x = k^2
+    delta``, whatever the content's radial spectrum (as long as the content
+    is isotropic): each ring measures the same ``delta``, so a ring that the
+    noise hides changes the scatter, not the value (the strength of
+    :func:`anisotropy` falls with dose, ``delta`` does not). ``delta`` is
+    fitted to the rings whose power clears the noise (:func:`anisotropy`'s
+    rule), weighted by their chance variance: first linearly (``a ~ -x / 2``)
+    for the direction, then along ``|delta|`` (:data:`DELTA_GRID`).
+
+    Measured on ISBI slices behind elliptical disks (semi-axes ``Ra, Rb``,
+    second moments ``R**2 / 4``: true ``delta = (Ra**2 - Rb**2) / 8``): 3:1 px
+    1.21 (true 1.00), 4:2 px 1.46 (1.50), 2:1 px 0.34 (0.38), the same within
+    0.3 at 20 e/px; round probes 0.06-0.16 (the slices' own anisotropy and
+    chance).
+
+    Parameters
+    ----------
+    moments : (B, R, 8) array
+        From :func:`spectral_moments` (summed over blocks).
+    t : array
+        The detector's scales (pixels), as given to :func:`spectral_moments`.
+
+    Returns
+    -------
+    delta : (B,) complex128 ndarray
+        ``delta e^{2 i phi}`` (px^2): ``|delta|`` and ``angle(delta) / 2`` in
+        the convention of :func:`anisotropy` (degrees counter-clockwise from
+        the column axis as displayed, via ``np.degrees``). 0 where no ring
+        clears the noise; NaN where orientation is not measurable.
+    variance : (B,) float64 ndarray
+        Chance variance of ``delta`` (px^4, both parts together).
+    """
+    power, noise, a_cos, a_sin, var_power, var_cos, var_sin, _ = np.moveaxis(np.asarray(moments, dtype=np.float64), 2, 0)
+    signal = power - noise
+    k2 = ring_k2(t)[None, :]
+    clear = signal > SIGNIFICANCE * np.sqrt(var_power)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(clear, (a_cos + 1j * a_sin) / signal, 0.0)
+        w = np.where(clear, signal**2 / (var_cos + var_sin), 0.0)  # 1 / Var(a_r)
+        # linear: a_r = -k_r^2 delta / 2
+        norm = (w * k2**2).sum(axis=1)
+        linear = np.where(norm > 0, -2 * (w * k2 * a).sum(axis=1) / norm, 0.0)
+        variance = np.where(norm > 0, 4.0 / norm, np.inf)
+    phase = np.exp(1j * np.angle(linear))
+    # along |delta| with the direction fixed: sum_r w_r |a_r + rho(k_r^2 d) e^{2 i phi}|^2 over the grid of d
+    rho = _bessel_ratio(k2[..., None] * DELTA_GRID)  # (1, R, G)
+    chi = (w[..., None] * np.abs(a[..., None] + rho * phase[:, None, None]) ** 2).sum(axis=1)  # (B, G)
+    magnitude = DELTA_GRID[np.argmin(chi, axis=1)]
+    delta = np.where(norm > 0, magnitude * phase, 0.0)
+    return np.where(np.isnan(a_sin).any(axis=1), np.nan, delta), variance
 
 
 def spectral_anisotropy(

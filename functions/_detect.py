@@ -14,9 +14,9 @@ import numpy as np
 from mhd.params import DEFAULTS
 from mhd.params import validate as validate_params
 
-from ._astigmatism import anisotropy, spectral_moments
+from ._astigmatism import anisotropy, blur_anisotropy, spectral_moments
 from ._backend import Backend, get_backend
-from ._blur import fit_blur, fit_blur_cells
+from ._blur import measure_blur
 from ._cells import Bands, bands, cell_edges, cell_sums
 from ._lanes import PerThread, RunningMax, run_lanes, soon
 from ._nms import candidates, local_maxima
@@ -26,7 +26,9 @@ from ._noise import (
     level_rows,
     noise_level_function,
     noise_level_function_of_rows,
+    noise_spectra,
     noise_spectrum,
+    scan_smear,
     stabilize,
     stabilizer,
     white_equivalent,
@@ -77,17 +79,39 @@ class Detection:
         from the column (+x) axis as displayed (rows point down, so 90 points
         to row 0); NaN when ``astigmatism`` is 0 or NaN.
     blur : float
-        Width of the blur, pixels: the standard deviation of a Gaussian of
-        equal effect (about ``R / 2`` for a defocused probe's disk of radius
-        ``R``), from the noise-subtracted energy of each level
-        (``mhd.functions._blur``). Near 0 for a tile as sharp as its pixels;
-        independent of dose, gain, offset and bit depth in expectation. NaN
-        when fewer than three levels carry signal (blank or pure-noise tile).
+        Width of the blur, pixels: the root mean square of the point spread
+        function's standard deviations along its two principal axes
+        (``blur_major``, ``blur_minor``), for a round one its standard deviation
+        (a Gaussian's sigma; ``R / 2`` for a defocused probe's disk of radius
+        ``R``), with the scan's detector smear (``scan_smear``) removed. From
+        the noise-subtracted energy of each level (``mhd.functions._blur``).
+        Near 0 for a tile as sharp as its pixels; it includes the content's own
+        softness (sharp EM slices read 0.5-1.2 px), so compare tiles of one
+        section. Independent of dose, gain, offset and bit depth in
+        expectation. NaN when fewer than three levels carry signal (blank or
+        pure-noise tile).
     blur_err : float
         Uncertainty of ``blur``, pixels; NaN with it. An upper bound rather
         than a standard deviation: it covers the jumps between the two
         nearby modes the fit may settle in under another noise realization,
         and overstates the scatter within one (``mhd.functions._blur``).
+    blur_major, blur_minor : float
+        The point spread function's standard deviations along its principal
+        axes (pixels), ``blur_major >= blur_minor``; ``blur**2`` is the mean of
+        their squares. They differ by the probe's anisotropy (astigmatism), with
+        the scan's smear removed; chance alone splits a round blur by a few
+        hundredths of a pixel. NaN where orientation is not measurable (tiles
+        under ~300 px) or the blur is NaN.
+    blur_angle : float
+        Direction of ``blur_major``, degrees in [0, 180) (as
+        ``astigmatism_angle``); NaN where the blur is round.
+    scan_smear : float
+        Width of the scan's detector response along the scan line (x),
+        pixels: the Gaussian of equal second moment
+        (``mhd.functions._noise.scan_smear``), measured on the noise, which the
+        detector low-passes as it does the signal. 0 for a camera (TEM) or a
+        slow scan; ~0.6 px on real 100 ns SEM scans. Not focus: removed from
+        the other blur figures.
     blur_cells : (gy, gx) float64 ndarray
         ``blur`` of each cell of ``grid`` (pixels), fitted to the same levels'
         energy over the cell alone, with the tile's noise; NaN where under
@@ -118,6 +142,10 @@ class Detection:
     astigmatism_angle: float
     blur: float
     blur_err: float
+    blur_major: float
+    blur_minor: float
+    blur_angle: float
+    scan_smear: float
     blur_cells: np.ndarray
     blur_cells_err: np.ndarray
     backend: str
@@ -655,13 +683,20 @@ class NoiseModel:
     Attributes
     ----------
     spectrum, spectrum_y : (B, len(CENTRES)) float64
-        Noise power spectra along the rows and along the columns
-        (``mhd.functions._noise.noise_spectrum``), at least the grey-level
-        rounding's ``step**2 / 12``.
+        Noise power spectra along the rows and along the columns, of a typical
+        pixel (``mhd.functions._noise.NoiseSpectra.typical``), at least the
+        grey-level rounding's ``step**2 / 12``.
+    power : (B, len(CENTRES)) float64
+        The spectrum along the rows as the mean power of the noise over the
+        tile (``NoiseSpectra.power``), with the same floor.
     white : (B,) float64
         Per-pixel standard deviation (:func:`mhd.functions._noise.white_equivalent`).
     level_sd : (B, n_bin) float64
-        Standard deviation of each level's response to that noise.
+        Standard deviation of each level's response to that noise (``spectrum``: what the thresholds need).
+    level_var : (B, n_bin) float64
+        Variance of each level's response to ``power``: the noise a level's energy holds, which the blur subtracts.
+    smear : (B,) float64
+        Width of the scan's detector response along x (pixels; ``mhd.functions._noise.scan_smear``).
     thresholds : (B, n_bin) float64
         Each level's threshold (:class:`Detection` ``thresholds``).
     ms : float
@@ -670,8 +705,11 @@ class NoiseModel:
 
     spectrum: np.ndarray
     spectrum_y: np.ndarray
+    power: np.ndarray
     white: np.ndarray
     level_sd: np.ndarray
+    level_var: np.ndarray
+    smear: np.ndarray
     thresholds: np.ndarray
     ms: float
 
@@ -682,12 +720,24 @@ def _noise_model(norm: Any, steps: Sequence[float], t: np.ndarray, p: dict[str, 
     with be.use():
         # rounding to grey levels is white noise of variance step^2 / 12, which the median of a smooth tile misses
         floor = np.square(steps)[:, None] / 12
-        spectrum = np.maximum(noise_spectrum(norm, be), floor)
+        spectra = noise_spectra(norm, be)
+        spectrum, power = np.maximum(spectra.typical, floor), np.maximum(spectra.power, floor)
         # along the columns too (coarser): noise correlated along x only is the scan's detector response
         spectrum_y = np.maximum(noise_spectrum(be.xp.swapaxes(norm, 1, 2), be, samples=1 << 14), floor)
-    level_sd = level_noise_std(spectrum, *dog_pairs(t))
+    pairs = dog_pairs(t)
+    level_sd = level_noise_std(spectrum, *pairs)
     thresholds = np.maximum(p["threshold"] + p["noise_margin"] * level_sd, p["noise_k"] * level_sd)
-    return NoiseModel(spectrum, spectrum_y, white_equivalent(spectrum), level_sd, thresholds, (time.perf_counter() - t0) * 1e3)
+    return NoiseModel(
+        spectrum=spectrum,
+        spectrum_y=spectrum_y,
+        power=power,
+        white=white_equivalent(spectrum),
+        level_sd=level_sd,
+        level_var=level_noise_std(power, *pairs) ** 2,
+        smear=scan_smear(spectrum, spectrum_y),
+        thresholds=thresholds,
+        ms=(time.perf_counter() - t0) * 1e3,
+    )
 
 
 def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | Backend] = "auto", **params: Any) -> list[Detection]:
@@ -739,18 +789,25 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
         timings["noise"] = model.ms
         strength, angle = anisotropy(moments)
         t_blur = time.perf_counter()  # while the last block's NMS runs on a lane
-        pairs = dog_pairs(t)
-        blur, blur_err = fit_blur(energy, model.level_sd**2, t, *pairs, area=shape[0] * shape[1])
         gy, gx = p["grid"]
-        cell_area = np.outer(np.diff(cell_edges(shape[0], gy)), np.diff(cell_edges(shape[1], gx)))
-        blur_cells, blur_cells_err = fit_blur_cells(np.moveaxis(cell_energy, 1, -1), model.level_sd**2, t, *pairs, area=cell_area)
+        delta, delta_var = blur_anisotropy(moments, t)
+        blur = measure_blur(
+            energy,
+            np.moveaxis(cell_energy, 1, -1),
+            model.level_var,
+            (t, *dog_pairs(t)),
+            area=shape[0] * shape[1],
+            cell_area=np.outer(np.diff(cell_edges(shape[0], gy)), np.diff(cell_edges(shape[1], gx))),
+            delta=delta,
+            delta_var=delta_var,
+            smear=model.smear,
+        )
         timings["blur"] = (time.perf_counter() - t_blur) * 1e3
         feats = features()
         del norm
     timings["total"] = (time.perf_counter() - t_start) * 1e3
     results = []
-    per_image = zip(feats, model.white, model.thresholds, strength, angle, blur, blur_err, blur_cells, blur_cells_err)
-    for f, nz, th, ast, ang, bl, be_, bc, bce in per_image:
+    for k, (f, nz, th, ast, ang) in enumerate(zip(feats, model.white, model.thresholds, strength, angle)):
         features = np.column_stack([f[:, 0], f[:, 1], t[f[:, 2]]]).astype(np.float64) if len(f) else np.empty((0, 3))
         results.append(
             Detection(
@@ -763,10 +820,14 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
                 noise=float(nz),
                 astigmatism=float(ast),
                 astigmatism_angle=float(ang),
-                blur=float(bl),
-                blur_err=float(be_),
-                blur_cells=bc,
-                blur_cells_err=bce,
+                blur=float(blur.blur[k]),
+                blur_err=float(blur.blur_err[k]),
+                blur_major=float(blur.major[k]),
+                blur_minor=float(blur.minor[k]),
+                blur_angle=float(blur.angle[k]),
+                scan_smear=float(blur.smear[k]),
+                blur_cells=blur.cells[k],
+                blur_cells_err=blur.cells_err[k],
                 backend="+".join(b.name for b in backends),
                 timings=dict(timings),
             )

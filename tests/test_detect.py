@@ -165,7 +165,8 @@ def test_cell_blur_finds_the_blurred_part_of_a_tile_and_blocks_do_not_change_it(
     sharp, blurred = whole.blur_cells[:, :3], whole.blur_cells[:, 3]
     assert np.isfinite(whole.blur_cells).all() and sharp.max() < 1.2 and blurred.min() > 3.0, whole.blur_cells.round(2)
     assert (blurred - whole.blur_cells_err[:, 3] > sharp.max()).all()
-    np.testing.assert_allclose(blocked.blur_cells, whole.blur_cells, atol=1e-3)  # measured: 7e-6 px
+    # the anisotropy that lifts the cells' signal is summed over blocks, each mirrored at its own edges: 2e-3 px measured
+    np.testing.assert_allclose(blocked.blur_cells, whole.blur_cells, atol=5e-3)
     assert blocked.blur == pytest.approx(whole.blur, abs=1e-3)
 
 

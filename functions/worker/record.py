@@ -64,6 +64,12 @@ class TileRecord:
         Of an ``oof`` verdict: ``"defocus"``, ``"astigmatism"`` or ``"partial"``.
     blur, blur_err : float or None
         Blur width and its uncertainty (pixels); None where not measurable.
+    blur_major, blur_minor, blur_angle : float or None
+        The blur along its two principal axes (pixels) and the direction of
+        the larger (degrees); None where not measurable (and the angle where
+        the blur is round).
+    scan_smear : float or None
+        The scan's detector smear along x (pixels), already removed from the blur.
     grid : list of list of int or None
         (gy, gx) feature counts per cell.
     blur_cells, blur_cells_err : list of list of float or None
@@ -132,6 +138,10 @@ class TileRecord:
     kind: str | None = None
     blur: float | None = None
     blur_err: float | None = None
+    blur_major: float | None = None
+    blur_minor: float | None = None
+    blur_angle: float | None = None
+    scan_smear: float | None = None
     grid: list | None = None
     blur_cells: list | None = None
     blur_cells_err: list | None = None
@@ -177,6 +187,10 @@ class TileRecord:
             density=float(det.density),
             blur=finite(det.blur),
             blur_err=finite(det.blur_err),
+            blur_major=finite(det.blur_major),
+            blur_minor=finite(det.blur_minor),
+            blur_angle=finite(det.blur_angle),
+            scan_smear=finite(det.scan_smear),
             grid=det.grid.tolist(),
             blur_cells=_cells(det.blur_cells),
             blur_cells_err=_cells(det.blur_cells_err),
@@ -270,6 +284,10 @@ RESULT_KEYS = (
     "density",
     "blur",
     "blur_err",
+    "blur_major",
+    "blur_minor",
+    "blur_angle",
+    "scan_smear",
     "grid",
     "blur_cells",
     "blur_cells_err",
