@@ -420,7 +420,8 @@ def cmd_verdicts(args: argparse.Namespace) -> None:
                 scan = sem_scan(iio.imread(f), 0.0, dose=dose, **scan_conditions(rng), rng=rng)
                 judge.add(measure(f"{f.stem}_sharp{rep}", scan, {"backend": "numpy"}))
         judge.flush()
-        print(f"dose {dose:g}: blur limit {judge.blur_threshold():.2f} px, cell limit {judge.cell_blur_threshold():.2f} px")
+        cell = np.sqrt(judge.cell_limit())
+        print(f"dose {dose:g}: blur limit {judge.blur_threshold():.2f} px, cell limit {cell:.2f} px over the tile's cells")
         for radius in args.radii:
             for ratio in (1.0, 2.0):
                 kinds, strong = Counter(), 0

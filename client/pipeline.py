@@ -216,6 +216,7 @@ class Pipeline:
         """Queue tiles; they are staged and submitted by :meth:`pump`."""
         if tiles:
             self._local.update((t.id, t) for t in tiles)
+            self.judge.expect(t.id for t in tiles)  # verdicts in this order, whatever order the results come in
             self._streams.append(self.transport.stage(tiles))
 
     @property

@@ -47,10 +47,18 @@ class Rule:
     focus_measure: str = _threshold(
         "blur", "relative rule's measure: 'blur' (px, dose-free) or 'count' (feature density)", choices=FOCUS_MEASURES
     )
-    blur_max: float = _threshold(1.0, "blur rule: OOF when the blur a tile adds to the section median exceeds this (px, in quadrature)")
+    blur_max: float = _threshold(
+        0.7, "blur rule: OOF only when a tile adds at least this blur to the section's median (px, in quadrature) ..."
+    )
+    blur_k: float = _threshold(
+        2.0, "... and this many robust standard deviations of the section's blurs (px^2; and of the tile's own error)"
+    )
+    astigmatism_share: float = _threshold(
+        0.25, "blur rule: an OOF tile whose added blur is at least this share anisotropic (0..0.5) is astigmatic (stigmators)"
+    )
     partial_blur: float = _threshold(
-        1.5,
-        "grid cell whose blur exceeds the section's cells by this (px, in quadrature, beyond its error) flags a partly defocused tile",
+        2.0,
+        "grid cell adding at least this blur to its tile's median cell (px, in quadrature, beyond its error): partly defocused",
     )
     partial_drop: float = _threshold(
         0.7,

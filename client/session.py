@@ -443,7 +443,7 @@ def _drain(
         what = f"{what} ({signal.Signals(signum).name})"
     again = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
     held = pipe.judge.pending
-    holding = f"; {held} scored tile(s) held for the section baseline are recorded then" if held else ""
+    holding = f"; {held} scored tile(s) held for the section baseline or an earlier tile are recorded then" if held else ""
     _say(
         console,
         f"[bold]{what}[/]: {len(pipe.results.records)} tile(s) recorded; waiting up to {drain_timeout:g} s for the "
@@ -454,7 +454,9 @@ def _drain(
     executor.abort()
     left = pipe.abandoned_tiles
     released = pipe.released_tiles
-    judged = f" ({released} of them held for the section baseline, judged with the {pipe.judge.baseline().n} tile(s) it has)"
+    judged = (
+        f" ({released} of them held for the section baseline or an earlier tile, judged with the {pipe.judge.baseline().n} tile(s) it has)"
+    )
     _say(
         console,
         f"{what}: {len(pipe.results.records) - before} more tile(s) recorded{judged if released else ''}; "
@@ -465,7 +467,7 @@ def _drain(
 def _abandon(pipe: Pipeline, signum: int) -> None:
     """After a second stop signal: record the verdicts held for the baseline, then end the process now."""
     released = pipe.finish()
-    held = f"{released} tile(s) held for the section baseline judged and recorded; " if released else ""
+    held = f"{released} tile(s) held for the section baseline or an earlier tile judged and recorded; " if released else ""
     left = pipe.inflight_tiles
     abandon(
         f"{stopped_by(signum)} again: stopping now; {held}{len(pipe.results.records)} tile(s) recorded in all; "

@@ -113,6 +113,7 @@ Empty tiles
 
 from __future__ import annotations
 
+import cmath
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -298,6 +299,206 @@ def log_density(density: float) -> float:
     return math.log(max(float(density), DENSITY_FLOOR))
 
 
+#: The lower quartile of a normal distribution, in standard deviations below its median.
+QUARTILE_Z = 0.6744897501960817
+#: Smallest spread of a part of the anisotropy (px^2) :class:`BlurReference` divides by: chance alone spreads a
+#: round probe's by about this on 512 px tiles.
+ANISOTROPY_FLOOR = 0.05
+#: Standard deviations of the section's spread by which a tile's own anisotropy must stand out (both parts together:
+#: chance alone passes 3.5 once in 460 tiles).
+ANISOTROPY_Z = 3.5
+#: The same for telling an out-of-focus tile astigmatic (rather than defocused): an elliptical probe along a scan
+#: axis stands out less from a section whose scans vary along that axis.
+DIAGNOSIS_Z = 2.5
+#: Smallest anisotropy of its own (px^2) a tile is credited with: about what a 2:1 elliptical probe of 1.7 px adds.
+ANISOTROPY_MIN = 0.2
+#: Tiles whose spread the floor of :meth:`BlurReference.limit` is sure of: with ``n`` tiles it is ``blur_max**2 *
+#: (1 + WARM_TILES / n)``, twice at the first verdicts (``warmup`` 8).
+WARM_TILES = 8
+#: Records held for an earlier tile that has not arrived, at most (:meth:`Judge.expect`).
+MAX_HELD = 64
+
+
+@dataclass(frozen=True)
+class BlurPoint:
+    """One tile's blur as the rule compares it (px^2: point spread functions add their variances).
+
+    Attributes
+    ----------
+    mean2 : float
+        ``blur**2``: the mean of the variances along the two principal axes.
+    error2 : float
+        Its uncertainty, ``2 blur blur_err``.
+    delta : complex or None
+        The anisotropy ``(major**2 - minor**2) / 2 e^{2 i angle}`` (None for records without the axes).
+    """
+
+    mean2: float
+    error2: float
+    delta: complex | None
+
+    @classmethod
+    def of(cls, rec: TileRecord) -> "BlurPoint | None":
+        """The point of a record, or None where it has no blur (not measurable, or written before the blur existed)."""
+        blur = finite(rec.blur) if rec.has_blur else None
+        if blur is None:
+            return None
+        major, minor, angle = finite(rec.blur_major), finite(rec.blur_minor), finite(rec.blur_angle)
+        delta = None
+        if major is not None and minor is not None:
+            delta = (major * major - minor * minor) / 2 * cmath.exp(2j * math.radians(angle or 0.0))
+        return cls(blur * blur, 2 * blur * (finite(rec.blur_err) or 0.0), delta)
+
+
+@dataclass(frozen=True)
+class BlurReference:
+    """The blur the section's tiles share, against which each is judged (px^2).
+
+    Anisotropy: the median (part by part) of the tiles' ``delta`` is what the
+    section shares (a scan that resolves its slow axis a little worse, say);
+    a tile's own, ``delta - delta_ref``, counts only where it stands out of
+    the section's spread of each part: ``(Re / s_re)**2 + (Im / s_im)**2 >
+    ANISOTROPY_Z**2`` (1.4826 x MAD of each part, at least :data:`ANISOTROPY_FLOOR`),
+    and is at least :data:`ANISOTROPY_MIN`.
+    The real part is anisotropy along the scan axes (0 and 90 degrees), which a
+    scan's line jitter and settling vary from field to field; a stigmator's
+    error has any direction.
+
+    A tile's **worst** blur is ``mean2`` plus its own anisotropy where that
+    stands out: the variance along its most blurred direction. The reference
+    is the median of the worst blurs over the section (the tile judged
+    included) and their spread: the smaller of median minus lower quartile and
+    upper quartile minus median, over 0.6745 (a normal's). Out-of-focus tiles
+    only add blur, so while they are fewer than a quarter the upper side holds;
+    a content whose sharpest fields stand far below the rest (ISBI slices)
+    leaves the lower side wide.
+
+    Attributes
+    ----------
+    median, spread : float
+        Of the worst blurs.
+    error : float
+        Median of the tiles' own ``error2``.
+    delta : complex
+        Median (part by part) of the tiles' anisotropy; 0 without any.
+    delta_spread : complex
+        The spread of each part (real and imaginary), as a complex number.
+    n : int
+        Tiles.
+    """
+
+    median: float
+    spread: float
+    error: float
+    delta: complex
+    delta_spread: complex
+    n: int
+
+    @classmethod
+    def of(cls, points: Iterable[BlurPoint], rule: Rule) -> "BlurReference":
+        points = list(points)
+        deltas = np.array([p.delta for p in points if p.delta is not None], dtype=complex)
+        if deltas.size:
+            delta = complex(float(np.median(deltas.real)), float(np.median(deltas.imag)))
+            spread = complex(
+                max(MAD_TO_SIGMA * float(np.median(np.abs(deltas.real - delta.real))), ANISOTROPY_FLOOR),
+                max(MAD_TO_SIGMA * float(np.median(np.abs(deltas.imag - delta.imag))), ANISOTROPY_FLOOR),
+            )
+        else:
+            delta, spread = 0j, complex(ANISOTROPY_FLOOR, ANISOTROPY_FLOOR)
+        draft = cls(math.nan, math.nan, math.nan, delta, spread, len(points))
+        worst = np.array([draft.worst_of(p, rule) for p in points])
+        q25, m, q75 = np.percentile(worst, [25, 50, 75])
+        return cls(
+            float(m), float(min(m - q25, q75 - m)) / QUARTILE_Z, float(np.median([p.error2 for p in points])), delta, spread, len(points)
+        )
+
+    def own_anisotropy(self, point: BlurPoint, rule: Rule, z: float = 0.0) -> complex | None:
+        """``delta - delta_ref`` of a point where it stands out of the section's spread by ``z`` standard deviations
+        (:data:`ANISOTROPY_Z` by default) and is at least :data:`ANISOTROPY_MIN`, 0 where not; None without axes."""
+        if point.delta is None:
+            return None
+        d = point.delta - self.delta
+        z2 = (d.real / self.delta_spread.real) ** 2 + (d.imag / self.delta_spread.imag) ** 2
+        return d if z2 > (z or ANISOTROPY_Z) ** 2 and abs(d) >= ANISOTROPY_MIN else 0j
+
+    def worst_of(self, point: BlurPoint, rule: Rule) -> float:
+        """The worst blur of a point (px^2): ``mean2`` plus its own anisotropy where that stands out."""
+        return point.mean2 + abs(self.own_anisotropy(point, rule) or 0j)
+
+    def limit(self, error2: float, rule: Rule) -> float:
+        """How much a tile's worst blur may exceed the median (px^2): at least ``blur_max**2`` (more while the
+        section has few tiles, :data:`WARM_TILES`), and ``blur_k``
+        standard deviations of the section's spread (its estimate from ``n`` tiles widened by ``1 + 1.2 /
+        sqrt(n)``, about its upper 90 % bound), widened by what the tile's own uncertainty exceeds the section's
+        typical one (a tile scanned at a lower dose, say)."""
+        n = max(self.n, 1)
+        spread = self.spread * (1 + 1.2 / math.sqrt(n))
+        own = max(error2 * error2 - self.error * self.error, 0.0)
+        return max(rule.blur_max**2 * (1 + WARM_TILES / n), rule.blur_k * math.sqrt(spread**2 + own))
+
+
+@dataclass(frozen=True)
+class SectionBlur:
+    """One tile's blur against its section's (:class:`BlurReference`), in px^2.
+
+    Attributes
+    ----------
+    excess : float
+        Worst blur minus the section's median.
+    limit : float
+        :meth:`BlurReference.limit` for this tile.
+    anisotropy : float or None
+        ``|delta - delta_ref|`` where it stands out of the section's spread by :data:`DIAGNOSIS_Z`, else 0
+        (:meth:`BlurReference.own_anisotropy`); None without the axes.
+    angle : float or None
+        Direction (degrees) of its larger blur.
+    ref : BlurReference
+    share : float
+        The rule's ``astigmatism_share``.
+    """
+
+    excess: float
+    limit: float
+    anisotropy: float | None
+    angle: float | None
+    ref: BlurReference
+    share: float
+
+    @classmethod
+    def of(cls, point: BlurPoint, ref: BlurReference, rule: Rule) -> "SectionBlur":
+        # what the tile's own anisotropy adds to its excess must stand out clearly (in-focus tiles are many); whether
+        # an out-of-focus tile is astigmatic asks less of it (:data:`DIAGNOSIS_Z`)
+        own = ref.own_anisotropy(point, rule, DIAGNOSIS_Z)
+        aniso = None if own is None else abs(own)
+        angle = (math.degrees(cmath.phase(own)) / 2) % 180.0 if own else None
+        excess = ref.worst_of(point, rule) - ref.median
+        return cls(excess, ref.limit(point.error2, rule), aniso, angle, ref, rule.astigmatism_share)
+
+    @property
+    def oof(self) -> bool:
+        """Blurrier than the section allows along its worst direction."""
+        return self.excess > self.limit
+
+    @property
+    def astigmatic(self) -> bool:
+        """Out of focus, and at least ``share`` of the worst direction's excess is anisotropy: turn the stigmators."""
+        return self.oof and bool(self.anisotropy) and self.anisotropy >= self.share * self.excess
+
+    def _added(self) -> str:
+        return (
+            f"{math.sqrt(max(self.excess, 0.0)):.2f} px added in quadrature to the section's "
+            f"{math.sqrt(max(self.ref.median, 0.0)):.2f} px (limit {math.sqrt(self.limit):.2f} px, n={self.ref.n})"
+        )
+
+    def defocus_reason(self) -> str:
+        return f"blurrier than the section: {self._added()}"
+
+    def astigmatism_reason(self) -> str:
+        where = "" if self.angle is None else f" along {self.angle:.0f} deg"
+        return f"astigmatism: blurrier{where} (adjust the stigmators): {self._added()}, {self.anisotropy / self.excess:.0%} anisotropic"
+
+
 class Judge:
     """Streaming verdicts for one section.
 
@@ -312,21 +513,26 @@ class Judge:
     def __init__(self, rule: Rule, prior: Iterable[TileRecord] = ()) -> None:
         self.rule = rule
         self._pool: dict[str, float] = {}
-        self._blur: dict[str, float] = {}
-        self._cell_blur: dict[str, float] = {}
+        self._blur: dict[str, BlurPoint] = {}
+        self._cell_spread: dict[str, float] = {}
+        self._cell_median: dict[str, float] = {}
         self._pending: list[TileRecord] = []
+        self._order: list[str] = []  # tiles expected and not yet arrived, in section order
+        self._held: dict[str, TileRecord] = {}  # arrived ahead of an earlier expected tile
         for rec in prior:
             if rec.verdict in ("ok", "oof"):
                 self._enter(rec)
 
     def _enter(self, rec: TileRecord) -> None:
         self._pool[rec.tile] = log_density(rec.density)
-        blur = finite(rec.blur)
-        if blur is not None:
-            self._blur[rec.tile] = blur
-        cells = rec.median_cell_blur()
-        if cells is not None:
-            self._cell_blur[rec.tile] = cells
+        point = BlurPoint.of(rec)
+        if point is not None:
+            self._blur[rec.tile] = point
+        within = self._within_tile(rec)
+        if within is not None:
+            self._cell_median[rec.tile], self._cell_spread[rec.tile] = within
+        elif rec.median_cell_blur() is not None:  # a record kept without its cells (a resumed run)
+            self._cell_median[rec.tile] = rec.median_cell_blur() ** 2
 
     @property
     def _on_blur(self) -> bool:
@@ -334,21 +540,41 @@ class Judge:
 
     def blur_baseline(self) -> float:
         """Median blur (px) of the section so far; NaN when no tile has one."""
-        return float(np.median(np.fromiter(self._blur.values(), float))) if self._blur else math.nan
+        ref = self.blur_reference()
+        return math.sqrt(max(ref.median, 0.0)) if ref is not None else math.nan
 
-    def cell_blur_threshold(self) -> float:
-        """Blur (px) above which a cell of a tile is out of focus: ``sqrt(c**2 + partial_blur**2)``, ``c`` the median
-        over the section's tiles of each tile's median cell blur (a cell reads more blur than its whole tile, whose
-        sharpest cells weigh most); inf before any tile has cells. A calibrated run, which does not wait for a
-        baseline, judges its first tile against that tile's own median cell, which a few blurred cells do not move."""
-        if not self._cell_blur:
-            return math.inf
-        return math.hypot(float(np.median(np.fromiter(self._cell_blur.values(), float))), self.rule.partial_blur)
+    def blur_reference(self) -> "BlurReference | None":
+        """The section's blur so far (:class:`BlurReference`); None when no tile has one."""
+        return BlurReference.of(self._blur.values(), self.rule) if self._blur else None
+
+    def cell_limit(self) -> float:
+        """How much blur (px^2) a cell may add to its tile's median cell before it is out of focus: at least
+        ``partial_blur**2``, and ``blur_k`` times the section's typical spread of cells within a tile (the median over
+        its tiles of :meth:`_within_tile`'s): a section whose fields mix smooth and detailed regions (particles on a
+        support) needs more than one of homogeneous tissue."""
+        spread = float(np.median(np.fromiter(self._cell_spread.values(), float))) if self._cell_spread else 0.0
+        return max(self.rule.partial_blur**2, self.rule.blur_k * spread)
+
+    def _within_tile(self, rec: TileRecord) -> tuple[float, float] | None:
+        """Median and spread (px^2) of the squared blur of a record's judged cells; None without cells.
+
+        The spread is read on the sharp side (median minus lower quartile, over 0.6745), which a partly
+        defocused tile's blurred cells do not reach while they are fewer than half.
+        """
+        blur = _finite_cells(rec.blur_cells)
+        if blur is None:
+            return None
+        values = np.square(blur[self._judged(rec, blur) & np.isfinite(blur)])
+        if values.size < 4:
+            return None
+        q25, m = np.percentile(values, [25, 50])
+        return float(m), float(m - q25) / QUARTILE_Z
 
     def blur_threshold(self) -> float:
-        """Blur (px) above which a tile is out of focus: ``sqrt(m**2 + blur_max**2)``."""
-        m = self.blur_baseline()
-        return math.hypot(m, self.rule.blur_max) if math.isfinite(m) else math.inf
+        """Blur (px) above which a tile of typical uncertainty is out of focus (:meth:`BlurReference.limit`); inf
+        before any tile has a blur."""
+        ref = self.blur_reference()
+        return math.sqrt(max(ref.median + ref.limit(ref.error, self.rule), 0.0)) if ref is not None else math.inf
 
     def add(self, record: TileRecord) -> list[TileRecord]:
         """Take one scored tile; return the records whose verdict is now final.
@@ -368,23 +594,57 @@ class Judge:
             ``record``; none while the baseline warms up; all waiting
             records when it becomes ready.
         """
+        if record.tile not in self._order:
+            return self._take(record)
+        self._held[record.tile] = record
+        out = []
+        while self._order and (self._order[0] in self._held or len(self._held) > MAX_HELD):
+            tile = self._order.pop(0)
+            if tile in self._held:
+                out += self._take(self._held.pop(tile))
+        return out
+
+    def expect(self, tiles: Iterable[str]) -> None:
+        """Tiles that will be added, in the section's order (files sorted, or as they landed).
+
+        Records added later are judged in this order, whatever order they
+        arrive in (a task on another worker may finish first): each tile's
+        verdict then rests on the records of the tiles before it and of itself,
+        so the number of workers does not change it. A tile already expected
+        and not yet added keeps its place. A record that arrives more than
+        :data:`MAX_HELD` tiles ahead of one still missing goes on without it.
+        """
+        waiting = set(self._order)
+        self._order += [t for t in tiles if t not in waiting and not waiting.add(t)]  # type: ignore[func-returns-value]
+
+    def _take(self, record: TileRecord) -> list[TileRecord]:
+        """A record in its turn: into the baseline, then judged once the warm-up allows."""
         if record.error:
             return [replace(record, verdict="error", kind=None, reason=str(record.error), focus_map=None)]
         self._enter(record)
         self._pending.append(record)
         if self.rule.calibration is None and len(self._pool) < self.rule.warmup:
             return []
-        return self.flush()
+        return self._release()
 
     def flush(self) -> list[TileRecord]:
-        """Judge every waiting record against the baseline as it stands (new records, in order)."""
+        """Judge every waiting record against the baseline as it stands (new records, in order): those held for
+        an earlier tile that has not arrived (a run that ends without it) too."""
+        out = []
+        for tile in self._order:
+            if tile in self._held:
+                out += self._take(self._held.pop(tile))
+        self._order = []
+        return out + self._release()
+
+    def _release(self) -> list[TileRecord]:
         done, self._pending = self._pending, []
         return [self._judge(rec) for rec in done]
 
     @property
     def pending(self) -> int:
-        """Records waiting for the baseline."""
-        return len(self._pending)
+        """Records waiting for the baseline or for an earlier tile."""
+        return len(self._pending) + len(self._held)
 
     def baseline(self) -> Baseline:
         """The current threshold (relative rule: over the pool so far)."""
@@ -415,7 +675,8 @@ class Judge:
         if verdict == "empty":
             self._pool.pop(rec.tile, None)
             self._blur.pop(rec.tile, None)
-            self._cell_blur.pop(rec.tile, None)
+            self._cell_spread.pop(rec.tile, None)
+            self._cell_median.pop(rec.tile, None)
             fmap = None
         else:
             fmap = focus_map(rec, cal.intercept if cal is not None and cal.measure == "count" else base.median)
@@ -428,21 +689,32 @@ class Judge:
         cal = self.rule.calibration
         on_blur = self._on_blur and rec.has_blur  # records from before the blur measure: the count decides
         cal_blur = cal is not None and cal.measure == "blur"
-        if on_blur or cal_blur:
+        judged = None
+        if on_blur:
+            judged = self._against_section(rec)
+            low = judged is None or judged.oof
+        elif cal_blur:
             blur = finite(rec.blur)
-            limit = cal.blur_threshold if cal_blur else self.blur_threshold()
-            low = blur is None or blur > limit
+            low = blur is None or blur > cal.blur_threshold
         else:
             low = x < base.threshold
         if low:
             cnr = finite(rec.contrast)
             if cnr is not None and cnr < self.rule.empty_cnr:
                 return "empty", None, f"no tissue: contrast/noise {cnr:.1f} < {self.rule.empty_cnr:g}"
-        strength = finite(rec.astigmatism)
-        if strength is not None and strength >= self.rule.astigmatism_max:
-            worst = self._worst_blur(rec, strength, cal)
-            if worst is None or worst[0] > worst[1]:
-                return "oof", "astigmatism", _astigmatism_reason(strength, finite(rec.astigmatism_angle), self.rule.astigmatism_max, worst)
+        if judged is not None and judged.anisotropy is not None:  # the section-relative blur along two axes decides
+            if judged.astigmatic:
+                return "oof", "astigmatism", judged.astigmatism_reason()
+        else:
+            strength = finite(rec.astigmatism)
+            if strength is not None and strength >= self.rule.astigmatism_max:
+                worst = self._worst_blur(rec, strength, cal)
+                if worst is None or worst[0] > worst[1]:
+                    return (
+                        "oof",
+                        "astigmatism",
+                        _astigmatism_reason(strength, finite(rec.astigmatism_angle), self.rule.astigmatism_max, worst),
+                    )
         if low:
             if cal_blur:
                 est = (
@@ -452,7 +724,11 @@ class Judge:
                 )
                 return "oof", "defocus", f"defocus: {est} > {cal.max_defocus:g} {cal.units} (calibrated)"
             if on_blur:
-                return "oof", "defocus", "defocus: " + _blur_reason(blur, self.blur_baseline(), limit, len(self._blur))
+                return (
+                    "oof",
+                    "defocus",
+                    "defocus: " + ("no detail above the noise at any scale" if judged is None else judged.defocus_reason()),
+                )
             return "oof", "defocus", "defocus: " + _low_reason(x, base, self.rule.calibration)
         cells = self._low_cells(rec, base.threshold - self.rule.partial_drop)
         if cells:
@@ -461,9 +737,16 @@ class Judge:
                 return "oof", "partial", "partial: cells " + " ".join(f"{r},{c}" for r, c in cells) + " low"
             tissue = int(_judged_cells(rec, blur.shape, self.rule.empty_cnr).sum())
             if 2 * len(cells) > tissue:  # most of the tile: not a region to look for, a focus to fix
-                return "oof", "defocus", f"defocus: {len(cells)} of {tissue} cells blurred (> {self.cell_blur_threshold():.2f} px)"
+                return "oof", "defocus", f"defocus: {len(cells)} of {tissue} cells blurred ({_cell_limit_words(self.cell_limit())})"
             return "oof", "partial", "partial: cells " + " ".join(f"{r},{c}" for r, c in cells) + " blurred"
         return "ok", None, ""
+
+    def _against_section(self, rec: TileRecord) -> "SectionBlur | None":
+        """``rec``'s blur against the section's (:class:`SectionBlur`); None where it has none (no detail left)."""
+        point, ref = BlurPoint.of(rec), self.blur_reference()
+        if point is None or ref is None:
+            return None
+        return SectionBlur.of(point, ref, self.rule)
 
     def _worst_blur(self, rec: TileRecord, strength: float, cal: Calibration | None) -> tuple[float, float] | None:
         """``(blur along the worst direction, the blur limit)`` (px) of an anisotropic tile, or None where there is no
@@ -489,16 +772,22 @@ class Judge:
     def _low_cells(self, rec: TileRecord, limit: float) -> list[tuple[int, int]]:
         """Cells of ``rec``'s grid out of focus that have tissue (all of them without ``contrast_cells``).
 
-        With ``blur_cells``: a cell whose blur exceeds :meth:`cell_blur_threshold` by more than its
-        ``blur_cells_err``, or that has no detail above the noise. Records without them (written before they
-        existed): a cell whose ``log`` density is below ``limit``.
+        With ``blur_cells``: a cell whose blur, less its ``blur_cells_err``, adds more than :meth:`cell_limit` (px^2)
+        to the median of the tile's cells, or to the section's typical median cell where that is sharper (a tile
+        blurred over most of its cells), or that has no detail above the noise. Comparing a cell with its own
+        tile's cells leaves out what differs between fields. Records without them (written before they existed): a
+        cell whose ``log`` density is below ``limit``.
         """
         blur = _finite_cells(rec.blur_cells)
-        if blur is not None:
+        within = self._within_tile(rec)
+        if blur is not None and within is not None:
             err = _finite_cells(rec.blur_cells_err)
             err = np.zeros_like(blur) if err is None or err.shape != blur.shape else np.nan_to_num(err)
+            typical = float(np.median(np.fromiter(self._cell_median.values(), float))) if self._cell_median else within[0]
             with np.errstate(invalid="ignore"):
-                out = np.isnan(blur) | (blur - err > self.cell_blur_threshold())
+                out = np.isnan(blur) | (np.square(np.clip(blur - err, 0.0, None)) - min(within[0], typical) > self.cell_limit())
+        elif blur is not None:  # too few cells to compare: only those with no detail left
+            out = np.isnan(blur)
         else:
             dens = _cell_log_density(rec)
             if dens is None:
@@ -507,8 +796,19 @@ class Judge:
         low = [tuple(map(int, rc)) for rc in np.argwhere(out)]
         if not low:
             return []
-        judged = _judged_cells(rec, out.shape, self.rule.empty_cnr)
+        judged = self._judged(rec, blur) if blur is not None else _judged_cells(rec, out.shape, self.rule.empty_cnr)
         return [(r, c) for r, c in low if judged[r, c]]
+
+    def _judged(self, rec: TileRecord, blur: np.ndarray) -> np.ndarray:
+        """The cells whose focus is judged: :func:`_judged_cells`, less those whose blur is measured too loosely
+        (``blur_cells_err`` over :data:`LOOSE_CELL` of the blur: content too smooth to read it, such as most of a
+        large particle)."""
+        judged = _judged_cells(rec, blur.shape, self.rule.empty_cnr)
+        err = _finite_cells(rec.blur_cells_err)
+        if err is not None and err.shape == blur.shape:
+            with np.errstate(invalid="ignore"):
+                judged &= ~(err > LOOSE_CELL * blur)
+        return judged
 
 
 #: A cell whose contrast-to-noise is below this fraction of its tile's median cell's has too little structure for
@@ -517,6 +817,8 @@ class Judge:
 #: of 3-12 px; cells behind a 2-24 px disk in the same scans kept 0.26-1.1, and in the ISBI slices 0.3-0.8 (blur
 #: removes fine detail, not the coarse structure this contrast measures).
 SMOOTH_CELL = 0.2
+#: A cell whose blur's uncertainty exceeds this fraction of its blur is not judged (:meth:`Judge._judged`).
+LOOSE_CELL = 0.4
 
 
 def _judged_cells(rec: TileRecord, shape: tuple[int, ...], empty_cnr: float) -> np.ndarray:
@@ -594,7 +896,8 @@ def describe(rec: TileRecord, units: str = "") -> str:
     Returns
     -------
     str
-        ``"astigmatism 34 deg"`` (the direction of strongest blur),
+        ``"astigmatism 34 deg"`` (the direction of strongest blur: ``blur_angle``, or
+        ``astigmatism_angle`` in records without the blur's axes),
         ``"defocus"`` (``"defocus, est. 2.1 um"`` with a calibrated
         estimate), the reason of a ``partial`` tile
         (``"partial: cells 0,3 1,3 low"``), ``"error"``, or the verdict.
@@ -603,7 +906,7 @@ def describe(rec: TileRecord, units: str = "") -> str:
     if rec.verdict == "error":
         return "error"
     if kind == "astigmatism":
-        angle = finite(rec.astigmatism_angle)
+        angle = finite(rec.blur_angle) if rec.blur_angle is not None else finite(rec.astigmatism_angle)
         return "astigmatism" if angle is None else f"astigmatism {angle:.0f} deg"
     if kind == "defocus":
         est = finite(rec.defocus)
@@ -611,6 +914,10 @@ def describe(rec: TileRecord, units: str = "") -> str:
     if kind == "partial":
         return rec.reason or "partial"
     return str(rec.verdict)
+
+
+def _cell_limit_words(limit: float) -> str:
+    return f"more than {math.sqrt(limit):.2f} px added in quadrature to the tile's median cell"
 
 
 def _astigmatism_reason(strength: float, angle: float | None, limit: float, worst: tuple[float, float] | None) -> str:

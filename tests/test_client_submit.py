@@ -185,3 +185,17 @@ def test_a_folder_without_tiles_is_an_error_not_all_ok(tmp_path, isolated_config
         f"Error: {tmp_path}: no tiles here (.bmp, .jpeg, .jpg, .png, .tif, .tiff files, in subfolders too); 1 other file(s)" in out.output
     )
     assert not (tmp_path / "mhd-results.jsonl").exists()
+
+
+def test_one_worker_and_two_give_the_same_verdicts(section, tmp_path, monkeypatch):
+    """Results come back in another order with two workers; verdicts are given in the section's order, each against
+    the tiles before it, so the number of workers does not change them."""
+    runs = []
+    for workers, batch in (("1", "1"), ("2", "1")):
+        monkeypatch.setenv("MHD_WORKERS", workers)
+        results = tmp_path / f"results-{workers}"
+        out = CliRunner().invoke(main, ["submit", "--dir", str(section), "--batch", batch, "--results", str(results)])
+        assert out.exit_code == 2, out.output
+        log = results / section.name / "mhd-results.jsonl"
+        runs.append({r["tile"]: (r["verdict"], r["kind"]) for r in map(json.loads, log.read_text().splitlines())})
+    assert runs[0] == runs[1] and {t for t, (v, _) in runs[0].items() if v == "oof"} == EXPECTED_OOF

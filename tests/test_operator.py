@@ -8,8 +8,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -228,7 +230,7 @@ def test_client_config_is_compact_and_verbose_on_request():
     short = runner.invoke(cli.main, ["config"], terminal_width=80)
     assert short.exit_code == 0
     lines = short.output.splitlines()
-    assert len(lines) <= 35 and any(line.split()[:3] == ["oof_k", "3.0", "default"] for line in lines)
+    assert len(lines) <= 37 and any(line.split()[:3] == ["oof_k", "3.0", "default"] for line in lines)  # one line a key
     long = runner.invoke(cli.main, ["config", "--verbose"]).output
     assert "relative rule: OOF below median - k * robust sigma of log density" in long
 
@@ -300,3 +302,18 @@ def test_a_tile_name_with_control_characters_cannot_forge_output_lines(tmp_path)
     assert "skipped (not an image): notes[bold]x.txt" in out.output
     assert printable("a\\b\x1b[31m\r") == "a\\\\b\\x1b[31m\\r" and printable("ordinary é 漢字.png") == "ordinary é 漢字.png"
     assert printable("gnp.\u202etxt") == "gnp.\\u202etxt" and printable("p\u2028q") == "p\\u2028q"  # bidi override, line separator
+
+
+def test_the_bench_commands_the_docs_name_exist():
+    """Every ``python bench/<script>.py <command>`` that the README and docs/ name is a command of that script."""
+    root = Path(__file__).resolve().parents[1]
+    text = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
+    named = sorted(set(re.findall(r"python bench/([a-z_]+)\.py ([a-z]+)", text)))
+    assert ("blur_validation", "sections") in named
+    helps: dict[str, str] = {}
+    for script, command in named:
+        if script not in helps:
+            out = subprocess.run([sys.executable, str(root / "bench" / f"{script}.py"), "--help"], capture_output=True, text=True)
+            assert out.returncode == 0, out.stderr
+            helps[script] = out.stdout
+        assert re.search(rf"\b{command}\b", helps[script]), f"bench/{script}.py has no command {command}"
