@@ -43,6 +43,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.interpolate
 import scipy.special
 
 __all__ = ["BlurMeasure", "anisotropy_gain", "fit_blur", "fit_blur_cells", "measure_blur", "BLUR_GRID", "ALPHA_GRID"]
@@ -92,8 +93,8 @@ GAIN_BLURS = np.arange(0.0, 6.0 + 1e-9, 0.25)
 
 
 @functools.lru_cache(maxsize=8)
-def _gain_table(t0: tuple[float, ...], t1: tuple[float, ...], gain: tuple[float, ...]) -> np.ndarray:
-    """``log <I0(k^2 delta)>`` over each level's band: (len(GAIN_BLURS), len(GAIN_DELTAS), n_bin).
+def _gain_table(t0: tuple[float, ...], t1: tuple[float, ...], gain: tuple[float, ...]) -> scipy.interpolate.RegularGridInterpolator:
+    """``log <I0(k^2 delta)>`` over each level's band, linear between the grids: ``(blur, delta) -> (n_bin,)``.
 
     The average over level ``i``'s band weighs ``k`` by its share of the level's energy under a content of
     spectral slope 2 blurred by ``b`` (:data:`GAIN_BLURS`) with ``delta`` at most ``b**2`` (a probe's smaller
@@ -109,7 +110,7 @@ def _gain_table(t0: tuple[float, ...], t1: tuple[float, ...], gain: tuple[float,
             weight = H2 * k ** (1.0 - 2.0) * np.exp(-b * b * k * k)
             lifted = H2 * k ** (1.0 - 2.0) * np.exp(-(b * b - d) * k * k) * scipy.special.i0e(d * k * k)
             out[j, m] = np.log(lifted.sum(axis=1)) - np.log(weight.sum(axis=1))
-    return out
+    return scipy.interpolate.RegularGridInterpolator((GAIN_BLURS, GAIN_DELTAS), out)
 
 
 def anisotropy_gain(delta: np.ndarray, blur: np.ndarray, t0: np.ndarray, t1: np.ndarray, gain: np.ndarray) -> np.ndarray:
@@ -141,18 +142,7 @@ def anisotropy_gain(delta: np.ndarray, blur: np.ndarray, t0: np.ndarray, t1: np.
     table = _gain_table(tuple(map(float, t0)), tuple(map(float, t1)), tuple(map(float, gain)))
     d = np.clip(np.nan_to_num(np.asarray(delta, dtype=np.float64)), 0.0, GAIN_DELTAS[-1])
     b = np.clip(np.nan_to_num(np.asarray(blur, dtype=np.float64)), 0.0, GAIN_BLURS[-1])
-    # bilinear in (blur, delta)
-    jb = np.clip(np.searchsorted(GAIN_BLURS, b) - 1, 0, len(GAIN_BLURS) - 2)
-    jd = np.clip(np.searchsorted(GAIN_DELTAS, d) - 1, 0, len(GAIN_DELTAS) - 2)
-    fb = ((b - GAIN_BLURS[jb]) / (GAIN_BLURS[jb + 1] - GAIN_BLURS[jb]))[:, None]
-    fd = ((d - GAIN_DELTAS[jd]) / (GAIN_DELTAS[jd + 1] - GAIN_DELTAS[jd]))[:, None]
-    log_gain = (
-        (1 - fb) * (1 - fd) * table[jb, jd]
-        + fb * (1 - fd) * table[jb + 1, jd]
-        + (1 - fb) * fd * table[jb, jd + 1]
-        + fb * fd * table[jb + 1, jd + 1]
-    )
-    return np.exp(log_gain)
+    return np.exp(table(np.stack([b, d], axis=-1)))
 
 
 def fit_blur(
