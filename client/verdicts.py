@@ -539,11 +539,6 @@ class Judge:
     def _on_blur(self) -> bool:
         return self.rule.focus_measure == "blur" and self.rule.calibration is None
 
-    def blur_baseline(self) -> float:
-        """Median blur (px) of the section so far; NaN when no tile has one."""
-        ref = self.blur_reference()
-        return math.sqrt(max(ref.median, 0.0)) if ref is not None else math.nan
-
     def blur_reference(self) -> "BlurReference | None":
         """The section's blur so far (:class:`BlurReference`); None when no tile has one."""
         return BlurReference.of(self._blur.values(), self.rule) if self._blur else None
@@ -933,13 +928,6 @@ def _low_reason(x: float, base: Baseline, cal: Calibration | None) -> str:
     drop = 1 - math.exp(x - base.median)
     limit = 1 - math.exp(base.threshold - base.median)
     return f"{drop:.0%} below section median {_k(math.exp(base.median))}/MP (limit {limit:.0%}, n={base.n})"
-
-
-def _blur_reason(blur: float | None, median: float, limit: float, n: int) -> str:
-    if blur is None:
-        return "no detail above the noise at any scale"
-    added = math.sqrt(max(limit**2 - median**2, 0))
-    return f"blur {blur:.2f} px > {limit:.2f} px (section median {median:.2f} px, {added:.1f} px added in quadrature, n={n})"
 
 
 def _k(v: float) -> str:

@@ -124,10 +124,13 @@ def test_a_configured_threshold_outside_its_limits_names_the_key_and_source(tmp_
         config_mod.load()
 
 
-def test_the_blur_reason_states_the_limit_as_the_median_plus_blur_max_in_quadrature():
-    from mhd.client.verdicts import _blur_reason
+def test_the_blur_reason_states_what_the_tile_adds_the_section_median_and_the_limit():
+    from mhd.client.verdicts import BlurPoint, BlurReference, SectionBlur
 
-    median, blur_max = 0.83, 1.0
-    limit = math.hypot(median, blur_max)
-    reason = _blur_reason(3.26, median, limit, 7)
-    assert reason == "blur 3.26 px > 1.30 px (section median 0.83 px, 1.0 px added in quadrature, n=7)"
+    ref = BlurReference(median=0.83**2, spread=0.01, error=0.02, delta=0j, delta_spread=complex(0.05, 0.05), n=7)
+    judged = SectionBlur.of(BlurPoint(3.26**2, 0.02, None), ref, Rule())
+    limit = math.sqrt(Rule().blur_max ** 2 * (1 + 8 / 7))  # the floor, widened for a section of 7 tiles
+    assert judged.oof and judged.defocus_reason() == (
+        f"blurrier than the section: {math.sqrt(3.26**2 - 0.83**2):.2f} px added in quadrature to the section's 0.83 px "
+        f"(limit {limit:.2f} px, n=7)"
+    )
