@@ -39,10 +39,11 @@ from rich.console import Console
 
 from mhd.client.config import load
 from mhd.client.discover import discover
+from mhd.client.options import RunOptions
 from mhd.client.results import read_records
+from mhd.client.rule import Rule
 from mhd.client.score import load_image, score_file
 from mhd.client.submit import run_section
-from mhd.client.verdicts import Rule
 from mhd.functions import detect
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
@@ -84,7 +85,7 @@ def bench_submit(section: Path, workers: int, repeats: int) -> dict:
     for i in range(repeats + 1):
         (section / "mhd-results.jsonl").unlink(missing_ok=True)
         t0 = time.perf_counter()
-        out = run_section(section, cfg, Console(file=io.StringIO()), rule=Rule())
+        out = run_section(section, cfg, Console(file=io.StringIO()), RunOptions(rule=Rule()))
         total = time.perf_counter() - t0
         first, last = _span(out.records.values())
         if i:  # the first run is the warm-up

@@ -68,8 +68,9 @@ import scipy.fft
 from scipy.spatial import cKDTree
 
 from mhd.functions import DEFAULTS, cuda_available, detect, detect_batch, get_backend, normalize, scales
-from mhd.functions._detect import _crop_spectrum, _fast_size, halo_width
+from mhd.functions._geometry import fast_size, halo_width
 from mhd.functions._scalespace import dog_pairs, filter_bank
+from mhd.functions._upsample import crop_spectrum
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "isbi2012"
 
@@ -159,12 +160,12 @@ def transforms_only(image: np.ndarray, n_bin: int, backend) -> None:
     """
     p = DEFAULTS
     h = halo_width(dog_pairs(scales(n_bin, p["min_t"], p["max_t"]))[1].max())
-    P, Q = (_fast_size(n + 2 * h) for n in image.shape)
+    P, Q = (fast_size(n + 2 * h) for n in image.shape)
     bank = filter_bank((P, Q), n_bin, p["min_t"], p["max_t"], p["polarity"], p["tol"], backend)
     grid = np.pad(image.astype(np.float32), ((h, P - image.shape[0] - h), (h, Q - image.shape[1] - h)), mode="reflect")[None]
     F = backend.rfft2(grid)
     for g in bank.groups:
-        Fd = F if g.factor == 1 else _crop_spectrum(F, g.factor, np)
+        Fd = F if g.factor == 1 else crop_spectrum(F, g.factor, np)
         buf, out, tmp = np.empty_like(Fd), np.empty(Fd.shape[1:], np.float32), np.empty(Fd.shape[1:], np.float32)
         for j in range(len(g.levels)):
             np.multiply(Fd, g.transfer_into(j, out, tmp, np), out=buf)

@@ -37,9 +37,10 @@ import psutil
 from rich.console import Console
 
 from mhd.client.config import load
-from mhd.client.discover import RESULTS_NAME
+from mhd.client.options import RunOptions
+from mhd.client.rule import Rule
 from mhd.client.submit import run_section
-from mhd.client.verdicts import Rule
+from mhd.contracts.files import RESULTS_NAME
 
 ISBI = Path(__file__).resolve().parents[1] / "tests" / "data" / "isbi2012"
 MB = 2**20
@@ -198,7 +199,7 @@ def run_load(section: Path, workers: int = 2, batch: int = 0, interval: float = 
     sampler.start()
     t0 = time.perf_counter()
     try:
-        outcome = run_section(section, cfg, Console(file=io.StringIO()), rule=Rule())
+        outcome = run_section(section, cfg, Console(file=io.StringIO()), RunOptions(rule=Rule()))
     finally:
         sampler.stop()
     elapsed = time.perf_counter() - t0

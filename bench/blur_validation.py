@@ -27,7 +27,7 @@ within 0.2 px at 6 e/px), and how often that move is within twice the two
 **sections** builds, per set and ``--reps`` times, a section of the set's fields:
 one behind a disk of each of 1.5, 2 and 3 px, the others in focus, shuffled; at one
 dose (20 e/px) and at a dose drawn for each tile (log-uniform 6-80 e/px). Each is judged
-by ``client``'s rule (:class:`mhd.client.verdicts.Judge`, defaults; ``--rule
+by ``client``'s rule (:class:`mhd.client.judge.Judge`, defaults; ``--rule
 KEY=VALUE`` to try others) in its order, and the table gives the in-focus tiles
 called out of focus and the disks flagged, by radius (goals: none, 2 px >= 90 %,
 3 px all). A section of the real fast and slow scans of the same fields (100 ns and
@@ -56,10 +56,10 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
+from mhd.client.judge import Judge
 from mhd.client.rule import Rule, parse_threshold, thresholds
-from mhd.client.verdicts import Judge
+from mhd.contracts.record import TileRecord
 from mhd.functions.simulate import sem_scan
-from mhd.functions.worker.record import TileRecord
 from mhd.functions.worker.scoring import measure
 from mhd.functions.worker.tileio import read_tile, trim_frame
 

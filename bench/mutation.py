@@ -88,12 +88,15 @@ TARGETS = {
         "tests/test_client_units.py tests/test_results_durable.py tests/test_faults.py::test_disk_full_at_fsync_keeps_every_earlier_record",
     ),
     "drain": Target("client/pipeline.py", ("drain",), "tests/test_client_watch.py tests/test_client_submit.py", timeout=120.0),
-    "calibration": Target("client/calibrate.py", ("fit", "threshold_density"), "tests/test_calibration.py tests/test_cli.py -k calibrat"),
+    "calibration": Target(
+        "client/calibration.py",
+        ("fit", "threshold_density", "log_threshold", "defocus"),
+        "tests/test_calibration.py tests/test_verdict_rule.py tests/test_cli.py -k calibrat",
+    ),
+    "contracts": Target("mhd-package/contracts/verdicts.py", ("exit_status", "look"), "tests/test_contracts.py tests/test_client_units.py"),
     "verdicts": Target(
-        "client/verdicts.py",
+        "client/judge.py",
         (
-            "log_threshold",
-            "defocus",
             "log_density",
             "add",
             "flush",
@@ -102,7 +105,6 @@ TARGETS = {
             "_decide",
             "_low_cells",
             "_cell_log_density",
-            "exit_status",
         ),
         "tests/test_verdict_rule.py tests/test_client_units.py tests/test_calibration.py tests/test_client_kinds.py",
     ),

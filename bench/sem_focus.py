@@ -367,7 +367,8 @@ def wedge_ratio(img: np.ndarray) -> np.ndarray:
 def cmd_partial(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from mhd.client.verdicts import Judge, Rule
+    from mhd.client.judge import Judge
+    from mhd.client.rule import Rule
     from mhd.functions.worker.scoring import measure
 
     rng = np.random.default_rng(args.seed)
@@ -408,7 +409,8 @@ def cmd_verdicts(args: argparse.Namespace) -> None:
     import copy
     from collections import Counter
 
-    from mhd.client.verdicts import Judge, Rule
+    from mhd.client.judge import Judge
+    from mhd.client.rule import Rule
     from mhd.functions.worker.scoring import measure
 
     rng = np.random.default_rng(args.seed)

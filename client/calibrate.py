@@ -26,45 +26,21 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .calibration import Fit
 from .discover import discover, match_names
 from .score import score_file
-from .verdicts import DENSITY_FLOOR, Calibration, fitted_params
 
-__all__ = ["DEFAULT_PATTERN", "Fit", "defocus_table", "fit", "fit_blur", "plot_fit", "score_series", "threshold_density"]
+__all__ = ["DEFAULT_PATTERN", "defocus_table", "plot_fit", "score_series"]
 
 log = logging.getLogger(__name__)
 
-#: Weakest correlation of a through-focus law that is stored (a series with no trend is not a calibration).
-MIN_ABS_R = 0.5
 
 #: Defocus from names like ``focus_df-1.5um.png``, ``z+2.png``, ``defocus_3``.
 DEFAULT_PATTERN = r"(?:df|defocus|z)[_=]?([+-]?\d+(?:\.\d+)?)"
-
-
-@dataclass
-class Fit:
-    """A through-focus series and its line.
-
-    Attributes
-    ----------
-    files : list of str
-    defocus : (n,) float64 ndarray
-        Signed defocus (series units).
-    density : (n,) float64 ndarray
-        Features per megapixel (count law) or blur in px (blur law): the fitted measure.
-    calibration : Calibration
-    """
-
-    files: list[str]
-    defocus: np.ndarray
-    density: np.ndarray
-    calibration: Calibration
 
 
 def defocus_table(folder: Path, csv_path: Path | None = None, pattern: str = DEFAULT_PATTERN) -> dict[str, float]:
@@ -139,86 +115,6 @@ def score_series(
     return files, np.array(dz, float), np.array(vals, float), failed
 
 
-def fit(
-    files: list[str],
-    defocus: np.ndarray,
-    density: np.ndarray,
-    *,
-    units: str = "um",
-    max_defocus: float | None = None,
-    params: dict | None = None,
-    source: str = "",
-) -> Fit:
-    """Least-squares line ``log(density) = a + b |defocus|``.
-
-    Parameters
-    ----------
-    max_defocus : float, optional
-        Largest acceptable |defocus|; default the smallest non-zero
-        |defocus| of the series (the first step out of focus).
-
-    Raises
-    ------
-    ValueError
-        With fewer than 3 images, fewer than 2 distinct |defocus| values, or
-        a slope that is not negative or a correlation weaker than
-        :data:`MIN_ABS_R` (not a through-focus series).
-    """
-    ad = np.abs(defocus)
-    if ad.size < 3 or np.unique(ad).size < 2:
-        raise ValueError(f"need at least 3 scored images at 2 or more distinct |defocus|, got {ad.size} at {np.unique(ad).size}")
-    y = np.log(np.maximum(density, DENSITY_FLOOR))
-    slope, intercept = np.polyfit(ad, y, 1)
-    with np.errstate(invalid="ignore", divide="ignore"):  # a constant series has no correlation (NaN)
-        r = float(np.corrcoef(ad, y)[0, 1])
-    if not (slope < 0 and r <= -MIN_ABS_R):  # a flat series fits a slope of ~ -1e-15: no law
-        raise ValueError(f"density does not fall with |defocus| (slope {slope:.3g} per {units}): is this a through-focus series?")
-    if max_defocus is None:
-        max_defocus = float(np.min(ad[ad > 0]))
-    cal = Calibration(float(intercept), float(slope), r, int(ad.size), units, float(max_defocus), fitted_params(params), source)
-    return Fit(files, defocus, density, cal)
-
-
-def fit_blur(
-    files: list[str],
-    defocus: np.ndarray,
-    blur: np.ndarray,
-    *,
-    units: str = "um",
-    max_defocus: float | None = None,
-    params: dict | None = None,
-    source: str = "",
-) -> Fit:
-    """Least-squares line ``blur**2 = a + b defocus**2`` (blur in px).
-
-    Parameters
-    ----------
-    max_defocus : float, optional
-        Largest acceptable |defocus|; default the smallest non-zero |defocus|
-        of the series (the first step out of focus).
-
-    Raises
-    ------
-    ValueError
-        With fewer than 3 images, fewer than 2 distinct |defocus| values, or
-        a blur that does not grow with |defocus| clearly (``r`` under
-        :data:`MIN_ABS_R`: not a through-focus series).
-    """
-    ad = np.abs(defocus)
-    if ad.size < 3 or np.unique(ad).size < 2:
-        raise ValueError(f"need at least 3 scored images at 2 or more distinct |defocus|, got {ad.size} at {np.unique(ad).size}")
-    x, y = ad**2, np.asarray(blur, float) ** 2
-    slope, intercept = np.polyfit(x, y, 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = float(np.corrcoef(x, y)[0, 1])
-    if not (slope > 0 and r >= MIN_ABS_R):
-        raise ValueError(f"blur does not grow with |defocus| (slope {slope:.3g} px^2 per {units}^2): is this a through-focus series?")
-    if max_defocus is None:
-        max_defocus = float(np.min(ad[ad > 0]))
-    cal = Calibration(float(intercept), float(slope), r, int(ad.size), units, float(max_defocus), fitted_params(params), source, "blur")
-    return Fit(files, defocus, np.asarray(blur, float), cal)
-
-
 def plot_fit(result: Fit, path: Path) -> Path:
     """The measure against |defocus| with the fitted law (for the count, the paper's figure 2b)."""
     import matplotlib
@@ -257,8 +153,3 @@ def plot_fit(result: Fit, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def threshold_density(cal: Calibration) -> float:
-    """Density (features per megapixel) below which a tile is out of focus."""
-    return math.exp(cal.log_threshold)

@@ -31,7 +31,9 @@ import click
 from rich.console import Console
 
 from mhd import __version__
-from mhd.functions.worker.settings import ENV_VARS
+from mhd.contracts.files import CALIBRATION_PLOT, LOG_NAME, SWEEP_PLOT
+from mhd.contracts.formats import IMAGE_SUFFIXES
+from mhd.contracts.limits import WORKER_LIMITS
 from mhd.params import Param, cli_params, validate
 
 from . import config as config_mod
@@ -199,7 +201,6 @@ class _SectionLogHandler(logging.FileHandler):
 @contextlib.contextmanager
 def _section_log(section: Path) -> Iterator[Path]:
     """Append the ``mhd`` loggers (all levels) and every warning to ``section/mhd-client.log``."""
-    from .discover import LOG_NAME
 
     path = section / LOG_NAME
     try:
@@ -282,8 +283,8 @@ def score(files: tuple[Path, ...], as_json: bool, device: str | None, old_backen
     """
     from rich.markup import escape
 
+    from mhd.contracts.record import RESULT_KEYS
     from mhd.functions import cuda_available
-    from mhd.functions.worker.record import RESULT_KEYS
 
     from .console import printable
     from .score import score_file
@@ -328,6 +329,10 @@ def _deprecated_backend(ctx: click.Context, param: click.Parameter, value: str |
     return value
 
 
+#: The parameters :func:`_run_options` adds to a command.
+_RUN_OPTIONS = ("directory", "executor", "old_backend", "transport", "workers", "batch", "on_oof", "no_calibration", "results")
+
+
 def _run_options(fn: Callable) -> Callable:
     """Options shared by submit and watch (the detector's come after the command's own: ``@detector_options`` last)."""
     opts = [
@@ -349,7 +354,7 @@ def _run_options(fn: Callable) -> Callable:
             "--transport", type=click.Choice(["auto", "inline", "shared", "globus"]), help="How tiles reach the function  [config: auto]"
         ),
         click.option("--workers", type=click.IntRange(1, 64), help="Local executor worker processes."),
-        click.option("--batch", type=click.IntRange(1, ENV_VARS["MHD_MAX_TILES"]), help="Tiles per scoring task."),
+        click.option("--batch", type=click.IntRange(1, WORKER_LIMITS["MHD_MAX_TILES"]), help="Tiles per scoring task."),
         click.option(
             "--on-oof",
             metavar="CMD",
@@ -379,8 +384,8 @@ def _rule(cfg: config_mod.Config, no_calibration: bool, params: dict | None = No
     """
     from rich.markup import escape
 
+    from .calibration import rule_from_config
     from .console import printable
-    from .verdicts import rule_from_config
 
     try:
         rule = rule_from_config(cfg, use_calibration=not no_calibration)
@@ -412,7 +417,7 @@ def _scoring_params(rule: Any, params: dict | None) -> dict | None:
     whose defaults differ (an endpoint on another version) scores as the law expects; else the options given."""
     if rule.calibration is None:
         return params
-    from .verdicts import fitted_params
+    from .calibration import fitted_params
 
     return fitted_params(params)
 
@@ -469,25 +474,51 @@ def _compute_client() -> Any:
     return compute_client()
 
 
+def _run(run: Callable[..., Any], options: dict[str, Any], check: Callable[[Path, Any], None] | None = None, **extra: Any) -> None:
+    """Run ``submit`` or ``watch`` (``run(section, cfg, console, RunOptions)``) with a command's options
+    (:func:`_run_options` and the detector's); exit with the section's status.
+
+    ``extra`` are the command's own :class:`~mhd.client.options.RunOptions`; ``check(section, outcome)``
+    may refuse the outcome (a ``click.ClickException``) before the summary.
+    """
+    from .interrupt import Interrupt
+    from .options import RunOptions
+    from .submit import section_summary
+
+    given = {name: options.pop(name) for name in _RUN_OPTIONS}
+    params = _params(options) or None
+    section = _section(given["directory"])
+    executor = given["executor"] or given["old_backend"]
+    cfg = _load_config(
+        executor=executor, transport=given["transport"], workers=given["workers"], batch=given["batch"], results=given["results"]
+    )
+    console = _console()
+    rule = _rule(cfg, given["no_calibration"], params, console)
+    folder = _results_folder(section, cfg)
+    with Interrupt() as interrupt:
+        run_options = RunOptions(
+            rule=rule,
+            params=_scoring_params(rule, params),
+            on_oof=given["on_oof"],
+            results_dir=folder,
+            transfer_client=_transfer_client,
+            compute_client=_compute_client,
+            interrupt=interrupt,
+            **extra,
+        )
+        outcome = _interruptible(console, lambda: _run_logged(folder, lambda: run(section, cfg, console, run_options)))
+        if check is not None:
+            check(section, outcome)
+        section_summary(console, section, outcome)
+    sys.exit(outcome.exit_status)
+
+
 @main.command(context_settings=CONTEXT)
 @_run_options
 @click.option("--rescore", is_flag=True, help="Score every tile again (the old results are kept as a .bak file).")
 @click.option("-a", "--all", "show_ok", is_flag=True, help="Print a line for ok tiles too.")
 @detector_options
-def submit(
-    directory: Path,
-    executor: str | None,
-    old_backend: str | None,
-    transport: str | None,
-    workers: int | None,
-    batch: int | None,
-    on_oof: str | None,
-    no_calibration: bool,
-    results: Path | None,
-    rescore: bool,
-    show_ok: bool,
-    **kwargs: Any,
-) -> None:
+def submit(rescore: bool, show_ok: bool, **options: Any) -> None:
     """Score every tile of a section and report out-of-focus tiles.
 
     Tiles (TIFF, PNG, BMP, JPEG; recursive) are taken in natural order of
@@ -505,39 +536,9 @@ def submit(
     \b
         client submit --dir examples/section_042     # exits 2: the example has OOF tiles
     """
-    from .interrupt import Interrupt
-    from .submit import run_section, section_summary
+    from .submit import run_section
 
-    params = _params(kwargs) or None
-    section = _section(directory)
-    cfg = _load_config(executor=executor or old_backend, transport=transport, workers=workers, batch=batch, results=results)
-    console = _console()
-    rule = _rule(cfg, no_calibration, params, console)
-    params = _scoring_params(rule, params)
-    folder = _results_folder(section, cfg)
-    with Interrupt() as interrupt:
-        outcome = _interruptible(
-            console,
-            lambda: _run_logged(
-                folder,
-                lambda: run_section(
-                    section,
-                    cfg,
-                    console,
-                    rule=rule,
-                    rescore=rescore,
-                    params=params,
-                    on_oof=on_oof,
-                    show_ok=show_ok,
-                    transfer_client=_transfer_client,
-                    compute_client=_compute_client,
-                    results_dir=folder,
-                    interrupt=interrupt,
-                ),
-            ),
-        )
-        section_summary(console, section, outcome)
-    sys.exit(outcome.exit_status)
+    _run(run_section, options, rescore=rescore, show_ok=show_ok)
 
 
 # -------------------------------------------------------------- config etc
@@ -696,21 +697,7 @@ endpoint.add_command(_configure_with_stored_function())
     ),
 )
 @detector_options
-def watch(
-    directory: Path,
-    executor: str | None,
-    old_backend: str | None,
-    transport: str | None,
-    workers: int | None,
-    batch: int | None,
-    on_oof: str | None,
-    no_calibration: bool,
-    results: Path | None,
-    poll: float,
-    give_up: float,
-    idle_exit: float | None,
-    **kwargs: Any,
-) -> None:
+def watch(poll: float, give_up: float, idle_exit: float | None, **options: Any) -> None:
     """Score tiles as the microscope writes them, until Ctrl-C.
 
     A folder that does not exist yet is waited for. A tile is taken once completely written (size stable and its image
@@ -730,48 +717,17 @@ def watch(
     \b
         client watch --dir /data/section_043 --on-oof "notify-send 'Out of focus'"
     """
-    from .discover import IMAGE_SUFFIXES
-    from .interrupt import Interrupt
-    from .submit import section_summary
     from .watch import watch_section
 
-    params = _params(kwargs) or None
-    _wait_for_folder(directory, poll, idle_exit)
-    section = _section(directory)
-    cfg = _load_config(executor=executor or old_backend, transport=transport, workers=workers, batch=batch, results=results)
-    console = _console()
-    rule = _rule(cfg, no_calibration, params, console)
-    params = _scoring_params(rule, params)
-    folder = _results_folder(section, cfg)
-    with Interrupt() as interrupt:
-        outcome = _interruptible(
-            console,
-            lambda: _run_logged(
-                folder,
-                lambda: watch_section(
-                    section,
-                    cfg,
-                    console,
-                    rule=rule,
-                    params=params,
-                    on_oof=on_oof,
-                    poll=poll,
-                    give_up=give_up,
-                    idle_exit=idle_exit,
-                    transfer_client=_transfer_client,
-                    compute_client=_compute_client,
-                    results_dir=folder,
-                    interrupt=interrupt,
-                ),
-            ),
-        )
+    def nothing_came(section: Path, outcome: Any) -> None:
         if idle_exit is not None and not outcome.records and outcome.signum is None:  # unattended, and nothing came: not "all ok"
             raise click.ClickException(
                 f"{section}: no tiles arrived within --idle-exit {idle_exit:g} s ({', '.join(sorted(IMAGE_SUFFIXES))} files,"
                 " in subfolders too)"
             )
-        section_summary(console, section, outcome)
-    sys.exit(outcome.exit_status)
+
+    _wait_for_folder(options["directory"], poll, idle_exit)
+    _run(watch_section, options, check=nothing_came, poll=poll, give_up=give_up, idle_exit=idle_exit)
 
 
 def _wait_for_folder(directory: Path, poll: float, idle_exit: float | None) -> None:
@@ -908,24 +864,25 @@ def calibrate(
         client calibrate --dir examples/focus_series --max-defocus 1
     """
     from . import calibrate as cal_mod
+    from .calibration import fit, fit_blur, threshold_density
 
     params = _params(kwargs)
     folder = _section(directory)
     try:
         table = cal_mod.defocus_table(folder, csv_path, pattern or cal_mod.DEFAULT_PATTERN)
         files, dz, values, failed = cal_mod.score_series(folder, table, params, measure)
-        fitter = cal_mod.fit_blur if measure == "blur" else cal_mod.fit
+        fitter = fit_blur if measure == "blur" else fit
         result = fitter(files, dz, values, units=units, max_defocus=max_defocus, params=params, source=str(folder))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     c = result.calibration
-    plot = cal_mod.plot_fit(result, folder / "mhd-calibration.png")
+    plot = cal_mod.plot_fit(result, folder / CALIBRATION_PLOT)
     if measure == "blur":
         click.echo(f"{c.n} images: blur^2 = {c.intercept:.3f} {c.slope:+.4f} * defocus^2 (px^2)   r = {c.r:.4f}")
         click.echo(f"out of focus beyond {c.max_defocus:g} {units}: above {c.blur_threshold:.2f} px of blur")
     else:
         click.echo(f"{c.n} images: log(density) = {c.intercept:.3f} {c.slope:+.4f} * |defocus|   r = {c.r:.4f}")
-        click.echo(f"out of focus beyond {c.max_defocus:g} {units}: below {cal_mod.threshold_density(c):.0f} features/MP")
+        click.echo(f"out of focus beyond {c.max_defocus:g} {units}: below {threshold_density(c):.0f} features/MP")
     click.echo(f"plot: {plot}")
     if not dry_run:
         path = c.save(out or _load_config().calibration_path)
@@ -1007,7 +964,7 @@ def focus_sweep(
         result = sweep_mod.fit_sweep(folder, sweep_mod.score_sweep(folder, table, params), unit, points)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    plot = sweep_mod.plot_sweep(result, plot_path or folder / sweep_mod.PLOT_NAME)
+    plot = sweep_mod.plot_sweep(result, plot_path or folder / SWEEP_PLOT)
     if as_json:
         click.echo(json.dumps({**result.to_json(), "plot": str(plot)}))
     else:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from mhd.contracts.limits import INLINE_SEND_BYTES, REQUEST_BYTES
+
 from .rule import parse_threshold, thresholds
 
 __all__ = ["KEYS", "Config", "config_dir", "config_path", "load", "save_values"]
@@ -53,7 +55,7 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
 
 
 #: Every configuration key. The verdict rule's thresholds are defined in :class:`mhd.client.rule.Rule`
-#: and explained in :mod:`mhd.client.verdicts`.
+#: and explained in :mod:`mhd.client.judge`.
 KEYS: dict[str, Key] = {
     "endpoint": Key(None, _str, "Globus Compute endpoint UUID (the GPU endpoint 'mhd-gpu')"),
     "function": Key(None, _str, "registered score_tiles function UUID (client register)"),
@@ -66,8 +68,8 @@ KEYS: dict[str, Key] = {
     "transport": Key(
         "auto", _choice("auto", "inline", "shared", "globus"), "auto: inline for small tiles, else shared/globus when configured"
     ),
-    "inline_max_mb": Key(4.0, _float, "largest tile sent inline by transport=auto (MB)"),
-    "request_mb": Key(6.0, _float, "tile bytes per inline task (the service limit is 10 MB per request, after base64)"),
+    "inline_max_mb": Key(INLINE_SEND_BYTES / 1e6, _float, "largest tile sent inline by transport=auto (MB)"),
+    "request_mb": Key(REQUEST_BYTES / 1e6, _float, "tile bytes per inline task (the service limit is 10 MB per request, after base64)"),
     "shared_local": Key(None, _str, "shared transport: local folder the endpoint also sees"),
     "shared_remote": Key("", lambda v: str(v or "").strip("/"), "shared transport: the same folder, relative to the endpoint's data root"),
     "source_collection": Key(None, _str, "globus transport: the instrument's collection UUID"),

@@ -13,17 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from mhd.functions.worker.record import TileRecord
+from mhd.contracts.record import TileRecord
+from mhd.contracts.verdicts import Verdict, look
 
-from .verdicts import VERDICTS
-
-__all__ = ["STYLES", "Reporter", "printable", "shorten_left", "summary_lines", "summary_table", "verdict_line"]
-
-#: Rich style of each verdict.
-STYLES = {"ok": "green", "oof": "bold white on red", "empty": "yellow", "error": "bold magenta"}
-
-#: Verdict label as printed (fixed width, so lines align).
-LABELS = {"ok": "ok   ", "oof": "OOF  ", "empty": "empty", "error": "ERROR"}
+__all__ = ["Reporter", "printable", "shorten_left", "summary_lines", "summary_table", "verdict_line"]
 
 
 #: Control characters (C0, DEL, C1), the backslash that escapes them, and any other non-ASCII character
@@ -65,14 +58,14 @@ def _escape_char(m: re.Match) -> str:
 def verdict_line(rec: TileRecord) -> str:
     """One rich-markup line for a record: label, tile, density and reason."""
     v = rec.verdict
-    style = STYLES[v]
+    label, style = look(v).label, look(v).style
     dens = f"{rec.density / 1000:7.1f}k/MP" if rec.density is not None else " " * 10
     reason = printable(rec.reason or "")
     late = f"  [dim]({rec.latency_ms / 1e3:.2f} s)[/]" if rec.latency_ms is not None else ""
     if v == "error":
-        return f"[{style}]{LABELS[v]}[/] {_esc(reason)}{late}"
+        return f"[{style}]{label}[/] {_esc(reason)}{late}"
     extra = f"  {_esc(reason)}" if reason else ""
-    return f"[{style}]{LABELS[v]}[/] {_esc(printable(rec.tile))}  {dens}{extra}{late}"
+    return f"[{style}]{label}[/] {_esc(printable(rec.tile))}  {dens}{extra}{late}"
 
 
 def _reason(rec: TileRecord) -> str:
@@ -203,12 +196,12 @@ def summary_table(
     table.add_column("tiles", justify="right", no_wrap=True)
     table.add_column("tile", no_wrap=True, min_width=min(longest, tile_width), max_width=tile_width)
     table.add_column("reason", overflow="fold")
-    for v in VERDICTS:
-        table.add_row(f"[{STYLES[v]}]{v}[/]", str(counts.get(v, 0)), "", "")
+    for v in Verdict:
+        table.add_row(f"[{look(v).style}]{v}[/]", str(counts.get(v, 0)), "", "")
     if problems:
         table.add_section()
     for r in problems[:max_rows]:
-        table.add_row(f"[{STYLES[r.verdict]}]{r.verdict}[/]", "", _esc(shorten_left(printable(r.tile), tile_width)), _esc(_reason(r)))
+        table.add_row(f"[{look(r.verdict).style}]{r.verdict}[/]", "", _esc(shorten_left(printable(r.tile), tile_width)), _esc(_reason(r)))
     if len(problems) > max_rows:
         table.add_row("", "", f"... and {len(problems) - max_rows} more", "see mhd-results.jsonl or client report")
     # the counts of the run on a line of their own: as a caption rich would wrap them to the table's width
@@ -225,7 +218,7 @@ def summary_lines(records: Iterable[TileRecord], title: str, new: int, elapsed: 
     """
     recs = list(records)
     counts = Counter(r.verdict for r in recs)
-    lines = [f"{printable(title)}: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in VERDICTS)]
+    lines = [f"{printable(title)}: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in Verdict)]
     problems = [r for r in recs if r.verdict != "ok"]
     lines += [f"{r.verdict}\t{printable(r.tile)}\t{_reason(r)}" for r in problems[:max_rows]]
     if len(problems) > max_rows:

@@ -18,10 +18,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mhd.contracts.files import is_own
+from mhd.contracts.formats import IMAGE_SUFFIXES
+
 __all__ = [
-    "IMAGE_SUFFIXES",
-    "LOG_NAME",
-    "RESULTS_NAME",
     "Discovery",
     "Tile",
     "discover",
@@ -32,22 +32,10 @@ __all__ = [
     "tile_positions",
 ]
 
-#: File suffixes (lower case) read as tiles: TIFF 8/16-bit, PNG, BMP, JPEG.
-IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg"})
-
-#: Results file written in each section folder.
-RESULTS_NAME = "mhd-results.jsonl"
-
-#: Log file ``client submit``/``watch`` append to in each section folder.
-LOG_NAME = "mhd-client.log"
-
 #: Suffixes and prefixes of files still being written (renamed into place when complete).
 _PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", "~")
 _PARTIAL_PREFIXES = (".",)
 
-#: Folders the client itself writes into a section; never scanned for tiles.
-_OWN_DIRS = frozenset({"mhd-report"})
-_OWN_FILES = frozenset({"mhd-calibration.png", LOG_NAME, "mhd-section.txt"})
 
 _DIGITS = re.compile(r"(\d+)")
 _POSITION = re.compile(r"(?:^|[^a-z0-9])r(?:ow)?[_-]?(\d+)[_-]?c(?:ol)?[_-]?(\d+)(?:[^0-9]|$)", re.IGNORECASE)
@@ -182,7 +170,7 @@ def discover(section: str | Path) -> Discovery:
     found = Discovery()
     for path, st in _files(root):
         rel = path.relative_to(root)
-        if _is_own_output(rel):
+        if is_own(rel.parts):
             continue
         if is_partial_name(path.name):
             found.ignored.append(rel.as_posix())
@@ -227,12 +215,6 @@ def _vanished_or_raise(exc: OSError) -> None:
     stale NFS handle) is raised, so that a listing that failed is never taken for an empty folder."""
     if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
         raise exc
-
-
-def _is_own_output(rel: Path) -> bool:
-    if rel.parts and rel.parts[0] in _OWN_DIRS:
-        return True
-    return rel.name.startswith(RESULTS_NAME) or rel.name in _OWN_FILES
 
 
 def tile_positions(tile_ids: list[str], positions_file: str | Path | None = None) -> dict[str, tuple[int, int]]:

@@ -30,14 +30,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
-from mhd.functions.worker.record import TileRecord
+from mhd.contracts.record import TileRecord
 
 from .console import printable
 from .discover import Tile
 from .executors import WorkerLost, failure_message, retryable
+from .judge import Judge
 from .results import ResultsLog
 from .transport import Staged, Transport
-from .verdicts import Judge
 
 __all__ = ["OofHook", "Pipeline", "record_from_result"]
 

@@ -20,6 +20,7 @@ from typing import Any
 from globus_compute_sdk.sdk.client import FunctionRegistrationData
 from globus_compute_sdk.serialize import ComputeSerializer, JSONData, PureSourceTextInspect
 
+from mhd.contracts.limits import ALLOWED_SERIALIZERS, RESULT_SERIALIZERS
 from mhd.functions.worker.remote import FUNCTION_NAME, score_tiles
 
 __all__ = [
@@ -30,14 +31,6 @@ __all__ = [
     "register_score_tiles",
     "score_serializer",
 ]
-
-#: Import paths of the only strategies the endpoint deserializes (its ``allowed_serializers``).
-ALLOWED_SERIALIZERS = (
-    "globus_compute_sdk.serialize.PureSourceTextInspect",
-    "globus_compute_sdk.serialize.JSONData",
-)
-#: Strategies the endpoint uses for results: JSON, so the client unpickles nothing either.
-RESULT_SERIALIZERS = ("globus_compute_sdk.serialize.JSONData",)
 
 
 def score_serializer() -> ComputeSerializer:

@@ -52,26 +52,24 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from mhd.functions.worker.record import TileRecord, finite
+from mhd.contracts.files import REPORT_DIR, RESULTS_NAME
+from mhd.contracts.record import TileRecord, finite
+from mhd.contracts.verdicts import LOOKS, Kind, Verdict, look
 
 from .console import printable
-from .discover import RESULTS_NAME, natural_key, tile_positions
+from .discover import natural_key, tile_positions
+from .judge import Baseline, Judge
 from .results import read_records
-from .verdicts import Baseline, Judge, Rule, describe
+from .rule import Rule
+from .wording import describe
 
 __all__ = ["Report", "blur_threshold", "make_report", "section_verdicts"]
 
-REPORT_DIR = "mhd-report"
 CSV_COLUMNS = (
     "index", "tile", "row", "col", "verdict", "kind", "section_verdict", "section_kind", "reason",
     "features", "density", "blur", "blur_err", "defocus", "defocus_units", "astigmatism", "astigmatism_angle", "focus_map",
     "contrast", "error", "backend", "ms", "roundtrip_ms", "latency_ms", "scored_at",
 )  # fmt: skip
-COLOURS = {"ok": "tab:green", "oof": "tab:red", "empty": "tab:olive", "error": "tab:purple"}
-#: Marker of each kind of out-of-focus tile in density.png (None: records judged before kinds existed).
-MARKERS = {"defocus": "o", "astigmatism": "^", "partial": "s", None: "o"}
-#: Letter marking each verdict / kind on montage.png.
-MONTAGE_MARKS = {"defocus": "X", "astigmatism": "A", "partial": "P", None: "X", "empty": "o", "error": "!"}
 #: Most tiles drawn in focus-maps.png.
 MAX_MAPS = 48
 
@@ -256,7 +254,7 @@ def _plot_density(path: Path, records: list[TileRecord], base: Baseline, title: 
     for panel in panels:
         for i, r in enumerate(records):
             if r.verdict == "error":
-                panel.axvline(i, color=COLOURS["error"], alpha=0.3, lw=1)
+                panel.axvline(i, color=LOOKS[Verdict.ERROR].colour, alpha=0.3, lw=1)
     panels[-1].set_xlabel("tile (acquisition order)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.8)  # beside the axes: never over a tile
     fig.tight_layout()
@@ -266,19 +264,26 @@ def _plot_density(path: Path, records: list[TileRecord], base: Baseline, title: 
 
 def _scatter_verdicts(ax, x: np.ndarray, records: list[TileRecord], value: Callable[[TileRecord], float | None], *, legend: bool) -> None:
     """One point per tile with a ``value``, coloured by verdict, out-of-focus tiles marked by kind."""
-    groups = [(v, None, v) for v in COLOURS if v != "oof"] + [("oof", k, f"oof: {k}" if k else "oof") for k in MARKERS]
-    for verdict, kind, label in groups:
-        idx = [i for i, r in enumerate(records) if r.verdict == verdict and r.kind == kind and value(r) is not None]
-        if idx or (legend and verdict != "oof"):
+    groups = [(v, None) for v in Verdict if v is not Verdict.OOF] + [(Verdict.OOF, k) for k in (*Kind, None)]
+    for verdict, kind in groups:
+        idx = [i for i, r in enumerate(records) if _group(r) == (verdict, kind) and value(r) is not None]
+        if idx or (legend and verdict is not Verdict.OOF):
+            shown = look(verdict, kind)
             ax.scatter(
                 x[idx],
                 [value(records[i]) for i in idx],
                 s=22,
-                marker=MARKERS[kind],
-                color=COLOURS[verdict],
-                label=f"{label} ({len(idx)})" if legend else None,
+                marker=shown.marker,
+                color=shown.colour,
+                label=f"{f'oof: {kind}' if kind else verdict} ({len(idx)})" if legend else None,
                 zorder=3,
             )
+
+
+def _group(rec: TileRecord) -> tuple[str | None, str | None]:
+    """A record's verdict, and its kind where the verdict is ``oof`` and the kind one this version knows."""
+    known = rec.verdict == Verdict.OOF and rec.kind in Kind._value2member_map_
+    return rec.verdict, rec.kind if known else None
 
 
 def _plot_montage(path: Path, records: list[TileRecord], pos: dict[str, tuple[int, int]], base: Baseline, title: str) -> None:
@@ -296,7 +301,7 @@ def _plot_montage(path: Path, records: list[TileRecord], pos: dict[str, tuple[in
     for rec in records:
         if rec.tile in pos and rec.verdict != "ok":
             r, c = pos[rec.tile]
-            mark = MONTAGE_MARKS.get(rec.kind) if rec.verdict == "oof" else MONTAGE_MARKS[rec.verdict]
+            mark = look(rec.verdict, rec.kind).mark
             ink = text_colour(im.cmap(im.norm(grid[r, c] - centre)))  # readable on the cell (dark red: white)
             ax.text(c, r, mark, ha="center", va="center", fontsize=11, fontweight="bold", color=ink)
             angle = rec.astigmatism_angle

@@ -12,10 +12,10 @@ A tile has one record. A newer record for the same tile (a retried error)
 supersedes the older one when read, and :meth:`ResultsLog.compact` rewrites the
 file atomically with one line per tile.
 
-Records are :class:`~mhd.functions.worker.record.TileRecord`-s, one JSON
-object per line (:meth:`~mhd.functions.worker.record.TileRecord.to_json`);
+Records are :class:`~mhd.contracts.record.TileRecord`-s, one JSON
+object per line (:meth:`~mhd.contracts.record.TileRecord.to_json`);
 logs written by earlier versions read as they were. In memory a log keeps
-only each record's :meth:`~mhd.functions.worker.record.TileRecord.brief`
+only each record's :meth:`~mhd.contracts.record.TileRecord.brief`
 (no per-cell arrays: what the run needs), so a section of tens of thousands
 of tiles costs a few MB; the file keeps every field (:func:`read_records`).
 """
@@ -33,17 +33,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from mhd.functions.worker.record import VERDICTS, TileRecord
+from mhd.contracts.files import RESULTS_NAME, SECTION_MARK
+from mhd.contracts.record import TileRecord
+from mhd.contracts.verdicts import Verdict
 
-from .discover import RESULTS_NAME
-
-__all__ = ["SECTION_MARK", "ResultsLog", "ResultsWriteError", "SectionLocked", "check_writable", "read_records", "results_folder"]
+__all__ = ["ResultsLog", "ResultsWriteError", "SectionLocked", "check_writable", "read_records", "results_folder"]
 
 log = logging.getLogger(__name__)
-
-
-#: In a results folder kept outside its section (``--results``): the section's path.
-SECTION_MARK = "mhd-section.txt"
 
 
 def results_folder(section: Path, root: str | os.PathLike | None, create: bool = True) -> Path:
@@ -154,7 +150,7 @@ def _parse(raw: bytes, path: Path, n: int) -> TileRecord | None:
     except ValueError:
         log.warning("%s:%d: line without a tile id ignored", path, n)
         return None
-    if record.verdict not in VERDICTS:
+    if record.verdict not in Verdict._value2member_map_:
         log.warning("%s:%d: record of %r without a verdict ignored (the tile is scored again)", path, n, record.tile)
         return None
     return record
@@ -178,7 +174,7 @@ class ResultsLog:
     Attributes
     ----------
     records : dict of str to TileRecord
-        Tile id -> the :meth:`~mhd.functions.worker.record.TileRecord.brief` of its newest record.
+        Tile id -> the :meth:`~mhd.contracts.record.TileRecord.brief` of its newest record.
 
     Raises
     ------

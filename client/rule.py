@@ -3,8 +3,8 @@
 :class:`Rule` is the definition: each threshold is a field whose metadata holds
 its one-line help and its limits. The configuration (:data:`mhd.client.config.KEYS`,
 shown by ``client config --verbose``) builds its keys from these fields, and
-:func:`mhd.client.verdicts.rule_from_config` builds the rule from the configuration
-by keyword. What each threshold does is explained in :mod:`mhd.client.verdicts`.
+:func:`mhd.client.calibration.rule_from_config` builds the rule from the configuration
+by keyword. What each threshold does is explained in :mod:`mhd.client.judge`.
 
 Standard library only: the configuration is read by every command, which must
 not load NumPy or SciPy for it.
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from mhd.params import ASTIGMATISM_THRESHOLD
 
 if TYPE_CHECKING:
-    from .verdicts import Calibration
+    from .calibration import Calibration
 
 __all__ = ["FOCUS_MEASURES", "Rule", "parse_threshold", "thresholds"]
 
@@ -34,7 +34,7 @@ def _threshold(default: Any, help: str, *, lo: float | None = 0.0, integer: bool
 
 @dataclass(frozen=True, kw_only=True)
 class Rule:
-    """Thresholds of the verdict rule (see :mod:`mhd.client.verdicts`), given by keyword.
+    """Thresholds of the verdict rule (see :mod:`mhd.client.judge`), given by keyword.
 
     Every field but ``calibration`` is a threshold (:func:`thresholds`): a
     configuration key of the same name with the default, limits and help

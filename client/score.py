@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mhd.functions.worker.record import TileRecord
+from mhd.contracts.record import TileRecord
 from mhd.functions.worker.scoring import measure
 from mhd.functions.worker.settings import Limits
 from mhd.functions.worker.tileio import read_tile

@@ -20,16 +20,18 @@ from typing import Any, Callable
 
 from rich.console import Console
 
-from mhd.functions.worker.record import TileRecord
+from mhd.contracts.record import TileRecord
+from mhd.contracts.verdicts import exit_status
 
 from .config import Config
 from .console import Reporter
 from .discover import Discovery, Tile
 from .interrupt import EXIT_INTERRUPTED, Abandoned, Interrupt, abandon, exit_code, stopped_by
+from .judge import Judge
+from .options import RunOptions
 from .pipeline import OofHook, Pipeline
 from .results import ResultsLog
 from .transport import MB, DiskTransport, GlobusTransport, InlineTransport, SharedTransport, Transport, choose_transport
-from .verdicts import Judge, Rule, exit_status
 
 __all__ = ["Outcome", "RunSession", "executor_kind", "check_executor", "local_workers", "make_transport", "max_inflight", "open_executor"]
 
@@ -99,7 +101,7 @@ class Outcome:
     @property
     def exit_status(self) -> int:
         """128 + the signal's number if SIGTERM or SIGHUP stopped the run, 130 if Ctrl-C interrupted
-        it, else :func:`mhd.client.verdicts.exit_status` (a ``watch`` ended by Ctrl-C too)."""
+        it, else :func:`mhd.contracts.verdicts.exit_status` (a ``watch`` ended by Ctrl-C too)."""
         if self.signum is not None and self.signum != signal.SIGINT:
             return exit_code(self.signum)
         return EXIT_INTERRUPTED if self.interrupted else exit_status(self.counts)
@@ -270,18 +272,7 @@ class RunSession:
     section : Path
     cfg : Config
     console : Console
-    rule : Rule
-    params : dict, optional
-        Detector parameters for ``score_tiles``.
-    on_oof : str, optional
-        ``--on-oof`` command (:class:`~mhd.client.pipeline.OofHook`).
-    rescore : bool
-    transfer_client, compute_client : callable, optional
-        Build the authenticated Globus clients; called only when the Globus
-        transport / executor is used.
-    results_dir : Path, optional
-        Folder of the results log (default: the section).
-    interrupt : Interrupt, optional
+    options : RunOptions
 
     Attributes
     ----------
@@ -302,38 +293,23 @@ class RunSession:
         The Globus executor without its endpoint or function UUID (from the constructor).
     """
 
-    def __init__(
-        self,
-        section: Path,
-        cfg: Config,
-        console: Console,
-        *,
-        rule: Rule,
-        params: dict | None = None,
-        on_oof: str | None = None,
-        rescore: bool = False,
-        transfer_client: Callable[[list[str]], Any] | None = None,
-        compute_client: Callable[[], Any] | None = None,
-        results_dir: Path | None = None,
-        interrupt: Interrupt | None = None,
-    ) -> None:
+    def __init__(self, section: Path, cfg: Config, console: Console, options: RunOptions) -> None:
         self.kind = executor_kind(cfg)
         check_executor(cfg, self.kind)
-        self.section, self.cfg, self.console, self.rule, self.params = section, cfg, console, rule, params
+        self.section, self.cfg, self.console, self.options = section, cfg, console, options
         self.workers = local_workers(cfg) if self.kind == "local" else 0
         self.max_inflight = max_inflight(self.kind, self.workers)
         self.interrupted = False
         self.transport: Transport | None = None
-        self._on_oof, self._rescore, self._folder, self._interrupt = on_oof, rescore, results_dir or section, interrupt
-        self._transfer_client, self._compute_client = transfer_client, compute_client
         self._hook: OofHook | None = None
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "RunSession":
         with contextlib.ExitStack() as stack:
-            self.stop = stack.enter_context(_handling(self._interrupt))
-            self.results = stack.enter_context(ResultsLog(self._folder, fresh=self._rescore))
-            self._hook = OofHook(self._on_oof) if self._on_oof else None
+            opts = self.options
+            self.stop = stack.enter_context(_handling(opts.interrupt))
+            self.results = stack.enter_context(ResultsLog(opts.results_dir or self.section, fresh=opts.rescore))
+            self._hook = OofHook(opts.on_oof) if opts.on_oof else None
             self._stack = stack.pop_all()
         return self
 
@@ -350,7 +326,7 @@ class RunSession:
         ``auto`` looks at the tiles' sizes; ``tiles`` None means not known yet
         (``watch``).
         """
-        self.transport = make_transport(self.cfg, self.section, tiles, batch, self._transfer_client, self.kind)
+        self.transport = make_transport(self.cfg, self.section, tiles, batch, self.options.transfer_client, self.kind)
         return self.transport
 
     def drive(self, feed: Callable[[Pipeline], None], reporter: Reporter, what: str = "interrupted") -> bool:
@@ -371,14 +347,15 @@ class RunSession:
         """
         if self.transport is None:
             raise RuntimeError("use_transport() first")
-        judge = Judge(self.rule, prior=self.results.records.values())
-        with open_executor(self.cfg, self.kind, local_data_root(self.kind, self.transport), self._compute_client) as executor:
+        judge = Judge(self.options.rule, prior=self.results.records.values())
+        root = local_data_root(self.kind, self.transport)
+        with open_executor(self.cfg, self.kind, root, self.options.compute_client) as executor:
             pipe = Pipeline(
                 executor,
                 self.transport,
                 judge,
                 self.results,
-                self.params,
+                self.options.params,
                 on_verdicts=reporter,
                 on_scored=reporter.scored,
                 on_oof=self._hook,

@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
 
 from rich.console import Console
 
-from mhd.functions.worker.record import TileRecord
+from mhd.contracts.files import RESULTS_NAME
+from mhd.contracts.formats import IMAGE_SUFFIXES
+from mhd.contracts.record import TileRecord
 
 from .config import Config
 from .console import Reporter, printable, summary_lines, summary_table
-from .discover import IMAGE_SUFFIXES, RESULTS_NAME, Discovery, Tile, discover
-from .interrupt import EXIT_INTERRUPTED, Interrupt, ignored_note, stopped_by
+from .discover import Discovery, Tile, discover
+from .interrupt import EXIT_INTERRUPTED, ignored_note, stopped_by
+from .options import RunOptions
+from .rule import Rule
 from .session import Outcome, RunSession
 from .transport import Transport
-from .verdicts import Rule
 
 __all__ = ["auto_batch", "changed_tiles", "run_section", "section_summary", "todo_tiles"]
 
@@ -54,29 +56,13 @@ def changed_tiles(records: dict[str, TileRecord], tiles: list[Tile]) -> list[Til
     return [t for t in tiles if (rec := records.get(t.id)) is not None and rec.verdict != "error" and rec.changed(t.size, t.mtime_ns)]
 
 
-def run_section(
-    section: Path,
-    cfg: Config,
-    console: Console,
-    *,
-    rule: Rule,
-    rescore: bool = False,
-    params: dict | None = None,
-    on_oof: str | None = None,
-    show_ok: bool = False,
-    transfer_client: Callable[[list[str]], Any] | None = None,
-    compute_client: Callable[[], Any] | None = None,
-    results_dir: Path | None = None,
-    interrupt: Interrupt | None = None,
-) -> Outcome:
+def run_section(section: Path, cfg: Config, console: Console, options: RunOptions) -> Outcome:
     """Score the tiles of ``section`` that need it; record and print verdicts.
 
-    ``transfer_client`` and ``compute_client`` build the authenticated Globus
-    clients, and are called only when the Globus transport / executor is used.
-    ``results_dir`` holds the results log (default: the section). The run is a
-    :class:`~mhd.client.session.RunSession` fed the whole list of tiles to score.
+    The run is a :class:`~mhd.client.session.RunSession` fed the whole list
+    of tiles to score; ``options.rescore`` scores them all again.
 
-    Ctrl-C (SIGINT, see :mod:`mhd.client.interrupt`; ``interrupt`` is the
+    Ctrl-C (SIGINT, see :mod:`mhd.client.interrupt`; ``options.interrupt`` is the
     caller's handler, else one is installed here): before scoring starts it
     raises :class:`KeyboardInterrupt`; while scoring it stops submitting,
     records the tasks that finish within ``drain_timeout`` seconds, leaves
@@ -94,19 +80,7 @@ def run_section(
     KeyboardInterrupt
         Ctrl-C before scoring started (nothing recorded).
     """
-    run = RunSession(
-        section,
-        cfg,
-        console,
-        rule=rule,
-        params=params,
-        on_oof=on_oof,
-        rescore=rescore,
-        transfer_client=transfer_client,
-        compute_client=compute_client,
-        results_dir=results_dir,
-        interrupt=interrupt,
-    )
+    run = RunSession(section, cfg, console, options)
     found = discover(section)
     if not found.tiles:  # a mistyped or not yet written section is not "all ok"
         others = f"; {len(found.skipped) + len(found.ignored)} other file(s)" if found.skipped or found.ignored else ""
@@ -116,8 +90,8 @@ def run_section(
         batch = cfg["batch"] or auto_batch(len(todo), run.workers, run.kind)
         transport = run.use_transport(todo, batch)
         changed = len(changed_tiles(run.results.records, todo))
-        _header(console, section, found, len(run.results.records), len(todo), run.kind, run.workers, transport, rule, changed)
-        with Reporter(console, len(todo), show_ok) as reporter:
+        _header(console, section, found, len(run.results.records), len(todo), run.kind, run.workers, transport, options.rule, changed)
+        with Reporter(console, len(todo), options.show_ok) as reporter:
             if todo:
                 run.drive(lambda pipe: pipe.run(todo), reporter)
     return run.outcome(reporter, found, run.interrupted)

@@ -48,15 +48,12 @@ from mhd.functions.focus import BestFocus, best_focus
 from .discover import discover, match_names
 from .score import score_file
 
-__all__ = ["DEFAULT_PATTERN", "PLOT_NAME", "Sweep", "SweepImage", "fit_sweep", "plot_sweep", "score_sweep", "summary_lines", "wd_table"]
+__all__ = ["DEFAULT_PATTERN", "Sweep", "SweepImage", "fit_sweep", "plot_sweep", "score_sweep", "summary_lines", "wd_table"]
 
 log = logging.getLogger(__name__)
 
 #: WD from names like ``sweep_wd5.002mm.png``, ``img_wd-3.0um.tif``, ``wd=12.5.png``.
 DEFAULT_PATTERN = r"(?<![a-z])wd[_=]?([+-]?\d+(?:\.\d+)?)\s*(nm|um|µm|μm|mm)?"
-
-#: The plot written into the sweep folder (and never taken for an image of the sweep).
-PLOT_NAME = "mhd-focus-sweep.png"
 
 #: Accepted spellings of each unit (lower case; micro sign and Greek mu both read as um).
 _UNITS = {"nm": "nm", "um": "um", "µm": "um", "μm": "um", "mm": "mm"}
@@ -205,7 +202,7 @@ def wd_table(
         number (the message names the line), a bad regular expression,
         mixed units, units that contradict ``units``, or no units at all.
     """
-    images = [t.id for t in discover(folder).tiles if Path(t.id).name != PLOT_NAME]
+    images = [t.id for t in discover(folder).tiles]
     found = _from_csv(csv_path, images) if csv_path is not None else _from_names(images, pattern)
     if images and not found:
         how = "in its file,wd rows" if csv_path is not None else "in its name (e.g. wd_5.002mm.png; --pattern)"

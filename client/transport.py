@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from mhd.functions.worker.record import TileRecord
+from mhd.contracts.limits import REQUEST_BYTES
+from mhd.contracts.record import TileRecord
 
 from .discover import Tile
 
@@ -89,7 +90,7 @@ class InlineTransport(Transport):
 
     name = "inline"
 
-    def __init__(self, batch: int, request_bytes: int = 6 * MB, hint: str = "use --transport shared or globus") -> None:
+    def __init__(self, batch: int, request_bytes: int = REQUEST_BYTES, hint: str = "use --transport shared or globus") -> None:
         super().__init__(batch)
         self.request_bytes = request_bytes
         self.hint = hint

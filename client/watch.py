@@ -7,7 +7,7 @@ A tile is taken once it is completely written:
   ``*.tmp``) are ignored until renamed into place;
 - its size and modification time are unchanged since the previous poll, or
   it was last modified at least ``settle`` seconds ago;
-- and its container is whole (:func:`is_complete`), judged from its
+- and its container is whole (:func:`mhd.contracts.formats.is_complete`), judged from its
   structure without decoding a pixel: the worker decodes it, once.
 
 A tile that stays incomplete (or empty) for ``give_up`` seconds is taken
@@ -25,26 +25,24 @@ recorded are kept as they are.
 from __future__ import annotations
 
 import logging
-import os
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Callable
 
 from rich.console import Console
 
-from mhd.functions.worker.tileio import TileError, sniff_format
+from mhd.contracts.formats import is_complete
 
 from .config import Config
 from .console import Reporter
 from .discover import Tile, discover
-from .interrupt import Interrupt, ignored_note
+from .interrupt import ignored_note
+from .options import RunOptions
 from .pipeline import Pipeline
 from .session import Outcome, RunSession
-from .verdicts import Rule
 
-__all__ = ["Landing", "is_complete", "watch_section"]
+__all__ = ["Landing", "watch_section"]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +73,7 @@ class Landing:
         Seconds a stable but incomplete (or empty) file waits before it is
         handed out anyway (to be reported as an error).
     complete : callable
-        ``complete(path) -> bool``: is the file's container whole (default :func:`is_complete`).
+        ``complete(path) -> bool``: is the file's container whole (default :func:`mhd.contracts.formats.is_complete`).
 
     Attributes
     ----------
@@ -163,89 +161,16 @@ def _differs(version: tuple[int | None, int | None], size: int, mtime_ns: int) -
     return (known_size is not None and size != known_size) or (known_mtime is not None and mtime_ns != known_mtime)
 
 
-#: The last chunk of every PNG file: length 0, type IEND, its CRC.
-PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-#: A JPEG file's end-of-image marker.
-JPEG_END = b"\xff\xd9"
-
-
-def is_complete(path: Path) -> bool:
-    """Whether an image file is whole, from its structure only (no pixel is decoded).
-
-    PNG: it ends with the IEND chunk. JPEG: it ends with the end-of-image
-    marker (zero padding after it allowed). BMP: the file is at least the
-    size its header states. TIFF: every strip or tile of every page (offsets
-    and byte counts read by :mod:`tifffile` from the directories) lies within
-    the file. An unrecognised, unreadable or empty file is not complete.
-    """
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            kind = sniff_format(fh.read(16))
-            return _WHOLE[kind](fh, size)
-    except (OSError, TileError):
-        return False
-
-
-def _tail(fh: BinaryIO, size: int, n: int) -> bytes:
-    fh.seek(max(0, size - n))
-    return fh.read(n)
-
-
-def _png_whole(fh: BinaryIO, size: int) -> bool:
-    return _tail(fh, size, len(PNG_END)) == PNG_END
-
-
-def _jpeg_whole(fh: BinaryIO, size: int) -> bool:
-    return _tail(fh, size, 4096).rstrip(b"\x00").endswith(JPEG_END)
-
-
-def _bmp_whole(fh: BinaryIO, size: int) -> bool:
-    fh.seek(2)
-    (stated,) = struct.unpack("<I", fh.read(4))
-    return 0 < stated <= size
-
-
-def _tiff_whole(fh: BinaryIO, size: int) -> bool:
-    import tifffile
-
-    fh.seek(0)
-    try:
-        with tifffile.TiffFile(fh) as tif:
-            pages = list(tif.pages)
-            return bool(pages) and all(o + n <= size for page in pages for o, n in zip(page.dataoffsets, page.databytecounts))
-    except Exception:  # a cut-off directory fails in many ways (struct, index, tifffile errors): not whole yet
-        return False
-
-
-_WHOLE = {"PNG": _png_whole, "JPEG": _jpeg_whole, "BMP": _bmp_whole, "TIFF": _tiff_whole}
-
-
-def watch_section(
-    section: Path,
-    cfg: Config,
-    console: Console,
-    *,
-    rule: Rule,
-    params: dict | None = None,
-    on_oof: str | None = None,
-    poll: float = 0.25,
-    give_up: float = 10.0,
-    idle_exit: float | None = None,
-    transfer_client: Callable | None = None,
-    compute_client: Callable | None = None,
-    results_dir: Path | None = None,
-    interrupt: Interrupt | None = None,
-) -> Outcome:
-    """Follow ``section`` until Ctrl-C (or ``idle_exit`` seconds without a new or changing tile file, once
-    every tile file seen has been scored).
+def watch_section(section: Path, cfg: Config, console: Console, options: RunOptions) -> Outcome:
+    """Follow ``section`` until Ctrl-C (or ``options.idle_exit`` seconds without a new or changing tile file, once
+    every tile file seen has been scored; ``options.poll`` and ``options.give_up`` pace the looks).
 
     Tiles already recorded are not scored again unless their file changes
     (re-imaged under the same name: scored again once it settles, the new
     record replacing the old). Each verdict is recorded
     (fsync) and printed as it arrives; ``latency_ms`` in each record is the
     time from the tile's last write to its verdict. ``results_dir`` holds
-    the results log (default: the section).
+    the results log (``options.results_dir``, default: the section).
 
     Ctrl-C stops following: the tasks that finish within ``drain_timeout``
     seconds are recorded, the others are left for the next run. The run is
@@ -262,22 +187,12 @@ def watch_section(
     KeyboardInterrupt
         Ctrl-C before following started (nothing recorded).
     """
-    run = RunSession(
-        section,
-        cfg,
-        console,
-        rule=rule,
-        params=params,
-        on_oof=on_oof,
-        transfer_client=transfer_client,
-        compute_client=compute_client,
-        results_dir=results_dir,
-        interrupt=interrupt,
-    )
+    run = RunSession(section, cfg, console, options)
+    poll = options.poll
     with run:
         transport = run.use_transport(None, cfg["batch"] or 1)  # tiles not known yet: auto prefers what carries any size
         done = {t: (r.file_size, r.file_mtime_ns) for t, r in run.results.records.items() if r.verdict != "error"}
-        landing = Landing(section, done, settle=max(poll, 0.5), give_up=give_up)
+        landing = Landing(section, done, settle=max(poll, 0.5), give_up=options.give_up)
         console.print(
             f"[bold]watching {section}[/] ({len(run.results.records)} tiles already recorded; executor "
             f"{run.kind}, transport {transport.name}); Ctrl-C to stop"
@@ -286,7 +201,7 @@ def watch_section(
         if note:
             console.print(f"[yellow]{note}[/]", highlight=False)
         reporter = Reporter(console, None, show_ok=True)
-        run.drive(lambda pipe: _follow(pipe, landing, poll, idle_exit, run.stop), reporter, what="stopping")
+        run.drive(lambda pipe: _follow(pipe, landing, poll, options.idle_exit, run.stop), reporter, what="stopping")
     return run.outcome(reporter, discover(section), interrupted=False)
 
 

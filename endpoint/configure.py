@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from mhd.contracts.limits import ALLOWED_SERIALIZERS, LIMIT_VARS, check_data_root
+
 __all__ = [
     "EndpointSpec",
     "render_endpoint",
@@ -62,8 +64,6 @@ __all__ = [
 PROVIDERS = ("local", "slurm", "pbspro")
 #: Most GPUs per node (one worker each) that a configuration may ask for.
 MAX_GPUS = 64
-#: Worker limits that may be set (see :mod:`mhd.functions.worker.settings`).
-LIMIT_VARS = ("MHD_MAX_PIXELS", "MHD_MAX_INLINE_BYTES", "MHD_MAX_TILES")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f{}%#]")
 _EMAIL = re.compile(r"^[^@\s{}%#]+@[^@\s{}%#]+\.[^@\s{}%#]+$")
@@ -180,8 +180,11 @@ class EndpointSpec:
             raise ValueError(f"walltime must be HH:MM:SS, got {self.walltime!r}")
         if self.email is not None and not _EMAIL.match(self.email):
             raise ValueError(f"email {self.email!r} is not an e-mail address")
-        if self.data_root is not None and os.path.realpath(self.data_root) == "/":
-            raise ValueError("data_root must be a folder for tiles, not / (the workers could read any file)")
+        if self.data_root is not None:
+            try:
+                check_data_root(self.data_root)
+            except ValueError as exc:
+                raise ValueError(f"data_root {exc}: the workers could read any file") from None
 
     def _check_layout(self) -> None:
         if self.multi_user:
@@ -253,7 +256,7 @@ def render_endpoint(spec: EndpointSpec) -> dict[str, str]:
     env = _environment()
 
     def render(template: str) -> str:
-        return env.get_template(template).render(spec=spec).strip() + "\n"
+        return env.get_template(template).render(spec=spec, serializers=ALLOWED_SERIALIZERS).strip() + "\n"
 
     return {
         "config.yaml": render("manager_config.yaml.j2"),

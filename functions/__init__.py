@@ -10,10 +10,17 @@ record) is :mod:`mhd.functions.worker`.
 """
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time, _EXPORTS loads each on first use
+    from ._astigmatism import ASTIGMATISM_THRESHOLD
+    from ._backend import Backend, cuda_available, get_backend
+    from ._detect import DEFAULTS, Detection, detect, detect_batch
+    from ._normalize import estimate_noise, normalize, saturation_limits
+    from ._scalespace import scales
 
 #: Public name -> the module that defines it. Loaded on first use (PEP 562), so
-#: that importing :mod:`mhd.functions.worker.record` (which the client does) does
+#: that importing :mod:`mhd.functions.worker.remote` (which the client registers) does
 #: not load NumPy and SciPy with the detector.
 _EXPORTS = {
     "ASTIGMATISM_THRESHOLD": "._astigmatism",
@@ -30,7 +37,20 @@ _EXPORTS = {
     "scales": "._scalespace",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ASTIGMATISM_THRESHOLD",
+    "Backend",
+    "DEFAULTS",
+    "Detection",
+    "cuda_available",
+    "detect",
+    "detect_batch",
+    "estimate_noise",
+    "get_backend",
+    "normalize",
+    "saturation_limits",
+    "scales",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -6,6 +6,7 @@ CPU tests exercise the same code that runs on the GPU.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -114,26 +115,20 @@ class Backend:
         """Return ``x`` as a NumPy array on the host."""
         if self.device is None:
             return np.asarray(x)
-        return self.xp.asnumpy(x)
+        host: np.ndarray = self.xp.asnumpy(x)
+        return host
 
-    def use(self):
+    def use(self) -> contextlib.AbstractContextManager[Any]:
         """Context manager that makes this backend's device current (no-op on the CPU)."""
         if self.device is None:
-            return _NullContext()
-        return self.xp.cuda.Device(self.device)
+            return contextlib.nullcontext()
+        device: contextlib.AbstractContextManager[Any] = self.xp.cuda.Device(self.device)
+        return device
 
     def synchronize(self) -> None:
         """Wait for queued device work (so timings are honest); no-op on the CPU."""
         if self.device is not None:
             self.xp.cuda.Device(self.device).synchronize()
-
-
-class _NullContext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 @functools.lru_cache(maxsize=1)
@@ -142,7 +137,7 @@ def cuda_available() -> bool:
     try:
         import cupy
 
-        return cupy.cuda.runtime.getDeviceCount() > 0
+        return bool(cupy.cuda.runtime.getDeviceCount() > 0)
     except Exception:  # ImportError, CUDARuntimeError when no driver, ...
         return False
 

@@ -17,25 +17,25 @@ from mhd.params import validate as validate_params
 from ._astigmatism import anisotropy, blur_anisotropy, spectral_moments
 from ._backend import Backend, get_backend
 from ._blur import measure_blur
-from ._cells import Bands, bands, cell_edges, cell_sums
-from ._lanes import PerThread, RunningMax, run_lanes, soon
+from ._cells import bands, cell_edges
+from ._geometry import extract_block, fast_size, halo_width, split_blocks
+from ._lanes import cpu_lanes, soon
 from ._nms import candidates, local_maxima
 from ._noise import (
     CENTRES,
+    NoiseModel,
     level_noise_std,
     level_rows,
     noise_level_function,
     noise_level_function_of_rows,
-    noise_spectra,
-    noise_spectrum,
-    scan_smear,
+    noise_model,
     stabilize,
     stabilizer,
-    white_equivalent,
 )
 from ._normalize import grey_table, normalize_with_step
-from ._scalespace import MAX_DECIMATION, FilterBank, LevelGroup, dog_pairs, filter_bank, scales
-from ._tags import COARSER, level_of, tag
+from ._response import block_response, resolve_levels
+from ._scalespace import dog_pairs, filter_bank, scales
+from ._tags import level_of
 
 __all__ = ["Detection", "detect", "detect_batch", "DEFAULTS"]
 
@@ -160,302 +160,7 @@ class Detection:
 # ----------------------------------------------------------------- geometry
 
 
-def halo_width(sigma: float) -> int:
-    """Pixels of context needed on each side of a block: 4 ``sigma`` of the widest Gaussian, plus the NMS margin."""
-    return int(np.ceil(4.0 * sigma)) + 2
-
-
-#: Smallest padded side that may have a factor 7 (pixels).
-RADIX7_MIN = 512
-
-
-def _fast_size(n: int) -> int:
-    """Smallest m >= n that is a multiple of MAX_DECIMATION and has only factors 2, 3, 5 (and 7 from :data:`RADIX7_MIN`).
-
-    The factor 7 is as fast as its neighbours in ducc0, pocketfft and cuFFT: a
-    1024^2 tile pads to 1120^2 instead of 1152^2, 0.8x the time of an inverse
-    2-D transform on one thread in both CPU libraries. One rule for every
-    backend keeps their grids, and so their results, the same. Smaller grids
-    keep the 2, 3, 5 sizes: the astigmatism measure's limit on mirrored
-    content (``MIN_MIRROR_FACTOR``) was set on them, and with a factor 7 a
-    256 px tile (grid 336, not 384) would pass it.
-    """
-    m = -(-n // MAX_DECIMATION) * MAX_DECIMATION
-    while not _smooth(m, (2, 3, 5, 7) if m >= RADIX7_MIN else (2, 3, 5)):
-        m += MAX_DECIMATION
-    return m
-
-
-def _smooth(n: int, primes: tuple[int, ...]) -> bool:
-    """True when ``n`` has no prime factor outside ``primes``."""
-    for p in primes:
-        while n % p == 0:
-            n //= p
-    return n == 1
-
-
-def _blocks(n: int, size: int) -> list[tuple[int, int]]:
-    """Split ``range(n)`` into near-equal consecutive blocks of at most ``size``."""
-    k = -(-n // size)
-    edges = np.linspace(0, n, k + 1).round().astype(int)
-    return list(zip(edges[:-1], edges[1:]))
-
-
-def _extract(norm: Any, y0: int, y1: int, x0: int, x1: int, h: int, shape: tuple[int, int], xp: Any) -> Any:
-    """Block ``[y0, y1) x [x0, x1)`` of the (B, H, W) stack with ``h`` pixels of context.
-
-    Context comes from the image where it exists and by mirror reflection
-    beyond the image borders; the result is then padded to the FFT ``shape``.
-    """
-    H, W = norm.shape[1:]
-    a0, a1, b0, b1 = max(y0 - h, 0), min(y1 + h, H), max(x0 - h, 0), min(x1 + h, W)
-    block = norm[:, a0:a1, b0:b1]
-    P, Q = shape
-    top, left = a0 - (y0 - h), b0 - (x0 - h)
-    pad = ((0, 0), (top, P - (a1 - a0) - top), (left, Q - (b1 - b0) - left))
-    return xp.pad(block, pad, mode="reflect") if any(p for p in pad[1] + pad[2]) else block
-
-
 # ------------------------------------------------------------ scale space
-
-
-def _crop_spectrum(F: Any, d: int, xp: Any) -> Any:
-    """The rfft2 coefficients (last two axes) that an image decimated by ``d`` keeps."""
-    P = F.shape[-2]
-    half = P // (2 * d)
-    cols = (F.shape[-1] - 1) // d + 1
-    return xp.concatenate([F[..., :half, :cols], F[..., P - half :, :cols]], axis=-2)
-
-
-def _cubic_weights(u: float) -> tuple[float, ...]:
-    """Keys' cubic convolution weights (a = -0.5) for taps -1, 0, 1, 2 at fraction ``u``."""
-    u2, u3 = u * u, u * u * u
-    return (-0.5 * u3 + u2 - 0.5 * u, 1.5 * u3 - 2.5 * u2 + 1, -1.5 * u3 + 2 * u2 + 0.5 * u, 0.5 * u3 - 0.5 * u2)
-
-
-def _along(axis: int, sl: slice) -> tuple[slice, ...]:
-    return (slice(None),) * axis + (sl,)
-
-
-def _upsample_axis(x: Any, d: int, axis: int, xp: Any) -> Any:
-    """Cubic upsampling by ``d`` of a periodic array along ``axis``.
-
-    Low-resolution sample ``j`` sits at output ``j * d``; the outputs of phase
-    ``p`` (``pos % d == p``) are one fixed 4-tap combination of shifted views
-    of a periodically extended copy, so the cost is a few strided
-    multiply-adds and no gathers.
-    """
-    m = x.shape[axis]
-    ext = xp.concatenate([x[_along(axis, slice(m - 1, m))], x, x[_along(axis, slice(0, 2))]], axis=axis)
-    taps = [ext[_along(axis, slice(k, k + m))] for k in range(4)]  # x[j-1], x[j], x[j+1], x[j+2]
-    shape = list(x.shape)
-    shape[axis] = m * d
-    out = xp.empty(shape, dtype=x.dtype)
-    out[_along(axis, slice(0, None, d))] = x
-    tmp = xp.empty_like(x)
-    for p in range(1, d):
-        w = [np.float32(v) for v in _cubic_weights(p / d)]
-        dst = out[_along(axis, slice(p, None, d))]
-        if 2 * p == d:  # symmetric weights: two sums and two scalings
-            xp.add(taps[1], taps[2], out=dst)
-            dst *= w[1]
-            xp.add(taps[0], taps[3], out=tmp)
-            tmp *= w[0]
-        else:
-            xp.multiply(taps[0], w[0], out=dst)
-            for k in (1, 2):
-                dst += xp.multiply(taps[k], w[k], out=tmp)
-            xp.multiply(taps[3], w[3], out=tmp)
-        dst += tmp
-    return out
-
-
-def _upsample_cubic(x: Any, d: int, start: tuple[int, int], size: tuple[int, int], xp: Any) -> Any:
-    """Cubic-convolution values of a periodic (B, m, n) grid decimated by ``d`` on a full-resolution window.
-
-    Cubic rather than linear interpolation matters: decimated levels keep
-    energy up to their Nyquist frequency, which linear interpolation smears
-    into spurious maxima (96.6 % agreement with the full-resolution result
-    against 99.1 % for cubic, at the same cost).
-
-    Returns
-    -------
-    (B, size[0], size[1]) array
-        Rows ``start[0] ...`` and columns ``start[1] ...`` of the upsampled grid.
-    """
-    up = _upsample_axis(_upsample_axis(x, d, 1, xp), d, 2, xp)
-    (r0, c0), (R, C) = start, size
-    return up[:, r0 : r0 + R, c0 : c0 + C]
-
-
-#: Thresholds are at least this, so that dividing by them stays finite.
-MIN_THRESHOLD = 1e-12
-
-
-def _level_response(
-    Fd: Any,
-    group: LevelGroup,
-    j: int,
-    shape: tuple[int, int],
-    be: Backend,
-    scratch: tuple[Any, Any, Any],
-    workers: int | None,
-) -> Any:
-    """One DoG level: ``irfft2(Fd * transfer)``.
-
-    Parameters
-    ----------
-    Fd : (B, p, q // 2 + 1) complex64 device array
-        The spectrum on the level's (possibly decimated) grid.
-    group, j : LevelGroup, int
-        The level: ``group``'s ``j``-th (:meth:`LevelGroup.transfer_into`).
-    shape : (p, q)
-        The level's grid.
-    scratch : (complex64 array like ``Fd``, two float32 (p, q // 2 + 1) arrays)
-        Buffers of this thread for this grid (overwritten).
-    workers : int or None
-        FFT threads (None: the backend's).
-
-    Returns
-    -------
-    (B, p, q) float32 device array
-        ``D_i`` in image units, a new array.
-    """
-    buf, h, tmp = scratch
-    be.xp.multiply(Fd, group.transfer_into(j, h, tmp, be.xp), out=buf)
-    return be.irfft2(buf, shape, workers=workers, overwrite=True)
-
-
-def _response(
-    padded: Any,
-    bank: FilterBank,
-    noise: concurrent.futures.Future,
-    polarity: str,
-    window: tuple[int, int, int, int],
-    cells: tuple[Bands, Bands],
-    be: Backend,
-    spectrum_hook: Any = None,
-) -> tuple[Any, list[tuple[int, Any]], np.ndarray, np.ndarray]:
-    """Running maximum over levels of response / threshold on a window.
-
-    Every level is one task: :func:`_level_response` on the spectrum cropped
-    to the level's grid, divided by the level's threshold once the noise
-    model is in (so the first transforms need not wait for it), its sum of
-    squares over each cell (``mhd.functions._cells``), tag
-    (``mhd.functions._tags``) and fold into the running maximum of its grid.
-    On the CPU the tasks run on ``be.workers`` lanes (``mhd.functions._lanes``,
-    single-threaded FFTs): the finest grid's levels on half of them, the
-    moments hook, the coarse levels and their merge (upsampled into the finest
-    grid) on the others. On a GPU the tasks run in order.
-
-    Parameters
-    ----------
-    padded : (B, P, Q) float32 device array
-    noise : Future of NoiseModel
-        The tiles' noise model (:func:`_noise_model`); awaited after the
-        forward FFT, which it may overlap on another lane.
-    window : (r0, c0, R, C)
-        Window of the padded grid to return (the block plus a one-pixel margin).
-    cells : (rows, cols)
-        The block's pixels (the window less its margin) split by the count
-        grid's cells (``mhd.functions._cells.bands``): the energies are summed
-        over these and not over the halo, where the padded grid wraps.
-    spectrum_hook : callable, optional
-        Called once with the forward spectrum (B, P, Q // 2 + 1) and the
-        noise model, so other measures share the one forward FFT.
-
-    Returns
-    -------
-    best : (B, R, C) float32
-        ``max_i D_i / thr_i`` (``|D_i|`` for polarity "both"), its level index
-        tagged in the low mantissa bits (see :func:`level_of`); ``best > 1``
-        passes some level's threshold. Each level is measured in units of its
-        own threshold, so a level with a higher (noise) threshold needs a
-        proportionally stronger response to win the maximum over scales.
-        Values that came from a coarser grid are tagged :data:`COARSER`.
-    coarse : list of (factor, (B, P // factor, Q // factor) uint8 device array)
-        Level maps of the coarser grids, finest first, for :func:`_resolve_levels`.
-    sums : (B, n_bin, m_rows, m_cols) float64 ndarray
-        Sum of squares of each level's response ``D_i`` (image units squared)
-        over the samples of its grid in each band pair of ``cells``, for the
-        blur estimate.
-    samples : (n_bin, m_rows, m_cols) int64 ndarray
-        The number of those samples.
-    """
-    xp = be.xp
-    r0, c0, R, C = window
-    P, Q = padded.shape[1:]
-    F = be.rfft2(padded)
-    B, n_bin = padded.shape[0], len(bank.t)
-    groups = list(reversed(bank.groups))  # coarsest first
-    spectra = {g.factor: F if g.factor == 1 else _crop_spectrum(F, g.factor, xp) for g in groups}
-    maxima = {g.factor: RunningMax(xp) for g in groups}
-    lanes = _lanes(be)
-    scratch = PerThread()
-    coarse: list[tuple[int, Any]] = []
-    rows, cols = cells
-    sums = np.zeros((B, n_bin, len(rows.cell), len(cols.cell)))
-    samples = np.zeros((n_bin, len(rows.cell), len(cols.cell)), dtype=np.int64)
-
-    def level(g: LevelGroup, j: int) -> None:
-        d, i = g.factor, g.levels[j]
-        Fd = spectra[d]
-        buffers = scratch.get(
-            d, lambda: (xp.empty_like(Fd), xp.empty(Fd.shape[1:], dtype=xp.float32), xp.empty(Fd.shape[1:], dtype=xp.float32))
-        )
-        D = _level_response(Fd, g, j, (P // d, Q // d), be, buffers, 1 if lanes > 1 else None)
-        # in units of the level's threshold, once the noise model is in (the transform did not wait for it):
-        # D_i / thr_i > 1 passes level i
-        D *= xp.asarray((1.0 / np.maximum(noise.result().thresholds[:, i], MIN_THRESHOLD)).astype(np.float32)[:, None, None])
-        cs, samples[i] = cell_sums(D, d, rows, cols, xp)
-        sums[:, i] = be.to_host(cs)
-        maxima[d].add(tag(D, i, xp, absolute=polarity == "both"))
-
-    def upsampled(acc: Any, d_from: int, d_to: int, start: tuple[int, int], size: tuple[int, int]) -> Any:
-        coarse.insert(0, (d_from, level_of(acc, xp)))
-        return tag(xp.ascontiguousarray(_upsample_cubic(acc, d_from // d_to, start, size, xp)), COARSER, xp)
-
-    def merge_coarse() -> Any:
-        """The coarse grids' maxima, each upsampled into the next finer one, on the finest grid."""
-        acc = None
-        for g, finer in zip(groups, groups[1:]):
-            acc = maxima[g.factor].result(acc)
-            acc = upsampled(acc, g.factor, finer.factor, (0, 0), (P // finer.factor, Q // finer.factor))
-        return acc
-
-    tasks = [functools.partial(level, g, j) for g in groups[:-1] for j in range(len(g.levels))]
-    if spectrum_hook is not None:
-        tasks.insert(0, lambda: spectrum_hook(F, noise.result()))  # reads the spectrum while the lanes filter it
-    finest = groups[-1]
-    fine_tasks = [functools.partial(level, finest, j) for j in range(len(finest.levels))]
-    start = run_lanes(lanes, tasks, merge_coarse if len(groups) > 1 else None, fine_tasks)
-    sums *= (np.maximum(noise.result().thresholds, MIN_THRESHOLD) ** 2)[..., None, None]  # the thresholds the responses were divided by
-    if finest.factor == 1:
-        return maxima[1].result(start, window=(slice(None), slice(r0, r0 + R), slice(c0, c0 + C))), coarse, sums, samples
-    return upsampled(maxima[finest.factor].result(start), finest.factor, 1, (r0, c0), (R, C)), coarse, sums, samples
-
-
-def _resolve_levels(
-    level: np.ndarray, b: np.ndarray, y: np.ndarray, x: np.ndarray, coarse: list[tuple[int, Any]], be: Backend
-) -> np.ndarray:
-    """Replace :data:`COARSER` tags by the level at the nearest sample of the coarser grids.
-
-    ``b, y, x`` are the features' batch index and padded-grid position (host
-    int64 arrays); ``coarse`` is from :func:`_response`.
-    """
-    level = level.copy()
-    todo = np.flatnonzero(level == COARSER)
-    y, x, prev = y[todo], x[todo], 1
-    for d, lmap in coarse:
-        if todo.size == 0:
-            break
-        f = d // prev
-        y, x = (y + f // 2) // f % lmap.shape[1], (x + f // 2) // f % lmap.shape[2]
-        found = be.to_host(lmap[be.xp.asarray(b[todo]), be.xp.asarray(y), be.xp.asarray(x)]).astype(np.int64)
-        level[todo] = found
-        more = found == COARSER
-        todo, y, x, prev = todo[more], y[more], x[more], d
-    return level
 
 
 # ----------------------------------------------------------------- noise
@@ -501,7 +206,8 @@ def _prepared(image: Any, p: dict[str, Any], t: np.ndarray, be: Backend) -> tupl
     values, step = table
     if floor is not None:
         rows = xp.asarray(level_rows(H, W))
-        lut = stabilizer(*noise_level_function_of_rows(*(xp.take(values, x[r]) for r in (rows - 1, rows, rows + 1)), be), floor)
+        above, at, below = (xp.take(values, x[r]) for r in (rows - 1, rows, rows + 1))
+        lut = stabilizer(*noise_level_function_of_rows(above, at, below, be), floor)
         values = values if lut is None else stabilize(values, lut, be)
     return xp.take(values, x), step
 
@@ -530,7 +236,7 @@ def _detect_block(
     norm: Any,
     block: tuple[int, int, int, int],
     h: int,
-    noise: concurrent.futures.Future,
+    noise: concurrent.futures.Future[Any],
     p: dict[str, Any],
     be: Backend,
 ) -> tuple[Callable[[], tuple[np.ndarray, float]], np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], float]:
@@ -560,11 +266,11 @@ def _detect_block(
     """
     y0, y1, x0, x1 = block
     xp = be.xp
-    shape = (_fast_size(y1 - y0 + 2 * h), _fast_size(x1 - x0 + 2 * h))
+    shape = (fast_size(y1 - y0 + 2 * h), fast_size(x1 - x0 + 2 * h))
     with be.use():
         bank = filter_bank(shape, p["n_bin"], p["min_t"], p["max_t"], p["polarity"], p["tol"], be)
         t0 = time.perf_counter()
-        padded = _extract(be.asarray(norm), y0, y1, x0, x1, h, shape, xp)
+        padded = extract_block(be.asarray(norm), y0, y1, x0, x1, h, shape, xp)
         H, W = norm.shape[1:]
         inside = (min(y1 + h, H) - max(y0 - h, 0), min(x1 + h, W) - max(x0 - h, 0))
         moments = []
@@ -577,7 +283,7 @@ def _detect_block(
         gy, gx = p["grid"]
         cells = (bands(y0, y1, H, gy, h - y0), bands(x0, x1, W, gx, h - x0))
         window = (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2)
-        best, coarse, sums, samples = _response(padded, bank, noise, p["polarity"], window, cells, be, hook)
+        best, coarse, sums, samples = block_response(padded, bank, noise, p["polarity"], window, cells, be, hook)
         del padded
         be.synchronize()
         levels_ms = (time.perf_counter() - t0) * 1e3
@@ -586,9 +292,9 @@ def _detect_block(
 
     # the NMS on the lanes while the caller goes on (the blur fit): the 3 x 3 maxima by bands of rows, then the rest,
     # queued after the bands (which have started when it does: its wait cannot hold up the pool)
-    edges = np.linspace(0, R - 2, max(1, min(_lanes(be), (R - 2) // 64)) + 1).round().astype(int)
+    edges = np.linspace(0, R - 2, max(1, min(cpu_lanes(be), (R - 2) // 64)) + 1).round().astype(int)
     rows = list(zip(edges[:-1], edges[1:])) if mask is not None else []
-    bands_done = [soon(_lanes(be), functools.partial(candidates, best, be, 1.0, band, mask)) for band in rows]
+    bands_done = [soon(cpu_lanes(be), functools.partial(candidates, best, be, 1.0, band, mask)) for band in rows]
 
     def features() -> tuple[np.ndarray, float]:
         for job in bands_done:
@@ -598,11 +304,11 @@ def _detect_block(
             b, rem = np.divmod(idx, R * C)
             r, c = np.divmod(rem, C)
             level = be.to_host(level_of(best.ravel()[xp.asarray(idx)], xp)).astype(np.int64)
-            level = _resolve_levels(level, b, r + h - 1, c + h - 1, coarse, be)
+            level = resolve_levels(level, b, r + h - 1, c + h - 1, coarse, be)
         return np.stack([b, r - 1 + y0, c - 1 + x0, level], axis=1), (time.perf_counter() - t_nms) * 1e3
 
     t_nms = time.perf_counter()
-    found = soon(_lanes(be), features)
+    found = soon(cpu_lanes(be), features)
 
     energy = sums.sum(axis=(2, 3)) / samples.sum(axis=(1, 2)) * ((y1 - y0) * (x1 - x0))  # weighted by the block's area
     area = np.outer(cells[0].sizes(), cells[1].sizes()) * (samples > 0)  # (n_bin, m_rows, m_cols)
@@ -613,13 +319,8 @@ def _detect_block(
     return found.result, moments[0], energy, (num, den), levels_ms
 
 
-def _lanes(be: Backend) -> int:
-    """CPU lanes of a backend: its workers on the CPU, one on a GPU (kernels queue in order there)."""
-    return be.workers if be.device is None else 1
-
-
 def _detect_stack(
-    norm: Any, noise: concurrent.futures.Future, p: dict[str, Any], backends: list[Backend], timings: dict[str, float]
+    norm: Any, noise: concurrent.futures.Future[Any], p: dict[str, Any], backends: list[Backend], timings: dict[str, float]
 ) -> tuple[Callable[[], list[np.ndarray]], np.ndarray, np.ndarray, np.ndarray]:
     """Features (row, col, level) and spectral moments for each image of a normalised (B, H, W) stack.
 
@@ -636,15 +337,15 @@ def _detect_stack(
     """
     B, H, W = norm.shape
     h = halo_width(dog_pairs(scales(p["n_bin"], p["min_t"], p["max_t"]))[1].max())
-    blocks = [(y0, y1, x0, x1) for y0, y1 in _blocks(H, p["block_size"]) for x0, x1 in _blocks(W, p["block_size"])]
+    blocks = [(y0, y1, x0, x1) for y0, y1 in split_blocks(H, p["block_size"]) for x0, x1 in split_blocks(W, p["block_size"])]
 
-    def settled(part: tuple) -> tuple:
+    def settled(part: tuple[Any, ...]) -> tuple[Any, ...]:
         """The block's features found now, so that its response is freed (memory flat in the number of blocks)."""
         found = part[0]()
         return (lambda: found, *part[1:])
 
     if len(backends) == 1:
-        parts: list[tuple] = []
+        parts: list[tuple[Any, ...]] = []
         for blk in blocks:  # a block's NMS overlaps the next block's levels; the last one the caller's blur fit
             part = _detect_block(norm, blk, h, noise, p, backends[0])
             parts[-1:] = [settled(prev) for prev in parts[-1:]]
@@ -652,7 +353,7 @@ def _detect_stack(
     else:
         host = backends[0].to_host(norm)  # each device copies its own blocks from the host
 
-        def run(k: int) -> list[tuple]:
+        def run(k: int) -> list[tuple[Any, ...]]:
             return [settled(_detect_block(host, blk, h, noise, p, backends[k])) for blk in blocks[k :: len(backends)]]
 
         n = len(backends)
@@ -676,68 +377,73 @@ def _detect_stack(
     return features, moments, energy, cells
 
 
-@dataclass(frozen=True)
-class NoiseModel:
-    """The measured noise of a (B, H, W) stack of normalised tiles and the thresholds it sets.
+def _checked_batch(
+    images: Sequence[Any], backend: str | Backend | Sequence[str | Backend], params: dict[str, Any]
+) -> tuple[dict[str, Any], list[Backend], list[Any]]:
+    """The parameters (defaults filled in), the backends and the images of a batch, checked.
 
-    Attributes
-    ----------
-    spectrum, spectrum_y : (B, len(CENTRES)) float64
-        Noise power spectra along the rows and along the columns, of a typical
-        pixel (``mhd.functions._noise.NoiseSpectra.typical``), at least the
-        grey-level rounding's ``step**2 / 12``.
-    power : (B, len(CENTRES)) float64
-        The spectrum along the rows as the mean power of the noise over the
-        tile (``NoiseSpectra.power``), with the same floor.
-    white : (B,) float64
-        Per-pixel standard deviation (:func:`mhd.functions._noise.white_equivalent`).
-    level_sd : (B, n_bin) float64
-        Standard deviation of each level's response to that noise (``spectrum``: what the thresholds need).
-    level_var : (B, n_bin) float64
-        Variance of each level's response to ``power``: the noise a level's energy holds, which the blur subtracts.
-    smear : (B,) float64
-        Width of the scan's detector response along x (pixels; ``mhd.functions._noise.scan_smear``).
-    thresholds : (B, n_bin) float64
-        Each level's threshold (:class:`Detection` ``thresholds``).
-    ms : float
-        Milliseconds the measurement took.
+    Raises
+    ------
+    TypeError, ValueError
+        For an unknown or invalid parameter, no backend, or images that are not 2-D of one shape.
     """
+    unknown = set(params) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown detector parameter(s): {', '.join(sorted(unknown))}")
+    p = {**DEFAULTS, **validate_params(params)}
+    backends = [get_backend(backend)] if isinstance(backend, (str, Backend)) else [get_backend(b) for b in backend]
+    if not backends:
+        raise ValueError("backend: an empty list names no device")
+    images = list(images)
+    for im in images:
+        _validate(im)
+    shape = tuple(images[0].shape) if images else ()
+    for im in images:
+        if tuple(im.shape) != shape:
+            raise ValueError(f"all images of a batch must have one shape: {shape} != {tuple(im.shape)}")
+    return p, backends, images
 
-    spectrum: np.ndarray
-    spectrum_y: np.ndarray
-    power: np.ndarray
-    white: np.ndarray
-    level_sd: np.ndarray
-    level_var: np.ndarray
-    smear: np.ndarray
-    thresholds: np.ndarray
-    ms: float
 
-
-def _noise_model(norm: Any, steps: Sequence[float], t: np.ndarray, p: dict[str, Any], be: Backend) -> NoiseModel:
-    """Measure the noise of a normalised (B, H, W) stack on ``be`` and set each level's threshold."""
-    t0 = time.perf_counter()
-    with be.use():
-        # rounding to grey levels is white noise of variance step^2 / 12, which the median of a smooth tile misses
-        floor = np.square(steps)[:, None] / 12
-        spectra = noise_spectra(norm, be)
-        spectrum, power = np.maximum(spectra.typical, floor), np.maximum(spectra.power, floor)
-        # along the columns too (coarser): noise correlated along x only is the scan's detector response
-        spectrum_y = np.maximum(noise_spectrum(be.xp.swapaxes(norm, 1, 2), be, samples=1 << 14), floor)
-    pairs = dog_pairs(t)
-    level_sd = level_noise_std(spectrum, *pairs)
-    thresholds = np.maximum(p["threshold"] + p["noise_margin"] * level_sd, p["noise_k"] * level_sd)
-    return NoiseModel(
-        spectrum=spectrum,
-        spectrum_y=spectrum_y,
-        power=power,
-        white=white_equivalent(spectrum),
-        level_sd=level_sd,
-        level_var=level_noise_std(power, *pairs) ** 2,
-        smear=scan_smear(spectrum, spectrum_y),
-        thresholds=thresholds,
-        ms=(time.perf_counter() - t0) * 1e3,
-    )
+def _detections(
+    feats: list[np.ndarray],
+    model: NoiseModel,
+    strength: np.ndarray,
+    angle: np.ndarray,
+    blur: Any,
+    t: np.ndarray,
+    shape: tuple[int, int],
+    p: dict[str, Any],
+    backend: str,
+    timings: dict[str, float],
+) -> list[Detection]:
+    """One :class:`Detection` per image of a batch, from what :func:`detect_batch` measured."""
+    results = []
+    for k, (f, nz, th, ast, ang) in enumerate(zip(feats, model.white, model.thresholds, strength, angle)):
+        found = np.column_stack([f[:, 0], f[:, 1], t[f[:, 2]]]).astype(np.float64) if len(f) else np.empty((0, 3))
+        results.append(
+            Detection(
+                count=len(f),
+                features=found,
+                grid=_grid_counts(f[:, 0], f[:, 1], shape, tuple(p["grid"])),
+                shape=shape,
+                scales=t.copy(),
+                thresholds=th,
+                noise=float(nz),
+                astigmatism=float(ast),
+                astigmatism_angle=float(ang),
+                blur=float(blur.blur[k]),
+                blur_err=float(blur.blur_err[k]),
+                blur_major=float(blur.major[k]),
+                blur_minor=float(blur.minor[k]),
+                blur_angle=float(blur.angle[k]),
+                scan_smear=float(blur.smear[k]),
+                blur_cells=blur.cells[k],
+                blur_cells_err=blur.cells_err[k],
+                backend=backend,
+                timings=dict(timings),
+            )
+        )
+    return results
 
 
 def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | Backend] = "auto", **params: Any) -> list[Detection]:
@@ -755,23 +461,10 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
     list of Detection
         One per image, in order; ``timings`` are those of the whole batch.
     """
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown detector parameter(s): {', '.join(sorted(unknown))}")
-    p = {**DEFAULTS, **validate_params(params)}
-    backends = [get_backend(b) for b in backend] if isinstance(backend, (list, tuple)) else [get_backend(backend)]
-    if not backends:
-        raise ValueError("backend: an empty list names no device")
-    be = backends[0]
-    images = list(images)
-    if len(images) == 0:
+    p, backends, images = _checked_batch(images, backend, params)
+    if not images:
         return []
-    for im in images:
-        _validate(im)
-    shape = tuple(images[0].shape)
-    for im in images:
-        if tuple(im.shape) != shape:
-            raise ValueError(f"all images of a batch must have one shape: {shape} != {tuple(im.shape)}")
+    be, shape = backends[0], (int(images[0].shape[0]), int(images[0].shape[1]))
     timings: dict[str, float] = {}
     with be.use():
         t_start = time.perf_counter()
@@ -782,8 +475,8 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
         timings["normalize"] = (time.perf_counter() - t_start) * 1e3
         # measured on a lane while the first block's forward FFT runs here (in order with one lane), its 1-D transforms
         # on one thread there, as every lane's
-        lane = dataclasses.replace(be, workers=1) if _lanes(be) > 1 else be
-        noise = soon(_lanes(be), functools.partial(_noise_model, norm, steps, t, p, lane))
+        lane = dataclasses.replace(be, workers=1) if cpu_lanes(be) > 1 else be
+        noise = soon(cpu_lanes(be), functools.partial(noise_model, norm, steps, t, p, lane))
         features, moments, energy, cell_energy = _detect_stack(norm, noise, p, backends, timings)
         model = noise.result()
         timings["noise"] = model.ms
@@ -806,33 +499,7 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
         feats = features()
         del norm
     timings["total"] = (time.perf_counter() - t_start) * 1e3
-    results = []
-    for k, (f, nz, th, ast, ang) in enumerate(zip(feats, model.white, model.thresholds, strength, angle)):
-        features = np.column_stack([f[:, 0], f[:, 1], t[f[:, 2]]]).astype(np.float64) if len(f) else np.empty((0, 3))
-        results.append(
-            Detection(
-                count=len(f),
-                features=features,
-                grid=_grid_counts(f[:, 0], f[:, 1], shape, tuple(p["grid"])),
-                shape=shape,
-                scales=t.copy(),
-                thresholds=th,
-                noise=float(nz),
-                astigmatism=float(ast),
-                astigmatism_angle=float(ang),
-                blur=float(blur.blur[k]),
-                blur_err=float(blur.blur_err[k]),
-                blur_major=float(blur.major[k]),
-                blur_minor=float(blur.minor[k]),
-                blur_angle=float(blur.angle[k]),
-                scan_smear=float(blur.smear[k]),
-                blur_cells=blur.cells[k],
-                blur_cells_err=blur.cells_err[k],
-                backend="+".join(b.name for b in backends),
-                timings=dict(timings),
-            )
-        )
-    return results
+    return _detections(feats, model, strength, angle, blur, t, shape, p, "+".join(b.name for b in backends), timings)
 
 
 def detect(

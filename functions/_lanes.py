@@ -25,7 +25,7 @@ import os
 import threading
 from typing import Any, Callable, Sequence
 
-__all__ = ["RunningMax", "PerThread", "lane_pool", "run_lanes", "soon", "shutdown"]
+__all__ = ["RunningMax", "PerThread", "cpu_lanes", "lane_pool", "run_lanes", "soon", "shutdown"]
 
 _POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
@@ -152,12 +152,7 @@ def run_lanes(lanes: int, tasks: Sequence[Callable[[], Any]], merge: Callable[[]
     What ``merge`` returned (None without a ``merge``).
     """
     if lanes <= 1:
-        for fn in tasks:
-            fn()
-        merged = merge() if merge is not None else None
-        for fn in later:
-            fn()
-        return merged
+        return _run_in_order(tasks, merge, later)
     lock = threading.Lock()
     light: collections.deque = collections.deque(tasks)
     heavy: collections.deque = collections.deque(later)
@@ -212,3 +207,18 @@ def run_lanes(lanes: int, tasks: Sequence[Callable[[], Any]], merge: Callable[[]
     if errors:
         raise errors[0]
     return merged[0]
+
+
+def _run_in_order(tasks: Sequence[Callable[[], Any]], merge: Callable[[], Any] | None, later: Sequence[Callable[[], Any]]) -> Any:
+    """:func:`run_lanes` on one lane: ``tasks``, ``merge`` and ``later``, in this thread."""
+    for fn in tasks:
+        fn()
+    merged = merge() if merge is not None else None
+    for fn in later:
+        fn()
+    return merged
+
+
+def cpu_lanes(be: Any) -> int:
+    """CPU lanes of a backend: its workers on the CPU, one on a GPU (kernels queue in order there)."""
+    return be.workers if be.device is None else 1

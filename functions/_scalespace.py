@@ -86,7 +86,8 @@ def noise_gains(t: np.ndarray) -> np.ndarray:
     (n_bin,) float64 array
     """
     t0, t1, gain = dog_pairs(t)
-    return gain * np.sqrt(np.pi * (1 / t0**2 + 1 / t1**2 - 4 / (t0**2 + t1**2))) / (2 * np.pi)
+    out: np.ndarray = gain * np.sqrt(np.pi * (1 / t0**2 + 1 / t1**2 - 4 / (t0**2 + t1**2))) / (2 * np.pi)
+    return out
 
 
 def _gauss(k2: np.ndarray, t: float) -> np.ndarray:
@@ -178,7 +179,8 @@ class FilterBank:
 
 def _crop_rows(n: int, d: int) -> np.ndarray:
     half = n // (2 * d)
-    return np.r_[0:half, n - half : n]
+    rows: np.ndarray = np.r_[0:half, n - half : n]
+    return rows
 
 
 def _level_factor(t0: float, t1: float, gain: float, shape: tuple[int, int], tol: float) -> int:

@@ -5,11 +5,14 @@ Subpackages and modules
 mhd.params
     The detector's parameters: defaults and limits, read by the detector,
     the worker's validation and the command line.
+mhd.contracts
+    What the worker, the client and the endpoint share: the tile record,
+    verdicts and kinds, the section's own file names, image formats, limits.
 mhd.functions
     Pure computation: image in, numbers out (NumPy/SciPy or CuPy).
 mhd.functions.worker
     The worker side: the registered function (score_tiles), tile decoding,
-    confinement to the data root, limits, the tile record.
+    confinement to the data root, limits.
 mhd.endpoint
     Globus Compute endpoint configuration and the remote worker's environment.
 mhd.client

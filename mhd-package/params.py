@@ -120,11 +120,12 @@ class Param:
         return int(value) if self.kind == "int" else float(value)
 
     def _in_range(self, v: Any, integer: bool) -> bool:
-        if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or self.lo is None or self.hi is None:
             return False
         if not isinstance(v, numbers.Integral) and not math.isfinite(v):  # an int of any size compares exactly
             return False
-        return self.lo <= v <= self.hi and (not integer or int(v) == v)
+        value: Any = v  # a real number: int, float or a NumPy scalar
+        return bool(self.lo <= value <= self.hi and (not integer or int(value) == value))
 
     def _error(self, value: Any) -> ValueError:
         unit = f" ({self.unit})" if self.unit else ""

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mhd.client.calibrate import fit, threshold_density
+from mhd.client.calibration import fit, rule_from_config, threshold_density
 from mhd.client.cli import main
 from mhd.client.config import load
-from mhd.client.verdicts import Judge, rule_from_config
-from mhd.functions.worker.record import TileRecord
+from mhd.client.judge import Judge
+from mhd.contracts.record import TileRecord
 from mhd.functions.worker.remote import score_tiles
 
 SERIES = Path(__file__).resolve().parents[1] / "examples" / "focus_series"
@@ -86,7 +86,7 @@ def test_a_series_that_cannot_calibrate_is_refused(defocus, density, message):
 @pytest.mark.parametrize("law", ["count", "blur"])
 def test_a_series_without_a_trend_is_not_a_calibration(law):
     """A flat series fits a slope of ~1e-15 of either sign: it must be refused, not stored as a law."""
-    from mhd.client.calibrate import fit_blur
+    from mhd.client.calibration import fit_blur
 
     defocus = np.repeat(np.arange(-4.0, 4.5, 1.0), 2)
     values = np.full(defocus.size, 900.0 if law == "count" else 0.8)

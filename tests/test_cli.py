@@ -14,13 +14,14 @@ import pytest
 from click.testing import CliRunner
 
 from mhd import __version__
+from mhd.client.calibration import Calibration, rule_from_config
 from mhd.client.cli import EXIT_USAGE, main
 from mhd.client.config import load
+from mhd.client.judge import Judge
 from mhd.client.report import section_verdicts
 from mhd.client.rule import Rule
-from mhd.client.verdicts import Calibration, Judge, rule_from_config
+from mhd.contracts.record import RESULT_KEYS, TileRecord
 from mhd.functions import cuda_available
-from mhd.functions.worker.record import RESULT_KEYS, TileRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "section_042"
@@ -311,8 +312,8 @@ def test_a_calibration_holds_only_for_the_detector_parameters_it_was_fitted_with
 
 def test_a_calibrated_run_sends_every_parameter_the_law_was_fitted_with():
     """A worker with other defaults (an endpoint on another version) then scores as the law expects."""
+    from mhd.client.calibration import fitted_params
     from mhd.client.cli import _scoring_params
-    from mhd.client.verdicts import fitted_params
 
     cal = Calibration(1.0, -0.5, -0.99, 9, "um", 1.0, fitted_params({"threshold": 0.1}))
     assert _scoring_params(Rule(calibration=cal), {"threshold": 0.1}) == cal.params

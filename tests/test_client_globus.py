@@ -30,11 +30,13 @@ from mhd.client import cli
 from mhd.client.config import load
 from mhd.client.discover import discover
 from mhd.client.executors import LocalExecutor
+from mhd.client.judge import Judge
+from mhd.client.options import RunOptions
 from mhd.client.pipeline import Pipeline
 from mhd.client.results import ResultsLog
+from mhd.client.rule import Rule
 from mhd.client.submit import run_section
 from mhd.client.transport import GlobusTransport
-from mhd.client.verdicts import Judge, Rule
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
 EXPECTED_OOF = {"tile_r1_c2.png", "tile_r2_c3.png", "tile_r3_c1.png"}
@@ -167,6 +169,6 @@ def test_failed_transfer_fails_its_tiles_alone(tmp_path, section):
 def test_globus_transport_needs_its_collections_and_the_globus_backend(section):
     cfg = load().override(transport="globus", executor="globus", endpoint="e", function="f")
     with pytest.raises(ValueError, match="source_collection, source_local, dest_collection and dest_path"):
-        run_section(section, cfg, Console(file=io.StringIO()), rule=Rule())
+        run_section(section, cfg, Console(file=io.StringIO()), RunOptions(rule=Rule()))
     with pytest.raises(ValueError, match="which the local engine does not see: use --transport auto"):
-        run_section(section, load().override(transport="globus"), Console(file=io.StringIO()), rule=Rule())
+        run_section(section, load().override(transport="globus"), Console(file=io.StringIO()), RunOptions(rule=Rule()))

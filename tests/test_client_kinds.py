@@ -17,11 +17,14 @@ from click.testing import CliRunner
 
 from conftest import isbi_paths
 from mhd.client import config as config_mod
+from mhd.client.calibration import Calibration, rule_from_config
 from mhd.client.cli import main
-from mhd.client.verdicts import Calibration, Judge, Rule, describe, focus_map, rule_from_config
+from mhd.client.judge import Judge, focus_map
+from mhd.client.rule import Rule
+from mhd.client.wording import describe
+from mhd.contracts.record import TileRecord
 from mhd.functions import ASTIGMATISM_THRESHOLD
 from mhd.functions.simulate import defocus_image
-from mhd.functions.worker.record import TileRecord
 
 SIDE = 256
 CELL_MP = (SIDE / 4) ** 2 / 1e6

@@ -16,12 +16,15 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from mhd.client import config as config_mod
+from mhd.client.calibration import Calibration
 from mhd.client.discover import discover, natural_key, tile_positions
+from mhd.client.judge import Judge
 from mhd.client.results import ResultsLog, SectionLocked, read_records
+from mhd.client.rule import Rule
 from mhd.client.transport import InlineTransport, SharedTransport, choose_transport
-from mhd.client.verdicts import Calibration, Judge, Rule, exit_status
+from mhd.contracts.record import TileRecord
+from mhd.contracts.verdicts import exit_status
 from mhd.functions.tissue import contrast_to_noise
-from mhd.functions.worker.record import TileRecord
 
 pytestmark = pytest.mark.usefixtures("isolated_config")
 
@@ -493,7 +496,7 @@ def test_verdicts_do_not_depend_on_the_order_results_arrive_in():
 def test_a_tile_that_never_arrives_holds_the_others_only_so_long():
     """A record more than MAX_HELD tiles ahead of a missing one goes on without it; the end of a run releases
     everything held."""
-    from mhd.client.verdicts import MAX_HELD
+    from mhd.client.judge import MAX_HELD
 
     judge = Judge(Rule(warmup=1))
     judge.expect(f"t{i:03d}" for i in range(MAX_HELD + 5))

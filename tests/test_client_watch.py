@@ -18,12 +18,16 @@ from rich.console import Console
 
 import mhd.client.watch as watch
 from conftest import default_stop_signals
+from mhd.client.calibration import Calibration
 from mhd.client.config import load
 from mhd.client.discover import Tile
+from mhd.client.judge import Judge
+from mhd.client.options import RunOptions
 from mhd.client.results import ResultsLog, read_records
+from mhd.client.rule import Rule
 from mhd.client.submit import run_section
-from mhd.client.verdicts import Calibration, Judge, Rule
-from mhd.client.watch import Landing, is_complete, watch_section
+from mhd.client.watch import Landing, watch_section
+from mhd.contracts.formats import FORMATS, is_complete
 from tilegen import blobs, encode
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
@@ -95,7 +99,7 @@ def test_watch_rescores_a_tile_renamed_into_place_over_a_recorded_one(tmp_path, 
         rename_over(section / name, (EXAMPLE / name).read_bytes(), time.time() - 60)
     cfg = load().override(executor="local", workers=1)
     console = Console(file=io.StringIO())
-    run_section(section, cfg, console, rule=Rule(warmup=1), params={"backend": "numpy"})
+    run_section(section, cfg, console, RunOptions(rule=Rule(warmup=1), params={"backend": "numpy"}))
     before, _ = read_records(section / "mhd-results.jsonl")
     assert set(before) == {"tile_r0_c0.png", "tile_r0_c1.tif"}
 
@@ -111,7 +115,7 @@ def test_watch_rescores_a_tile_renamed_into_place_over_a_recorded_one(tmp_path, 
         return found
 
     monkeypatch.setattr(watch, "discover", discover)
-    out = watch_section(section, cfg, console, rule=Rule(warmup=1), params={"backend": "numpy"}, poll=0.1, idle_exit=2.0)
+    out = watch_section(section, cfg, console, RunOptions(rule=Rule(warmup=1), params={"backend": "numpy"}, poll=0.1, idle_exit=2.0))
     assert out.new == 1
     after, lines = read_records(section / "mhd-results.jsonl")
     assert lines == 2  # the new record replaced the old one
@@ -158,7 +162,7 @@ def test_idle_exit_waits_for_a_tile_still_being_written(tmp_path, monkeypatch):
 
     monkeypatch.setattr(watch, "discover", discover)
     out = watch_section(
-        section, cfg, Console(file=io.StringIO()), rule=Rule(warmup=1), params={"backend": "numpy"}, poll=0.3, idle_exit=1.0
+        section, cfg, Console(file=io.StringIO()), RunOptions(rule=Rule(warmup=1), params={"backend": "numpy"}, poll=0.3, idle_exit=1.0)
     )
     assert out.new == 1
     assert read_records(section / "mhd-results.jsonl")[0]["tile_r0_c0.png"].verdict != "error"
@@ -176,7 +180,10 @@ def test_idle_exit_scores_files_that_stay_incomplete_or_empty_first(tmp_path):
     cfg = load().override(executor="local", workers=1)
     start = time.monotonic()
     out = watch_section(
-        section, cfg, Console(file=io.StringIO()), rule=Rule(warmup=1), params={"backend": "numpy"}, poll=0.1, give_up=2.0, idle_exit=0.5
+        section,
+        cfg,
+        Console(file=io.StringIO()),
+        RunOptions(rule=Rule(warmup=1), params={"backend": "numpy"}, poll=0.1, give_up=2.0, idle_exit=0.5),
     )
     assert time.monotonic() - start >= 2.0  # it waited out --give-up
     recs, _ = read_records(section / "mhd-results.jsonl")
@@ -209,7 +216,7 @@ def test_an_unforeseen_failure_records_the_verdicts_held_for_the_baseline_first(
     monkeypatch.setattr(watch, "discover", discover)
     cfg = load().override(executor="local", workers=1)
     with pytest.raises(NotADirectoryError):
-        watch_section(section, cfg, Console(file=io.StringIO()), rule=Rule(warmup=8), params={"backend": "numpy"}, poll=0.1)
+        watch_section(section, cfg, Console(file=io.StringIO()), RunOptions(rule=Rule(warmup=8), params={"backend": "numpy"}, poll=0.1))
     recs, _ = read_records(section / "mhd-results.jsonl")
     assert set(recs) == {"tile_r0_c0.png", "tile_r0_c1.tif", "tile_r0_c2.png"} and all(r.verdict for r in recs.values())
 
@@ -249,8 +256,9 @@ def test_landing_forgets_a_pending_file_that_is_removed(tmp_path):
     assert landing.pending == 0  # an idle watch would otherwise wait for it forever
 
 
-@pytest.mark.parametrize("fmt", ["png", "tiff", "jpeg", "bmp"])
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
 def test_a_truncated_file_is_incomplete_without_decoding_it(tmp_path, monkeypatch, fmt):
+    """Every registered format has a completeness check (one without raised KeyError and stopped watch)."""
     import mhd.functions.worker.tileio as tileio
 
     def no_decoding(*args, **kwargs):
@@ -259,12 +267,12 @@ def test_a_truncated_file_is_incomplete_without_decoding_it(tmp_path, monkeypatc
     monkeypatch.setattr(tileio, "read_tile", no_decoding)
     monkeypatch.setattr(tileio, "_read_tiff", no_decoding)
     image = blobs((200, 300), 3)
-    data = encode(image, fmt.upper(), **({"rowsperstrip": 16} if fmt == "tiff" else {}))  # TIFF: tifffile, 13 strips
-    whole = tmp_path / f"whole.{fmt}"
+    data = encode(image, fmt.name, **({"rowsperstrip": 16} if fmt.name == "TIFF" else {}))  # TIFF: tifffile, 13 strips
+    whole = tmp_path / f"whole{fmt.suffixes[0]}"
     whole.write_bytes(data)
     assert is_complete(whole)
     for cut in (len(data) - 1, len(data) // 2, 40, 0):
-        part = tmp_path / f"cut{cut}.{fmt}"
+        part = tmp_path / f"cut{cut}{fmt.suffixes[0]}"
         part.write_bytes(data[:cut])
         assert not is_complete(part), (fmt, cut)
     assert not is_complete(tmp_path / "missing.png")

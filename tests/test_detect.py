@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 
 from mhd.functions import DEFAULTS, detect, detect_batch, get_backend
 from mhd.functions._backend import FFT_LIBRARIES, default_fft
-from mhd.functions._detect import _blocks, _fast_size, halo_width
+from mhd.functions._geometry import fast_size, halo_width, split_blocks
 
 
 def blobs_image(centres, shape=(256, 256), sigma=3.0, depth=0.6, background=0.8, dtype=np.uint8):
@@ -285,10 +285,10 @@ def test_timings_and_metadata():
 
 
 def test_geometry_helpers():
-    assert _fast_size(1092) % 16 == 0 and _fast_size(1092) >= 1092
-    assert _fast_size(1094) == 1120  # 2^5 * 5 * 7: the next multiple of 16, 1104, has a factor 23
-    assert _fast_size(326) == 384  # a 256 px tile: no factor 7 below RADIX7_MIN (336 = 2^4 * 3 * 7)
-    assert _blocks(1000, 300) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
+    assert fast_size(1092) % 16 == 0 and fast_size(1092) >= 1092
+    assert fast_size(1094) == 1120  # 2^5 * 5 * 7: the next multiple of 16, 1104, has a factor 23
+    assert fast_size(326) == 384  # a 256 px tile: no factor 7 below RADIX7_MIN (336 = 2^4 * 3 * 7)
+    assert split_blocks(1000, 300) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
     assert halo_width(8.0) >= 4 * 8
 
 

@@ -170,9 +170,9 @@ def test_existing_configuration_is_kept_unless_forced(tmp_path):
         ({"multi_user": True, "email": "a@example.org"}, r"needs an identity mapping file \(--identity-mapping\)"),
         ({"identity_mapping": "/etc/mhd/idmap.json"}, "applies only to an endpoint run as root"),
         ({"email": "admin"}, "not an e-mail address"),
-        ({"data_root": "/"}, "data_root must be a folder for tiles, not /"),
-        ({"data_root": "/data/.."}, "data_root must be a folder for tiles, not /"),
-        ({"data_root": "//"}, "data_root must be a folder for tiles, not /"),
+        ({"data_root": "/"}, "data_root must be a folder for tiles, not the file system's root"),
+        ({"data_root": "/data/.."}, "data_root must be a folder for tiles, not the file system's root"),
+        ({"data_root": "//"}, "data_root must be a folder for tiles, not the file system's root"),
         ({"function_ids": ("bad",)}, "function id 'bad' is not a UUID"),
     ],
 )

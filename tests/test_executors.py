@@ -211,10 +211,11 @@ def test_leaving_an_executor_with_tasks_given_up_does_not_wait_for_them(tmp_path
     """After the pipeline gave up on a task (task_timeout), leaving the executor stops the engine without waiting."""
     from mhd.client.discover import discover
     from mhd.client.executors import EngineExecutor
+    from mhd.client.judge import Judge
     from mhd.client.pipeline import Pipeline
     from mhd.client.results import ResultsLog
+    from mhd.client.rule import Rule
     from mhd.client.transport import InlineTransport
-    from mhd.client.verdicts import Judge, Rule
 
     (tmp_path / "a.png").write_bytes(encode(blobs((64, 64), 1), "PNG"))
     engine = SilentEngine()

@@ -11,7 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from mhd.client.cli import main
-from mhd.client.sweep import PLOT_NAME, wd_table
+from mhd.client.discover import discover
+from mhd.client.sweep import wd_table
+from mhd.contracts.files import SWEEP_PLOT as PLOT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "examples" / "wd_sweep"
@@ -67,6 +69,8 @@ def test_text_output_and_the_default_plot_which_is_not_taken_for_an_image(tmp_pa
     assert (sweep / PLOT_NAME).exists() and f"plot: {sweep / PLOT_NAME}" in first.output
     again = run("focus-sweep", "--dir", sweep, "--json")
     assert again.exit_code == 0 and len(json.loads(again.stdout)["images"]) == 9
+    # nor by discovery, so submit and calibrate on the same folder do not score it either
+    assert PLOT_NAME not in {t.id for t in discover(sweep).tiles} and len(discover(sweep).tiles) == 9
 
 
 def test_peak_at_the_end_of_the_sweep_is_an_edge_with_exit_status_2(tmp_path):

@@ -32,7 +32,7 @@ from click.testing import CliRunner
 
 from conftest import default_stop_signals, isbi_paths
 from mhd.client import cli
-from mhd.client.verdicts import Calibration
+from mhd.client.calibration import Calibration
 from tilegen import encode
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"

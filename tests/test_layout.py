@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,15 +95,39 @@ def test_the_worker_side_is_what_the_registered_function_needs():
         "mhd.functions.worker.scoring",
         "mhd.functions.worker.tileio",
         "mhd.functions.worker.settings",
-        "mhd.functions.worker.record",
     } <= worker
     assert "mhd.functions._score" in worker  # kept for functions registered before the move: worker side
     assert _offenders("mhd.functions.worker", ("mhd.client", "mhd.endpoint")) == []
 
 
-def test_the_record_imports_nothing_heavy():
-    """The client and the worker both import the record: no array library, files or environment."""
-    assert {name.split(".")[0] for name in GRAPH["mhd.functions.worker.record"]} <= {"__future__", "dataclasses", "math", "typing"}
+def test_the_contracts_import_nothing_heavy():
+    """The client, the worker and the endpoint all import the contracts: the standard library only
+    (tifffile, loaded where a TIFF's completeness is checked, is a dependency of every install)."""
+    contracts = [mod for mod in GRAPH if mod.startswith("mhd.contracts")]
+    assert {"mhd.contracts.record", "mhd.contracts.verdicts", "mhd.contracts.files", "mhd.contracts.formats"} <= set(contracts)
+    third_party = {name.split(".")[0] for mod in contracts for name in GRAPH[mod]} - set(sys.stdlib_module_names) - {"mhd"}
+    assert third_party == {"tifffile"}
+
+
+def test_every_layer_takes_the_contracts_from_their_home():
+    """The worker, the client and the endpoint import the contracts; none defines its own copy of them."""
+    users = {IG.layer(mod) for mod, names in GRAPH.items() for name in names if name.startswith("mhd.contracts") and IG.layer(mod) != "mhd"}
+    assert users == {"mhd.functions.worker", "mhd.client", "mhd.endpoint"}
+    import mhd.contracts.files as files
+    import mhd.contracts.limits as limits
+
+    copies = {files.RESULTS_NAME, files.REPORT_DIR, files.LOG_NAME, files.SWEEP_PLOT, files.CALIBRATION_PLOT, files.SECTION_MARK}
+    copies |= {*limits.ALLOWED_SERIALIZERS, b"\x89PNG\r\n\x1a\n", b"\xff\xd9", "OOF  ", "tab:purple", ".tiff"}
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}"
+        for folder in ("functions", "client", "endpoint")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)) and node.value in copies
+    ]
+    assert found == []
+    template = (ROOT / "endpoint" / "templates" / "_engine.yaml.j2").read_text()
+    assert not any(name in template for name in limits.ALLOWED_SERIALIZERS), "the template lists the serializers it is given"
 
 
 def test_the_top_level_imports_nothing_of_the_package():
@@ -112,10 +138,7 @@ def test_the_top_level_imports_nothing_of_the_package():
 
 def test_importing_the_record_or_the_cli_loads_no_array_library():
     """At run time, not only in the source: a subpackage's __init__ runs too (mhd.functions loads lazily)."""
-    code = (
-        "import sys, mhd.functions.worker.record, mhd.client.cli, mhd.params; "
-        "print(sorted(m for m in ('numpy', 'scipy', 'cupy') if m in sys.modules))"
-    )
+    code = "import sys, mhd.contracts, mhd.client.cli, mhd.params; print(sorted(m for m in ('numpy', 'scipy', 'cupy') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
@@ -166,7 +189,8 @@ def test_readme_layout_states_the_real_arrows():
 def test_ci_runs_the_readme_test_command_with_the_lint():
     readme = (ROOT / "README.md").read_text()
     [command] = [line for line in readme.splitlines() if line.startswith("python3 -m venv") and "[test]" in line]
-    assert ".venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/pytest -q" in command
+    lint = ".venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/python .ci/typecheck.py"
+    assert f"{lint} && .venv/bin/pytest -q" in command
     ci = (ROOT / ".ci" / "run").read_text().splitlines()[-1]
     assert ci == command.replace("pip install -e", "pip install -q -e"), "the same command, pip quiet"
 
@@ -247,3 +271,42 @@ def test_sem_focus_commands_the_documents_name_exist():
     texts = [(ROOT / "README.md").read_text(), script.read_text(), *(p.read_text() for p in (ROOT / "docs").rglob("*.md"))]
     named = {m for text in texts for m in re.findall(r"bench/sem_focus\.py (\w+)", text)}
     assert named and named <= commands, named - commands
+
+
+def test_the_detectors_public_names_are_typed_and_loaded_lazily():
+    """``mhd.functions`` lists each public name once for type checkers (``TYPE_CHECKING``) and once for loading."""
+    import mhd.functions as functions
+
+    assert sorted(functions.__all__) == sorted(functions._EXPORTS)
+    text = (ROOT / "functions" / "__init__.py").read_text()
+    checked = set(re.findall(r"(\w+)(?:,|\n)", text.split("if TYPE_CHECKING:")[1].split("#: Public name")[0]))
+    assert set(functions._EXPORTS) <= checked
+
+
+def test_no_function_is_longer_than_60_lines():
+    """Docstrings aside: a longer function does several jobs."""
+    long = []
+    for folder in ("functions", "client", "endpoint", "mhd-package"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    body = node.body
+                    has_doc = isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and len(body) > 1
+                    lines = node.end_lineno - (body[1] if has_doc else body[0]).lineno + 1
+                    if lines > 60:
+                        long.append(f"{path.relative_to(ROOT)}: {node.name} ({lines} lines)")
+    assert long == []
+
+
+def test_the_type_check_is_strict_on_the_contracts(tmp_path):
+    """``.ci/typecheck.py`` lays the package out as imported; an untyped function in the contracts fails it."""
+    spec = importlib.util.spec_from_file_location("typecheck", ROOT / ".ci" / "typecheck.py")
+    typecheck = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(typecheck)
+    tree = typecheck.lay_out(tmp_path)
+    assert (tree / "mhd" / "contracts" / "record.py").resolve() == ROOT / "mhd-package" / "contracts" / "record.py"
+    assert (tree / "mhd" / "functions" / "_detect.py").resolve() == ROOT / "functions" / "_detect.py"
+    (tree / "mhd" / "contracts" / "untyped.py").write_text("def f(x):\n    return x\n")
+    args = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "-p", "mhd.contracts"]
+    proc = subprocess.run(args, cwd=tree, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "untyped.py:1: error: Function is missing a type annotation" in proc.stdout, proc.stdout

@@ -109,7 +109,7 @@ def test_notebook_scores_with_a_stored_calibrations_parameters_or_refuses_other_
     """Only the settings cell runs: a calibration holds for the detector parameters it was fitted with."""
     from nbclient.exceptions import CellExecutionError
 
-    from mhd.client.verdicts import Calibration, fitted_params
+    from mhd.client.calibration import Calibration, fitted_params
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     first = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")

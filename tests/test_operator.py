@@ -27,7 +27,7 @@ from mhd.client.console import shorten_left, summary_lines, summary_table
 from mhd.client.report import text_colour
 from mhd.client.session import make_transport
 from mhd.client.transport import MB
-from mhd.functions.worker.record import TileRecord
+from mhd.contracts.record import TileRecord
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
 

@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mhd.client.verdicts import Judge, Rule
-from mhd.functions.worker.record import ALWAYS, RESULT_KEYS, TileRecord, finite
+from mhd.client.judge import Judge
+from mhd.client.rule import Rule
+from mhd.contracts.record import ALWAYS, RESULT_KEYS, TileRecord, finite
 
 #: A results-log line as versions before the blur measure wrote it (no ``blur``), with a field this version does not know.
 OLD_LINE = (

@@ -14,8 +14,8 @@ import os
 import numpy as np
 import pytest
 
+from mhd.contracts.record import RESULT_KEYS
 from mhd.functions import detect
-from mhd.functions.worker.record import RESULT_KEYS
 from mhd.functions.worker.remote import score_tiles
 from mhd.functions.worker.scoring import _check_opened, check_params
 from mhd.functions.worker.settings import Limits

@@ -12,8 +12,8 @@ import scipy.fft
 
 from mhd.functions import _lanes, _scalespace, detect, get_backend
 from mhd.functions._cells import bands, cell_edges, cell_sums
-from mhd.functions._detect import _level_response
 from mhd.functions._noise import LEVEL_BINS, _bin_medians
+from mhd.functions._response import level_response
 from mhd.functions._scalespace import LevelGroup
 from mhd.functions._tags import COARSER, LEVEL_BITS, MAX_LEVELS, level_of, tag
 
@@ -134,7 +134,7 @@ def test_level_response_is_the_filtered_image(dense):
     h = gy[1, 1][:, None] * gx[1, 1][None, :] + gy[1, 0][:, None] * gx[1, 0][None, :]  # level 1 of the group
     group = LevelGroup(1, (4, 5, 6), gy, gx, dense=np.stack([h] * 3) if dense else None)
     scratch = (np.empty_like(F), np.empty(F.shape[1:], np.float32), np.empty(F.shape[1:], np.float32))
-    D = _level_response(F, group, 1, (32, 48), be, scratch, None)
+    D = level_response(F, group, 1, (32, 48), be, scratch, None)
     np.testing.assert_allclose(D, scipy.fft.irfft2(F * h, s=(32, 48)), rtol=1e-4, atol=1e-5)
     if dense:  # the kept function itself, not a copy; the factored one is written into the scratch
         assert np.shares_memory(group.transfer_into(1, scratch[1], scratch[2], np), group.dense)

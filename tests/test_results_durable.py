@@ -19,7 +19,7 @@ from click.testing import CliRunner
 import mhd.client.results
 from mhd.client import cli
 from mhd.client.results import ResultsLog
-from mhd.functions.worker.record import TileRecord
+from mhd.contracts.record import TileRecord
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
 
@@ -127,7 +127,7 @@ def test_every_verdict_of_a_submit_run_was_fsynced_as_it_was_written(tmp_path, s
 APPEND_UNTIL_REFUSED = """
 import os, resource, signal, sys
 from mhd.client.results import ResultsLog, ResultsWriteError
-from mhd.functions.worker.record import TileRecord
+from mhd.contracts.record import TileRecord
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails (EFBIG) instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(os.environ["LIMIT"]), resource.RLIM_INFINITY))

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import scipy.signal
 
+from mhd.contracts.record import TileRecord
 from mhd.functions import detect, get_backend
 from mhd.functions._noise import level_noise_std, noise_spectrum
 from mhd.functions._scalespace import dog_pairs, scales
 from mhd.functions.simulate import disk_otf, scan_lowpass, sem_scan
-from mhd.functions.worker.record import TileRecord
 from mhd.functions.worker.tileio import trim_frame
 
 KRISS = Path(__file__).parent / "data" / "sem-kriss"
@@ -192,8 +192,9 @@ def test_client_flags_the_blurred_tiles_of_a_mixed_dose_section(tmp_path, monkey
 
 def test_blur_calibration_recovers_a_known_law_and_judges_by_it():
     """blur^2 = a + b defocus^2 from noisy values; the stored rule estimates |defocus| and flags beyond max."""
-    from mhd.client.calibrate import fit_blur
-    from mhd.client.verdicts import Judge, Rule
+    from mhd.client.calibration import fit_blur
+    from mhd.client.judge import Judge
+    from mhd.client.rule import Rule
 
     rng = np.random.default_rng(4)
     defocus = np.repeat(np.arange(-4.0, 4.5, 0.5), 2)

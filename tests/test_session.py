@@ -15,9 +15,10 @@ from rich.console import Console
 
 import mhd.client.session as session
 from mhd.client.config import load
+from mhd.client.options import RunOptions
 from mhd.client.results import read_records
+from mhd.client.rule import Rule
 from mhd.client.submit import run_section
-from mhd.client.verdicts import Rule
 from mhd.client.watch import watch_section
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
@@ -67,8 +68,8 @@ def test_submit_and_watch_keep_the_same_tasks_in_flight(tmp_path, monkeypatch, o
     landed_long_ago(section, ["tile_r0_c0.png"])
     cfg = load().override(**overrides)
     console = Console(file=io.StringIO())
-    run_section(section, cfg, console, rule=Rule())
-    watch_section(section, cfg, console, rule=Rule(), idle_exit=0.0)
+    run_section(section, cfg, console, RunOptions(rule=Rule()))
+    watch_section(section, cfg, console, RunOptions(rule=Rule(), idle_exit=0.0))
     assert [kwargs["max_inflight"] for _, kwargs in made] == [expected, expected]
     assert session.max_inflight("globus", 0) == 32 and session.max_inflight("local", 1) == 4
 
@@ -79,7 +80,10 @@ def test_watch_honours_the_detectors_grid(tmp_path):
     landed_long_ago(section, ["tile_r0_c0.png", "tile_r0_c1.tif"])
     cfg = load().override(executor="local", workers=1)
     out = watch_section(
-        section, cfg, Console(file=io.StringIO()), rule=Rule(warmup=1), params={"grid": [2, 3], "backend": "numpy"}, poll=0.1, idle_exit=1.0
+        section,
+        cfg,
+        Console(file=io.StringIO()),
+        RunOptions(rule=Rule(warmup=1), params={"grid": [2, 3], "backend": "numpy"}, poll=0.1, idle_exit=1.0),
     )
     assert out.new == 2
     records, _ = read_records(section / "mhd-results.jsonl")
@@ -99,6 +103,6 @@ def test_watch_sends_tiles_the_way_submit_does_when_tiles_may_be_large(tmp_path,
         executor="globus", endpoint="e", function="f", shared_local=str(tmp_path), shared_remote="/mnt/em", inline_max_mb=size_mb / 2
     )
     console = Console(file=io.StringIO())
-    run_section(section, cfg, console, rule=Rule())
-    watch_section(section, cfg, console, rule=Rule(), idle_exit=0.0)
+    run_section(section, cfg, console, RunOptions(rule=Rule()))
+    watch_section(section, cfg, console, RunOptions(rule=Rule(), idle_exit=0.0))
     assert [args[1].name for args, _ in made] == ["shared", "shared"]

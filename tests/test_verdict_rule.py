@@ -11,8 +11,10 @@ import math
 
 import pytest
 
-from mhd.client.verdicts import Calibration, Rule, focus_map, rule_from_config
-from mhd.functions.worker.record import TileRecord
+from mhd.client.calibration import Calibration, rule_from_config
+from mhd.client.judge import focus_map
+from mhd.client.rule import Rule
+from mhd.contracts.record import TileRecord
 
 
 def test_focus_map_of_a_non_square_grid_on_an_odd_sized_tile():
@@ -125,7 +127,7 @@ def test_a_configured_threshold_outside_its_limits_names_the_key_and_source(tmp_
 
 
 def test_the_blur_reason_states_what_the_tile_adds_the_section_median_and_the_limit():
-    from mhd.client.verdicts import BlurPoint, BlurReference, SectionBlur
+    from mhd.client.judge import BlurPoint, BlurReference, SectionBlur
 
     ref = BlurReference(median=0.83**2, spread=0.01, error=0.02, delta=0j, delta_spread=complex(0.05, 0.05), n=7)
     judged = SectionBlur.of(BlurPoint(3.26**2, 0.02, None), ref, Rule())

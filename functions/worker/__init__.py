@@ -10,9 +10,9 @@
     Decoding PNG, TIFF, BMP and JPEG within header-checked limits.
 :mod:`.settings`
     The limits, read from the worker's environment.
-:mod:`.record`
-    :class:`~mhd.functions.worker.record.TileRecord`, what the worker returns
-    and the client judges, records and reports (importable without NumPy).
+
+What the worker returns (:class:`~mhd.contracts.record.TileRecord`) and the
+limits it shares with the client and the endpoint live in :mod:`mhd.contracts`.
 
 Nothing here imports the client or the endpoint configuration.
 """

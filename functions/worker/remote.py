@@ -37,7 +37,7 @@ def score_tiles(tiles, params=None):
     -------
     list of dict
         One per tile, in order: the fields of
-        mhd.functions.worker.record.RESULT_KEYS (tile, features, density,
+        mhd.contracts.record.RESULT_KEYS (tile, features, density,
         blur, grid, shape, ..., ms, detect_ms, error: None, or a message
         naming the tile); TileRecord.from_json reads one.
     """

@@ -21,11 +21,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from mhd.contracts.record import RESULT_KEYS, TileRecord
 from mhd.params import validate
 
 from .._detect import detect
 from ..tissue import contrast_to_noise
-from .record import RESULT_KEYS, TileRecord
 from .settings import Limits
 from .tileio import TileError, read_tile
 
@@ -236,8 +236,8 @@ def score_tile(tile: Any, index: int, params: dict[str, Any], limits: Limits, de
     Returns
     -------
     dict
-        The :data:`~mhd.functions.worker.record.RESULT_KEYS` of its
-        :class:`~mhd.functions.worker.record.TileRecord`, JSON-safe:
+        The :data:`~mhd.contracts.record.RESULT_KEYS` of its
+        :class:`~mhd.contracts.record.TileRecord`, JSON-safe:
         ``tile`` (str), ``features`` (int), ``density`` (features per
         megapixel), ``blur`` and ``blur_err`` (pixels), ``grid`` (list of
         lists of int), ``shape`` ([rows, cols]), ``noise`` (normalised units),

@@ -27,18 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from mhd.contracts.limits import BYTES_PER_PIXEL, WORKER_LIMITS, check_data_root
+
 __all__ = ["Limits", "ENV_VARS"]
 
-#: Environment variables read by :meth:`Limits.from_env`, with their defaults.
-ENV_VARS: dict[str, int | None] = {
-    "MHD_DATA_ROOT": None,
-    "MHD_MAX_PIXELS": 16384 * 16384,
-    "MHD_MAX_INLINE_BYTES": 8 * 2**20,
-    "MHD_MAX_TILES": 1024,
-}
-
-#: Bytes of decoded sample data allowed per allowed pixel (float32 grey).
-BYTES_PER_PIXEL = 4
+#: Environment variables read by :meth:`Limits.from_env`, with their defaults
+#: (:data:`mhd.contracts.limits.WORKER_LIMITS`).
+ENV_VARS: dict[str, int | None] = {"MHD_DATA_ROOT": None, **WORKER_LIMITS}
 
 
 @dataclass(frozen=True)
@@ -78,9 +73,10 @@ class Limits:
         """
         env = os.environ if environ is None else environ
         root = env.get("MHD_DATA_ROOT") or None
-        real = Path(os.path.realpath(root)) if root else None
-        if real is not None and real == Path(real.anchor):
-            raise ValueError(f"MHD_DATA_ROOT must be a folder for tiles, not the file system's root ({root!r}): it would confine nothing")
+        try:
+            real = check_data_root(root) if root else None
+        except ValueError as exc:
+            raise ValueError(f"MHD_DATA_ROOT {exc}") from None
         return cls(
             data_root=real,
             max_pixels=_positive_int(env, "MHD_MAX_PIXELS"),
@@ -92,7 +88,7 @@ class Limits:
 def _positive_int(env: Mapping[str, str], name: str) -> int:
     raw = env.get(name)
     if raw in (None, ""):
-        return int(ENV_VARS[name])  # type: ignore[arg-type]
+        return WORKER_LIMITS[name]
     try:
         value = int(str(raw).replace("_", ""))
     except ValueError:

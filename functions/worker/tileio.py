@@ -48,6 +48,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from mhd.contracts.formats import FORMATS, names, sniff
+
 __all__ = ["MAX_TIFF_PAGES", "MAX_FRAME", "TileError", "ImageInfo", "sniff_format", "read_tile", "to_grey", "trim_frame"]
 
 #: Most pages (IFDs) a TIFF tile may have: one image plus thumbnails or reduced resolutions.
@@ -61,15 +63,8 @@ MIN_TRIMMED_SIDE = 16
 #: BT.601 luma weights for R, G, B.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
-_MAGIC = (
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"II+\x00", "TIFF"),  # BigTIFF
-    (b"MM\x00+", "TIFF"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"BM", "BMP"),
-)
+#: Format name -> the library that decodes it (:data:`mhd.contracts.formats.FORMATS`).
+DECODERS = {f.name: f.decoder for f in FORMATS}
 _PIL_GREY_MODES = {"L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _PIL_LOCK = threading.Lock()
 
@@ -118,10 +113,10 @@ def sniff_format(head: bytes) -> str:
     """
     if not head:
         raise TileError("empty file (0 bytes)")
-    for magic, name in _MAGIC:
-        if head.startswith(magic):
-            return name
-    raise TileError("not a PNG, TIFF, BMP or JPEG image (unrecognised file header)")
+    fmt = sniff(head)
+    if fmt is None:
+        raise TileError(f"not a {names()} image (unrecognised file header)")
+    return fmt.name
 
 
 def read_tile(fh: BinaryIO, max_pixels: int, max_decoded_bytes: int | None = None) -> np.ndarray:
@@ -151,7 +146,7 @@ def read_tile(fh: BinaryIO, max_pixels: int, max_decoded_bytes: int | None = Non
     fmt = sniff_format(fh.read(8))
     fh.seek(0)
     try:
-        if fmt == "TIFF":
+        if DECODERS[fmt] == "tifffile":
             image = _read_tiff(fh, max_pixels, limit_bytes)
         else:
             image = _read_pil(fh, fmt, max_pixels, limit_bytes)

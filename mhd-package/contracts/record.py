@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-__all__ = ["ALWAYS", "RESULT_KEYS", "VERDICTS", "TileRecord", "finite"]
+__all__ = ["ALWAYS", "RESULT_KEYS", "TileRecord", "finite"]
 
 
 def finite(value: Any) -> float | None:
@@ -142,15 +142,15 @@ class TileRecord:
     blur_minor: float | None = None
     blur_angle: float | None = None
     scan_smear: float | None = None
-    grid: list | None = None
-    blur_cells: list | None = None
-    blur_cells_err: list | None = None
-    shape: list | None = None
+    grid: list[list[Any]] | None = None
+    blur_cells: list[list[Any]] | None = None
+    blur_cells_err: list[list[Any]] | None = None
+    shape: list[int] | None = None
     noise: float | None = None
     astigmatism: float | None = None
     astigmatism_angle: float | None = None
     contrast: float | None = None
-    contrast_cells: list | None = None
+    contrast_cells: list[list[Any]] | None = None
     backend: str | None = None
     device: str | None = None
     ms: float | None = None
@@ -161,12 +161,12 @@ class TileRecord:
     latency_ms: float | None = None
     file_size: int | None = None
     file_mtime_ns: int | None = None
-    focus_map: list | None = None
+    focus_map: list[list[Any]] | None = None
     defocus: float | None = None
     defocus_units: str | None = None
     has_blur: bool = field(default=True, compare=False)
     cells_blur: float | None = field(default=None, compare=False)
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------ building
 
@@ -274,8 +274,6 @@ _NAMES = frozenset(f.name for f in _FIELDS)
 
 #: Fields every results-log line has, first (None included).
 ALWAYS = ("tile", "verdict", "reason", "features", "density", "error", "kind")
-#: Every verdict a judged record carries, in the order summaries list them.
-VERDICTS = ("ok", "oof", "empty", "error")
 
 #: Fields of a ``score_tiles`` result, in order: what the worker measures.
 RESULT_KEYS = (
