@@ -52,25 +52,19 @@ __all__ = ["BlurMeasure", "anisotropy_gain", "fit_blur", "fit_blur_cells", "meas
 BLUR_GRID = np.round(np.arange(0.0, 12.0 + 1e-9, 0.05), 3)
 #: Spectral slopes tried.
 ALPHA_GRID = np.round(np.arange(0.0, 4.0 + 1e-9, 0.125), 3)
-#: Relative uncertainty of each level's noise variance, independent from level to level. Measured: a level's noise
-#: standard deviation differs from that of its response to the true noise by 0-2 % at doses 2 and 6 and 5 % on sharp
-#: tiles at dose 20, nearly the same at every level (``bench/sem_focus.py thresholds``: within one tile the 16
-#: levels spread by 0.5-1.5 %, i.e. 1-3 % in variance; the common part is :data:`NOISE_SCALE_ERR`'s). A larger
-#: value mistrusts the noise-dominated fine levels of a noisy tile and lets the coarse levels' content set the
-#: blur: 0.05 read ~0.35 px more blur on real slow SEM scans once scan noise at the fast scans' level was added
-#: (``bench/sem_focus.py bias``, median move over the ``time/`` and ``line/`` scans: +0.36 / +0.33 px with 0.05,
-#: +0.27 / +0.20 with 0.02), and so on the real fast scans against their slow scans.
+#: Relative uncertainty of each level's noise variance, independent from level to level: the spread of the levels'
+#: noise estimates within one tile (1-3 % in variance; docs/validation.md). The common part is
+#: :data:`NOISE_SCALE_ERR`'s. A larger value mistrusts the noise-dominated fine levels of a noisy tile, and the
+#: coarse levels' content, rather than their fall-off, then sets the blur.
 NOISE_REL_ERR = 0.02
 #: Cells fitted at once by :func:`fit_blur_cells` (each holds a few arrays of ``len(ALPHA_GRID) * len(BLUR_GRID)``
 #: float64: 256 cells take ~16 MB each).
 CELL_CHUNK = 256
 #: Signal energies must clear this many standard deviations.
 SIGNIFICANCE = 2.0
-#: Relative uncertainty of the noise model's overall scale, common to all levels. With it, ``blur_err``
-#: bounds the scatter of ``blur`` between noise realizations of one field (a sem-kriss slow scan re-scanned
-#: by ``simulate.sem_scan`` at 20 e/px through a 2 px disk: ``blur_err`` 0.113 px; the realizations fall in two
-#: modes of the fit 0.16 px apart, about half in each, each 0.01-0.03 px wide, so the standard deviation over 16
-#: was 0.082-0.088 px for four sets of seeds; with a 5 % per-level uncertainty one in ten took the second mode).
+#: Relative uncertainty of the noise model's overall scale, common to all levels (the per-level terms miss it).
+#: With it, ``blur_err`` bounds the scatter of ``blur`` between noise realizations of one field, including the
+#: fit's jumps between two nearby modes (``tests/test_sem_focus.py`` checks it on a real SEM field).
 NOISE_SCALE_ERR = 0.03
 
 

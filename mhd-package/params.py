@@ -9,26 +9,19 @@ NumPy or SciPy.
 
 Limits
 ------
-One set of limits holds for the detector and the worker alike. They used to
-differ (``n_bin`` up to 127 in the detector, 64 in the worker and the command
-line; the smallest ``max_t`` 0.2 px in the worker, 0.1 px on the command line;
-no upper bounds in the detector); the tighter bound was kept where it has a
-reason:
+One set of limits holds for the detector, the worker and the command line alike, each for a reason:
 
-* ``n_bin`` <= 64: the worker's bound on memory and time for a hostile or
-  mistaken task (a filter bank holds ``n_bin`` spectra of ``block_size``
-  squared). The detector could represent 127 levels (the level index is
-  packed into 7 bits of each response, ``mhd.functions._tags.MAX_LEVELS``);
-  a test checks that 64 stays within that.
-* ``min_t`` and ``max_t`` in [0.1, 64] px, with ``min_t < max_t``: a Gaussian
-  narrower than a tenth of a pixel does not change a sampled image, and the
-  blocks' overlap grows with ``max_t``. The worker's separate floor of 0.2 px
-  for ``max_t`` is gone: ``min_t < max_t`` already puts it above 0.1 px.
-* ``block_size`` in [64, 8192] px, ``grid`` cells in [1, 64], ``threshold`` in
-  [0, 1000], ``noise_k`` and ``noise_margin`` in [0, 100]: the worker's bounds
-  on memory and work (the detector only had the lower ones).
-* ``tol`` in [0, 1], ``saturation`` in [0, 49] percent at each end: what the
-  quantities can mean.
+* ``n_bin`` <= 64: bounds a task's work, one inverse transform per level and block, for a hostile or
+  mistaken task. The detector could represent 127 levels (the level index is packed into 7 bits of each
+  response, ``mhd.functions._tags.MAX_LEVELS``); a test checks that 64 stays within that.
+* ``min_t`` and ``max_t`` in [0.1, 64] px, with ``min_t < max_t``: a Gaussian narrower than a tenth of a
+  pixel does not change a sampled image, and the blocks' overlap grows with ``max_t``.
+* ``block_size`` in [64, 8192] px, ``grid`` cells in [1, 64], ``threshold`` in [0, 1000], ``noise_k`` and
+  ``noise_margin`` in [0, 100]: bounds on a task's memory and work.
+* ``tol`` in [0, 1], ``saturation`` in [0, 49] percent at each end: what the quantities can mean.
+
+The defaults of ``noise_k`` and ``noise_margin`` were chosen by measurement (docs/validation.md, "The
+feature count").
 
 >>> from mhd.params import DEFAULTS, validate
 >>> validate({"n_bin": 8, "grid": [3, 5]})

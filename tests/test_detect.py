@@ -231,7 +231,7 @@ def test_noise_alone_counts_a_small_floor(isbi):
     """A featureless noisy tile counts a few noise maxima that clear 3.5 sigmas (``noise_k``), far below tissue.
 
     Measured: 167 against 6219 on a sharp slice (2.7 %); with ``noise_k`` 5 it was 2 (0.03 %), and the low-dose
-    count could not tell focus (README, "Does it see focus?"). Noise that only hides features is tested on real
+    count could not tell focus (docs/validation.md, "The feature count"). Noise that only hides features is tested on real
     scans (``tests/test_sem_focus.py``) and at strong defocus (``tests/test_validation.py``)."""
     rng = np.random.default_rng(0)
     flat = np.full((512, 512), 100.0)

@@ -317,3 +317,93 @@ def test_the_bench_commands_the_docs_name_exist():
             assert out.returncode == 0, out.stderr
             helps[script] = out.stdout
         assert re.search(rf"\b{command}\b", helps[script]), f"bench/{script}.py has no command {command}"
+
+
+DOC_ROOT = Path(__file__).resolve().parents[1]
+#: The documents a user reads: the README and every page under docs/.
+USER_DOCS = [DOC_ROOT / "README.md", *sorted((DOC_ROOT / "docs").glob("*.md"))]
+
+
+def _commands_in(text: str, program: str) -> list[str]:
+    """Every command of ``program`` in a Markdown text (fenced lines and inline code, wrapped lines joined), from its name on.
+
+    A command is one that a shell would run: at the start of a line or of a code span, after ``&&`` or ``;``, after
+    environment assignments, or with a path before the program's name (``.venv/bin/client``).
+    """
+    fences = re.findall(r"^```[a-z]*\n(.*?)^```", text, re.M | re.S)
+    pieces = [line for block in fences for line in block.replace("\\\n", " ").splitlines()]
+    rest = re.sub(r"^```[a-z]*\n.*?^```", "", text, flags=re.M | re.S)
+    pieces += [m.group(2).replace("\n", " ") for m in re.finditer(r"(`+)(.+?)(?<!`)\1(?!`)", rest, re.S)]
+    out = []
+    for piece in pieces:
+        for command in re.split(r"&&|;", piece.split(" #")[0]):
+            m = re.match(rf"\s*(?:\w+=\S*\s+)*(?:\S*/)?({re.escape(program)}\s.*)", command)
+            if m:
+                out.append(m.group(1).split(" | ")[0].strip())
+    return out
+
+
+@pytest.mark.parametrize("doc", USER_DOCS, ids=lambda p: p.relative_to(DOC_ROOT).as_posix())
+def test_the_client_options_the_docs_name_exist(doc):
+    """Every ``client <command> ... --option`` in the README and docs/ is an option of that command (its --help)."""
+    helps: dict[tuple[str, ...], str] = {}
+    for line in _commands_in(doc.read_text(), "client"):
+        words = [w for w in line.split()[1:] if w not in ("-v", "-vv")]
+        if not words or not re.fullmatch(r"[a-z-]+", words[0]):
+            continue
+        command = tuple(words[:2]) if words[0] == "endpoint" and len(words) > 1 else (words[0],)
+        assert command[0] in cli.main.commands, f"{doc.name}: no command 'client {command[0]}'"
+        if command not in helps:
+            out = CliRunner().invoke(cli.main, [*command, "--help"], terminal_width=200)
+            assert out.exit_code == 0, out.output
+            helps[command] = out.output
+        for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", line):
+            assert re.search(rf"(?<![\w-]){option}(?![\w-])", helps[command]), f"{doc.name}: client {' '.join(command)} has no {option}"
+
+
+@pytest.mark.parametrize("doc", USER_DOCS, ids=lambda p: p.relative_to(DOC_ROOT).as_posix())
+def test_the_bench_options_the_docs_name_exist(doc):
+    """Every ``python bench/<script>.py [command] --option`` in the README and docs/ is in that script's --help."""
+    helps: dict[tuple[str, ...], str] = {}
+    for line in _commands_in(doc.read_text(), "python"):
+        m = re.match(r"python bench/(\w+)\.py((?: \S+)*)", line)
+        if not m:
+            continue  # python -c, python -m
+        script, args = m.group(1), m.group(2).split()
+        command = args[:1] if args and re.fullmatch(r"[a-z]+", args[0]) else []
+        key = (script, *command)
+        if key not in helps:
+            out = subprocess.run(
+                [sys.executable, str(DOC_ROOT / "bench" / f"{script}.py"), *command, "--help"], capture_output=True, text=True
+            )
+            assert out.returncode == 0, f"{doc.name}: {line}: {out.stderr}"
+            helps[key] = out.stdout
+        for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", " ".join(args)):
+            assert re.search(rf"(?<![\w-]){option}(?![\w-])", helps[key]), (
+                f"{doc.name}: bench/{script}.py {' '.join(command)} has no {option}"
+            )
+
+
+def test_the_readme_links_point_to_existing_files_and_headings():
+    """The README's relative links (docs/ pages are checked in test_deploy.py) reach a file, and a heading there."""
+    text = (DOC_ROOT / "README.md").read_text()
+    for link in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"^[a-z]+://", link):
+            continue
+        target, _, anchor = link.partition("#")
+        path = DOC_ROOT / target if target else DOC_ROOT / "README.md"
+        assert path.exists(), f"README.md: broken link {link}"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", path.read_text(), re.M)
+            slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+            assert anchor in slugs, f"README.md: no heading for #{anchor} in {target or 'README.md'}"
+
+
+def test_the_licence_and_the_vendored_datas_notices_are_there():
+    """The code's MIT licence is at the root; each vendored data set keeps its own notice, and the README names them."""
+    assert (DOC_ROOT / "LICENSE").read_text().startswith("MIT License\n\nCopyright (c) 2026 the mhd contributors\n")
+    assert "MIT License" in (DOC_ROOT / "tests" / "data" / "sem-kriss" / "LICENSE").read_text()
+    assert "Cite:" in (DOC_ROOT / "tests" / "data" / "isbi2012" / "README.md").read_text()
+    readme = (DOC_ROOT / "README.md").read_text()
+    for path in ("LICENSE", "tests/data/isbi2012/README.md", "tests/data/sem-kriss/LICENSE"):
+        assert f"]({path})" in readme, path
