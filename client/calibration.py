@@ -120,6 +120,31 @@ class Calibration:
         run = fitted_params(params)
         return [f"{k}={self.params[k]!r} (this run: {run[k]!r})" for k in run if k in self.params and self.params[k] != run[k]]
 
+    def check(self, params: dict | None, where: str) -> str | None:
+        """Whether this law holds for a run with explicit ``params``: a warning when it may not, None when it does.
+
+        ``where`` names the calibration file in the messages.
+
+        Raises
+        ------
+        ValueError
+            When it was fitted with other detector parameters: its law does not hold for these tiles.
+        """
+        differ = self.mismatch(params)
+        if differ:
+            raise ValueError(
+                f"{where} was fitted with other detector parameters: {', '.join(differ)}. Score with the same options, "
+                "run 'client calibrate' again, or pass --no-calibration"
+            )
+        unrecorded = self.unrecorded()
+        if self.measure != "count" or not unrecorded:
+            return None
+        changed = " (the default threshold was 0.10, now 0.05)" if "threshold" in unrecorded else ""
+        return (
+            f"{where} does not record the detector parameters its count law was fitted with ({', '.join(unrecorded)}; "
+            f"written by an earlier version): if they were other than this run's{changed}, run 'client calibrate' again"
+        )
+
     def unrecorded(self) -> list[str]:
         """Parameters this calibration does not record (a file written before calibrations recorded them all)."""
         return [k for k in fitted_params(None) if k not in self.params]

@@ -25,18 +25,19 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import click
 from rich.console import Console
 
 from mhd import __version__
-from mhd.contracts.files import CALIBRATION_PLOT, LOG_NAME, SWEEP_PLOT
+from mhd.contracts.files import CALIBRATION_PLOT, SWEEP_PLOT
 from mhd.contracts.formats import IMAGE_SUFFIXES
 from mhd.contracts.limits import WORKER_LIMITS
 from mhd.params import Param, cli_params, validate
 
 from . import config as config_mod
+from .logs import save_traceback, section_log, terminal_logging
 
 __all__ = ["main"]
 
@@ -76,18 +77,7 @@ class _Group(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # unforeseen, outside a logged run: one line here, the traceback in a file
-            raise click.ClickException(f"unexpected {type(exc).__name__}: {exc} (traceback in {_save_traceback()})") from None
-
-
-def _save_traceback() -> str:
-    """Write the exception being handled to a new file in the temporary folder; its path."""
-    import tempfile
-    import traceback
-
-    fd, path = tempfile.mkstemp(prefix="mhd-client-", suffix=".traceback.txt")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(traceback.format_exc())
-    return path
+            raise click.ClickException(f"unexpected {type(exc).__name__}: {exc} (traceback in {save_traceback()})") from None
 
 
 def _console() -> Console:
@@ -154,72 +144,14 @@ def main(verbose: int) -> None:
     empty (no tissue) and error.
 
     Exit status: 0 all ok, 1 errors (or a user error), 2 out-of-focus tiles,
-    64 usage error, 130 interrupted.
+    64 usage error, 130 interrupted (143 by SIGTERM, 129 by SIGHUP).
 
     Example:
 
     \b
         client submit --dir examples/section_042
     """
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, stream=sys.stderr, force=True)
-    logging.getLogger("PIL").setLevel(max(level, logging.INFO))  # -vv: our debug lines, not every PNG chunk
-    for handler in logging.getLogger().handlers:
-        handler.setLevel(level)
-        handler.setFormatter(_OneLine("%(levelname)s: %(message)s"))
-
-
-class _OneLine(logging.Formatter):
-    """Terminal format: the message without any traceback (that goes to the section log)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return super().format(logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None}))
-
-
-class _SectionLogHandler(logging.FileHandler):
-    """The section's log file. A write that fails (disk full) stops it with one
-    line on stderr instead of the logging module's traceback."""
-
-    failed = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self.failed:
-            super().emit(record)
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        if not self.failed:
-            self.failed = True
-            sys.stderr.write(f"warning: cannot write {self.baseFilename} ({sys.exc_info()[1]}); it gets no more lines this run\n")
-
-    def close(self) -> None:
-        try:
-            super().close()
-        except OSError:
-            self.failed = True
-
-
-@contextlib.contextmanager
-def _section_log(section: Path) -> Iterator[Path]:
-    """Append the ``mhd`` loggers (all levels) and every warning to ``section/mhd-client.log``."""
-
-    path = section / LOG_NAME
-    try:
-        handler = _SectionLogHandler(path, encoding="utf-8", errors="backslashreplace")
-    except OSError as exc:
-        click.echo(f"warning: cannot open {path} ({exc.strerror}); running without a section log", err=True)
-        yield path
-        return
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    ours, root = logging.getLogger("mhd"), logging.getLogger()
-    saved = ours.level
-    ours.setLevel(logging.DEBUG)
-    root.addHandler(handler)
-    try:
-        yield path
-    finally:
-        root.removeHandler(handler)
-        ours.setLevel(saved)
-        handler.close()
+    terminal_logging(verbose)
 
 
 def _run_logged(section: Path, run: Callable[[], Any]) -> Any:
@@ -227,7 +159,7 @@ def _run_logged(section: Path, run: Callable[[], Any]) -> Any:
     from .auth import LoginRequired
     from .results import ResultsWriteError, SectionLocked
 
-    with _section_log(section) as log_path:
+    with section_log(section) as log_path:
         try:
             return run()
         except (ValueError, OSError, SectionLocked, ResultsWriteError, LoginRequired) as exc:
@@ -393,22 +325,12 @@ def _rule(cfg: config_mod.Config, no_calibration: bool, params: dict | None = No
         raise click.ClickException(str(exc)) from None
     cal = rule.calibration
     if cal is not None and console is not None:
-        where = printable(str(cfg.calibration_path))
-        differ = cal.mismatch(params)
-        if differ:
-            raise click.ClickException(
-                f"{where} was fitted with other detector parameters: {', '.join(differ)}. Score with the same options, "
-                "run 'client calibrate' again, or pass --no-calibration"
-            )
-        unrecorded = cal.unrecorded()
-        if cal.measure == "count" and unrecorded:
-            changed = " (the default threshold was 0.10, now 0.05)" if "threshold" in unrecorded else ""
-            console.print(
-                f"[yellow]{escape(where)} does not record the detector parameters its count law was fitted with "
-                f"({', '.join(unrecorded)}; written by an earlier version): if they were other than this run's{changed}, "
-                "run 'client calibrate' again[/]",
-                highlight=False,
-            )
+        try:
+            warning = cal.check(params, printable(str(cfg.calibration_path)))
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        if warning:
+            console.print(f"[yellow]{escape(warning)}[/]", highlight=False)
     return rule
 
 

@@ -1,329 +1,87 @@
-"""Where scoring tasks run: one interface, a local engine or a Globus Compute endpoint.
+"""Where scoring tasks run: a local engine or a Globus Compute endpoint, behind one interface.
 
-Both executors run :func:`mhd.functions.worker.remote.score_tiles` serialized the
-same way (source text + JSON arguments, see :mod:`mhd.client.registration`)
-and return ``concurrent.futures.Future`` objects:
+Every executor runs :func:`mhd.functions.worker.remote.score_tiles` serialized
+the same way and returns futures (:mod:`mhd.client.tasks` says what they
+resolve to and how they fail); they share their lifecycle (:class:`_Lifecycle`).
 
 >>> with LocalExecutor(data_root="section_042", workers=2) as executor:  # doctest: +SKIP
 ...     future = executor.submit(["tile_r0_c0.png", "tile_r0_c2.png"], {"threshold": 0.02})
 ...     for entry in future.result():
 ...         print(entry["tile"], entry["density"], entry["error"])
-
-A future resolves to the list of per-tile dicts (a bad tile is an entry with
-``error`` set). It raises :class:`TaskFailed` when the whole task failed on
-the worker (bad ``params``, too many tiles), with the remote exception's last
-line as the message, and its subclass :class:`WorkerLost` when the worker
-process died under the task; it raises the original exception when the task
-could not be submitted (e.g. ``globus_sdk.GlobusAPIError``) or its result
-could not be received (the AMQP result stream). :func:`retryable` tells
-which failures say nothing about the tiles (the task may be submitted again)
-and :func:`failure_message` words any of them for the operator.
-
-Inline tiles may carry ``bytes``; the executors send them as base64 text
-(the endpoint accepts JSON arguments only).
 """
 
 from __future__ import annotations
 
-import base64
+import abc
 import contextlib
-import functools
-import io
 import logging
-import multiprocessing
 import os
-import signal
 import tempfile
 import threading
 import time
 import uuid
 from concurrent.futures import Future
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
-from globus_compute_common import messagepack
-from globus_compute_common.messagepack.message_types import Result, Task
-from globus_compute_sdk.sdk.batch import Batch
-from globus_compute_sdk.serialize import ComputeSerializer
+from mhd.contracts.limits import RESULT_SERIALIZERS
 
-from .registration import ALLOWED_SERIALIZERS, RESULT_SERIALIZERS, function_code, score_serializer
+from .registration import function_code, score_serializer
+from .tasks import LOST_WORKER, TaskFailed, WorkerLost, call_args, pack_task, relay, running_future, task_payload, unpack_result
+from .workers import local_engine, warm_up_tile
 
-__all__ = [
-    "EngineExecutor",
-    "GlobusExecutor",
-    "LocalExecutor",
-    "TaskExecutor",
-    "TaskFailed",
-    "WorkerLost",
-    "failure_message",
-    "jsonable_tiles",
-    "local_engine",
-    "pack_task",
-    "retryable",
-    "task_payload",
-    "unpack_result",
-]
+__all__ = ["EngineExecutor", "GlobusExecutor", "LocalExecutor"]
 
 log = logging.getLogger(__name__)
 
-#: Function id that local tasks are filed under (no service is involved).
-LOCAL_FUNCTION_ID = uuid.UUID(int=0)
 
+class _Lifecycle(abc.ABC):
+    """What every executor shares: a lock, the futures not resolved yet, no task after shutdown, and its ``with``.
 
-class TaskFailed(RuntimeError):
-    """A whole scoring task failed where it ran.
-
-    Attributes
-    ----------
-    message : str
-        The remote exception's last line, e.g. ``"ValueError: unknown parameter(s) nbins; ..."``.
-    details : str
-        The full remote traceback text.
+    Leaving the ``with`` block while a task's result is still awaited (the pipeline stopped waiting for it:
+    ``task_timeout``) aborts, since that result may never come; otherwise it shuts down, waiting for the
+    executor's work unless an error left the block and the executor does not wait then (``wait_on_error``).
     """
 
-    def __init__(self, message: str, details: str = ""):
-        super().__init__(message)
-        self.message = message
-        self.details = details or message
+    #: Whether leaving the ``with`` block on an error still waits for the executor to stop.
+    wait_on_error = True
 
-    @classmethod
-    def from_remote(cls, remote_text: str) -> "TaskFailed":
-        """Summarise a remote traceback by its last non-blank line (the exception)."""
-        lines = [ln.strip() for ln in str(remote_text).splitlines() if ln.strip() and not set(ln.strip()) <= set("+-")]
-        return cls(lines[-1] if lines else "remote task failed without a message", str(remote_text))
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pending: set[Future[Any]] = set()  # the futures of the engine or SDK not resolved yet
 
+    def _check_open(self) -> None:
+        """Refuse a task after shutdown (called with the lock held)."""
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is shut down; no new tasks may be submitted")
 
-class WorkerLost(TaskFailed):
-    """The worker process died while the task was queued or running on it
-    (killed, out of memory, crashed); the task itself may be sound."""
+    def _close(self) -> bool:
+        """Mark shut down; True the first time."""
+        with self._lock:
+            first, self._closed = not self._closed, True
+        return first
 
+    @abc.abstractmethod
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking tasks; ``wait`` for those outstanding; ``cancel_futures`` gives them up."""
 
-#: Text of the remote error a process pool reports for a dead worker.
-_LOST_WORKER = "BrokenProcessPool"
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Stop now, after Ctrl-C: queued tasks are dropped, running ones are not waited for."""
 
+    def __enter__(self) -> Any:
+        return self
 
-def retryable(exc: BaseException) -> bool:
-    """True when a task's failure says nothing about its tiles, so submitting it again may succeed.
-
-    That is a lost worker (:class:`WorkerLost`), a refused submission that
-    the service calls transient (HTTP 429 or 5xx, after the SDK's own
-    retries) and any failure to submit or to receive the result (network,
-    the AMQP result stream). A task that ran and raised (:class:`TaskFailed`)
-    and any other HTTP refusal (e.g. 403, function not allowed) are final.
-    """
-    if isinstance(exc, TaskFailed):
-        return isinstance(exc, WorkerLost)
-    status = getattr(exc, "http_status", None)
-    return not isinstance(status, int) or status == 429 or status >= 500
-
-
-def failure_message(exc: BaseException) -> str:
-    """One line for the operator saying why a task produced no result."""
-    if isinstance(exc, WorkerLost):
-        return "worker process lost (killed or crashed) while scoring"
-    if isinstance(exc, TaskFailed):
-        return f"scoring task failed: {exc.message}"
-    status = getattr(exc, "http_status", None)
-    if isinstance(status, int):
-        return f"Globus Compute refused the task (HTTP {status}): {getattr(exc, 'message', None) or exc}"
-    lines = str(exc).strip().splitlines()
-    what = f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
-    if _is_amqp_error(exc):
-        return f"no result: the result stream (AMQP) is unreachable ({what})"
-    return f"no result: {what}"
-
-
-def _is_amqp_error(exc: BaseException) -> bool:
-    try:
-        from pika.exceptions import AMQPError
-    except ImportError:  # pragma: no cover - pika comes with the Compute SDK
-        return False
-    return isinstance(exc, AMQPError)
-
-
-class TaskExecutor(Protocol):
-    """What the client needs from a place that runs scoring tasks."""
-
-    name: str
-
-    def submit(self, tiles: list, params: dict | None = None) -> "Future[list[dict]]": ...
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
-
-    def abort(self) -> None: ...
-
-    def __enter__(self) -> "TaskExecutor": ...
-
-    def __exit__(self, *exc: Any) -> None: ...
-
-
-# ------------------------------------------------------------ task bodies
-
-
-def jsonable_tiles(tiles: list) -> list:
-    """Copy of ``tiles`` with inline ``bytes`` data as base64 text (JSON-safe)."""
-    out = []
-    for tile in tiles:
-        if isinstance(tile, dict) and isinstance(tile.get("data"), (bytes, bytearray, memoryview)):
-            tile = {**tile, "data": base64.b64encode(bytes(tile["data"])).decode("ascii")}
-        out.append(tile)
-    return out
-
-
-def _call_args(tiles: list, params: dict | None) -> tuple[tuple, dict]:
-    if not isinstance(tiles, (list, tuple)):
-        raise TypeError(f"tiles must be a list, got {type(tiles).__name__}")
-    return (jsonable_tiles(list(tiles)),), ({"params": params} if params is not None else {})
-
-
-def task_payload(serializer: ComputeSerializer, tiles: list, params: dict | None) -> str:
-    """The serialized arguments of one ``score_tiles`` call, exactly as the SDK sends them."""
-    args, kwargs = _call_args(tiles, params)
-    batch = Batch(task_group_id=None, serializer=serializer)
-    batch.add(LOCAL_FUNCTION_ID, args=args, kwargs=kwargs)
-    return batch.prepare()["tasks"][str(LOCAL_FUNCTION_ID)][0]
-
-
-def pack_task(task_id: uuid.UUID, code: str, payload: str) -> bytes:
-    """The message an endpoint engine executes: function code followed by arguments."""
-    return messagepack.pack(Task(task_id=task_id, task_buffer=code + payload))
-
-
-def unpack_result(packed: bytes, serializer: ComputeSerializer) -> Any:
-    """Deserialize an engine's packed ``Result``; raise :class:`TaskFailed` for a remote error."""
-    result = messagepack.unpack(packed)
-    if not isinstance(result, Result):
-        raise TaskFailed(f"engine returned {type(result).__name__}, not a Result")
-    if result.is_error:
-        raise TaskFailed.from_remote(result.data)
-    return serializer.deserialize(result.data)
-
-
-def _relay(out: Future, convert: Callable[[Any], Any]) -> Callable[[Future], None]:
-    """A done-callback that settles ``out`` from an inner future through ``convert``."""
-
-    def settle(inner: Future) -> None:
-        try:
-            value = convert(inner.result())
-        except BaseException as exc:  # every failure belongs to the caller's future
-            out.set_exception(exc)
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        with self._lock:
+            given_up = bool(self._pending)
+        if given_up:
+            self.abort()
         else:
-            out.set_result(value)
-
-    return settle
+            self.shutdown(wait=exc_type is None or self.wait_on_error, cancel_futures=exc_type is not None)
 
 
-def _running_future() -> Future:
-    fut: Future = Future()
-    fut.set_running_or_notify_cancel()  # once submitted, a task cannot be withdrawn
-    return fut
-
-
-# ------------------------------------------------------------------ local
-
-
-#: Signals the local workers ignore: Ctrl-C (the terminal's process group),
-#: SIGTERM (``systemctl stop`` signals the whole control group) and SIGHUP (a
-#: closed terminal). The client handles them and stops the workers itself.
-_WORKER_IGNORES = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-class _WorkerProcess(multiprocessing.get_context("spawn").Process):
-    """A spawned pool worker that never sees the client's stop signals.
-
-    A terminal sends SIGINT to the whole foreground process group, workers
-    included, and systemd sends SIGTERM to the whole control group; the client
-    handles them (records what is in flight, then shuts the workers down).
-    The worker is started with SIGINT, SIGTERM and SIGHUP blocked, so one
-    that arrives while it starts (imports) stays pending, and
-    :func:`_init_worker` ignores them (discarding a pending one) before
-    unblocking them, as CPython's own resource tracker does. As it ignores
-    SIGTERM, :meth:`terminate` kills it (SIGKILL): the pool terminates its
-    workers when one of them died, and the client when it stops.
-    """
-
-    def start(self) -> None:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, set(_WORKER_IGNORES))
-        try:
-            super().start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-    def terminate(self) -> None:
-        self.kill()
-
-
-def _start_resource_tracker() -> None:
-    """Start multiprocessing's resource tracker (if not yet) with SIGHUP blocked.
-
-    It ignores SIGINT and SIGTERM itself, but a closed terminal's SIGHUP would
-    end it, and the client's semaphores would then be reported leaked (or
-    the tracker restarted with a warning) at exit.
-    """
-    if not hasattr(signal, "SIGHUP"):
-        return
-    from multiprocessing import resource_tracker
-
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-    try:
-        resource_tracker.ensure_running()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-class _WorkerContext(type(multiprocessing.get_context("spawn"))):  # type: ignore[misc]
-    """The spawn context, with :class:`_WorkerProcess` workers."""
-
-    Process = _WorkerProcess
-
-
-def _init_worker(environ: dict[str, str | None], parent: int, slot: Any = None, workers: int = 1) -> None:
-    """Process-pool initializer: ignore SIGINT, SIGTERM and SIGHUP (the client
-    shuts the worker down), set (or, for None, remove) worker environment variables, keep
-    the engine's task logging off the client's terminal (a failed task's
-    traceback travels in its result), end the worker when its parent
-    process (the client) is gone, and give it its share of the CPUs
-    (:func:`_pin`; ``slot`` is the pool's shared counter of started workers)."""
-    if slot is not None:
-        _pin(slot, workers)
-    for signum in _WORKER_IGNORES:
-        signal.signal(signum, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_WORKER_IGNORES))
-    logging.getLogger().addHandler(logging.NullHandler())
-    for key, value in environ.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    threading.Thread(target=_exit_with_parent, args=(parent,), name="mhd-exit-with-parent", daemon=True).start()
-
-
-def _pin(slot: Any, workers: int) -> None:
-    """Restrict this worker to its share of the CPUs: the ``k``-th worker started gets the ``k``-th of ``workers`` equal parts.
-
-    The detector runs one lane per CPU it may use; unpinned, every worker
-    would run as many lanes as the machine has CPUs, ``workers`` times too many
-    threads. No-op where the platform cannot set affinities.
-    """
-    if not hasattr(os, "sched_setaffinity"):
-        return
-    with slot.get_lock():
-        k, slot.value = slot.value, slot.value + 1
-    cpus = sorted(os.sched_getaffinity(0))
-    share = max(1, len(cpus) // workers)
-    first = (k % workers) * share % len(cpus)
-    os.sched_setaffinity(0, cpus[first : first + share])
-
-
-def _exit_with_parent(parent: int, period: float = 1.0) -> None:
-    """Poll every ``period`` seconds; exit once ``parent`` is no longer this
-    process's parent (a client killed with SIGKILL cannot stop its pool, and
-    its workers would otherwise wait for tasks forever)."""
-    while os.getppid() == parent:
-        time.sleep(period)
-    os._exit(1)
-
-
-class EngineExecutor:
+class EngineExecutor(_Lifecycle):
     """Run ``score_tiles`` on a started ``globus_compute_endpoint`` engine.
 
     Tasks are packed exactly as an endpoint receives them from the service
@@ -343,27 +101,24 @@ class EngineExecutor:
     name = "engine"
 
     def __init__(self, engine: Any):
+        super().__init__()
         self._engine = engine
         self._serde = score_serializer()
         self._code = function_code(self._serde)
-        self._lock = threading.Lock()
-        self._closed = False
-        self._pending: set[Any] = set()  # the engine's futures not resolved yet
 
     def submit(self, tiles: list, params: dict | None = None) -> "Future[list[dict]]":
         """Queue one task scoring ``tiles``; see the module docstring for the future's outcomes."""
         from globus_compute_endpoint.engines import GCFuture
 
         packed = pack_task(task_id := uuid.uuid4(), self._code, task_payload(self._serde, tiles, params))
-        out = _running_future()
+        out = running_future()
         inner = GCFuture(task_id)
         with self._lock:
-            if self._closed:
-                raise RuntimeError(f"{type(self).__name__} is shut down; no new tasks may be submitted")
+            self._check_open()
             engine = self._ready_engine()
             self._pending.add(inner)
             inner.add_done_callback(self._pending.discard)  # no lock: it may run inside engine.submit, under ours
-            inner.add_done_callback(_relay(out, lambda body: self._unpack(body, engine)))
+            inner.add_done_callback(relay(out, lambda body: self._unpack(body, engine)))
             try:
                 engine.submit(inner, packed, resource_specification={}, result_serializers=list(RESULT_SERIALIZERS))
             except BaseException:
@@ -388,67 +143,6 @@ class EngineExecutor:
         """Stop now, after Ctrl-C: queued tasks are dropped, running ones are not waited for."""
         if self._close():
             self._engine.shutdown(block=False)
-
-    def _close(self) -> bool:
-        """Mark shut down; True the first time."""
-        with self._lock:
-            first, self._closed = not self._closed, True
-        return first
-
-    def __enter__(self) -> "EngineExecutor":
-        return self
-
-    def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        if self._pending:  # a task the pipeline stopped waiting for (task_timeout) may never end
-            self.abort()
-        else:
-            self.shutdown(wait=True, cancel_futures=exc_type is not None)
-
-
-def local_engine(data_root: str | os.PathLike | None = None, workers: int | None = None, env: dict | None = None, *, run_dir: str) -> Any:
-    """A started ``ProcessPoolEngine`` configured like the ``mhd-gpu`` endpoint.
-
-    Workers are freshly *spawned* processes (not forks of the caller), each
-    pinned to its share of the CPUs (:func:`_pin`), that ignore SIGINT, SIGTERM and SIGHUP (the client
-    handles them and stops the workers), take
-    ``MHD_DATA_ROOT`` = ``data_root`` (None removes it: inline tiles only) and
-    the variables in ``env`` (a None value removes one), and deserialize only
-    :data:`~mhd.client.registration.ALLOWED_SERIALIZERS`.
-
-    Parameters
-    ----------
-    workers : int, optional
-        Worker processes; default one per CPU, at most 8.
-    run_dir : str
-        Folder the engine runs tasks in.
-    """
-    from globus_compute_endpoint.engines import ProcessPoolEngine
-
-    environ: dict[str, str | None] = {"MHD_DATA_ROOT": os.path.realpath(data_root) if data_root else None}
-    environ.update(env or {})
-    workers = workers or min(os.cpu_count() or 1, 8)
-    _start_resource_tracker()
-    context = _WorkerContext()
-    engine = ProcessPoolEngine(
-        max_workers=workers,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(environ, os.getpid(), context.Value("i", 0), workers),
-        allowed_serializers=list(ALLOWED_SERIALIZERS),
-    )
-    engine.start(endpoint_id=uuid.uuid4(), run_dir=run_dir)
-    return engine
-
-
-@functools.lru_cache(maxsize=1)
-def warm_up_tile() -> dict:
-    """An inline 64 x 64 TIFF tile that :class:`LocalExecutor` scores once per worker as soon as it starts."""
-    import numpy as np
-    import tifffile
-
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, (np.add.outer(np.arange(64), np.arange(64)) * 37 % 251).astype(np.uint8))
-    return {"name": "mhd-warm-up", "data": buf.getvalue()}
 
 
 class LocalExecutor(EngineExecutor):
@@ -525,7 +219,7 @@ class LocalExecutor(EngineExecutor):
         try:
             return super()._unpack(body, engine)
         except TaskFailed as exc:
-            if _LOST_WORKER not in exc.details:
+            if LOST_WORKER not in exc.details:
                 raise
             if engine is self._engine:  # no lock: this may run inside submit, under it
                 self._broken = engine
@@ -572,7 +266,7 @@ class LocalExecutor(EngineExecutor):
 # ----------------------------------------------------------------- globus
 
 
-class GlobusExecutor:
+class GlobusExecutor(_Lifecycle):
     """Run the registered ``score_tiles`` on a Globus Compute endpoint, by UUID.
 
     Uses ``Executor.submit_to_registered_function`` (no I/O in the caller;
@@ -593,6 +287,7 @@ class GlobusExecutor:
     """
 
     name = "globus"
+    wait_on_error = False  # results of tasks on the endpoint may never come: an error gives them up
 
     def __init__(
         self,
@@ -610,10 +305,8 @@ class GlobusExecutor:
         self._client = client
         self._batch_size = batch_size
         self._factory = executor_factory or self._default_executor
+        super().__init__()
         self._executor: Any = None
-        self._lock = threading.Lock()
-        self._closed = False
-        self._pending: set[Future] = set()  # the SDK's futures not resolved yet
         self._made: list[Any] = []  # every SDK executor made (a retired one's results may still be awaited)
         self.executors_made = 0
 
@@ -638,13 +331,12 @@ class GlobusExecutor:
 
     def submit(self, tiles: list, params: dict | None = None) -> "Future[list[dict]]":
         """Queue one task scoring ``tiles`` on the endpoint; see the module docstring."""
-        args, kwargs = _call_args(tiles, params)
+        args, kwargs = call_args(tiles, params)
         with self._lock:
-            if self._closed:
-                raise RuntimeError("GlobusExecutor is shut down; no new tasks may be submitted")
+            self._check_open()
             executor, inner = self._submit_once(args, kwargs)
             self._pending.add(inner)
-        out = _running_future()
+        out = running_future()
         inner.add_done_callback(lambda f: self._settle(out, f, executor))
         return out
 
@@ -708,15 +400,6 @@ class GlobusExecutor:
         tasks already on the endpoint are not waited for (their tiles are
         scored again on the next run)."""
         self.shutdown(wait=False, cancel_futures=True)
-
-    def __enter__(self) -> "GlobusExecutor":
-        return self
-
-    def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        with self._lock:
-            given_up = bool(self._pending)  # results the pipeline stopped waiting for (task_timeout): never wait for them
-        stop = exc_type is not None or given_up
-        self.shutdown(wait=not stop, cancel_futures=stop)
 
 
 def _drop_result_watcher(group: Any) -> None:

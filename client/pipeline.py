@@ -9,7 +9,7 @@ anyone about it.
 
 A task that fails for a reason unrelated to its tiles (a lost worker, a
 transient service error, an unreachable result stream: see
-:func:`mhd.client.executors.retryable`) is submitted again, up to ``retries``
+:func:`mhd.client.tasks.retryable`) is submitted again, up to ``retries``
 times; only then are its tiles recorded, as errors that the next run
 retries. A task without a result after ``task_timeout`` seconds (an
 endpoint that is down keeps tasks queued) is given up the same way, so a run
@@ -34,9 +34,9 @@ from mhd.contracts.record import TileRecord
 
 from .console import printable
 from .discover import Tile
-from .executors import WorkerLost, failure_message, retryable
 from .judge import Judge
 from .results import ResultsLog
+from .tasks import WorkerLost, failure_message, retryable
 from .transport import Staged, Transport
 
 __all__ = ["OofHook", "Pipeline", "record_from_result"]
@@ -162,7 +162,7 @@ class Pipeline:
     max_inflight : int
         Most tasks outstanding.
     retries : int
-        Times a task whose failure is :func:`~mhd.client.executors.retryable`
+        Times a task whose failure is :func:`~mhd.client.tasks.retryable`
         is submitted again before its tiles are recorded as errors.
     task_timeout : float
         Seconds a task may go without a result before its tiles are recorded

@@ -45,7 +45,8 @@ from globus_compute_sdk.sdk import executor as sdk_executor
 from globus_compute_sdk.serialize import ComputeSerializer, PureSourceTextInspect
 from pika.spec import BasicProperties
 
-from mhd.client.executors import local_engine, pack_task
+from mhd.client.tasks import pack_task
+from mhd.client.workers import local_engine
 
 __all__ = ["OfflineCompute", "LoopbackResultWatcher"]
 

@@ -18,8 +18,9 @@ from globus_compute_sdk import Executor
 from globus_compute_sdk.errors import TaskExecutionFailed
 
 from globus_offline import OfflineCompute
-from mhd.client.executors import GlobusExecutor, TaskFailed
+from mhd.client.executors import GlobusExecutor
 from mhd.client.registration import function_source, register_score_tiles
+from mhd.client.tasks import TaskFailed
 from tilegen import blobs, encode
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "score_by_uuid.py"

@@ -15,8 +15,9 @@ import pytest
 from globus_compute_sdk.serialize import ComputeSerializer, PureSourceTextInspect
 
 import mhd.functions.worker.scoring
-from mhd.client.executors import LocalExecutor, TaskFailed, jsonable_tiles, pack_task, task_payload
+from mhd.client.executors import LocalExecutor
 from mhd.client.registration import function_code, function_source, score_serializer
+from mhd.client.tasks import TaskFailed, jsonable_tiles, pack_task, task_payload
 from mhd.functions.worker.remote import score_tiles
 from tilegen import blobs, encode
 
@@ -113,7 +114,7 @@ def test_engine_refuses_tasks_pickled_with_dill(local):
     packed = pack_task(task_id, function_code(dill), task_payload(dill, ["t0.png"], None))
     inner = GCFuture(task_id)
     local._engine.submit(inner, packed, resource_specification={})
-    from mhd.client.executors import unpack_result
+    from mhd.client.tasks import unpack_result
 
     with pytest.raises(TaskFailed, match="disabled by current configuration|Allowed serializers"):
         unpack_result(inner.result(timeout=60), dill)
@@ -140,7 +141,7 @@ def test_tiles_must_be_a_list(local):
 
 
 def test_warm_up_tile_scores_without_error():
-    from mhd.client.executors import warm_up_tile
+    from mhd.client.workers import warm_up_tile
 
     [entry] = score_tiles([warm_up_tile()])
     assert entry["error"] is None and entry["shape"] == [64, 64] and entry["tile"] == "mhd-warm-up"
@@ -167,7 +168,7 @@ def test_workers_share_the_cpus_without_overlap():
     import sys
 
     code = (
-        "import json, os\nfrom multiprocessing import Value\nfrom mhd.client.executors import _pin\n"
+        "import json, os\nfrom multiprocessing import Value\nfrom mhd.client.workers import _pin\n"
         "slot, cpus, out = Value('i', 0), os.sched_getaffinity(0), []\n"
         "for _ in range(3):\n    os.sched_setaffinity(0, cpus)\n    _pin(slot, 2)\n    out.append(sorted(os.sched_getaffinity(0)))\n"
         "print(json.dumps(out))"
@@ -183,13 +184,16 @@ def test_workers_share_the_cpus_without_overlap():
 def test_the_old_module_name_still_resolves_with_a_deprecation_warning():
     """Notebooks written against 0.1 import mhd.client.backends.LocalBackend: it works until 0.2.0, and says so."""
     import mhd.client.backends as old
-    from mhd.client import executors
+    from mhd.client import executors, tasks, workers
 
     for name, new in old.RENAMED.items():
-        with pytest.warns(DeprecationWarning, match=f"mhd.client.executors.{new}; the old module goes in 0.2.0"):
-            assert getattr(old, name) is getattr(executors, new)
-    with pytest.warns(DeprecationWarning):
-        assert old.retryable is executors.retryable
+        home = executors if hasattr(executors, new) else tasks
+        with pytest.warns(DeprecationWarning, match=f"{home.__name__}.{new}; the old module goes in 0.2.0"):
+            assert getattr(old, name) is getattr(home, new)
+    with pytest.warns(DeprecationWarning, match="mhd.client.tasks.retryable"):
+        assert old.retryable is tasks.retryable
+    with pytest.warns(DeprecationWarning, match="mhd.client.workers.local_engine"):
+        assert old.local_engine is workers.local_engine
     with pytest.raises(AttributeError):
         old.NoSuchThing
 

@@ -46,12 +46,13 @@ from conftest import isbi_paths
 from globus_offline import LoopbackResultWatcher, OfflineCompute
 from mhd.client import cli
 from mhd.client.discover import discover
-from mhd.client.executors import EngineExecutor, GlobusExecutor, LocalExecutor, WorkerLost
+from mhd.client.executors import EngineExecutor, GlobusExecutor, LocalExecutor
 from mhd.client.judge import Judge
 from mhd.client.pipeline import Pipeline
 from mhd.client.registration import register_score_tiles
 from mhd.client.results import ResultsLog, ResultsWriteError
 from mhd.client.rule import Rule
+from mhd.client.tasks import WorkerLost
 from mhd.client.transport import GlobusTransport, InlineTransport
 from mhd.contracts.record import TileRecord
 from tilegen import encode

@@ -31,7 +31,8 @@ from globus_sdk.token_storage import TokenStorageData
 
 from globus_offline import OfflineCompute
 from mhd.client import auth, cli
-from mhd.client.executors import LocalExecutor, TaskFailed
+from mhd.client.executors import LocalExecutor
+from mhd.client.tasks import TaskFailed
 from mhd.endpoint import EndpointSpec, install_endpoint, validate_dir
 from mhd.functions.worker.remote import score_tiles
 from mhd.functions.worker.tileio import MAX_TIFF_PAGES
