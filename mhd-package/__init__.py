@@ -15,6 +15,8 @@ mhd.functions.worker
     confinement to the data root, limits.
 mhd.endpoint
     Globus Compute endpoint configuration and the remote worker's environment.
+mhd.endpoint.templates
+    The endpoint's configuration templates (data, rendered by mhd.endpoint.configure).
 mhd.client
     Files, transport, scheduling and reporting at the instrument.
 """
