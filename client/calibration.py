@@ -243,18 +243,13 @@ def fit(
         a slope that is not negative or a correlation weaker than
         :data:`MIN_ABS_R` (not a through-focus series).
     """
-    ad = np.abs(defocus)
-    if ad.size < 3 or np.unique(ad).size < 2:
-        raise ValueError(f"need at least 3 scored images at 2 or more distinct |defocus|, got {ad.size} at {np.unique(ad).size}")
+    ad = _distinct(defocus)
     y = np.log(np.maximum(density, DENSITY_FLOOR))
-    slope, intercept = np.polyfit(ad, y, 1)
-    with np.errstate(invalid="ignore", divide="ignore"):  # a constant series has no correlation (NaN)
-        r = float(np.corrcoef(ad, y)[0, 1])
+    slope, intercept, r = _line(ad, y)
     if not (slope < 0 and r <= -MIN_ABS_R):  # a flat series fits a slope of ~ -1e-15: no law
         raise ValueError(f"density does not fall with |defocus| (slope {slope:.3g} per {units}): is this a through-focus series?")
-    if max_defocus is None:
-        max_defocus = float(np.min(ad[ad > 0]))
-    cal = Calibration(float(intercept), float(slope), r, int(ad.size), units, float(max_defocus), fitted_params(params), source)
+    limit = float(np.min(ad[ad > 0])) if max_defocus is None else float(max_defocus)
+    cal = Calibration(intercept, slope, r, int(ad.size), units, limit, fitted_params(params), source)
     return Fit(files, defocus, density, cal)
 
 
@@ -283,19 +278,29 @@ def fit_blur(
         a blur that does not grow with |defocus| clearly (``r`` under
         :data:`MIN_ABS_R`: not a through-focus series).
     """
+    ad = _distinct(defocus)
+    slope, intercept, r = _line(ad**2, np.asarray(blur, float) ** 2)
+    if not (slope > 0 and r >= MIN_ABS_R):
+        raise ValueError(f"blur does not grow with |defocus| (slope {slope:.3g} px^2 per {units}^2): is this a through-focus series?")
+    limit = float(np.min(ad[ad > 0])) if max_defocus is None else float(max_defocus)
+    cal = Calibration(intercept, slope, r, int(ad.size), units, limit, fitted_params(params), source, "blur")
+    return Fit(files, defocus, np.asarray(blur, float), cal)
+
+
+def _distinct(defocus: np.ndarray) -> np.ndarray:
+    """``|defocus|``, when a line can be fitted through it: 3 images or more at 2 or more distinct values."""
     ad = np.abs(defocus)
     if ad.size < 3 or np.unique(ad).size < 2:
         raise ValueError(f"need at least 3 scored images at 2 or more distinct |defocus|, got {ad.size} at {np.unique(ad).size}")
-    x, y = ad**2, np.asarray(blur, float) ** 2
+    return ad
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares slope and intercept of ``y`` against ``x``, and their Pearson correlation (NaN for a constant)."""
     slope, intercept = np.polyfit(x, y, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = float(np.corrcoef(x, y)[0, 1])
-    if not (slope > 0 and r >= MIN_ABS_R):
-        raise ValueError(f"blur does not grow with |defocus| (slope {slope:.3g} px^2 per {units}^2): is this a through-focus series?")
-    if max_defocus is None:
-        max_defocus = float(np.min(ad[ad > 0]))
-    cal = Calibration(float(intercept), float(slope), r, int(ad.size), units, float(max_defocus), fitted_params(params), source, "blur")
-    return Fit(files, defocus, np.asarray(blur, float), cal)
+    return float(slope), float(intercept), r
 
 
 def threshold_density(cal: Calibration) -> float:
