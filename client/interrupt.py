@@ -35,6 +35,8 @@ import sys
 import threading
 from typing import Any, Iterator
 
+from .portable import STOP_SIGNALS
+
 __all__ = [
     "EXIT_INTERRUPTED",
     "SIGNALS",
@@ -56,8 +58,8 @@ _abandoning = False
 #: Interrupted by the user (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
 
-#: The signals handled like Ctrl-C.
-SIGNALS: tuple[int, ...] = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+#: The signals handled like Ctrl-C (those this platform has: :data:`mhd.client.portable.STOP_SIGNALS`).
+SIGNALS: tuple[int, ...] = STOP_SIGNALS
 
 
 def exit_code(signum: int) -> int:
@@ -69,9 +71,8 @@ def stopped_by(signum: int) -> str:
     """A few words for what signal ``signum`` means here."""
     if signum == signal.SIGINT:
         return "interrupted"
-    return {getattr(signal, "SIGTERM", -1): "terminated (SIGTERM)", getattr(signal, "SIGHUP", -1): "hung up (SIGHUP)"}.get(
-        signum, f"stopped by signal {signum}"
-    )
+    words = {"SIGTERM": "terminated (SIGTERM)", "SIGHUP": "hung up (SIGHUP)", "SIGBREAK": "stopped (Ctrl-Break)"}
+    return next((w for name, w in words.items() if signum == getattr(signal, name, None)), f"stopped by signal {signum}")
 
 
 class Stopped(KeyboardInterrupt):

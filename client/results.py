@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -36,6 +35,8 @@ from typing import Any, Iterable
 from mhd.contracts.files import RESULTS_NAME, SECTION_MARK
 from mhd.contracts.record import TileRecord
 from mhd.contracts.verdicts import Verdict
+
+from .portable import lock_file
 
 __all__ = ["ResultsLog", "ResultsWriteError", "SectionLocked", "check_writable", "read_records", "results_folder"]
 
@@ -169,7 +170,7 @@ class ResultsLog:
         so on within one second).
 
     The section is locked by ``mhd-results.jsonl.lock`` beside the log
-    (``flock``, released when the process ends).
+    (:func:`mhd.client.portable.lock_file`, released when the process ends).
 
     Attributes
     ----------
@@ -186,23 +187,19 @@ class ResultsLog:
         self.path = Path(section) / RESULTS_NAME
         # the lock is on a file of its own, never replaced: compacting or starting afresh replaces the log
         # itself, and a lock on it would be free between the rename and the reopening
-        self._lock = self.path.with_name(RESULTS_NAME + ".lock").open("ab")
         try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock: Any = lock_file(self.path.with_name(RESULTS_NAME + ".lock"))
         except BlockingIOError:
-            self._lock.close()
             raise SectionLocked(f"{self.path}: another client is writing this section") from None
         try:
-            self._fh = self.path.open("ab+", buffering=0)  # unbuffered: a failed write leaves nothing pending
-            if fresh and self.path.stat().st_size:
+            if fresh and self.path.exists() and self.path.stat().st_size:
                 stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
                 backup, n = self.path.with_name(f"{RESULTS_NAME}.{stamp}.bak"), 1
                 while backup.exists():  # two fresh starts within a second keep both logs
                     backup, n = self.path.with_name(f"{RESULTS_NAME}.{stamp}-{n}.bak"), n + 1
-                os.replace(self.path, backup)
-                self._fh.close()
-                self._reopen()
+                os.replace(self.path, backup)  # before the log is opened: Windows replaces no open file
                 log.info("previous results kept in %s", backup)
+            self._fh = self.path.open("ab+", buffering=0)  # unbuffered: a failed write leaves nothing pending
             self._cut_torn_tail()
             full, self._lines = read_records(self.path)
         except BaseException:
@@ -223,8 +220,7 @@ class ResultsLog:
         fh = getattr(self, "_fh", None)
         if fh is not None and not fh.closed:
             fh.close()
-        if not self._lock.closed:
-            self._lock.close()
+        self._lock.release()
 
     # --------------------------------------------------------------- writes
 
@@ -268,14 +264,15 @@ class ResultsLog:
                     out.write((json.dumps(rec.to_json(), separators=(",", ":"), default=_jsonable) + "\n").encode())
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-        except OSError as exc:  # e.g. disk full: the log as it is stays valid
+            try:
+                self._fh.close()  # Windows replaces no open file, this process's own handle included
+                os.replace(tmp, self.path)
+            finally:
+                self._reopen()
+        except OSError as exc:  # a full disk; on Windows a reader holding the log open: the log as it is stays valid
             tmp.unlink(missing_ok=True)
             log.warning("%s: not compacted (%s); superseded records are ignored when read", self.path, exc.strerror or exc)
             return
-        old = self._fh
-        self._reopen()
-        old.close()
         self._lines = len(self.records)
 
     # -------------------------------------------------------------- helpers

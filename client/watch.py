@@ -10,7 +10,9 @@ A tile is taken once it is completely written:
 - and its container is whole (:func:`mhd.contracts.formats.is_complete`), judged from its
   structure without decoding a pixel: the worker decodes it, once.
 
-A tile that stays incomplete (or empty) for ``give_up`` seconds is taken
+A file another program still has open where that keeps it from being read
+(the acquisition software writing it, on Windows) is not complete yet, for as
+long as that lasts. A tile that stays incomplete (or empty) for ``give_up`` seconds is taken
 anyway, so it gets an ``error`` verdict naming it instead of being silently
 ignored; ``idle_exit`` waits for it.
 
@@ -40,6 +42,7 @@ from .discover import Tile, discover
 from .interrupt import ignored_note
 from .options import RunOptions
 from .pipeline import Pipeline
+from .portable import held_by_another
 from .session import Outcome, RunSession
 
 __all__ = ["Landing", "watch_section"]
@@ -151,8 +154,20 @@ class Landing:
         if size > 0 and self.complete(tile.path):
             return True
         seen = self._seen[tile.id]
+        if _held_open(tile.path):  # the acquisition software is still writing it (Windows): wait, however long
+            seen.first_bad = None
+            return False
         seen.first_bad = seen.first_bad or now
         return now - seen.first_bad >= self.give_up
+
+
+def _held_open(path: Path) -> bool:
+    """Whether another program has ``path`` open so that it cannot be read (a Windows sharing violation)."""
+    try:
+        with open(path, "rb"):
+            return False
+    except OSError as exc:
+        return held_by_another(exc)
 
 
 def _differs(version: tuple[int | None, int | None], size: int, mtime_ns: int) -> bool:

@@ -20,6 +20,8 @@ from typing import Any
 
 from mhd.contracts.limits import ALLOWED_SERIALIZERS
 
+from .portable import CAN_PIN, STOP_SIGNALS, blocked, unblock
+
 __all__ = ["local_engine", "warm_up_tile"]
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 #: Signals the local workers ignore: Ctrl-C (the terminal's process group),
 #: SIGTERM (``systemctl stop`` signals the whole control group) and SIGHUP (a
 #: closed terminal). The client handles them and stops the workers itself.
-_WORKER_IGNORES = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+_WORKER_IGNORES = STOP_SIGNALS
 
 
 class _WorkerProcess(multiprocessing.get_context("spawn").Process):
@@ -46,11 +48,8 @@ class _WorkerProcess(multiprocessing.get_context("spawn").Process):
     """
 
     def start(self) -> None:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, set(_WORKER_IGNORES))
-        try:
+        with blocked(_WORKER_IGNORES):
             super().start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def terminate(self) -> None:
         self.kill()
@@ -67,11 +66,8 @@ def _start_resource_tracker() -> None:
         return
     from multiprocessing import resource_tracker
 
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-    try:
+    with blocked((signal.SIGHUP,)):
         resource_tracker.ensure_running()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class _WorkerContext(type(multiprocessing.get_context("spawn"))):  # type: ignore[misc]
@@ -91,7 +87,7 @@ def _init_worker(environ: dict[str, str | None], parent: int, slot: Any = None, 
         _pin(slot, workers)
     for signum in _WORKER_IGNORES:
         signal.signal(signum, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_WORKER_IGNORES))
+    unblock(_WORKER_IGNORES)
     logging.getLogger().addHandler(logging.NullHandler())
     for key, value in environ.items():
         if value is None:
@@ -108,7 +104,7 @@ def _pin(slot: Any, workers: int) -> None:
     would run as many lanes as the machine has CPUs, ``workers`` times too many
     threads. No-op where the platform cannot set affinities.
     """
-    if not hasattr(os, "sched_setaffinity"):
+    if not CAN_PIN:
         return
     with slot.get_lock():
         k, slot.value = slot.value, slot.value + 1
