@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pwd
 import re
 import shlex
 import tempfile
@@ -307,6 +306,8 @@ def validate_dir(directory: str | os.PathLike) -> list:
             )
         _check_identity_mapping(manager.identity_mapping_config_path)
     template = directory / "user_config_template.yaml.j2"
+    import pwd  # here, not at import: the client imports this module on every platform (client endpoint configure)
+
     identity = MappedPosixIdentity(pwd.getpwuid(os.getuid()), [], uuid.UUID(int=0))
     text = _checked(
         template.name,

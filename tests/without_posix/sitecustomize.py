@@ -11,12 +11,17 @@ process holds; ``tests/test_portable.py`` simulates that where it matters).
 import os
 import signal
 import sys
+import warnings
 
 if os.environ.get("MHD_WITHOUT_POSIX") == "1":
-    sys.modules["fcntl"] = None  # type: ignore[assignment]  # import fcntl: ModuleNotFoundError, as on Windows
+    for _module in ("fcntl", "pwd", "grp", "termios"):  # import fcntl: ModuleNotFoundError, as on Windows
+        sys.modules[_module] = None  # type: ignore[assignment]
     for _name in ("SIGHUP", "pthread_sigmask", "SIG_BLOCK", "SIG_UNBLOCK", "SIG_SETMASK"):
         if hasattr(signal, _name):
             delattr(signal, _name)
     for _name in ("sched_setaffinity", "sched_getaffinity"):
         if hasattr(os, _name):
             delattr(os, _name)
+    # without fcntl, filelock (the section's lock) falls back to a lock file's existence and says so; Windows
+    # has its own file locks (msvcrt), which this simulation cannot give
+    warnings.filterwarnings("ignore", message="only soft file lock is available")
