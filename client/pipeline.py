@@ -22,7 +22,6 @@ import concurrent.futures as cf
 import contextlib
 import logging
 import os
-import shlex
 import subprocess
 import time
 from dataclasses import dataclass, field, replace
@@ -35,6 +34,7 @@ from mhd.contracts.record import TileRecord
 from .console import printable
 from .discover import Tile
 from .judge import Judge
+from .portable import split_command
 from .results import ResultsLog
 from .tasks import WorkerLost, failure_message, retryable
 from .transport import Staged, Transport
@@ -104,8 +104,8 @@ def _short(exc: BaseException) -> str:
 class OofHook:
     """Run a user command for each out-of-focus tile, without a shell.
 
-    The command line is split like a POSIX shell would (:func:`shlex.split`)
-    once; the tile's absolute path is appended as one extra argument, so
+    The command line is split once as the platform's shell would
+    (:func:`mhd.client.portable.split_command`); the tile's absolute path is appended as one extra argument, so
     no character in a file name can inject anything. ``MHD_TILE``,
     ``MHD_VERDICT`` and ``MHD_REASON`` are also set in its environment.
     Commands run in the background; :meth:`close` waits for them.
@@ -117,7 +117,7 @@ class OofHook:
     """
 
     def __init__(self, command: str) -> None:
-        self.argv = shlex.split(command)
+        self.argv = split_command(command)
         if not self.argv:
             raise ValueError("--on-oof command is empty")
         self._procs: list[subprocess.Popen] = []

@@ -16,6 +16,9 @@ platform's facility only where it has it:
 - :func:`held_by_another`: an error that says another program has a file
   open (the acquisition software still writing a tile: Windows refuses to
   open it, a sharing violation), which means "not written yet", not "broken".
+- :func:`split_command`: an ``--on-oof`` command line split into its
+  arguments as the platform's own shell would (backslashes are path
+  separators on Windows, escapes on POSIX).
 - :data:`CAN_PIN`: whether worker processes can be given their share of the
   CPUs (``sched_setaffinity``: Linux only).
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -32,7 +36,7 @@ from typing import Any, Iterator
 
 import filelock
 
-__all__ = ["CAN_PIN", "STOP_SIGNALS", "WINDOWS", "blocked", "held_by_another", "lock_file", "unblock"]
+__all__ = ["CAN_PIN", "STOP_SIGNALS", "WINDOWS", "blocked", "held_by_another", "lock_file", "split_command", "unblock"]
 
 #: Running on Windows.
 WINDOWS = sys.platform == "win32"
@@ -90,3 +94,17 @@ def lock_file(path: Path) -> Any:
 def held_by_another(exc: OSError) -> bool:
     """Whether ``exc`` (from opening a file) says another program has the file open: a Windows sharing violation."""
     return getattr(exc, "winerror", None) in _SHARING
+
+
+def split_command(command: str, windows: bool = WINDOWS) -> list[str]:
+    """The arguments of a command line, split once as this platform's shell would, without running a shell.
+
+    POSIX: :func:`shlex.split` (quotes group, a backslash escapes). Windows: spaces split outside double
+    quotes, and backslashes stay (``C:\\Tools\\notify.exe "out of focus"``).
+    """
+    if not windows:
+        return shlex.split(command)
+    lexer = shlex.shlex(command, posix=False)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    return [token[1:-1] if len(token) > 1 and token[0] == token[-1] == '"' else token for token in lexer]
