@@ -496,8 +496,8 @@ def cmd_bias(args: argparse.Namespace) -> None:
 def cmd_thresholds(args: argparse.Namespace) -> None:
     """Each level's noise threshold against the noise it must hold back, on structured low-dose tiles."""
     from mhd.functions import DEFAULTS, get_backend, scales
-    from mhd.functions._detect import _prepared
     from mhd.functions._noise import level_noise_std, noise_spectrum
+    from mhd.functions._normalize import prepare
     from mhd.functions._scalespace import dog_pairs
 
     be, p = get_backend("numpy"), dict(DEFAULTS)
@@ -511,7 +511,7 @@ def cmd_thresholds(args: argparse.Namespace) -> None:
             for f in sorted(ISBI.glob("*.png"))[: args.slices]:
                 img = iio.imread(f)
                 cond = dict(dose=dose, tau=1.0, gain=0.7, offset=0.05, bits=16)
-                (n1, step), (n2, _) = (_prepared(sem_scan(img, radius, rng=seed, **cond), p, t, be) for seed in (1, 2))
+                (n1, step), (n2, _) = (prepare(sem_scan(img, radius, rng=seed, **cond), p, t, be) for seed in (1, 2))
                 measured = level_noise_std(np.maximum(noise_spectrum(n1[None], be), step**2 / 12), t0, t1, g)[0]
                 noise = (n1 - n2) / np.sqrt(2)  # two independent scans of one field: their difference is noise only
                 ky, kx = 2 * np.pi * np.fft.fftfreq(noise.shape[0])[:, None], 2 * np.pi * np.fft.rfftfreq(noise.shape[1])[None]

@@ -14,28 +14,19 @@ import numpy as np
 from mhd.params import DEFAULTS
 from mhd.params import validate as validate_params
 
-from ._astigmatism import anisotropy, blur_anisotropy, spectral_moments
+from ._astigmatism import anisotropy, blur_anisotropy
 from ._backend import Backend, get_backend
 from ._blur import measure_blur
-from ._cells import bands, cell_edges
-from ._geometry import extract_block, fast_size, halo_width, split_blocks
+from ._cells import cell_edges
+from ._geometry import halo_width, split_blocks
 from ._lanes import cpu_lanes, soon
-from ._nms import candidates, local_maxima
 from ._noise import (
-    CENTRES,
     NoiseModel,
-    level_noise_std,
-    level_rows,
-    noise_level_function,
-    noise_level_function_of_rows,
     noise_model,
-    stabilize,
-    stabilizer,
 )
-from ._normalize import grey_table, normalize_with_step
-from ._response import block_response, resolve_levels
-from ._scalespace import dog_pairs, filter_bank, scales
-from ._tags import level_of
+from ._normalize import prepare
+from ._response import detect_block
+from ._scalespace import dog_pairs, scales
 
 __all__ = ["Detection", "detect", "detect_batch", "DEFAULTS"]
 
@@ -166,52 +157,6 @@ class Detection:
 # ----------------------------------------------------------------- noise
 
 
-#: Noise below this fraction of what the absolute threshold already ignores does not shape the stabiliser.
-STABILIZER_FLOOR = 0.25
-
-
-def _prepared(image: Any, p: dict[str, Any], t: np.ndarray, be: Backend) -> tuple[Any, float]:
-    """One tile normalised (:func:`normalize_with_step`) and variance-stabilised, and its grey step.
-
-    The stabilising transform (``mhd.functions._noise.stabilizer``) has a
-    floor of ``STABILIZER_FLOOR`` times the white-noise level at which the
-    most noise-sensitive level's noise threshold reaches the absolute
-    ``threshold``: noise well below it is ignored by the threshold anyway.
-    There is none with ``noise_k`` 0 or under 5 pixels a side.
-
-    A uint8 or uint16 tile goes through one table of its grey levels
-    (:func:`grey_table`): normalising and stabilising are both functions of
-    the grey level, so the tile is read once, by a gather, instead of being
-    normalised and then transformed pixel by pixel; the result is the same
-    to the bit.
-
-    Returns
-    -------
-    image : (H, W) float32 array on ``be``
-    step : float
-        As :func:`normalize_with_step`.
-    """
-    xp = be.xp
-    x = be.asarray(image)
-    H, W = x.shape
-    floor = None
-    if p["noise_k"] > 0 and min(H, W) >= 5:
-        unit = level_noise_std(np.ones((1, len(CENTRES))), *dog_pairs(t))  # per level, unit white noise
-        floor = STABILIZER_FLOOR * p["threshold"] / (p["noise_k"] * float(unit.max()))
-    table = grey_table(x, p["saturation"], be)
-    if table is None:
-        norm, step = normalize_with_step(x, p["saturation"], be)
-        lut = None if floor is None else stabilizer(*noise_level_function(norm, be), floor)
-        return (norm if lut is None else stabilize(norm, lut, be)), step
-    values, step = table
-    if floor is not None:
-        rows = xp.asarray(level_rows(H, W))
-        above, at, below = (xp.take(values, x[r]) for r in (rows - 1, rows, rows + 1))
-        lut = stabilizer(*noise_level_function_of_rows(above, at, below, be), floor)
-        values = values if lut is None else stabilize(values, lut, be)
-    return xp.take(values, x), step
-
-
 # ----------------------------------------------------------------- public
 
 
@@ -230,93 +175,6 @@ def _grid_counts(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], gri
     cy = np.minimum(rows * gy // shape[0], gy - 1).astype(np.int64)
     cx = np.minimum(cols * gx // shape[1], gx - 1).astype(np.int64)
     return np.bincount(cy * gx + cx, minlength=gy * gx).reshape(gy, gx)
-
-
-def _detect_block(
-    norm: Any,
-    block: tuple[int, int, int, int],
-    h: int,
-    noise: concurrent.futures.Future[Any],
-    p: dict[str, Any],
-    be: Backend,
-) -> tuple[Callable[[], tuple[np.ndarray, float]], np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], float]:
-    """Features of one block of a normalised (B, H, W) stack on backend ``be``.
-
-    The 3 x 3 maxima of the block's NMS run on the lanes, by bands of rows
-    (:func:`mhd.functions._lanes.soon`), while the caller goes on; with one
-    lane (a GPU, or ``workers=1``) they have run when this returns.
-
-    Returns
-    -------
-    feats : callable
-        Returns ``(batch, row, col, level)`` in image coordinates ((N, 4)
-        int64) and the milliseconds the NMS took, once the bands are done;
-        holds the block's response until called.
-    moments : (B, R, 8) float64
-        Spectral moments of the block for the astigmatism measure (additive over blocks).
-    energy : (B, n_bin) float64
-        Each level's mean square response times the block's area (additive over blocks).
-    cells : ((B, n_bin, gy, gx) float64, (n_bin, gy, gx) float64)
-        Each level's mean square response over the part of each grid cell in
-        the block times that part's area, and those areas (both additive over
-        blocks; 0 for a cell outside the block or, on a decimated level, too
-        thin to hold a sample).
-    levels_ms : float
-        Milliseconds from the block's extraction to its last level.
-    """
-    y0, y1, x0, x1 = block
-    xp = be.xp
-    shape = (fast_size(y1 - y0 + 2 * h), fast_size(x1 - x0 + 2 * h))
-    with be.use():
-        bank = filter_bank(shape, p["n_bin"], p["min_t"], p["max_t"], p["polarity"], p["tol"], be)
-        t0 = time.perf_counter()
-        padded = extract_block(be.asarray(norm), y0, y1, x0, x1, h, shape, xp)
-        H, W = norm.shape[1:]
-        inside = (min(y1 + h, H) - max(y0 - h, 0), min(x1 + h, W) - max(x0 - h, 0))
-        moments = []
-        t = scales(p["n_bin"], p["min_t"], p["max_t"])
-        mirrored = (shape[0] - inside[0], shape[1] - inside[1])
-
-        def hook(F: Any, model: NoiseModel) -> None:
-            moments.append(spectral_moments(F, shape, t, be, model.spectrum, mirrored, noise_y=model.spectrum_y))
-
-        gy, gx = p["grid"]
-        cells = (bands(y0, y1, H, gy, h - y0), bands(x0, x1, W, gx, h - x0))
-        window = (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2)
-        best, coarse, sums, samples = block_response(padded, bank, noise, p["polarity"], window, cells, be, hook)
-        del padded
-        be.synchronize()
-        levels_ms = (time.perf_counter() - t0) * 1e3
-        _, R, C = best.shape
-        mask = xp.empty((best.shape[0], R - 2, C - 2), dtype=bool) if min(R, C) >= 3 else None
-
-    # the NMS on the lanes while the caller goes on (the blur fit): the 3 x 3 maxima by bands of rows, then the rest,
-    # queued after the bands (which have started when it does: its wait cannot hold up the pool)
-    edges = np.linspace(0, R - 2, max(1, min(cpu_lanes(be), (R - 2) // 64)) + 1).round().astype(int)
-    rows = list(zip(edges[:-1], edges[1:])) if mask is not None else []
-    bands_done = [soon(cpu_lanes(be), functools.partial(candidates, best, be, 1.0, band, mask)) for band in rows]
-
-    def features() -> tuple[np.ndarray, float]:
-        for job in bands_done:
-            job.result()
-        with be.use():
-            idx = local_maxima(best, be, floor=1.0, cand=mask)
-            b, rem = np.divmod(idx, R * C)
-            r, c = np.divmod(rem, C)
-            level = be.to_host(level_of(best.ravel()[xp.asarray(idx)], xp)).astype(np.int64)
-            level = resolve_levels(level, b, r + h - 1, c + h - 1, coarse, be)
-        return np.stack([b, r - 1 + y0, c - 1 + x0, level], axis=1), (time.perf_counter() - t_nms) * 1e3
-
-    t_nms = time.perf_counter()
-    found = soon(cpu_lanes(be), features)
-
-    energy = sums.sum(axis=(2, 3)) / samples.sum(axis=(1, 2)) * ((y1 - y0) * (x1 - x0))  # weighted by the block's area
-    area = np.outer(cells[0].sizes(), cells[1].sizes()) * (samples > 0)  # (n_bin, m_rows, m_cols)
-    num, den = np.zeros(sums.shape[:2] + (gy, gx)), np.zeros((sums.shape[1], gy, gx))
-    ix = np.ix_(cells[0].cell, cells[1].cell)
-    num[(slice(None), slice(None)) + ix] = sums / np.maximum(samples, 1) * area
-    den[(slice(None),) + ix] = area
-    return found.result, moments[0], energy, (num, den), levels_ms
 
 
 def _detect_stack(
@@ -347,14 +205,14 @@ def _detect_stack(
     if len(backends) == 1:
         parts: list[tuple[Any, ...]] = []
         for blk in blocks:  # a block's NMS overlaps the next block's levels; the last one the caller's blur fit
-            part = _detect_block(norm, blk, h, noise, p, backends[0])
+            part = detect_block(norm, blk, h, noise, p, backends[0])
             parts[-1:] = [settled(prev) for prev in parts[-1:]]
             parts.append(part)
     else:
         host = backends[0].to_host(norm)  # each device copies its own blocks from the host
 
         def run(k: int) -> list[tuple[Any, ...]]:
-            return [settled(_detect_block(host, blk, h, noise, p, backends[k])) for blk in blocks[k :: len(backends)]]
+            return [settled(detect_block(host, blk, h, noise, p, backends[k])) for blk in blocks[k :: len(backends)]]
 
         n = len(backends)
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
@@ -469,7 +327,7 @@ def detect_batch(images: Sequence[Any], backend: str | Backend | Sequence[str | 
     with be.use():
         t_start = time.perf_counter()
         t = scales(p["n_bin"], p["min_t"], p["max_t"])
-        norm, steps = zip(*(_prepared(im, p, t, be) for im in images))
+        norm, steps = zip(*(prepare(im, p, t, be) for im in images))
         norm = norm[0][None] if len(norm) == 1 else be.xp.stack(norm)  # one tile: a view, not a copy
         be.synchronize()
         timings["normalize"] = (time.perf_counter() - t_start) * 1e3

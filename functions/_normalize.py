@@ -1,4 +1,5 @@
-"""Histogram normalisation and noise estimation (paper, section 4)."""
+"""Histogram normalisation and noise estimation (paper, section 4), and :func:`prepare`: a tile as the detector takes it
+(normalised, its signal-dependent noise stabilised)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import numpy as np
 from mhd.params import DEFAULTS
 
 from ._backend import Backend, get_backend
+from ._noise import CENTRES, level_noise_std, level_rows, noise_level_function, noise_level_function_of_rows, stabilize, stabilizer
+from ._scalespace import dog_pairs
 
-__all__ = ["normalize", "normalize_with_step", "grey_table", "saturation_limits", "estimate_noise"]
+__all__ = ["STABILIZER_FLOOR", "prepare", "normalize", "normalize_with_step", "grey_table", "saturation_limits", "estimate_noise"]
 
 #: Percentage of pixels saturated at each end of the histogram (the paper's 0.175 %; defined in :mod:`mhd.params`).
 SATURATION_PCT = DEFAULTS["saturation"]
@@ -296,3 +299,49 @@ def estimate_noise(image: Any, backend: str | Backend = "auto", row_step: int = 
         )
         # |lap| of Gaussian noise has median 0.6745 * 6 * sigma (the operator's L2 norm is 6).
         return float(xp.median(xp.abs(lap))) / (0.6745 * 6.0)
+
+
+#: Noise below this fraction of what the absolute threshold already ignores does not shape the stabiliser.
+STABILIZER_FLOOR = 0.25
+
+
+def prepare(image: Any, p: dict[str, Any], t: np.ndarray, be: Backend) -> tuple[Any, float]:
+    """One tile normalised (:func:`normalize_with_step`) and variance-stabilised, and its grey step.
+
+    The stabilising transform (``mhd.functions._noise.stabilizer``) has a
+    floor of ``STABILIZER_FLOOR`` times the white-noise level at which the
+    most noise-sensitive level's noise threshold reaches the absolute
+    ``threshold``: noise well below it is ignored by the threshold anyway.
+    There is none with ``noise_k`` 0 or under 5 pixels a side.
+
+    A uint8 or uint16 tile goes through one table of its grey levels
+    (:func:`grey_table`): normalising and stabilising are both functions of
+    the grey level, so the tile is read once, by a gather, instead of being
+    normalised and then transformed pixel by pixel; the result is the same
+    to the bit.
+
+    Returns
+    -------
+    image : (H, W) float32 array on ``be``
+    step : float
+        As :func:`normalize_with_step`.
+    """
+    xp = be.xp
+    x = be.asarray(image)
+    H, W = x.shape
+    floor = None
+    if p["noise_k"] > 0 and min(H, W) >= 5:
+        unit = level_noise_std(np.ones((1, len(CENTRES))), *dog_pairs(t))  # per level, unit white noise
+        floor = STABILIZER_FLOOR * p["threshold"] / (p["noise_k"] * float(unit.max()))
+    table = grey_table(x, p["saturation"], be)
+    if table is None:
+        norm, step = normalize_with_step(x, p["saturation"], be)
+        lut = None if floor is None else stabilizer(*noise_level_function(norm, be), floor)
+        return (norm if lut is None else stabilize(norm, lut, be)), step
+    values, step = table
+    if floor is not None:
+        rows = xp.asarray(level_rows(H, W))
+        above, at, below = (xp.take(values, x[r]) for r in (rows - 1, rows, rows + 1))
+        lut = stabilizer(*noise_level_function_of_rows(above, at, below, be), floor)
+        values = values if lut is None else stabilize(values, lut, be)
+    return xp.take(values, x), step

@@ -1,21 +1,27 @@
-"""One block's response: the per-pixel maximum over scales of the normalised DoG levels, level group by group."""
+"""One block of a tile: its response (the per-pixel maximum over scales of the normalised DoG levels, level group
+by group), the features it keeps (3 x 3 maxima above the noise) and what its spectrum says of the blur."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import functools
-from typing import Any
+import time
+from typing import Any, Callable
 
 import numpy as np
 
+from ._astigmatism import spectral_moments
 from ._backend import Backend
-from ._cells import Bands, cell_sums
-from ._lanes import PerThread, RunningMax, cpu_lanes, run_lanes
-from ._scalespace import FilterBank, LevelGroup
+from ._cells import Bands, bands, cell_sums
+from ._geometry import extract_block, fast_size
+from ._lanes import PerThread, RunningMax, cpu_lanes, run_lanes, soon
+from ._nms import candidates, local_maxima
+from ._noise import NoiseModel
+from ._scalespace import FilterBank, LevelGroup, filter_bank, scales
 from ._tags import COARSER, level_of, tag
 from ._upsample import crop_spectrum, upsample_cubic
 
-__all__ = ["MIN_THRESHOLD", "block_response", "level_response", "resolve_levels"]
+__all__ = ["MIN_THRESHOLD", "block_response", "detect_block", "level_response", "resolve_levels"]
 
 
 #: Thresholds are at least this, so that dividing by them stays finite.
@@ -186,3 +192,90 @@ def resolve_levels(
         more = found == COARSER
         todo, y, x, prev = todo[more], y[more], x[more], d
     return level
+
+
+def detect_block(
+    norm: Any,
+    block: tuple[int, int, int, int],
+    h: int,
+    noise: concurrent.futures.Future[Any],
+    p: dict[str, Any],
+    be: Backend,
+) -> tuple[Callable[[], tuple[np.ndarray, float]], np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], float]:
+    """Features of one block of a normalised (B, H, W) stack on backend ``be``.
+
+    The 3 x 3 maxima of the block's NMS run on the lanes, by bands of rows
+    (:func:`mhd.functions._lanes.soon`), while the caller goes on; with one
+    lane (a GPU, or ``workers=1``) they have run when this returns.
+
+    Returns
+    -------
+    feats : callable
+        Returns ``(batch, row, col, level)`` in image coordinates ((N, 4)
+        int64) and the milliseconds the NMS took, once the bands are done;
+        holds the block's response until called.
+    moments : (B, R, 8) float64
+        Spectral moments of the block for the astigmatism measure (additive over blocks).
+    energy : (B, n_bin) float64
+        Each level's mean square response times the block's area (additive over blocks).
+    cells : ((B, n_bin, gy, gx) float64, (n_bin, gy, gx) float64)
+        Each level's mean square response over the part of each grid cell in
+        the block times that part's area, and those areas (both additive over
+        blocks; 0 for a cell outside the block or, on a decimated level, too
+        thin to hold a sample).
+    levels_ms : float
+        Milliseconds from the block's extraction to its last level.
+    """
+    y0, y1, x0, x1 = block
+    xp = be.xp
+    shape = (fast_size(y1 - y0 + 2 * h), fast_size(x1 - x0 + 2 * h))
+    with be.use():
+        bank = filter_bank(shape, p["n_bin"], p["min_t"], p["max_t"], p["polarity"], p["tol"], be)
+        t0 = time.perf_counter()
+        padded = extract_block(be.asarray(norm), y0, y1, x0, x1, h, shape, xp)
+        H, W = norm.shape[1:]
+        inside = (min(y1 + h, H) - max(y0 - h, 0), min(x1 + h, W) - max(x0 - h, 0))
+        moments = []
+        t = scales(p["n_bin"], p["min_t"], p["max_t"])
+        mirrored = (shape[0] - inside[0], shape[1] - inside[1])
+
+        def hook(F: Any, model: NoiseModel) -> None:
+            moments.append(spectral_moments(F, shape, t, be, model.spectrum, mirrored, noise_y=model.spectrum_y))
+
+        gy, gx = p["grid"]
+        cells = (bands(y0, y1, H, gy, h - y0), bands(x0, x1, W, gx, h - x0))
+        window = (h - 1, h - 1, y1 - y0 + 2, x1 - x0 + 2)
+        best, coarse, sums, samples = block_response(padded, bank, noise, p["polarity"], window, cells, be, hook)
+        del padded
+        be.synchronize()
+        levels_ms = (time.perf_counter() - t0) * 1e3
+        _, R, C = best.shape
+        mask = xp.empty((best.shape[0], R - 2, C - 2), dtype=bool) if min(R, C) >= 3 else None
+
+    # the NMS on the lanes while the caller goes on (the blur fit): the 3 x 3 maxima by bands of rows, then the rest,
+    # queued after the bands (which have started when it does: its wait cannot hold up the pool)
+    edges = np.linspace(0, R - 2, max(1, min(cpu_lanes(be), (R - 2) // 64)) + 1).round().astype(int)
+    rows = list(zip(edges[:-1], edges[1:])) if mask is not None else []
+    bands_done = [soon(cpu_lanes(be), functools.partial(candidates, best, be, 1.0, band, mask)) for band in rows]
+
+    def features() -> tuple[np.ndarray, float]:
+        for job in bands_done:
+            job.result()
+        with be.use():
+            idx = local_maxima(best, be, floor=1.0, cand=mask)
+            b, rem = np.divmod(idx, R * C)
+            r, c = np.divmod(rem, C)
+            level = be.to_host(level_of(best.ravel()[xp.asarray(idx)], xp)).astype(np.int64)
+            level = resolve_levels(level, b, r + h - 1, c + h - 1, coarse, be)
+        return np.stack([b, r - 1 + y0, c - 1 + x0, level], axis=1), (time.perf_counter() - t_nms) * 1e3
+
+    t_nms = time.perf_counter()
+    found = soon(cpu_lanes(be), features)
+
+    energy = sums.sum(axis=(2, 3)) / samples.sum(axis=(1, 2)) * ((y1 - y0) * (x1 - x0))  # weighted by the block's area
+    area = np.outer(cells[0].sizes(), cells[1].sizes()) * (samples > 0)  # (n_bin, m_rows, m_cols)
+    num, den = np.zeros(sums.shape[:2] + (gy, gx)), np.zeros((sums.shape[1], gy, gx))
+    ix = np.ix_(cells[0].cell, cells[1].cell)
+    num[(slice(None), slice(None)) + ix] = sums / np.maximum(samples, 1) * area
+    den[(slice(None),) + ix] = area
+    return found.result, moments[0], energy, (num, den), levels_ms

@@ -335,9 +335,8 @@ def test_astigmatism_is_measured_in_the_same_pass(isbi):
 def test_integer_tiles_through_the_grey_table_are_normalised_and_stabilised_to_the_bit(isbi, bits):
     """The fused path (one gather from a table of grey levels) against normalising and stabilising pixel by pixel."""
     from mhd.functions import scales
-    from mhd.functions._detect import STABILIZER_FLOOR, _prepared
     from mhd.functions._noise import CENTRES, level_noise_std, noise_level_function, stabilize, stabilizer
-    from mhd.functions._normalize import normalize_with_step
+    from mhd.functions._normalize import STABILIZER_FLOOR, normalize_with_step, prepare
     from mhd.functions._scalespace import dog_pairs
     from mhd.functions.simulate import sem_scan
 
@@ -345,7 +344,7 @@ def test_integer_tiles_through_the_grey_table_are_normalised_and_stabilised_to_t
     p = dict(DEFAULTS)
     t = scales(p["n_bin"], p["min_t"], p["max_t"])
     img = sem_scan(isbi[4], 1.0, dose=6, tau=1.0, gain=0.7, offset=0.05, bits=bits, rng=0)  # shot noise: a real stabiliser
-    got, step = _prepared(img, p, t, be)
+    got, step = prepare(img, p, t, be)
     norm, want_step = normalize_with_step(img, p["saturation"], be)
     floor = STABILIZER_FLOOR * p["threshold"] / (p["noise_k"] * level_noise_std(np.ones((1, len(CENTRES))), *dog_pairs(t)).max())
     lut = stabilizer(*noise_level_function(norm, be), floor)
