@@ -19,13 +19,9 @@ COLLECTION = "4b116d3c-1703-4f8f-9f6f-39921e5864df"
 
 
 @pytest.fixture(autouse=True)
-def config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("MHD_CONFIG", str(tmp_path / "cfg" / "config.json"))
-    for name in ("GLOBUS_COMPUTE_CLIENT_ID", "GLOBUS_COMPUTE_CLIENT_SECRET", "MHD_GLOBUS_CLIENT_ID"):
-        monkeypatch.delenv(name, raising=False)
-    auth._cached_app.cache_clear()
-    yield tmp_path / "cfg"
-    auth._cached_app.cache_clear()
+def config_dir(isolated_config, tmp_path):
+    """The client's configuration folder, of this test's own (``isolated_config``)."""
+    return tmp_path / "cfg"
 
 
 def mode(path) -> int:

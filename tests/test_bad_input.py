@@ -36,7 +36,6 @@ Two files need the moment or the operating system to be hostile:
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import re
 import subprocess
@@ -49,7 +48,7 @@ import numpy as np
 import pytest
 from PIL import ImageFile
 
-from conftest import isbi_paths
+from conftest import isbi_paths, read_results
 from mhd.functions.worker.remote import score_tiles
 from tilegen import encode, png_header_only, tiff_header_only
 
@@ -199,8 +198,8 @@ def test_every_bad_file_fails_alone_with_its_name_and_the_rest_is_scored(section
     assert proc.returncode == 1, terminal  # errors recorded
     assert "Traceback" not in terminal
 
-    lines = (folder / "mhd-results.jsonl").read_bytes().splitlines()
-    records = {r["tile"]: r for r in map(json.loads, lines)}
+    lines = read_results(folder)
+    records = {r["tile"]: r for r in lines}
     assert len(lines) == len(records) == len(expected)  # every file one record, none twice
     assert set(records) == set(expected)  # README.md is no tile
     log = (folder / "mhd-client.log").read_text(encoding="utf-8")

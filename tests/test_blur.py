@@ -3,12 +3,11 @@ real SEM scans of tests/data/sem-kriss, MIT). ``bench/blur_validation.py`` print
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from conftest import KRISS_DIR
 from mhd.functions import detect, get_backend
 from mhd.functions._astigmatism import blur_anisotropy, ring_k2
 from mhd.functions._blur import anisotropy_gain
@@ -17,7 +16,7 @@ from mhd.functions._scalespace import dog_pairs, scales
 from mhd.functions.simulate import sem_scan
 from mhd.functions.worker.tileio import trim_frame
 
-KRISS = Path(__file__).parent / "data" / "sem-kriss" / "time"
+KRISS = KRISS_DIR / "time"
 CPU = get_backend("numpy")
 
 

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from globus_sdk.testing import load_response
 from rich.console import Console
 
+from conftest import EXPECTED_OOF, copy_example, read_results
 from globus_offline import OfflineCompute
 from mhd.client import cli
 from mhd.client.config import load
@@ -38,8 +39,6 @@ from mhd.client.rule import Rule
 from mhd.client.submit import run_section
 from mhd.client.transport import GlobusTransport
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
-EXPECTED_OOF = {"tile_r1_c2.png", "tile_r2_c3.png", "tile_r3_c1.png"}
 SRC, DST = "6c1b8f3a-9a5e-4f0e-8a39-4c9b1f3b1e01", "0b7e0c51-3e0b-4c8c-9d57-3f1a0f6b2a02"
 
 
@@ -48,9 +47,7 @@ pytestmark = pytest.mark.usefixtures("isolated_config")
 
 @pytest.fixture
 def section(tmp_path):
-    dest = tmp_path / "instrument" / "section_042"
-    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("mhd-*"))
-    return dest
+    return copy_example(tmp_path / "instrument" / "section_042")
 
 
 def test_register_then_submit_through_the_globus_executor(section, monkeypatch):
@@ -67,7 +64,7 @@ def test_register_then_submit_through_the_globus_executor(section, monkeypatch):
         out = runner.invoke(cli.main, ["submit", "--dir", str(section)])
     assert out.exit_code == 2, out.output
     assert "executor globus, transport inline" in out.output
-    recs = {r["tile"]: r for r in map(json.loads, (section / "mhd-results.jsonl").read_text().splitlines())}
+    recs = {r["tile"]: r for r in read_results(section)}
     assert len(recs) == 16 and {t for t, r in recs.items() if r["verdict"] == "oof"} == EXPECTED_OOF
     assert cloud.tasks_run == 2 and len(cloud.submissions) >= 1  # 16 tiles, 8 per task
     task_args = [t for body in cloud.submissions for t in body["tasks"][function_id]]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,37 +17,23 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import EXPECTED_OOF, copy_example, read_results, write_results
 from mhd.client.cli import main
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
-EXPECTED_OOF = {"tile_r1_c2.png", "tile_r2_c3.png", "tile_r3_c1.png"}
-
-
-pytestmark = pytest.mark.usefixtures("isolated_config")
-
-
-@pytest.fixture(autouse=True)
-def two_workers(monkeypatch):
-    monkeypatch.setenv("MHD_WORKERS", "2")
+pytestmark = pytest.mark.usefixtures("isolated_config", "two_workers")
 
 
 @pytest.fixture
-def section(tmp_path):
-    dest = tmp_path / "section_042"
-    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("mhd-*"))
-    return dest
-
-
-def lines(section: Path) -> list[dict]:
-    return [json.loads(x) for x in (section / "mhd-results.jsonl").read_text().splitlines()]
+def section(example_copy):
+    return example_copy
 
 
 def test_submit_example_then_resume_then_a_bad_tile(section):
     runner = CliRunner()
     first = runner.invoke(main, ["submit", "--dir", str(section)])
     assert first.exit_code == 2, first.output
-    recs = {r["tile"]: r for r in lines(section)}
-    assert len(recs) == 16 and len(lines(section)) == 16
+    recs = {r["tile"]: r for r in read_results(section)}
+    assert len(recs) == 16 and len(read_results(section)) == 16
     assert {t for t, r in recs.items() if r["verdict"] == "oof"} == EXPECTED_OOF
     assert recs["tile_r0_c3.png"]["verdict"] == "empty"
     assert recs["tile_r2_c3.png"]["reason"].startswith("partial: cells")
@@ -63,14 +48,14 @@ def test_submit_example_then_resume_then_a_bad_tile(section):
 
     again = runner.invoke(main, ["submit", "--dir", str(section)])
     assert again.exit_code == 2 and "16 already recorded, 0 to score" in again.output
-    assert lines(section) == list(recs.values())  # nothing rescored, nothing duplicated
+    assert read_results(section) == list(recs.values())  # nothing rescored, nothing duplicated
 
     (section / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     (section / "zz_empty.tif").write_bytes(b"")
     bad = runner.invoke(main, ["submit", "--dir", str(section)])
     assert bad.exit_code == 1, bad.output  # errors take precedence over OOF
-    recs2 = {r["tile"]: r for r in lines(section)}
-    assert len(recs2) == 18 and len(lines(section)) == 18
+    recs2 = {r["tile"]: r for r in read_results(section)}
+    assert len(recs2) == 18 and len(read_results(section)) == 18
     assert recs2["zz_corrupt.png"]["verdict"] == "error" and recs2["zz_corrupt.png"]["reason"].startswith("zz_corrupt.png:")
     assert "empty file" in recs2["zz_empty.tif"]["reason"]
     assert "ERROR zz_corrupt.png:" in bad.output
@@ -79,9 +64,9 @@ def test_submit_example_then_resume_then_a_bad_tile(section):
     (section / "zz_empty.tif").write_bytes((section / "tile_r0_c0.png").read_bytes())  # a PNG under a .tif name
     fixed = runner.invoke(main, ["submit", "--dir", str(section)])
     assert "1 to score" in fixed.output  # only the errored tile still present is retried
-    recs3 = {r["tile"]: r for r in lines(section)}
+    recs3 = {r["tile"]: r for r in read_results(section)}
     assert recs3["zz_empty.tif"]["verdict"] == "ok"
-    assert len(lines(section)) == len(recs3)  # the superseded error record was compacted away
+    assert len(read_results(section)) == len(recs3)  # the superseded error record was compacted away
     assert fixed.exit_code == 1  # the vanished corrupt tile's error is still on record
 
 
@@ -90,13 +75,13 @@ def test_rescore_keeps_a_backup(section):
     assert runner.invoke(main, ["submit", "--dir", str(section), "--batch", "4"]).exit_code == 2
     out = runner.invoke(main, ["submit", "--dir", str(section), "--rescore", "-a"])
     assert out.exit_code == 2 and "16 to score" in out.output and "ok    tile_r0_c0.png" in out.output
-    assert len(list(section.glob("mhd-results.jsonl.*.bak"))) == 1 and len(lines(section)) == 16
+    assert len(list(section.glob("mhd-results.jsonl.*.bak"))) == 1 and len(read_results(section)) == 16
 
 
 def test_killed_client_resumes_without_losing_or_duplicating(tmp_path):
     section = tmp_path / "big"
     for sub in "abc":
-        shutil.copytree(EXAMPLE, section / sub, ignore=shutil.ignore_patterns("mhd-*", "README.md"))
+        copy_example(section / sub, readme=False)
     cmd = [sys.executable, "-m", "mhd.client", "submit", "--dir", str(section), "--batch", "1", "--workers", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "MHD_WARMUP": "4"})
     results = section / "mhd-results.jsonl"
@@ -116,7 +101,7 @@ def test_killed_client_resumes_without_losing_or_duplicating(tmp_path):
     rerun = CliRunner().invoke(main, ["submit", "--dir", str(section)])
     assert rerun.exit_code == 2, rerun.output
     assert f"{len(before)} already recorded, {48 - len(before)} to score" in rerun.output
-    after = lines(section)
+    after = read_results(section)
     assert len(after) == 48 and len({r["tile"] for r in after}) == 48
     assert after[: len(before)] == before  # every verdict given before the kill is kept as it was
 
@@ -134,7 +119,7 @@ def reimage(path: Path, data: bytes, mtime_ns: int | None = None) -> None:
 def test_submit_rescores_reimaged_tiles_and_only_those(section):
     runner = CliRunner()
     assert runner.invoke(main, ["submit", "--dir", str(section)]).exit_code == 2
-    before = {r["tile"]: r for r in lines(section)}
+    before = {r["tile"]: r for r in read_results(section)}
     assert all(r["file_size"] == (section / t).stat().st_size for t, r in before.items())
     assert all(r["file_mtime_ns"] == (section / t).stat().st_mtime_ns for t, r in before.items())
 
@@ -145,8 +130,8 @@ def test_submit_rescores_reimaged_tiles_and_only_those(section):
     reimage(same, same.read_bytes())  # the same size: the mtime alone tells the new version
     again = runner.invoke(main, ["submit", "--dir", str(section)])
     assert "16 already recorded (3 changed since: scored again), 3 to score" in again.output, again.output
-    after = {r["tile"]: r for r in lines(section)}
-    assert len(lines(section)) == 16  # the new records replaced the old ones
+    after = {r["tile"]: r for r in read_results(section)}
+    assert len(read_results(section)) == 16  # the new records replaced the old ones
     for tile in EXPECTED_OOF:
         assert after[tile]["scored_at"] != before[tile]["scored_at"]
         assert after[tile]["file_mtime_ns"] == (section / tile).stat().st_mtime_ns
@@ -164,12 +149,12 @@ def test_submit_rescores_reimaged_tiles_and_only_those(section):
 def test_records_written_before_file_versions_were_kept_are_not_rescored(section):
     runner = CliRunner()
     assert runner.invoke(main, ["submit", "--dir", str(section)]).exit_code == 2
-    old = [{k: v for k, v in r.items() if k not in ("file_size", "file_mtime_ns")} for r in lines(section)]
-    (section / "mhd-results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    old = [{k: v for k, v in r.items() if k not in ("file_size", "file_mtime_ns")} for r in read_results(section)]
+    write_results(section, old)
     reimage(section / "tile_r1_c2.png", (section / "tile_r0_c0.png").read_bytes())
     again = runner.invoke(main, ["submit", "--dir", str(section)])
     assert again.exit_code == 2 and "16 already recorded, 0 to score" in again.output, again.output
-    assert lines(section) == old
+    assert read_results(section) == old
 
 
 def test_a_folder_without_tiles_is_an_error_not_all_ok(tmp_path, isolated_config):

@@ -23,6 +23,7 @@ import pytest
 from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
 from packaging.requirements import Requirement
 
+from conftest import ROOT
 from mhd.endpoint.configure import FILES, EndpointSpec, render_endpoint, validate_dir
 
 try:
@@ -30,7 +31,6 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the test extra installs tomli
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 SCRIPT = DEPLOY / "install-endpoint.sh"
 UNIT = DEPLOY / "systemd" / "mhd-endpoint@.service"

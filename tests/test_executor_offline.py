@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import globus_sdk
 import pytest
 from globus_compute_sdk import Executor
 from globus_compute_sdk.errors import TaskExecutionFailed
 
+from conftest import ROOT
 from globus_offline import OfflineCompute
 from mhd.client.executors import GlobusExecutor
 from mhd.client.registration import function_source, register_score_tiles
 from mhd.client.tasks import TaskFailed
 from tilegen import blobs, encode
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "score_by_uuid.py"
+SCORE_BY_UUID = ROOT / "examples" / "score_by_uuid.py"
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_default_dill_executor_is_refused_by_the_endpoint(cloud):
 
 
 def test_notebook_example_runs_by_uuid(cloud, root):
-    spec = importlib.util.spec_from_file_location("score_by_uuid", EXAMPLE)
+    spec = importlib.util.spec_from_file_location("score_by_uuid", SCORE_BY_UUID)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     entries = example.score_by_uuid(

@@ -42,7 +42,8 @@ from globus_compute_sdk import Executor
 from globus_compute_sdk.sdk import executor as sdk_executor
 
 import mhd.client.results
-from conftest import isbi_paths
+from conftest import copy_example, isbi_paths
+from conftest import read_results as records
 from globus_offline import LoopbackResultWatcher, OfflineCompute
 from mhd.client import cli
 from mhd.client.discover import discover
@@ -57,7 +58,6 @@ from mhd.client.transport import GlobusTransport, InlineTransport
 from mhd.contracts.record import TileRecord
 from tilegen import encode
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
 SRC, DST = "6c1b8f3a-9a5e-4f0e-8a39-4c9b1f3b1e01", "0b7e0c51-3e0b-4c8c-9d57-3f1a0f6b2a02"
 TRANSFER = "https://transfer.api.globus.org/v0.10"
 
@@ -81,10 +81,6 @@ def write_tiles(folder: Path, n: int, repeat: int = 1, fmt: str = "PNG") -> list
         path.write_bytes(encode(np.tile(isbi(i), (repeat, repeat)), fmt))
         paths.append(path)
     return paths
-
-
-def records(section: Path) -> list[dict]:
-    return [json.loads(x) for x in (section / "mhd-results.jsonl").read_bytes().splitlines()]
 
 
 def cpu_seconds(p: psutil.Process) -> float:
@@ -242,10 +238,10 @@ def test_endpoint_engine_retries_a_task_whose_worker_was_killed(tmp_path):
 
 
 def test_killed_client_leaves_no_worker_behind(tmp_path):
-    """A SIGKILLed client cannot stop its pool: its workers notice and exit (resuming is tested in test_client_submit.py)."""
+    """A SIGKILLed client cannot stop its pool: its workers notice and exit (resuming is tested in commands/test_submit_command.py)."""
     section = tmp_path / "big"
     for sub in "abc":
-        shutil.copytree(EXAMPLE, section / sub, ignore=shutil.ignore_patterns("mhd-*", "README.md"))
+        copy_example(section / sub, readme=False)
     cmd = [sys.executable, "-m", "mhd.client", "submit", "--dir", str(section), "--batch", "1", "--workers", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "MHD_WARMUP": "4"})
     results = section / "mhd-results.jsonl"
@@ -416,7 +412,7 @@ class UnreachableResultStream(sdk_executor._ResultWatcher):  # the SDK's own (no
 
 def test_unreachable_result_stream_records_errors_that_the_next_run_retries(cloud, tmp_path, monkeypatch):
     section = tmp_path / "section"
-    shutil.copytree(EXAMPLE, section, ignore=shutil.ignore_patterns("mhd-*"))
+    copy_example(section)
     monkeypatch.setenv("MHD_ENDPOINT", cloud.endpoint_id)
     monkeypatch.setenv("MHD_FUNCTION", cloud.function_id)
     monkeypatch.setattr(cli, "_compute_client", cloud.client)
@@ -498,7 +494,7 @@ class TransferService:
 def test_stalled_transfer_is_cancelled_at_its_deadline_and_the_summary_accounts_for_every_file(tmp_path, monkeypatch):
     instrument, gpu = tmp_path / "instrument", tmp_path / "gpu"
     section = instrument / "section_042"
-    shutil.copytree(EXAMPLE, section, ignore=shutil.ignore_patterns("mhd-*"))
+    copy_example(section)
     with OfflineCompute(data_root=gpu, workers=2) as service:
         function_id = register_score_tiles(service.client())
         transfer = TransferService(service._mock, {SRC: instrument, DST: gpu})
@@ -634,11 +630,11 @@ def test_disk_full_mid_run_stops_clearly_and_loses_no_recorded_verdict(how, tmp_
     if how == "tmpfs":
         disk = request.getfixturevalue("small_disk")
         section = disk / "section_042"
-        shutil.copytree(EXAMPLE, section, ignore=shutil.ignore_patterns("mhd-*"))
+        copy_example(section)
         filler = fill(disk, leave=4096)  # one page: room for a few records
     else:
         section = tmp_path / "section_042"
-        shutil.copytree(EXAMPLE, section, ignore=shutil.ignore_patterns("mhd-*"))
+        copy_example(section)
         calls = iter(range(10**6))
         real_fsync = os.fsync
 

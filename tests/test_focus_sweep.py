@@ -8,14 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from mhd.client.cli import main
+from conftest import ROOT, run
 from mhd.client.discover import discover
 from mhd.client.sweep import wd_table
 from mhd.contracts.files import SWEEP_PLOT as PLOT_NAME
 
-ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "examples" / "wd_sweep"
 
 
@@ -31,10 +29,6 @@ MADE = _make_sweep_module()
 
 
 pytestmark = pytest.mark.usefixtures("isolated_config")
-
-
-def run(*args):
-    return CliRunner().invoke(main, list(map(str, args)))
 
 
 def copy_sweep(dest: Path, names=None) -> Path:

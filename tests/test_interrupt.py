@@ -17,7 +17,6 @@ import os
 import pty
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,13 +29,12 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from conftest import default_stop_signals, isbi_paths
+from conftest import TESTS, copy_example, default_stop_signals, isbi_paths
 from mhd.client import cli
 from mhd.client.calibration import Calibration
 from tilegen import encode
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
-OFFLINE_CLIENT = Path(__file__).resolve().parent / "offline_client.py"
+OFFLINE_CLIENT = TESTS / "offline_client.py"
 
 pytestmark = [pytest.mark.usefixtures("isolated_config"), pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX process groups")]
 
@@ -44,7 +42,7 @@ pytestmark = [pytest.mark.usefixtures("isolated_config"), pytest.mark.skipif(not
 def example_section(root: Path, copies: str = "abc") -> Path:
     """The example section, copied ``len(copies)`` times (16 tiles each)."""
     for sub in copies:
-        shutil.copytree(EXAMPLE, root / sub, ignore=shutil.ignore_patterns("mhd-*", "README.md"))
+        copy_example(root / sub, readme=False)
     return root
 
 

@@ -28,15 +28,15 @@ workers' memory (separate processes, not traced) keeps the RSS bound.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import sys
 import tracemalloc
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_load.py"
+from conftest import ROOT, read_results
+
+BENCH = ROOT / "bench" / "bench_load.py"
 TILES = int(os.environ.get("MHD_LOAD_TILES", "500"))
 
 #: Largest growth per recorded tile taken as flat (bytes): each record's brief stays in memory by design (under 1 KB).
@@ -58,12 +58,8 @@ def bench_load():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("leak", [0, LEAK], ids=["as-is", "leak"])
-def test_many_small_tiles_are_each_recorded_once_with_flat_memory(bench_load, tmp_path, monkeypatch, leak):
+def test_many_small_tiles_are_each_recorded_once_with_flat_memory(bench_load, tmp_path, monkeypatch, isolated_config, leak):
     """``leak``: the check of the check; a record log that keeps 10 KB per record must be seen."""
-    for key in list(os.environ):
-        if key.startswith("MHD_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("MHD_CONFIG", str(tmp_path / "cfg" / "config.json"))
     if leak:
         from mhd.client.results import ResultsLog
 
@@ -82,7 +78,7 @@ def test_many_small_tiles_are_each_recorded_once_with_flat_memory(bench_load, tm
         tracemalloc.stop()
     assert result["records"] == result["lines"] == TILES  # one record per tile, none twice
     assert result["verdicts"].get("error", 0) == 0 and sum(result["verdicts"].values()) == TILES
-    ids = [json.loads(line)["tile"] for line in (section / "mhd-results.jsonl").read_text().splitlines()]
+    ids = [r["tile"] for r in read_results(section)]
     assert sorted(ids) == [f"tile_{i:05d}.png" for i in range(TILES)]
     samples = result["_samples"]
     grew = bench_load.growth(samples, TILES, warmup=0.2)

@@ -13,13 +13,14 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from conftest import ROOT
+
+EXAMPLES = ROOT / "examples"
 NOTEBOOK = EXAMPLES / "notebook.ipynb"
 KERNEL = "mhd-test-python"
 ENDPOINT = "4b116d3c-1703-4f8f-9f6f-39921e5864df"

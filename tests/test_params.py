@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import ROOT
 from mhd import params as spec
 from mhd.client.cli import main
 from mhd.functions import DEFAULTS, detect
@@ -134,7 +135,7 @@ def test_the_spec_imports_only_the_standard_library():
 
 
 def test_limits_the_docs_quote_are_the_spec():
-    text = (Path(__file__).resolve().parents[1] / "endpoint" / "README.md").read_text()
+    text = (ROOT / "endpoint" / "README.md").read_text()
     quoted = {name: float(value) for name, value in re.findall(r"`(\w+) <= ([\d.]+)`", text)}
     assert quoted, "endpoint/README.md quotes no limit"
     assert quoted == {name: spec.PARAMS[name].hi for name in quoted}
@@ -142,7 +143,7 @@ def test_limits_the_docs_quote_are_the_spec():
 
 def test_the_docs_and_the_notebook_take_the_grid_from_the_spec():
     """The grid's shape is a parameter: no document, help text or figure assumes the default one."""
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     rows, cols = spec.PARAMS["grid"].default
     literal = re.compile(rf"\b{rows} ?x ?{cols} grid|\({rows}, {cols}\) feature counts|set_[xy]ticks\(range\({rows}\)\)")
     for name in ("README.md", "docs/notebook.md", "client/cli.py", "examples/notebook.ipynb"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +11,10 @@ import pytest
 
 from mhd.client.results import read_records
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
-
 
 @pytest.mark.parametrize("rescore", [False, True])
-def test_a_reader_that_quits_early_does_not_stop_the_run(tmp_path, isolated_config, rescore):
-    section = tmp_path / "section_042"
-    shutil.copytree(EXAMPLE, section, ignore=shutil.ignore_patterns("mhd-*"))
+def test_a_reader_that_quits_early_does_not_stop_the_run(example_copy, isolated_config, rescore):
+    section = example_copy
     client = Path(sys.executable).with_name("client")
     if rescore:
         subprocess.run(

@@ -1,6 +1,6 @@
 """Security of the deployed path: confinement, limits, allowed functions, tokens.
 
-``test_remote.py`` checks each confinement rule of ``score_tiles`` in this
+``unit/test_scoring.py`` checks each confinement rule of ``score_tiles`` in this
 process (and that refused paths are never opened); here the same hostile
 task goes through the function as deployed (rebuilt from its source text in
 a spawned endpoint worker), with the limits set the way an administrator sets
@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import stat
 import sys
 import time
@@ -38,21 +37,12 @@ from mhd.functions.worker.remote import score_tiles
 from mhd.functions.worker.tileio import MAX_TIFF_PAGES
 from tilegen import blobs, encode, png_header_only
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
 FID = "4b116d3c-1703-4f8f-9f6f-39921e5864df"
 SECRET = "FAKE-ACCESS-TOKEN-7c1e9b2d-never-print-me"
 REFRESH = "FAKE-REFRESH-TOKEN-0d4f8a61-never-print-me"
 
 
-@pytest.fixture(autouse=True)
-def isolated_config(tmp_path, monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("MHD_") or key.startswith("GLOBUS_COMPUTE_CLIENT"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("MHD_CONFIG", str(tmp_path / "cfg" / "config.json"))
-    auth._cached_app.cache_clear()
-    yield
-    auth._cached_app.cache_clear()
+pytestmark = pytest.mark.usefixtures("isolated_config")
 
 
 # ------------------------------------------------------------ confinement
@@ -210,9 +200,8 @@ def test_token_storage_is_owner_only_whatever_the_umask(tmp_path):
     assert mode(config) == 0o700 and mode(config / "tokens.db") == 0o600
 
 
-def test_a_stored_token_is_used_but_never_printed_logged_or_written_elsewhere(tmp_path):
-    section = tmp_path / "section_042"
-    shutil.copytree(EXAMPLE, section, ignore=shutil.ignore_patterns("mhd-*"))
+def test_a_stored_token_is_used_but_never_printed_logged_or_written_elsewhere(tmp_path, example_copy):
+    section = example_copy
     runner = CliRunner()
     with OfflineCompute(workers=2) as cloud:
         store_fake_tokens()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import scipy.signal
 
+from conftest import KRISS_DIR, read_results
 from mhd.contracts.record import TileRecord
 from mhd.functions import detect, get_backend
 from mhd.functions._noise import level_noise_std, noise_spectrum
@@ -16,7 +15,7 @@ from mhd.functions._scalespace import dog_pairs, scales
 from mhd.functions.simulate import disk_otf, scan_lowpass, sem_scan
 from mhd.functions.worker.tileio import trim_frame
 
-KRISS = Path(__file__).parent / "data" / "sem-kriss"
+KRISS = KRISS_DIR
 
 
 def _pairs(folder: str, fast: str, slow: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -175,7 +174,7 @@ def test_client_flags_the_blurred_tiles_of_a_mixed_dose_section(tmp_path, monkey
             iio.imwrite(section / name, sem_scan(slow, float(rng.uniform(*radii)), dose=20.0, tau=0.75, rng=rng))
             blurred.add(name)
     result = CliRunner().invoke(main, ["submit", "--dir", str(section)])
-    recs = [__import__("json").loads(x) for x in (section / "mhd-results.jsonl").read_text().splitlines()]
+    recs = read_results(section)
     # exactly the blurred tiles are out of focus. The slow scans of this specimen read weakly anisotropic (0.06-0.29
     # along ~95 and ~173 deg: the scan resolves one axis a little worse; their fast scans hide it under noise), and
     # 5 of the 24 were called astigmatic before the verdict asked for a worst-direction blur above the limit; a rule on

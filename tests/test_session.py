@@ -14,14 +14,13 @@ import pytest
 from rich.console import Console
 
 import mhd.client.session as session
+from conftest import EXAMPLE
 from mhd.client.config import load
 from mhd.client.options import RunOptions
 from mhd.client.results import read_records
 from mhd.client.rule import Rule
 from mhd.client.submit import run_section
 from mhd.client.watch import watch_section
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
 
 pytestmark = pytest.mark.usefixtures("isolated_config")
 

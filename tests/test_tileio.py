@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import tracemalloc
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from conftest import KRISS_DIR
 from mhd.functions import detect
 from mhd.functions.worker.tileio import LUMA, MAX_FRAME, TileError, read_tile, sniff_format, to_grey, trim_frame
 from tilegen import blobs, encode, png_header_only, tiff_header_only
@@ -235,7 +235,7 @@ def test_pillow_global_limit_is_restored():
 
 # ------------------------------------------------------- image area only
 
-SEM = Path(__file__).parent / "data" / "sem-kriss"
+SEM = KRISS_DIR
 
 
 def framed(inner: np.ndarray) -> np.ndarray:
