@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import FrozenInstanceError, replace
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from mhd.client.judge import Judge
 from mhd.client.rule import Rule
 from mhd.contracts.record import ALWAYS, RESULT_KEYS, TileRecord, finite
@@ -103,7 +103,7 @@ def test_finite():
 @pytest.mark.parametrize("doc", ["endpoint/README.md", "docs/notebook.md"])
 def test_the_docs_name_every_result_key(doc):
     """What the function returns is listed where admins and notebook users read it."""
-    text = (Path(__file__).resolve().parents[1] / doc).read_text()
+    text = (ROOT / doc).read_text()
     assert [key for key in RESULT_KEYS if f"`{key}`" not in text] == []
 
 

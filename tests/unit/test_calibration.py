@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import ROOT
 from mhd.client.calibration import fit, rule_from_config, threshold_density
 from mhd.client.cli import main
 from mhd.client.config import load
@@ -24,7 +24,7 @@ from mhd.client.judge import Judge
 from mhd.contracts.record import TileRecord
 from mhd.functions.worker.remote import score_tiles
 
-SERIES = Path(__file__).resolve().parents[1] / "examples" / "focus_series"
+SERIES = ROOT / "examples" / "focus_series"
 
 pytestmark = pytest.mark.usefixtures("isolated_config")
 

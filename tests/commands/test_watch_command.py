@@ -17,7 +17,7 @@ import pytest
 from rich.console import Console
 
 import mhd.client.watch as watch
-from conftest import default_stop_signals
+from conftest import EXAMPLE, default_stop_signals
 from mhd.client.calibration import Calibration
 from mhd.client.config import load
 from mhd.client.discover import Tile
@@ -30,7 +30,6 @@ from mhd.client.watch import Landing, watch_section
 from mhd.contracts.formats import FORMATS, is_complete
 from tilegen import blobs, encode
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
 HOSTILE = "tile r9;$(touch PWNED) `touch PWNED2`.png"
 
 ALERT_SCRIPT = """

@@ -17,11 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 import mhd.client.results
+from conftest import EXAMPLE
 from mhd.client import cli
 from mhd.client.results import ResultsLog
 from mhd.contracts.record import TileRecord
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
 
 
 @pytest.fixture

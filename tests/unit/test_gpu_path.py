@@ -109,7 +109,7 @@ def test_a_batch_reads_back_a_few_values_per_tile(tiles):
 
 
 def test_noise_bin_medians_by_sorting_on_device_equal_the_cpus_partitions():
-    from test_response_parts import bins_case
+    from test_response import bins_case
 
     from mhd.functions._noise import _bin_medians
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import ROOT
 from mhd import __version__
 from mhd.client.calibration import Calibration, rule_from_config
 from mhd.client.cli import EXIT_USAGE, main
@@ -23,7 +24,6 @@ from mhd.client.rule import Rule
 from mhd.contracts.record import RESULT_KEYS, TileRecord
 from mhd.functions import cuda_available
 
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "section_042"
 SERIES = ROOT / "examples" / "focus_series"
 COMMANDS = [
@@ -470,7 +470,7 @@ def test_config_reads_the_old_backend_key_and_variable(tmp_path, monkeypatch):
 
 def test_debug_output_is_ours_not_every_png_chunk():
     """``client -vv`` printed PIL's debug line for every PNG chunk it read."""
-    tile = Path(__file__).resolve().parents[1] / "examples" / "section_042" / "tile_r0_c0.png"
+    tile = EXAMPLE / "tile_r0_c0.png"
     out = CliRunner().invoke(main, ["-vv", "score", str(tile)])
     assert out.exit_code == 0, out.output
     assert "STREAM b'IHDR'" not in out.output
