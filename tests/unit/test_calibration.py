@@ -1,28 +1,21 @@
-"""Calibration: the fitted line has the right values, and the fitted rule flags a real defocused tile.
+"""Calibration (``mhd.client.calibration``): the fitted line has the right values.
 
-``test_cli.py`` checks the ``client calibrate`` command (its output, files,
-CSV input and errors); these check the numbers: on densities made from a known
-``log d = a + b |defocus|`` the fit returns ``a`` and ``b``, and a tile of the
-example focus series that the fit never saw is judged by the stored rule
-exactly as ``submit``, ``watch`` and ``report`` judge it.
+``commands/test_calibrate_command.py`` checks the ``client calibrate`` command
+(its output, files, CSV input and errors, and that the fitted rule flags a real
+defocused tile); these check the numbers: on densities made from a known
+``log d = a + b |defocus|`` the fit returns ``a`` and ``b``.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from conftest import ROOT
-from mhd.client.calibration import fit, rule_from_config, threshold_density
-from mhd.client.cli import main
-from mhd.client.config import load
-from mhd.client.judge import Judge
-from mhd.contracts.record import TileRecord
-from mhd.functions.worker.remote import score_tiles
+from mhd.client.calibration import Calibration, fit, threshold_density
+from mhd.client.rule import Rule
 
 SERIES = ROOT / "examples" / "focus_series"
 
@@ -40,25 +33,6 @@ def test_fit_recovers_a_known_intercept_and_slope(a, b):
     assert cal.r < -0.95 and cal.n == defocus.size and cal.max_defocus == 1.5
     assert threshold_density(cal) == pytest.approx(math.exp(a + 1.5 * b), rel=0.05)
     assert cal.defocus(a + 3.0 * b) == pytest.approx(3.0, abs=0.1)  # the estimate inverts the line
-
-
-def test_a_real_defocused_tile_is_judged_oof_by_the_fitted_rule(tmp_path):
-    """Calibrate on the example series without its +4 um image, then judge that image and the focused one."""
-    series = tmp_path / "series"
-    shutil.copytree(SERIES, series, ignore=shutil.ignore_patterns("mhd-*", "focus_df+4.0um.png"))
-    out = CliRunner().invoke(main, ["calibrate", "--dir", str(series)])
-    assert out.exit_code == 0, out.output
-    rule = rule_from_config(load())  # the stored calibration, as submit/watch/report load it
-    cal = rule.calibration
-    assert cal.n == 8 and cal.max_defocus == 1.0  # default: the series' first step out of focus
-    judge = Judge(rule)
-    far, focused = score_tiles(
-        [{"name": p.name, "data": p.read_bytes()} for p in (SERIES / "focus_df+4.0um.png", SERIES / "focus_df+0.0um.png")]
-    )
-    [far], [focused] = judge.add(TileRecord.from_json(far)), judge.add(TileRecord.from_json(focused))  # no warm-up with a calibration
-    assert far.verdict == "oof" and far.kind == "defocus", far.reason
-    assert 2.5 < far.defocus < 6.0  # estimated |defocus| of a 4 um tile, in um
-    assert focused.verdict == "ok" and focused.defocus < 0.5, focused.reason
 
 
 def test_the_smallest_series_is_three_images_at_two_distinct_defocus():
@@ -93,3 +67,14 @@ def test_a_series_without_a_trend_is_not_a_calibration(law):
     fitter = fit if law == "count" else fit_blur
     with pytest.raises(ValueError, match="through-focus series"):
         fitter([f"img{i}.png" for i in range(defocus.size)], defocus, values)
+
+
+def test_a_calibrated_run_sends_every_parameter_the_law_was_fitted_with():
+    """A worker with other defaults (an endpoint on another version) then scores as the law expects."""
+    from mhd.client.calibration import fitted_params
+    from mhd.client.cli import _scoring_params
+
+    cal = Calibration(1.0, -0.5, -0.99, 9, "um", 1.0, fitted_params({"threshold": 0.1}))
+    assert _scoring_params(Rule(calibration=cal), {"threshold": 0.1}) == cal.params
+    assert _scoring_params(Rule(), {"threshold": 0.1}) == {"threshold": 0.1}  # no law: only the options given
+    assert _scoring_params(Rule(), None) is None
