@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 
 from conftest import EXPECTED_OOF, copy_example, read_results, write_results
 from mhd.client.cli import main
+from mhd.functions import ASTIGMATISM_THRESHOLD
 
 pytestmark = pytest.mark.usefixtures("isolated_config", "two_workers")
 
@@ -184,3 +186,21 @@ def test_one_worker_and_two_give_the_same_verdicts(section, tmp_path, monkeypatc
         log = results / section.name / "mhd-results.jsonl"
         runs.append({r["tile"]: (r["verdict"], r["kind"]) for r in map(json.loads, log.read_text().splitlines())})
     assert runs[0] == runs[1] and {t for t, (v, _) in runs[0].items() if v == "oof"} == EXPECTED_OOF
+
+
+# ------------------------------------------------------- kinds of out-of-focus tile
+
+
+def test_submit_prints_and_records_the_kind_and_angle(judged_section):
+    section, output = judged_section
+    recs = {r["tile"]: r for r in read_results(section)}
+    kinds = {t: r["kind"] for t, r in recs.items() if r["verdict"] == "oof"}
+    assert kinds == {"tile_r0_c2.png": "defocus", "tile_r1_c0.png": "astigmatism"}
+    astig = recs["tile_r1_c0.png"]
+    assert astig["astigmatism"] >= 0.4 and abs(astig["astigmatism_angle"] - 120) < 8
+    assert all(r["astigmatism"] < ASTIGMATISM_THRESHOLD for t, r in recs.items() if t != "tile_r1_c0.png")
+    printed = " ".join(output.split())  # rich wraps long lines at the terminal width
+    said = re.search(rf"OOF tile_r1_c0.png {astig['density'] / 1000:.1f}k/MP astigmatism: blurrier along (\d+) deg", printed)
+    assert said and abs(int(said.group(1)) - astig["blur_angle"]) <= 1 and abs(astig["blur_angle"] - 120) < 8, printed
+    assert "OOF tile_r0_c2.png" in printed and "k/MP defocus: " in printed
+    assert all(len(r["focus_map"]) == 4 for r in recs.values())

@@ -78,3 +78,10 @@ def test_a_calibrated_run_sends_every_parameter_the_law_was_fitted_with():
     assert _scoring_params(Rule(calibration=cal), {"threshold": 0.1}) == cal.params
     assert _scoring_params(Rule(), {"threshold": 0.1}) == {"threshold": 0.1}  # no law: only the options given
     assert _scoring_params(Rule(), None) is None
+
+
+def test_a_tile_denser_than_the_in_focus_line_is_estimated_at_zero_defocus():
+    cal = Calibration(intercept=math.log(2e4), slope=-0.8, r=-0.99, n=9, units="um", max_defocus=1.0)
+    assert cal.defocus(math.log(3e4)) == 0.0  # never a negative |defocus|
+    assert cal.defocus(math.log(2e4) - 1.6) == pytest.approx(2.0)
+    assert cal.log_threshold == pytest.approx(math.log(2e4) - 0.8)

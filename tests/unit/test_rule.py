@@ -1,9 +1,5 @@
-"""Numbers of the verdict rule that the end-to-end tests only meet on friendly inputs.
-
-The example sections have square 4 x 4 grids on tiles whose sides divide by 4,
-and no tile denser than the calibration's in-focus line; these pin the rule
-itself where those would not notice a change (found by ``bench/mutation.py``).
-"""
+"""One definition of the verdict rule's thresholds (``mhd.client.rule``): the configuration's keys are its fields,
+it is built by keyword, and a threshold outside its limits is refused, naming the key and where it came from."""
 
 from __future__ import annotations
 
@@ -11,33 +7,10 @@ import math
 
 import pytest
 
-from mhd.client.calibration import Calibration, rule_from_config
-from mhd.client.judge import focus_map
+from mhd.client.calibration import rule_from_config
 from mhd.client.rule import Rule
-from mhd.contracts.record import TileRecord
 
-
-def test_focus_map_of_a_non_square_grid_on_an_odd_sized_tile():
-    rec = TileRecord("t", grid=[[100, 50, 0], [10, 200, 7]], shape=[255, 301])  # 2 x 3 cells of 127.5 x 100.33 px
-    centre = math.log(1e4)  # baseline: 10,000 features per megapixel
-    cell_mp = (255 / 2) * (301 / 3) / 1e6
-    expected = [[round(max(n / cell_mp, 1.0) / 1e4, 2) for n in row] for row in rec.grid]  # floored at 1 /MP
-    assert focus_map(rec, centre) == expected
-    assert expected[0][:2] == [0.78, 0.39]  # what the formula gives, written out
-    assert (
-        focus_map(TileRecord("t", grid=[[1]], shape=[10, 10]), math.nan) is None
-        and focus_map(TileRecord("t", grid=[], shape=[8, 8]), 0.0) is None
-    )
-
-
-def test_a_tile_denser_than_the_in_focus_line_is_estimated_at_zero_defocus():
-    cal = Calibration(intercept=math.log(2e4), slope=-0.8, r=-0.99, n=9, units="um", max_defocus=1.0)
-    assert cal.defocus(math.log(3e4)) == 0.0  # never a negative |defocus|
-    assert cal.defocus(math.log(2e4) - 1.6) == pytest.approx(2.0)
-    assert cal.log_threshold == pytest.approx(math.log(2e4) - 0.8)
-
-
-# ------------------------------------------------- one definition of the rule
+pytestmark = pytest.mark.usefixtures("isolated_config")
 
 
 def test_the_configuration_keys_of_the_rule_are_its_fields():
@@ -124,15 +97,3 @@ def test_a_configured_threshold_outside_its_limits_names_the_key_and_source(tmp_
     monkeypatch.setenv("MHD_EMPTY_CNR", "-3")
     with pytest.raises(ValueError, match=r"empty_cnr from \$MHD_EMPTY_CNR: invalid value '-3' \(must be a number >= 0\)"):
         config_mod.load()
-
-
-def test_the_blur_reason_states_what_the_tile_adds_the_section_median_and_the_limit():
-    from mhd.client.judge import BlurPoint, BlurReference, SectionBlur
-
-    ref = BlurReference(median=0.83**2, spread=0.01, error=0.02, delta=0j, delta_spread=complex(0.05, 0.05), n=7)
-    judged = SectionBlur.of(BlurPoint(3.26**2, 0.02, None), ref, Rule())
-    limit = math.sqrt(Rule().blur_max ** 2 * (1 + 8 / 7))  # the floor, widened for a section of 7 tiles
-    assert judged.oof and judged.defocus_reason() == (
-        f"blurrier than the section: {math.sqrt(3.26**2 - 0.83**2):.2f} px added in quadrature to the section's 0.83 px "
-        f"(limit {limit:.2f} px, n=7)"
-    )
