@@ -1,5 +1,5 @@
 """The ``client`` command line as a whole: help and its examples, usage errors and their exit status, the program's
-names, deprecated options, debug output. Each command's own behaviour is in ``test_<command>_command.py`` beside
+names, deprecated options, debug output, an unforeseen failure. Each command's own behaviour is in ``test_<command>_command.py`` beside
 this file."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from conftest import EXAMPLE, run
 from mhd import __version__
+from mhd.client import cli
 from mhd.client.cli import EXIT_USAGE, main
 
 COMMANDS = [
@@ -128,3 +129,28 @@ def test_debug_output_is_ours_not_every_png_chunk():
     out = CliRunner().invoke(main, ["-vv", "score", str(tile)])
     assert out.exit_code == 0, out.output
     assert "STREAM b'IHDR'" not in out.output
+
+
+def test_an_unforeseen_failure_is_one_line_with_the_traceback_in_a_file(tmp_path, isolated_config, monkeypatch):
+    import tempfile
+
+    import mhd.client.report
+
+    def broken(*args, **kwargs):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(mhd.client.report, "make_report", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    section = tmp_path / "s"
+    section.mkdir()
+    out = CliRunner().invoke(cli.main, ["report", "--dir", str(section)])
+    assert out.exit_code == 1, out.output
+    [saved] = tmp_path.glob("mhd-client-*.traceback.txt")
+    assert out.output.strip() == f"Error: unexpected TypeError: unsupported operand (traceback in {saved})"
+    assert "Traceback" not in out.output and "raise TypeError" in saved.read_text()
+
+
+@pytest.mark.usefixtures("two_workers")
+def test_on_oof_help_names_every_variable():
+    text = CliRunner().invoke(cli.main, ["submit", "--help"], terminal_width=200).output
+    assert "MHD_TILE, MHD_VERDICT and MHD_REASON" in text

@@ -1,7 +1,7 @@
 """The real Globus Compute Executor, end to end offline (see globus_offline.py).
 
 Which functions an endpoint runs is decided by the endpoint's own code on its
-shipped configuration: ``test_security.py::test_the_endpoint_runs_only_the_registered_function``
+shipped configuration: ``security/test_security.py::test_the_endpoint_runs_only_the_registered_function``
 (the offline service's own 403 for other functions is a convenience of the
 harness, not something to test).
 """

@@ -1,4 +1,6 @@
-"""``client submit`` end to end on the bundled example, with the local backend (the embedded default).
+"""``client submit`` end to end on the bundled example, with the local backend (the embedded default): resumed
+after a kill, re-imaged tiles, one worker or two, the kinds of out-of-focus tile it prints; and as a new user meets
+it: a large 16-bit tile, read-only sections, output into a log, a login it cannot prompt for.
 
 Each run starts a real LocalExecutor (spawned endpoint engine workers) and
 sends the tiles inline through the same serialization as the Globus backend.
@@ -9,17 +11,22 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import EXPECTED_OOF, copy_example, read_results, write_results
+from conftest import EXPECTED_OOF, copy_example, isbi_paths, read_results, write_results
+from mhd.client import cli
 from mhd.client.cli import main
+from mhd.client.transport import MB
 from mhd.functions import ASTIGMATISM_THRESHOLD
 
 pytestmark = pytest.mark.usefixtures("isolated_config", "two_workers")
@@ -204,3 +211,111 @@ def test_submit_prints_and_records_the_kind_and_angle(judged_section):
     assert said and abs(int(said.group(1)) - astig["blur_angle"]) <= 1 and abs(astig["blur_angle"] - 120) < 8, printed
     assert "OOF tile_r0_c2.png" in printed and "k/MP defocus: " in printed
     assert all(len(r["focus_map"]) == 4 for r in recs.values())
+
+
+# ------------------------------------------------------- as a new user meets it: large tiles, read-only sections, logs, login
+
+
+@pytest.mark.slow
+def test_a_4096_square_16_bit_tiff_is_scored_on_the_local_engine_with_no_configuration(tmp_path):
+    section = tmp_path / "section"
+    section.mkdir()
+    big = np.tile(iio.imread(isbi_paths()[0]).astype(np.uint16) * 257, (8, 8))  # 4096 x 4096, 16-bit
+    iio.imwrite(section / "big.tif", big)
+    assert (section / "big.tif").stat().st_size > 33 * MB  # over the 6 MB inline limit
+    out = CliRunner().invoke(cli.main, ["submit", "--dir", str(section)])
+    assert out.exit_code == 0, out.output
+    [rec] = read_results(section / "mhd-results.jsonl")
+    assert rec["verdict"] == "ok" and rec["error"] is None and rec["shape"] == [4096, 4096] and rec["features"] > 0
+    assert rec["transport"] == "disk"
+    assert "transport disk" in out.output
+
+
+@pytest.fixture
+def read_only_section(tmp_path):
+    """The example section on a read-only file system (root: a tmpfs remounted read-only), else without write permission."""
+    section = tmp_path / "archive" / "section_042"
+    section.parent.mkdir()
+    if os.geteuid() == 0:
+        section.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(section)], capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here")
+        try:
+            copy_example(tmp_path / "src")
+            for f in (tmp_path / "src").iterdir():
+                shutil.copy(f, section / f.name)
+            subprocess.run(["mount", "-o", "remount,ro", str(section)], check=True)
+            yield section
+        finally:
+            subprocess.run(["umount", "-l", str(section)], check=False)
+    else:
+        copy_example(section)
+        section.chmod(0o555)
+        try:
+            yield section
+        finally:
+            section.chmod(0o755)
+
+
+def test_a_read_only_section_is_scored_with_results_elsewhere(read_only_section, tmp_path):
+    runner = CliRunner()
+    refused = runner.invoke(cli.main, ["submit", "--dir", str(read_only_section)])
+    assert refused.exit_code == 1
+    assert "cannot write the results here" in refused.output and "give --results DIR" in refused.output
+    assert "Traceback" not in refused.output and "Errno" not in refused.output
+
+    out_root = tmp_path / "results"
+    done = runner.invoke(cli.main, ["submit", "--dir", str(read_only_section), "--results", str(out_root)])
+    assert done.exit_code == 2, done.output
+    folder = out_root / "section_042"
+    assert len(read_results(folder / "mhd-results.jsonl")) == 16
+    assert (folder / "mhd-client.log").exists()
+    assert f"results: {folder / 'mhd-results.jsonl'}" in done.output
+
+    watched = runner.invoke(cli.main, ["watch", "--dir", str(read_only_section), "--results", str(out_root), "--idle-exit", "0"])
+    assert watched.exit_code == 2, watched.output
+    assert "16 tiles already recorded" in watched.output
+
+    report = runner.invoke(cli.main, ["report", "--dir", str(read_only_section), "--results", str(out_root)])
+    assert report.exit_code == 0, report.output
+    assert (folder / "mhd-report" / "mhd-reacquire.txt").exists()
+
+
+def test_the_results_key_keeps_sections_of_the_same_name_apart(tmp_path, monkeypatch):
+    one, two = copy_example(tmp_path / "a" / "s"), tmp_path / "b" / "s"
+    two.mkdir(parents=True)
+    monkeypatch.setenv("MHD_RESULTS", str(tmp_path / "results"))
+    runner = CliRunner()
+    assert runner.invoke(cli.main, ["submit", "--dir", str(one)]).exit_code == 2
+    clash = runner.invoke(cli.main, ["submit", "--dir", str(two)])
+    assert clash.exit_code == 1 and f"holds the results of {one.resolve()}" in clash.output
+
+
+def test_output_into_a_log_is_plain_unwrapped_lines(tmp_path):
+    section = copy_example(tmp_path / "section")
+    deep = section / ("acquisition_2024_03_01_overview_grid_" * 2) / "row_03"
+    deep.mkdir(parents=True)
+    long_id = f"{deep.relative_to(section).as_posix()}/tile_r1_c2_out_of_focus.png"
+    shutil.copy(section / "tile_r1_c2.png", section / long_id)
+    out = CliRunner().invoke(cli.main, ["submit", "--dir", str(section)], terminal_width=80)
+    assert out.exit_code == 2, out.output
+    text = out.output
+    assert "\x1b[" not in text  # no colour codes in a log
+    assert any(line.startswith("OOF") and long_id in line for line in text.splitlines())  # one line, whole
+    assert f"oof\t{long_id}\tdefocus: " in text  # the summary: verdict<TAB>tile<TAB>reason
+    assert "exit status 2 (out-of-focus tiles)" in text  # never split over two lines
+
+
+def test_a_login_that_cannot_be_prompted_is_one_error_before_any_tile(tmp_path, monkeypatch):
+    section = copy_example(tmp_path / "section")
+    monkeypatch.setenv("MHD_ENDPOINT", "4b116d3c-1703-4f8f-9f6f-39921e5864df")
+    monkeypatch.setenv("MHD_FUNCTION", "9d1c0a5e-0000-4000-8000-000000000001")
+    monkeypatch.delenv("GLOBUS_COMPUTE_CLIENT_ID", raising=False)
+    monkeypatch.delenv("GLOBUS_COMPUTE_CLIENT_SECRET", raising=False)
+    out = CliRunner().invoke(cli.main, ["submit", "--dir", str(section)])  # stdin is not a terminal
+    assert out.exit_code == 1, out.output
+    assert "not logged in to Globus, and there is no terminal here to log in from: run 'client login'" in out.output
+    assert "https://" not in out.output and "Traceback" not in out.output
+    results = section / "mhd-results.jsonl"
+    assert not results.exists() or results.read_bytes() == b""  # no tile recorded because of it
+    assert "scored" not in out.output

@@ -1,4 +1,6 @@
-"""``client watch`` against a slow, partial writer, stopped with Ctrl-C (SIGINT)."""
+"""``client watch`` end to end: against a slow, partial writer, stopped with Ctrl-C (SIGINT); a re-imaged tile, a
+tile still being written at --idle-exit, a section folder that appears late or never, a failure mid-watch.
+``unit/test_watch.py`` checks how tiles land."""
 
 from __future__ import annotations
 
@@ -17,18 +19,15 @@ import pytest
 from rich.console import Console
 
 import mhd.client.watch as watch
-from conftest import EXAMPLE, default_stop_signals
+from conftest import EXAMPLE, default_stop_signals, rename_over
 from mhd.client.calibration import Calibration
 from mhd.client.config import load
-from mhd.client.discover import Tile
 from mhd.client.judge import Judge
 from mhd.client.options import RunOptions
-from mhd.client.results import ResultsLog, read_records
+from mhd.client.results import read_records
 from mhd.client.rule import Rule
 from mhd.client.submit import run_section
-from mhd.client.watch import Landing, watch_section
-from mhd.contracts.formats import FORMATS, is_complete
-from tilegen import blobs, encode
+from mhd.client.watch import watch_section
 
 HOSTILE = "tile r9;$(touch PWNED) `touch PWNED2`.png"
 
@@ -46,48 +45,6 @@ def slow_write(path: Path, data: bytes, pause: float) -> None:
         fh.flush()
         time.sleep(pause)
         fh.write(data[len(data) // 2 :])
-
-
-def test_landing_waits_for_stable_complete_files(tmp_path):
-    data = (EXAMPLE / "tile_r0_c0.png").read_bytes()
-    landing = Landing(tmp_path, settle=100.0, give_up=100.0)
-    (tmp_path / "a.png").write_bytes(data[:1000])
-    (tmp_path / ".b.png").write_bytes(data)
-    assert landing.poll() == []  # first sight: not yet known to be stable
-    assert landing.poll() == []  # stable but truncated: not complete
-    (tmp_path / "a.png").write_bytes(data)
-    (tmp_path / ".b.png").rename(tmp_path / "b.png")
-    assert landing.poll() == []  # both changed since the last look
-    ready = landing.poll()
-    assert [t.id for t, _ in ready] == ["a.png", "b.png"] and all(isinstance(t, Tile) for t, _ in ready)
-    assert landing.poll() == []  # each tile is handed out once
-
-
-def rename_over(path: Path, data: bytes, mtime: float) -> None:
-    """Write ``data`` as ``path``.part, last modified at ``mtime``, and rename it over ``path``."""
-    part = path.with_name(path.name + ".part")
-    part.write_bytes(data)
-    os.utime(part, (mtime, mtime))
-    part.replace(path)
-
-
-def test_landing_hands_out_a_recorded_tile_again_once_its_file_changes(tmp_path):
-    data = (EXAMPLE / "tile_r0_c0.png").read_bytes()
-    rename_over(tmp_path / "a.png", data, time.time() - 60)
-    rename_over(tmp_path / "old.png", data, time.time() - 60)
-    st = (tmp_path / "a.png").stat()
-    landing = Landing(tmp_path, {"a.png": (st.st_size, st.st_mtime_ns), "old.png": (None, None)}, settle=1.0, give_up=100.0)
-    assert landing.poll() == []  # recorded, unchanged; old.png's record predates file versions: kept
-    rename_over(tmp_path / "a.png", data, time.time() - 30)  # re-imaged: same name, same size, another mtime
-    rename_over(tmp_path / "old.png", data[:-1] + b"x", time.time() - 30)
-    [(tile, landed)] = landing.poll()
-    assert tile.id == "a.png" and tile.mtime_ns == (tmp_path / "a.png").stat().st_mtime_ns and tile.size == len(data)
-    assert landing.poll() == []  # handed out once per version
-    (tmp_path / "a.png").write_bytes(data[:1000])  # re-imaged again, while this watch runs: waits until complete
-    assert landing.poll() == [] and landing.poll() == []
-    (tmp_path / "a.png").write_bytes(data)
-    os.utime(tmp_path / "a.png", (time.time() - 10, time.time() - 10))
-    assert [t.id for t, _ in landing.poll()] == ["a.png"]
 
 
 @pytest.mark.usefixtures("isolated_config")
@@ -122,23 +79,6 @@ def test_watch_rescores_a_tile_renamed_into_place_over_a_recorded_one(tmp_path, 
     assert (rec.file_size, rec.file_mtime_ns) == (len(new), (section / "tile_r0_c0.png").stat().st_mtime_ns)
     assert rec.scored_at != before["tile_r0_c0.png"].scored_at and rec.latency_ms is not None
     assert after["tile_r0_c1.tif"] == before["tile_r0_c1.tif"]  # untouched: not scored again
-
-
-def test_landing_notes_when_a_file_appears_or_changes(tmp_path):
-    data = (EXAMPLE / "tile_r0_c0.png").read_bytes()
-    landing = Landing(tmp_path, settle=100.0, give_up=100.0)
-    landing.poll()
-    assert landing.changed_at == 0.0  # nothing seen yet
-    (tmp_path / "a.png").write_bytes(data[:1000])
-    before = time.monotonic()
-    landing.poll()
-    first = landing.changed_at
-    assert first >= before
-    landing.poll()
-    assert landing.changed_at == first  # unchanged since: no activity
-    (tmp_path / "a.png").write_bytes(data[:2000])
-    landing.poll()
-    assert landing.changed_at > first  # still being written
 
 
 @pytest.mark.usefixtures("isolated_config")
@@ -218,71 +158,6 @@ def test_an_unforeseen_failure_records_the_verdicts_held_for_the_baseline_first(
         watch_section(section, cfg, Console(file=io.StringIO()), RunOptions(rule=Rule(warmup=8), params={"backend": "numpy"}, poll=0.1))
     recs, _ = read_records(section / "mhd-results.jsonl")
     assert set(recs) == {"tile_r0_c0.png", "tile_r0_c1.tif", "tile_r0_c2.png"} and all(r.verdict for r in recs.values())
-
-
-def test_landing_has_nothing_pending_once_a_file_is_back_to_the_version_scored(tmp_path):
-    data = (EXAMPLE / "tile_r0_c0.png").read_bytes()
-    rename_over(tmp_path / "a.png", data, time.time() - 60)
-    st = (tmp_path / "a.png").stat()
-    landing = Landing(tmp_path, {"a.png": (st.st_size, st.st_mtime_ns)}, settle=100.0, give_up=100.0)
-    (tmp_path / "a.png").write_bytes(data[:100])  # re-imaging starts ...
-    assert landing.poll() == [] and landing.pending == 1
-    rename_over(tmp_path / "a.png", data, st.st_mtime_ns / 1e9)  # ... and the scored file comes back (cp -p, rsync -t)
-    os.utime(tmp_path / "a.png", ns=(st.st_mtime_ns, st.st_mtime_ns))
-    assert landing.poll() == [] and landing.pending == 0  # an idle watch would otherwise wait for it forever
-
-
-def test_a_file_written_under_a_partial_name_is_activity(tmp_path):
-    landing = Landing(tmp_path, settle=100.0, give_up=100.0)
-    (tmp_path / "a.png.part").write_bytes(b"x" * 10)
-    landing.poll()
-    first = landing.changed_at
-    assert first > 0
-    landing.poll()
-    assert landing.changed_at == first
-    (tmp_path / "a.png.part").write_bytes(b"x" * 20)
-    landing.poll()
-    assert landing.changed_at > first and landing.pending == 0
-
-
-def test_landing_forgets_a_pending_file_that_is_removed(tmp_path):
-    landing = Landing(tmp_path, settle=100.0, give_up=100.0)
-    (tmp_path / "a.png").write_bytes(b"\x89PNG")
-    landing.poll()
-    assert landing.pending == 1
-    (tmp_path / "a.png").unlink()
-    landing.poll()
-    assert landing.pending == 0  # an idle watch would otherwise wait for it forever
-
-
-@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
-def test_a_truncated_file_is_incomplete_without_decoding_it(tmp_path, monkeypatch, fmt):
-    """Every registered format has a completeness check (one without raised KeyError and stopped watch)."""
-    import mhd.functions.worker.tileio as tileio
-
-    def no_decoding(*args, **kwargs):
-        raise AssertionError("the watcher decoded a tile")
-
-    monkeypatch.setattr(tileio, "read_tile", no_decoding)
-    monkeypatch.setattr(tileio, "_read_tiff", no_decoding)
-    image = blobs((200, 300), 3)
-    data = encode(image, fmt.name, **({"rowsperstrip": 16} if fmt.name == "TIFF" else {}))  # TIFF: tifffile, 13 strips
-    whole = tmp_path / f"whole{fmt.suffixes[0]}"
-    whole.write_bytes(data)
-    assert is_complete(whole)
-    for cut in (len(data) - 1, len(data) // 2, 40, 0):
-        part = tmp_path / f"cut{cut}{fmt.suffixes[0]}"
-        part.write_bytes(data[:cut])
-        assert not is_complete(part), (fmt, cut)
-    assert not is_complete(tmp_path / "missing.png")
-
-
-def test_landing_gives_up_on_files_that_never_decode(tmp_path):
-    landing = Landing(tmp_path, settle=0.0, give_up=0.2)
-    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
-    assert landing.poll() == []
-    time.sleep(0.25)
-    assert [t.id for t, _ in landing.poll()] == ["broken.tif"]
 
 
 @pytest.mark.slow
@@ -389,48 +264,3 @@ def test_watch_gives_up_waiting_for_a_folder_after_idle_exit(tmp_path, isolated_
 
     out = CliRunner().invoke(main, ["watch", "--dir", str(tmp_path / "never"), "--idle-exit", "0.3", "--poll", "0.1"])
     assert out.exit_code == 1 and f"{tmp_path / 'never'} did not appear within --idle-exit 0.3 s" in out.output
-
-
-def test_a_verdict_for_an_older_version_of_a_tile_does_not_replace_the_newer_ones(tmp_path):
-    """The tile is re-imaged while its first task runs (watch feeds it again); the first task answers last."""
-    import concurrent.futures as cf
-
-    from mhd.client.pipeline import Pipeline
-    from mhd.client.transport import DiskTransport
-
-    class Manual:
-        name = "manual"
-
-        def __init__(self):
-            self.tasks = []
-
-        def submit(self, tiles, params=None):
-            fut = cf.Future()
-            fut.set_running_or_notify_cancel()
-            self.tasks.append(fut)
-            return fut
-
-    path = tmp_path / "a.png"
-    executor = Manual()
-
-    def answer(task, density):
-        task.set_result([{"tile": "a.png", "features": 10, "density": density, "blur": 1.0, "error": None, "contrast": 50.0}])
-
-    with ResultsLog(tmp_path) as log:
-        pipe = Pipeline(executor, DiskTransport(1, tmp_path), Judge(Rule(warmup=1)), log)
-        path.write_bytes(b"version 1")
-        st = path.stat()
-        pipe.feed([Tile("a.png", path, st.st_size, st.st_mtime_ns)])
-        pipe.pump(0)
-        path.write_bytes(b"version 2, longer")
-        os.utime(path, ns=(st.st_mtime_ns + 10**9,) * 2)
-        st2 = path.stat()
-        pipe.feed([Tile("a.png", path, st2.st_size, st2.st_mtime_ns)])
-        pipe.pump(0)
-        answer(executor.tasks[1], 222.0)  # the new version's verdict first ...
-        pipe.pump(0.1)
-        answer(executor.tasks[0], 111.0)  # ... then the old version's (a slower worker, a retried task)
-        pipe.pump(0.1)
-        rec = log.records["a.png"]
-    assert (rec.density, rec.file_size) == (222.0, st2.st_size)
-    assert [json.loads(line)["density"] for line in (tmp_path / "mhd-results.jsonl").read_text().splitlines()] == [222.0]

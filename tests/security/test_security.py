@@ -1,4 +1,4 @@
-"""Security of the deployed path: confinement, limits, allowed functions, tokens.
+"""Security of the deployed path: confinement, limits, allowed functions, tokens, and output no tile name can forge.
 
 ``unit/test_scoring.py`` checks each confinement rule of ``score_tiles`` in this
 process (and that refused paths are never opened); here the same hostile
@@ -7,6 +7,7 @@ a spawned endpoint worker), with the limits set the way an administrator sets
 them (worker environment). The endpoint's own code decides
 ``allowed_functions`` on the shipped configuration, and a fake token is
 followed through ``client register`` and ``client submit`` with every log on.
+A tile named to look like a verdict line stays one escaped field of one line.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from globus_compute_endpoint.endpoint.interchange import EndpointInterchange
 from globus_compute_endpoint.endpoint.result_store import ResultStore
 from globus_sdk.token_storage import TokenStorageData
 
+from conftest import copy_example, read_results
 from globus_offline import OfflineCompute
 from mhd.client import auth, cli
 from mhd.client.executors import LocalExecutor
@@ -224,3 +226,32 @@ def test_a_stored_token_is_used_but_never_printed_logged_or_written_elsewhere(tm
     tokens = tmp_path / "cfg" / "tokens.db"
     assert SECRET.encode() in tokens.read_bytes() and mode(tokens) == 0o600 and mode(tokens.parent) == 0o700
     assert json.loads((tmp_path / "cfg" / "config.json").read_text())["endpoint"] == cloud.endpoint_id
+
+
+# ------------------------------------------------------------------ output
+
+
+@pytest.mark.usefixtures("two_workers")
+def test_a_tile_name_with_control_characters_cannot_forge_output_lines(tmp_path):
+    """A file named ``evil\\nOOF   other.png.png`` is one escaped field of one line everywhere the client prints it."""
+    from mhd.client.console import printable
+
+    section = copy_example(tmp_path / "section")
+    evil = "evil\nOOF   other.png.png"
+    (section / "tile_r1_c2.png").rename(section / evil)  # the example's out-of-focus tile
+    (section / "tab\tname.png").write_bytes((section / "tile_r0_c0.png").read_bytes())
+    (section / "notes[bold]x.txt").write_text("not a tile")  # skipped: its name is not markup either
+    out = CliRunner().invoke(cli.main, ["submit", "--dir", str(section)])
+    assert out.exit_code == 2, out.output
+    lines = out.output.splitlines()
+    assert not any(line.startswith("OOF   other.png") for line in lines), out.output  # no forged verdict line
+    assert "oof\tevil\\nOOF   other.png.png\tdefocus" in out.output
+    assert all(line.count("\t") in (0, 2) for line in lines)  # the summary's fields stay three
+    assert {r["tile"] for r in read_results(section / "mhd-results.jsonl")} >= {evil, "tab\tname.png"}  # real names kept
+    rep = CliRunner().invoke(cli.main, ["report", "--dir", str(section)])
+    assert rep.exit_code in (0, 2), rep.output
+    reacquire = (section / "mhd-report" / "mhd-reacquire.txt").read_text().splitlines()
+    assert "evil\\nOOF   other.png.png\tdefocus" in [line[: len("evil\\nOOF   other.png.png\tdefocus")] for line in reacquire]
+    assert "skipped (not an image): notes[bold]x.txt" in out.output
+    assert printable("a\\b\x1b[31m\r") == "a\\\\b\\x1b[31m\\r" and printable("ordinary é 漢字.png") == "ordinary é 漢字.png"
+    assert printable("gnp.\u202etxt") == "gnp.\\u202etxt" and printable("p\u2028q") == "p\\u2028q"  # bidi override, line separator

@@ -8,6 +8,7 @@ import pytest
 
 from mhd.client.discover import discover
 from mhd.contracts import files, formats, limits
+from mhd.contracts.formats import FORMATS, is_complete
 from mhd.contracts.verdicts import LOOKS, Kind, Verdict, look
 from mhd.functions.worker.settings import ENV_VARS, Limits
 from mhd.functions.worker.tileio import DECODERS, read_tile
@@ -100,3 +101,25 @@ def test_the_allowed_serializers_admit_our_tasks_and_nothing_pickled():
     with pytest.raises(Exception, match="(?i)deserializ|allow"):
         guard.deserialize(pickled)
     assert set(limits.RESULT_SERIALIZERS) <= set(limits.ALLOWED_SERIALIZERS)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+def test_a_truncated_file_is_incomplete_without_decoding_it(tmp_path, monkeypatch, fmt):
+    """Every registered format has a completeness check (one without raised KeyError and stopped watch)."""
+    import mhd.functions.worker.tileio as tileio
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the watcher decoded a tile")
+
+    monkeypatch.setattr(tileio, "read_tile", no_decoding)
+    monkeypatch.setattr(tileio, "_read_tiff", no_decoding)
+    image = blobs((200, 300), 3)
+    data = encode(image, fmt.name, **({"rowsperstrip": 16} if fmt.name == "TIFF" else {}))  # TIFF: tifffile, 13 strips
+    whole = tmp_path / f"whole{fmt.suffixes[0]}"
+    whole.write_bytes(data)
+    assert is_complete(whole)
+    for cut in (len(data) - 1, len(data) // 2, 40, 0):
+        part = tmp_path / f"cut{cut}{fmt.suffixes[0]}"
+        part.write_bytes(data[:cut])
+        assert not is_complete(part), (fmt, cut)
+    assert not is_complete(tmp_path / "missing.png")

@@ -232,7 +232,7 @@ def test_noise_alone_counts_a_small_floor(isbi):
 
     Measured: 167 against 6219 on a sharp slice (2.7 %); with ``noise_k`` 5 it was 2 (0.03 %), and the low-dose
     count could not tell focus (docs/validation.md, "The feature count"). Noise that only hides features is tested on real
-    scans (``tests/test_sem_focus.py``) and at strong defocus (``tests/test_validation.py``)."""
+    scans (``tests/validation/test_sem_focus.py``) and at strong defocus (``tests/validation/test_validation.py``)."""
     rng = np.random.default_rng(0)
     flat = np.full((512, 512), 100.0)
     noisy_flat = rng.poisson(flat).astype(np.float32)

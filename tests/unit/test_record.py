@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from mhd.client.judge import Judge
-from mhd.client.rule import Rule
 from mhd.contracts.record import ALWAYS, RESULT_KEYS, TileRecord, finite
 
 #: A results-log line as versions before the blur measure wrote it (no ``blur``), with a field this version does not know.
@@ -95,36 +93,6 @@ def test_the_docs_name_every_result_key(doc):
     """What the function returns is listed where admins and notebook users read it."""
     text = (ROOT / doc).read_text()
     assert [key for key in RESULT_KEYS if f"`{key}`" not in text] == []
-
-
-def test_results_of_an_older_worker_without_contrast_are_recorded_with_one_warning(tmp_path, caplog):
-    """A worker that predates the tissue contrast: verdicts still come, and the operator is told why empty tiles are not called."""
-    import concurrent.futures as cf
-    import logging
-
-    from mhd.client.discover import discover
-    from mhd.client.pipeline import Pipeline
-    from mhd.client.results import ResultsLog
-    from mhd.client.transport import InlineTransport
-
-    section = tmp_path / "section"
-    section.mkdir()
-    for i in range(4):
-        (section / f"tile_{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # never decoded: the fake worker answers
-
-    class OldWorker:
-        def submit(self, tiles, params=None):
-            fut = cf.Future()
-            fut.set_result(
-                [{"tile": t["name"], "features": 900, "density": 13733.0, "grid": [[1]], "shape": [256, 256], "error": None} for t in tiles]
-            )
-            return fut
-
-    seen = []
-    with ResultsLog(section) as results, caplog.at_level(logging.WARNING, logger="mhd"):
-        Pipeline(OldWorker(), InlineTransport(2), Judge(Rule(warmup=1)), results, None, seen.extend).run(discover(section).tiles)
-    assert len(seen) == 4 and all(r.error is None and r.contrast is None for r in seen)
-    assert caplog.text.count("the worker returned no tissue contrast") == 1
 
 
 def test_a_record_knows_the_file_version_it_scored_and_an_old_one_claims_none():

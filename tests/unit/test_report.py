@@ -7,7 +7,7 @@ import math
 import pytest
 
 from conftest import fake, write_results
-from mhd.client.report import section_verdicts
+from mhd.client.report import section_verdicts, text_colour
 from mhd.client.rule import Rule
 
 pytestmark = pytest.mark.usefixtures("isolated_config")
@@ -39,3 +39,11 @@ def test_report_draws_the_threshold_of_the_measure_the_verdicts_use(tmp_path, mo
         assert thresholds == [(drawn, pytest.approx(blur_threshold(judged.values(), chosen)))]
         # ten tiles of little spread: the floor, blur_max in quadrature, widened while the section is small (x 1 + 8 / n)
         assert thresholds[0][1] == pytest.approx(math.sqrt(0.84**2 + chosen.blur_max**2 * (1 + 8 / 10)), abs=0.02)
+
+
+@pytest.mark.usefixtures("two_workers")
+@pytest.mark.parametrize(
+    ("rgba", "colour"), [((0.65, 0.0, 0.15, 1), "white"), ((0.0, 0.41, 0.22, 1), "white"), ((1.0, 1.0, 0.75, 1), "black")]
+)
+def test_focus_map_numbers_are_readable_on_their_cells(rgba, colour):
+    assert text_colour(rgba) == colour

@@ -1,4 +1,5 @@
-"""``submit`` and ``watch`` drive one RunSession: the same executor set-up, so the copies cannot drift."""
+"""``submit`` and ``watch`` drive one RunSession (``mhd.client.session``): the same executor set-up, so the copies
+cannot drift; and the transport it makes: the inline limit where a request crosses the network, naming what works."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from mhd.client.config import load
 from mhd.client.options import RunOptions
 from mhd.client.results import read_records
 from mhd.client.rule import Rule
+from mhd.client.session import make_transport
 from mhd.client.submit import run_section
+from mhd.client.transport import MB
 from mhd.client.watch import watch_section
 
 pytestmark = pytest.mark.usefixtures("isolated_config")
@@ -105,3 +108,49 @@ def test_watch_sends_tiles_the_way_submit_does_when_tiles_may_be_large(tmp_path,
     run_section(section, cfg, console, RunOptions(rule=Rule()))
     watch_section(section, cfg, console, RunOptions(rule=Rule(), idle_exit=0.0))
     assert [args[1].name for args, _ in made] == ["shared", "shared"]
+
+
+def tile_of(tmp_path: Path, size: int):
+    from mhd.client.discover import Tile
+
+    path = tmp_path / "big.tif"
+    path.write_bytes(b"\0" * size)
+    return Tile("big.tif", path, size)
+
+
+@pytest.mark.usefixtures("two_workers")
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({}, "score it on this machine with --executor local"),
+        ({"MHD_SHARED_LOCAL": "/mnt/em"}, "use --transport shared (shared_local is configured)"),
+        (
+            {
+                "MHD_TRANSPORT": "inline",
+                "MHD_SOURCE_COLLECTION": "s",
+                "MHD_SOURCE_LOCAL": "/",
+                "MHD_DEST_COLLECTION": "d",
+                "MHD_DEST_PATH": "/in",
+            },
+            "use --transport globus (Globus Transfer is configured)",
+        ),
+    ],
+)
+def test_the_inline_limit_applies_where_a_request_crosses_the_network_and_names_what_works(settings, says, tmp_path, monkeypatch):
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MHD_TRANSPORT", "inline")
+    tile = tile_of(tmp_path, 7 * MB)
+    [staged] = list(make_transport(load(), tmp_path, [tile], 1, kind="globus").stage([tile]))
+    [failed] = staged.failed
+    assert failed.error.startswith("big.tif: 7.0 MB is over the inline limit of 6 MB per task (request_mb); ")
+    assert says in failed.error
+
+
+@pytest.mark.usefixtures("two_workers")
+def test_the_local_engine_never_asks_for_a_transfer(tmp_path, monkeypatch):
+    tile = tile_of(tmp_path, 7 * MB)
+    assert make_transport(load(), tmp_path, [tile], 1, kind="local").name == "disk"
+    monkeypatch.setenv("MHD_TRANSPORT", "globus")
+    with pytest.raises(ValueError, match=r"use --transport auto \(the local engine reads tiles from disk\)"):
+        make_transport(load(), tmp_path, [tile], 1, kind="local")
