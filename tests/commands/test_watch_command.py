@@ -224,15 +224,19 @@ def test_watch_waits_for_a_section_folder_that_does_not_exist_yet(tmp_path, isol
     section = tmp_path / "section_044"
     client = Path(sys.executable).with_name("client")
     env = {**os.environ, "MHD_WORKERS": "1"}
-    proc = subprocess.Popen(
-        [str(client), "watch", "--dir", str(section), "--idle-exit", "20", "--poll", "0.1"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=default_stop_signals,
-    )
-    time.sleep(1.0)
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as stderr:
+        proc = subprocess.Popen(
+            [str(client), "watch", "--dir", str(section), "--idle-exit", "20", "--poll", "0.1"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            preexec_fn=default_stop_signals,
+        )
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and "to appear" not in errors.read_text():
+        time.sleep(0.05)  # until the client says it waits (its start takes seconds on a loaded machine)
     assert proc.poll() is None  # still waiting, not "not a folder"
     (tmp_path / "incoming").mkdir()
     shutil.copy(EXAMPLE / "tile_r0_c0.png", tmp_path / "incoming" / "tile_r0_c0.png")
@@ -241,7 +245,8 @@ def test_watch_waits_for_a_section_folder_that_does_not_exist_yet(tmp_path, isol
     while time.monotonic() < deadline and not read_records(section / "mhd-results.jsonl")[0]:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, _ = proc.communicate(timeout=60)
+    err = errors.read_text()
     assert f"waiting for {section} to appear" in err and "Traceback" not in err
     assert list(read_records(section / "mhd-results.jsonl")[0]) == ["tile_r0_c0.png"], out + err
 
