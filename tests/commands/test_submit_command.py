@@ -8,7 +8,6 @@ sends the tiles inline through the same serialization as the Globus backend.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -102,7 +101,7 @@ def test_killed_client_resumes_without_losing_or_duplicating(tmp_path):
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = [json.loads(x) for x in results.read_bytes().split(b"\n") if x.strip()]
+    before = read_results(results)
     assert 12 <= len(before) < 48
     with results.open("ab") as fh:  # as if the kill had landed mid-write
         fh.write(b'{"tile": "c/tile_r3_c3.bmp", "verdict": "o')
@@ -191,7 +190,7 @@ def test_one_worker_and_two_give_the_same_verdicts(section, tmp_path, monkeypatc
         out = CliRunner().invoke(main, ["submit", "--dir", str(section), "--batch", batch, "--results", str(results)])
         assert out.exit_code == 2, out.output
         log = results / section.name / "mhd-results.jsonl"
-        runs.append({r["tile"]: (r["verdict"], r["kind"]) for r in map(json.loads, log.read_text().splitlines())})
+        runs.append({r["tile"]: (r["verdict"], r["kind"]) for r in read_results(log)})
     assert runs[0] == runs[1] and {t for t, (v, _) in runs[0].items() if v == "oof"} == EXPECTED_OOF
 
 

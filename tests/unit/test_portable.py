@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from conftest import read_results
 from mhd.client import portable, results
 from mhd.client.interrupt import stopped_by
 from mhd.client.results import ResultsLog, SectionLocked
@@ -127,7 +128,7 @@ def test_compaction_closes_the_log_before_it_replaces_it(tmp_path, windows_repla
         log.compact()
         log.append(record("b"))
     assert windows_replace == [os.fspath(log.path)]
-    lines = [json.loads(x) for x in log.path.read_text().splitlines()]
+    lines = read_results(log.path)
     assert [(r["tile"], r["verdict"]) for r in lines] == [("a", "oof"), ("b", "ok")]
 
 
