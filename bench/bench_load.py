@@ -9,7 +9,7 @@ client's resident memory (RSS) and the workers' total RSS. Printed: tiles/s
 overall (start-up included) and at steady state (after the first
 ``--warmup`` fraction of tiles), and the RSS growth from the end of the
 warm-up to the largest later sample. Measured, not asserted
-(``tests/test_load.py`` checks one record per tile and flat memory on a
+(``tests/load/test_load.py`` checks one record per tile and flat memory on a
 CI-sized run).
 
 Usage::
@@ -168,7 +168,7 @@ def per_record(samples: list[Sample], tiles: int, warmup: float = 0.2, field: st
     what a record legitimately costs (the in-memory brief of each record:
     about 1 KB). ``traced_mib`` (``tracemalloc``) sees Python and NumPy
     allocations byte for byte; RSS moves in allocator arenas and pages, so its
-    slope is coarser (see ``tests/test_load.py`` for what each can see).
+    slope is coarser (see ``tests/load/test_load.py`` for what each can see).
     """
     after = [s for s in samples if s.recorded >= warmup * tiles]
     x = [float(s.recorded) for s in after]

@@ -4,7 +4,7 @@
 #   bash bench/gpu_check.sh [OUT.json]        # default: gpu-figures.json (in the current directory)
 #
 # Installs the GPU extra (pip install -e '.[gpu,test]') only when CuPy does not import. Runs
-# tests/test_gpu.py and tests/test_gpu_path.py, then bench/bench_detector.py --gpu --sizes 1024
+# tests/unit/test_gpu.py and tests/unit/test_gpu_path.py, then bench/bench_detector.py --gpu --sizes 1024
 # --levels 16 (single tiles, batches of 1024^2 tiles, one 16384^2 tile with 64 levels: time and GPU
 # memory). Every step has a timeout; the whole check stays under 5 minutes on one GPU.
 # Environment: PYTHON (default: python3), PIP_TIMEOUT, TEST_TIMEOUT, BENCH_TIMEOUT (seconds);
@@ -26,7 +26,7 @@ if [ "${NO_INSTALL:-0}" != 1 ] && ! "$py" -c 'import cupy' 2>/dev/null; then
 fi
 
 echo "gpu_check: GPU tests" >&2
-timeout "${TEST_TIMEOUT:-60}" "$py" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_gpu_path.py \
+timeout "${TEST_TIMEOUT:-60}" "$py" -m pytest -q -p no:cacheprovider tests/unit/test_gpu.py tests/unit/test_gpu_path.py \
     --junitxml="$work/junit.xml" >"$work/pytest.log" 2>&1
 tests_rc=$?
 tail -n 15 "$work/pytest.log" >&2

@@ -10,7 +10,7 @@ worker side ``mhd.functions.worker`` (the registered function, decoding,
 confinement, limits, the tile record), ``mhd.client``, ``mhd.endpoint`` and
 the top-level ``mhd`` (the version and :mod:`mhd.params`, the detector's
 parameters, which every layer reads).
-``tests/test_layout.py`` checks the architecture's arrows with the same
+``tests/project/test_layout.py`` checks the architecture's arrows with the same
 reader:
 
 * ``mhd.functions`` (the pure detector) imports nothing from the worker side,
@@ -23,7 +23,7 @@ reader:
 
 A subpackage's ``__init__`` runs when any of its modules is imported;
 ``mhd.functions`` loads its detector lazily (PEP 562), so importing the worker's
-record does not load NumPy and SciPy (``tests/test_layout.py`` checks it at run time).
+record does not load NumPy and SciPy (``tests/project/test_layout.py`` checks it at run time).
 """
 
 from __future__ import annotations

@@ -59,16 +59,28 @@ class Target:
     timeout: float = 60.0
 
 
+#: The end-to-end tests of ``client submit`` on the example section (``tests/commands/test_submit_command.py``
+#: holds more, slower ones).
+SUBMIT_EXAMPLE = (
+    "test_submit_example_then_resume_then_a_bad_tile",
+    "test_rescore_keeps_a_backup",
+    "test_killed_client_resumes_without_losing_or_duplicating",
+    "test_submit_rescores_reimaged_tiles_and_only_those",
+    "test_records_written_before_file_versions_were_kept_are_not_rescored",
+    "test_a_folder_without_tiles_is_an_error_not_all_ok",
+    "test_one_worker_and_two_give_the_same_verdicts",
+)
+
 #: What is mutated, and which tests must catch it.
 TARGETS = {
-    "nms": Target("functions/_nms.py", ("_max3", "_slice", "_merge_plateaus", "local_maxima"), "tests/test_nms.py"),
+    "nms": Target("functions/_nms.py", ("_max3", "_slice", "_merge_plateaus", "local_maxima"), "tests/unit/test_nms.py"),
     "normalize": Target(
-        "functions/_normalize.py", ("_check_image", "saturation_limits", "normalize", "estimate_noise"), "tests/test_normalize.py"
+        "functions/_normalize.py", ("_check_image", "saturation_limits", "normalize", "estimate_noise"), "tests/unit/test_normalize.py"
     ),
     "confinement": Target(
         "functions/worker/scoring.py",
         ("open_in_root", "_inside", "_check_opened"),
-        "tests/test_remote.py tests/test_security.py::test_hostile_paths_are_refused_by_the_deployed_function",
+        "tests/unit/test_scoring.py tests/security/test_security.py::test_hostile_paths_are_refused_by_the_deployed_function",
     ),
     "results": Target(
         "client/results.py",
@@ -85,15 +97,35 @@ TARGETS = {
             "_cut_torn_tail",
             "_cut",
         ),
-        "tests/test_client_units.py tests/test_results_durable.py tests/test_faults.py::test_disk_full_at_fsync_keeps_every_earlier_record",
+        " ".join(
+            (
+                "tests/unit/test_results.py",
+                "tests/faults/test_results_durable.py",
+                "tests/faults/test_faults.py::test_disk_full_at_fsync_keeps_every_earlier_record",
+            )
+        ),
     ),
-    "drain": Target("client/pipeline.py", ("drain",), "tests/test_client_watch.py tests/test_client_submit.py", timeout=120.0),
+    "drain": Target(
+        "client/pipeline.py",
+        ("drain",),
+        " ".join(
+            (
+                "tests/commands/test_watch_command.py",
+                "tests/unit/test_pipeline.py::test_a_verdict_for_an_older_version_of_a_tile_does_not_replace_the_newer_ones",
+                # what was test_client_submit.py, not the later additions: the timeout is set for these
+                *(f"tests/commands/test_submit_command.py::{name}" for name in SUBMIT_EXAMPLE),
+            )
+        ),
+        timeout=120.0,
+    ),
     "calibration": Target(
         "client/calibration.py",
         ("fit", "threshold_density", "log_threshold", "defocus"),
-        "tests/test_calibration.py tests/test_verdict_rule.py tests/test_cli.py -k calibrat",
+        "tests/unit/test_calibration.py tests/commands/test_calibrate_command.py",
     ),
-    "contracts": Target("mhd-package/contracts/verdicts.py", ("exit_status", "look"), "tests/test_contracts.py tests/test_client_units.py"),
+    "contracts": Target(
+        "mhd-package/contracts/verdicts.py", ("exit_status", "look"), "tests/unit/test_contracts.py tests/unit/test_judge.py"
+    ),
     "verdicts": Target(
         "client/judge.py",
         (
@@ -106,7 +138,16 @@ TARGETS = {
             "_low_cells",
             "_cell_log_density",
         ),
-        "tests/test_verdict_rule.py tests/test_client_units.py tests/test_calibration.py tests/test_client_kinds.py",
+        " ".join(
+            (
+                "tests/unit/test_judge.py tests/unit/test_rule.py tests/unit/test_calibration.py",
+                "tests/commands/test_calibrate_command.py::test_a_real_defocused_tile_is_judged_oof_by_the_fitted_rule",
+                "tests/commands/test_submit_command.py::test_submit_prints_and_records_the_kind_and_angle",
+                "tests/commands/test_report_command.py::test_a_calibrated_estimate_keeps_its_units_in_a_report_made_without_the_calibration",
+                "tests/commands/test_report_command.py::test_report_lists_what_to_fix_and_kinds_in_the_csv",
+                "tests/commands/test_report_command.py::test_report_of_the_scored_section_says_what_to_fix",
+            )
+        ),
     ),
 }
 

@@ -2,7 +2,7 @@
 
 Image in, numbers out; NumPy/SciPy on the CPU or CuPy on a GPU from one code
 path. No Globus, no files, no environment, no command line here
-(``tests/test_layout.py`` checks it). What runs around it on an endpoint's
+(``tests/project/test_layout.py`` checks it). What runs around it on an endpoint's
 workers (the registered function, decoding, confinement, limits, the tile
 record) is :mod:`mhd.functions.worker`.
 

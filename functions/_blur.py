@@ -64,7 +64,7 @@ CELL_CHUNK = 256
 SIGNIFICANCE = 2.0
 #: Relative uncertainty of the noise model's overall scale, common to all levels (the per-level terms miss it).
 #: With it, ``blur_err`` bounds the scatter of ``blur`` between noise realizations of one field, including the
-#: fit's jumps between two nearby modes (``tests/test_sem_focus.py`` checks it on a real SEM field).
+#: fit's jumps between two nearby modes (``tests/validation/test_sem_focus.py`` checks it on a real SEM field).
 NOISE_SCALE_ERR = 0.03
 
 

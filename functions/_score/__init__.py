@@ -2,7 +2,7 @@
 
 A function registered by source keeps its text on the Globus Compute service; the text of those
 registered earlier imports ``score_batch`` from here. Part of the worker side, not of the pure
-detector (``tests/test_layout.py`` counts it there). New registrations import
+detector (``tests/project/test_layout.py`` counts it there). New registrations import
 :mod:`mhd.functions.worker.scoring`.
 
 Removed in mhd 0.2.0 (the next minor release after 0.1.0): register the function again

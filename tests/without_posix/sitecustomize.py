@@ -1,11 +1,11 @@
 """Take away what only POSIX has, in every Python started with this folder on PYTHONPATH.
 
-``tests/test_portable.py`` runs the client's end-to-end tests a second time
+``tests/unit/test_portable.py`` runs the client's end-to-end tests a second time
 with it, so that a use of ``fcntl``, SIGHUP, signal masks or CPU affinities
 that Windows lacks fails on Linux CI (there is no Windows machine here).
 What it cannot take away: POSIX path syntax, fork/exec, mandatory file
 locking semantics (Windows refuses to open or replace a file another
-process holds; ``tests/test_portable.py`` simulates that where it matters).
+process holds; ``tests/unit/test_portable.py`` simulates that where it matters).
 """
 
 import os
