@@ -20,6 +20,7 @@ import mhd.client.watch as watch
 from conftest import default_stop_signals
 from mhd.client.config import load
 from mhd.client.discover import Tile
+from mhd.client.interrupt import Interrupt
 from mhd.client.results import ResultsLog, read_records
 from mhd.client.submit import run_section
 from mhd.client.verdicts import Calibration, Judge, Rule
@@ -138,6 +139,17 @@ def test_landing_notes_when_a_file_appears_or_changes(tmp_path):
     assert landing.changed_at > first  # still being written
 
 
+class StopsAt(Interrupt):
+    """Ctrl-C handling that also stops the run at ``deadline`` (time.monotonic()), as if Ctrl-C were pressed."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def __call__(self) -> bool:
+        return super().__call__() or time.monotonic() >= self.deadline
+
+
 @pytest.mark.usefixtures("isolated_config")
 def test_idle_exit_waits_for_a_tile_still_being_written(tmp_path, monkeypatch):
     """--idle-exit counts a file still growing as activity: a tile written for longer than it is scored."""
@@ -176,9 +188,17 @@ def test_idle_exit_scores_files_that_stay_incomplete_or_empty_first(tmp_path):
     cfg = load().override(executor="local", workers=1)
     start = time.monotonic()
     out = watch_section(
-        section, cfg, Console(file=io.StringIO()), rule=Rule(warmup=1), params={"backend": "numpy"}, poll=0.1, give_up=2.0, idle_exit=0.5
+        section,
+        cfg,
+        Console(file=io.StringIO()),
+        rule=Rule(warmup=1),
+        params={"backend": "numpy"},
+        poll=0.1,
+        give_up=2.0,
+        idle_exit=0.5,
+        interrupt=StopsAt(start + 60),  # a watch that never gives up is stopped there, and fails below, instead of hanging
     )
-    assert time.monotonic() - start >= 2.0  # it waited out --give-up
+    assert 2.0 <= time.monotonic() - start < 60, "the watch never gave up on the incomplete files"  # it waited out --give-up
     recs, _ = read_records(section / "mhd-results.jsonl")
     assert out.new == 3 and set(recs) == {"good.png", "cut.png", "empty.png"}
     assert recs["good.png"].verdict != "error"
@@ -278,6 +298,33 @@ def test_landing_gives_up_on_files_that_never_decode(tmp_path):
     assert [t.id for t, _ in landing.poll()] == ["broken.tif"]
 
 
+def test_landing_gives_up_give_up_seconds_after_it_first_found_a_file_incomplete(tmp_path, monkeypatch):
+    """--give-up counts from the first look that found the file stable but incomplete (or empty), not from each look:
+    the file is handed out at that look + give_up, not before, and then only once."""
+    (tmp_path / "cut.png").write_bytes((EXAMPLE / "tile_r0_c0.png").read_bytes()[:500])
+    (tmp_path / "empty.png").write_bytes(b"")
+    clock = [time.time() + 1.0]  # ahead of the files' mtimes, whatever the file system's timestamp granularity
+
+    class Clock:  # the module's time, with a wall clock the test moves
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def time():
+            return clock[0]
+
+    monkeypatch.setattr(watch, "time", Clock)
+    landing = Landing(tmp_path, settle=0.0, give_up=10.0)
+    start = clock[0]
+    assert landing.poll() == []  # first look: found incomplete, the give-up clock starts
+    for after in (0.5, 5.0, 9.99):
+        clock[0] = start + after
+        assert landing.poll() == [], after
+        assert landing.pending == 2
+    clock[0] = start + 10.0
+    assert sorted(t.id for t, _ in landing.poll()) == ["cut.png", "empty.png"]
+    assert landing.poll() == [] and landing.pending == 0
+
+
 @pytest.mark.slow
 def test_watch_scores_each_tile_once_alerts_safely_and_stops_on_ctrl_c(tmp_path):
     section = tmp_path / "live"
@@ -341,26 +388,30 @@ def test_watch_waits_for_a_section_folder_that_does_not_exist_yet(tmp_path, isol
     """The microscope creates the section's folder after the operator starts watch: it used to fail at once."""
     section = tmp_path / "section_044"
     client = Path(sys.executable).with_name("client")
-    env = {**os.environ, "MHD_WORKERS": "1"}
-    proc = subprocess.Popen(
-        [str(client), "watch", "--dir", str(section), "--idle-exit", "20", "--poll", "0.1"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=default_stop_signals,
-    )
-    time.sleep(1.0)
-    assert proc.poll() is None  # still waiting, not "not a folder"
-    (tmp_path / "incoming").mkdir()
-    shutil.copy(EXAMPLE / "tile_r0_c0.png", tmp_path / "incoming" / "tile_r0_c0.png")
-    os.rename(tmp_path / "incoming", section)  # the folder appears with its first tile
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not read_records(section / "mhd-results.jsonl")[0]:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert f"waiting for {section} to appear" in err and "Traceback" not in err
+    env = {**os.environ, "MHD_WORKERS": "1", "MHD_WARMUP": "1"}  # the verdict at once, not held for a baseline until --idle-exit
+    waiting = f"waiting for {section} to appear"
+    with (tmp_path / "stderr.txt").open("w+") as errors:
+        proc = subprocess.Popen(
+            [str(client), "watch", "--dir", str(section), "--idle-exit", "20", "--poll", "0.1"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            preexec_fn=default_stop_signals,
+        )
+        deadline = time.monotonic() + 120  # however long the client takes to start on a loaded machine
+        while time.monotonic() < deadline and proc.poll() is None and waiting not in (tmp_path / "stderr.txt").read_text():
+            time.sleep(0.05)
+        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()  # still waiting, not "not a folder"
+        (tmp_path / "incoming").mkdir()
+        shutil.copy(EXAMPLE / "tile_r0_c0.png", tmp_path / "incoming" / "tile_r0_c0.png")
+        os.rename(tmp_path / "incoming", section)  # the folder appears with its first tile
+        while time.monotonic() < deadline and not read_records(section / "mhd-results.jsonl")[0]:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert waiting in err and "Traceback" not in err
     assert list(read_records(section / "mhd-results.jsonl")[0]) == ["tile_r0_c0.png"], out + err
 
 
