@@ -87,8 +87,28 @@ TARGETS = {
         ),
         "tests/test_client_units.py tests/test_results_durable.py tests/test_faults.py::test_disk_full_at_fsync_keeps_every_earlier_record",
     ),
-    "drain": Target("client/pipeline.py", ("drain",), "tests/test_client_watch.py tests/test_client_submit.py", timeout=120.0),
+    # Only the Ctrl-C tests reach drain (submit and watch runs that end by themselves never do); they start clients
+    # and wait for them, hence the longer timeout.
+    "drain": Target("client/pipeline.py", ("drain",), "tests/test_interrupt.py", timeout=300.0),
     "calibration": Target("client/calibrate.py", ("fit", "threshold_density"), "tests/test_calibration.py tests/test_cli.py -k calibrat"),
+    "calibrate_blur": Target(
+        "client/calibrate.py",
+        ("fit_blur",),
+        "tests/test_calibration.py tests/test_sem_focus.py::test_blur_calibration_recovers_a_known_law_and_judges_by_it",
+    ),
+    "fit_blur": Target(
+        "functions/_blur.py", ("fit_blur",), "tests/test_blur.py tests/test_detect.py tests/test_sem_focus.py", timeout=120.0
+    ),
+    "grey_table": Target("functions/_normalize.py", ("grey_table",), "tests/test_normalize.py tests/test_detect.py"),
+    "candidates": Target("functions/_nms.py", ("candidates",), "tests/test_nms.py tests/test_detect.py"),
+    "blur_rule": Target(
+        "client/verdicts.py",
+        ("blur_threshold", "_worst_blur"),  # Judge.blur_threshold and Calibration.blur_threshold: both are named so
+        "tests/test_verdict_rule.py tests/test_client_units.py tests/test_calibration.py tests/test_client_kinds.py "
+        "tests/test_astigmatism.py tests/test_sem_focus.py",
+        timeout=120.0,
+    ),
+    "report": Target("client/report.py", ("section_verdicts", "blur_threshold"), "tests/test_cli.py tests/test_client_kinds.py -k report"),
     "verdicts": Target(
         "client/verdicts.py",
         (
