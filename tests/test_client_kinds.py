@@ -291,6 +291,7 @@ def judged_section(tmp_path_factory):
     return section, submit.output
 
 
+@pytest.mark.slow
 def test_submit_prints_and_records_the_kind_and_angle(judged_section):
     section, output = judged_section
     recs = {r["tile"]: r for r in map(json.loads, (section / "mhd-results.jsonl").read_text().splitlines())}

@@ -43,6 +43,7 @@ def lines(section: Path) -> list[dict]:
     return [json.loads(x) for x in (section / "mhd-results.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_submit_example_then_resume_then_a_bad_tile(section):
     runner = CliRunner()
     first = runner.invoke(main, ["submit", "--dir", str(section)])
@@ -85,6 +86,7 @@ def test_submit_example_then_resume_then_a_bad_tile(section):
     assert fixed.exit_code == 1  # the vanished corrupt tile's error is still on record
 
 
+@pytest.mark.slow
 def test_rescore_keeps_a_backup(section):
     runner = CliRunner()
     assert runner.invoke(main, ["submit", "--dir", str(section), "--batch", "4"]).exit_code == 2
@@ -93,6 +95,7 @@ def test_rescore_keeps_a_backup(section):
     assert len(list(section.glob("mhd-results.jsonl.*.bak"))) == 1 and len(lines(section)) == 16
 
 
+@pytest.mark.slow
 def test_killed_client_resumes_without_losing_or_duplicating(tmp_path):
     section = tmp_path / "big"
     for sub in "abc":
@@ -131,6 +134,7 @@ def reimage(path: Path, data: bytes, mtime_ns: int | None = None) -> None:
     part.replace(path)
 
 
+@pytest.mark.slow
 def test_submit_rescores_reimaged_tiles_and_only_those(section):
     runner = CliRunner()
     assert runner.invoke(main, ["submit", "--dir", str(section)]).exit_code == 2
@@ -161,6 +165,7 @@ def test_submit_rescores_reimaged_tiles_and_only_those(section):
     assert fixed.exit_code == 0, fixed.output  # every re-imaged tile in focus: the section is done without --rescore
 
 
+@pytest.mark.slow
 def test_records_written_before_file_versions_were_kept_are_not_rescored(section):
     runner = CliRunner()
     assert runner.invoke(main, ["submit", "--dir", str(section)]).exit_code == 2
@@ -187,6 +192,7 @@ def test_a_folder_without_tiles_is_an_error_not_all_ok(tmp_path, isolated_config
     assert not (tmp_path / "mhd-results.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_one_worker_and_two_give_the_same_verdicts(section, tmp_path, monkeypatch):
     """Results come back in another order with two workers; verdicts are given in the section's order, each against
     the tiles before it, so the number of workers does not change them."""

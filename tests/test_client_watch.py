@@ -88,6 +88,7 @@ def test_landing_hands_out_a_recorded_tile_again_once_its_file_changes(tmp_path)
     assert [t.id for t, _ in landing.poll()] == ["a.png"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("isolated_config")
 def test_watch_rescores_a_tile_renamed_into_place_over_a_recorded_one(tmp_path, monkeypatch):
     section = tmp_path / "s"
@@ -150,6 +151,7 @@ class StopsAt(Interrupt):
         return super().__call__() or time.monotonic() >= self.deadline
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("isolated_config")
 def test_idle_exit_waits_for_a_tile_still_being_written(tmp_path, monkeypatch):
     """--idle-exit counts a file still growing as activity: a tile written for longer than it is scored."""
@@ -176,6 +178,7 @@ def test_idle_exit_waits_for_a_tile_still_being_written(tmp_path, monkeypatch):
     assert read_records(section / "mhd-results.jsonl")[0]["tile_r0_c0.png"].verdict != "error"
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("isolated_config")
 def test_idle_exit_scores_files_that_stay_incomplete_or_empty_first(tmp_path):
     """--idle-exit shorter than --give-up: the truncated and the empty file are still scored, as errors naming them."""
@@ -206,6 +209,7 @@ def test_idle_exit_scores_files_that_stay_incomplete_or_empty_first(tmp_path):
     assert recs["empty.png"].verdict == "error" and "empty.png" in recs["empty.png"].error
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("isolated_config")
 def test_an_unforeseen_failure_records_the_verdicts_held_for_the_baseline_first(tmp_path, monkeypatch):
     """The section folder removed under a running watch: the error is reported, and no verdict obtained is lost."""
@@ -384,6 +388,7 @@ def test_watch_scores_each_tile_once_alerts_safely_and_stops_on_ctrl_c(tmp_path)
     assert "OOF" in out and "summary" in out
 
 
+@pytest.mark.slow
 def test_watch_waits_for_a_section_folder_that_does_not_exist_yet(tmp_path, isolated_config):
     """The microscope creates the section's folder after the operator starts watch: it used to fail at once."""
     section = tmp_path / "section_044"
@@ -415,6 +420,7 @@ def test_watch_waits_for_a_section_folder_that_does_not_exist_yet(tmp_path, isol
     assert list(read_records(section / "mhd-results.jsonl")[0]) == ["tile_r0_c0.png"], out + err
 
 
+@pytest.mark.slow
 def test_watch_that_receives_no_tile_before_idle_exit_is_an_error(tmp_path, isolated_config):
     """An unattended watch of a folder that stays empty must not say 'all ok' (submit says 'no tiles here')."""
     from click.testing import CliRunner

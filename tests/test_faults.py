@@ -132,6 +132,7 @@ def accounting_line(found: int, scored: int, failed: int, skipped: int) -> str:
 # -------------------------------------------------------------- lost workers
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_task_is_resubmitted_and_each_tile_recorded_once(tmp_path, monkeypatch):
     section = tmp_path / "section"
     write_tiles(section, 8, repeat=3, fmt="TIFF")  # 1536 x 1536: ~0.3 s of detector each
@@ -165,6 +166,7 @@ def test_worker_killed_mid_task_is_resubmitted_and_each_tile_recorded_once(tmp_p
     assert accounting_line(8, 8, 0, 0) in out.output
 
 
+@pytest.mark.slow
 def test_a_worker_lost_on_every_attempt_fails_its_tiles_after_the_retries_then_the_backend_recovers(tmp_path):
     section = tmp_path / "section"
     write_tiles(section, 2)
@@ -239,6 +241,7 @@ def test_endpoint_engine_retries_a_task_whose_worker_was_killed(tmp_path):
     assert len({e["features"] for e in entries}) == 1 and entries[0]["features"] > 0
 
 
+@pytest.mark.slow
 def test_killed_client_leaves_no_worker_behind(tmp_path):
     """A SIGKILLed client cannot stop its pool: its workers notice and exit (resuming is tested in test_client_submit.py)."""
     section = tmp_path / "big"
@@ -419,6 +422,7 @@ class UnreachableResultStream(sdk_executor._ResultWatcher):  # the SDK's own (no
         return super()._on_open_failed(*args, **kwargs)
 
 
+@pytest.mark.slow
 def test_unreachable_result_stream_records_errors_that_the_next_run_retries(cloud, tmp_path, monkeypatch):
     section = tmp_path / "section"
     shutil.copytree(EXAMPLE, section, ignore=shutil.ignore_patterns("mhd-*"))
@@ -500,6 +504,7 @@ class TransferService:
         return 200, {}, json.dumps({"code": "Canceled", "message": "The task has been cancelled."})
 
 
+@pytest.mark.slow
 def test_stalled_transfer_is_cancelled_at_its_deadline_and_the_summary_accounts_for_every_file(tmp_path, monkeypatch):
     instrument, gpu = tmp_path / "instrument", tmp_path / "gpu"
     section = instrument / "section_042"
@@ -634,6 +639,7 @@ def fill(mount: Path, leave: int) -> Path:
     return filler
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["injected", "tmpfs"])
 def test_disk_full_mid_run_stops_clearly_and_loses_no_recorded_verdict(how, tmp_path, request, monkeypatch):
     if how == "tmpfs":

@@ -139,6 +139,7 @@ def read_only_section(tmp_path):
             section.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_a_read_only_section_is_scored_with_results_elsewhere(read_only_section, tmp_path):
     runner = CliRunner()
     refused = runner.invoke(cli.main, ["submit", "--dir", str(read_only_section)])
@@ -163,6 +164,7 @@ def test_a_read_only_section_is_scored_with_results_elsewhere(read_only_section,
     assert (folder / "mhd-report" / "mhd-reacquire.txt").exists()
 
 
+@pytest.mark.slow
 def test_the_results_key_keeps_sections_of_the_same_name_apart(tmp_path, monkeypatch):
     one, two = copy_example(tmp_path / "a" / "s"), tmp_path / "b" / "s"
     two.mkdir(parents=True)
@@ -176,6 +178,7 @@ def test_the_results_key_keeps_sections_of_the_same_name_apart(tmp_path, monkeyp
 # ------------------------------------------------------------------- logs
 
 
+@pytest.mark.slow
 def test_output_into_a_log_is_plain_unwrapped_lines(tmp_path):
     section = copy_example(tmp_path / "section")
     deep = section / ("acquisition_2024_03_01_overview_grid_" * 2) / "row_03"
@@ -268,6 +271,7 @@ def test_focus_map_numbers_are_readable_on_their_cells(rgba, colour):
     assert text_colour(rgba) == colour
 
 
+@pytest.mark.slow
 def test_the_reacquire_list_is_what_the_readme_says(tmp_path):
     section = copy_example(tmp_path / "section")
     runner = CliRunner()
@@ -279,6 +283,7 @@ def test_the_reacquire_list_is_what_the_readme_says(tmp_path):
     assert "the tile id, a tab, what to fix" in readme and "one tile id per line" not in readme
 
 
+@pytest.mark.slow
 def test_a_tile_name_with_control_characters_cannot_forge_output_lines(tmp_path):
     """A file named ``evil\\nOOF   other.png.png`` is one escaped field of one line everywhere the client prints it."""
     from mhd.client.console import printable
@@ -304,6 +309,7 @@ def test_a_tile_name_with_control_characters_cannot_forge_output_lines(tmp_path)
     assert printable("gnp.\u202etxt") == "gnp.\\u202etxt" and printable("p\u2028q") == "p\\u2028q"  # bidi override, line separator
 
 
+@pytest.mark.slow
 def test_the_bench_commands_the_docs_name_exist():
     """Every ``python bench/<script>.py <command>`` that the README and docs/ name is a command of that script."""
     root = Path(__file__).resolve().parents[1]

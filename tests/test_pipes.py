@@ -14,6 +14,9 @@ from mhd.client.results import read_records
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "section_042"
 
+#: Every test here runs whole client pipelines in subprocesses (4-12 s each).
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("rescore", [False, True])
 def test_a_reader_that_quits_early_does_not_stop_the_run(tmp_path, isolated_config, rescore):

@@ -110,6 +110,7 @@ def test_lines_that_are_not_records_are_skipped_and_named(tmp_path, caplog):
     assert all("without a verdict ignored (the tile is scored again)" in w for w in warned[4:6])
 
 
+@pytest.mark.slow
 def test_every_verdict_of_a_submit_run_was_fsynced_as_it_was_written(tmp_path, synced, isolated_config, monkeypatch):
     section = tmp_path / "section_042"
     shutil.copytree(EXAMPLE, section, ignore=shutil.ignore_patterns("mhd-*"))
@@ -160,6 +161,7 @@ def test_a_write_the_kernel_refuses_is_cut_off_and_earlier_records_stay(tmp_path
     assert f"The {len(tiles)} records written before are intact" in message
 
 
+@pytest.mark.slow
 def test_a_record_without_a_verdict_is_scored_again_and_report_does_not_fail(tmp_path, isolated_config, monkeypatch):
     """A hand-edited or foreign line ``{"tile": ...}`` counted as recorded, and ``client report`` died on it with a traceback."""
     section = tmp_path / "section_042"

@@ -76,6 +76,7 @@ def hostile_root(tmp_path):
     return root, secret
 
 
+@pytest.mark.slow
 def test_hostile_paths_are_refused_by_the_deployed_function(hostile_root):
     root, secret = hostile_root
     refused = {
@@ -106,6 +107,7 @@ def test_hostile_paths_are_refused_by_the_deployed_function(hostile_root):
     assert good["error"] is None and alias["features"] == good["features"] > 0  # links inside the root are fine
 
 
+@pytest.mark.slow
 def test_limits_set_by_the_administrator_hold_on_the_deployed_function():
     small = encode(blobs((64, 64), 3), "PNG")  # 4,096 pixels
     env = {"MHD_MAX_PIXELS": "5000", "MHD_MAX_INLINE_BYTES": str(len(small)), "MHD_MAX_TILES": "3"}
@@ -209,6 +211,7 @@ def test_token_storage_is_owner_only_whatever_the_umask(tmp_path):
     assert mode(config) == 0o700 and mode(config / "tokens.db") == 0o600
 
 
+@pytest.mark.slow
 def test_a_stored_token_is_used_but_never_printed_logged_or_written_elsewhere(tmp_path):
     section = tmp_path / "section_042"
     shutil.copytree(EXAMPLE, section, ignore=shutil.ignore_patterns("mhd-*"))
