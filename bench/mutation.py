@@ -59,18 +59,6 @@ class Target:
     timeout: float = 60.0
 
 
-#: The end-to-end tests of ``client submit`` on the example section (``tests/commands/test_submit_command.py``
-#: holds more, slower ones).
-SUBMIT_EXAMPLE = (
-    "test_submit_example_then_resume_then_a_bad_tile",
-    "test_rescore_keeps_a_backup",
-    "test_killed_client_resumes_without_losing_or_duplicating",
-    "test_submit_rescores_reimaged_tiles_and_only_those",
-    "test_records_written_before_file_versions_were_kept_are_not_rescored",
-    "test_a_folder_without_tiles_is_an_error_not_all_ok",
-    "test_one_worker_and_two_give_the_same_verdicts",
-)
-
 #: What is mutated, and which tests must catch it.
 TARGETS = {
     "nms": Target("functions/_nms.py", ("_max3", "_slice", "_merge_plateaus", "local_maxima"), "tests/unit/test_nms.py"),
@@ -105,26 +93,39 @@ TARGETS = {
             )
         ),
     ),
-    "drain": Target(
-        "client/pipeline.py",
-        ("drain",),
-        " ".join(
-            (
-                "tests/commands/test_watch_command.py",
-                "tests/unit/test_pipeline.py::test_a_verdict_for_an_older_version_of_a_tile_does_not_replace_the_newer_ones",
-                # what was test_client_submit.py, not the later additions: the timeout is set for these
-                *(f"tests/commands/test_submit_command.py::{name}" for name in SUBMIT_EXAMPLE),
-            )
-        ),
-        timeout=120.0,
-    ),
+    # Only the Ctrl-C tests reach drain (submit and watch runs that end by themselves never do); they start clients
+    # and wait for them, hence the longer timeout.
+    "drain": Target("client/pipeline.py", ("drain",), "tests/faults/test_interrupt.py", timeout=300.0),
     "calibration": Target(
         "client/calibration.py",
-        ("fit", "threshold_density", "log_threshold", "defocus"),
+        ("fit", "threshold_density", "log_threshold", "defocus", "blur_threshold"),
         "tests/unit/test_calibration.py tests/commands/test_calibrate_command.py",
     ),
     "contracts": Target(
         "mhd-package/contracts/verdicts.py", ("exit_status", "look"), "tests/unit/test_contracts.py tests/unit/test_judge.py"
+    ),
+    "calibrate_blur": Target(
+        "client/calibration.py",
+        ("fit_blur",),
+        "tests/unit/test_calibration.py tests/validation/test_sem_focus.py::test_blur_calibration_recovers_a_known_law_and_judges_by_it",
+    ),
+    "fit_blur": Target(
+        "functions/_blur.py",
+        ("fit_blur",),
+        "tests/unit/test_blur.py tests/unit/test_detect.py tests/validation/test_sem_focus.py",
+        timeout=120.0,
+    ),
+    "grey_table": Target("functions/_normalize.py", ("grey_table",), "tests/unit/test_normalize.py tests/unit/test_detect.py"),
+    "candidates": Target("functions/_nms.py", ("candidates",), "tests/unit/test_nms.py tests/unit/test_detect.py"),
+    "blur_rule": Target(
+        "client/judge.py",
+        ("blur_threshold", "_worst_blur"),
+        "tests/unit/test_judge.py tests/unit/test_calibration.py tests/commands/test_report_command.py "
+        "tests/unit/test_astigmatism.py tests/validation/test_sem_focus.py",
+        timeout=120.0,
+    ),
+    "report": Target(
+        "client/report.py", ("section_verdicts", "blur_threshold"), "tests/commands/test_report_command.py tests/unit/test_report.py"
     ),
     "verdicts": Target(
         "client/judge.py",

@@ -41,6 +41,7 @@ def test_calibrate_fits_the_series_and_submit_rule_uses_it(tmp_path):
     assert rule_from_config(load(), use_calibration=False).calibration is None
 
 
+@pytest.mark.slow
 def test_a_calibration_holds_only_for_the_detector_parameters_it_was_fitted_with(tmp_path, monkeypatch):
     """A count law fitted at one threshold does not hold at another: submit and watch refuse it, naming the
     parameter, instead of judging by it; the same options pass. A file that does not record its parameters (an

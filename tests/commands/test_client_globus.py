@@ -50,6 +50,7 @@ def section(tmp_path):
     return copy_example(tmp_path / "instrument" / "section_042")
 
 
+@pytest.mark.slow
 def test_register_then_submit_through_the_globus_executor(section, monkeypatch):
     with OfflineCompute(workers=2) as cloud:
         monkeypatch.setattr(cli, "_compute_client", cloud.client)
@@ -98,6 +99,7 @@ class FakeTransferService:
         return 200, {}, json.dumps({"task_id": "x", "status": "SUCCEEDED"})
 
 
+@pytest.mark.slow
 @responses.activate
 def test_globus_transfer_then_scoring_by_path(tmp_path, section):
     load_response(globus_sdk.TransferClient.get_submission_id)

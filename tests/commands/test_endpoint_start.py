@@ -142,6 +142,7 @@ def _root_args(home: Path) -> list[str]:
     return ["--email", "em-admin@example.org", "--identity-mapping", str(idmap)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", ["local", "slurm", "pbspro"])
 @pytest.mark.parametrize("layout", ["service-account", "root"])
 def test_start_gets_past_every_configuration_check(home, layout, provider):
@@ -155,6 +156,7 @@ def test_start_gets_past_every_configuration_check(home, layout, provider):
     assert (home / ".globus_compute" / "mhd-gpu" / "endpoint.log").exists()
 
 
+@pytest.mark.slow
 def test_start_finds_a_configuration_written_with_home(home):
     """``--home`` elsewhere: the printed command names the folder, and ``start`` reads it from there."""
     layout = "root" if IS_ROOT else "service-account"
@@ -170,6 +172,7 @@ def test_start_finds_a_configuration_written_with_home(home):
     assert not (home / ".globus_compute" / "mhd-gpu").exists()
 
 
+@pytest.mark.slow
 def test_start_check_fails_on_the_layout_4x_refuses(home):
     """The pre-4.x layout (an engine in config.yaml) stops at a configuration check, and the test says so."""
     prefix = ()  # as whoever runs the tests: `start` checks for an engine first
@@ -181,6 +184,7 @@ def test_start_check_fails_on_the_layout_4x_refuses(home):
     assert stopped.startswith("a configuration check") and "contains an `engine` field" in stopped
 
 
+@pytest.mark.slow
 def test_start_check_fails_when_root_starts_the_service_account_layout(home):
     """Started as root, the service-account layout stops at the missing contact email."""
     prefix = _as_account("root")
@@ -189,6 +193,7 @@ def test_start_check_fails_when_root_starts_the_service_account_layout(home):
     assert stopped.startswith("a configuration check") and "Multi-user endpoints require a contact email" in stopped
 
 
+@pytest.mark.slow
 def test_list_shows_the_configured_endpoint(home):
     """admin.md's "is it up?" check: ``globus-compute-endpoint list`` prints a table (texttable constrained)."""
     prefix = _as_account("service-account")

@@ -48,6 +48,7 @@ def test_registration_sends_the_source_text(cloud):
     assert body["description"].startswith("Score electron-microscopy tiles")
 
 
+@pytest.mark.slow
 def test_globus_backend_submits_by_uuid_and_collects_results(cloud):
     with GlobusExecutor(cloud.endpoint_id, cloud.function_id, cloud.client()) as backend:
         futures = [backend.submit([f"t{i}.png", "missing.png"], {"n_bin": 8}) for i in range(3)]

@@ -69,6 +69,7 @@ def test_notebook_is_stored_clean_with_a_python_kernel():
     assert "PureSourceTextInspect" in source and "JSONData" in source, "the endpoint accepts only these serializers"
 
 
+@pytest.mark.slow
 def test_notebook_runs_in_local_mode_and_plots_the_section(kernel_env, monkeypatch):
     monkeypatch.setenv("MHD_NOTEBOOK_MODE", "local")
     monkeypatch.setenv("MHD_BLUR_MAX", "1.2")  # the configured rule, as client report reads it (not Rule()'s 1 px)
@@ -106,6 +107,7 @@ def test_notebook_picks_globus_mode_when_an_endpoint_and_function_are_configured
     assert f"{ENDPOINT} {FUNCTION}" in text
 
 
+@pytest.mark.slow
 def test_notebook_scores_with_a_stored_calibrations_parameters_or_refuses_other_ones(kernel_env):
     """Only the settings cell runs: a calibration holds for the detector parameters it was fitted with."""
     from nbclient.exceptions import CellExecutionError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from conftest import fake, read_results, run, scored_cells, write_results
 from mhd.client.calibration import Calibration
 from mhd.client.cli import main
 from mhd.client.judge import Judge
+from mhd.client.report import section_verdicts
 from mhd.client.rule import Rule
 from mhd.client.wording import describe
 from mhd.contracts.record import TileRecord
@@ -50,6 +52,35 @@ def test_report_writes_figures_csv_and_reacquire_list(tmp_path):
         "tile_r1_c2.png\terror",
     ]
     assert "3 tile(s) to re-acquire" in out.output
+
+
+@pytest.mark.parametrize(
+    ("rule", "first"),
+    [({}, {"density": 1.4e4, "blur": 2.5, "blur_err": 0.02}), ({"focus_measure": "count"}, {"density": 3e3})],
+    ids=["blur", "count"],
+)
+def test_report_judges_an_early_tile_in_hindsight_not_as_it_streamed(tmp_path, rule, first):
+    """The section's first tile is out of focus: judged as it streamed in (the section so far is itself) it is ok,
+    against the whole section it is oof; the report's section_verdict is the latter."""
+    from mhd.client.report import make_report
+
+    chosen = Rule(**rule)
+    section = tmp_path / "s"
+    rows = [fake("tile_r0_c0.png", **first)] + [
+        fake(f"tile_r{i // 3}_c{i % 3}.png", 1.4e4 + 100 * i, blur=0.8 + 0.01 * i, blur_err=0.02) for i in range(1, 9)
+    ]
+    write_results(section, rows)
+    records = [TileRecord.from_json(r) for r in rows]
+    streaming = Judge(replace(chosen, warmup=1))
+    as_streamed = [out for rec in records for out in streaming.add(replace(rec, verdict=None, reason=None))]
+    assert as_streamed[0].tile == "tile_r0_c0.png" and as_streamed[0].verdict == "ok"  # the case the hindsight is for
+    judged, _ = section_verdicts(records, chosen)
+    assert judged["tile_r0_c0.png"].verdict == "oof" and judged["tile_r0_c0.png"].kind == "defocus"
+    assert all(judged[r["tile"]].verdict == "ok" for r in rows[1:])
+    rep = make_report(section, chosen)
+    csv_rows = {r["tile"]: r for r in csv.DictReader(rep.csv.open())}
+    assert csv_rows["tile_r0_c0.png"]["verdict"] == "ok" and csv_rows["tile_r0_c0.png"]["section_verdict"] == "oof"
+    assert rep.reacquire.read_text().splitlines() == ["tile_r0_c0.png\tdefocus"]
 
 
 def test_report_without_positions_and_without_results(tmp_path):

@@ -36,6 +36,7 @@ def section(example_copy):
     return example_copy
 
 
+@pytest.mark.slow
 def test_submit_example_then_resume_then_a_bad_tile(section):
     runner = CliRunner()
     first = runner.invoke(main, ["submit", "--dir", str(section)])
@@ -78,6 +79,7 @@ def test_submit_example_then_resume_then_a_bad_tile(section):
     assert fixed.exit_code == 1  # the vanished corrupt tile's error is still on record
 
 
+@pytest.mark.slow
 def test_rescore_keeps_a_backup(section):
     runner = CliRunner()
     assert runner.invoke(main, ["submit", "--dir", str(section), "--batch", "4"]).exit_code == 2
@@ -86,6 +88,7 @@ def test_rescore_keeps_a_backup(section):
     assert len(list(section.glob("mhd-results.jsonl.*.bak"))) == 1 and len(read_results(section)) == 16
 
 
+@pytest.mark.slow
 def test_killed_client_resumes_without_losing_or_duplicating(tmp_path):
     section = tmp_path / "big"
     for sub in "abc":
@@ -124,6 +127,7 @@ def reimage(path: Path, data: bytes, mtime_ns: int | None = None) -> None:
     part.replace(path)
 
 
+@pytest.mark.slow
 def test_submit_rescores_reimaged_tiles_and_only_those(section):
     runner = CliRunner()
     assert runner.invoke(main, ["submit", "--dir", str(section)]).exit_code == 2
@@ -154,6 +158,7 @@ def test_submit_rescores_reimaged_tiles_and_only_those(section):
     assert fixed.exit_code == 0, fixed.output  # every re-imaged tile in focus: the section is done without --rescore
 
 
+@pytest.mark.slow
 def test_records_written_before_file_versions_were_kept_are_not_rescored(section):
     runner = CliRunner()
     assert runner.invoke(main, ["submit", "--dir", str(section)]).exit_code == 2
@@ -180,6 +185,7 @@ def test_a_folder_without_tiles_is_an_error_not_all_ok(tmp_path, isolated_config
     assert not (tmp_path / "mhd-results.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_one_worker_and_two_give_the_same_verdicts(section, tmp_path, monkeypatch):
     """Results come back in another order with two workers; verdicts are given in the section's order, each against
     the tiles before it, so the number of workers does not change them."""
@@ -197,6 +203,7 @@ def test_one_worker_and_two_give_the_same_verdicts(section, tmp_path, monkeypatc
 # ------------------------------------------------------- kinds of out-of-focus tile
 
 
+@pytest.mark.slow
 def test_submit_prints_and_records_the_kind_and_angle(judged_section):
     section, output = judged_section
     recs = {r["tile"]: r for r in read_results(section)}
@@ -256,6 +263,7 @@ def read_only_section(tmp_path):
             section.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_a_read_only_section_is_scored_with_results_elsewhere(read_only_section, tmp_path):
     runner = CliRunner()
     refused = runner.invoke(cli.main, ["submit", "--dir", str(read_only_section)])
@@ -280,6 +288,7 @@ def test_a_read_only_section_is_scored_with_results_elsewhere(read_only_section,
     assert (folder / "mhd-report" / "mhd-reacquire.txt").exists()
 
 
+@pytest.mark.slow
 def test_the_results_key_keeps_sections_of_the_same_name_apart(tmp_path, monkeypatch):
     one, two = copy_example(tmp_path / "a" / "s"), tmp_path / "b" / "s"
     two.mkdir(parents=True)
@@ -290,6 +299,7 @@ def test_the_results_key_keeps_sections_of_the_same_name_apart(tmp_path, monkeyp
     assert clash.exit_code == 1 and f"holds the results of {one.resolve()}" in clash.output
 
 
+@pytest.mark.slow
 def test_output_into_a_log_is_plain_unwrapped_lines(tmp_path):
     section = copy_example(tmp_path / "section")
     deep = section / ("acquisition_2024_03_01_overview_grid_" * 2) / "row_03"

@@ -22,6 +22,7 @@ import mhd.client.watch as watch
 from conftest import EXAMPLE, default_stop_signals, rename_over
 from mhd.client.calibration import Calibration
 from mhd.client.config import load
+from mhd.client.interrupt import Interrupt
 from mhd.client.judge import Judge
 from mhd.client.options import RunOptions
 from mhd.client.results import read_records
@@ -47,6 +48,7 @@ def slow_write(path: Path, data: bytes, pause: float) -> None:
         fh.write(data[len(data) // 2 :])
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("isolated_config")
 def test_watch_rescores_a_tile_renamed_into_place_over_a_recorded_one(tmp_path, monkeypatch):
     section = tmp_path / "s"
@@ -81,6 +83,18 @@ def test_watch_rescores_a_tile_renamed_into_place_over_a_recorded_one(tmp_path, 
     assert after["tile_r0_c1.tif"] == before["tile_r0_c1.tif"]  # untouched: not scored again
 
 
+class StopsAt(Interrupt):
+    """Ctrl-C handling that also stops the run at ``deadline`` (time.monotonic()), as if Ctrl-C were pressed."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def __call__(self) -> bool:
+        return super().__call__() or time.monotonic() >= self.deadline
+
+
+@pytest.mark.slow
 @pytest.mark.usefixtures("isolated_config")
 def test_idle_exit_waits_for_a_tile_still_being_written(tmp_path, monkeypatch):
     """--idle-exit counts a file still growing as activity: a tile written for longer than it is scored."""
@@ -107,6 +121,7 @@ def test_idle_exit_waits_for_a_tile_still_being_written(tmp_path, monkeypatch):
     assert read_records(section / "mhd-results.jsonl")[0]["tile_r0_c0.png"].verdict != "error"
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("isolated_config")
 def test_idle_exit_scores_files_that_stay_incomplete_or_empty_first(tmp_path):
     """--idle-exit shorter than --give-up: the truncated and the empty file are still scored, as errors naming them."""
@@ -122,9 +137,16 @@ def test_idle_exit_scores_files_that_stay_incomplete_or_empty_first(tmp_path):
         section,
         cfg,
         Console(file=io.StringIO()),
-        RunOptions(rule=Rule(warmup=1), params={"backend": "numpy"}, poll=0.1, give_up=2.0, idle_exit=0.5),
+        RunOptions(
+            rule=Rule(warmup=1),
+            params={"backend": "numpy"},
+            poll=0.1,
+            give_up=2.0,
+            idle_exit=0.5,
+            interrupt=StopsAt(start + 60),  # a watch that never gives up is stopped there, and fails below, instead of hanging
+        ),
     )
-    assert time.monotonic() - start >= 2.0  # it waited out --give-up
+    assert 2.0 <= time.monotonic() - start < 60, "the watch never gave up on the incomplete files"  # it waited out --give-up
     recs, _ = read_records(section / "mhd-results.jsonl")
     assert out.new == 3 and set(recs) == {"good.png", "cut.png", "empty.png"}
     assert recs["good.png"].verdict != "error"
@@ -132,6 +154,7 @@ def test_idle_exit_scores_files_that_stay_incomplete_or_empty_first(tmp_path):
     assert recs["empty.png"].verdict == "error" and "empty.png" in recs["empty.png"].error
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("isolated_config")
 def test_an_unforeseen_failure_records_the_verdicts_held_for_the_baseline_first(tmp_path, monkeypatch):
     """The section folder removed under a running watch: the error is reported, and no verdict obtained is lost."""
@@ -219,38 +242,39 @@ def test_watch_scores_each_tile_once_alerts_safely_and_stops_on_ctrl_c(tmp_path)
     assert "OOF" in out and "summary" in out
 
 
+@pytest.mark.slow
 def test_watch_waits_for_a_section_folder_that_does_not_exist_yet(tmp_path, isolated_config):
     """The microscope creates the section's folder after the operator starts watch: it used to fail at once."""
     section = tmp_path / "section_044"
     client = Path(sys.executable).with_name("client")
-    env = {**os.environ, "MHD_WORKERS": "1"}
-    errors = tmp_path / "stderr.txt"
-    with errors.open("w") as stderr:
+    env = {**os.environ, "MHD_WORKERS": "1", "MHD_WARMUP": "1"}  # the verdict at once, not held for a baseline until --idle-exit
+    waiting = f"waiting for {section} to appear"
+    with (tmp_path / "stderr.txt").open("w+") as errors:
         proc = subprocess.Popen(
             [str(client), "watch", "--dir", str(section), "--idle-exit", "20", "--poll", "0.1"],
             env=env,
             stdout=subprocess.PIPE,
-            stderr=stderr,
+            stderr=errors,
             text=True,
             preexec_fn=default_stop_signals,
         )
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline and "to appear" not in errors.read_text():
-        time.sleep(0.05)  # until the client says it waits (its start takes seconds on a loaded machine)
-    assert proc.poll() is None  # still waiting, not "not a folder"
-    (tmp_path / "incoming").mkdir()
-    shutil.copy(EXAMPLE / "tile_r0_c0.png", tmp_path / "incoming" / "tile_r0_c0.png")
-    os.rename(tmp_path / "incoming", section)  # the folder appears with its first tile
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not read_records(section / "mhd-results.jsonl")[0]:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
-    err = errors.read_text()
-    assert f"waiting for {section} to appear" in err and "Traceback" not in err
+        deadline = time.monotonic() + 120  # however long the client takes to start on a loaded machine
+        while time.monotonic() < deadline and proc.poll() is None and waiting not in (tmp_path / "stderr.txt").read_text():
+            time.sleep(0.05)
+        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()  # still waiting, not "not a folder"
+        (tmp_path / "incoming").mkdir()
+        shutil.copy(EXAMPLE / "tile_r0_c0.png", tmp_path / "incoming" / "tile_r0_c0.png")
+        os.rename(tmp_path / "incoming", section)  # the folder appears with its first tile
+        while time.monotonic() < deadline and not read_records(section / "mhd-results.jsonl")[0]:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert waiting in err and "Traceback" not in err
     assert list(read_records(section / "mhd-results.jsonl")[0]) == ["tile_r0_c0.png"], out + err
 
 
+@pytest.mark.slow
 def test_watch_that_receives_no_tile_before_idle_exit_is_an_error(tmp_path, isolated_config):
     """An unattended watch of a folder that stays empty must not say 'all ok' (submit says 'no tiles here')."""
     from click.testing import CliRunner

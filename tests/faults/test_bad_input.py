@@ -187,6 +187,7 @@ def run_client(folder: Path, env: dict[str, str], denial: str) -> subprocess.Com
     return subprocess.run(cmd, env=full_env, capture_output=True, timeout=180, preexec_fn=preexec)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", ["inline", "shared"])
 def test_every_bad_file_fails_alone_with_its_name_and_the_rest_is_scored(section, tmp_path, transport, denial):
     folder, expected = section

@@ -130,6 +130,7 @@ def accounting_line(found: int, scored: int, failed: int, skipped: int) -> str:
 # -------------------------------------------------------------- lost workers
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_task_is_resubmitted_and_each_tile_recorded_once(tmp_path, monkeypatch):
     section = tmp_path / "section"
     write_tiles(section, 8, repeat=3, fmt="TIFF")  # 1536 x 1536: ~0.3 s of detector each
@@ -163,6 +164,7 @@ def test_worker_killed_mid_task_is_resubmitted_and_each_tile_recorded_once(tmp_p
     assert accounting_line(8, 8, 0, 0) in out.output
 
 
+@pytest.mark.slow
 def test_a_worker_lost_on_every_attempt_fails_its_tiles_after_the_retries_then_the_backend_recovers(tmp_path):
     section = tmp_path / "section"
     write_tiles(section, 2)
@@ -237,6 +239,7 @@ def test_endpoint_engine_retries_a_task_whose_worker_was_killed(tmp_path):
     assert len({e["features"] for e in entries}) == 1 and entries[0]["features"] > 0
 
 
+@pytest.mark.slow
 def test_killed_client_leaves_no_worker_behind(tmp_path):
     """A SIGKILLed client cannot stop its pool: its workers notice and exit (resuming is tested in commands/test_submit_command.py)."""
     section = tmp_path / "big"
@@ -267,7 +270,12 @@ class SlowService(OfflineCompute):
 
     delay = 0.0
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.submitting = threading.Event()  # set when a submit request arrives
+
     def _submit(self, request):
+        self.submitting.set()
         time.sleep(self.delay)
         return super()._submit(request)
 
@@ -337,8 +345,10 @@ def test_a_task_queued_behind_a_failed_submission_is_not_left_hanging(cloud, tmp
     cloud.delay = 0.5
     cloud.fail_submits(1, status=500, message="Internal Server Error")
     try:
+        cloud.submitting.clear()
         first = backend.submit([{"name": "a.png", "data": raw}])
-        time.sleep(0.1)  # the first request is on the wire; this one waits in the executor's queue
+        assert cloud.submitting.wait(30), "the first task was never sent"
+        # the first request is on the wire (answered after cloud.delay); this one waits in the executor's queue
         second = backend.submit([{"name": "b.png", "data": raw}])
         done, pending = cf.wait([first, second], timeout=30)
         cloud.delay = 0.0
@@ -410,6 +420,7 @@ class UnreachableResultStream(sdk_executor._ResultWatcher):  # the SDK's own (no
         return super()._on_open_failed(*args, **kwargs)
 
 
+@pytest.mark.slow
 def test_unreachable_result_stream_records_errors_that_the_next_run_retries(cloud, tmp_path, monkeypatch):
     section = tmp_path / "section"
     copy_example(section)
@@ -491,6 +502,7 @@ class TransferService:
         return 200, {}, json.dumps({"code": "Canceled", "message": "The task has been cancelled."})
 
 
+@pytest.mark.slow
 def test_stalled_transfer_is_cancelled_at_its_deadline_and_the_summary_accounts_for_every_file(tmp_path, monkeypatch):
     instrument, gpu = tmp_path / "instrument", tmp_path / "gpu"
     section = instrument / "section_042"
@@ -625,6 +637,7 @@ def fill(mount: Path, leave: int) -> Path:
     return filler
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["injected", "tmpfs"])
 def test_disk_full_mid_run_stops_clearly_and_loses_no_recorded_verdict(how, tmp_path, request, monkeypatch):
     if how == "tmpfs":
@@ -715,3 +728,124 @@ def test_a_tile_that_kills_its_worker_fails_alone(tmp_path):
     assert verdicts["poison.png"] == "error" and "after 3 attempts" in reason
     assert len(verdicts) == len(names) and all(verdicts[n] != "error" for n in names if n != "poison.png"), verdicts
     assert pool.crashes[1:] == [["poison.png"]] * 2  # after the first crash it never had company, not even when tried last
+
+
+# ------------------------------------------------------ what executors return
+
+
+class ScriptedExecutor:
+    """Answers each task at once with what ``answer(names)`` returns (the tiles' payload names in, a result list out)."""
+
+    name = "scripted"
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.tasks: list[list[str]] = []
+
+    def submit(self, tiles, params=None):
+        names = [t["name"] if isinstance(t, dict) else t for t in tiles]
+        self.tasks.append(names)
+        fut = cf.Future()
+        fut.set_result(self.answer(names))
+        return fut
+
+
+def scored(name: str) -> dict:
+    return {"tile": name, "features": 900, "density": 13733.0, "blur": 1.0, "error": None, "contrast": 50.0}
+
+
+def test_tiles_an_executor_returned_no_result_for_are_recorded_as_errors_naming_them(tmp_path):
+    """Nothing lost: a task whose answer leaves tiles out (a worker that skipped one, a result list cut short, an
+    entry that is no result, an answer that is no list) still gets one record per tile, an error naming it."""
+    section = tmp_path / "section"
+    names = [f"tile_{i:02d}.png" for i in range(9)]
+    section.mkdir()
+    for name in names:
+        (section / name).write_bytes(b"x")  # never decoded: the executor answers
+
+    def answer(batch):
+        if "tile_06.png" in batch:
+            return {"not": "a list"}  # every tile of this task is missing
+        return [scored(batch[0]), scored(batch[0]), "garbage", {"no": "tile"}]  # the first tile only (twice)
+
+    seen: list[TileRecord] = []
+    executor = ScriptedExecutor(answer)
+    with ResultsLog(section) as results:
+        Pipeline(executor, InlineTransport(3), Judge(Rule(warmup=1)), results, None, seen.extend).run(discover(section).tiles)
+    assert [len(task) for task in executor.tasks] == [3, 3, 3]
+    answered = {task[0] for task in executor.tasks if "tile_06.png" not in task}
+    lines = records(section)
+    assert sorted(r["tile"] for r in lines) == names  # each tile once, in the log
+    for rec in lines:
+        if rec["tile"] in answered:
+            assert rec["verdict"] != "error" and rec["error"] is None, rec
+        else:
+            assert rec["verdict"] == "error" and rec["error"] == f"{rec['tile']}: no result returned for this tile", rec
+    assert sorted(r.tile for r in seen) == names
+    assert len(answered) == 2
+
+
+class NeverAnswers:
+    """Accepts tasks and never completes them (an endpoint that is down)."""
+
+    name = "silent"
+
+    def submit(self, tiles, params=None):
+        fut = cf.Future()
+        fut.set_running_or_notify_cancel()
+        return fut
+
+
+class AnswersAfter:
+    """Completes each task after ``delay`` seconds (a slow, working endpoint)."""
+
+    name = "slow"
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    def submit(self, tiles, params=None):
+        fut = cf.Future()
+        fut.set_running_or_notify_cancel()
+        names = [t["name"] if isinstance(t, dict) else t for t in tiles]
+        threading.Timer(self.delay, fut.set_result, [[scored(n) for n in names]]).start()
+        return fut
+
+
+def test_task_timeout_is_in_seconds(tmp_path):
+    """``task_timeout`` counts seconds: a task without a result is given up soon after it (not after 1000 times
+    as long: the run would hang), and a task that answers well within it is not given up (not a thousandth of it)."""
+    section = tmp_path / "section"
+    section.mkdir()
+    (section / "a.png").write_bytes(b"x")
+    deadline = time.monotonic() + 30  # the run is stopped here when the timeout is not honoured, instead of hanging
+    seen: list[TileRecord] = []
+    with ResultsLog(section) as results:
+        pipe = Pipeline(
+            NeverAnswers(),
+            InlineTransport(1),
+            Judge(Rule(warmup=1)),
+            results,
+            None,
+            seen.extend,
+            task_timeout=0.3,
+            stop=lambda: time.monotonic() > deadline,
+        )
+        t0 = time.monotonic()
+        try:
+            pipe.run(discover(section).tiles, tick=0.05)
+        except KeyboardInterrupt:
+            pytest.fail("no task was given up within 30 s with task_timeout=0.3")
+        elapsed = time.monotonic() - t0
+    assert 0.3 <= elapsed < 30
+    assert [r.error for r in seen] == ["a.png: no result within 0.3 s (is the endpoint running?); retried on the next run"]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "b.png").write_bytes(b"x")
+    with ResultsLog(other) as results:
+        Pipeline(AnswersAfter(0.5), InlineTransport(1), Judge(Rule(warmup=1)), results, None, task_timeout=20).run(
+            discover(other).tiles, tick=0.05
+        )
+        rec = results.records["b.png"]
+    assert rec.error is None and rec.verdict == "ok" and rec.roundtrip_ms >= 500

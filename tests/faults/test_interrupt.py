@@ -186,6 +186,7 @@ def client(*args: str) -> list[str]:
 # --------------------------------------------------------------- scoring
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["local", "endpoint"])
 def test_ctrl_c_while_scoring_records_every_finished_task_and_exits_130(engine, tmp_path):
     section = example_section(tmp_path / "section")
@@ -271,6 +272,7 @@ def _busy(pids: set[int]) -> bool:
     return total > 1.0
 
 
+@pytest.mark.slow
 def test_ctrl_c_with_a_short_drain_exits_within_seconds_and_the_rest_is_scored_next_time(tmp_path):
     section = tmp_path / "section"
     # Two tasks of eight 3072^2 tiles, one per worker: each takes about 4 s here, so both are still in flight
@@ -303,7 +305,7 @@ def test_ctrl_c_with_a_short_drain_exits_within_seconds_and_the_rest_is_scored_n
 # -------------------------------------------------------------- start-up
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.5])
+@pytest.mark.parametrize("delay", [0.3, pytest.param(1.5, marks=pytest.mark.slow)])  # 0.3 s: before the engine starts
 def test_ctrl_c_during_start_up_exits_130_quietly(delay, tmp_path):
     """Early (imports) and later (engine and workers starting, first tasks sent)."""
     section = example_section(tmp_path / "section", "a")
@@ -322,6 +324,7 @@ def test_ctrl_c_during_start_up_exits_130_quietly(delay, tmp_path):
 # ------------------------------------------------------------------ watch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["local", "endpoint"])
 def test_ctrl_c_stops_watch_recording_what_finished(engine, tmp_path):
     section = tmp_path / "live"
@@ -373,6 +376,7 @@ def clean(out: str) -> None:
     assert "leaked semaphore" not in out and "resource_tracker" not in out, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", STOP_SIGNALS)
 def test_sigterm_and_sighup_during_submit_drain_record_the_held_verdicts_and_exit_128_plus_the_signal(signum, tmp_path):
     """As the first Ctrl-C: the tasks in flight finish and are recorded, and so are the verdicts the warm-up held back."""
@@ -409,6 +413,7 @@ def test_sigterm_and_sighup_during_submit_drain_record_the_held_verdicts_and_exi
     assert term.left_behind() == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", STOP_SIGNALS)
 def test_sigterm_and_sighup_stop_watch_like_ctrl_c_with_exit_128_plus_the_signal(signum, tmp_path):
     section = tmp_path / "live"
@@ -430,6 +435,7 @@ def test_sigterm_and_sighup_stop_watch_like_ctrl_c_with_exit_128_plus_the_signal
     assert term.left_behind() == []
 
 
+@pytest.mark.slow
 def test_a_signal_the_client_was_started_ignoring_stays_ignored(tmp_path):
     """``nohup client submit ...``: the closed terminal's SIGHUP neither stops the run nor loses a tile."""
     section = example_section(tmp_path / "section", "ab")
@@ -448,6 +454,7 @@ def test_a_signal_the_client_was_started_ignoring_stays_ignored(tmp_path):
     assert term.left_behind() == []
 
 
+@pytest.mark.slow
 def test_a_client_started_ignoring_ctrl_c_says_how_to_stop_it(tmp_path):
     """``client submit ... &`` from a script starts with SIGINT ignored: the header says so and names a signal that works."""
     section = example_section(tmp_path / "section", "a")
@@ -460,6 +467,7 @@ def test_a_client_started_ignoring_ctrl_c_says_how_to_stop_it(tmp_path):
     assert re.search(rf"Ctrl-C is ignored here \(.*\): stop it with kill -TERM {term.proc.pid}\b", out), out
 
 
+@pytest.mark.slow
 def test_sigterm_during_start_up_exits_143_quietly(tmp_path):
     section = example_section(tmp_path / "section", "a")
     term = Terminal(client("submit", "--dir", str(section), "--workers", "2"), calibrated_env(tmp_path), tmp_path)
@@ -501,6 +509,7 @@ def test_a_second_ctrl_c_during_warm_up_records_the_held_verdicts(tmp_path):
     assert term.left_behind() == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP") or not os.path.exists("/proc/self/fd"), reason="SIGHUP and /proc")
 def test_sighup_after_the_terminal_closed_still_drains_and_records(tmp_path):
     """The ssh or tmux session is gone (every write to the terminal fails): the held verdicts are recorded all the same."""

@@ -11,6 +11,9 @@ import pytest
 
 from mhd.client.results import read_records
 
+#: Every test here runs whole client pipelines in subprocesses (4-12 s each).
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("rescore", [False, True])
 def test_a_reader_that_quits_early_does_not_stop_the_run(example_copy, isolated_config, rescore):

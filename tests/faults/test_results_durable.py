@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from click.testing import CliRunner
 
 import mhd.client.results
@@ -20,6 +21,7 @@ from conftest import line_ends
 from mhd.client import cli
 
 
+@pytest.mark.slow
 def test_every_verdict_of_a_submit_run_was_fsynced_as_it_was_written(example_copy, synced, isolated_config, monkeypatch):
     section = example_copy
     monkeypatch.setenv("MHD_WORKERS", "2")
@@ -69,6 +71,7 @@ def test_a_write_the_kernel_refuses_is_cut_off_and_earlier_records_stay(tmp_path
     assert f"The {len(tiles)} records written before are intact" in message
 
 
+@pytest.mark.slow
 def test_a_record_without_a_verdict_is_scored_again_and_report_does_not_fail(example_copy, isolated_config, monkeypatch):
     """A hand-edited or foreign line ``{"tile": ...}`` counted as recorded, and ``client report`` died on it with a traceback."""
     section = example_copy

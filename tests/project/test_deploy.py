@@ -268,6 +268,7 @@ def test_dry_run_reports_an_installed_configuration_that_lacks_a_file(tmp_path):
     assert sorted(p.name for p in installed.iterdir()) == ["config.yaml"]
 
 
+@pytest.mark.slow
 def test_dry_run_on_a_fresh_host_renders_with_a_temporary_environment_or_says_what_is_missing(tmp_path):
     """No mhd-focus anywhere: the dry run installs it into a temporary environment, from the named wheelhouse only.
 
@@ -353,6 +354,7 @@ def _real(tmp_path: Path, home: Path, *extra: str, env_dir: str = sys.prefix, cw
     return _run(args, _env(home), cwd=cwd)
 
 
+@pytest.mark.slow
 def test_install_is_idempotent_refuses_to_clobber_and_replaces_with_force(tmp_path):
     """Four real runs; the first takes the function UUID that 'client register' stored."""
     home = _home(tmp_path)
@@ -395,6 +397,7 @@ def _copy_as_installed(site: Path) -> None:
         shutil.copytree(ROOT / folder, site / name.replace(".", "/"), ignore=shutil.ignore_patterns("__pycache__"))
 
 
+@pytest.mark.slow
 def test_install_works_from_the_clone_root_with_a_non_editable_install(tmp_path):
     """Run from the repository root, as the docs show, with mhd-focus installed non-editable.
 

@@ -17,6 +17,7 @@ from mhd.client import cli
 pytestmark = pytest.mark.usefixtures("isolated_config", "two_workers")
 
 
+@pytest.mark.slow
 def test_the_reacquire_list_is_what_the_readme_says(tmp_path):
     section = copy_example(tmp_path / "section")
     runner = CliRunner()
@@ -28,6 +29,7 @@ def test_the_reacquire_list_is_what_the_readme_says(tmp_path):
     assert "the tile id, a tab, what to fix" in readme and "one tile id per line" not in readme
 
 
+@pytest.mark.slow
 def test_the_bench_commands_the_docs_name_exist():
     """Every ``python bench/<script>.py <command>`` that the README and docs/ name is a command of that script."""
     root = ROOT

@@ -69,6 +69,7 @@ def hostile_root(tmp_path):
     return root, secret
 
 
+@pytest.mark.slow
 def test_hostile_paths_are_refused_by_the_deployed_function(hostile_root):
     root, secret = hostile_root
     refused = {
@@ -99,6 +100,7 @@ def test_hostile_paths_are_refused_by_the_deployed_function(hostile_root):
     assert good["error"] is None and alias["features"] == good["features"] > 0  # links inside the root are fine
 
 
+@pytest.mark.slow
 def test_limits_set_by_the_administrator_hold_on_the_deployed_function():
     small = encode(blobs((64, 64), 3), "PNG")  # 4,096 pixels
     env = {"MHD_MAX_PIXELS": "5000", "MHD_MAX_INLINE_BYTES": str(len(small)), "MHD_MAX_TILES": "3"}
@@ -202,6 +204,7 @@ def test_token_storage_is_owner_only_whatever_the_umask(tmp_path):
     assert mode(config) == 0o700 and mode(config / "tokens.db") == 0o600
 
 
+@pytest.mark.slow
 def test_a_stored_token_is_used_but_never_printed_logged_or_written_elsewhere(tmp_path, example_copy):
     section = example_copy
     runner = CliRunner()
@@ -231,6 +234,7 @@ def test_a_stored_token_is_used_but_never_printed_logged_or_written_elsewhere(tm
 # ------------------------------------------------------------------ output
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("two_workers")
 def test_a_tile_name_with_control_characters_cannot_forge_output_lines(tmp_path):
     """A file named ``evil\\nOOF   other.png.png`` is one escaped field of one line everywhere the client prints it."""

@@ -121,6 +121,7 @@ def separation(isbi) -> dict[str, list]:
     return out
 
 
+@pytest.mark.slow
 def test_astigmatic_blur_separates_from_isotropic_blur_across_doses(separation):
     assert auc(separation["astigmatic"], separation["isotropic"]) >= 0.95
     assert auc(separation["astigmatic"], separation["focus"]) >= 0.95

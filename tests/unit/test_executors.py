@@ -72,6 +72,7 @@ def test_arguments_travel_as_json_with_inline_bytes_as_base64():
 # ------------------------------------------------------- local backend
 
 
+@pytest.mark.slow
 def test_local_backend_scores_a_batch_like_the_function(local, root):
     names = [f"t{i}.png" for i in range(4)]
     inline = {"name": "inline.png", "data": (root / "t1.png").read_bytes()}
@@ -82,6 +83,7 @@ def test_local_backend_scores_a_batch_like_the_function(local, root):
     assert {e["backend"] for e in entries[:5]} == {"numpy"}
 
 
+@pytest.mark.slow
 def test_workers_are_spawned_fresh_not_forked(local, root, monkeypatch):
     def poisoned(*args, **kwargs):
         raise AssertionError("ran the test process's copy of the module")
@@ -120,6 +122,7 @@ def test_engine_refuses_tasks_pickled_with_dill(local):
         unpack_result(inner.result(timeout=60), dill)
 
 
+@pytest.mark.slow
 def test_no_data_root_means_inline_only_and_env_sets_limits(root):
     with LocalExecutor(workers=1, env={"MHD_MAX_PIXELS": "5000"}) as backend:
         small = {"name": "s", "data": encode(blobs((64, 64)), "PNG")}
@@ -147,6 +150,7 @@ def test_warm_up_tile_scores_without_error():
     assert entry["error"] is None and entry["shape"] == [64, 64] and entry["tile"] == "mhd-warm-up"
 
 
+@pytest.mark.slow
 def test_workers_start_and_warm_before_the_first_task(root):
     import time
 

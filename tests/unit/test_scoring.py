@@ -198,6 +198,47 @@ def test_file_swapped_for_an_outside_one_after_the_check_is_caught(root, outside
         os.close(fd)
 
 
+@pytest.mark.parametrize("proc", [True, False], ids=["with-proc", "without-proc"])
+def test_a_tile_swapped_for_a_link_out_between_the_check_and_the_open_is_never_opened(root, outside, monkeypatch, proc):
+    """The race the check alone loses: the path resolves inside the root, then the tile is replaced by a symbolic
+    link to a file outside it before it is opened. The open must not follow the link (the outside file is never
+    opened, whatever is checked after), and the tile is refused, also where /proc/self/fd is not there to check."""
+    import mhd.functions.worker.scoring as scoring
+
+    real_realpath = os.path.realpath
+    swapped = []
+
+    def realpath_then_swap(path, *args, **kwargs):
+        real = real_realpath(path, *args, **kwargs)
+        if str(path).endswith("sec/a.png") and not swapped:  # checked inside the root; now the race is lost
+            link = root / "sec" / "swap.tmp"
+            link.symlink_to(outside)
+            os.replace(link, root / "sec" / "a.png")
+            swapped.append(path)
+        return real
+
+    secret = os.stat(outside)
+    opened = []
+    real_open = os.open
+
+    def spy_open(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        st = os.fstat(fd)
+        opened.append((st.st_dev, st.st_ino))
+        return fd
+
+    monkeypatch.setattr(scoring.os.path, "realpath", realpath_then_swap)
+    monkeypatch.setattr(scoring.os, "open", spy_open)
+    if not proc:
+        real_exists = os.path.exists
+        monkeypatch.setattr(scoring.os.path, "exists", lambda p: not str(p).startswith("/proc/") and real_exists(p))
+    [entry] = score_tiles(["sec/a.png"], {"backend": "numpy"})
+    assert swapped and os.path.islink(root / "sec" / "a.png")
+    assert (secret.st_dev, secret.st_ino) not in opened  # the file outside the root was never opened
+    assert entry["error"] is not None and entry["features"] is None, entry
+    assert str(root) not in entry["error"]
+
+
 def test_fifo_directory_missing_and_empty_are_refused(root):
     os.mkfifo(root / "pipe.png")  # opening it for reading would block without O_NONBLOCK
     (root / "empty.png").write_bytes(b"")

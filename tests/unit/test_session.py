@@ -76,6 +76,7 @@ def test_submit_and_watch_keep_the_same_tasks_in_flight(tmp_path, monkeypatch, o
     assert session.max_inflight("globus", 0) == 32 and session.max_inflight("local", 1) == 4
 
 
+@pytest.mark.slow
 def test_watch_honours_the_detectors_grid(tmp_path):
     """Tissue is measured by the worker on the grid asked for (watch probed a fixed 4 x 4 grid before)."""
     section = tmp_path / "s"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 
+import mhd.client.watch as watch
 from conftest import EXAMPLE, rename_over
 from mhd.client.discover import Tile
 from mhd.client.watch import Landing
@@ -103,3 +104,30 @@ def test_landing_gives_up_on_files_that_never_decode(tmp_path):
     assert landing.poll() == []
     time.sleep(0.25)
     assert [t.id for t, _ in landing.poll()] == ["broken.tif"]
+
+
+def test_landing_gives_up_give_up_seconds_after_it_first_found_a_file_incomplete(tmp_path, monkeypatch):
+    """--give-up counts from the first look that found the file stable but incomplete (or empty), not from each look:
+    the file is handed out at that look + give_up, not before, and then only once."""
+    (tmp_path / "cut.png").write_bytes((EXAMPLE / "tile_r0_c0.png").read_bytes()[:500])
+    (tmp_path / "empty.png").write_bytes(b"")
+    clock = [time.time() + 1.0]  # ahead of the files' mtimes, whatever the file system's timestamp granularity
+
+    class Clock:  # the module's time, with a wall clock the test moves
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def time():
+            return clock[0]
+
+    monkeypatch.setattr(watch, "time", Clock)
+    landing = Landing(tmp_path, settle=0.0, give_up=10.0)
+    start = clock[0]
+    assert landing.poll() == []  # first look: found incomplete, the give-up clock starts
+    for after in (0.5, 5.0, 9.99):
+        clock[0] = start + after
+        assert landing.poll() == [], after
+        assert landing.pending == 2
+    clock[0] = start + 10.0
+    assert sorted(t.id for t, _ in landing.poll()) == ["cut.png", "empty.png"]
+    assert landing.poll() == [] and landing.pending == 0

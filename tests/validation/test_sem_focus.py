@@ -139,6 +139,7 @@ def test_astigmatism_under_scan_noise_and_strong_defocus(isbi, radius):
     assert abs(np.median([a.astigmatism_angle for a in astig]) - 60.0) < 10.0
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("isolated_config")
 @pytest.mark.parametrize("measure, radii", [("blur", (1.5, 4.0)), ("count", (2.0, 4.0))])
 def test_client_flags_the_blurred_tiles_of_a_mixed_dose_section(tmp_path, monkeypatch, measure, radii):
