@@ -59,8 +59,9 @@ def default_stop_signals() -> None:
     A test run started in the background (``bash .ci/run &``) ignores SIGINT,
     and the client keeps a signal it was started ignoring ignored (``nohup``).
     """
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # those the platform (or tests/without_posix) has
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
 
 
 def isbi_paths() -> list[Path]:

@@ -23,6 +23,7 @@ from mhd.contracts.record import TileRecord
 pytestmark = pytest.mark.usefixtures("isolated_config")
 
 
+@pytest.mark.portable
 def test_report_writes_figures_csv_and_reacquire_list(tmp_path):
     section = tmp_path / "s"
     records = [fake(f"tile_r{r}_c{c}.png", 1.4e4) for r in range(3) for c in range(3)]

@@ -36,6 +36,7 @@ def section(example_copy):
     return example_copy
 
 
+@pytest.mark.portable
 @pytest.mark.slow
 def test_submit_example_then_resume_then_a_bad_tile(section):
     runner = CliRunner()
@@ -79,6 +80,7 @@ def test_submit_example_then_resume_then_a_bad_tile(section):
     assert fixed.exit_code == 1  # the vanished corrupt tile's error is still on record
 
 
+@pytest.mark.portable
 @pytest.mark.slow
 def test_rescore_keeps_a_backup(section):
     runner = CliRunner()

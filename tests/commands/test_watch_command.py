@@ -183,6 +183,7 @@ def test_an_unforeseen_failure_records_the_verdicts_held_for_the_baseline_first(
     assert set(recs) == {"tile_r0_c0.png", "tile_r0_c1.tif", "tile_r0_c2.png"} and all(r.verdict for r in recs.values())
 
 
+@pytest.mark.portable
 @pytest.mark.slow
 def test_watch_scores_each_tile_once_alerts_safely_and_stops_on_ctrl_c(tmp_path):
     section = tmp_path / "live"

@@ -272,6 +272,7 @@ def _busy(pids: set[int]) -> bool:
     return total > 1.0
 
 
+@pytest.mark.portable
 @pytest.mark.slow
 def test_ctrl_c_with_a_short_drain_exits_within_seconds_and_the_rest_is_scored_next_time(tmp_path):
     section = tmp_path / "section"

@@ -5,14 +5,16 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import read_results
+from conftest import ROOT, read_results
 from mhd.client import portable, results
 from mhd.client.interrupt import stopped_by
 from mhd.client.results import ResultsLog, SectionLocked
@@ -92,6 +94,15 @@ def test_a_tile_the_acquisition_software_holds_open_waits_past_give_up_and_is_ta
     assert [t.id for t, _ in landing.poll()] == ["tile_1.png"]  # now given up on, as any incomplete file
 
 
+def test_an_on_oof_command_is_split_as_the_platforms_shell_would():
+    """A Windows path keeps its backslashes (POSIX splitting read them as escapes: C:Toolsnotify.exe)."""
+    windows = portable.split_command(r'C:\Tools\notify.exe "MHD: out of focus" --sound', windows=True)
+    assert windows == ["C:\\Tools\\notify.exe", "MHD: out of focus", "--sound"]
+    assert portable.split_command(r'"C:\Program Files\mhd\alert.exe" now', windows=True) == ["C:\\Program Files\\mhd\\alert.exe", "now"]
+    assert portable.split_command("notify-send 'MHD: out of focus'", windows=False) == ["notify-send", "MHD: out of focus"]
+    assert portable.split_command(r"say a\ b", windows=False) == ["say", "a b"]
+
+
 def record(tile: str, verdict: str = "ok") -> TileRecord:
     return TileRecord(tile=tile, features=10, density=100.0, verdict=verdict, reason="")
 
@@ -157,3 +168,26 @@ def test_a_fresh_start_moves_the_old_log_aside_before_opening_it(tmp_path, windo
 def test_a_locked_section_is_named_on_every_platform(tmp_path):
     with ResultsLog(tmp_path), pytest.raises(SectionLocked, match="another client is writing this section"):
         ResultsLog(tmp_path)
+
+
+TESTS = ROOT / "tests"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("MHD_WITHOUT_POSIX") == "1", reason="already running without POSIX-only facilities")
+def test_the_clients_end_to_end_tests_pass_without_posix_only_facilities():
+    """submit, watch stopped by Ctrl-C, a resumed run and the report, in a Python without fcntl, pwd, grp,
+    SIGHUP, signal masks and CPU affinities (tests/without_posix/sitecustomize.py), as on Windows."""
+    env = {**os.environ, "MHD_WITHOUT_POSIX": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS / "without_posix"), env.get("PYTHONPATH")]))
+    probe = "import signal, sys; print('fcntl' in sys.modules and sys.modules['fcntl'] is None, hasattr(signal, 'SIGHUP'))"
+    assert subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60).stdout.split() == [
+        "True",
+        "False",
+    ], "the simulation is not in effect"
+    marked = sorted(str(p) for p in TESTS.rglob("test_*.py") if "@pytest.mark.portable" in p.read_text() and p != Path(__file__).resolve())
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "portable", *marked]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1200, cwd=TESTS.parent)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    passed = int(re.search(r"(\d+) passed", proc.stdout).group(1))
+    assert passed >= 5 and " skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
