@@ -189,11 +189,16 @@ def copy_tree(dest: Path) -> Path:
     return dest / "_import"
 
 
+def in_copy(module: str) -> str:
+    """A module's path in the copy: ``mhd-package/`` is the import folder's ``mhd/`` there (:func:`copy_tree`)."""
+    return "_import/mhd/" + module.removeprefix("mhd-package/") if module.startswith("mhd-package/") else module
+
+
 def config(target: Target) -> str:
     command = f"{sys.executable} -m pytest -x -q -p no:cacheprovider {target.tests}"
     return (
         "[cosmic-ray]\n"
-        f'module-path = "{target.module}"\n'
+        f'module-path = "{in_copy(target.module)}"\n'
         f"timeout = {target.timeout}\n"
         "excluded-modules = []\n"
         f"test-command = {command!r}\n".replace("'", '"')
