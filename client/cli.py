@@ -648,6 +648,7 @@ def watch(poll: float, give_up: float, idle_exit: float | None, **options: Any) 
                 " in subfolders too)"
             )
 
+    _params(dict(options))  # a usage error now, not once the folder has appeared
     _wait_for_folder(options["directory"], poll, idle_exit)
     _run(watch_section, options, check=nothing_came, poll=poll, give_up=give_up, idle_exit=idle_exit)
 

@@ -89,7 +89,7 @@ class EngineExecutor(_Lifecycle):
     ``submit`` and the endpoint's ``execute_task``. Any engine works:
     ``ProcessPoolEngine`` (see :class:`LocalExecutor`) or ``GlobusComputeEngine``
     (the endpoint's own, e.g. with ``available_accelerators``); start it with
-    ``allowed_serializers`` = :data:`~mhd.client.registration.ALLOWED_SERIALIZERS`
+    ``allowed_serializers`` = :data:`~mhd.contracts.limits.ALLOWED_SERIALIZERS`
     to mirror the ``mhd-gpu`` endpoint.
 
     Parameters

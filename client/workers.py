@@ -131,7 +131,7 @@ def local_engine(data_root: str | os.PathLike | None = None, workers: int | None
     handles them and stops the workers), take
     ``MHD_DATA_ROOT`` = ``data_root`` (None removes it: inline tiles only) and
     the variables in ``env`` (a None value removes one), and deserialize only
-    :data:`~mhd.client.registration.ALLOWED_SERIALIZERS`.
+    :data:`~mhd.contracts.limits.ALLOWED_SERIALIZERS`.
 
     Parameters
     ----------

@@ -68,7 +68,10 @@ def _jpeg_whole(fh: BinaryIO, size: int) -> bool:
 def _bmp_whole(fh: BinaryIO, size: int) -> bool:
     """The file is at least the size its header states."""
     fh.seek(2)
-    (stated,) = struct.unpack("<I", fh.read(4))
+    head = fh.read(4)
+    if len(head) < 4:  # the header itself is not written yet
+        return False
+    (stated,) = struct.unpack("<I", head)
     return bool(0 < stated <= size)
 
 

@@ -294,3 +294,13 @@ def test_watch_gives_up_waiting_for_a_folder_after_idle_exit(tmp_path, isolated_
 
     out = CliRunner().invoke(main, ["watch", "--dir", str(tmp_path / "never"), "--idle-exit", "0.3", "--poll", "0.1"])
     assert out.exit_code == 1 and f"{tmp_path / 'never'} did not appear within --idle-exit 0.3 s" in out.output
+
+
+def test_bad_detector_options_are_a_usage_error_before_watch_waits_for_its_folder(tmp_path, isolated_config):
+    """``watch`` started before the microscope made the folder learns of bad options at once, not once it appears."""
+    from click.testing import CliRunner
+
+    from mhd.client.cli import EXIT_USAGE, main
+
+    out = CliRunner().invoke(main, ["watch", "--dir", str(tmp_path / "not_yet"), "--min-t", "5", "--max-t", "2"])
+    assert out.exit_code == EXIT_USAGE and "waiting for" not in out.output, out.output

@@ -534,8 +534,10 @@ def _substitute(text: str, values: dict[str, str]) -> str:
 
 
 def _package_paths() -> set[str]:
-    """What an image must copy to install the distribution: metadata and the package folders."""
-    return {"pyproject.toml", "README.md", *PYPROJECT["tool"]["setuptools"]["package-dir"].values()}
+    """What an image must copy to install the distribution: metadata (the licence files pyproject names included)
+    and the package folders."""
+    project = PYPROJECT["project"]
+    return {"pyproject.toml", "README.md", *project.get("license-files", []), *PYPROJECT["tool"]["setuptools"]["package-dir"].values()}
 
 
 def test_dockerfile_passes_hadolint():

@@ -123,3 +123,10 @@ def test_a_truncated_file_is_incomplete_without_decoding_it(tmp_path, monkeypatc
         part.write_bytes(data[:cut])
         assert not is_complete(part), (fmt, cut)
     assert not is_complete(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize("head", [b"BM", b"BM\x01", b"BM\x01\x00\x00"])
+def test_a_bmp_cut_inside_its_header_is_not_complete_and_raises_nothing(tmp_path, head):
+    """``watch`` stopped with "unpack requires a buffer of 4 bytes" on a BMP caught after its first bytes."""
+    (tmp_path / "a.bmp").write_bytes(head)
+    assert formats.is_complete(tmp_path / "a.bmp") is False
