@@ -306,3 +306,16 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 def threshold_density(cal: Calibration) -> float:
     """Density (features per megapixel) below which a tile is out of focus."""
     return math.exp(cal.log_threshold)
+
+
+def rule_summary(rule: Rule) -> str:
+    """The rule in force, in words (the header of submit/watch, the report)."""
+    cal = rule.calibration
+    if cal is not None:
+        return f"calibrated: {cal.measure}, out of focus beyond {cal.max_defocus:g} {cal.units} of estimated defocus"
+    if rule.measure == "count":
+        return "relative to the section: feature density"
+    return (
+        f"relative to the section: a tile is out of focus when it adds more than {rule.blur_max:g} px (in quadrature)"
+        f" to the section's median blur, or {rule.blur_k:g} times its spread"
+    )

@@ -600,6 +600,18 @@ endpoint.add_command(_configure_with_stored_function())
 # ------------------------------------------------------------------ watch
 
 
+def _serve_address(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
+    """``--serve [HOST:]PORT`` as ``(host, port)`` (a usage error when malformed)."""
+    if value is None:
+        return None
+    from .live import parse_address
+
+    try:
+        return parse_address(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command(context_settings=CONTEXT)
 @_run_options
 @click.option("--poll", type=click.FloatRange(0.05, 60), default=0.25, show_default=True, help="Seconds between looks at the folder.")
@@ -618,8 +630,17 @@ endpoint.add_command(_configure_with_stored_function())
         " (an incomplete one after --give-up); default: run until Ctrl-C."
     ),
 )
+@click.option(
+    "--serve",
+    metavar="[HOST:]PORT",
+    callback=_serve_address,
+    help=(
+        "Serve the section's live page at http://HOST:PORT/ (verdicts as they arrive, flagged tiles with thumbnails);"
+        " HOST defaults to 127.0.0.1, this machine only: name 0.0.0.0 to let the lab see it. PORT 0: any free port."
+    ),
+)
 @detector_options
-def watch(poll: float, give_up: float, idle_exit: float | None, **options: Any) -> None:
+def watch(poll: float, give_up: float, idle_exit: float | None, serve: tuple[str, int] | None, **options: Any) -> None:
     """Score tiles as the microscope writes them, until Ctrl-C.
 
     A folder that does not exist yet is waited for. A tile is taken once completely written (size stable and its image
@@ -634,10 +655,14 @@ def watch(poll: float, give_up: float, idle_exit: float | None, **options: Any) 
     scored on the next run), then exits with the section's status (0/1/2);
     SIGTERM and SIGHUP do the same and exit 143 and 129.
 
+    The section's page, DIR/mhd-report/index.html (as client report writes
+    it), is kept current while the watch runs; --serve serves it live.
+
     Example:
 
     \b
         client watch --dir /data/section_043 --on-oof "notify-send 'Out of focus'"
+        client watch --dir /data/section_043 --serve 8000
     """
     from .watch import watch_section
 
@@ -650,7 +675,7 @@ def watch(poll: float, give_up: float, idle_exit: float | None, **options: Any) 
 
     _params(dict(options))  # a usage error now, not once the folder has appeared
     _wait_for_folder(options["directory"], poll, idle_exit)
-    _run(watch_section, options, check=nothing_came, poll=poll, give_up=give_up, idle_exit=idle_exit)
+    _run(watch_section, options, check=nothing_came, poll=poll, give_up=give_up, idle_exit=idle_exit, serve=serve)
 
 
 def _wait_for_folder(directory: Path, poll: float, idle_exit: float | None) -> None:
@@ -708,6 +733,7 @@ def report(directory: Path, positions: Path | None, out: Path | None, no_calibra
     \b
         client report --dir examples/section_042
     """
+    from .calibration import rule_summary
     from .report import make_report
     from .results import results_folder
 
@@ -721,10 +747,11 @@ def report(directory: Path, positions: Path | None, out: Path | None, no_calibra
         hint = "" if out or cfg["results"] else " (a read-only section: give --out DIR)"
         raise click.ClickException(_os_error(exc) + hint) from None
     again = len(rep.reacquire.read_bytes().splitlines())
-    for path in (rep.density, rep.montage, rep.focus_maps, rep.csv, rep.reacquire):
+    click.echo(f"rule: {rule_summary(rep.view.rule)}" if rep.view else "")
+    for path in (rep.page, rep.focus, rep.montage, rep.focus_maps, rep.density, rep.csv, rep.reacquire):
         if path is not None:
             click.echo(f"wrote {path}")
-    click.echo(f"{again} tile(s) to re-acquire")
+    click.echo(f"{again} tile(s) to re-acquire; open {rep.page} in a browser")
 
 
 # -------------------------------------------------------------- calibrate

@@ -26,7 +26,7 @@ from .calibration import DENSITY_FLOOR, Calibration
 from .rule import Rule
 from .wording import astigmatism_reason, cell_limit_words, low_reason
 
-__all__ = ["Baseline", "BlurPoint", "BlurReference", "Judge", "SectionBlur", "focus_map", "log_density"]
+__all__ = ["Baseline", "BlurPoint", "BlurReference", "Explanation", "Judge", "SectionBlur", "focus_map", "log_density"]
 
 #: Robust sigma of a normal distribution from its median absolute deviation.
 MAD_TO_SIGMA = 1.4826
@@ -260,6 +260,43 @@ class SectionBlur:
         return f"astigmatism: blurrier{where} (adjust the stigmators): {self._added()}, {self.anisotropy / self.excess:.0%} anisotropic"
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """A tile on the measure its verdict used, with the limit it was held to (what the report's figures show).
+
+    Attributes
+    ----------
+    measure : str
+        ``"added blur"`` (px the tile adds, in quadrature, to the section's median blur: the relative rule),
+        ``"defocus"`` (estimated |defocus| in the calibration's units: a blur or count calibration) or
+        ``"log density"`` (``log`` features per megapixel: the count's relative rule).
+    units : str
+        ``"px"``, the calibration's units, or ``""``.
+    value : float or None
+        The tile's value; None where it has none (no detail above the noise, no blur recorded).
+    limit : float
+        Beyond it the tile is out of focus: above it, or below it for ``"log density"`` (``worse_above`` False).
+    worse_above : bool
+    cells : (gy, gx) ndarray or None
+        Blur (px) each grid cell adds in quadrature, less its error, to the reference cell the partial rule uses
+        (the tile's median cell, or the section's typical one where that is sharper); NaN where a cell is not judged
+        (no tissue, too smooth) or has no blur; None without cell blurs.
+    cell_limit : float or None
+        The cells' limit (px), as :meth:`Judge.cell_limit`.
+    flagged_cells : list of (row, col)
+        The cells the partial rule finds blurred.
+    """
+
+    measure: str
+    units: str
+    value: float | None
+    limit: float
+    worse_above: bool = True
+    cells: np.ndarray | None = None
+    cell_limit: float | None = None
+    flagged_cells: tuple[tuple[int, int], ...] = ()
+
+
 class Judge:
     """Streaming verdicts for one section.
 
@@ -414,6 +451,39 @@ class Judge:
         s = MAD_TO_SIGMA * float(np.median(np.abs(x - m)))
         return Baseline(m, s, x.size, m - max(self.rule.oof_k * s, self.rule.oof_min_drop))
 
+    def explain(self, rec: TileRecord) -> Explanation:
+        """``rec`` on the measure its verdict uses, against the section as the judge holds it now (a report
+        judges the whole section first: :func:`mhd.client.report.section_verdicts`)."""
+        cal, base = self.rule.calibration, self.baseline()
+        if cal is not None:
+            value = finite(rec.defocus) if rec.defocus is not None else None
+            measure = Explanation("defocus", cal.units, None if value is None else abs(value), cal.max_defocus)
+        elif self._on_blur and rec.has_blur:
+            judged = self._against_section(rec)
+            ref = self.blur_reference()
+            limit = judged.limit if judged is not None else ref.limit(ref.error, self.rule) if ref is not None else math.inf
+            value = None if judged is None else math.sqrt(max(judged.excess, 0.0))
+            measure = Explanation("added blur", "px", value, math.sqrt(limit))
+        else:
+            measure = Explanation("log density", "", log_density(rec.density) if rec.density is not None else None, base.threshold, False)
+        added = self._cell_added(rec)
+        if added is None:
+            return measure
+        flagged = tuple(self._low_cells(rec, base.threshold - self.rule.partial_drop))
+        return replace(measure, cells=added, cell_limit=math.sqrt(self.cell_limit()), flagged_cells=flagged)
+
+    def _cell_added(self, rec: TileRecord) -> np.ndarray | None:
+        """Blur (px) each judged cell adds in quadrature to the partial rule's reference cell (NaN elsewhere)."""
+        blur, within = _finite_cells(rec.blur_cells), self._within_tile(rec)
+        if blur is None or within is None:
+            return None
+        err = _finite_cells(rec.blur_cells_err)
+        err = np.zeros_like(blur) if err is None or err.shape != blur.shape else np.nan_to_num(err)
+        typical = float(np.median(np.fromiter(self._cell_median.values(), float))) if self._cell_median else within[0]
+        with np.errstate(invalid="ignore"):
+            added = np.sqrt(np.clip(np.square(np.clip(blur - err, 0.0, None)) - min(within[0], typical), 0.0, None))
+        return np.where(self._judged(rec, blur), added, np.nan)
+
     # ----------------------------------------------------------- judging
 
     def _judge(self, rec: TileRecord) -> TileRecord:
@@ -535,13 +605,10 @@ class Judge:
         cell whose ``log`` density is below ``limit``.
         """
         blur = _finite_cells(rec.blur_cells)
-        within = self._within_tile(rec)
-        if blur is not None and within is not None:
-            err = _finite_cells(rec.blur_cells_err)
-            err = np.zeros_like(blur) if err is None or err.shape != blur.shape else np.nan_to_num(err)
-            typical = float(np.median(np.fromiter(self._cell_median.values(), float))) if self._cell_median else within[0]
+        added = self._cell_added(rec)
+        if blur is not None and added is not None:
             with np.errstate(invalid="ignore"):
-                out = np.isnan(blur) | (np.square(np.clip(blur - err, 0.0, None)) - min(within[0], typical) > self.cell_limit())
+                out = np.isnan(blur) | (np.square(added) > self.cell_limit())
         elif blur is not None:  # too few cells to compare: only those with no detail left
             out = np.isnan(blur)
         else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +42,10 @@ class RunOptions:
     idle_exit : float, optional
         ``watch``: stop after this many seconds without a new or growing tile file,
         once every tile seen is scored; None runs until Ctrl-C.
+    serve : (host, port), optional
+        ``watch``: serve the live section page there (:class:`~mhd.client.live.SectionPage`).
+    settings : dict of str to str
+        The run's settings as the section page shows them.
     """
 
     rule: Rule
@@ -56,3 +60,5 @@ class RunOptions:
     poll: float = 0.25
     give_up: float = 10.0
     idle_exit: float | None = None
+    serve: tuple[str, int] | None = None
+    settings: dict[str, str] = field(default_factory=dict)

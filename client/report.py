@@ -1,33 +1,37 @@
-"""``client report``: figures, a CSV and the re-acquisition list of a section.
+"""``client report``: the figures, the page, a CSV and the re-acquisition list of a section.
 
-Everything is written to ``<section>/mhd-report/``:
+Everything is written to ``<section>/mhd-report/`` (each file replaced whole, so a reader never sees half):
 
-``density.png``
-    Feature density per tile in acquisition order (log scale), coloured by
-    verdict (out-of-focus tiles marked by kind), with the section median;
-    and the OOF threshold of the measure the verdicts use
-    (:attr:`Rule.measure`): on the density when it is the count, else on a
-    second panel, the blur (px) of each tile.
+``index.html``
+    One self-contained page (no network): the rule in force and the run's
+    settings, the counts, each flagged tile's thumbnail beside an in-focus
+    neighbour with its blurred cells outlined and what to fix, the figures,
+    and a sortable table of every tile (:mod:`mhd.client.page`). ``client
+    watch`` keeps it current while it runs, and ``watch --serve`` serves it
+    live.
+``focus.png``
+    Each tile on the measure the verdicts used (the blur it adds to the
+    section's, an estimated |defocus| under a calibration, or the feature
+    density under the count's rule) with its limit, in acquisition order.
 ``montage.png``
-    Density over the montage (tiles placed by ``r<row>_c<col>`` in their
-    names or a positions CSV), verdicts and kinds marked (an astigmatic tile
-    with a line along its direction of strongest blur); only when positions
-    are known.
+    The same measure where each tile sits (``r<row>_c<col>`` in the names,
+    or a positions CSV), the limit at the colour scale's centre; only when
+    positions are known.
 ``focus-maps.png``
-    One small map per flagged tile: the density of each cell of the
-    detector's grid relative to the section median (``focus_map``), so a
-    partly defocused tile shows which of its regions are out of focus; only
-    when some flagged tile has a grid.
+    The cells of each flagged tile: the blur each adds to its tile's (px),
+    blurred cells outlined; only when a flagged tile has cell blurs.
+``density.png``
+    The feature count per tile (secondary: it falls with defocus and dose).
 ``mhd-results.csv``
     One row per tile: recorded ``verdict`` and ``kind``, ``section_verdict``
-    and ``section_kind``, the astigmatism measure and the section
-    ``focus_map`` (JSON, rows of cells).
+    and ``section_kind``, ``shown_verdict`` (what the list, figures and page
+    show), the measure and its limit, the astigmatism and the cell map.
 ``mhd-reacquire.txt``
     Tiles to image again (recorded or section verdict ``oof``, or ``error``),
     one per line: the tile id, a tab, and what to fix, e.g.
     ``tile_r1_c2.png<TAB>astigmatism 34 deg`` (turn the stigmators; blur
     along 34 degrees), ``...<TAB>defocus`` (refocus),
-    ``...<TAB>partial: cells 0,3 1,3 low`` or ``...<TAB>error``.
+    ``...<TAB>partial: cells 0,3 1,3 blurred`` or ``...<TAB>error``.
     ``cut -f1 mhd-reacquire.txt`` lists the ids alone. Re-imaged tiles
     written under the same names are scored again by the next ``client
     submit`` (or by a ``client watch`` that is running): their file's size
@@ -36,42 +40,50 @@ Everything is written to ``<section>/mhd-report/``:
 ``section_verdict`` re-judges every tile against the whole section's
 baseline (hindsight: the recorded verdict used the section *so far*). The
 re-acquisition list takes the union of both, so no tile that was flagged
-either way is missed.
+either way is missed; every figure and the page show that same union.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
-import textwrap
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable
-
-import numpy as np
+from typing import Iterable
 
 from mhd.contracts.files import REPORT_DIR, RESULTS_NAME
-from mhd.contracts.record import TileRecord, finite
-from mhd.contracts.verdicts import LOOKS, Kind, Verdict, look
+from mhd.contracts.record import TileRecord
+from mhd.contracts.verdicts import Verdict
 
 from .console import printable
 from .discover import natural_key, tile_positions
-from .judge import Baseline, Judge
+from .judge import Baseline, Explanation, Judge
 from .results import read_records
 from .rule import Rule
 from .wording import describe
 
-__all__ = ["Report", "blur_threshold", "make_report", "section_verdicts"]
+__all__ = [
+    "Report",
+    "SectionView",
+    "Shown",
+    "blur_threshold",
+    "make_report",
+    "section_verdicts",
+    "settings_of",
+    "view_section",
+    "write_atomic",
+]
 
 CSV_COLUMNS = (
-    "index", "tile", "row", "col", "verdict", "kind", "section_verdict", "section_kind", "reason",
-    "features", "density", "blur", "blur_err", "defocus", "defocus_units", "astigmatism", "astigmatism_angle", "focus_map",
+    "index", "tile", "row", "col", "verdict", "kind", "section_verdict", "section_kind", "shown_verdict", "shown_kind",
+    "reason", "measure", "value", "limit", "features", "density", "blur", "blur_err", "blur_major", "blur_minor",
+    "blur_angle", "scan_smear", "defocus", "defocus_units", "astigmatism", "astigmatism_angle", "focus_map",
     "contrast", "error", "backend", "ms", "roundtrip_ms", "latency_ms", "scored_at",
 )  # fmt: skip
-#: Most tiles drawn in focus-maps.png.
-MAX_MAPS = 48
 
 
 @dataclass
@@ -86,6 +98,94 @@ class Report:
     records: list[TileRecord]
     baseline: Baseline
     focus_maps: Path | None = None
+    focus: Path | None = None
+    page: Path | None = None
+    view: "SectionView | None" = None
+
+
+@dataclass(frozen=True)
+class Shown:
+    """One tile as every output of the report shows it.
+
+    Attributes
+    ----------
+    rec : TileRecord
+        As recorded (``mhd-results.jsonl``).
+    fresh : TileRecord
+        Judged against the whole section (:func:`section_verdicts`).
+    verdict, kind : str
+        What the list, the figures and the page say: ``oof`` (with the kind
+        that :func:`_what` names) for a tile flagged either way, ``error``,
+        else the recorded verdict.
+    words : str
+        What to fix (``defocus``, ``astigmatism 34 deg``, ...); ``""`` for a tile not flagged.
+    explanation : Explanation
+        The tile on the measure the verdicts used, against the whole section.
+    index : int
+        Position in acquisition order.
+    position : (row, col) or None
+    """
+
+    rec: TileRecord
+    fresh: TileRecord
+    verdict: str
+    kind: str | None
+    words: str
+    explanation: Explanation
+    index: int
+    position: tuple[int, int] | None = None
+
+    @property
+    def flagged(self) -> bool:
+        """On the re-acquisition list: recorded or section ``oof``, or an error."""
+        return self.verdict in (Verdict.OOF, Verdict.ERROR)
+
+
+@dataclass
+class SectionView:
+    """A section as the report shows it: every tile in acquisition order, judged once (:func:`view_section`).
+
+    Attributes
+    ----------
+    name : str
+        The section folder's name.
+    rule : Rule
+    tiles : list of Shown
+    baseline : Baseline
+        The whole section's count baseline.
+    measure, units : str
+        The verdicts' measure (:attr:`Explanation.measure`) and its units.
+    limit : float
+        Its typical limit: the median of the tiles' (each tile's own widens with its error).
+    positions : dict of str to (row, col)
+        Where tiles sit in the montage (empty when unknown).
+    """
+
+    name: str
+    rule: Rule
+    tiles: list[Shown]
+    baseline: Baseline
+    measure: str
+    units: str
+    limit: float
+    positions: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> list[Shown]:
+        """The tiles to re-acquire, in acquisition order (the order of ``mhd-reacquire.txt``)."""
+        return [s for s in self.tiles if s.flagged]
+
+
+def _judge_section(records: list[TileRecord], rule: Rule) -> tuple[Judge, dict[str, TileRecord], Baseline]:
+    judge = Judge(replace(rule, warmup=len(records) + 1))
+    out: dict[str, TileRecord] = {}
+    for rec in records:
+        error = rec.error or (rec.reason or "error" if rec.verdict == "error" else None)
+        fresh = replace(rec, verdict=None, kind=None, reason=None, focus_map=None, defocus=None, defocus_units=None, error=error)
+        out.update((r.tile, r) for r in judge.add(fresh))
+    base = judge.baseline()
+    out.update((r.tile, r) for r in judge.flush())
+    return judge, out, base
 
 
 def section_verdicts(records: list[TileRecord], rule: Rule) -> tuple[dict[str, TileRecord], Baseline]:
@@ -106,14 +206,7 @@ def section_verdicts(records: list[TileRecord], rule: Rule) -> tuple[dict[str, T
     baseline : Baseline
         The whole-section threshold.
     """
-    judge = Judge(replace(rule, warmup=len(records) + 1))
-    out: dict[str, TileRecord] = {}
-    for rec in records:
-        error = rec.error or (rec.reason or "error" if rec.verdict == "error" else None)
-        fresh = replace(rec, verdict=None, kind=None, reason=None, focus_map=None, defocus=None, defocus_units=None, error=error)
-        out.update((r.tile, r) for r in judge.add(fresh))
-    base = judge.baseline()
-    out.update((r.tile, r) for r in judge.flush())
+    _, out, base = _judge_section(records, rule)
     return out, base
 
 
@@ -133,12 +226,61 @@ def blur_threshold(judged: Iterable[TileRecord], rule: Rule) -> float:
     return Judge(rule, prior=judged).blur_threshold()
 
 
-def make_report(section: Path, rule: Rule, positions: Path | None = None, out: Path | None = None, results: Path | None = None) -> Report:
+def view_section(name: str, records: Iterable[TileRecord], rule: Rule, positions: Path | None = None) -> SectionView:
+    """The section as the report shows it: its records in acquisition order, judged once against the whole section.
+
+    Raises
+    ------
+    ValueError
+        For a bad positions file.
+    """
+    ordered = sorted(records, key=lambda r: natural_key(r.tile))
+    judge, again, base = _judge_section(ordered, rule)
+    pos = tile_positions([r.tile for r in ordered], positions)
+    units = rule.calibration.units if rule.calibration is not None else ""
+    shown = []
+    for i, rec in enumerate(ordered):
+        fresh = again[rec.tile]
+        flagged = rec.verdict in ("oof", "error") or fresh.verdict == "oof"
+        verdict, kind = _shown_verdict(rec, fresh, flagged)
+        words = _what(rec, fresh, units) if flagged else ""
+        shown.append(Shown(rec, fresh, verdict, kind, words, judge.explain(fresh), i, pos.get(rec.tile)))
+    # the measure of most tiles (a log written before the blur existed mixes in the count's)
+    measures = Counter(s.explanation.measure for s in shown if s.verdict != "error")
+    measure = measures.most_common(1)[0][0] if measures else judge.explain(TileRecord("")).measure
+    measured_in = next((s.explanation.units for s in shown if s.explanation.measure == measure), "")
+    limits = sorted(s.explanation.limit for s in shown if s.explanation.measure == measure and math.isfinite(s.explanation.limit))
+    limit = limits[len(limits) // 2] if limits else math.nan
+    return SectionView(name, rule, shown, base, measure, measured_in, limit, pos)
+
+
+def _shown_verdict(rec: TileRecord, fresh: TileRecord, flagged: bool) -> tuple[str, str | None]:
+    """The verdict and kind every output shows: the union of recorded and hindsight ``oof``, errors first."""
+    if rec.verdict == "error" or fresh.verdict == "error":
+        return "error", None
+    if not flagged:
+        return rec.verdict or fresh.verdict or "ok", None
+    kind = rec.kind if rec.verdict == "oof" and rec.kind else fresh.kind if fresh.verdict == "oof" else rec.kind
+    return "oof", kind
+
+
+def make_report(
+    section: Path,
+    rule: Rule,
+    positions: Path | None = None,
+    out: Path | None = None,
+    results: Path | None = None,
+    *,
+    records: Iterable[TileRecord] | None = None,
+    settings: dict[str, str] | None = None,
+    progress: dict[str, float | int | None] | None = None,
+) -> Report:
     """Write the report files of ``section``.
 
     ``results`` is the folder holding its ``mhd-results.jsonl`` (default:
     the section, see ``--results``); the report goes to ``out``, default
-    ``<results>/mhd-report``.
+    ``<results>/mhd-report``. ``records`` (``client watch``) replaces reading
+    the log; ``settings`` and ``progress`` are shown on the page.
 
     Raises
     ------
@@ -148,58 +290,90 @@ def make_report(section: Path, rule: Rule, positions: Path | None = None, out: P
         For a bad positions file.
     """
     results = results or section
-    recs, _ = read_records(results / RESULTS_NAME)
-    if not recs:
+    if records is None:
+        recs, _ = read_records(results / RESULTS_NAME)
+        records = list(recs.values())
+    if not records:
         if results != section:  # results kept elsewhere (--results or the config): submit must write them there
             where = f" --results {results.parent}"
         else:  # a read-only section can only be scored with its results elsewhere
             where = "" if os.access(section, os.W_OK) else " --results DIR"
         raise FileNotFoundError(f"{results / RESULTS_NAME}: no results yet; run 'client submit --dir {section}{where}' first")
-    records = sorted(recs.values(), key=lambda r: natural_key(r.tile))
+    view = view_section(section.name, records, rule, positions)
     folder = out or results / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    again, base = section_verdicts(records, rule)
-    pos = tile_positions([r.tile for r in records], positions)
-    rep = Report(folder, folder / "mhd-results.csv", folder / "mhd-reacquire.txt", folder / "density.png", None, records, base)
-    units = rule.calibration.units if rule.calibration is not None else ""
-    _write_csv(rep.csv, records, again, pos)
-    flagged = _flagged(records, again)
-    _write_reacquire(rep.reacquire, flagged, again, units)
-    by_blur = rule.measure == "blur" and any(finite(r.blur) is not None for r in records)  # without blurs (older records) the count decides
-    _plot_density(rep.density, records, base, section.name, blur_threshold(again.values(), rule) if by_blur else None)
-    if pos:
-        rep.montage = folder / "montage.png"
-        _plot_montage(rep.montage, records, pos, base, section.name)
-    maps = [(rec, again[rec.tile]) for rec in flagged if again[rec.tile].focus_map]
-    if maps:
-        rep.focus_maps = folder / "focus-maps.png"
-        ref = "calibrated in-focus density" if rule.calibration is not None else "section median"
-        _plot_focus_maps(rep.focus_maps, maps, units, f"{section.name}: focus maps of flagged tiles, cell density / {ref}")
+    given = {
+        "section": str(section),
+        "results": str(results / RESULTS_NAME),
+        "positions": str(positions) if positions else "from the names",
+    }
+    return _write(view, section, folder, {**given, **settings_of(view), **(settings or {})}, progress)
+
+
+def settings_of(view: SectionView) -> dict[str, str]:
+    """What the records say of how the section was scored: where, how the tiles travelled, when."""
+
+    def tally(values: Iterable[str | None]) -> str:
+        counted = Counter(v for v in values if v)
+        return ", ".join(f"{v} ({n})" for v, n in counted.most_common()) or "-"
+
+    recs = [s.rec for s in view.tiles]
+    times = sorted(r.scored_at for r in recs if r.scored_at)
+    return {
+        "scored on": tally(f"{r.backend} {r.device}" if r.device else r.backend for r in recs),
+        "transport": tally(r.transport for r in recs),
+        "first and last verdict": f"{times[0]} .. {times[-1]}" if times else "-",
+    }
+
+
+def _write(view: SectionView, section: Path, folder: Path, settings: dict[str, str], progress: dict | None) -> Report:
+    from . import figures
+    from .page import render_page, section_state
+    from .thumbs import thumbnails
+
+    rep = Report(folder, folder / "mhd-results.csv", folder / "mhd-reacquire.txt", folder / "density.png", None,
+                 [s.rec for s in view.tiles], view.baseline, view=view)  # fmt: skip
+    write_atomic(rep.csv, _csv(view))
+    write_atomic(
+        rep.reacquire, "".join(f"{printable(s.rec.tile)}\t{printable(s.words)}\n" for s in view.flagged).encode(errors="surrogateescape")
+    )
+    drawn = {"focus.png": figures.measure(view), "montage.png": figures.section_map(view) if view.positions else None,
+             "focus-maps.png": figures.cell_maps(view), "density.png": figures.density(view)}  # fmt: skip
+    for name, png in drawn.items():
+        if png is not None:
+            write_atomic(folder / name, png)
+    rep.focus, rep.montage, rep.focus_maps = (folder / n if drawn[n] else None for n in ("focus.png", "montage.png", "focus-maps.png"))
+    state = section_state(view, settings, progress, {n: png for n, png in drawn.items() if png}, thumbnails(section, view))
+    rep.page = folder / "index.html"
+    write_atomic(rep.page, render_page(state).encode())
     return rep
 
 
-def _write_csv(path: Path, records: list[TileRecord], again: dict[str, TileRecord], pos: dict[str, tuple[int, int]]) -> None:
-    with path.open("w", newline="", errors="surrogateescape") as fh:  # non-UTF-8 names as on disk
-        w = csv.DictWriter(fh, CSV_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for i, rec in enumerate(records):
-            r, c = pos.get(rec.tile, (None, None))
-            fresh = again[rec.tile]
-            fmap = fresh.focus_map
-            w.writerow({
-                **rec.to_json(), "index": i, "row": r, "col": c, "section_verdict": fresh.verdict, "section_kind": fresh.kind,
-                "focus_map": json.dumps(fmap, separators=(",", ":")) if fmap else None,
-            })  # fmt: skip
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` whole: written beside it, then renamed over it (a reader sees old or new)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _flagged(records: list[TileRecord], again: dict[str, TileRecord]) -> list[TileRecord]:
-    """Records to re-acquire: recorded ``oof`` or ``error``, or ``oof`` against the whole section."""
-    return [r for r in records if r.verdict in ("oof", "error") or again[r.tile].verdict == "oof"]
-
-
-def _write_reacquire(path: Path, flagged: list[TileRecord], again: dict[str, TileRecord], units: str) -> None:
-    lines = (f"{printable(rec.tile)}\t{printable(_what(rec, again[rec.tile], units))}\n" for rec in flagged)
-    path.write_text("".join(lines), errors="surrogateescape")
+def _csv(view: SectionView) -> bytes:
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, CSV_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for s in view.tiles:
+        r, c = s.position or (None, None)
+        fmap = s.fresh.focus_map
+        e = s.explanation
+        w.writerow({
+            **s.rec.to_json(), "index": s.index, "row": r, "col": c, "section_verdict": s.fresh.verdict,
+            "section_kind": s.fresh.kind, "shown_verdict": s.verdict, "shown_kind": s.kind, "measure": e.measure,
+            "value": None if e.value is None else round(e.value, 4), "limit": round(e.limit, 4) if math.isfinite(e.limit) else None,
+            "focus_map": json.dumps(fmap, separators=(",", ":")) if fmap else None,
+        })  # fmt: skip
+    return buf.getvalue().encode(errors="surrogateescape")  # non-UTF-8 names as on disk
 
 
 def _what(rec: TileRecord, fresh: TileRecord, units: str) -> str:
@@ -207,173 +381,3 @@ def _what(rec: TileRecord, fresh: TileRecord, units: str) -> str:
     if rec.verdict == "error" or (rec.verdict == "oof" and rec.kind):
         return describe(rec, units)
     return describe(fresh if fresh.verdict == "oof" else rec, units)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _plot_density(path: Path, records: list[TileRecord], base: Baseline, title: str, blur_limit: float | None = None) -> None:
-    """density.png. ``blur_limit``: the verdicts' blur threshold (px) when they judge by the blur (a second
-    panel then shows each tile's blur against it); ``None`` when they judge by the count (its threshold is drawn)."""
-    plt = _pyplot()
-    width = 1.6 + max(6.0, min(16.0, len(records) * 0.12))
-    if blur_limit is None:
-        fig, ax = plt.subplots(figsize=(width, 3.6), dpi=110)
-        panels = [ax]
-    else:
-        fig, panels = plt.subplots(2, 1, sharex=True, figsize=(width, 6.4), dpi=110)
-        ax = panels[0]
-    x = np.arange(len(records))
-    # the axis spans the tiles with tissue; an empty tile (no features) sits on its bottom edge, not four decades below
-    shown = [r.density for r in records if r.verdict != "empty" and r.density]
-    bottom = min(shown) / 2 if shown else 1.0
-    _scatter_verdicts(ax, x, records, lambda r: None if r.density is None else max(r.density, bottom), legend=True)
-    ax.plot(x, [max(r.density or bottom, bottom) for r in records], color="0.7", lw=0.8, zorder=1)
-    if blur_limit is None and math.isfinite(base.threshold):
-        ax.axhline(math.exp(base.threshold), color="tab:red", ls="--", lw=1, label="OOF threshold")
-    if math.isfinite(base.median):
-        ax.axhline(math.exp(base.median), color="0.4", ls=":", lw=1, label="section median")
-    ax.set_yscale("log")
-    ax.set_ylabel("features per megapixel")
-    if blur_limit is None:
-        ax.set_title(f"{title}: feature density")
-    else:
-        ax.set_title(f"{title}: feature density, and the blur the verdicts use")
-        bx = panels[1]
-        _scatter_verdicts(bx, x, records, lambda r: finite(r.blur), legend=False)
-        if math.isfinite(blur_limit):
-            bx.axhline(blur_limit, color="tab:red", ls="--", lw=1, label="OOF threshold (blur)")
-            bx.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.8)
-        bx.set_ylabel("blur (px)")
-    for panel in panels:
-        for i, r in enumerate(records):
-            if r.verdict == "error":
-                panel.axvline(i, color=LOOKS[Verdict.ERROR].colour, alpha=0.3, lw=1)
-    panels[-1].set_xlabel("tile (acquisition order)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.8)  # beside the axes: never over a tile
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _scatter_verdicts(ax, x: np.ndarray, records: list[TileRecord], value: Callable[[TileRecord], float | None], *, legend: bool) -> None:
-    """One point per tile with a ``value``, coloured by verdict, out-of-focus tiles marked by kind."""
-    groups = [(v, None) for v in Verdict if v is not Verdict.OOF] + [(Verdict.OOF, k) for k in (*Kind, None)]
-    for verdict, kind in groups:
-        idx = [i for i, r in enumerate(records) if _group(r) == (verdict, kind) and value(r) is not None]
-        if idx or (legend and verdict is not Verdict.OOF):
-            shown = look(verdict, kind)
-            ax.scatter(
-                x[idx],
-                [value(records[i]) for i in idx],
-                s=22,
-                marker=shown.marker,
-                color=shown.colour,
-                label=f"{f'oof: {kind}' if kind else verdict} ({len(idx)})" if legend else None,
-                zorder=3,
-            )
-
-
-def _group(rec: TileRecord) -> tuple[str | None, str | None]:
-    """A record's verdict, and its kind where the verdict is ``oof`` and the kind one this version knows."""
-    known = rec.verdict == Verdict.OOF and rec.kind in Kind._value2member_map_
-    return rec.verdict, rec.kind if known else None
-
-
-def _plot_montage(path: Path, records: list[TileRecord], pos: dict[str, tuple[int, int]], base: Baseline, title: str) -> None:
-    plt = _pyplot()
-    rows = 1 + max(r for r, _ in pos.values())
-    cols = 1 + max(c for _, c in pos.values())
-    grid = np.full((rows, cols), np.nan)
-    for rec in records:
-        if rec.tile in pos and rec.density is not None and rec.verdict != "empty":
-            grid[pos[rec.tile]] = math.log(max(rec.density, 1.0))
-    centre = base.median if math.isfinite(base.median) else float(np.nanmedian(grid))
-    fig, ax = plt.subplots(figsize=(max(4.4, 1.2 + 0.6 * cols), 1.1 + 0.6 * rows), dpi=110)
-    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="0.8")  # grey: no tissue, no result, or no tile there
-    im = ax.imshow(grid - centre, cmap=cmap, vmin=-1.5, vmax=1.5)
-    for rec in records:
-        if rec.tile in pos and rec.verdict != "ok":
-            r, c = pos[rec.tile]
-            mark = look(rec.verdict, rec.kind).mark
-            ink = text_colour(im.cmap(im.norm(grid[r, c] - centre)))  # readable on the cell (dark red: white)
-            ax.text(c, r, mark, ha="center", va="center", fontsize=11, fontweight="bold", color=ink)
-            angle = rec.astigmatism_angle
-            if rec.kind == "astigmatism" and angle is not None:
-                dx, dy = 0.42 * math.cos(math.radians(angle)), -0.42 * math.sin(math.radians(angle))  # rows point down
-                ax.plot([c - dx, c + dx], [r - dy, r + dy], color=ink, lw=1.2)
-    ax.set_xticks(range(cols))
-    ax.set_yticks(range(rows))
-    ax.set_xlabel("column")
-    ax.set_ylabel("row")
-    ax.set_title(f"{title}\nX defocus, A astigmatism (line: blur direction),\nP partial, o empty (grey), ! error", fontsize=7)
-    fig.colorbar(im, ax=ax, label="log density - section median")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-#: Colour-bar ticks of focus-maps.png (cell density / baseline).
-RATIO_TICKS = (0.25, 0.5, 1.0, 2.0, 4.0)
-
-
-def text_colour(rgba: tuple) -> str:
-    """``"black"`` on light colours, ``"white"`` on dark ones (relative luminance, WCAG)."""
-
-    def lin(c: float) -> float:
-        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
-
-    r, g, b = (lin(float(c)) for c in rgba[:3])
-    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
-    # contrast with black (L + 0.05) / 0.05 against white 1.05 / (L + 0.05): equal at L ~ 0.179
-    return "black" if luminance > 0.179 else "white"
-
-
-def _plot_focus_maps(path: Path, maps: list[tuple[TileRecord, TileRecord]], units: str, title: str) -> None:
-    """Small multiples: each flagged tile's cells, density relative to the baseline.
-
-    Colours follow the ratio on a log scale (the colour bar is labelled in
-    ratios, like the numbers in the cells); each number is written in black
-    or white, whichever is readable on its cell's colour.
-
-    Parameters
-    ----------
-    maps : list of (record, section record)
-        Flagged tiles; the section record holds the ``focus_map``.
-    """
-    plt = _pyplot()
-    from matplotlib.colors import LogNorm
-    from matplotlib.ticker import FixedLocator, FuncFormatter
-
-    norm = LogNorm(vmin=math.exp(-1.5), vmax=math.exp(1.5), clip=True)
-    cmap = plt.get_cmap("RdYlGn")
-    shown = maps[:MAX_MAPS]
-    ncols = min(6, len(shown))
-    nrows = -(-len(shown) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.2 + 1.8 * ncols, 0.6 + 2.2 * nrows), dpi=110, squeeze=False, layout="constrained")
-    im = None
-    for ax, (rec, fresh) in zip(axes.flat, shown):
-        ratio = np.maximum(np.asarray(fresh.focus_map, float), 0.01)
-        im = ax.imshow(ratio, cmap=cmap, norm=norm)
-        if ratio.size <= 64:
-            for (i, j), v in np.ndenumerate(ratio):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6, color=text_colour(cmap(norm(v))))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(f"{rec.tile}\n" + textwrap.fill(_what(rec, fresh, units), 30), fontsize=6)
-    for ax in axes.flat[len(shown) :]:
-        ax.axis("off")
-    more = f" (first {MAX_MAPS} of {len(maps)})" if len(maps) > MAX_MAPS else ""
-    fig.suptitle(f"{title}{more}", fontsize=9)
-    bar = fig.colorbar(im, ax=axes, shrink=0.8, label="cell density / baseline (log scale)")
-    bar.ax.yaxis.set_major_locator(FixedLocator(RATIO_TICKS))
-    bar.ax.yaxis.set_minor_locator(FixedLocator([]))
-    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    fig.savefig(path)
-    plt.close(fig)

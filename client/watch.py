@@ -40,6 +40,7 @@ from .config import Config
 from .console import Reporter
 from .discover import Tile, discover
 from .interrupt import ignored_note
+from .live import LOCAL_HOSTS, SectionPage
 from .options import RunOptions
 from .pipeline import Pipeline
 from .portable import held_by_another
@@ -216,7 +217,21 @@ def watch_section(section: Path, cfg: Config, console: Console, options: RunOpti
         if note:
             console.print(f"[yellow]{note}[/]", highlight=False)
         reporter = Reporter(console, None, show_ok=True)
-        run.drive(lambda pipe: _follow(pipe, landing, poll, options.idle_exit, run.stop), reporter, what="stopping")
+        settings = {"executor": run.kind, "transport": transport.name, **options.settings}
+        page = SectionPage(section, options.results_dir or section, options.rule, settings, options.serve)
+        if page.url:
+            where = "this machine only" if options.serve and options.serve[0] in LOCAL_HOSTS else "from other machines too"
+            console.print(f"live section page: {page.url} ({where})", highlight=False)
+        page.start()
+        try:
+
+            def news(pending: int) -> None:
+                page.update(sum(reporter.counts.values()), pending)
+
+            run.drive(lambda pipe: _follow(pipe, landing, poll, options.idle_exit, run.stop, news), reporter, what="stopping")
+            news(0)
+        finally:
+            page.close()
     return run.outcome(reporter, discover(section), interrupted=False)
 
 
@@ -224,14 +239,23 @@ def watch_section(section: Path, cfg: Config, console: Console, options: RunOpti
 _TICK = 0.25
 
 
-def _follow(pipe: Pipeline, landing: Landing, poll: float, idle_exit: float | None, stop: Callable[[], bool] = lambda: False) -> None:
+def _follow(
+    pipe: Pipeline,
+    landing: Landing,
+    poll: float,
+    idle_exit: float | None,
+    stop: Callable[[], bool] = lambda: False,
+    news: Callable[[int], None] = lambda pending: None,
+) -> None:
     """Look at the folder every ``poll`` seconds and score what landed;
-    raises KeyboardInterrupt once ``stop()`` (checked every ``_TICK`` s)."""
+    raises KeyboardInterrupt once ``stop()`` (checked every ``_TICK`` s). ``news(pending)`` is told, each turn, the
+    tiles seen that have no verdict yet (for :meth:`SectionPage.update`)."""
     last_new = time.monotonic()
     next_look = last_new
     while True:
         if stop():
             raise KeyboardInterrupt
+        news(len(pipe.landed) + landing.pending)
         now = time.monotonic()
         if now >= next_look:
             next_look = now + poll

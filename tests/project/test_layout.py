@@ -204,8 +204,9 @@ def test_ruff_passes(args):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_only_local_scoring_decodes_tiles_in_the_client():
-    """The worker measures what the verdicts need: no client module decodes a tile except ``client score``'s."""
+def test_only_local_scoring_and_the_thumbnails_decode_tiles_in_the_client():
+    """The worker measures what the verdicts need: no client module decodes a tile except ``client score``'s, and the
+    report's thumbnails (pictures for the operator, nothing measured)."""
     decoders = {
         "mhd.functions.worker.tileio.read_tile",
         "mhd.functions.worker.scoring.load_tile",
@@ -213,7 +214,7 @@ def test_only_local_scoring_decodes_tiles_in_the_client():
         "mhd.functions.tissue",
     }
     users = {mod for mod, names in GRAPH.items() if IG.layer(mod) == "mhd.client" and names & decoders}
-    assert users == {"mhd.client.score"}
+    assert users == {"mhd.client.score", "mhd.client.thumbs"}
 
 
 def test_the_package_docstring_names_every_subpackage():

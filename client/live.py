@@ -1,0 +1,247 @@
+"""A running ``watch``'s page: ``mhd-report/`` kept current, and served live with ``--serve``.
+
+:class:`SectionPage` hears from the watch loop (main thread) how many verdicts
+are recorded and how many tiles wait, and does the rest on one background
+thread, from the results log as recorded (whole records: the run keeps some
+without their cells): each new verdict makes a
+new page state (the verdicts, counts, progress and the flagged tiles with their
+thumbnails) at once, which the live page picks up within a second; the figures
+are drawn again, and ``mhd-report/`` (page, figures, CSV, re-acquisition list)
+rewritten, at most every ``every`` seconds and when the watch ends. Every file
+is replaced whole (:func:`mhd.client.report.write_atomic`).
+
+The server (:class:`http.server.ThreadingHTTPServer`, standard library) answers
+``GET /`` with the live page and ``GET /state.json?v=N`` with the newest state,
+or 204 while version ``N`` is still the newest; nothing else. It binds to
+localhost unless a host is named.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import math
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from mhd.contracts.files import REPORT_DIR, RESULTS_NAME
+
+from .results import read_records
+from .rule import Rule
+
+__all__ = ["LOCALHOST", "LOCAL_HOSTS", "SectionPage", "parse_address"]
+
+log = logging.getLogger(__name__)
+
+#: Host the live page binds to when ``--serve`` names only a port: this machine alone.
+LOCALHOST = "127.0.0.1"
+#: Hosts that only this machine reaches.
+LOCAL_HOSTS = frozenset({LOCALHOST, "localhost", "::1"})
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` (``8000``, ``0.0.0.0:8000``, ``[::1]:8000``) as ``(host, port)``; host localhost by default.
+
+    Raises
+    ------
+    ValueError
+        For a port that is not a number in 0..65535 (0: any free port).
+    """
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]") if sep else LOCALHOST
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected [HOST:]PORT, e.g. 8000 or 0.0.0.0:8000") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"{text!r}: the port must be 0..65535")
+    return host or LOCALHOST, number
+
+
+class SectionPage:
+    """Keeps a watched section's page current (see the module docstring).
+
+    Parameters
+    ----------
+    section : Path
+        The section folder (thumbnails are read from it).
+    results : Path
+        The folder of its results log; the page goes to ``results/mhd-report/``.
+    rule : Rule
+    settings : dict of str to str
+        The run's settings, shown on the page.
+    serve : (host, port), optional
+        Serve the live page there.
+    every : float
+        Seconds between redrawings of the figures and rewritings of the folder.
+    """
+
+    def __init__(
+        self, section: Path, results: Path, rule: Rule, settings: dict[str, str], serve: tuple[str, int] | None = None, every: float = 10.0
+    ) -> None:
+        self.section, self.results, self.rule, self.settings, self.every = section, results, rule, settings, every
+        self.folder = results / REPORT_DIR
+        self._wake = threading.Condition()
+        self._seen = (-1, -1)
+        self._closing = False
+        self._dirty = False
+        self._state: dict[str, Any] | None = None
+        self._version = 0
+        self._started = time.monotonic()
+        self._verdicts = 0
+        self._pending = 0
+        self._figures: dict[str, bytes] = {}
+        self._written = -math.inf  # monotonic time of the last full write
+        self._stale = False  # a state was made since the last full write
+        self._server = _server(serve, self) if serve else None
+        self._thread = threading.Thread(target=self._loop, name="mhd-page", daemon=True)
+
+    @property
+    def url(self) -> str | None:
+        """Where the live page is served (None without ``serve``)."""
+        if self._server is None:
+            return None
+        host, port = self._server.server_address[:2]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+    def start(self) -> "SectionPage":
+        self._thread.start()
+        if self._server is not None:
+            threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="mhd-serve", daemon=True).start()
+        return self
+
+    def update(self, verdicts: int, pending: int) -> None:
+        """The watch loop's news: the verdicts recorded so far, and the tiles seen that have no verdict yet."""
+        if (verdicts, pending) == self._seen:
+            return
+        with self._wake:
+            self._seen, self._verdicts, self._pending = (verdicts, pending), verdicts, pending
+            self._dirty = True
+            self._wake.notify()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write the page a last time (when anything changed) and stop serving."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def state(self) -> dict[str, Any] | None:
+        """The newest page state (None before the first verdict)."""
+        return self._state
+
+    def _loop(self) -> None:
+        """Build a new state for each change; draw and write everything when ``every`` seconds have passed since the
+        last full write (or when closing) and something changed since."""
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._dirty or self._closing, timeout=self._until_due())
+                dirty, closing, self._dirty = self._dirty, self._closing, False
+                pending, verdicts = self._pending, self._verdicts
+            due = time.monotonic() >= self._written + self.every
+            if dirty or (self._stale and (due or closing)):
+                try:
+                    self._build(pending, verdicts, full=due or closing)
+                except Exception as exc:  # a full disk, a tile gone: the watch goes on, the log says why
+                    log.warning("the section page was not updated: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            if closing:
+                return
+
+    def _until_due(self) -> float | None:
+        """Seconds until the figures are due again, while a change is not yet drawn; None (wait for news) else."""
+        return max(0.05, self._written + self.every - time.monotonic()) if self._stale else None
+
+    def _build(self, pending: int, verdicts: int, full: bool) -> None:
+        from .page import section_state
+        from .report import SectionView, make_report, settings_of, view_section
+        from .thumbs import thumbnails
+
+        records, _ = read_records(self.results / RESULTS_NAME)
+        if not records:  # nothing recorded yet: the page waits (served: the rule and settings alone)
+            return
+        elapsed = time.monotonic() - self._started
+        progress = {"pending": pending, "rate": round(60.0 * verdicts / max(elapsed, 1e-9), 2), "elapsed": round(elapsed, 1)}
+        settings = {"section": str(self.section), **self.settings}
+        self._stale = not full
+        if full:
+            rep = make_report(
+                self.section,
+                self.rule,
+                out=self.folder,
+                results=self.results,
+                records=records.values(),
+                settings=settings,
+                progress=progress,
+            )
+            self._written = time.monotonic()
+            self._figures = {p.name: p.read_bytes() for p in (rep.focus, rep.montage, rep.focus_maps, rep.density) if p is not None}
+            view: SectionView = rep.view  # type: ignore[assignment]
+        else:
+            view = view_section(self.section.name, records.values(), self.rule)
+        state = section_state(
+            view, {**settings, **settings_of(view)}, progress, self._figures, thumbnails(self.section, view), self._version + 1
+        )
+        self._version += 1
+        self._state = state
+
+
+def _server(address: tuple[str, int], page: SectionPage) -> http.server.ThreadingHTTPServer:
+    """The live page's server, bound (raises OSError when the address is taken or not this machine's)."""
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        server_version = "mhd-watch"
+
+        def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+            from .page import render_page
+
+            url = urlsplit(self.path)
+            state = page.state()
+            if url.path in ("/", "/index.html"):
+                body = render_page(state or _waiting(page), live=True).encode()
+                return self._send(200, "text/html; charset=utf-8", body)
+            if url.path == "/state.json":
+                asked = parse_qs(url.query).get("v", [""])[0]
+                if state is None or asked == str(state["version"]):
+                    return self._send(204, "application/json", b"")
+                return self._send(200, "application/json", json.dumps(state, allow_nan=False).encode())
+            self._send(404, "text/plain", b"not found\n")
+
+        def _send(self, status: int, kind: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if body:
+                self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            log.debug("page: " + format, *args)
+
+    return Server(address, Handler)
+
+
+def _waiting(page: SectionPage) -> dict[str, Any]:
+    """The state shown before the first verdict: the rule, the settings, the tiles pending."""
+    from .judge import Baseline
+    from .page import section_state
+    from .report import SectionView
+
+    nothing = Baseline(math.nan, math.nan, 0, math.nan)
+    view = SectionView(page.section.name, page.rule, [], nothing, "", "", math.nan)
+    return section_state(
+        view, {"section": str(page.section), **page.settings}, {"pending": max(page._seen[1], 0), "rate": 0.0, "elapsed": 0.0}, {}, {}
+    )
