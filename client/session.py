@@ -201,7 +201,7 @@ def make_transport(
     globus_ready = all(cfg[k] for k in ("source_collection", "dest_collection", "dest_path", "source_local"))
     name = choose_transport(cfg["transport"], tiles, int(cfg["inline_max_mb"] * MB), shared_ready, globus_ready)
     if name == "inline":
-        return InlineTransport(batch, int(cfg["request_mb"] * MB), hint=_inline_hint(shared_ready, globus_ready))
+        return InlineTransport(batch, int(cfg["request_mb"] * MB), hint=_inline_hint(shared_ready, globus_ready), root=section)
     if name == "shared":
         if not shared_ready:
             raise ValueError("transport shared needs shared_local (and shared_remote): see 'client config'")
@@ -232,7 +232,10 @@ def _local_transport(cfg: Config, section: Path, batch: int) -> Transport:
         )
     if name == "inline":
         return InlineTransport(
-            batch, int(cfg["request_mb"] * MB), hint="use --transport auto (the local engine then reads tiles from disk, any size)"
+            batch,
+            int(cfg["request_mb"] * MB),
+            hint="use --transport auto (the local engine then reads tiles from disk, any size)",
+            root=section,
         )
     if name == "shared" and cfg["shared_local"]:
         return SharedTransport(batch, cfg["shared_local"], "")

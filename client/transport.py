@@ -13,7 +13,9 @@ from __future__ import annotations
 import abc
 import base64
 import logging
+import os
 import posixpath
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,16 @@ from mhd.contracts.record import TileRecord
 
 from .discover import Tile
 
-__all__ = ["DiskTransport", "GlobusTransport", "InlineTransport", "SharedTransport", "Staged", "Transport", "choose_transport"]
+__all__ = [
+    "DiskTransport",
+    "GlobusTransport",
+    "InlineTransport",
+    "SharedTransport",
+    "Staged",
+    "Transport",
+    "choose_transport",
+    "read_in_section",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +63,61 @@ class Staged:
 
 def _failed(tile: Tile, message: str) -> TileRecord:
     return TileRecord.failed(tile.id, message)
+
+
+def read_in_section(tile: Tile, section: str | Path) -> bytes:
+    """The bytes of a discovered tile, opened only inside its section.
+
+    The scoring function's own :func:`mhd.functions.worker.scoring.open_in_root`, with the section as the data
+    root: what the local workers do with each tile of ``client submit`` (the disk transport). A tile whose real
+    location (symbolic links resolved) is outside ``section``, or that is no longer a non-empty regular file, is
+    refused with the workers' message, whatever the transport. Where the platform has no ``O_NOFOLLOW``
+    (Windows), the same check of the real location, then a plain open of it.
+
+    Parameters
+    ----------
+    tile : Tile
+        A tile that :func:`mhd.client.discover.discover` found in ``section`` (its ``id`` is relative to it).
+    section : str or Path
+        The section folder.
+
+    Raises
+    ------
+    mhd.functions.worker.tileio.TileError
+        A ``ValueError`` saying why, without the section's path.
+    """
+    from mhd.functions.worker.scoring import open_in_root  # NumPy and the detector: not for every command
+
+    root = Path(os.path.realpath(section))
+    if hasattr(os, "O_NOFOLLOW"):
+        with open_in_root(tile.id, root) as fh:
+            return fh.read()
+    return _read_in_root_portably(tile.id, root)
+
+
+def _read_in_root_portably(rel: str, root: Path) -> bytes:
+    """:func:`read_in_section` without ``O_NOFOLLOW`` and ``O_NONBLOCK``: the real location checked, then opened."""
+    from mhd.functions.worker.tileio import TileError
+
+    real = os.path.realpath(os.path.join(root, rel))
+    try:
+        inside = os.path.commonpath([real, str(root)]) == str(root)
+    except ValueError:  # another drive
+        inside = False
+    if ".." in Path(rel).parts or not inside:
+        raise TileError("path resolves outside the data root (symbolic link?): refused")
+    try:
+        with open(real, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise TileError("not a regular file: refused")
+            data = fh.read()
+    except FileNotFoundError:
+        raise TileError("no such file under the data root") from None
+    except OSError as exc:
+        raise TileError(f"cannot open: {exc.strerror}") from None
+    if not data:
+        raise TileError("empty file (0 bytes)")
+    return data
 
 
 class Transport(abc.ABC):
@@ -86,22 +152,32 @@ class InlineTransport(Transport):
         base64 grows data by 4/3: 6 MB raw is 8 MB sent.
     hint : str
         What to do about a larger tile (the working option), appended to its error.
+    root : str or Path, optional
+        The section the tiles were discovered in: each is read with :func:`read_in_section`, so a tile that
+        resolves outside it (a symbolic link) fails alone, as it does with the disk and shared transports.
+        None: each tile's path is read as it is.
     """
 
     name = "inline"
 
-    def __init__(self, batch: int, request_bytes: int = REQUEST_BYTES, hint: str = "use --transport shared or globus") -> None:
+    def __init__(
+        self, batch: int, request_bytes: int = REQUEST_BYTES, hint: str = "use --transport shared or globus", root: str | Path | None = None
+    ) -> None:
         super().__init__(batch)
         self.request_bytes = request_bytes
         self.hint = hint
+        self.root = root
 
     def stage(self, tiles: list[Tile]) -> Iterator[Staged]:
         cur, size = Staged(), 0
         for tile in tiles:
             try:
-                data = tile.path.read_bytes()
+                data = tile.path.read_bytes() if self.root is None else read_in_section(tile, self.root)
             except OSError as exc:
                 cur.failed.append(_failed(tile, f"cannot read: {exc.strerror or exc}"))
+                continue
+            except ValueError as exc:  # read_in_section's refusal (TileError)
+                cur.failed.append(_failed(tile, str(exc)))
                 continue
             if len(data) > self.request_bytes:
                 cur.failed.append(

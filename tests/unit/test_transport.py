@@ -4,13 +4,15 @@ shared folder, the automatic choice, and Globus Transfer's status asked for no m
 from __future__ import annotations
 
 import base64
+import os
 import time
 
 import pytest
 
 from conftest import touch
 from mhd.client.discover import discover
-from mhd.client.transport import InlineTransport, SharedTransport, choose_transport
+from mhd.client.transport import InlineTransport, SharedTransport, choose_transport, read_in_section
+from mhd.functions.worker.tileio import TileError
 
 pytestmark = pytest.mark.usefixtures("isolated_config")
 
@@ -27,6 +29,38 @@ def test_inline_batches_by_count_and_bytes_and_fails_large_tiles_alone(tmp_path)
     assert set(errors) == {"b.png", "huge.png"}
     assert "cannot read" in errors["b.png"] and "inline limit" in errors["huge.png"] and errors["huge.png"].startswith("huge.png:")
     assert base64.b64decode(staged[1].payload[0]["data"]) == bytes(500)
+
+
+@pytest.mark.parametrize("nofollow", [True, False], ids=["posix", "without-O_NOFOLLOW"])
+def test_a_tile_is_read_only_inside_its_section_as_the_workers_read_it(tmp_path, monkeypatch, nofollow):
+    if not nofollow:  # Windows has no O_NOFOLLOW: the portable check refuses the same tiles with the same words
+        monkeypatch.delattr(os, "O_NOFOLLOW")
+    section = tmp_path / "sec"
+    touch(section / "a.png", b"inside")
+    touch(section / "sub" / "b.png", b"deeper")
+    touch(tmp_path / "elsewhere" / "secret.png", b"outside")
+    (section / "in.png").symlink_to("sub/b.png")  # a link that stays inside the section is a tile like any other
+    (section / "out.png").symlink_to("../elsewhere/secret.png")
+    touch(section / "zero.png", b"")
+    tiles = {t.id: t for t in discover(section).tiles}
+    assert set(tiles) == {"a.png", "in.png", "out.png", "sub/b.png", "zero.png"}
+    assert read_in_section(tiles["a.png"], section) == b"inside"
+    assert read_in_section(tiles["in.png"], section) == b"deeper"
+    with pytest.raises(TileError, match=r"^path resolves outside the data root \(symbolic link\?\): refused$"):
+        read_in_section(tiles["out.png"], section)
+    with pytest.raises(TileError, match="empty file"):
+        read_in_section(tiles["zero.png"], section)
+    (section / "a.png").unlink()
+    with pytest.raises(TileError, match="no such file under the data root"):
+        read_in_section(tiles["a.png"], section)
+
+    staged = list(InlineTransport(batch=8, root=section).stage(list(tiles.values())))
+    assert [p["name"] for s in staged for p in s.payload] == ["in.png", "sub/b.png"]
+    errors = {f.tile: f.error for s in staged for f in s.failed}
+    assert errors["out.png"] == "out.png: path resolves outside the data root (symbolic link?): refused"  # as client submit says
+    assert set(errors) == {"a.png", "out.png", "zero.png"} and str(tmp_path) not in "".join(errors.values())
+    unconfined = list(InlineTransport(batch=8).stage([tiles["out.png"]]))  # no section given: the path as it is
+    assert base64.b64decode(unconfined[0].payload[0]["data"]) == b"outside"
 
 
 def test_shared_maps_paths_under_the_prefix(tmp_path):
