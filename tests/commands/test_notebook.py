@@ -3,7 +3,8 @@
 The kernel is this environment's Python (a kernelspec written to a temporary
 JUPYTER_PATH), so a fresh ``pip install -e '.[test]'`` is all it needs. Local
 mode runs the registered function's source text in the endpoint's own
-process-pool engine (``LocalExecutor``) on ``examples/section_042``.
+process-pool engine (``LocalExecutor``) on ``examples/section_042``, and on a
+section whose names carry no montage positions and that links to a file outside it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import ROOT
+from conftest import ROOT, copy_example
 
 EXAMPLES = ROOT / "examples"
 NOTEBOOK = EXAMPLES / "notebook.ipynb"
@@ -72,7 +73,7 @@ def test_notebook_is_stored_clean_with_a_python_kernel():
 @pytest.mark.slow
 def test_notebook_runs_in_local_mode_and_plots_the_section(kernel_env, monkeypatch):
     monkeypatch.setenv("MHD_NOTEBOOK_MODE", "local")
-    monkeypatch.setenv("MHD_BLUR_MAX", "1.2")  # the configured rule, as client report reads it (not Rule()'s 1 px)
+    monkeypatch.setenv("MHD_BLUR_MAX", "1.2")  # the configured rule, as client report reads it (not Rule()'s 0.7 px)
     nb = _execute(nbformat.read(NOTEBOOK, as_version=4))
     text = _text(nb)
     assert "mode local; section section_042" in text
@@ -87,11 +88,59 @@ def test_notebook_runs_in_local_mode_and_plots_the_section(kernel_env, monkeypat
     assert "empty tile_r0_c3.png" in text
     assert counts["ok"] >= 10
     # The default rule judges by the blur: the threshold shown (and drawn) is the blur's, not a count's.
-    assert re.search(r"out of focus above \d+\.\d\d px of blur \(the section median's plus 1.2 px", text)
+    assert re.search(r"out of focus above \d+\.\d\d px of blur \(the section median's plus at least 1.2 px in quadrature, and 2 ", text)
     assert "out of focus below" not in text  # the count's threshold, printed under a count rule
     images = _images(nb)
     assert len(images) == 2, "one figure: the focus measure per tile and the montage; one: the grid of a flagged tile"
     assert all(len(img) > 10_000 for img in images)
+    assert "no montage" not in text
+
+
+#: Tiles of the example section under names without a montage position (the strongly defocused and the empty one too).
+UNPLACED = {
+    "tile_r0_c0.png": "a.png",
+    "tile_r0_c1.tif": "b.tif",
+    "tile_r1_c2.png": "c.png",
+    "tile_r0_c3.png": "d.png",
+    "tile_r2_c1.png": "e.png",
+    "tile_r3_c3.bmp": "f.bmp",
+}
+
+
+@pytest.mark.slow
+def test_notebook_lists_a_section_without_positions_and_refuses_a_link_out_of_it_as_the_client_does(kernel_env, monkeypatch):
+    """One run for both: names without ``r<row>_c<col>`` (a table, not a montage) and a link to a file outside."""
+    example = copy_example(kernel_env / "example", readme=False)
+    section = kernel_env / "unplaced"
+    section.mkdir()
+    for old, new in UNPLACED.items():
+        (example / old).rename(section / new)
+    (section / "g.png").symlink_to(example / "tile_r2_c2.png")  # a tile's bytes, but outside the section
+    monkeypatch.setenv("MHD_NOTEBOOK_MODE", "local")
+    monkeypatch.setenv("MHD_NOTEBOOK_SECTION", str(section))
+    nb = _execute(nbformat.read(NOTEBOOK, as_version=4))
+    text = _text(nb)
+    assert "mode local; section " in text and "6 tiles in 2 tasks" in text
+    # refused as client submit refuses it (its local workers' words), and printed as it prints it; the rest scored
+    assert "ERROR g.png: path resolves outside the data root (symbolic link?): refused" in text
+    scored = [line.split()[0] for line in text.splitlines() if " features " in line]
+    assert scored == ["a.png", "b.tif", "c.png", "d.png", "e.png", "f.bmp"]
+    counts = ast.literal_eval(text.split("verdicts: ", 1)[1].splitlines()[0])
+    assert counts["error"] == 1 and sum(counts.values()) == 7
+    assert "6 of 6 tiles have no r<row>_c<col> in their names: no montage" in text
+    table = text.split("no montage", 1)[1].splitlines()[2:9]  # after the header: every tile, in acquisition order
+    assert [line.split()[:2] for line in table] == [
+        ["a.png", "ok"],
+        ["b.tif", "ok"],
+        ["c.png", "oof"],
+        ["d.png", "empty"],
+        ["e.png", "ok"],
+        ["f.bmp", "ok"],
+        ["g.png", "error"],
+    ]
+    assert "defocus: blurrier than the section" in table[2] and "no tissue" in table[3] and "symbolic link" in table[6]
+    assert re.match(r"c\.png\s+oof\s+\d+\.\d\d\s", table[2]) and re.match(r"g\.png\s+error\s+-\s", table[6])
+    assert len(_images(nb)) == 2, "the focus measure per tile alone; the grid of a flagged tile"
 
 
 def test_notebook_picks_globus_mode_when_an_endpoint_and_function_are_configured(kernel_env, monkeypatch):
