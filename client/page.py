@@ -151,6 +151,7 @@ _PAGE = """<!DOCTYPE html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <title>__TITLE__</title>
 <style>
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.2em 2em; color: #222; }
@@ -197,7 +198,8 @@ dl.settings dt { color: #666; } dl.settings dd { margin: 0; word-break: break-al
 const LIVE = __LIVE__;
 let state = JSON.parse(document.getElementById("mhd-state").textContent);
 let sortKey = "index", sortDir = 1;
-const seen = new Set();
+const seen = new Set();  // flagged tiles already shown
+let rendered = false;
 const COLUMNS = [  // key, heading, digits (numbers) or null (text)
   ["index", "#", 0], ["tile", "tile", null], ["verdict", "verdict", null], ["kind", "kind", null],
   ["value", "measure", 2], ["limit", "limit", 2], ["blur", "blur (px)", 2], ["density", "features/MP", 0],
@@ -245,10 +247,11 @@ function renderFlagged(s) {
     `To re-acquire: ${s.flagged.length} tile(s), in order` : "Nothing to re-acquire";
   const cards = s.flagged.map(f => {
     const card = el("div", null, "card"); card.dataset.tile = f.tile;
-    if (LIVE && !seen.has(f.tile) && seen.size) card.classList.add("new");
+    if (LIVE && rendered && !seen.has(f.tile)) card.classList.add("new");  // flagged since the page opened
     card.append(el("h3", f.tile), el("div", f.words, "fix"), el("div", f.reason, "muted"));
     const pair = el("div", null, "pair");
-    for (const [src, cap] of [[f.image, f.tile + " (red: blurred cells)"], [f.neighbour_image, "in focus: " + (f.neighbour || "")]]) {
+    const outlined = f.kind === "partial" ? " (red: the blurred cells)" : "";
+    for (const [src, cap] of [[f.image, f.tile + outlined], [f.neighbour_image, "in focus: " + (f.neighbour || "")]]) {
       if (!src) continue;
       const fig = el("figure"); const img = el("img"); img.src = src; img.alt = cap;
       fig.append(img, el("figcaption", cap)); pair.append(fig);
@@ -258,6 +261,7 @@ function renderFlagged(s) {
   });
   document.getElementById("flagged").replaceChildren(...cards);
   s.flagged.forEach(f => seen.add(f.tile));
+  rendered = true;
 }
 function renderTable(s) {
   const head = document.querySelector("#tiles thead tr");
