@@ -27,7 +27,7 @@ import numpy as np
 
 from mhd.params import DEFAULTS
 
-from .rule import FOCUS_MEASURES, Rule, thresholds
+from .rule import FOCUS_MEASURES, Rule, rule_summary
 
 __all__ = [
     "DENSITY_FLOOR",
@@ -37,6 +37,7 @@ __all__ = [
     "fit_blur",
     "fitted_params",
     "rule_from_config",
+    "rule_summary",
     "threshold_density",
 ]
 
@@ -86,6 +87,14 @@ class Calibration:
         earlier versions hold only those given on the command line).
     source : str
         The series folder.
+    measure : str
+        ``"blur"`` or ``"count"``: the law (above).
+    name : str
+        The name given by ``client calibrate --name`` (the microscope and imaging setting it holds for); empty for a
+        file written with ``--out`` only, or by an earlier version.
+    fitted : str
+        When it was fitted: ISO 8601 date and time with the UTC offset (e.g. ``2026-12-07T14:03:22+01:00``); empty
+        in files written by earlier versions.
     """
 
     intercept: float
@@ -97,6 +106,8 @@ class Calibration:
     params: dict = field(default_factory=dict)
     source: str = ""
     measure: str = "count"
+    name: str = ""
+    fitted: str = ""
 
     @property
     def log_threshold(self) -> float:
@@ -134,7 +145,7 @@ class Calibration:
         if differ:
             raise ValueError(
                 f"{where} was fitted with other detector parameters: {', '.join(differ)}. Score with the same options, "
-                "run 'client calibrate' again, or pass --no-calibration"
+                "run 'client calibrate' again, or pass --relative"
             )
         unrecorded = self.unrecorded()
         if self.measure != "count" or not unrecorded:
@@ -181,17 +192,28 @@ class Calibration:
         return cal
 
 
-def rule_from_config(cfg: Any, use_calibration: bool = True) -> Rule:
-    """The rule of a :class:`mhd.client.config.Config` (its calibration file if present).
+def rule_from_config(cfg: Any, use_calibration: bool = True, section: str | Path | None = None, calibration: str | None = None) -> Rule:
+    """The rule that judges ``section`` under a :class:`mhd.client.config.Config` (:func:`mhd.client.choice.choose`).
 
-    ``max_defocus`` in the configuration overrides the calibration's own.
+    ``calibration`` (NAME or FILE) chooses one, as ``--calibration`` does; else the rule recorded for ``section``
+    (in its results folder, the configuration's ``results`` honoured) by ``submit`` or ``watch``; else the
+    configuration's ``calibration`` key; else the relative rule. ``use_calibration=False`` is ``--relative``.
+    ``max_defocus`` in the configuration overrides a calibration's own. :func:`mhd.client.rule.rule_summary` says
+    which rule it is.
+
+    Raises
+    ------
+    ValueError
+        A bad name, a missing calibration, a file that is not one.
     """
-    cal = None
-    if use_calibration and cfg.calibration_path.exists():
-        cal = Calibration.load(cfg.calibration_path)
-        if cfg["max_defocus"] is not None:
-            cal = Calibration(**{**asdict(cal), "max_defocus": cfg["max_defocus"]})
-    return Rule(calibration=cal, **{f.name: cfg[f.name] for f in thresholds()})
+    from .choice import choose
+    from .results import results_folder
+
+    folder = None
+    if section is not None:
+        path = Path(section).expanduser().resolve()
+        folder = results_folder(path, cfg["results"], create=False)
+    return choose(cfg, folder, calibration, relative=not use_calibration)[0]
 
 
 #: Weakest correlation of a through-focus law that is stored (a series with no trend is not a calibration).
@@ -307,15 +329,3 @@ def threshold_density(cal: Calibration) -> float:
     """Density (features per megapixel) below which a tile is out of focus."""
     return math.exp(cal.log_threshold)
 
-
-def rule_summary(rule: Rule) -> str:
-    """The rule in force, in words (the header of submit/watch, the report)."""
-    cal = rule.calibration
-    if cal is not None:
-        return f"calibrated: {cal.measure}, out of focus beyond {cal.max_defocus:g} {cal.units} of estimated defocus"
-    if rule.measure == "count":
-        return "relative to the section: feature density"
-    return (
-        f"relative to the section: a tile is out of focus when it adds more than {rule.blur_max:g} px (in quadrature)"
-        f" to the section's median blur, or {rule.blur_k:g} times its spread"
-    )

@@ -24,6 +24,8 @@ import logging
 import math
 import os
 import sys
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -262,7 +264,19 @@ def _deprecated_backend(ctx: click.Context, param: click.Parameter, value: str |
 
 
 #: The parameters :func:`_run_options` adds to a command.
-_RUN_OPTIONS = ("directory", "executor", "old_backend", "transport", "workers", "batch", "on_oof", "no_calibration", "results")
+_RUN_OPTIONS = (
+    "directory",
+    "executor",
+    "old_backend",
+    "transport",
+    "workers",
+    "batch",
+    "on_oof",
+    "calibration",
+    "relative",
+    "no_calibration",
+    "results",
+)
 
 
 def _run_options(fn: Callable) -> Callable:
@@ -292,7 +306,12 @@ def _run_options(fn: Callable) -> Callable:
             metavar="CMD",
             help="Run CMD TILE_PATH for each out-of-focus tile (no shell; MHD_TILE, MHD_VERDICT and MHD_REASON set).",
         ),
-        click.option("--no-calibration", is_flag=True, help="Use the relative rule even if a calibration is stored."),
+        *_rule_options(
+            "Judge this section by calibration NAME (stored by 'client calibrate --name') or FILE; recorded for the section, "
+            "so later submit, watch and report use it too  [default: the rule recorded for the section, else config "
+            "'calibration', else relative]",
+            "Judge this section by the relative rule (recorded for the section like --calibration).",
+        ),
         click.option(
             "--results",
             "results",
@@ -308,30 +327,73 @@ def _run_options(fn: Callable) -> Callable:
     return fn
 
 
-def _rule(cfg: config_mod.Config, no_calibration: bool, params: dict | None = None, console: Any = None):
-    """The verdict rule; with ``params`` (the run's explicit detector parameters) a stored calibration must hold for them.
+def _deprecated_no_calibration(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """``--no-calibration``, renamed ``--relative`` (a calibration is applied only to sections chosen for it)."""
+    if value:
+        click.echo(f"{_prog(ctx)}: --no-calibration is deprecated; use --relative", err=True)
+    return value
 
-    Raises ``click.ClickException`` when the calibration was fitted with other detector parameters (its law does
-    not hold for these tiles); a count calibration that does not record them all gets a warning on ``console``.
+
+def _rule_options(calibration_help: str, relative_help: str) -> list[Callable]:
+    """``--calibration NAME|FILE``, ``--relative`` and the hidden ``--no-calibration`` (submit, watch and report)."""
+    return [
+        click.option("--calibration", metavar="NAME|FILE", help=calibration_help),
+        click.option("--relative", is_flag=True, help=relative_help),
+        click.option("--no-calibration", is_flag=True, hidden=True, callback=_deprecated_no_calibration, help="Deprecated: --relative."),
+    ]
+
+
+def _options(opts: list[Callable]) -> Callable[[Callable], Callable]:
+    """A decorator adding ``opts`` to a command, in the order given."""
+
+    def add(fn: Callable) -> Callable:
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return add
+
+
+def _rule(
+    cfg: config_mod.Config,
+    folder: Path,
+    given: dict[str, Any],
+    say: Callable[[str], None],
+    params: dict | None = None,
+    report: bool = False,
+):
+    """The verdict rule of the section whose results folder is ``folder`` (:func:`mhd.client.choice.choose`), from
+    ``given`` (the options calibration, relative and no_calibration); ``say`` shows each note and warning.
+
+    With ``report`` False (submit, watch) a calibration must hold for ``params``, the run's explicit detector
+    parameters. Raises ``click.UsageError`` for --calibration with --relative, ``click.ClickException`` for a bad
+    name, a missing calibration, or one fitted with other detector parameters (its law does not hold for these tiles).
     """
-    from rich.markup import escape
-
-    from .calibration import rule_from_config
+    from .choice import choose
     from .console import printable
 
+    relative = given["relative"] or given["no_calibration"]
+    if relative and given["calibration"]:
+        raise click.UsageError("--calibration and --relative exclude each other: give one")
     try:
-        rule = rule_from_config(cfg, use_calibration=not no_calibration)
+        rule, notes = choose(cfg, folder, given["calibration"], relative, report)
+        cal = rule.calibration
+        if cal is not None and not report:
+            warning = cal.check(params, printable(str(rule.calibration_path)))
+            if warning:
+                notes.append(warning)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    cal = rule.calibration
-    if cal is not None and console is not None:
-        try:
-            warning = cal.check(params, printable(str(cfg.calibration_path)))
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-        if warning:
-            console.print(f"[yellow]{escape(warning)}[/]", highlight=False)
+    for note in notes:
+        say(printable(note))
     return rule
+
+
+def _say_on(console: Console) -> Callable[[str], None]:
+    """Show a note on ``console`` (yellow on a terminal)."""
+    from rich.markup import escape
+
+    return lambda text: console.print(f"[yellow]{escape(text)}[/]", highlight=False)
 
 
 def _scoring_params(rule: Any, params: dict | None) -> dict | None:
@@ -415,11 +477,12 @@ def _run(run: Callable[..., Any], options: dict[str, Any], check: Callable[[Path
         executor=executor, transport=given["transport"], workers=given["workers"], batch=given["batch"], results=given["results"]
     )
     console = _console()
-    rule = _rule(cfg, given["no_calibration"], params, console)
     folder = _results_folder(section, cfg)
+    rule = _rule(cfg, folder, given, _say_on(console), params)
     with Interrupt() as interrupt:
         run_options = RunOptions(
             rule=rule,
+            record_rule=True,
             params=_scoring_params(rule, params),
             on_oof=given["on_oof"],
             results_dir=folder,
@@ -475,7 +538,10 @@ def config_cmd(as_json: bool, verbose: bool) -> None:
     One line per key: key, value (- when unset), source. Values come from
     defaults, the file ($MHD_CONFIG or ~/.config/mhd/config.json),
     MHD_<KEY> environment variables, then command-line options, each
-    overriding the one before. --verbose adds each key's meaning.
+    overriding the one before. --verbose adds each key's meaning. Then the
+    calibrations stored by name (client calibrate --name); the key
+    calibration, when set, names the one a section gets when none was
+    chosen for it (unset: the relative rule).
 
     Example:
 
@@ -495,10 +561,23 @@ def config_cmd(as_json: bool, verbose: bool) -> None:
         click.echo(f"{key:<{width}}  {values[key]:<{value_width}}  {cfg.sources[key]}")
         if verbose:
             click.echo(f"{'':<{width}}    {spec.help}")
-    cal = cfg.calibration_path
-    click.echo(f"{'(calibration)':<{width}}  {cal}  {'present' if cal.exists() else 'absent: relative rule'}")
+    for label, value in _calibration_lines(cfg):
+        click.echo(f"{label:<{width}}  {value}")
     if not verbose:
         click.echo("client config --verbose says what each key means")
+
+
+def _calibration_lines(cfg: config_mod.Config) -> list[tuple[str, str]]:
+    """``client config``'s lines on calibrations: those stored by name, and an earlier version's file (not applied)."""
+    from .choice import stored_names
+
+    names = stored_names()
+    stored = f"{', '.join(names)} (--calibration NAME)" if names else "none (client calibrate --name NAME)"
+    lines = [("(calibrations)", f"{config_mod.calibrations_dir()}: {stored}")]
+    legacy = config_mod.legacy_calibration_path()
+    if legacy.is_file():
+        lines.append(("(not applied)", f"{legacy}: an earlier version's; use it with --calibration {legacy}"))
+    return lines
 
 
 @main.command(context_settings=CONTEXT)
@@ -707,14 +786,20 @@ def _wait_for_folder(directory: Path, poll: float, idle_exit: float | None) -> N
     help="CSV tile,row,col (default: r<row>_c<col> in tile names).",
 )
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder  [default: DIR/mhd-report]")
-@click.option("--no-calibration", is_flag=True, help="Judge against the section even if a calibration is stored.")
 @click.option(
     "--results",
     "results",
     type=click.Path(file_okay=False, path_type=Path),
     help="Results kept outside the section by submit/watch --results (read from RESULTS/<section name>/)  [config: results]",
 )
-def report(directory: Path, positions: Path | None, out: Path | None, no_calibration: bool, results: Path | None) -> None:
+@_options(
+    _rule_options(
+        "Judge by calibration NAME (stored by 'client calibrate --name') or FILE, for this report only  [default: the rule "
+        "submit/watch recorded for the section, else config 'calibration', else relative]",
+        "Judge against the section (the relative rule), for this report only.",
+    )
+)
+def report(directory: Path, positions: Path | None, out: Path | None, results: Path | None, **given: Any) -> None:
     """Figures, a CSV and the list of tiles to re-acquire, from a section's results.
 
     Writes density.png (density per tile in acquisition order, with the
@@ -733,24 +818,30 @@ def report(directory: Path, positions: Path | None, out: Path | None, no_calibra
     \b
         client report --dir examples/section_042
     """
-    from .calibration import rule_summary
+    from .console import printable
     from .report import make_report
     from .results import results_folder
+    from .rule import rule_summary
 
     section = _section(directory)
     cfg = _load_config(results=results)
     try:
-        rep = make_report(section, _rule(cfg, no_calibration), positions, out, results_folder(section, cfg["results"], create=False))
+        folder = results_folder(section, cfg["results"], create=False)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    rule = _rule(cfg, folder, given, click.echo, report=True)
+    try:
+        rep = make_report(section, rule, positions, out, folder)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         hint = "" if out or cfg["results"] else " (a read-only section: give --out DIR)"
         raise click.ClickException(_os_error(exc) + hint) from None
     again = len(rep.reacquire.read_bytes().splitlines())
-    click.echo(f"rule: {rule_summary(rep.view.rule)}" if rep.view else "")
     for path in (rep.page, rep.focus, rep.montage, rep.focus_maps, rep.density, rep.csv, rep.reacquire):
         if path is not None:
             click.echo(f"wrote {path}")
+    click.echo(f"rule: {printable(rule_summary(rule))}")
     click.echo(f"{again} tile(s) to re-acquire; open {rep.page} in a browser")
 
 
@@ -775,11 +866,17 @@ def report(directory: Path, positions: Path | None, out: Path | None, no_calibra
     help="Largest acceptable |defocus|  [default: the series' smallest non-zero |defocus|]",
 )
 @click.option(
+    "--name",
+    metavar="NAME",
+    help="Store the calibration by this name (the microscope and imaging setting, e.g. zeiss-5kx; letters, digits, '.', '_', '-') "
+    "in the config folder's calibrations/NAME.json; sections use it when given --calibration NAME.",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Calibration file  [default: config 'calibration', ~/.config/mhd/calibration.json]",
+    help="Store the calibration in this file instead (sections use it when given --calibration FILE).",
 )
-@click.option("--dry-run", is_flag=True, help="Fit and plot only; store nothing.")
+@click.option("--dry-run", is_flag=True, help="Fit and plot only; store nothing (no --name or --out needed).")
 @click.option(
     "--measure",
     type=click.Choice(["blur", "count"]),
@@ -794,29 +891,35 @@ def calibrate(
     pattern: str | None,
     units: str,
     max_defocus: float | None,
+    name: str | None,
     out: Path | None,
     dry_run: bool,
     measure: str,
     **kwargs: Any,
 ) -> None:
-    """Fit a focus measure against defocus on a through-focus series and store it.
+    """Fit a focus measure against defocus on a through-focus series and store it by name.
 
     The blur (default): blur^2 = a + b defocus^2, in pixels. The count
     (--measure count): log(feature density) against |defocus|, the paper's
     figure 2. Reports r, plots it to DIR/mhd-calibration.png and stores the
-    calibration that submit, watch and report then use: a tile is out of
-    focus when its estimated |defocus| exceeds --max-defocus. Exit status 1
+    calibration under --name (or in --out FILE; one of them is required
+    unless --dry-run). A calibration holds for one microscope and imaging
+    setting, so it judges only the sections given --calibration NAME (or
+    FILE) on submit, watch or report, and later commands on those sections:
+    a tile is then out of focus when its estimated |defocus| exceeds
+    --max-defocus. Other sections keep the relative rule. Exit status 1
     when an image could not be scored (the others are fitted and stored).
 
     Example:
 
     \b
-        client calibrate --dir examples/focus_series --max-defocus 1
+        client calibrate --dir examples/focus_series --max-defocus 1 --name example-tem
     """
     from . import calibrate as cal_mod
     from .calibration import fit, fit_blur, threshold_density
 
     params = _params(kwargs)
+    store = _calibration_store(name, out, dry_run)
     folder = _section(directory)
     try:
         table = cal_mod.defocus_table(folder, csv_path, pattern or cal_mod.DEFAULT_PATTERN)
@@ -825,7 +928,7 @@ def calibrate(
         result = fitter(files, dz, values, units=units, max_defocus=max_defocus, params=params, source=str(folder))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    c = result.calibration
+    c = replace(result.calibration, name=name or "", fitted=datetime.now().astimezone().isoformat(timespec="seconds"))
     plot = cal_mod.plot_fit(result, folder / CALIBRATION_PLOT)
     if measure == "blur":
         click.echo(f"{c.n} images: blur^2 = {c.intercept:.3f} {c.slope:+.4f} * defocus^2 (px^2)   r = {c.r:.4f}")
@@ -834,12 +937,48 @@ def calibrate(
         click.echo(f"{c.n} images: log(density) = {c.intercept:.3f} {c.slope:+.4f} * |defocus|   r = {c.r:.4f}")
         click.echo(f"out of focus beyond {c.max_defocus:g} {units}: below {threshold_density(c):.0f} features/MP")
     click.echo(f"plot: {plot}")
-    if not dry_run:
-        path = c.save(out or _load_config().calibration_path)
-        click.echo(f"stored {path} (used by submit/watch/report; --no-calibration to ignore it)")
+    if store is not None:
+        _store_calibration(c, store)
     if failed:
         click.echo(f"{len(failed)} image(s) could not be scored (above) and were left out of the fit", err=True)
         sys.exit(1)
+
+
+def _calibration_store(name: str | None, out: Path | None, dry_run: bool) -> Path | None:
+    """Where ``client calibrate`` stores the calibration (None: ``--dry-run``), checked before the series is scored."""
+    from .choice import named_path
+
+    if name is not None and out is not None:
+        raise click.UsageError("--name and --out exclude each other: --name stores in the config folder, --out in FILE")
+    if dry_run:
+        return None
+    if out is not None:
+        return out
+    if name is None:
+        raise click.UsageError(
+            "give --name NAME (the microscope and imaging setting it holds for, e.g. zeiss-5kx) or --out FILE to store the "
+            "calibration, or --dry-run to only fit it"
+        )
+    try:
+        return named_path(name)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _store_calibration(cal: Any, path: Path) -> None:
+    """Write ``cal`` to ``path`` and say where it is and how a section uses it."""
+    from .console import printable
+
+    replaced = path.exists()
+    try:
+        path = cal.save(path).resolve()
+    except OSError as exc:
+        raise click.ClickException(_os_error(exc)) from None
+    use = f"--calibration {cal.name}" if cal.name else f"--calibration {printable(str(path))}"
+    what = f"calibration '{cal.name}'" if cal.name else "calibration"
+    click.echo(f"stored {what} in {printable(str(path))}{' (replacing the one stored there)' if replaced else ''}")
+    click.echo(f"used only for the sections given {use} (submit, watch, report) and by later commands on them;", nl=False)
+    click.echo(" other sections keep the relative rule")
 
 
 # ------------------------------------------------------------ focus-sweep

@@ -20,7 +20,7 @@ from mhd.contracts.limits import INLINE_SEND_BYTES, REQUEST_BYTES
 
 from .rule import parse_threshold, thresholds
 
-__all__ = ["KEYS", "Config", "config_dir", "config_path", "load", "save_values"]
+__all__ = ["KEYS", "Config", "calibrations_dir", "config_dir", "config_path", "legacy_calibration_path", "load", "save_values"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,12 @@ KEYS: dict[str, Key] = {
     ),
     # the verdict rule's thresholds: defaults, limits and help are those of mhd.client.rule.Rule
     **{f.name: Key(f.default, functools.partial(parse_threshold, f), f.metadata["help"]) for f in thresholds()},
-    "calibration": Key(None, _str, "calibration JSON (default: calibration.json beside the config file)"),
+    "calibration": Key(
+        None,
+        _str,
+        "default calibration (NAME stored by 'client calibrate --name', or a FILE) for sections not given --calibration or "
+        "--relative and not already judged under another rule; unset: the relative rule. submit, watch and report name it",
+    ),
     "max_defocus": Key(
         None, lambda v: None if v in (None, "") else float(v), "calibrated rule: largest acceptable |defocus| (series units)"
     ),
@@ -108,6 +113,16 @@ def config_dir() -> Path:
         return Path(os.environ["MHD_CONFIG"]).expanduser().parent
     base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
     return Path(base) / "mhd"
+
+
+def calibrations_dir() -> Path:
+    """Folder of the calibrations stored by name (``client calibrate --name NAME``: ``NAME.json``)."""
+    return config_dir() / "calibrations"
+
+
+def legacy_calibration_path() -> Path:
+    """Where versions before named calibrations stored the one calibration they applied to every section."""
+    return config_dir() / "calibration.json"
 
 
 def config_path() -> Path:
@@ -142,11 +157,6 @@ class Config:
                 self.values[key] = _parse(key, value, "command line")
                 self.sources[key] = "command line"
         return self
-
-    @property
-    def calibration_path(self) -> Path:
-        """Where the calibration is read from and written to."""
-        return Path(self.values["calibration"]).expanduser() if self.values["calibration"] else config_dir() / "calibration.json"
 
 
 def _parse(key: str, value: Any, source: str) -> Any:

@@ -20,6 +20,9 @@ class RunOptions:
     ----------
     rule : Rule
         How verdicts are reached.
+    record_rule : bool
+        Record ``rule`` as the section's in its results folder once the run holds the section's lock
+        (:func:`mhd.client.choice.record`), so that later commands on the section judge by it too.
     params : dict, optional
         Detector parameters sent with each ``score_tiles`` task.
     on_oof : str, optional
@@ -49,6 +52,7 @@ class RunOptions:
     """
 
     rule: Rule
+    record_rule: bool = False
     params: dict | None = None
     on_oof: str | None = None
     results_dir: Path | None = None

@@ -23,7 +23,7 @@ from mhd import __version__
 from mhd.contracts.record import finite
 from mhd.contracts.verdicts import Verdict, look
 
-from .calibration import rule_summary
+from .rule import rule_summary
 
 if TYPE_CHECKING:
     from .report import SectionView

@@ -21,7 +21,7 @@ from mhd.params import ASTIGMATISM_THRESHOLD
 if TYPE_CHECKING:
     from .calibration import Calibration
 
-__all__ = ["FOCUS_MEASURES", "Rule", "parse_threshold", "thresholds"]
+__all__ = ["FOCUS_MEASURES", "Rule", "parse_threshold", "rule_summary", "thresholds"]
 
 #: Focus measures the relative rule can use.
 FOCUS_MEASURES = ("blur", "count")
@@ -36,9 +36,13 @@ def _threshold(default: Any, help: str, *, lo: float | None = 0.0, integer: bool
 class Rule:
     """Thresholds of the verdict rule (see :mod:`mhd.client.judge`), given by keyword.
 
-    Every field but ``calibration`` is a threshold (:func:`thresholds`): a
+    Every field but ``calibration``, ``calibration_path`` and ``origin`` is a threshold (:func:`thresholds`): a
     configuration key of the same name with the default, limits and help
     given here. A value outside its limits raises ``ValueError``.
+
+    ``calibration`` is the through-focus law in force (None: the relative rule), ``calibration_path`` the file
+    it was read from, and ``origin`` why this rule judges the section (``"--calibration"``, ``"as recorded for this
+    section on 2026-12-07"``, ...; empty when not known): :func:`rule_summary` puts them into words.
     """
 
     oof_k: float = _threshold(3.0, "relative rule: OOF below median - k * robust sigma of log density")
@@ -69,6 +73,8 @@ class Rule:
         ASTIGMATISM_THRESHOLD, "astigmatism strength (0..1) from which a tile is 'oof', kind astigmatism (turn the stigmators)"
     )
     calibration: Calibration | None = None
+    calibration_path: str | None = None
+    origin: str = ""
 
     def __post_init__(self) -> None:
         for f in thresholds():
@@ -108,3 +114,39 @@ def parse_threshold(f: Field, value: Any) -> Any:
     if not math.isfinite(number) or (lo is not None and number < lo):
         raise ValueError(f"must be {'an integer' if integer else 'a number'} >= {lo:g}")
     return number
+
+
+def rule_summary(rule: Rule) -> str:
+    """The rule in force, in words, for a terminal, a log or a report: relative (its thresholds), or calibrated (the
+    calibration's name and file, its measure, when and on which series it was fitted, its limit), then why it is
+    in force (:attr:`Rule.origin`) after a semicolon.
+
+    Examples: ``relative: a tile is out of focus when it adds at least 0.7 px (in quadrature) to the section's
+    median blur ...``; ``calibrated 'zeiss-5kx' (/cfg/calibrations/zeiss-5kx.json): blur, fitted 2026-12-07 on
+    /data/focus_series, out of focus beyond 1 um; --calibration``.
+    """
+    cal = rule.calibration
+    why = f"; {rule.origin}" if rule.origin else ""
+    if cal is None:
+        return _relative_words(rule) + why
+    name = cal.name
+    where = f"'{name}' ({rule.calibration_path})" if name and rule.calibration_path else f"'{name}'" if name else ""
+    where = where or (f"from {rule.calibration_path}" if rule.calibration_path else "(file not known)")
+    fitted = cal.fitted
+    when = f"fitted {fitted[:10]}" if fitted else "fitted (date not recorded)"
+    series = f" on {cal.source}" if cal.source else ""
+    return f"calibrated {where}: {cal.measure}, {when}{series}, out of focus beyond {cal.max_defocus:g} {cal.units}{why}"
+
+
+def _relative_words(rule: Rule) -> str:
+    """The relative rule's thresholds in words (the measure it judges by, and its warm-up)."""
+    first = f"; first verdicts after {rule.warmup} tiles"
+    if rule.focus_measure == "blur":
+        return (
+            f"relative: a tile is out of focus when it adds at least {rule.blur_max:g} px (in quadrature) to the section's median blur"
+            f" and {rule.blur_k:g} robust standard deviations{first}"
+        )
+    return (
+        f"relative (count): a tile is out of focus when its feature density is {rule.oof_k:g} robust standard deviations, and at "
+        f"least {rule.oof_min_drop:g} in natural log, below the section's median{first}"
+    )

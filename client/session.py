@@ -24,16 +24,27 @@ from mhd.contracts.record import TileRecord
 from mhd.contracts.verdicts import exit_status
 
 from .config import Config
-from .console import Reporter
+from .console import Reporter, printable
 from .discover import Discovery, Tile
 from .interrupt import EXIT_INTERRUPTED, Abandoned, Interrupt, abandon, exit_code, stopped_by
 from .judge import Judge
 from .options import RunOptions
 from .pipeline import OofHook, Pipeline
 from .results import ResultsLog
+from .rule import Rule, rule_summary
 from .transport import MB, DiskTransport, GlobusTransport, InlineTransport, SharedTransport, Transport, choose_transport
 
-__all__ = ["Outcome", "RunSession", "executor_kind", "check_executor", "local_workers", "make_transport", "max_inflight", "open_executor"]
+__all__ = [
+    "Outcome",
+    "RunSession",
+    "executor_kind",
+    "check_executor",
+    "local_workers",
+    "make_transport",
+    "max_inflight",
+    "open_executor",
+    "rule_line",
+]
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +323,10 @@ class RunSession:
             opts = self.options
             self.stop = stack.enter_context(_handling(opts.interrupt))
             self.results = stack.enter_context(ResultsLog(opts.results_dir or self.section, fresh=opts.rescore))
+            if opts.record_rule:  # under the lock: a run refused as locked changes nothing
+                from .choice import record
+
+                record(opts.results_dir or self.section, opts.rule)
             self._hook = OofHook(opts.on_oof) if opts.on_oof else None
             self._stack = stack.pop_all()
         return self
@@ -402,6 +417,11 @@ class RunSession:
             self.results.path,
             self.signum if self.interrupted else None,
         )
+
+
+def rule_line(rule: Rule) -> str:
+    """The header's line naming the rule in force (:func:`~mhd.client.rule.rule_summary`), as console markup."""
+    return "rule: " + printable(rule_summary(rule)).replace("[", r"\[")
 
 
 @contextlib.contextmanager

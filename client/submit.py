@@ -27,7 +27,7 @@ from .discover import Discovery, Tile, discover
 from .interrupt import EXIT_INTERRUPTED, ignored_note, stopped_by
 from .options import RunOptions
 from .rule import Rule
-from .session import Outcome, RunSession
+from .session import Outcome, RunSession, rule_line
 from .transport import Transport
 
 __all__ = ["auto_batch", "changed_tiles", "run_section", "section_summary", "todo_tiles"]
@@ -122,12 +122,8 @@ def _header(
         names = ", ".join(printable(n) for n in found.ignored[:3]) + (", ..." if len(found.ignored) > 3 else "")
         console.print(f"  [dim]ignored {len(found.ignored)} hidden or partly written file(s) until renamed into place: {_esc(names)}[/]")
     where = f"local ({workers} worker{'s' if workers != 1 else ''})" if kind == "local" else "globus"
-    if rule.calibration is not None:
-        cal = rule.calibration
-        how = f"calibrated, OOF beyond {cal.max_defocus:g} {cal.units} (r={cal.r:.3f})"
-    else:
-        how = f"relative to the section median, first verdicts after {rule.warmup} tiles"
-    console.print(f"executor {where}, transport {transport.name}; rule: {how}", highlight=False)
+    console.print(f"executor {where}, transport {transport.name}", highlight=False)
+    console.print(rule_line(rule), highlight=False)
     note = ignored_note()
     if note:
         console.print(f"[yellow]{note}[/]", highlight=False)

@@ -44,7 +44,7 @@ from .live import LOCAL_HOSTS, SectionPage
 from .options import RunOptions
 from .pipeline import Pipeline
 from .portable import held_by_another
-from .session import Outcome, RunSession
+from .session import Outcome, RunSession, rule_line
 
 __all__ = ["Landing", "watch_section"]
 
@@ -213,6 +213,7 @@ def watch_section(section: Path, cfg: Config, console: Console, options: RunOpti
             f"[bold]watching {section}[/] ({len(run.results.records)} tiles already recorded; executor "
             f"{run.kind}, transport {transport.name}); Ctrl-C to stop"
         )
+        console.print(rule_line(options.rule), highlight=False)
         note = ignored_note()
         if note:
             console.print(f"[yellow]{note}[/]", highlight=False)

@@ -12,6 +12,7 @@ __all__ = [
     "OWN_FILES",
     "REPORT_DIR",
     "RESULTS_NAME",
+    "RULE_CHOICE",
     "SECTION_MARK",
     "SWEEP_PLOT",
     "is_own",
@@ -23,6 +24,8 @@ RESULTS_NAME = "mhd-results.jsonl"
 LOG_NAME = "mhd-client.log"
 #: In a results folder kept outside its section (``--results``): the section's path.
 SECTION_MARK = "mhd-section.txt"
+#: In a section's results folder: the rule chosen for the section (a calibration's file, or the relative rule), JSON.
+RULE_CHOICE = "mhd-rule.json"
 #: The folder ``client report`` writes.
 REPORT_DIR = "mhd-report"
 #: The figure ``client calibrate`` writes into the through-focus series.
@@ -31,7 +34,7 @@ CALIBRATION_PLOT = "mhd-calibration.png"
 SWEEP_PLOT = "mhd-focus-sweep.png"
 
 #: Files of the client's own (the results log's rotated or temporary names start with RESULTS_NAME too).
-OWN_FILES = frozenset({RESULTS_NAME, LOG_NAME, SECTION_MARK, CALIBRATION_PLOT, SWEEP_PLOT})
+OWN_FILES = frozenset({RESULTS_NAME, LOG_NAME, SECTION_MARK, RULE_CHOICE, CALIBRATION_PLOT, SWEEP_PLOT})
 #: Folders of the client's own.
 OWN_DIRS = frozenset({REPORT_DIR})
 

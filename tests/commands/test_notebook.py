@@ -157,8 +157,9 @@ def test_notebook_picks_globus_mode_when_an_endpoint_and_function_are_configured
 
 
 @pytest.mark.slow
-def test_notebook_scores_with_a_stored_calibrations_parameters_or_refuses_other_ones(kernel_env):
-    """Only the settings cell runs: a calibration holds for the detector parameters it was fitted with."""
+def test_notebook_scores_with_a_stored_calibrations_parameters_or_refuses_other_ones(kernel_env, monkeypatch):
+    """Only the settings cell runs: a calibration holds for the detector parameters it was fitted with (the
+    configured default calibration: one stored beside the configuration file is no longer applied by itself)."""
     from nbclient.exceptions import CellExecutionError
 
     from mhd.client.calibration import Calibration, fitted_params
@@ -168,6 +169,7 @@ def test_notebook_scores_with_a_stored_calibrations_parameters_or_refuses_other_
     nb.cells = nb.cells[: first + 1]
     nb.cells.append(nbformat.v4.new_code_cell("print(sorted(PARAMS.items()))"))
     store = kernel_env / "calibration.json"  # beside the (absent) configuration file
+    monkeypatch.setenv("MHD_CALIBRATION", str(store))
     Calibration(0.5, 2.0, 0.99, 9, "um", 1.0, fitted_params(None), "series", "blur").save(store)
     text = _text(_execute(nb))
     assert str(sorted(fitted_params(None).items())) in text  # sent whole: an endpoint's defaults cannot differ

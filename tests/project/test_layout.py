@@ -117,6 +117,7 @@ def test_every_layer_takes_the_contracts_from_their_home():
     import mhd.contracts.limits as limits
 
     copies = {files.RESULTS_NAME, files.REPORT_DIR, files.LOG_NAME, files.SWEEP_PLOT, files.CALIBRATION_PLOT, files.SECTION_MARK}
+    copies.add(files.RULE_CHOICE)
     copies |= {*limits.ALLOWED_SERIALIZERS, b"\x89PNG\r\n\x1a\n", b"\xff\xd9", "OOF  ", "tab:purple", ".tiff"}
     found = [
         f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}"

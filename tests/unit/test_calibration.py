@@ -85,3 +85,41 @@ def test_a_tile_denser_than_the_in_focus_line_is_estimated_at_zero_defocus():
     assert cal.defocus(math.log(3e4)) == 0.0  # never a negative |defocus|
     assert cal.defocus(math.log(2e4) - 1.6) == pytest.approx(2.0)
     assert cal.log_threshold == pytest.approx(math.log(2e4) - 0.8)
+
+
+def test_rule_summary_names_the_rule_in_force():
+    """One sentence for the header of submit/watch, the report and its HTML: the relative rule's thresholds, or the
+    calibration (name, file, measure, date, series, limit), then why it is in force."""
+    from mhd.client.calibration import rule_summary
+
+    assert rule_summary(Rule()) == (
+        "relative: a tile is out of focus when it adds at least 0.7 px (in quadrature) to the section's median blur and 2 robust"
+        " standard deviations; first verdicts after 8 tiles"
+    )
+    count = rule_summary(Rule(focus_measure="count", oof_k=4, origin="chosen with --relative"))
+    assert count.startswith("relative (count): a tile is out of focus when its feature density is 4 robust standard deviations")
+    assert count.endswith("below the section's median; first verdicts after 8 tiles; chosen with --relative")
+    cal = Calibration(0.65, 0.96, 0.998, 9, "um", 1.0, {}, "/data/focus_series", "blur", "zeiss-5kx", "2026-12-07T14:03:22+01:00")
+    named = Rule(calibration=cal, calibration_path="/cfg/calibrations/zeiss-5kx.json", origin="chosen with --calibration")
+    assert rule_summary(named) == (
+        "calibrated 'zeiss-5kx' (/cfg/calibrations/zeiss-5kx.json): blur, fitted 2026-12-07 on /data/focus_series, out of focus "
+        "beyond 1 um; chosen with --calibration"
+    )
+    old = Calibration(9.5, -0.5, -0.99, 9, "um", 1.5)  # a file of an earlier version: no name, date or series
+    assert rule_summary(Rule(calibration=old, calibration_path="/x/c.json")) == (
+        "calibrated from /x/c.json: count, fitted (date not recorded), out of focus beyond 1.5 um"
+    )
+
+
+def test_a_calibration_file_of_an_earlier_version_is_still_read(tmp_path):
+    """Files written before calibrations had a name and a date load with both empty."""
+    import json
+
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"intercept": 9.5, "slope": -0.5, "r": -0.99, "n": 9, "units": "um", "max_defocus": 1.5}))
+    cal = Calibration.load(path)
+    assert (cal.name, cal.fitted, cal.source, cal.measure) == ("", "", "", "count")
+    saved = json.loads(
+        Calibration(0.6, 0.9, 0.99, 9, "um", 1.0, name="a", fitted="2026-12-07T00:00:00+00:00").save(tmp_path / "n.json").read_text()
+    )
+    assert saved["name"] == "a" and saved["fitted"] == "2026-12-07T00:00:00+00:00"

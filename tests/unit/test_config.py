@@ -44,7 +44,8 @@ def test_config_precedence_and_sources(tmp_path, monkeypatch):
     assert (cfg["oof_k"], cfg.sources["oof_k"]) == (5.5, "$MHD_OOF_K")
     assert (cfg["workers"], cfg.sources["workers"]) == (3, "command line")
     assert cfg.sources["batch"] == "default"
-    assert cfg.calibration_path == tmp_path / "cfg" / "calibration.json"
+    assert config_mod.calibrations_dir() == tmp_path / "cfg" / "calibrations"
+    assert config_mod.legacy_calibration_path() == tmp_path / "cfg" / "calibration.json"
 
 
 def test_config_errors_name_the_key(tmp_path, monkeypatch):
