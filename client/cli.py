@@ -514,7 +514,8 @@ def submit(rescore: bool, show_ok: bool, **options: Any) -> None:
     since it was scored (re-imaged under the same name: the new verdict
     replaces the old). Ctrl-C records the tasks that finish within
     drain_timeout seconds and exits 130 (SIGTERM: 143, SIGHUP: 129). Exit status: 0 all ok,
-    2 out-of-focus tiles, 1 errors.
+    2 out-of-focus tiles, 1 errors. The header names the rule: relative, or
+    the calibration chosen with --calibration (kept for the section).
 
     Example:
 
@@ -732,7 +733,9 @@ def watch(poll: float, give_up: float, idle_exit: float | None, serve: tuple[str
     tile's path as its last argument (no shell involved). Ctrl-C records
     the tasks that finish within drain_timeout seconds (the others are
     scored on the next run), then exits with the section's status (0/1/2);
-    SIGTERM and SIGHUP do the same and exit 143 and 129.
+    SIGTERM and SIGHUP do the same and exit 143 and 129. The header names
+    the rule: relative, or the calibration chosen with --calibration (kept
+    for the section).
 
     The section's page, DIR/mhd-report/index.html (as client report writes
     it), is kept current while the watch runs; --serve serves it live.
@@ -811,7 +814,10 @@ def report(directory: Path, positions: Path | None, out: Path | None, results: P
     section (section_verdict); the re-acquire list has every tile flagged
     either way, and errors, each with what to fix after a tab: defocus
     (refocus), astigmatism N deg (turn the stigmators; N is the direction of
-    strongest blur), partial (some regions out of focus), or error.
+    strongest blur), partial (some regions out of focus), or error. The
+    last lines name the rule the tiles were judged by: the one submit or
+    watch recorded for the section (a calibration chosen with --calibration,
+    or relative), unless --calibration or --relative is given.
 
     Example:
 
