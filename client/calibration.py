@@ -328,4 +328,3 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 def threshold_density(cal: Calibration) -> float:
     """Density (features per megapixel) below which a tile is out of focus."""
     return math.exp(cal.log_threshold)
-

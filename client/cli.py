@@ -803,14 +803,16 @@ def _wait_for_folder(directory: Path, poll: float, idle_exit: float | None) -> N
     )
 )
 def report(directory: Path, positions: Path | None, out: Path | None, results: Path | None, **given: Any) -> None:
-    """Figures, a CSV and the list of tiles to re-acquire, from a section's results.
+    """The section's page, figures, a CSV and the list of tiles to re-acquire, from its results.
 
-    Writes density.png (density per tile in acquisition order, with the
-    OOF threshold of the measure the verdicts use: the density's under the
-    count, else a panel of each tile's blur with its threshold), montage.png (when tile positions are known), focus-maps.png
-    (feature density over each flagged tile on the detector's grid,
-    default from mhd.params), mhd-results.csv
-    and mhd-reacquire.txt. Tiles are also re-judged against the whole
+    Writes DIR/mhd-report/ (each file replaced whole): index.html (one
+    self-contained page: the rule in force, the settings, each flagged tile's
+    thumbnail beside an in-focus neighbour, the figures and a sortable table
+    of every tile; open it in a browser, no network needed), focus.png (each
+    tile on the measure the verdicts used, with its limit), montage.png (the
+    same where each tile sits, when positions are known), focus-maps.png
+    (the cells of each flagged tile), density.png (the feature count),
+    mhd-results.csv and mhd-reacquire.txt. Tiles are also re-judged against the whole
     section (section_verdict); the re-acquire list has every tile flagged
     either way, and errors, each with what to fix after a tab: defocus
     (refocus), astigmatism N deg (turn the stigmators; N is the direction of

@@ -93,9 +93,9 @@ def density(view: "SectionView") -> bytes:
         ax.axhline(math.exp(view.baseline.median), color="0.4", ls=":", lw=1, label="section median")
     if view.measure == "log density" and math.isfinite(view.baseline.threshold):
         ax.axhline(math.exp(view.baseline.threshold), color="tab:red", ls="--", lw=1, label="limit (out of focus below)")
-    ax.set_yscale("log")
     if counted and min(counted) == max(counted):  # one value: a decade around it, not a singular axis
         ax.set_ylim(counted[0] / 3, counted[0] * 3)
+    ax.set_yscale("log")
     ax.set_ylabel("features per megapixel")
     ax.set_title(f"{view.name}: feature count per tile (secondary: it falls with defocus and with dose)")
     _tile_axis(ax, shown)
