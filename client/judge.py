@@ -312,6 +312,7 @@ class Judge:
         self.rule = rule
         self._pool: dict[str, float] = {}
         self._blur: dict[str, BlurPoint] = {}
+        self._reference: BlurReference | None = None  # of self._blur, None when it changed since
         self._cell_spread: dict[str, float] = {}
         self._cell_median: dict[str, float] = {}
         self._pending: list[TileRecord] = []
@@ -326,6 +327,7 @@ class Judge:
         point = BlurPoint.of(rec)
         if point is not None:
             self._blur[rec.tile] = point
+            self._reference = None
         within = self._within_tile(rec)
         if within is not None:
             self._cell_median[rec.tile], self._cell_spread[rec.tile] = within
@@ -338,7 +340,9 @@ class Judge:
 
     def blur_reference(self) -> "BlurReference | None":
         """The section's blur so far (:class:`BlurReference`); None when no tile has one."""
-        return BlurReference.of(self._blur.values(), self.rule) if self._blur else None
+        if self._reference is None and self._blur:
+            self._reference = BlurReference.of(self._blur.values(), self.rule)
+        return self._reference if self._blur else None
 
     def cell_limit(self) -> float:
         """How much blur (px^2) a cell may add to its tile's median cell before it is out of focus: at least
@@ -500,7 +504,8 @@ class Judge:
         verdict, kind, reason = self._decide(rec, x, base)
         if verdict == "empty":
             self._pool.pop(rec.tile, None)
-            self._blur.pop(rec.tile, None)
+            if self._blur.pop(rec.tile, None) is not None:
+                self._reference = None
             self._cell_spread.pop(rec.tile, None)
             self._cell_median.pop(rec.tile, None)
             fmap = None

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 #: Host the live page binds to when ``--serve`` names only a port: this machine alone.
 LOCALHOST = "127.0.0.1"
+#: Least seconds between two page states (the live page asks once a second): a busy section's verdicts are
+#: taken together instead of each costing the client a new state.
+MIN_INTERVAL = 1.0
 #: Hosts that only this machine reaches.
 LOCAL_HOSTS = frozenset({LOCALHOST, "localhost", "::1"})
 
@@ -149,10 +152,13 @@ class SectionPage:
                 pending, verdicts = self._pending, self._verdicts
             due = time.monotonic() >= self._written + self.every
             if dirty or (self._stale and (due or closing)):
+                began = time.monotonic()
                 try:
                     self._build(pending, verdicts, full=due or closing)
                 except Exception as exc:  # a full disk, a tile gone: the watch goes on, the log says why
                     log.warning("the section page was not updated: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+                with self._wake:  # news meanwhile is taken together, in one state at most a second later
+                    self._wake.wait_for(lambda: self._closing, timeout=max(0.0, began + MIN_INTERVAL - time.monotonic()))
             if closing:
                 return
 
@@ -231,7 +237,10 @@ def _server(address: tuple[str, int], page: SectionPage) -> http.server.Threadin
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             log.debug("page: " + format, *args)
 
-    return Server(address, Handler)
+    try:
+        return Server(address, Handler)
+    except OSError as exc:  # taken, or not an address of this machine
+        raise OSError(exc.errno, f"cannot serve the page on {address[0]}:{address[1]} (--serve): {exc.strerror or exc}") from None
 
 
 def _waiting(page: SectionPage) -> dict[str, Any]:
