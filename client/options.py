@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,8 +47,6 @@ class RunOptions:
         once every tile seen is scored; None runs until Ctrl-C.
     serve : (host, port), optional
         ``watch``: serve the live section page there (:class:`~mhd.client.live.SectionPage`).
-    settings : dict of str to str
-        The run's settings as the section page shows them.
     """
 
     rule: Rule
@@ -65,4 +63,3 @@ class RunOptions:
     give_up: float = 10.0
     idle_exit: float | None = None
     serve: tuple[str, int] | None = None
-    settings: dict[str, str] = field(default_factory=dict)

@@ -218,7 +218,11 @@ def watch_section(section: Path, cfg: Config, console: Console, options: RunOpti
         if note:
             console.print(f"[yellow]{note}[/]", highlight=False)
         reporter = Reporter(console, None, show_ok=True)
-        settings = {"executor": run.kind, "transport": transport.name, **options.settings}
+        settings = {
+            "executor": f"{run.kind} ({run.workers} workers)" if run.workers else run.kind,
+            "transport": transport.name,
+            "detector parameters": ", ".join(f"{k}={v}" for k, v in sorted((options.params or {}).items())) or "the detector's defaults",
+        }
         page = SectionPage(section, options.results_dir or section, options.rule, settings, options.serve)
         if page.url:
             where = "this machine only" if options.serve and options.serve[0] in LOCAL_HOSTS else "from other machines too"
