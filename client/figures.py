@@ -23,6 +23,8 @@ import numpy as np
 
 from mhd.contracts.verdicts import Kind, Verdict, look
 
+from .console import printable
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.colors import Normalize
@@ -136,7 +138,8 @@ def section_map(view: "SectionView") -> bytes:
         if mark:
             ax.text(c, r - (0.12 if named else 0), mark, ha="center", va="center", fontsize=11, fontweight="bold", color=ink)
         if named:
-            ax.text(c, r + 0.3, textwrap.shorten(s.rec.tile, 16, placeholder="…"), ha="center", va="center", fontsize=5, color=ink)
+            name = textwrap.shorten(printable(s.rec.tile), 16, placeholder="…")
+            ax.text(c, r + 0.3, name, ha="center", va="center", fontsize=5, color=ink)
         angle = s.rec.astigmatism_angle if s.kind == Kind.ASTIGMATISM else None
         if angle is not None:
             dx, dy = 0.4 * math.cos(math.radians(angle)), -0.4 * math.sin(math.radians(angle))  # rows point down
@@ -218,7 +221,8 @@ def _small_multiples(shown: "list[Shown]", cells: list[np.ndarray], scale: _Scal
                     ax.text(j, i, scale.fmt.format(v), ha="center", va="center", fontsize=6, color=text_colour(cmap(norm(v))))
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"{textwrap.shorten(s.rec.tile, 28, placeholder='…')}\n" + textwrap.fill(s.words, 30), fontsize=6)
+        name = textwrap.shorten(printable(s.rec.tile), 28, placeholder="…")
+        ax.set_title(f"{name}\n" + textwrap.fill(printable(s.words), 30), fontsize=6)
     for ax in axes.flat[len(shown) :]:
         ax.axis("off")
     bar = fig.colorbar(im, ax=axes, shrink=0.8, label=scale.label)
@@ -266,7 +270,7 @@ def _tile_axis(ax: "Axes", shown: "list[Shown]") -> None:
     from matplotlib.ticker import MaxNLocator
 
     if len(shown) <= MAX_NAMED:
-        ax.set_xticks(range(len(shown)), [s.rec.tile for s in shown], rotation=70, fontsize=6)
+        ax.set_xticks(range(len(shown)), [printable(s.rec.tile) for s in shown], rotation=70, fontsize=6)
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for i, s in enumerate(shown):

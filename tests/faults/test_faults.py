@@ -644,7 +644,7 @@ def test_disk_full_mid_run_stops_clearly_and_loses_no_recorded_verdict(how, tmp_
         disk = request.getfixturevalue("small_disk")
         section = disk / "section_042"
         copy_example(section)
-        filler = fill(disk, leave=4096)  # one page: room for a few records
+        filler = fill(disk, leave=8192)  # two pages: the rule choice (mhd-rule.json), and room for a few records
     else:
         section = tmp_path / "section_042"
         copy_example(section)
