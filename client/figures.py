@@ -55,7 +55,7 @@ def _figure(**kwargs: object) -> "Figure":
 def _label(view: "SectionView") -> str:
     m = view.measure
     if m == "added blur":
-        return "blur added to the section's (px, in quadrature)"
+        return "added blur (px, in quadrature)"
     if m == "defocus":
         return f"estimated |defocus| ({view.units})"
     return "log features per megapixel"
