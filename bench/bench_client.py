@@ -8,7 +8,9 @@
    spawned workers, verdicts, fsync'ed results log) on a fresh section;
    reported with and without the backend's start-up, and as a ratio to (1)
    per worker.
-4. **client watch latency**: a writer drops tiles (written as ``.part`` and
+4. **client report**: the whole report of that section (judged against the
+   whole section, figures, thumbnails, the page), and the page's size.
+5. **client watch latency**: a writer drops tiles (written as ``.part`` and
    renamed into place) every ``--interval`` seconds into a watched folder;
    latency is each record's ``latency_ms`` (tile landed -> verdict recorded),
    at steady state (after the relative rule's warm-up).
@@ -99,6 +101,15 @@ def bench_submit(section: Path, workers: int, repeats: int) -> dict:
     }
 
 
+def bench_report(section: Path, repeats: int) -> dict:
+    """``client report``'s work on a scored section: the judgement, figures, thumbnails, page and files."""
+    from mhd.client.report import make_report
+
+    seconds = median_time(lambda: make_report(section, Rule()), repeats)
+    page = section / "mhd-report" / "index.html"
+    return {"report_s": seconds, "report_page_mb": page.stat().st_size / 1e6}
+
+
 def _span(records) -> tuple[float, float]:
     """First and last verdict times (epoch seconds) of a run."""
     from datetime import datetime
@@ -147,6 +158,7 @@ def main() -> None:
         res = {"tile_shape": list(load_image(discover(section).tiles[0].path).shape)}
         res.update(bench_detector(section, args.repeats))
         res.update(bench_submit(section, args.workers, args.repeats))
+        res.update(bench_report(section, args.repeats))
         res.update(bench_watch(Path(tmp), args.watch_tiles, args.interval, args.workers))
     res["submit_steady_vs_detector_per_worker"] = res["submit_tiles_per_s_steady"] / (res["detector_tiles_per_s"] * args.workers)
     res["peak_rss_mb_client"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -118,8 +118,12 @@ def _median(values: list[float]) -> float | None:
     return round(ordered[len(ordered) // 2], 2)
 
 
-def _uri(png: bytes | None) -> str | None:
-    return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def _uri(image: bytes | None) -> str | None:
+    """A PNG or JPEG as a ``data:`` URI (the page needs no other file)."""
+    if image is None:
+        return None
+    kind = "png" if image.startswith(b"\x89PNG") else "jpeg"
+    return f"data:image/{kind};base64," + base64.b64encode(image).decode("ascii")
 
 
 def _css(colour: str) -> str:

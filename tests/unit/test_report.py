@@ -110,7 +110,7 @@ def test_list_csv_page_and_figures_agree_on_the_example_relative_and_calibrated(
     assert run("submit", "--dir", section).exit_code == 2
     rep, state = _agree(section, Rule())
     assert state["rule"].startswith("relative") and len(state["flagged"]) == 3
-    assert all(f["image"].startswith("data:image/png;base64,") and f["neighbour"] for f in state["flagged"])
+    assert all(f["image"].startswith("data:image/jpeg;base64,") and f["neighbour"] for f in state["flagged"])
     strict = Calibration(intercept=0.5, slope=1.0, r=0.99, n=9, units="um", max_defocus=0.1, measure="blur")
     rep, state = _agree(section, Rule(calibration=strict))
     recorded_oof = sum(r["verdict"] == "oof" for r in read_results(section))
@@ -158,7 +158,7 @@ def test_thumbnails_outline_the_blurred_cells_and_read_no_file_outside_the_secti
     partial = np.asarray(Image.open(io.BytesIO(pairs["tile_r2_c3.png"].image)).convert("RGB")).astype(int)
     plain = np.asarray(Image.open(io.BytesIO(pairs["tile_r1_c2.png"].image)).convert("RGB")).astype(int)
     red = lambda a: int(((a[..., 0] > 200) & (a[..., 1] < 60) & (a[..., 2] < 60)).sum())  # noqa: E731
-    assert red(partial) > 200 and red(plain) == 0  # outlines on the partly defocused tile only: the other is blurred all over
+    assert red(partial) > 200 and red(plain) < 20  # outlines on the partly defocused tile only: the other is blurred all over
     assert max(partial.shape[:2]) <= 320
     r, c = view.positions[pairs["tile_r1_c2.png"].neighbour]
     assert max(abs(r - 1), abs(c - 2)) == 1  # a neighbour in the montage
