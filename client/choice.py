@@ -209,8 +209,8 @@ def choose(cfg: Any, folder: Path | None, given: str | None = None, relative: bo
 def _recorded(cfg: Any, recorded: Choice) -> tuple[Rule, list[str]]:
     """The rule recorded for a section (a missing calibration file: ValueError naming it)."""
     since = f" on {recorded.chosen[:10]}" if recorded.chosen else ""
-    if recorded.calibration is None:
-        return relative_rule(cfg, f"as recorded for this section{since}"), []
+    if recorded.calibration is None:  # judged relative from its first run (no calibration chosen then): kept so
+        return relative_rule(cfg, f"as this section was first judged{since} (--calibration NAME to choose one)"), []
     path = Path(recorded.calibration)
     if not path.is_file():
         raise ValueError(
@@ -222,8 +222,8 @@ def _recorded(cfg: Any, recorded: Choice) -> tuple[Rule, list[str]]:
     cal = rule.calibration
     if cal is not None and recorded.fitted and cal.fitted != recorded.fitted:
         notes.append(
-            f"{recorded.label} was fitted again ({cal.fitted[:10] or 'date not recorded'}) since this section was "
-            f"judged by it (fit of {recorded.fitted[:10]}): the tiles already recorded keep their verdicts (--rescore judges them again)"
+            f"{recorded.label} was fitted again ({cal.fitted or 'date not recorded'}) since this section was "
+            f"judged by it (fit of {recorded.fitted}): the tiles already recorded keep their verdicts (--rescore judges them again)"
         )
     return rule, notes
 

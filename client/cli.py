@@ -756,8 +756,31 @@ def watch(poll: float, give_up: float, idle_exit: float | None, serve: tuple[str
             )
 
     _params(dict(options))  # a usage error now, not once the folder has appeared
-    _wait_for_folder(options["directory"], poll, idle_exit)
-    _run(watch_section, options, check=nothing_came, poll=poll, give_up=give_up, idle_exit=idle_exit, serve=serve)
+    with _live_server(serve, options["directory"]) as server:  # bound (or refused) now: it serves while the folder is awaited
+        _wait_for_folder(options["directory"], poll, idle_exit)
+        _run(watch_section, options, check=nothing_came, poll=poll, give_up=give_up, idle_exit=idle_exit, serve=server)
+
+
+@contextlib.contextmanager
+def _live_server(address: tuple[str, int] | None, directory: Path) -> Any:
+    """``watch --serve``'s server, bound and announced, closed when the watch ends; None without ``--serve``."""
+    if address is None:
+        yield None
+        return
+    from .live import LiveServer, waiting_state
+    from .rule import Rule
+
+    waiting = waiting_state(directory.name, Rule(), {"section": str(directory)}, {"pending": 0, "rate": 0.0, "elapsed": 0.0})
+    try:
+        server = LiveServer(address, {**waiting, "rule": "chosen when the section's folder appears"}).start()
+    except OSError as exc:
+        raise click.ClickException(exc.strerror or str(exc)) from None
+    where = "this machine only" if server.local else "from other machines too"
+    click.echo(f"live section page: {server.url} ({where})")
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def _wait_for_folder(directory: Path, poll: float, idle_exit: float | None) -> None:

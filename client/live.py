@@ -34,7 +34,7 @@ from mhd.contracts.files import REPORT_DIR, RESULTS_NAME
 from .results import read_records
 from .rule import Rule
 
-__all__ = ["LOCALHOST", "LOCAL_HOSTS", "SectionPage", "parse_address"]
+__all__ = ["LOCALHOST", "LOCAL_HOSTS", "LiveServer", "SectionPage", "parse_address", "waiting_state"]
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +78,18 @@ class SectionPage:
     rule : Rule
     settings : dict of str to str
         The run's settings, shown on the page.
-    serve : (host, port), optional
-        Serve the live page there.
+    server : LiveServer, optional
+        Serves each new state (``watch --serve``).
     every : float
         Seconds between redrawings of the figures and rewritings of the folder.
     """
 
     def __init__(
-        self, section: Path, results: Path, rule: Rule, settings: dict[str, str], serve: tuple[str, int] | None = None, every: float = 10.0
+        self, section: Path, results: Path, rule: Rule, settings: dict[str, str], server: "LiveServer | None" = None, every: float = 10.0
     ) -> None:
         self.section, self.results, self.rule, self.settings, self.every = section, results, rule, settings, every
         self.folder = results / REPORT_DIR
+        self.server = server
         self._wake = threading.Condition()
         self._seen = (-1, -1)
         self._closing = False
@@ -99,23 +100,13 @@ class SectionPage:
         self._verdicts = 0
         self._pending = 0
         self._figures: dict[str, bytes] = {}
+        self._drawn_at = 0  # tiles the figures show
         self._written = -math.inf  # monotonic time of the last full write
         self._stale = False  # a state was made since the last full write
-        self._server = _server(serve, self) if serve else None
         self._thread = threading.Thread(target=self._loop, name="mhd-page", daemon=True)
-
-    @property
-    def url(self) -> str | None:
-        """Where the live page is served (None without ``serve``)."""
-        if self._server is None:
-            return None
-        host, port = self._server.server_address[:2]
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
     def start(self) -> "SectionPage":
         self._thread.start()
-        if self._server is not None:
-            threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="mhd-serve", daemon=True).start()
         return self
 
     def update(self, verdicts: int, pending: int) -> None:
@@ -128,18 +119,15 @@ class SectionPage:
             self._wake.notify()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write the page a last time (when anything changed) and stop serving."""
+        """Write the page a last time (when anything changed); the server, the caller's, goes on until it is closed."""
         with self._wake:
             self._closing = True
             self._wake.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
 
     def state(self) -> dict[str, Any] | None:
-        """The newest page state (None before the first verdict)."""
+        """The newest page state (None before the first look at the results)."""
         return self._state
 
     def _loop(self) -> None:
@@ -172,11 +160,11 @@ class SectionPage:
         from .thumbs import thumbnails
 
         records, _ = read_records(self.results / RESULTS_NAME)
-        if not records:  # nothing recorded yet: the page waits (served: the rule and settings alone)
-            return
         elapsed = time.monotonic() - self._started
         progress = {"pending": pending, "rate": round(60.0 * verdicts / max(elapsed, 1e-9), 2), "elapsed": round(elapsed, 1)}
         settings = {"section": str(self.section), **self.settings}
+        if not records:  # no verdict yet (the warm-up holds them): the rule, the settings and the tiles pending
+            return self._publish(waiting_state(self.section.name, self.rule, settings, progress))
         self._stale = not full
         if full:
             rep = make_report(
@@ -190,19 +178,77 @@ class SectionPage:
             )
             self._written = time.monotonic()
             self._figures = {p.name: p.read_bytes() for p in (rep.focus, rep.montage, rep.focus_maps, rep.density) if p is not None}
+            self._drawn_at = len(records)
             view: SectionView = rep.view  # type: ignore[assignment]
         else:
             view = view_section(self.section.name, records.values(), self.rule)
-        state = section_state(
-            view, {**settings, **settings_of(view)}, progress, self._figures, thumbnails(self.section, view), self._version + 1
-        )
+        settings = {**settings, **settings_of(view)}
+        self._publish(section_state(view, settings, progress, self._figures, thumbnails(self.section, view), drawn_at=self._drawn_at))
+
+    def _publish(self, state: dict[str, Any]) -> None:
         self._version += 1
+        self._state = {**state, "version": self._version}
+        if self.server is not None:
+            self.server.publish(self._state)
+
+
+def waiting_state(name: str, rule: Rule, settings: dict[str, str], progress: dict[str, Any] | None) -> dict[str, Any]:
+    """The page's state before any verdict: the section's name, the rule, the settings (and the tiles pending)."""
+    from .judge import Baseline
+    from .page import section_state
+    from .report import SectionView
+
+    view = SectionView(name, rule, [], Baseline(math.nan, math.nan, 0, math.nan), "", "", math.nan)
+    return section_state(view, settings, progress, {}, {})
+
+
+class LiveServer:
+    """The live page's server (``watch --serve``), bound when made, before the section's folder need exist.
+
+    It answers ``GET /`` with the live page of the newest state :meth:`publish`-ed (until the first, a page
+    that waits for the section), ``GET /state.json?v=N`` with that state, or 204 while it is version ``N``;
+    anything else 404. The standard library's :class:`http.server.ThreadingHTTPServer`, on a thread of its own.
+
+    Raises
+    ------
+    OSError
+        When the address is taken or not this machine's (the message names it and ``--serve``).
+    """
+
+    def __init__(self, address: tuple[str, int], waiting: dict[str, Any]) -> None:
+        self._state = {**waiting, "version": 0}
+        self._httpd = _bind(address, self)
+
+    @property
+    def url(self) -> str:
+        """The page's address; a wildcard host (every interface) is given as this machine's name."""
+        host, port = self._httpd.server_address[:2]
+        if host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+    @property
+    def local(self) -> bool:
+        """Whether only this machine can reach it."""
+        return self._httpd.server_address[0] in LOCAL_HOSTS or self._httpd.server_address[0].startswith("127.")
+
+    def start(self) -> "LiveServer":
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="mhd-serve", daemon=True).start()
+        return self
+
+    def publish(self, state: dict[str, Any]) -> None:
+        """Serve ``state`` from now on (its ``version`` grows with each)."""
         self._state = state
 
+    def state(self) -> dict[str, Any]:
+        return self._state
 
-def _server(address: tuple[str, int], page: SectionPage) -> http.server.ThreadingHTTPServer:
-    """The live page's server, bound (raises OSError when the address is taken or not this machine's)."""
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
 
+
+def _bind(address: tuple[str, int], server: LiveServer) -> http.server.ThreadingHTTPServer:
     class Server(http.server.ThreadingHTTPServer):
         daemon_threads = True
         address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -214,13 +260,11 @@ def _server(address: tuple[str, int], page: SectionPage) -> http.server.Threadin
             from .page import render_page
 
             url = urlsplit(self.path)
-            state = page.state()
+            state = server.state()
             if url.path in ("/", "/index.html"):
-                body = render_page(state or _waiting(page), live=True).encode()
-                return self._send(200, "text/html; charset=utf-8", body)
+                return self._send(200, "text/html; charset=utf-8", render_page(state, live=True).encode())
             if url.path == "/state.json":
-                asked = parse_qs(url.query).get("v", [""])[0]
-                if state is None or asked == str(state["version"]):
+                if parse_qs(url.query).get("v", [""])[0] == str(state["version"]):
                     return self._send(204, "application/json", b"")
                 return self._send(200, "application/json", json.dumps(state, allow_nan=False).encode())
             self._send(404, "text/plain", b"not found\n")
@@ -241,16 +285,3 @@ def _server(address: tuple[str, int], page: SectionPage) -> http.server.Threadin
         return Server(address, Handler)
     except OSError as exc:  # taken, or not an address of this machine
         raise OSError(exc.errno, f"cannot serve the page on {address[0]}:{address[1]} (--serve): {exc.strerror or exc}") from None
-
-
-def _waiting(page: SectionPage) -> dict[str, Any]:
-    """The state shown before the first verdict: the rule, the settings, the tiles pending."""
-    from .judge import Baseline
-    from .page import section_state
-    from .report import SectionView
-
-    nothing = Baseline(math.nan, math.nan, 0, math.nan)
-    view = SectionView(page.section.name, page.rule, [], nothing, "", "", math.nan)
-    return section_state(
-        view, {"section": str(page.section), **page.settings}, {"pending": max(page._seen[1], 0), "rate": 0.0, "elapsed": 0.0}, {}, {}
-    )

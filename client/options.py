@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .interrupt import Interrupt
+from .live import LiveServer
 from .rule import Rule
 
 __all__ = ["RunOptions"]
@@ -45,8 +46,8 @@ class RunOptions:
     idle_exit : float, optional
         ``watch``: stop after this many seconds without a new or growing tile file,
         once every tile seen is scored; None runs until Ctrl-C.
-    serve : (host, port), optional
-        ``watch``: serve the live section page there (:class:`~mhd.client.live.SectionPage`).
+    serve : LiveServer, optional
+        ``watch``: the live page's server, bound by the command line (:class:`~mhd.client.live.LiveServer`).
     """
 
     rule: Rule
@@ -62,4 +63,4 @@ class RunOptions:
     poll: float = 0.25
     give_up: float = 10.0
     idle_exit: float | None = None
-    serve: tuple[str, int] | None = None
+    serve: LiveServer | None = None

@@ -46,7 +46,7 @@ def section_state(
     progress: dict[str, Any] | None,
     figures: dict[str, bytes],
     thumbs: "dict[str, Pair]",
-    version: int = 0,
+    drawn_at: int | None = None,
 ) -> dict[str, Any]:
     """The page's data (JSON-able).
 
@@ -62,8 +62,8 @@ def section_state(
         PNGs by file name (:data:`FIGURES`).
     thumbs : dict of str to Pair
         The flagged tiles' thumbnails (:func:`mhd.client.thumbs.thumbnails`).
-    version : int
-        Grows with each new state of a live page.
+    drawn_at : int, optional
+        Tiles the figures show, when fewer than the view's (a live page redraws them less often).
     """
     counts = {v.value: 0 for v in Verdict}
     for s in view.tiles:
@@ -78,7 +78,7 @@ def section_state(
             "neighbour_image": _uri(pair.neighbour_image) if pair else None,
         })  # fmt: skip
     return {
-        "version": version,
+        "version": 0,
         "section": view.name,
         "made": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
         "mhd": __version__,
@@ -90,7 +90,11 @@ def section_state(
         "progress": None if progress is None else {**progress, "time_to_verdict": _median(latencies[-50:])},
         "colours": {v.value: _css(look(v.value).colour) for v in Verdict},
         "flagged": flagged,
-        "figures": [{"name": n, "caption": c, "src": _uri(figures[n])} for n, c in FIGURES.items() if figures.get(n)],
+        "figures": [
+            {"name": n, "caption": c, "src": _uri(figures[n]), "drawn_at": len(view.tiles) if drawn_at is None else drawn_at}
+            for n, c in FIGURES.items()
+            if figures.get(n)
+        ],
         "tiles": [_row(s) for s in view.tiles],
     }
 
@@ -240,7 +244,8 @@ function render() {
   const figs = document.getElementById("figures");
   figs.replaceChildren(...s.figures.map(f => {
     const fig = el("figure"); const img = el("img"); img.src = f.src; img.alt = f.caption;
-    fig.append(img, el("figcaption", f.caption + " (" + f.name + ")")); return fig;
+    const when = f.drawn_at === s.total ? "" : `; drawn at ${f.drawn_at} tiles, redrawn every few seconds`;
+    fig.append(img, el("figcaption", f.caption + " (" + f.name + when + ")")); return fig;
   }));
   renderTable(s);
   const dl = document.getElementById("settings");

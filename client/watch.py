@@ -40,7 +40,7 @@ from .config import Config
 from .console import Reporter
 from .discover import Tile, discover
 from .interrupt import ignored_note
-from .live import LOCAL_HOSTS, SectionPage
+from .live import SectionPage
 from .options import RunOptions
 from .pipeline import Pipeline
 from .portable import held_by_another
@@ -223,11 +223,7 @@ def watch_section(section: Path, cfg: Config, console: Console, options: RunOpti
             "transport": transport.name,
             "detector parameters": ", ".join(f"{k}={v}" for k, v in sorted((options.params or {}).items())) or "the detector's defaults",
         }
-        page = SectionPage(section, options.results_dir or section, options.rule, settings, options.serve)
-        if page.url:
-            where = "this machine only" if options.serve and options.serve[0] in LOCAL_HOSTS else "from other machines too"
-            console.print(f"live section page: {page.url} ({where})", highlight=False)
-        page.start()
+        page = SectionPage(section, options.results_dir or section, options.rule, settings, options.serve).start()
         try:
 
             def news(pending: int) -> None:

@@ -75,7 +75,7 @@ def test_a_named_calibration_judges_only_the_sections_chosen_for_it_and_later_co
         assert again.exit_code in (0, 2), again.output
         assert rule_line(again.output).startswith("rule: calibrated 'tem-sim'") and "; as recorded for this section on " in again.output
         relative = run(*command, "--dir", other)
-        assert rule_line(relative.output).startswith("rule: relative") and "as recorded for this section" in relative.output
+        assert rule_line(relative.output).startswith("rule: relative") and "as this section was first judged" in relative.output
     assert calibrated(read_results(chosen))
 
 

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from conftest import fake, run, write_results
-from mhd.client.live import SectionPage, parse_address
+from mhd.client.live import LiveServer, SectionPage, parse_address, waiting_state
 from mhd.client.rule import Rule
 from mhd.contracts.files import REPORT_DIR
 
@@ -51,26 +51,35 @@ def _until(condition, timeout=30.0):
 
 
 def test_the_server_answers_the_page_and_newer_states_only(tmp_path):
-    section = _section(tmp_path)
-    page = SectionPage(section, section, Rule(), {"executor": "local"}, serve=("127.0.0.1", 0), every=3600).start()
+    section = tmp_path / "s"
+    section.mkdir()
+    waiting = waiting_state("s", Rule(), {"section": str(section)}, None)
+    server = LiveServer(("127.0.0.1", 0), waiting).start()
+    page = SectionPage(section, section, Rule(), {"executor": "local"}, server, every=3600).start()
     try:
-        status, body = _get(page.url)  # before any state: the page with the rule and settings
-        assert status == 200 and b"<title>mhd: s</title>" in body
+        status, body = _get(server.url)  # before the folder has results: a page that waits, with its settings
+        assert status == 200 and b"<title>mhd: s</title>" in body and server.local
+        assert _get(f"{server.url}state.json?v=0")[0] == 204
+        page.update(verdicts=0, pending=3)  # tiles seen, none judged yet (the warm-up): the page says so
+        _until(lambda: server.state()["version"] == 1)
+        status, body = _get(f"{server.url}state.json?v=0")
+        assert status == 200 and json.loads(body)["progress"]["pending"] == 3 and json.loads(body)["total"] == 0
+        write_results(section, [fake(f"tile_r0_c{c}.png", 1.4e4, blur=0.8 + 0.01 * c, blur_err=0.02) for c in range(9)])
         page.update(verdicts=9, pending=2)
-        _until(lambda: page.state() is not None)
-        version = page.state()["version"]
-        status, body = _get(f"{page.url}state.json?v=0")
+        _until(lambda: server.state()["version"] == 2)
+        status, body = _get(f"{server.url}state.json?v=1")
         state = json.loads(body)
-        assert status == 200 and state["version"] == version and state["total"] == 9 and state["progress"]["pending"] == 2
-        assert _get(f"{page.url}state.json?v={version}")[0] == 204  # nothing newer
+        assert status == 200 and state["version"] == 2 and state["total"] == 9 and state["progress"]["pending"] == 2
+        assert _get(f"{server.url}state.json?v=2")[0] == 204  # nothing newer
         for path in ("mhd-results.jsonl", "../s/mhd-results.jsonl", "tile_r0_c0.png"):
             with pytest.raises(urllib.error.HTTPError) as refused:
-                _get(page.url + path)
+                _get(server.url + path)
             assert refused.value.code == 404
     finally:
         page.close()
+        server.close()
     with pytest.raises(urllib.error.URLError):
-        _get(page.url)  # stopped with the watch
+        _get(server.url)  # stopped with the watch
 
 
 def test_the_folder_is_written_at_once_then_at_most_every_period_and_at_the_end(tmp_path):
@@ -96,8 +105,8 @@ def test_watch_on_a_port_in_use_is_one_line_and_status_1(tmp_path):
     taken.listen()
     try:
         port = taken.getsockname()[1]
-        out = run("watch", "--dir", _section(tmp_path), "--serve", port, "--idle-exit", 0)
-        assert out.exit_code == 1 and f"cannot serve the page on 127.0.0.1:{port} (--serve): Address already in use" in out.output
+        out = run("watch", "--dir", tmp_path / "not yet", "--serve", port, "--idle-exit", 0)  # at once, not when the folder comes
+        assert out.exit_code == 1 and f"Error: cannot serve the page on 127.0.0.1:{port} (--serve): Address already in use" in out.output
         assert "Traceback" not in out.output
     finally:
         taken.close()
