@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -177,10 +177,17 @@ class Calibration:
             If the file is not a calibration or its slope is not negative.
         """
         try:
-            data = json.loads(Path(path).read_text())
-            cal = cls(**{**data, "params": data.get("params") or {}})
-        except (json.JSONDecodeError, TypeError, AttributeError) as exc:
-            raise ValueError(f"{path}: not a calibration file ({exc})") from None
+            data = json.loads(Path(path).read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(f"{path}: not a calibration file (not JSON; client calibrate --name NAME writes one)") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: not a calibration file (a JSON {type(data).__name__}, not an object)")
+        known = {f.name for f in fields(cls)}
+        missing = sorted(f.name for f in fields(cls) if f.name not in data and f.default is MISSING and f.default_factory is MISSING)
+        if set(data) - known or missing:
+            what = f"unknown keys {sorted(set(data) - known)}" if set(data) - known else f"missing {missing}"
+            raise ValueError(f"{path}: not a calibration file ({what})")
+        cal = cls(**{**data, "params": data.get("params") or {}})
         if not isinstance(cal.params, dict):
             raise ValueError(f"{path}: params must be an object of detector parameters, got {cal.params!r}")
         if cal.measure not in FOCUS_MEASURES:

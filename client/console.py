@@ -61,7 +61,7 @@ def verdict_line(rec: TileRecord) -> str:
     label, style = look(v).label, look(v).style
     dens = f"{rec.density / 1000:7.1f}k/MP" if rec.density is not None else " " * 10
     reason = printable(rec.reason or "")
-    late = f"  [dim]({rec.latency_ms / 1e3:.2f} s)[/]" if rec.latency_ms is not None else ""
+    late = f"  [dim](verdict {rec.latency_ms / 1e3:.2f} s after landing)[/]" if rec.latency_ms is not None else ""
     if v == "error":
         return f"[{style}]{label}[/] {_esc(reason)}{late}"
     extra = f"  {_esc(reason)}" if reason else ""

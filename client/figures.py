@@ -149,9 +149,8 @@ def section_map(view: "SectionView") -> bytes:
     ax.set_xlabel("column")
     ax.set_ylabel("row")
     ax.set_title(f"{view.name}: {view.measure}\nX defocus, A astigmatism (line: blur direction), P partial, o empty, ! error", fontsize=7)
-    bar = fig.colorbar(im, ax=ax, label=_label(view))
+    bar = fig.colorbar(im, ax=ax, label=f"{_label(view)}\nlimit {limit:.2f}: the black line")
     bar.ax.axhline(limit, color="black", lw=1.5)
-    bar.ax.text(1.05, limit, " limit", transform=bar.ax.get_yaxis_transform(), va="center", fontsize=7)
     return _png(fig)
 
 
@@ -172,14 +171,15 @@ def cell_maps(view: "SectionView") -> bytes | None:
         cells = [s.explanation.cells for s in shown]
         limit = shown[0].explanation.cell_limit or 1.0
         top = max([2.5 * limit] + [float(np.nanmax(c)) for c in cells if np.isfinite(c).any()])
-        scale = _Scale("RdYlGn_r", limit, 0.0, top, "px a cell adds to its tile's", "{:.1f}")
+        scale = _Scale("RdYlGn_r", limit, 0.0, top, f"blur a cell adds (px)\nlimit {limit:.1f}: the black line", "{:.1f}")
     else:
         cells = [np.maximum(np.asarray(s.fresh.focus_map, float), 0.01) for s in shown]
-        scale = _Scale("RdYlGn", 1.0, math.exp(-1.5), math.exp(1.5), "cell density / baseline (log scale)", "{:.1f}", log=True)
+        scale = _Scale("RdYlGn", 1.0, math.exp(-1.5), math.exp(1.5), "cell density / the section's (log scale)", "{:.1f}", log=True)
     fig = _small_multiples(shown, cells, scale)
     more = f" (first {MAX_MAPS} of {len(view.flagged)})" if len(view.flagged) > MAX_MAPS else ""
     what = "blurred cells of a partly defocused tile outlined" if by_blur else "feature density of each cell"
-    fig.suptitle(f"{view.name}: cells of the flagged tiles{more}; {what} (grey: not judged)", fontsize=8)
+    title = f"{view.name}: cells of the flagged tiles{more}; {what} (grey: not judged)"
+    fig.suptitle(textwrap.fill(title, 30 + 30 * min(6, len(shown))), fontsize=8)
     return _png(fig)
 
 
@@ -227,8 +227,6 @@ def _small_multiples(shown: "list[Shown]", cells: list[np.ndarray], scale: _Scal
         ax.axis("off")
     bar = fig.colorbar(im, ax=axes, shrink=0.8, label=scale.label)
     bar.ax.axhline(scale.centre, color="black", lw=1.5)
-    if not scale.log:
-        bar.ax.text(1.05, scale.centre, " limit", transform=bar.ax.get_yaxis_transform(), va="center", fontsize=7)
     return fig
 
 
@@ -273,9 +271,9 @@ def _tile_axis(ax: "Axes", shown: "list[Shown]") -> None:
         ax.set_xticks(range(len(shown)), [printable(s.rec.tile) for s in shown], rotation=70, fontsize=6)
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for i, s in enumerate(shown):
-        if s.verdict == "error":
-            ax.axvline(i, color=look("error").colour, alpha=0.3, lw=1)
+    errors = [i for i, s in enumerate(shown) if s.verdict == "error"]
+    for i in errors:
+        ax.axvline(i, color=look("error").colour, alpha=0.3, lw=1, label="error: no value" if i == errors[0] else None)
     ax.set_xlabel("tile (acquisition order)")
 
 

@@ -73,7 +73,7 @@ def section_state(
     for s in view.flagged:
         pair = thumbs.get(s.rec.tile)
         flagged.append({
-            "tile": s.rec.tile, "verdict": s.verdict, "kind": s.kind, "words": s.words, "reason": s.fresh.reason or s.rec.reason or "",
+            "tile": s.rec.tile, "verdict": s.verdict, "kind": s.kind, "words": s.words, "reason": s.reason,
             "image": _uri(pair.image) if pair else None, "neighbour": pair.neighbour if pair else None,
             "neighbour_image": _uri(pair.neighbour_image) if pair else None,
         })  # fmt: skip
@@ -105,7 +105,7 @@ def _row(s: Any) -> dict[str, Any]:
         "index": s.index, "tile": rec.tile, "verdict": s.verdict, "kind": s.kind, "recorded": rec.verdict,
         "section": s.fresh.verdict, "value": _num(e.value), "limit": _num(e.limit), "blur": _num(rec.blur),
         "blur_err": _num(rec.blur_err), "density": _num(rec.density, 0), "words": s.words,
-        "reason": s.fresh.reason if s.verdict != rec.verdict else rec.reason or s.fresh.reason or "",
+        "reason": s.reason,
         "latency": _num(None if rec.latency_ms is None else rec.latency_ms / 1e3), "scored_at": rec.scored_at,
     }  # fmt: skip
 

@@ -31,7 +31,8 @@ Everything is written to ``<section>/mhd-report/`` (each file replaced whole, so
     one per line: the tile id, a tab, and what to fix, e.g.
     ``tile_r1_c2.png<TAB>astigmatism 34 deg`` (turn the stigmators; blur
     along 34 degrees), ``...<TAB>defocus`` (refocus),
-    ``...<TAB>partial: cells 0,3 1,3 blurred`` or ``...<TAB>error``.
+    ``...<TAB>partial: cells 0,3 1,3 blurred`` or ``...<TAB>error: cannot decode ...``
+    (what went wrong: check the file, or image the tile again).
     ``cut -f1 mhd-reacquire.txt`` lists the ids alone. Re-imaged tiles
     written under the same names are scored again by the next ``client
     submit`` (or by a ``client watch`` that is running): their file's size
@@ -139,6 +140,16 @@ class Shown:
     def flagged(self) -> bool:
         """On the re-acquisition list: recorded or section ``oof``, or an error."""
         return self.verdict in (Verdict.OOF, Verdict.ERROR)
+
+    @property
+    def reason(self) -> str:
+        """Why, in words: the recorded reason where the recorded verdict is the one shown, else the whole
+        section's, said to be so (a tile flagged in hindsight)."""
+        if self.rec.verdict == self.verdict and self.rec.reason:
+            return self.rec.reason
+        if self.fresh.reason and self.fresh.verdict == self.verdict:
+            return f"against the whole section: {self.fresh.reason}"
+        return self.rec.reason or self.fresh.reason or ""
 
 
 @dataclass
@@ -305,7 +316,7 @@ def make_report(
     given = {
         "section": str(section),
         "results": str(results / RESULTS_NAME),
-        "positions": str(positions) if positions else "from the names",
+        "positions": str(positions) if positions else "from the names (r<row>_c<col>)" if view.positions else "none: no montage",
     }
     return _write(view, section, folder, {**given, **settings_of(view), **(settings or {})}, progress)
 

@@ -42,8 +42,8 @@ class Pair:
     image : bytes or None
         The tile, its blurred cells outlined.
     neighbour : str or None
-        The nearest ``ok`` tile (in the montage where positions are known, else in acquisition order; the
-        sharper of equally near ones), None when the section has none.
+        The nearest ``ok`` tile (in the montage where positions are known, the same row or column before a
+        diagonal; else in acquisition order; the sharper of equally near ones), None when the section has none.
     neighbour_image : bytes or None
     """
 
@@ -74,13 +74,14 @@ def neighbour(flagged: "Shown", view: "SectionView") -> "Shown | None":
     """The in-focus tile to compare ``flagged`` with (see :attr:`Pair.neighbour`)."""
     ok = [s for s in view.tiles if s.verdict == "ok" and s.explanation.value is not None]
 
-    def distance(s: "Shown") -> tuple[float, float]:
+    def distance(s: "Shown") -> tuple[float, float, float]:
         if flagged.position and s.position:
-            d = max(abs(flagged.position[0] - s.position[0]), abs(flagged.position[1] - s.position[1]))
+            dr, dc = abs(flagged.position[0] - s.position[0]), abs(flagged.position[1] - s.position[1])
+            near, along = max(dr, dc), dr + dc  # a ring of the montage, and in it the same row or column first
         else:
-            d = abs(flagged.index - s.index)
+            near = along = abs(flagged.index - s.index)
         value = s.explanation.value or 0.0
-        return d, value if s.explanation.worse_above else -value
+        return near, along, value if s.explanation.worse_above else -value
 
     return min(ok, key=distance, default=None)
 

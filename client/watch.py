@@ -56,6 +56,7 @@ class _Seen:
     size: int
     mtime_ns: int
     first_bad: float | None = None
+    first: float = 0.0  # when any version of the file was first seen (epoch seconds)
 
 
 @dataclass
@@ -111,7 +112,8 @@ class Landing:
         Returns
         -------
         list of (Tile, float)
-            Each tile and when it landed (its mtime, epoch seconds).
+            Each tile and when it landed (epoch seconds): its mtime, or when this watch first saw the file where
+            that is later (a copy that kept an old mtime).
         """
         ready = []
         now = time.time()
@@ -127,8 +129,10 @@ class Landing:
                 continue
             if self._complete(tile, size, mtime_ns, now):
                 self.done[tile.id] = (size, mtime_ns)
-                self._seen.pop(tile.id, None)
-                ready.append((Tile(tile.id, tile.path, size, mtime_ns), mtime_ns / 1e9))
+                seen = self._seen.pop(tile.id)
+                # landed: its last write, or when it was first seen where that is later (a copy that kept an old
+                # modification time, cp -p or rsync -t, or a tile already there when the watch started)
+                ready.append((Tile(tile.id, tile.path, size, mtime_ns), max(mtime_ns / 1e9, seen.first)))
         return ready
 
     def _note_partials(self, names: list[str]) -> None:
@@ -148,7 +152,7 @@ class Landing:
         prev = self._seen.get(tile.id)
         unchanged = prev is not None and (prev.size, prev.mtime_ns) == (size, mtime_ns)
         if not unchanged:
-            self._seen[tile.id] = _Seen(size, mtime_ns)
+            self._seen[tile.id] = _Seen(size, mtime_ns, first=prev.first if prev is not None else now)
             self.changed_at = time.monotonic()
         if not (unchanged or now - mtime_ns / 1e9 >= self.settle):
             return False

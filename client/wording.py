@@ -33,11 +33,12 @@ def describe(rec: TileRecord, units: str = "") -> str:
         ``astigmatism_angle`` in records without the blur's axes),
         ``"defocus"`` (``"defocus, est. 2.1 um"`` with a calibrated
         estimate), the reason of a ``partial`` tile
-        (``"partial: cells 0,3 1,3 low"``), ``"error"``, or the verdict.
+        (``"partial: cells 0,3 1,3 low"``), ``"error: cannot decode ..."`` (what went wrong), or the verdict.
     """
     kind = rec.kind
-    if rec.verdict == "error":
-        return "error"
+    if rec.verdict == "error":  # what went wrong, without the tile's name that the list already gives
+        why = str(rec.error or rec.reason or "").removeprefix(f"{rec.tile}: ").strip()
+        return f"error: {why}" if why else "error"
     if kind == "astigmatism":
         angle = finite(rec.blur_angle) if rec.blur_angle is not None else finite(rec.astigmatism_angle)
         return "astigmatism" if angle is None else f"astigmatism {angle:.0f} deg"

@@ -50,7 +50,7 @@ def test_report_writes_figures_csv_and_reacquire_list(tmp_path):
     assert (folder / "mhd-reacquire.txt").read_text().splitlines() == [
         "tile_r0_c2.png\tdefocus",
         "tile_r1_c1.png\tdefocus",
-        "tile_r1_c2.png\terror",
+        "tile_r1_c2.png\terror: cannot decode",
     ]
     assert "3 tile(s) to re-acquire" in out.output
 
@@ -149,7 +149,7 @@ def test_report_lists_what_to_fix_and_kinds_in_the_csv(tmp_path):
     assert (folder / "mhd-reacquire.txt").read_text().splitlines() == [
         "tile_r0_c1.png\tastigmatism 34 deg",
         "tile_r0_c2.png\tdefocus",
-        "tile_r0_c3.png\terror",
+        "tile_r0_c3.png\terror: cannot decode",
     ]
     rows = {r["tile"]: r for r in csv.DictReader((folder / "mhd-results.csv").open())}
     assert (rows["tile_r0_c1.png"]["kind"], rows["tile_r0_c1.png"]["section_kind"], rows["tile_r0_c1.png"]["astigmatism_angle"]) == (

@@ -320,7 +320,7 @@ def test_empty_ok_and_error_have_no_kind():
     ok = judge.add(scored_cells("fine", 1.02e4, astigmatism=0.0))[0]
     assert (ok.verdict, ok.kind) == ("ok", None)
     err = judge.add(TileRecord.failed("x", "cannot decode"))[0]
-    assert (err.verdict, err.kind, err.focus_map) == ("error", None, None) and describe(err) == "error"
+    assert (err.verdict, err.kind, err.focus_map) == ("error", None, None) and describe(err) == "error: cannot decode"
 
 
 def test_astigmatism_max_is_a_config_key_defaulting_to_the_detector_threshold(monkeypatch):

@@ -131,3 +131,20 @@ def test_landing_gives_up_give_up_seconds_after_it_first_found_a_file_incomplete
     clock[0] = start + 10.0
     assert sorted(t.id for t, _ in landing.poll()) == ["cut.png", "empty.png"]
     assert landing.poll() == [] and landing.pending == 0
+
+
+def test_a_copy_that_kept_an_old_modification_time_lands_when_it_is_seen(tmp_path):
+    """cp -p and rsync -t keep a file's old mtime: its time to verdict counts from when the watch saw it, not from
+    hours before; a file written now lands at its last write."""
+    old, new = tmp_path / "old.png", tmp_path / "new.png"
+    old.write_bytes((EXAMPLE / "tile_r0_c0.png").read_bytes())
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    before = time.time()
+    [(tile, landed)] = Landing(tmp_path, settle=1.0, give_up=100.0).poll()
+    assert tile.id == "old.png" and before <= landed <= time.time()
+    old.unlink()
+    new.write_bytes((EXAMPLE / "tile_r0_c0.png").read_bytes())
+    mtime = new.stat().st_mtime
+    landing = Landing(tmp_path, settle=0.0, give_up=100.0)
+    [(tile, landed)] = landing.poll()
+    assert tile.id == "new.png" and 0.0 <= landed - mtime < 1.0  # seen just after its last write
