@@ -872,6 +872,8 @@ def report(directory: Path, positions: Path | None, out: Path | None, results: P
     for path in (rep.page, rep.focus, rep.montage, rep.focus_maps, rep.density, rep.csv, rep.reacquire):
         if path is not None:
             click.echo(f"wrote {path}")
+    if rep.montage is None:
+        click.echo("no montage.png: the tile names carry no r<row>_c<col> (--positions CSV gives them)")
     click.echo(f"rule: {printable(rule_summary(rule))}")
     click.echo(f"{again} tile(s) to re-acquire; open {rep.page} in a browser")
 

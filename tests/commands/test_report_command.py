@@ -89,6 +89,7 @@ def test_report_without_positions_and_without_results(tmp_path):
     write_results(section, [fake(f"img{i}.png", 1e4) for i in range(5)])
     out = run("report", "--dir", section)
     assert out.exit_code == 0 and not (section / "mhd-report" / "montage.png").exists()
+    assert "no montage.png: the tile names carry no r<row>_c<col>" in out.output
     assert (section / "mhd-report" / "mhd-reacquire.txt").read_text() == ""
     (tmp_path / "empty").mkdir()
     none = run("report", "--dir", tmp_path / "empty")
