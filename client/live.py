@@ -217,6 +217,7 @@ class LiveServer:
 
     def __init__(self, address: tuple[str, int], waiting: dict[str, Any]) -> None:
         self._state = {**waiting, "version": 0}
+        self._serving: threading.Thread | None = None
         self._httpd = _bind(address, self)
 
     @property
@@ -232,8 +233,18 @@ class LiveServer:
         """Whether only this machine can reach it."""
         return self._httpd.server_address[0] in LOCAL_HOSTS or self._httpd.server_address[0].startswith("127.")
 
+    def accepts(self, host: str) -> bool:
+        """Whether a request naming ``host`` (its ``Host`` header) is answered: any, when the server listens on
+        other machines' behalf; bound to this machine only, just its loopback names, so that a web page elsewhere
+        cannot read the section through a name that it points here (DNS rebinding)."""
+        if not self.local:
+            return True
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return name.strip("[]").lower() in LOCAL_HOSTS or name.startswith("127.")
+
     def start(self) -> "LiveServer":
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="mhd-serve", daemon=True).start()
+        self._serving = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="mhd-serve", daemon=True)
+        self._serving.start()
         return self
 
     def publish(self, state: dict[str, Any]) -> None:
@@ -244,7 +255,9 @@ class LiveServer:
         return self._state
 
     def close(self) -> None:
-        self._httpd.shutdown()
+        """Stop serving (when started) and free the address."""
+        if self._serving is not None:
+            self._httpd.shutdown()
         self._httpd.server_close()
 
 
@@ -259,6 +272,8 @@ def _bind(address: tuple[str, int], server: LiveServer) -> http.server.Threading
         def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
             from .page import render_page
 
+            if not server.accepts(self.headers.get("Host", "")):
+                return self._send(421, "text/plain", b"this page answers to this machine's own address only\n")
             url = urlsplit(self.path)
             state = server.state()
             if url.path in ("/", "/index.html"):

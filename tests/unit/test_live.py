@@ -112,3 +112,25 @@ def test_watch_on_a_port_in_use_is_one_line_and_status_1(tmp_path):
         taken.close()
     bad = run("watch", "--dir", tmp_path, "--serve", "http")
     assert bad.exit_code == 64 and "expected [HOST:]PORT" in bad.output
+
+
+def test_a_page_on_this_machine_only_answers_to_its_loopback_names(tmp_path):
+    """DNS rebinding: a web page elsewhere that points a name of its own at 127.0.0.1 is refused (421)."""
+    import http.client
+
+    server = LiveServer(("127.0.0.1", 0), waiting_state("s", Rule(), {}, None)).start()
+    try:
+        port = int(server.url.rsplit(":", 1)[1].strip("/"))
+        for host, status in ((f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200), (f"evil.example:{port}", 421), ("", 421)):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.putrequest("GET", "/state.json", skip_host=True)
+            if host:
+                conn.putheader("Host", host)
+            conn.endheaders()
+            assert conn.getresponse().status == status, host
+            conn.close()
+    finally:
+        server.close()
+    lab = LiveServer(("0.0.0.0", 0), {})
+    assert not lab.local and lab.accepts("mhd-pc.lab.example:8000")  # named for the lab: any name it is reached by
+    lab.close()
