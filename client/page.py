@@ -257,7 +257,8 @@ function renderFlagged(s) {
   const cards = s.flagged.map(f => {
     const card = el("div", null, "card"); card.dataset.tile = f.tile;
     if (LIVE && rendered && !seen.has(f.tile)) card.classList.add("new");  // flagged since the page opened
-    card.append(el("h3", f.tile), el("div", f.words, "fix"), el("div", f.reason, "muted"));
+    card.append(el("h3", f.tile), el("div", f.words, "fix"));
+    if (f.reason && f.reason !== f.words) card.append(el("div", f.reason, "muted"));
     const pair = el("div", null, "pair");
     const outlined = f.kind === "partial" ? " (red: the blurred cells)" : "";
     for (const [src, cap] of [[f.image, f.tile + outlined], [f.neighbour_image, "in focus: " + (f.neighbour || "")]]) {
