@@ -118,13 +118,14 @@ class SectionPage:
             self._dirty = True
             self._wake.notify()
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Write the page a last time (when anything changed); the server, the caller's, goes on until it is closed."""
+    def close(self, unscored: int = 0) -> None:
+        """Write the page a last time, saying the watch ended and how many tiles it left unscored; waits for that
+        write (seconds on a section of thousands of tiles). The server, the caller's, goes on until it is closed."""
         with self._wake:
-            self._closing = True
+            self._closing, self._pending, self._dirty = True, unscored, True
             self._wake.notify()
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join()
 
     def state(self) -> dict[str, Any] | None:
         """The newest page state (None before the first look at the results)."""
@@ -132,7 +133,8 @@ class SectionPage:
 
     def _loop(self) -> None:
         """Build a new state for each change; draw and write everything when ``every`` seconds have passed since the
-        last full write (or when closing) and something changed since."""
+        last full write (or when closing) and something changed since. Each build is followed by a pause as long
+        as it took (at least :data:`MIN_INTERVAL`), so the page never takes more than half the client's time."""
         while True:
             with self._wake:
                 self._wake.wait_for(lambda: self._dirty or self._closing, timeout=self._until_due())
@@ -142,11 +144,12 @@ class SectionPage:
             if dirty or (self._stale and (due or closing)):
                 began = time.monotonic()
                 try:
-                    self._build(pending, verdicts, full=due or closing)
+                    self._build(pending, verdicts, full=due or closing, ended=closing)
                 except Exception as exc:  # a full disk, a tile gone: the watch goes on, the log says why
                     log.warning("the section page was not updated: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
-                with self._wake:  # news meanwhile is taken together, in one state at most a second later
-                    self._wake.wait_for(lambda: self._closing, timeout=max(0.0, began + MIN_INTERVAL - time.monotonic()))
+                took = time.monotonic() - began
+                with self._wake:  # news meanwhile is taken together, in one state after the pause
+                    self._wake.wait_for(lambda: self._closing, timeout=max(MIN_INTERVAL, took) - took)
             if closing:
                 return
 
@@ -154,36 +157,33 @@ class SectionPage:
         """Seconds until the figures are due again, while a change is not yet drawn; None (wait for news) else."""
         return max(0.05, self._written + self.every - time.monotonic()) if self._stale else None
 
-    def _build(self, pending: int, verdicts: int, full: bool) -> None:
+    def _build(self, pending: int, verdicts: int, full: bool, ended: bool = False) -> None:
+        """A new state from the results log as recorded, published at once; with ``full`` the figures are then
+        drawn and the folder written, and the state published again with them."""
         from .page import section_state
-        from .report import SectionView, make_report, settings_of, view_section
+        from .report import settings_of, view_section, write_report
         from .thumbs import thumbnails
 
         records, _ = read_records(self.results / RESULTS_NAME)
         elapsed = time.monotonic() - self._started
         progress = {"pending": pending, "rate": round(60.0 * verdicts / max(elapsed, 1e-9), 2), "elapsed": round(elapsed, 1)}
-        settings = {"section": str(self.section), **self.settings}
+        if ended:
+            progress["ended"] = True
+        settings = {"section": str(self.section), "results": str(self.results / RESULTS_NAME), **self.settings}
         if not records:  # no verdict yet (the warm-up holds them): the rule, the settings and the tiles pending
             return self._publish(waiting_state(self.section.name, self.rule, settings, progress))
-        self._stale = not full
-        if full:
-            rep = make_report(
-                self.section,
-                self.rule,
-                out=self.folder,
-                results=self.results,
-                records=records.values(),
-                settings=settings,
-                progress=progress,
-            )
-            self._written = time.monotonic()
-            self._figures = {p.name: p.read_bytes() for p in (rep.focus, rep.montage, rep.focus_maps, rep.density) if p is not None}
-            self._drawn_at = len(records)
-            view: SectionView = rep.view  # type: ignore[assignment]
-        else:
-            view = view_section(self.section.name, records.values(), self.rule)
+        view = view_section(self.section.name, records.values(), self.rule)
         settings = {**settings, **settings_of(view)}
         self._publish(section_state(view, settings, progress, self._figures, thumbnails(self.section, view), drawn_at=self._drawn_at))
+        self._stale = not full
+        if full:
+            began = time.monotonic()
+            rep = write_report(view, self.section, self.folder, settings, progress)
+            self._figures = {p.name: p.read_bytes() for p in (rep.focus, rep.montage, rep.focus_maps, rep.density) if p is not None}
+            self._drawn_at = len(records)
+            self._publish(section_state(view, settings, progress, self._figures, thumbnails(self.section, view)))
+            self._written = time.monotonic()
+            self.every = max(self.every, 3 * (self._written - began))  # a large section: the figures at most a third of the time
 
     def _publish(self, state: dict[str, Any]) -> None:
         self._version += 1
@@ -292,6 +292,10 @@ def _bind(address: tuple[str, int], server: LiveServer) -> http.server.Threading
             self.end_headers()
             if body:
                 self.wfile.write(body)
+
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            if int(code) >= 400 if str(code).isdigit() else True:  # a page's polls, once a second, are not logged
+                log.debug("page: %s %s", self.requestline, code)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             log.debug("page: " + format, *args)

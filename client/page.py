@@ -238,8 +238,10 @@ function render() {
   }));
   const p = s.progress;
   const ttv = p && p.time_to_verdict !== null ? fmt(p.time_to_verdict, 1) + " s" : "-";
-  document.getElementById("progress").textContent = !p ? "" :
-    `${p.pending} tile(s) pending; ${fmt(p.rate, 1)} verdicts/min; time to verdict ${ttv} (median); running ${fmt(p.elapsed / 60, 1)} min`;
+  const rates = p ? `${fmt(p.rate, 1)} verdicts/min; time to verdict ${ttv} (median)` : "";
+  document.getElementById("progress").textContent = !p ? "" : p.ended ?
+    `The watch ended after ${fmt(p.elapsed / 60, 1)} min (${rates}); ${p.pending} tile(s) not scored yet: the next run scores them.` :
+    `${p.pending} tile(s) pending; ${rates}; running ${fmt(p.elapsed / 60, 1)} min`;
   renderFlagged(s);
   const figs = document.getElementById("figures");
   figs.replaceChildren(...s.figures.map(f => {
@@ -267,6 +269,8 @@ function renderFlagged(s) {
       fig.append(img, el("figcaption", cap)); pair.append(fig);
     }
     card.append(pair);
+    const none = "no thumbnail: the page shows those of the first 48 tiles to re-acquire";
+    if (!f.image && f.verdict !== "error") card.append(el("div", none, "muted"));
     return card;
   });
   document.getElementById("flagged").replaceChildren(...cards);
@@ -307,7 +311,8 @@ async function poll() {
     if (r.status === 200) { state = await r.json(); render(); }
     badge.classList.remove("stale"); badge.textContent = "live";
   } catch (e) {
-    badge.classList.add("stale"); badge.textContent = "not updating: the watch has stopped";
+    badge.classList.add("stale");
+    badge.textContent = "not updating: the watch has stopped; its last page is mhd-report/index.html beside the results (Settings)";
   }
   setTimeout(poll, 1000);
 }

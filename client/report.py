@@ -312,13 +312,12 @@ def make_report(
         raise FileNotFoundError(f"{results / RESULTS_NAME}: no results yet; run 'client submit --dir {section}{where}' first")
     view = view_section(section.name, records, rule, positions)
     folder = out or results / REPORT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
     given = {
         "section": str(section),
         "results": str(results / RESULTS_NAME),
         "positions": str(positions) if positions else "from the names (r<row>_c<col>)" if view.positions else "none: no montage",
     }
-    return _write(view, section, folder, {**given, **settings_of(view), **(settings or {})}, progress)
+    return write_report(view, section, folder, {**given, **settings_of(view), **(settings or {})}, progress)
 
 
 def settings_of(view: SectionView) -> dict[str, str]:
@@ -337,7 +336,10 @@ def settings_of(view: SectionView) -> dict[str, str]:
     }
 
 
-def _write(view: SectionView, section: Path, folder: Path, settings: dict[str, str], progress: dict | None) -> Report:
+def write_report(view: SectionView, section: Path, folder: Path, settings: dict[str, str], progress: dict | None) -> Report:
+    """Write the report of ``view`` into ``folder`` (made): the list and the CSV first, then the figures and the
+    page, each file replaced whole; ``section`` is where the thumbnails are read."""
+    folder.mkdir(parents=True, exist_ok=True)
     from . import figures
     from .page import render_page, section_state
     from .thumbs import thumbnails

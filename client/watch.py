@@ -234,10 +234,12 @@ def watch_section(section: Path, cfg: Config, console: Console, options: RunOpti
                 page.update(sum(reporter.counts.values()), pending)
 
             run.drive(lambda pipe: _follow(pipe, landing, poll, options.idle_exit, run.stop, news), reporter, what="stopping")
-            news(0)
         finally:
-            page.close()
-    return run.outcome(reporter, discover(section), interrupted=False)
+            found = discover(section)
+            unscored = sum(t.id not in run.results.records for t in found.tiles)
+            console.print(f"writing the section's page ({page.folder / 'index.html'}) ...", highlight=False)
+            page.close(unscored)
+    return run.outcome(reporter, found, interrupted=False)
 
 
 #: Longest single wait of the watch loop (seconds): how soon it sees Ctrl-C.

@@ -93,9 +93,11 @@ def test_the_folder_is_written_at_once_then_at_most_every_period_and_at_the_end(
     page.update(verdicts=10, pending=0)
     _until(lambda: page.state() is not None and page.state()["total"] == 10)  # the new state at once
     assert (folder / "index.html").stat().st_mtime_ns == first  # the files within the period: not yet
-    page.close()
+    page.close(unscored=2)  # the watch ended with two tiles seen and not scored
     written = (folder / "index.html").read_text()
     assert '"total":10' in written and "tile_r0_c9.png" in (folder / "mhd-results.csv").read_text()
+    assert page.state()["progress"]["ended"] is True and page.state()["progress"]["pending"] == 2
+    assert '"ended":true' in written and '"pending":2' in written
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]  # every file replaced whole
 
 
