@@ -311,10 +311,12 @@ class Judge:
     def __init__(self, rule: Rule, prior: Iterable[TileRecord] = ()) -> None:
         self.rule = rule
         self._pool: dict[str, float] = {}
+        self._base: Baseline | None = None  # of the pool, None when it changed since
         self._blur: dict[str, BlurPoint] = {}
         self._reference: BlurReference | None = None  # of self._blur, None when it changed since
         self._cell_spread: dict[str, float] = {}
         self._cell_median: dict[str, float] = {}
+        self._cells: tuple[float | None, float] | None = None  # medians of the two above, None when they changed since
         self._pending: list[TileRecord] = []
         self._order: list[str] = []  # tiles expected and not yet arrived, in section order
         self._held: dict[str, TileRecord] = {}  # arrived ahead of an earlier expected tile
@@ -324,6 +326,7 @@ class Judge:
 
     def _enter(self, rec: TileRecord) -> None:
         self._pool[rec.tile] = log_density(rec.density)
+        self._base = None
         point = BlurPoint.of(rec)
         if point is not None:
             self._blur[rec.tile] = point
@@ -331,8 +334,10 @@ class Judge:
         within = self._within_tile(rec)
         if within is not None:
             self._cell_median[rec.tile], self._cell_spread[rec.tile] = within
+            self._cells = None
         elif rec.median_cell_blur() is not None:  # a record kept without its cells (a resumed run)
             self._cell_median[rec.tile] = rec.median_cell_blur() ** 2
+            self._cells = None
 
     @property
     def _on_blur(self) -> bool:
@@ -349,8 +354,17 @@ class Judge:
         ``partial_blur**2``, and ``blur_k`` times the section's typical spread of cells within a tile (the median over
         its tiles of :meth:`_within_tile`'s): a section whose fields mix smooth and detailed regions (particles on a
         support) needs more than one of homogeneous tissue."""
-        spread = float(np.median(np.fromiter(self._cell_spread.values(), float))) if self._cell_spread else 0.0
+        spread = self._cell_medians()[1]
         return max(self.rule.partial_blur**2, self.rule.blur_k * spread)
+
+    def _cell_medians(self) -> tuple[float | None, float]:
+        """The section's typical median cell (px^2; None before any) and typical spread of cells within a tile
+        (px^2; 0 before any), kept until a tile changes them."""
+        if self._cells is None:
+            median = float(np.median(np.fromiter(self._cell_median.values(), float))) if self._cell_median else None
+            spread = float(np.median(np.fromiter(self._cell_spread.values(), float))) if self._cell_spread else 0.0
+            self._cells = (median, spread)
+        return self._cells
 
     def _within_tile(self, rec: TileRecord) -> tuple[float, float] | None:
         """Median and spread (px^2) of the squared blur of a record's judged cells; None without cells.
@@ -450,10 +464,12 @@ class Judge:
             return Baseline(math.nan, math.nan, len(self._pool), cal.log_threshold)
         if not self._pool:
             return Baseline(math.nan, math.nan, 0, -math.inf)
-        x = np.fromiter(self._pool.values(), float)
-        m = float(np.median(x))
-        s = MAD_TO_SIGMA * float(np.median(np.abs(x - m)))
-        return Baseline(m, s, x.size, m - max(self.rule.oof_k * s, self.rule.oof_min_drop))
+        if self._base is None:
+            x = np.fromiter(self._pool.values(), float)
+            m = float(np.median(x))
+            s = MAD_TO_SIGMA * float(np.median(np.abs(x - m)))
+            self._base = Baseline(m, s, x.size, m - max(self.rule.oof_k * s, self.rule.oof_min_drop))
+        return self._base
 
     def explain(self, rec: TileRecord) -> Explanation:
         """``rec`` on the measure its verdict uses, against the section as the judge holds it now (a report
@@ -483,7 +499,8 @@ class Judge:
             return None
         err = _finite_cells(rec.blur_cells_err)
         err = np.zeros_like(blur) if err is None or err.shape != blur.shape else np.nan_to_num(err)
-        typical = float(np.median(np.fromiter(self._cell_median.values(), float))) if self._cell_median else within[0]
+        typical = self._cell_medians()[0]
+        typical = within[0] if typical is None else typical
         with np.errstate(invalid="ignore"):
             added = np.sqrt(np.clip(np.square(np.clip(blur - err, 0.0, None)) - min(within[0], typical), 0.0, None))
         return np.where(self._judged(rec, blur), added, np.nan)
@@ -504,10 +521,12 @@ class Judge:
         verdict, kind, reason = self._decide(rec, x, base)
         if verdict == "empty":
             self._pool.pop(rec.tile, None)
+            self._base = None
             if self._blur.pop(rec.tile, None) is not None:
                 self._reference = None
             self._cell_spread.pop(rec.tile, None)
             self._cell_median.pop(rec.tile, None)
+            self._cells = None
             fmap = None
         else:
             fmap = focus_map(rec, cal.intercept if cal is not None and cal.measure == "count" else base.median)
