@@ -94,7 +94,6 @@ class SectionPage:
         self._seen = (-1, -1)
         self._closing = False
         self._dirty = False
-        self._state: dict[str, Any] | None = None
         self._version = 0
         self._started = time.monotonic()
         self._verdicts = 0
@@ -127,10 +126,6 @@ class SectionPage:
         if self._thread.is_alive():
             self._thread.join()
 
-    def state(self) -> dict[str, Any] | None:
-        """The newest page state (None before the first look at the results)."""
-        return self._state
-
     def _loop(self) -> None:
         """Build a new state for each change; draw and write everything when ``every`` seconds have passed since the
         last full write (or when closing) and something changed since. Each build is followed by a pause as long
@@ -158,12 +153,15 @@ class SectionPage:
         return max(0.05, self._written + self.every - time.monotonic()) if self._stale else None
 
     def _build(self, pending: int, verdicts: int, full: bool, ended: bool = False) -> None:
-        """A new state from the results log as recorded, published at once; with ``full`` the figures are then
-        drawn and the folder written, and the state published again with them."""
+        """A new state from the results log as recorded, served at once; with ``full`` the figures are then drawn
+        and the folder written, and the state served again with them. Without a server only ``full`` does work."""
         from .page import section_state
         from .report import settings_of, view_section, write_report
         from .thumbs import thumbnails
 
+        if self.server is None and not full:  # nobody to show a state to: the folder's next write has the news
+            self._stale = True
+            return
         records, _ = read_records(self.results / RESULTS_NAME)
         elapsed = time.monotonic() - self._started
         progress = {"pending": pending, "rate": round(60.0 * verdicts / max(elapsed, 1e-9), 2), "elapsed": round(elapsed, 1)}
@@ -174,22 +172,23 @@ class SectionPage:
             return self._publish(waiting_state(self.section.name, self.rule, settings, progress))
         view = view_section(self.section.name, records.values(), self.rule)
         settings = {**settings, **settings_of(view)}
-        self._publish(section_state(view, settings, progress, self._figures, thumbnails(self.section, view), drawn_at=self._drawn_at))
+        if self.server is not None:
+            self._publish(section_state(view, settings, progress, self._figures, thumbnails(self.section, view), drawn_at=self._drawn_at))
         self._stale = not full
         if full:
             began = time.monotonic()
             rep = write_report(view, self.section, self.folder, settings, progress)
             self._figures = {p.name: p.read_bytes() for p in (rep.focus, rep.montage, rep.focus_maps, rep.density) if p is not None}
             self._drawn_at = len(records)
-            self._publish(section_state(view, settings, progress, self._figures, thumbnails(self.section, view)))
+            if self.server is not None:
+                self._publish(section_state(view, settings, progress, self._figures, thumbnails(self.section, view)))
             self._written = time.monotonic()
             self.every = max(self.every, 3 * (self._written - began))  # a large section: the figures at most a third of the time
 
     def _publish(self, state: dict[str, Any]) -> None:
         self._version += 1
-        self._state = {**state, "version": self._version}
         if self.server is not None:
-            self.server.publish(self._state)
+            self.server.publish({**state, "version": self._version})
 
 
 def waiting_state(name: str, rule: Rule, settings: dict[str, str], progress: dict[str, Any] | None) -> dict[str, Any]:

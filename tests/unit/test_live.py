@@ -84,20 +84,22 @@ def test_the_server_answers_the_page_and_newer_states_only(tmp_path):
 
 def test_the_folder_is_written_at_once_then_at_most_every_period_and_at_the_end(tmp_path):
     section = _section(tmp_path)
-    page = SectionPage(section, section, Rule(), {}, every=3600).start()
+    server = LiveServer(("127.0.0.1", 0), waiting_state("s", Rule(), {}, None))  # what it is given to serve
+    page = SectionPage(section, section, Rule(), {}, server, every=3600).start()
     folder = section / REPORT_DIR
     page.update(verdicts=9, pending=0)
     _until(lambda: (folder / "index.html").exists())
     first = (folder / "index.html").stat().st_mtime_ns
     write_results(section, [fake(f"tile_r0_c{c}.png", 1.4e4, blur=0.8 + 0.01 * c, blur_err=0.02) for c in range(10)])
     page.update(verdicts=10, pending=0)
-    _until(lambda: page.state() is not None and page.state()["total"] == 10)  # the new state at once
+    _until(lambda: server.state()["total"] == 10)  # the new state at once
     assert (folder / "index.html").stat().st_mtime_ns == first  # the files within the period: not yet
     page.close(unscored=2)  # the watch ended with two tiles seen and not scored
     written = (folder / "index.html").read_text()
     assert '"total":10' in written and "tile_r0_c9.png" in (folder / "mhd-results.csv").read_text()
-    assert page.state()["progress"]["ended"] is True and page.state()["progress"]["pending"] == 2
+    assert server.state()["progress"]["ended"] is True and server.state()["progress"]["pending"] == 2
     assert '"ended":true' in written and '"pending":2' in written
+    server.close()
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]  # every file replaced whole
 
 
