@@ -11,13 +11,15 @@ rewritten, at most every ``every`` seconds and when the watch ends. Every file
 is replaced whole (:func:`mhd.client.report.write_atomic`).
 
 The server (:class:`http.server.ThreadingHTTPServer`, standard library) answers
-``GET /`` with the live page and ``GET /state.json?v=N`` with the newest state,
-or 204 while version ``N`` is still the newest; nothing else. It binds to
+``GET /`` with the live page, ``GET /state.json?v=N`` with the newest state
+(or 204 while version ``N`` is still the newest) and ``GET /img/NAME`` with the
+images that state links to; nothing else. It binds to
 localhost unless a host is named.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import logging
@@ -173,7 +175,8 @@ class SectionPage:
         view = view_section(self.section.name, records.values(), self.rule)
         settings = {**settings, **settings_of(view)}
         if self.server is not None:
-            self._publish(section_state(view, settings, progress, self._figures, thumbnails(self.section, view), drawn_at=self._drawn_at))
+            thumbs = thumbnails(self.section, view)
+            self._publish(section_state(view, settings, progress, self._figures, thumbs, self._drawn_at, self.server.link))
         self._stale = not full
         if full:
             began = time.monotonic()
@@ -181,7 +184,7 @@ class SectionPage:
             self._figures = {p.name: p.read_bytes() for p in (rep.focus, rep.montage, rep.focus_maps, rep.density) if p is not None}
             self._drawn_at = len(records)
             if self.server is not None:
-                self._publish(section_state(view, settings, progress, self._figures, thumbnails(self.section, view)))
+                self._publish(section_state(view, settings, progress, self._figures, thumbnails(self.section, view), link=self.server.link))
             self._written = time.monotonic()
             self.every = max(self.every, 3 * (self._written - began))  # a large section: the figures at most a third of the time
 
@@ -205,8 +208,9 @@ class LiveServer:
     """The live page's server (``watch --serve``), bound when made, before the section's folder need exist.
 
     It answers ``GET /`` with the live page of the newest state :meth:`publish`-ed (until the first, a page
-    that waits for the section), ``GET /state.json?v=N`` with that state, or 204 while it is version ``N``;
-    anything else 404. The standard library's :class:`http.server.ThreadingHTTPServer`, on a thread of its own.
+    that waits for the section), ``GET /state.json?v=N`` with that state, or 204 while it is version ``N``,
+    ``GET /img/NAME`` with an image the state links to (:meth:`link`); anything else 404. The standard
+    library's :class:`http.server.ThreadingHTTPServer`, on a thread of its own.
 
     Raises
     ------
@@ -216,6 +220,9 @@ class LiveServer:
 
     def __init__(self, address: tuple[str, int], waiting: dict[str, Any]) -> None:
         self._state = {**waiting, "version": 0}
+        self._images: dict[str, bytes] = {}  # by name: those of the state served, and of the one before
+        self._linked: dict[str, bytes] = {}  # those of the state being made
+        self._last: set[str] = set()  # the names of the state served
         self._serving: threading.Thread | None = None
         self._httpd = _bind(address, self)
 
@@ -246,12 +253,29 @@ class LiveServer:
         self._serving.start()
         return self
 
+    def link(self, image: bytes) -> str:
+        """The URL the page fetches ``image`` from (named by its content: a browser fetches each once), served from
+        the next :meth:`publish` on. The state carries links instead of the images themselves, so a page that asks
+        for each new state does not download every thumbnail and figure again."""
+        from .page import image_kind
+
+        name = f"{hashlib.sha256(image).hexdigest()[:24]}.{'png' if image_kind(image) == 'png' else 'jpg'}"
+        self._linked[name] = image
+        return f"img/{name}"
+
     def publish(self, state: dict[str, Any]) -> None:
-        """Serve ``state`` from now on (its ``version`` grows with each)."""
+        """Serve ``state`` from now on (its ``version`` grows with each), and its images; those of the state before
+        are kept for a page that is still fetching them, older ones dropped (a night's figures would fill memory)."""
+        current = {name: self._images[name] for name in self._last if name in self._images}
+        self._images, self._last, self._linked = {**current, **self._linked}, set(self._linked), {}
         self._state = state
 
     def state(self) -> dict[str, Any]:
         return self._state
+
+    def image(self, name: str) -> bytes | None:
+        """An image of the state served (or the one before), by the name :meth:`link` gave it."""
+        return self._images.get(name)
 
     def close(self) -> None:
         """Stop serving (when started) and free the address."""
@@ -277,16 +301,22 @@ def _bind(address: tuple[str, int], server: LiveServer) -> http.server.Threading
             state = server.state()
             if url.path in ("/", "/index.html"):
                 return self._send(200, "text/html; charset=utf-8", render_page(state, live=True).encode())
+            if url.path.startswith("/img/"):
+                image = server.image(url.path[len("/img/") :])
+                if image is None:
+                    return self._send(404, "text/plain", b"not found\n")
+                kind = "image/png" if url.path.endswith(".png") else "image/jpeg"
+                return self._send(200, kind, image, cache="public, max-age=86400, immutable")  # named by its content
             if url.path == "/state.json":
                 if parse_qs(url.query).get("v", [""])[0] == str(state["version"]):
                     return self._send(204, "application/json", b"")
                 return self._send(200, "application/json", json.dumps(state, allow_nan=False).encode())
             self._send(404, "text/plain", b"not found\n")
 
-        def _send(self, status: int, kind: str, body: bytes) -> None:
+        def _send(self, status: int, kind: str, body: bytes, cache: str = "no-store") -> None:
             self.send_response(status)
             self.send_header("Content-Type", kind)
-            self.send_header("Cache-Control", "no-store")
+            self.send_header("Cache-Control", cache)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if body:

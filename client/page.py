@@ -17,7 +17,7 @@ import base64
 import json
 import math
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from mhd import __version__
 from mhd.contracts.record import finite
@@ -47,6 +47,7 @@ def section_state(
     figures: dict[str, bytes],
     thumbs: "dict[str, Pair]",
     drawn_at: int | None = None,
+    link: Callable[[bytes], str] | None = None,
 ) -> dict[str, Any]:
     """The page's data (JSON-able).
 
@@ -64,7 +65,11 @@ def section_state(
         The flagged tiles' thumbnails (:func:`mhd.client.thumbs.thumbnails`).
     drawn_at : int, optional
         Tiles the figures show, when fewer than the view's (a live page redraws them less often).
+    link : callable, optional
+        ``link(image bytes) -> URL`` of an image the live page's server holds; by default images are embedded
+        (``data:`` URIs: the page needs no other file).
     """
+    ref = link or _uri
     counts = {v.value: 0 for v in Verdict}
     for s in view.tiles:
         counts[s.verdict] = counts.get(s.verdict, 0) + 1
@@ -74,8 +79,8 @@ def section_state(
         pair = thumbs.get(s.rec.tile)
         flagged.append({
             "tile": s.rec.tile, "verdict": s.verdict, "kind": s.kind, "words": s.words, "reason": s.reason,
-            "image": _uri(pair.image) if pair else None, "neighbour": pair.neighbour if pair else None,
-            "neighbour_image": _uri(pair.neighbour_image) if pair else None,
+            "image": _ref(ref, pair.image) if pair else None, "neighbour": pair.neighbour if pair else None,
+            "neighbour_image": _ref(ref, pair.neighbour_image) if pair else None,
         })  # fmt: skip
     return {
         "version": 0,
@@ -91,7 +96,7 @@ def section_state(
         "colours": {v.value: _css(look(v.value).colour) for v in Verdict},
         "flagged": flagged,
         "figures": [
-            {"name": n, "caption": c, "src": _uri(figures[n]), "drawn_at": len(view.tiles) if drawn_at is None else drawn_at}
+            {"name": n, "caption": c, "src": ref(figures[n]), "drawn_at": len(view.tiles) if drawn_at is None else drawn_at}
             for n, c in FIGURES.items()
             if figures.get(n)
         ],
@@ -122,12 +127,18 @@ def _median(values: list[float]) -> float | None:
     return round(ordered[len(ordered) // 2], 2)
 
 
-def _uri(image: bytes | None) -> str | None:
+def _uri(image: bytes) -> str:
     """A PNG or JPEG as a ``data:`` URI (the page needs no other file)."""
-    if image is None:
-        return None
-    kind = "png" if image.startswith(b"\x89PNG") else "jpeg"
-    return f"data:image/{kind};base64," + base64.b64encode(image).decode("ascii")
+    return f"data:image/{image_kind(image)};base64," + base64.b64encode(image).decode("ascii")
+
+
+def _ref(ref: Callable[[bytes], str], image: bytes | None) -> str | None:
+    return None if image is None else ref(image)
+
+
+def image_kind(image: bytes) -> str:
+    """``"png"`` or ``"jpeg"``: the report's images are one or the other."""
+    return "png" if image.startswith(b"\x89PNG") else "jpeg"
 
 
 def _css(colour: str) -> str:

@@ -159,6 +159,9 @@ def test_the_live_page_shows_a_flagged_tile_as_its_verdict_lands(tmp_path, brows
         assert rows(browser) == len(sharp) + 1
         card = browser.find_element(By.CSS_SELECTOR, '#flagged .card[data-tile="tile_r1_c2.png"]')
         assert "defocus" in card.text and "new" in card.get_attribute("class")
+        thumbs = card.find_elements(By.CSS_SELECTOR, "img")  # linked from the state, served by the watch
+        WebDriverWait(browser, 30, 0.2).until(lambda d: all(d.execute_script("return arguments[0].naturalWidth", i) > 0 for i in thumbs))
+        assert len(thumbs) == 2 and all("/img/" in i.get_attribute("src") for i in thumbs)
         counts = {s.get_attribute("data-verdict"): s.text for s in browser.find_elements(By.CSS_SELECTOR, "#counts span")}
         assert counts["oof"] == "oof 1" and counts["ok"] == f"ok {len(sharp)}"
         assert "pending" in browser.find_element(By.ID, "progress").text

@@ -66,12 +66,15 @@ def test_the_server_answers_the_page_and_newer_states_only(tmp_path):
         assert status == 200 and json.loads(body)["progress"]["pending"] == 3 and json.loads(body)["total"] == 0
         write_results(section, [fake(f"tile_r0_c{c}.png", 1.4e4, blur=0.8 + 0.01 * c, blur_err=0.02) for c in range(9)])
         page.update(verdicts=9, pending=2)
-        _until(lambda: server.state()["version"] == 2)
+        _until(lambda: server.state()["version"] == 3)  # the verdicts at once (2), then with the figures drawn (3)
         status, body = _get(f"{server.url}state.json?v=1")
         state = json.loads(body)
-        assert status == 200 and state["version"] == 2 and state["total"] == 9 and state["progress"]["pending"] == 2
-        assert _get(f"{server.url}state.json?v=2")[0] == 204  # nothing newer
-        for path in ("mhd-results.jsonl", "../s/mhd-results.jsonl", "tile_r0_c0.png"):
+        assert status == 200 and state["version"] == 3 and state["total"] == 9 and state["progress"]["pending"] == 2
+        assert _get(f"{server.url}state.json?v=3")[0] == 204  # nothing newer
+        figures = [f["src"] for f in state["figures"]]  # linked, not inside the state: fetched once each
+        assert figures and all(src.startswith("img/") and src.endswith(".png") for src in figures)
+        assert all(_get(server.url + src)[1][:8] == b"\x89PNG\r\n\x1a\n" for src in figures)
+        for path in ("mhd-results.jsonl", "../s/mhd-results.jsonl", "tile_r0_c0.png", "img/0123.png", "img/../state.json"):
             with pytest.raises(urllib.error.HTTPError) as refused:
                 _get(server.url + path)
             assert refused.value.code == 404
