@@ -24,6 +24,7 @@ from mhd.contracts.record import finite
 from mhd.contracts.verdicts import Verdict, look
 
 from .rule import rule_summary
+from .thumbs import MAX_THUMBS
 
 if TYPE_CHECKING:
     from .report import SectionView
@@ -95,6 +96,7 @@ def section_state(
         "progress": None if progress is None else {**progress, "time_to_verdict": _median(latencies[-50:])},
         "colours": {v.value: _css(look(v.value).colour) for v in Verdict},
         "flagged": flagged,
+        "max_thumbs": MAX_THUMBS,
         "figures": [
             {"name": n, "caption": c, "src": ref(figures[n]), "drawn_at": len(view.tiles) if drawn_at is None else drawn_at}
             for n, c in FIGURES.items()
@@ -280,7 +282,7 @@ function renderFlagged(s) {
       fig.append(img, el("figcaption", cap)); pair.append(fig);
     }
     card.append(pair);
-    const none = "no thumbnail: the page shows those of the first 48 tiles to re-acquire";
+    const none = `no thumbnail: the page shows those of the first ${s.max_thumbs} tiles to re-acquire`;
     if (!f.image && f.verdict !== "error") card.append(el("div", none, "muted"));
     return card;
   });
