@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
 import sys
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -76,16 +77,38 @@ def _read(path: Path) -> np.ndarray:
     return trim_frame(image.astype(np.uint8) if image.dtype.kind == "f" and image.max() <= 255 else image)
 
 
+#: The file of each field of each set (:func:`load_sets`).
+FILES: dict[str, list[Path]] = {}
+#: Blur (px) a slow SEM scan's defocus adds by its microscope's record (``bench/focus_record.py``): up to this it is
+#: in focus, from :data:`DEFOCUSED` out of focus (a 1.7 px disk adds 0.85 px); between, not counted.
+IN_FOCUS = 0.5
+DEFOCUSED = 0.85
+
+
 def load_sets(extra: list[str]) -> dict[str, list[np.ndarray]]:
     """The sets of fields: ISBI slices, the SEM slow scans (30 us, as acquired), and ``extra`` folders."""
-    sets = {
-        "isbi": [iio.imread(f) for f in sorted(ISBI.glob("*.png"))],
-        "sem-slow": [_read(f) for f in sorted((KRISS / "time").glob("slow_30us_*.png"))],
-    }
+    FILES["isbi"] = sorted(ISBI.glob("*.png"))
+    FILES["sem-slow"] = sorted((KRISS / "time").glob("slow_30us_*.png"))
     for folder in extra:
-        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff"))
-        sets[Path(folder).name] = [_read(f) for f in files]
-    return sets
+        FILES[Path(folder).name] = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff"))
+    return {name: [iio.imread(f) if name == "isbi" else _read(f) for f in files] for name, files in FILES.items()}
+
+
+def record_focus(originals: Path | None) -> dict[tuple[str, int], str]:
+    """``"in focus"``, ``"defocused"`` or ``"between"`` for each slow SEM scan of :data:`FILES` by its microscope's
+    record (:func:`focus_record.record_defocus`); fields without a record are not in it (taken as in focus)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from focus_record import record_defocus
+
+    added = record_defocus(originals)
+    out = {}
+    for name, files in FILES.items():
+        for i, f in enumerate(files):
+            m = re.fullmatch(r"(?:slow_30us|30us)_(\d{3})", f.stem)
+            if m and m.group(1) in added:
+                a = added[m.group(1)]
+                out[name, i] = "in focus" if a <= IN_FOCUS else "defocused" if a >= DEFOCUSED else "between"
+    return out
 
 
 def _scored(key: tuple, image: np.ndarray) -> dict:
@@ -220,20 +243,24 @@ def _rule(args: argparse.Namespace) -> Rule:
 def cmd_sections(args: argparse.Namespace) -> None:
     radii = (1.5, 2.0, 3.0)
     secs, recs = _run(args, [(r, None) for r in radii], fast_slow=True)
+    focus = record_focus(args.originals)
     rule = _rule(args)
-    table: dict[str, dict[float, list[int]]] = {}
+    table: dict[str, dict[object, list[int]]] = {}
     for name, tiles in secs:
         verdicts = judged([recs[k] for k, _ in tiles], rule)
-        row = table.setdefault(name, {r: [0, 0] for r in (0.0, *radii)})
-        for (_, r), rec in zip(tiles, verdicts):
-            row[r][0] += rec.verdict == "oof"
-            row[r][1] += 1
-            if r == 0.0 and rec.verdict == "oof" and args.verbose:
-                print(f"  in focus, called oof: {name}: {rec.reason}")
-    print("| section | in-focus tiles called oof | 1.5 px disks flagged | 2 px | 3 px |")
-    print("|---|---|---|---|---|")
+        row = table.setdefault(name, {c: [0, 0] for c in ("in focus", "defocused", "between", *radii)})
+        for (key, r), rec in zip(tiles, verdicts):
+            cls = r if r > 0 else focus.get((key[0] if key[0] != "sem-fast" else "sem-slow", key[1]), "in focus")
+            row[cls][0] += rec.verdict == "oof"
+            row[cls][1] += 1
+            if cls == "in focus" and rec.verdict == "oof" and args.verbose:
+                print(f"  in focus, called oof: {name} {FILES.get(key[0], [Path(str(key[1]))])[key[1]].name}: {rec.reason}")
+    print(
+        "| section | in-focus tiles called oof | defocused by the record, flagged | between, flagged | 1.5 px disks flagged | 2 px | 3 px |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name, row in table.items():
-        print(f"| {name} | {row[0.0][0]} of {row[0.0][1]} | " + " | ".join(f"{row[r][0]} of {row[r][1]}" for r in radii) + " |")
+        print(f"| {name} | " + " | ".join(f"{row[c][0]} of {row[c][1]}" for c in ("in focus", "defocused", "between", *radii)) + " |")
 
 
 # ---------------------------------------------------------------- diagnosis
@@ -245,11 +272,15 @@ def cmd_diagnosis(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|---|")
     for label, probes in (("round disks 2, 3 px", [(2.0, None), (3.0, None)]), ("elliptical 2:1, 3:1 (3 px)", [(3.0, 1.5), (3.0, 1.0)])):
         secs, recs = _run(args, probes, fast_slow=False)
+        focus = record_focus(args.originals)
         by_set: dict[str, dict[str, int]] = {}
         for name, tiles in secs:
-            row = by_set.setdefault(name.split(",")[0], {"flagged": 0, "total": 0})
-            for (_, r), rec in zip(tiles, judged([recs[k] for k, _ in tiles], rule)):
+            for (key, r), rec in zip(tiles, judged([recs[k] for k, _ in tiles], rule)):
                 if r > 0:
+                    # SEM fields the record calls in focus, and the others, apart (an ellipse on a defocused field is both)
+                    cls = focus.get((key[0], key[1]))
+                    where = "" if cls is None else ", in focus by the record" if cls == "in focus" else ", not in focus by the record"
+                    row = by_set.setdefault(name.split(",")[0] + where, {"flagged": 0, "total": 0})
                     row["total"] += 1
                     if rec.verdict == "oof":
                         row["flagged"] += 1
@@ -304,6 +335,7 @@ def main() -> int:
         p.add_argument("--rule", type=_param, action="append", default=[], metavar="KEY=VALUE", help="verdict threshold (repeatable)")
         p.add_argument("-v", "--verbose", action="store_true", help="sections: print each false alarm's reason")
         p.add_argument("--cache", type=Path, help="keep the records scored in this file, to try other rules (--rule) quickly")
+        p.add_argument("--originals", type=Path, help="the SEM source's Data/ folder, for the record of fields not vendored")
         p.set_defaults(fn=fn)
     args = ap.parse_args()
     CACHE["path"] = args.cache

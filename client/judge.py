@@ -3,7 +3,7 @@
 A tile is ``empty`` (no tissue), else ``oof`` with a kind (``astigmatism``,
 ``defocus``, ``partial``), else ``ok``. The default rule compares the
 tile's blur (px) with the section's: what the tile adds in quadrature to the
-section's median blur must stay within ``blur_max`` or ``blur_k`` times the
+section's focus (the sharp quarter of its blurs) must stay within ``blur_max`` or ``blur_k`` times the
 section's spread; a calibration compares its estimated |defocus| with
 ``max_defocus`` instead. The first ``warmup`` tiles wait for a baseline and
 verdicts leave in section order. The rule's thresholds are
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import cmath
 import math
+import statistics
 from dataclasses import dataclass, replace
 from typing import Iterable
 
@@ -126,17 +127,20 @@ class BlurReference:
     error has any direction.
 
     A tile's **worst** blur is ``mean2`` plus its own anisotropy where that
-    stands out: the variance along its most blurred direction. The reference
-    is the median of the worst blurs over the section (the tile judged
-    included) and their spread: the smaller of median minus lower quartile and
-    upper quartile minus median, over 0.6745 (a normal's). Out-of-focus tiles
-    only add blur, so while they are fewer than a quarter the upper side holds;
-    a content whose sharpest fields stand far below the rest (ISBI slices)
-    leaves the lower side wide.
+    stands out: the variance along its most blurred direction. The section's
+    **focus** is the ``blur_focus`` quantile ``q`` of the worst blurs over the
+    section (the tile judged included): the sharp quarter by default, because
+    out-of-focus tiles only add blur, and a focus that drifts slowly (a tilted
+    or uneven specimen, a stage travelling away from where it was focused)
+    carries the median along with it. Their **spread** is the smaller of
+    ``Q(q) - Q(q / 2)`` and ``Q(3 q / 2) - Q(q)`` over the same distance on a
+    normal (median and quartiles at ``q`` 0.5): out-of-focus tiles do not reach
+    the lower side, and a content whose sharpest fields stand far below the
+    rest (ISBI slices) leaves that side wide.
 
     Attributes
     ----------
-    median, spread : float
+    focus, spread : float
         Of the worst blurs.
     error : float
         Median of the tiles' own ``error2``.
@@ -148,7 +152,7 @@ class BlurReference:
         Tiles.
     """
 
-    median: float
+    focus: float
     spread: float
     error: float
     delta: complex
@@ -161,18 +165,19 @@ class BlurReference:
         deltas = np.array([p.delta for p in points if p.delta is not None], dtype=complex)
         if deltas.size:
             delta = complex(float(np.median(deltas.real)), float(np.median(deltas.imag)))
-            spread = complex(
+            spread_delta = complex(
                 max(MAD_TO_SIGMA * float(np.median(np.abs(deltas.real - delta.real))), ANISOTROPY_FLOOR),
                 max(MAD_TO_SIGMA * float(np.median(np.abs(deltas.imag - delta.imag))), ANISOTROPY_FLOOR),
             )
         else:
-            delta, spread = 0j, complex(ANISOTROPY_FLOOR, ANISOTROPY_FLOOR)
-        draft = cls(math.nan, math.nan, math.nan, delta, spread, len(points))
+            delta, spread_delta = 0j, complex(ANISOTROPY_FLOOR, ANISOTROPY_FLOOR)
+        draft = cls(math.nan, math.nan, math.nan, delta, spread_delta, len(points))
         worst = np.array([draft.worst_of(p, rule) for p in points])
-        q25, m, q75 = np.percentile(worst, [25, 50, 75])
-        return cls(
-            float(m), float(min(m - q25, q75 - m)) / QUARTILE_Z, float(np.median([p.error2 for p in points])), delta, spread, len(points)
-        )
+        q = rule.blur_focus
+        lo, focus, hi = np.quantile(worst, [q / 2, q, 1.5 * q])
+        z_lo, z, z_hi = (statistics.NormalDist().inv_cdf(p) for p in (q / 2, q, 1.5 * q))
+        spread = min((focus - lo) / (z - z_lo), (hi - focus) / (z_hi - z))
+        return cls(float(focus), float(spread), float(np.median([p.error2 for p in points])), delta, spread_delta, len(points))
 
     def own_anisotropy(self, point: BlurPoint, rule: Rule, z: float = 0.0) -> complex | None:
         """``delta - delta_ref`` of a point where it stands out of the section's spread by ``z`` standard deviations
@@ -206,7 +211,7 @@ class SectionBlur:
     Attributes
     ----------
     excess : float
-        Worst blur minus the section's median.
+        Worst blur minus the section's focus.
     limit : float
         :meth:`BlurReference.limit` for this tile.
     anisotropy : float or None
@@ -233,7 +238,7 @@ class SectionBlur:
         own = ref.own_anisotropy(point, rule, DIAGNOSIS_Z)
         aniso = None if own is None else abs(own)
         angle = (math.degrees(cmath.phase(own)) / 2) % 180.0 if own else None
-        excess = ref.worst_of(point, rule) - ref.median
+        excess = ref.worst_of(point, rule) - ref.focus
         return cls(excess, ref.limit(point.error2, rule), aniso, angle, ref, rule.astigmatism_share)
 
     @property
@@ -248,8 +253,8 @@ class SectionBlur:
 
     def _added(self) -> str:
         return (
-            f"{math.sqrt(max(self.excess, 0.0)):.2f} px added in quadrature to the section's "
-            f"{math.sqrt(max(self.ref.median, 0.0)):.2f} px (limit {math.sqrt(self.limit):.2f} px, n={self.ref.n})"
+            f"{math.sqrt(max(self.excess, 0.0)):.2f} px added in quadrature to the section's focus "
+            f"{math.sqrt(max(self.ref.focus, 0.0)):.2f} px (limit {math.sqrt(self.limit):.2f} px, n={self.ref.n})"
         )
 
     def defocus_reason(self) -> str:
@@ -267,7 +272,7 @@ class Explanation:
     Attributes
     ----------
     measure : str
-        ``"added blur"`` (px the tile adds, in quadrature, to the section's median blur: the relative rule),
+        ``"added blur"`` (px the tile adds, in quadrature, to the section's focus: the relative rule),
         ``"defocus"`` (estimated |defocus| in the calibration's units: a blur or count calibration) or
         ``"log density"`` (``log`` features per megapixel: the count's relative rule).
     units : str
@@ -385,7 +390,7 @@ class Judge:
         """Blur (px) above which a tile of typical uncertainty is out of focus (:meth:`BlurReference.limit`); inf
         before any tile has a blur."""
         ref = self.blur_reference()
-        return math.sqrt(max(ref.median + ref.limit(ref.error, self.rule), 0.0)) if ref is not None else math.inf
+        return math.sqrt(max(ref.focus + ref.limit(ref.error, self.rule), 0.0)) if ref is not None else math.inf
 
     def add(self, record: TileRecord) -> list[TileRecord]:
         """Take one scored tile; return the records whose verdict is now final.
@@ -539,9 +544,10 @@ class Judge:
         cal = self.rule.calibration
         on_blur = self._on_blur and rec.has_blur  # records from before the blur measure: the count decides
         cal_blur = cal is not None and cal.measure == "blur"
-        judged = None
+        # the relative rule diagnoses astigmatism from the blur's two axes against the section's, whichever measure
+        # decides focus (the count's rule too: its strength alone called the scan's own anisotropy astigmatism)
+        judged = self._against_section(rec) if cal is None and rec.has_blur else None
         if on_blur:
-            judged = self._against_section(rec)
             low = judged is None or judged.oof
         elif cal_blur:
             blur = finite(rec.blur)

@@ -27,9 +27,12 @@ __all__ = ["FOCUS_MEASURES", "Rule", "parse_threshold", "rule_summary", "thresho
 FOCUS_MEASURES = ("blur", "count")
 
 
-def _threshold(default: Any, help: str, *, lo: float | None = 0.0, integer: bool = False, choices: tuple[str, ...] = ()) -> Any:
-    """A field of :class:`Rule` that is a configurable threshold (``lo``: inclusive lower limit)."""
-    return field(default=default, metadata={"help": help, "lo": None if choices else lo, "integer": integer, "choices": choices})
+def _threshold(
+    default: Any, help: str, *, lo: float | None = 0.0, hi: float | None = None, integer: bool = False, choices: tuple[str, ...] = ()
+) -> Any:
+    """A field of :class:`Rule` that is a configurable threshold (``lo``, ``hi``: inclusive limits)."""
+    limits = {"lo": None, "hi": None} if choices else {"lo": lo, "hi": hi}
+    return field(default=default, metadata={"help": help, **limits, "integer": integer, "choices": choices})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,8 +54,15 @@ class Rule:
     focus_measure: str = _threshold(
         "blur", "relative rule's measure: 'blur' (px, dose-free) or 'count' (feature density)", choices=FOCUS_MEASURES
     )
+    blur_focus: float = _threshold(
+        0.25,
+        "blur rule: the section's focus is this quantile of its tiles' blurs (0.5: the median; the sharp quarter, 0.25, "
+        "is not carried along by a slow focus drift)",
+        lo=0.05,
+        hi=0.5,
+    )
     blur_max: float = _threshold(
-        0.7, "blur rule: OOF only when a tile adds at least this blur to the section's median (px, in quadrature) ..."
+        0.7, "blur rule: OOF only when a tile adds at least this blur to the section's focus (px, in quadrature) ..."
     )
     blur_k: float = _threshold(
         2.0, "... and this many robust standard deviations of the section's blurs (px^2; and of the tile's own error)"
@@ -109,10 +119,11 @@ def parse_threshold(f: Field, value: Any) -> Any:
         if text not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}")
         return text
-    integer, lo = f.metadata["integer"], f.metadata["lo"]
+    integer, lo, hi = f.metadata["integer"], f.metadata["lo"], f.metadata["hi"]
     number = int(value) if integer else float(value)
-    if not math.isfinite(number) or (lo is not None and number < lo):
-        raise ValueError(f"must be {'an integer' if integer else 'a number'} >= {lo:g}")
+    if not math.isfinite(number) or (lo is not None and number < lo) or (hi is not None and number > hi):
+        within = f">= {lo:g}" if hi is None else f"between {lo:g} and {hi:g}"
+        raise ValueError(f"must be {'an integer' if integer else 'a number'} {within}")
     return number
 
 
@@ -122,7 +133,7 @@ def rule_summary(rule: Rule) -> str:
     in force (:attr:`Rule.origin`) after a semicolon.
 
     Examples: ``relative: a tile is out of focus when it adds at least 0.7 px (in quadrature) to the section's
-    median blur ...``; ``calibrated 'zeiss-5kx' (/cfg/calibrations/zeiss-5kx.json): blur, fitted 2026-12-07 on
+    focus (the sharpest quarter of its blurs) ...``; ``calibrated 'zeiss-5kx' (/cfg/calibrations/zeiss-5kx.json): blur, fitted 2026-12-07 on
     /data/focus_series, out of focus beyond 1 um; --calibration``.
     """
     cal = rule.calibration
@@ -143,10 +154,15 @@ def _relative_words(rule: Rule) -> str:
     first = f"; first verdicts after {rule.warmup} tiles"
     if rule.focus_measure == "blur":
         return (
-            f"relative: a tile is out of focus when it adds at least {rule.blur_max:g} px (in quadrature) to the section's median blur"
-            f" and {rule.blur_k:g} robust standard deviations{first}"
+            f"relative: a tile is out of focus when it adds at least {rule.blur_max:g} px (in quadrature) to the section's focus"
+            f" (the {_quantile_words(rule.blur_focus)} of its blurs) and {rule.blur_k:g} robust standard deviations{first}"
         )
     return (
         f"relative (count): a tile is out of focus when its feature density is {rule.oof_k:g} robust standard deviations, and at "
         f"least {rule.oof_min_drop:g} in natural log, below the section's median{first}"
     )
+
+
+def _quantile_words(q: float) -> str:
+    """``0.25`` -> ``"sharpest quarter"``, ``0.5`` -> ``"median"``, ``0.1`` -> ``"sharpest 10%"``."""
+    return {0.5: "median", 0.25: "sharpest quarter"}.get(q, f"sharpest {q:.0%}")

@@ -88,7 +88,7 @@ def test_notebook_runs_in_local_mode_and_plots_the_section(kernel_env, monkeypat
     assert "empty tile_r0_c3.png" in text
     assert counts["ok"] >= 10
     # The default rule judges by the blur: the threshold shown (and drawn) is the blur's, not a count's.
-    assert re.search(r"out of focus above \d+\.\d\d px of blur \(the section median's plus at least 1.2 px in quadrature, and 2 ", text)
+    assert re.search(r"out of focus above \d+\.\d\d px of blur \(the section's focus plus at least 1.2 px in quadrature, and 2 ", text)
     assert "out of focus below" not in text  # the count's threshold, printed under a count rule
     images = _images(nb)
     assert len(images) == 2, "one figure: the focus measure per tile and the montage; one: the grid of a flagged tile"

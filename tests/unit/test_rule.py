@@ -23,6 +23,7 @@ def test_the_configuration_keys_of_the_rule_are_its_fields():
         "oof_min_drop",
         "warmup",
         "focus_measure",
+        "blur_focus",
         "blur_max",
         "blur_k",
         "astigmatism_share",
@@ -48,6 +49,7 @@ def test_the_rule_is_built_by_keyword_from_the_configuration(tmp_path, monkeypat
         "oof_min_drop": "0.4",
         "warmup": "3",
         "focus_measure": "COUNT",
+        "blur_focus": "0.5",
         "blur_max": "1.5",
         "blur_k": "2.5",
         "astigmatism_share": "0.3",
@@ -64,6 +66,7 @@ def test_the_rule_is_built_by_keyword_from_the_configuration(tmp_path, monkeypat
         "oof_min_drop": 0.4,
         "warmup": 3,
         "focus_measure": "count",
+        "blur_focus": 0.5,
         "blur_max": 1.5,
         "blur_k": 2.5,
         "astigmatism_share": 0.3,
@@ -97,3 +100,15 @@ def test_a_configured_threshold_outside_its_limits_names_the_key_and_source(tmp_
     monkeypatch.setenv("MHD_EMPTY_CNR", "-3")
     with pytest.raises(ValueError, match=r"empty_cnr from \$MHD_EMPTY_CNR: invalid value '-3' \(must be a number >= 0\)"):
         config_mod.load()
+
+
+@pytest.mark.parametrize("value", ["0", "0.6", "1"])
+def test_the_section_s_focus_is_a_quantile_of_its_sharp_half(value):
+    """``blur_focus`` outside 0.05..0.5 is refused by name (above the median, the out-of-focus tiles would set it)."""
+    from mhd.client.rule import parse_threshold, thresholds
+
+    field = {f.name: f for f in thresholds()}["blur_focus"]
+    with pytest.raises(ValueError, match="between 0.05 and 0.5"):
+        parse_threshold(field, value)
+    with pytest.raises(ValueError, match="blur_focus"):
+        Rule(blur_focus=float(value))

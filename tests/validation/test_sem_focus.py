@@ -244,3 +244,47 @@ def test_disk_radius_is_the_beam_cone_cross_section():
     np.testing.assert_allclose(disk_radius(np.array([-2.0, 0.0, 3.0]), 4.0, 2.0), [4.0, 0.0, 6.0])
     with pytest.raises(ValueError):
         disk_radius(1.0, 0.0, 5.0)
+
+
+#: Slow scans vendored (``tests/data/sem-kriss/README.md``), in acquisition order, and where their microscope's record
+#: (``record.csv``) puts them: 036-038 were taken 230-270 um of stage travel after the working distance was last set,
+#: and the operator then changed it by 2.1 um (field 039); ``bench/focus_record.py fit`` reads the blur of all 50 fields
+#: against that record (r 0.95).
+DRIFT = ["001", "002", "003", "004", "005", "006", "007", "008", "036", "037", "038", "040", "041", "042"]
+REFOCUSED, DRIFTED = {"001", "002", "040", "041", "042"}, {"036", "037", "038"}
+
+
+def test_the_record_shows_the_focus_changed_between_the_drifted_and_the_refocused_fields():
+    """The vendored record: one working distance from 003 to 038, 2.1 um less from 039 on; the stage travelled."""
+    import csv
+
+    with open(KRISS / "record.csv", newline="") as fh:
+        slow = {r["field"]: r for r in csv.DictReader(fh) if r["scan"] == "slow_30us"}
+    assert len(slow) == 50
+    assert {slow[f]["wd_um"] for f in ("003", "020", "038")} == {"10044.6"} and slow["039"]["wd_um"] == "10042.5"
+    travel = np.hypot(*(float(slow["038"][k]) - float(slow["003"][k]) for k in ("stage_x_um", "stage_y_um")))
+    assert 250 < travel < 300
+
+
+def test_a_real_focus_drift_is_flagged_and_the_refocused_fields_are_not(tmp_path, monkeypatch):
+    """Real slow scans in the order the microscope took them: `client submit` flags the fields its record puts 2-3 um
+    from focus (a blur of 1.45-1.59 px against 0.94-1.01 px) and passes the fields right after a refocus.
+
+    Against the section's median (``blur_focus`` 0.5) only 036 is flagged: the eight mildly drifted fields 003-008
+    carry the median along.
+    """
+    from click.testing import CliRunner
+
+    from mhd.client.cli import main
+
+    monkeypatch.setenv("MHD_WORKERS", "1")
+    section = tmp_path / "section"
+    section.mkdir()
+    for k, field in enumerate(DRIFT):
+        iio.imwrite(section / f"tile_{k:02d}_{field}.png", iio.imread(KRISS / "time" / f"slow_30us_{field}.png"))
+    result = CliRunner().invoke(main, ["submit", "--dir", str(section)])
+    recs = {r["tile"].rsplit("_", 1)[1][:3]: r for r in read_results(section)}
+    assert result.exit_code == 2, result.output
+    assert min(recs[f]["blur"] for f in DRIFTED) > max(recs[f]["blur"] for f in REFOCUSED) + 0.3
+    assert {f for f, r in recs.items() if r["verdict"] == "oof"} == DRIFTED, result.output
+    assert all(recs[f]["verdict"] == "ok" for f in REFOCUSED)
