@@ -6,6 +6,7 @@ Commands::
     python bench/blur_validation.py sections    # verdicts in sections: in-focus tiles plus a few behind round disks
     python bench/blur_validation.py diagnosis   # kinds: round disks -> defocus, elliptical probes -> astigmatism;
                                                 #   real fast/slow pairs; the workers' count
+    python bench/blur_validation.py drift       # the SEM slow scans in the order they were taken, by their record
 
 Data: ``MHD_ISBI_DIR`` (default ``tests/data/isbi2012``, 30 TEM slices),
 ``MHD_KRISS_DIR`` (default ``tests/data/sem-kriss``, 8 pairs; ``../shared/data/sem-kriss``
@@ -263,6 +264,30 @@ def cmd_sections(args: argparse.Namespace) -> None:
         print(f"| {name} | " + " | ".join(f"{row[c][0]} of {row[c][1]}" for c in ("in focus", "defocused", "between", *radii)) + " |")
 
 
+# -------------------------------------------------------------------- drift
+
+
+def cmd_drift(args: argparse.Namespace) -> None:
+    """The SEM slow scans in the order their microscope took them (the field number), judged as one section."""
+    sets = load_sets(args.extra)
+    focus = record_focus(args.originals)
+    fields = sorted((FILES[name][i].stem[-3:], name, i) for name, i in focus)
+    print("| dose | rule | in focus, called oof | defocused by the record, flagged | between, flagged | flagged fields |")
+    print("|---|---|---|---|---|---|")
+    for dose in (np.inf, 20.0):
+        keys = {(name, i, 0.0, None, 0.0, dose, _seed(name, i, dose)): sets[name][i] for _, name, i in fields}
+        records = list(score_all(keys).values())
+        for q in args.focus:
+            out = judged(records, replace(_rule(args), blur_focus=q))
+            counts = {c: [0, 0] for c in ("in focus", "defocused", "between")}
+            for (_, name, i), rec in zip(fields, out):
+                counts[focus[name, i]][0] += rec.verdict == "oof"
+                counts[focus[name, i]][1] += 1
+            flagged = " ".join(f for (f, _, _), rec in zip(fields, out) if rec.verdict == "oof")
+            cells = " | ".join(f"{a} of {b}" for a, b in counts.values())
+            print(f"| {'as acquired' if dose == np.inf else f'{dose:g} e/px'} | blur_focus {q:g} | {cells} | {flagged} |")
+
+
 # ---------------------------------------------------------------- diagnosis
 
 
@@ -327,6 +352,7 @@ def main() -> int:
         ("dose", cmd_dose, "blur with shot noise added minus blur without"),
         ("sections", cmd_sections, "verdicts in sections with a few defocused tiles"),
         ("diagnosis", cmd_diagnosis, "verdict kinds, real fast/slow pairs, arrival order"),
+        ("drift", cmd_drift, "the SEM slow scans in the order they were taken, split by their record"),
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--extra", action="append", default=[], metavar="DIR", help="a folder of real tiles of your own (repeatable)")
@@ -336,8 +362,10 @@ def main() -> int:
         p.add_argument("-v", "--verbose", action="store_true", help="sections: print each false alarm's reason")
         p.add_argument("--cache", type=Path, help="keep the records scored in this file, to try other rules (--rule) quickly")
         p.add_argument("--originals", type=Path, help="the SEM source's Data/ folder, for the record of fields not vendored")
+        p.add_argument("--focus", type=float, action="append", help="drift: blur_focus values to compare (default 0.5 and 0.25)")
         p.set_defaults(fn=fn)
     args = ap.parse_args()
+    args.focus = args.focus or [0.5, 0.25]
     CACHE["path"] = args.cache
     args.fn(args)
     return 0
