@@ -213,7 +213,8 @@ class SectionBlur:
     excess : float
         Worst blur minus the section's focus.
     limit : float
-        :meth:`BlurReference.limit` for this tile.
+        :meth:`BlurReference.limit` for this tile, with its ``blur_err`` taken at the section's focus: ``error2``
+        times ``sqrt(focus / mean2)`` where the tile is blurrier (what the error of its square would be in focus).
     anisotropy : float or None
         ``|delta - delta_ref|`` where it stands out of the section's spread by :data:`DIAGNOSIS_Z`, else 0
         (:meth:`BlurReference.own_anisotropy`); None without the axes.
@@ -239,7 +240,10 @@ class SectionBlur:
         aniso = None if own is None else abs(own)
         angle = (math.degrees(cmath.phase(own)) / 2) % 180.0 if own else None
         excess = ref.worst_of(point, rule) - ref.focus
-        return cls(excess, ref.limit(point.error2, rule), aniso, angle, ref, rule.astigmatism_share)
+        # the tile's error as it would be were it in focus: that of blur**2 scales with blur, and the blurrier tile
+        # would otherwise widen its own limit by what its blur adds
+        null = point.error2 * min(1.0, math.sqrt(max(ref.focus, 0.0) / point.mean2)) if point.mean2 > 0 else point.error2
+        return cls(excess, ref.limit(null, rule), aniso, angle, ref, rule.astigmatism_share)
 
     @property
     def oof(self) -> bool:

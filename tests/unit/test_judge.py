@@ -283,6 +283,19 @@ def test_the_section_s_focus_is_its_sharp_quarter_and_a_drift_does_not_carry_it_
     assert Judge(Rule(blur_focus=0.5), prior=prior).add(end)[0].verdict == "ok"
 
 
+def test_a_blurrier_tile_is_held_to_its_error_as_if_in_focus():
+    """The error of ``blur**2`` is ``2 blur blur_err``: a tile twice as blurred as the section would widen its own limit
+    by its blur. The limit takes the error the same ``blur_err`` would give at the section's focus."""
+    from mhd.client.judge import BlurPoint, BlurReference, SectionBlur
+
+    ref = BlurReference(focus=1.0, spread=0.01, error=0.1, delta=0j, delta_spread=complex(0.05, 0.05), n=100)
+    rule = Rule()
+    blurred = SectionBlur.of(BlurPoint(2.0**2, 2 * 2.0 * 0.3, None), ref, rule)
+    assert blurred.limit == pytest.approx(ref.limit(2 * 1.0 * 0.3, rule)) and blurred.limit < ref.limit(2 * 2.0 * 0.3, rule)
+    sharp = SectionBlur.of(BlurPoint(0.8**2, 2 * 0.8 * 0.3, None), ref, rule)  # a sharper tile keeps its own
+    assert sharp.limit == pytest.approx(ref.limit(2 * 0.8 * 0.3, rule))
+
+
 def test_the_limit_follows_the_section_s_spread_and_the_tile_s_own_error():
     """A homogeneous section flags subtler blur than a varied one; a tile measured less surely needs more."""
 
