@@ -96,8 +96,8 @@ def load_sets(extra: list[str]) -> dict[str, list[np.ndarray]]:
 
 
 def record_focus(originals: Path | None) -> dict[tuple[str, int], str]:
-    """``"in focus"``, ``"defocused"`` or ``"between"`` for each slow SEM scan of :data:`FILES` by its microscope's
-    record (:func:`focus_record.record_defocus`); fields without a record are not in it (taken as in focus)."""
+    """``"in focus"``, ``"defocused"`` or ``"between"`` for each SEM scan of :data:`FILES` by its microscope's record
+    (:func:`focus_record.record_defocus`, fitted to the slow scans found); fields without a record are not in it."""
     sys.path.insert(0, str(Path(__file__).parent))
     from focus_record import record_defocus
 
@@ -105,7 +105,7 @@ def record_focus(originals: Path | None) -> dict[tuple[str, int], str]:
     out = {}
     for name, files in FILES.items():
         for i, f in enumerate(files):
-            m = re.fullmatch(r"(?:slow_30us|30us)_(\d{3})", f.stem)
+            m = re.fullmatch(r"(?:slow_30us|30us|fast_100ns|100ns)_(\d{3})", f.stem)  # a fast scan: its field's record
             if m and m.group(1) in added:
                 a = added[m.group(1)]
                 out[name, i] = "in focus" if a <= IN_FOCUS else "defocused" if a >= DEFOCUSED else "between"
@@ -229,7 +229,8 @@ def _fast_slow_sections(reps: int) -> list[tuple[str, list[tuple[tuple, float]]]
 def _run(args: argparse.Namespace, probes: list[tuple[float, float | None]], fast_slow: bool) -> tuple[list, dict]:
     sets = load_sets(args.extra)
     if fast_slow:
-        sets_all = {**sets, "sem-fast": [_read(f) for f in sorted((KRISS / "time").glob("fast_100ns_*.png"))]}
+        FILES["sem-fast"] = sorted((KRISS / "time").glob("fast_100ns_*.png"))
+        sets_all = {**sets, "sem-fast": [_read(f) for f in FILES["sem-fast"]]}
     secs = _sections(sets, args.reps, probes) + (_fast_slow_sections(args.reps) if fast_slow else [])
     source = sets_all if fast_slow else sets
     keys = {k: source[k[0]][k[1]] for _, tiles in secs for k, _ in tiles}
@@ -251,11 +252,11 @@ def cmd_sections(args: argparse.Namespace) -> None:
         verdicts = judged([recs[k] for k, _ in tiles], rule)
         row = table.setdefault(name, {c: [0, 0] for c in ("in focus", "defocused", "between", *radii)})
         for (key, r), rec in zip(tiles, verdicts):
-            cls = r if r > 0 else focus.get((key[0] if key[0] != "sem-fast" else "sem-slow", key[1]), "in focus")
+            cls = r if r > 0 else focus.get((key[0], key[1]), "in focus")
             row[cls][0] += rec.verdict == "oof"
             row[cls][1] += 1
             if cls == "in focus" and rec.verdict == "oof" and args.verbose:
-                print(f"  in focus, called oof: {name} {FILES.get(key[0], [Path(str(key[1]))])[key[1]].name}: {rec.reason}")
+                print(f"  in focus, called oof: {name} {FILES[key[0]][key[1]].name}: {rec.reason}")
     print(
         "| section | in-focus tiles called oof | defocused by the record, flagged | between, flagged | 1.5 px disks flagged | 2 px | 3 px |"
     )
@@ -295,9 +296,10 @@ def cmd_diagnosis(args: argparse.Namespace) -> None:
     rule = _rule(args)
     print("| probes | set | flagged | called defocus | astigmatism | partial |")
     print("|---|---|---|---|---|---|")
+    focus: dict = {}
     for label, probes in (("round disks 2, 3 px", [(2.0, None), (3.0, None)]), ("elliptical 2:1, 3:1 (3 px)", [(3.0, 1.5), (3.0, 1.0)])):
         secs, recs = _run(args, probes, fast_slow=False)
-        focus = record_focus(args.originals)
+        focus = focus or record_focus(args.originals)
         by_set: dict[str, dict[str, int]] = {}
         for name, tiles in secs:
             for (key, r), rec in zip(tiles, judged([recs[k] for k, _ in tiles], rule)):

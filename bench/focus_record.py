@@ -7,9 +7,10 @@ Commands::
 
 The sem-kriss scans (``tests/data/sem-kriss/README.md``) were taken one field after
 another while the stage travelled about 0.7 mm with the working distance (the focus)
-fixed, except where the operator changed it: between fields 002 and 003, and between
-038 and 039 (by -2.1 um). A specimen whose surface is not quite perpendicular to the
-beam then drifts out of focus as the stage travels, whatever the fields show.
+fixed, except where the operator changed it: by -1.3 um between fields 001 and 002 (at
+the same place), by +0.1 um before 003, and by -2.1 um between 038 and 039. A specimen
+whose surface is not quite perpendicular to the beam then drifts out of focus as the
+stage travels, whatever the fields show.
 
 ``fit`` measures the blur of each scan and fits the record's model of it: the
 defocus of field ``i`` is ``dz_i = WD_i - (d0 + gx x_i + gy y_i)`` (the working
@@ -147,8 +148,20 @@ def predicted(params: np.ndarray, rows: list[dict]) -> np.ndarray:
     return np.hypot(params[0], params[1] * _defocus(params, rows))
 
 
+#: Fields a fit needs at least (five numbers, and two working distances to tell the plane from the focus).
+MIN_FIELDS = 10
+
+
 def fit_record(rows: list[dict]) -> np.ndarray:
-    """``(b0, kappa, d0, gx, gy)`` that fit the rows' blurs best (least squares from a grid of starts)."""
+    """``(b0, kappa, d0, gx, gy)`` that fit the rows' blurs best (least squares from a grid of starts).
+
+    Raises ``SystemExit`` (a message) with fewer than :data:`MIN_FIELDS` fields or one working distance.
+    """
+    if len(rows) < MIN_FIELDS or len({r["wd_um"] for r in rows}) < 2:
+        raise SystemExit(
+            f"the record fit needs {MIN_FIELDS} scans or more at two working distances or more; found {len(rows)} "
+            "(MHD_KRISS_DIR, --originals DIR)"
+        )
     blur = np.array([r["blur"] for r in rows])
     wd = np.median([r["wd_um"] for r in rows])
     best = None
@@ -166,6 +179,7 @@ def record_defocus(originals: Path | None = None) -> dict[str, float]:
     scans found (their record is the microscope's; only ``kappa`` and the plane come from the blur)."""
     rows = measured([r for r in read_record() if r["scan"] == "slow_30us"], originals)
     params = fit_record(rows)
+    print(f"(the record's defocus fitted to the blur of {len(rows)} slow scans)", file=sys.stderr)
     return {r["field"]: float(abs(params[1] * dz)) for r, dz in zip(rows, _defocus(params, rows))}
 
 

@@ -3,7 +3,7 @@
 A tile is ``empty`` (no tissue), else ``oof`` with a kind (``astigmatism``,
 ``defocus``, ``partial``), else ``ok``. The default rule compares the
 tile's blur (px) with the section's: what the tile adds in quadrature to the
-section's focus (the sharp quarter of its blurs) must stay within ``blur_max`` or ``blur_k`` times the
+section's focus (the lower quartile of its blurs) must stay within ``blur_max`` or ``blur_k`` times the
 section's spread; a calibration compares its estimated |defocus| with
 ``max_defocus`` instead. The first ``warmup`` tiles wait for a baseline and
 verdicts leave in section order. The rule's thresholds are
@@ -111,6 +111,12 @@ class BlurPoint:
             delta = (major * major - minor * minor) / 2 * cmath.exp(2j * math.radians(angle or 0.0))
         return cls(blur * blur, 2 * blur * (finite(rec.blur_err) or 0.0), delta)
 
+    def at_focus(self, focus: float) -> float:
+        """``error2`` as it would be were the tile as sharp as ``focus`` (px^2) and as surely measured: the error of
+        ``blur**2`` is ``2 blur blur_err``, so a blurrier tile would widen its own limit by what its blur adds.
+        Unchanged for a tile at least as sharp."""
+        return self.error2 * math.sqrt(max(focus, 0.0) / self.mean2) if self.mean2 > focus else self.error2
+
 
 @dataclass(frozen=True)
 class BlurReference:
@@ -129,7 +135,7 @@ class BlurReference:
     A tile's **worst** blur is ``mean2`` plus its own anisotropy where that
     stands out: the variance along its most blurred direction. The section's
     **focus** is the ``blur_focus`` quantile ``q`` of the worst blurs over the
-    section (the tile judged included): the sharp quarter by default, because
+    section (the tile judged included): the lower quartile by default, because
     out-of-focus tiles only add blur, and a focus that drifts slowly (a tilted
     or uneven specimen, a stage travelling away from where it was focused)
     carries the median along with it. Their **spread** is the smaller of
@@ -143,7 +149,7 @@ class BlurReference:
     focus, spread : float
         Of the worst blurs.
     error : float
-        Median of the tiles' own ``error2``.
+        Median of the tiles' own ``error2``, each taken at the focus (:meth:`BlurPoint.at_focus`).
     delta : complex
         Median (part by part) of the tiles' anisotropy; 0 without any.
     delta_spread : complex
@@ -177,7 +183,8 @@ class BlurReference:
         lo, focus, hi = np.quantile(worst, [q / 2, q, 1.5 * q])
         z_lo, z, z_hi = (statistics.NormalDist().inv_cdf(p) for p in (q / 2, q, 1.5 * q))
         spread = min((focus - lo) / (z - z_lo), (hi - focus) / (z_hi - z))
-        return cls(float(focus), float(spread), float(np.median([p.error2 for p in points])), delta, spread_delta, len(points))
+        error = float(np.median([p.at_focus(focus) for p in points]))
+        return cls(float(focus), float(spread), error, delta, spread_delta, len(points))
 
     def own_anisotropy(self, point: BlurPoint, rule: Rule, z: float = 0.0) -> complex | None:
         """``delta - delta_ref`` of a point where it stands out of the section's spread by ``z`` standard deviations
@@ -193,11 +200,11 @@ class BlurReference:
         return point.mean2 + abs(self.own_anisotropy(point, rule) or 0j)
 
     def limit(self, error2: float, rule: Rule) -> float:
-        """How much a tile's worst blur may exceed the median (px^2): at least ``blur_max**2`` (more while the
+        """How much a tile's worst blur may exceed the focus (px^2): at least ``blur_max**2`` (more while the
         section has few tiles, :data:`WARM_TILES`), and ``blur_k``
         standard deviations of the section's spread (its estimate from ``n`` tiles widened by ``1 + 1.2 /
-        sqrt(n)``, about its upper 90 % bound), widened by what the tile's own uncertainty exceeds the section's
-        typical one (a tile scanned at a lower dose, say)."""
+        sqrt(n)`` for its chance error), widened by what the tile's own uncertainty ``error2`` (taken at the focus)
+        exceeds the section's typical one (a tile scanned at a lower dose, say)."""
         n = max(self.n, 1)
         spread = self.spread * (1 + 1.2 / math.sqrt(n))
         own = max(error2 * error2 - self.error * self.error, 0.0)
@@ -213,8 +220,7 @@ class SectionBlur:
     excess : float
         Worst blur minus the section's focus.
     limit : float
-        :meth:`BlurReference.limit` for this tile, with its ``blur_err`` taken at the section's focus: ``error2``
-        times ``sqrt(focus / mean2)`` where the tile is blurrier (what the error of its square would be in focus).
+        :meth:`BlurReference.limit` for this tile, its error taken at the section's focus (:meth:`BlurPoint.at_focus`).
     anisotropy : float or None
         ``|delta - delta_ref|`` where it stands out of the section's spread by :data:`DIAGNOSIS_Z`, else 0
         (:meth:`BlurReference.own_anisotropy`); None without the axes.
@@ -240,10 +246,7 @@ class SectionBlur:
         aniso = None if own is None else abs(own)
         angle = (math.degrees(cmath.phase(own)) / 2) % 180.0 if own else None
         excess = ref.worst_of(point, rule) - ref.focus
-        # the tile's error as it would be were it in focus: that of blur**2 scales with blur, and the blurrier tile
-        # would otherwise widen its own limit by what its blur adds
-        null = point.error2 * min(1.0, math.sqrt(max(ref.focus, 0.0) / point.mean2)) if point.mean2 > 0 else point.error2
-        return cls(excess, ref.limit(null, rule), aniso, angle, ref, rule.astigmatism_share)
+        return cls(excess, ref.limit(point.at_focus(ref.focus), rule), aniso, angle, ref, rule.astigmatism_share)
 
     @property
     def oof(self) -> bool:
@@ -611,9 +614,11 @@ class Judge:
     def _worst_blur(self, rec: TileRecord, strength: float, cal: Calibration | None) -> tuple[float, float] | None:
         """``(blur along the worst direction, the blur limit)`` (px) of an anisotropic tile, or None where there is no
         blur to gate the astigmatism verdict with (a record from before the blur measure, no detail left, no limit yet).
+        Used under a calibration, and for records without the blur's two axes (the relative rule diagnoses the others
+        with :class:`SectionBlur`).
 
-        The limit is a blur calibration's, else the relative blur rule's (``sqrt(m**2 + blur_max**2)`` over the
-        section so far, whatever ``focus_measure``; under a count calibration once ``warmup`` tiles have a blur).
+        The limit is a blur calibration's, else the relative blur rule's (:meth:`blur_threshold`; under a count
+        calibration once ``warmup`` tiles have a blur).
         A probe whose Gaussian widths are ``s1 < s2`` leaves a power spectrum whose directional second moments go as
         ``1 / s**2``: strength ``(s2**2 - s1**2) / (s2**2 + s1**2)``. With ``blur**2`` the mean of ``s1**2`` and
         ``s2**2``, the worst direction's is ``blur * sqrt(1 + strength)``.
@@ -621,7 +626,7 @@ class Judge:
         blur = finite(rec.blur) if rec.has_blur else None
         if cal is not None and cal.measure == "blur":
             limit = cal.blur_threshold
-        elif cal is None or len(self._blur) >= self.rule.warmup:  # the relative blur limit, also under the count's rules
+        elif cal is None or len(self._blur) >= self.rule.warmup:  # the relative blur limit
             limit = self.blur_threshold()
         else:  # a count calibration judges before the section has a blur baseline: the strength alone
             return None

@@ -228,7 +228,7 @@ def blur_threshold(judged: Iterable[TileRecord], rule: Rule) -> float:
     ----------
     judged : iterable of TileRecord
         The section judged as a whole (:func:`section_verdicts`): its
-        ``ok`` and ``oof`` tiles set the section's focus (the sharp quarter of their blurs) of the relative rule.
+        ``ok`` and ``oof`` tiles set the section's focus (the lower quartile of their blurs) of the relative rule.
     rule : Rule
         The rule they were judged by (a blur calibration fixes the threshold).
     """

@@ -56,8 +56,8 @@ class Rule:
     )
     blur_focus: float = _threshold(
         0.25,
-        "blur rule: the section's focus is this quantile of its tiles' blurs (0.5: the median; the sharp quarter, 0.25, "
-        "is not carried along by a slow focus drift)",
+        "blur rule: the section's focus is this quantile of its tiles' blurs, 0.05-0.5 (0.5: the median; the lower "
+        "quartile, 0.25, is not carried along by a slow focus drift)",
         lo=0.05,
         hi=0.5,
     )
@@ -80,7 +80,9 @@ class Rule:
     )
     empty_cnr: float = _threshold(3.0, "contrast-to-noise below which a low-count tile is 'empty' (no tissue)")
     astigmatism_max: float = _threshold(
-        ASTIGMATISM_THRESHOLD, "astigmatism strength (0..1) from which a tile is 'oof', kind astigmatism (turn the stigmators)"
+        ASTIGMATISM_THRESHOLD,
+        "under a calibration, and for records without the blur's axes: astigmatism strength (0..1) from which a tile is 'oof', "
+        "kind astigmatism (turn the stigmators)",
     )
     calibration: Calibration | None = None
     calibration_path: str | None = None
@@ -133,7 +135,7 @@ def rule_summary(rule: Rule) -> str:
     in force (:attr:`Rule.origin`) after a semicolon.
 
     Examples: ``relative: a tile is out of focus when it adds at least 0.7 px (in quadrature) to the section's
-    focus (the sharpest quarter of its blurs) ...``; ``calibrated 'zeiss-5kx' (/cfg/calibrations/zeiss-5kx.json): blur, fitted 2026-12-07 on
+    focus (the lower quartile of its blurs) ...``; ``calibrated 'zeiss-5kx' (/cfg/calibrations/zeiss-5kx.json): blur, fitted 2026-12-07 on
     /data/focus_series, out of focus beyond 1 um; --calibration``.
     """
     cal = rule.calibration
@@ -164,5 +166,5 @@ def _relative_words(rule: Rule) -> str:
 
 
 def _quantile_words(q: float) -> str:
-    """``0.25`` -> ``"sharpest quarter"``, ``0.5`` -> ``"median"``, ``0.1`` -> ``"sharpest 10%"``."""
-    return {0.5: "median", 0.25: "sharpest quarter"}.get(q, f"sharpest {q:.0%}")
+    """``0.25`` -> ``"lower quartile"``, ``0.5`` -> ``"median"``, ``0.1`` -> ``"10% quantile"``."""
+    return {0.5: "median", 0.25: "lower quartile"}.get(q, f"{q:.0%} quantile")

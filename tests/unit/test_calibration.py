@@ -93,8 +93,8 @@ def test_rule_summary_names_the_rule_in_force():
     from mhd.client.calibration import rule_summary
 
     assert rule_summary(Rule()) == (
-        "relative: a tile is out of focus when it adds at least 0.7 px (in quadrature) to the section's focus (the sharpest"
-        " quarter of its blurs) and 2 robust"
+        "relative: a tile is out of focus when it adds at least 0.7 px (in quadrature) to the section's focus (the lower"
+        " quartile of its blurs) and 2 robust"
         " standard deviations; first verdicts after 8 tiles"
     )
     count = rule_summary(Rule(focus_measure="count", oof_k=4, origin="chosen with --relative"))

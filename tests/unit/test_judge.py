@@ -267,15 +267,36 @@ def test_anisotropy_the_section_shares_is_not_astigmatism_and_a_tile_s_own_is():
     assert older.kind == "astigmatism"
 
 
+def test_the_count_s_rule_diagnoses_astigmatism_from_the_blur_s_axes_too():
+    """Under ``focus_measure = count`` the count decides focus, and astigmatism is read as under the blur rule: a scan's
+    own anisotropy, which every tile of the section shares, is not astigmatism even at a strength above
+    ``astigmatism_max``; an elliptical probe's is."""
+    rng = np.random.default_rng(0)
+    section = [
+        replace(scored_cells(f"t{i}", 1e4, **axes(b, np.sqrt(b * b + 0.15), np.sqrt(b * b - 0.15), 92.0 + rng.normal(0, 3))), verdict="ok")
+        for i, b in enumerate(rng.normal(0.9, 0.03, 20))
+    ]
+    judge = Judge(Rule(warmup=1, focus_measure="count"), prior=section)
+    # blurrier along its worst direction than the blur limit (1.2 * sqrt(1.3) > 1.22 px): the strength alone called it
+    scan = judge.add(scored_cells("slow_scan", 1e4, astigmatism=0.3, angle=91.0, **axes(1.2, np.sqrt(1.59), np.sqrt(1.29), 91.0)))[0]
+    assert (scan.verdict, scan.kind) == ("ok", None), scan.reason
+    ellipse = axes(np.sqrt(0.81 + 1.25), np.sqrt(0.81 + 2.25), np.sqrt(0.81 + 0.25), 30.0)
+    astig = judge.add(scored_cells("astig", 1e4, astigmatism=0.5, angle=30.0, **ellipse))[0]
+    assert (astig.verdict, astig.kind) == ("oof", "astigmatism") and astig.reason.startswith("astigmatism: blurrier along")
+
+
 def test_the_section_s_focus_is_its_sharp_quarter_and_a_drift_does_not_carry_it_along():
     """``blur_focus`` 0.25: the lower quartile of the squared blurs, the spread read around it; 0.5: the median and the
     smaller half-spread of the quartiles. Ten tiles at 1.0 px, then a focus drifting to 1.45 px over twenty: against
-    the median the drift's end passes, against the sharp quarter it is flagged."""
-    blurs = [1.0] * 10 + list(np.linspace(1.02, 1.45, 20))
+    the median the drift's end passes, against the lower quartile it is flagged."""
+    blurs = list(1.0 + np.random.default_rng(2).normal(0, 0.02, 10)) + list(np.linspace(1.02, 1.45, 20))
     prior = [replace(scored_cells(f"t{i:02d}", 1e4, **axes(b, b, b, None)), verdict="ok") for i, b in enumerate(blurs)]
     sq = np.square(blurs)
     quarter, median = Judge(Rule(), prior=prior).blur_reference(), Judge(Rule(blur_focus=0.5), prior=prior).blur_reference()
     assert quarter.focus == pytest.approx(np.quantile(sq, 0.25)) and median.focus == pytest.approx(np.median(sq))
+    q8, q25, q37 = np.quantile(sq, [0.125, 0.25, 0.375])  # z: -1.1503, -0.6745, -0.3186
+    assert quarter.spread == pytest.approx(min((q25 - q8) / (1.1503494 - 0.6744898), (q37 - q25) / (0.6744898 - 0.3186394)))
+    assert quarter.spread > 0
     q25, m, q75 = np.percentile(sq, [25, 50, 75])
     assert median.spread == pytest.approx(min(m - q25, q75 - m) / 0.6744897501960817)
     end = scored_cells("t99", 1e4, **axes(1.45, 1.45, 1.45, None))

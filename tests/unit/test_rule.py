@@ -102,7 +102,7 @@ def test_a_configured_threshold_outside_its_limits_names_the_key_and_source(tmp_
         config_mod.load()
 
 
-@pytest.mark.parametrize("value", ["0", "0.6", "1"])
+@pytest.mark.parametrize("value", ["0", "0.6", "1", "nan"])
 def test_the_section_s_focus_is_a_quantile_of_its_sharp_half(value):
     """``blur_focus`` outside 0.05..0.5 is refused by name (above the median, the out-of-focus tiles would set it)."""
     from mhd.client.rule import parse_threshold, thresholds
@@ -112,3 +112,9 @@ def test_the_section_s_focus_is_a_quantile_of_its_sharp_half(value):
         parse_threshold(field, value)
     with pytest.raises(ValueError, match="blur_focus"):
         Rule(blur_focus=float(value))
+
+
+def test_the_section_s_focus_may_be_any_quantile_from_0_05_to_the_median():
+    assert Rule(blur_focus=0.05).blur_focus == 0.05 and Rule(blur_focus=0.5).blur_focus == 0.5
+    with pytest.raises(ValueError, match="between 0.05 and 0.5"):
+        Rule(blur_focus=0.049)

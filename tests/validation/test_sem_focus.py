@@ -247,7 +247,7 @@ def test_disk_radius_is_the_beam_cone_cross_section():
 
 
 #: Slow scans vendored (``tests/data/sem-kriss/README.md``), in acquisition order, and where their microscope's record
-#: (``record.csv``) puts them: 036-038 were taken 230-270 um of stage travel after the working distance was last set,
+#: (``record.csv``) puts them: 036-038 were taken 235-280 um of stage travel after the working distance was last set,
 #: and the operator then changed it by 2.1 um (field 039); ``bench/focus_record.py fit`` reads the blur of all 50 fields
 #: against that record (r 0.95).
 DRIFT = ["001", "002", "003", "004", "005", "006", "007", "008", "036", "037", "038", "040", "041", "042"]
@@ -266,18 +266,22 @@ def test_the_record_shows_the_focus_changed_between_the_drifted_and_the_refocuse
     assert 250 < travel < 300
 
 
-def test_a_real_focus_drift_is_flagged_and_the_refocused_fields_are_not(tmp_path, monkeypatch):
+@pytest.mark.parametrize("focus, flagged", [("0.25", DRIFTED), ("0.5", {"036"})])
+def test_a_real_focus_drift_is_flagged_and_the_refocused_fields_are_not(tmp_path, monkeypatch, focus, flagged):
     """Real slow scans in the order the microscope took them: `client submit` flags the fields its record puts 2-3 um
     from focus (a blur of 1.45-1.59 px against 0.94-1.01 px) and passes the fields right after a refocus.
 
-    Against the section's median (``blur_focus`` 0.5) only 036 is flagged: the eight mildly drifted fields 003-008
-    carry the median along.
+    Against the section's median (``blur_focus`` 0.5) only 036 is flagged: the six mildly drifted fields 003-008
+    carry the median along. 037 and 038 clear their limits (the warm-up's floor) by 0.01-0.02 px of added blur only: a
+    change of the detector that moves them that much fails this test, and the finding should then be measured again
+    (``bench/blur_validation.py drift``).
     """
     from click.testing import CliRunner
 
     from mhd.client.cli import main
 
     monkeypatch.setenv("MHD_WORKERS", "1")
+    monkeypatch.setenv("MHD_BLUR_FOCUS", focus)
     section = tmp_path / "section"
     section.mkdir()
     for k, field in enumerate(DRIFT):
@@ -286,5 +290,5 @@ def test_a_real_focus_drift_is_flagged_and_the_refocused_fields_are_not(tmp_path
     recs = {r["tile"].rsplit("_", 1)[1][:3]: r for r in read_results(section)}
     assert result.exit_code == 2, result.output
     assert min(recs[f]["blur"] for f in DRIFTED) > max(recs[f]["blur"] for f in REFOCUSED) + 0.3
-    assert {f for f, r in recs.items() if r["verdict"] == "oof"} == DRIFTED, result.output
+    assert {f for f, r in recs.items() if r["verdict"] == "oof"} == flagged, result.output
     assert all(recs[f]["verdict"] == "ok" for f in REFOCUSED)
