@@ -14,6 +14,7 @@ and how well they do on real scans in ``docs/validation.md``.
 from __future__ import annotations
 
 import cmath
+import functools
 import math
 import statistics
 from dataclasses import dataclass, replace
@@ -118,6 +119,12 @@ class BlurPoint:
         return self.error2 * math.sqrt(max(focus, 0.0) / self.mean2) if self.mean2 > focus else self.error2
 
 
+@functools.lru_cache(maxsize=8)
+def _normal_quantiles(q: float) -> tuple[float, float, float]:
+    """Where a normal distribution's ``q / 2``, ``q`` and ``3 q / 2`` quantiles are, in standard deviations."""
+    return tuple(statistics.NormalDist().inv_cdf(p) for p in (q / 2, q, 1.5 * q))  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class BlurReference:
     """The blur the section's tiles share, against which each is judged (px^2).
@@ -168,7 +175,9 @@ class BlurReference:
     @classmethod
     def of(cls, points: Iterable[BlurPoint], rule: Rule) -> "BlurReference":
         points = list(points)
-        deltas = np.array([p.delta for p in points if p.delta is not None], dtype=complex)
+        mean2, error2 = np.array([(p.mean2, p.error2) for p in points], dtype=float).reshape(-1, 2).T
+        all_deltas = np.array([np.nan if p.delta is None else p.delta for p in points], dtype=complex)
+        deltas = all_deltas[~np.isnan(all_deltas)]
         if deltas.size:
             delta = complex(float(np.median(deltas.real)), float(np.median(deltas.imag)))
             spread_delta = complex(
@@ -177,14 +186,17 @@ class BlurReference:
             )
         else:
             delta, spread_delta = 0j, complex(ANISOTROPY_FLOOR, ANISOTROPY_FLOOR)
-        draft = cls(math.nan, math.nan, math.nan, delta, spread_delta, len(points))
-        worst = np.array([draft.worst_of(p, rule) for p in points])
+        # worst_of of every point at once: its own anisotropy where it stands out (as own_anisotropy)
+        d = np.nan_to_num(all_deltas - delta)
+        z2 = (d.real / spread_delta.real) ** 2 + (d.imag / spread_delta.imag) ** 2
+        worst = mean2 + np.where((z2 > ANISOTROPY_Z**2) & (np.abs(d) >= ANISOTROPY_MIN), np.abs(d), 0.0)
         q = rule.blur_focus
         lo, focus, hi = np.quantile(worst, [q / 2, q, 1.5 * q])
-        z_lo, z, z_hi = (statistics.NormalDist().inv_cdf(p) for p in (q / 2, q, 1.5 * q))
+        z_lo, z, z_hi = _normal_quantiles(q)
         spread = min((focus - lo) / (z - z_lo), (hi - focus) / (z_hi - z))
-        error = float(np.median([p.at_focus(focus) for p in points]))
-        return cls(float(focus), float(spread), error, delta, spread_delta, len(points))
+        with np.errstate(divide="ignore", invalid="ignore"):  # as BlurPoint.at_focus, for all at once
+            error2 = np.where(mean2 > focus, error2 * np.sqrt(max(focus, 0.0) / mean2), error2)
+        return cls(float(focus), float(spread), float(np.median(error2)), delta, spread_delta, len(points))
 
     def own_anisotropy(self, point: BlurPoint, rule: Rule, z: float = 0.0) -> complex | None:
         """``delta - delta_ref`` of a point where it stands out of the section's spread by ``z`` standard deviations

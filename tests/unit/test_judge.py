@@ -304,6 +304,21 @@ def test_the_section_s_focus_is_its_sharp_quarter_and_a_drift_does_not_carry_it_
     assert Judge(Rule(blur_focus=0.5), prior=prior).add(end)[0].verdict == "ok"
 
 
+def test_the_section_s_focus_is_the_quantile_of_each_tile_s_worst_blur():
+    """:meth:`BlurReference.of` takes every tile's worst blur at once; it is the same as :meth:`BlurReference.worst_of`
+    tile by tile (round tiles, tiles with a shared anisotropy, tiles whose own stands out, tiles without axes)."""
+    from mhd.client.judge import BlurPoint, BlurReference
+
+    rng = np.random.default_rng(3)
+    mean2 = rng.uniform(0.8, 2.0, 60)
+    points = [BlurPoint(float(m), 0.05, complex(*rng.normal(0, 0.3, 2)) if i % 4 else None) for i, m in enumerate(mean2)]
+    points += [BlurPoint(1.0, 0.05, 3 + 0j), BlurPoint(1.0, 0.05, -2j)]  # anisotropies that stand out
+    ref = BlurReference.of(points, Rule())
+    worst = [ref.worst_of(p, Rule()) for p in points]
+    assert worst[-2] == pytest.approx(1.0 + 3.0, abs=0.4) and worst[-1] == pytest.approx(1.0 + 2.0, abs=0.4)
+    assert ref.focus == pytest.approx(np.quantile(worst, 0.25))
+
+
 def test_a_blurrier_tile_is_held_to_its_error_as_if_in_focus():
     """The error of ``blur**2`` is ``2 blur blur_err``: a tile twice as blurred as the section would widen its own limit
     by its blur. The limit takes the error the same ``blur_err`` would give at the section's focus."""
