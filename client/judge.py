@@ -116,7 +116,20 @@ class BlurPoint:
         """``error2`` as it would be were the tile as sharp as ``focus`` (px^2) and as surely measured: the error of
         ``blur**2`` is ``2 blur blur_err``, so a blurrier tile would widen its own limit by what its blur adds.
         Unchanged for a tile at least as sharp."""
-        return self.error2 * math.sqrt(max(focus, 0.0) / self.mean2) if self.mean2 > focus else self.error2
+        return float(_at_focus(np.float64(self.error2), np.float64(self.mean2), focus))
+
+
+def _at_focus(error2: np.ndarray, mean2: np.ndarray, focus: float) -> np.ndarray:
+    """:meth:`BlurPoint.at_focus` of one point or of arrays of them."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(mean2 > focus, error2 * np.sqrt(max(focus, 0.0) / mean2), error2)
+
+
+def _stands_out(d: np.ndarray, spread: complex, z: float) -> np.ndarray:
+    """Whether an anisotropy ``d`` (px^2, beyond the section's) stands out of the section's ``spread`` of each part by
+    ``z`` standard deviations and is at least :data:`ANISOTROPY_MIN`: one point or an array of them."""
+    z2 = (np.real(d) / spread.real) ** 2 + (np.imag(d) / spread.imag) ** 2
+    return (z2 > z * z) & (np.abs(d) >= ANISOTROPY_MIN)
 
 
 @functools.lru_cache(maxsize=8)
@@ -186,17 +199,14 @@ class BlurReference:
             )
         else:
             delta, spread_delta = 0j, complex(ANISOTROPY_FLOOR, ANISOTROPY_FLOOR)
-        # worst_of of every point at once: its own anisotropy where it stands out (as own_anisotropy)
-        d = np.nan_to_num(all_deltas - delta)
-        z2 = (d.real / spread_delta.real) ** 2 + (d.imag / spread_delta.imag) ** 2
-        worst = mean2 + np.where((z2 > ANISOTROPY_Z**2) & (np.abs(d) >= ANISOTROPY_MIN), np.abs(d), 0.0)
+        d = np.nan_to_num(all_deltas - delta)  # worst_of of every point at once
+        worst = mean2 + np.where(_stands_out(d, spread_delta, ANISOTROPY_Z), np.abs(d), 0.0)
         q = rule.blur_focus
         lo, focus, hi = np.quantile(worst, [q / 2, q, 1.5 * q])
         z_lo, z, z_hi = _normal_quantiles(q)
         spread = min((focus - lo) / (z - z_lo), (hi - focus) / (z_hi - z))
-        with np.errstate(divide="ignore", invalid="ignore"):  # as BlurPoint.at_focus, for all at once
-            error2 = np.where(mean2 > focus, error2 * np.sqrt(max(focus, 0.0) / mean2), error2)
-        return cls(float(focus), float(spread), float(np.median(error2)), delta, spread_delta, len(points))
+        error = float(np.median(_at_focus(error2, mean2, focus)))
+        return cls(float(focus), float(spread), error, delta, spread_delta, len(points))
 
     def own_anisotropy(self, point: BlurPoint, rule: Rule, z: float = 0.0) -> complex | None:
         """``delta - delta_ref`` of a point where it stands out of the section's spread by ``z`` standard deviations
@@ -204,8 +214,7 @@ class BlurReference:
         if point.delta is None:
             return None
         d = point.delta - self.delta
-        z2 = (d.real / self.delta_spread.real) ** 2 + (d.imag / self.delta_spread.imag) ** 2
-        return d if z2 > (z or ANISOTROPY_Z) ** 2 and abs(d) >= ANISOTROPY_MIN else 0j
+        return d if _stands_out(d, self.delta_spread, z or ANISOTROPY_Z) else 0j
 
     def worst_of(self, point: BlurPoint, rule: Rule) -> float:
         """The worst blur of a point (px^2): ``mean2`` plus its own anisotropy where that stands out."""
