@@ -22,7 +22,7 @@ import pytest
 from conftest import SIDE, scored, scored_cells
 from mhd.client import config as config_mod
 from mhd.client.calibration import Calibration, rule_from_config
-from mhd.client.judge import Judge, focus_map
+from mhd.client.judge import ASTIGMATIC_ELONGATION, BlurPoint, Judge, SectionBlur, focus_map
 from mhd.client.rule import Rule
 from mhd.client.wording import describe
 from mhd.contracts.record import TileRecord
@@ -265,6 +265,33 @@ def test_anisotropy_the_section_shares_is_not_astigmatism_and_a_tile_s_own_is():
     assert (round_.verdict, round_.kind) == ("oof", "defocus") and round_.reason.startswith("defocus: blurrier than the section")
     older = judge.add(scored_cells("older_worker", 1e4, astigmatism=0.26, angle=94.0))[0]  # no blur field: strength alone
     assert older.kind == "astigmatism"
+
+
+def test_a_tile_defocused_and_elongated_by_its_own_anisotropy_is_astigmatism_and_a_weakly_anisotropic_one_defocus():
+    """A tile defocused (2 px^2 of round blur) and astigmatic at once: its own anisotropy is under a quarter of what it
+    adds, yet at least :data:`ASTIGMATIC_ELONGATION` of its whole squared blur, so the operator is told to turn the
+    stigmators and refocus. The same round blur with a weaker anisotropy, which still stands out of the section's,
+    is defocus."""
+    rng = np.random.default_rng(0)
+    section = [
+        replace(scored_cells(f"t{i}", 1e4, **axes(b, np.sqrt(b * b + 0.15), np.sqrt(b * b - 0.15), 92.0 + rng.normal(0, 3))), verdict="ok")
+        for i, b in enumerate(rng.normal(0.9, 0.03, 20))
+    ]
+    judge = Judge(Rule(warmup=1), prior=section)
+    mean2 = 0.81 + 2.0 + 1.25  # in focus, round blur, and an ellipse's mean
+
+    def tile(name: str, aniso: float) -> tuple[TileRecord, SectionBlur]:
+        rec = judge.add(scored_cells(name, 1e4, **axes(np.sqrt(mean2), np.sqrt(mean2 + aniso), np.sqrt(mean2 - aniso), 30.0)))[0]
+        return rec, SectionBlur.of(BlurPoint.of(rec), judge.blur_reference(), judge.rule)
+
+    both, judged = tile("both", 0.6)
+    assert judged.oof and judged.elongated and not judged.mostly_anisotropic
+    assert ASTIGMATIC_ELONGATION * mean2 <= judged.anisotropy < judge.rule.astigmatism_share * judged.excess
+    assert (both.verdict, both.kind) == ("oof", "astigmatism")
+    assert re.match(r"astigmatism: blurrier along \d+ deg \(adjust the stigmators and refocus\)", both.reason), both.reason
+    weak, judged = tile("weak", 0.3)
+    assert judged.oof and 0 < judged.anisotropy < ASTIGMATIC_ELONGATION * mean2 and not judged.elongated
+    assert (weak.verdict, weak.kind) == ("oof", "defocus"), weak.reason
 
 
 def test_the_count_s_rule_diagnoses_astigmatism_from_the_blur_s_axes_too():
