@@ -839,7 +839,7 @@ def report(directory: Path, positions: Path | None, out: Path | None, results: P
     section (section_verdict); the re-acquire list has every tile flagged
     either way, and errors, each with what to fix after a tab: defocus
     (refocus), astigmatism N deg (turn the stigmators; N is the direction of
-    strongest blur), partial (some regions out of focus), or error. The
+    strongest blur; ", refocus too" where the tile is also defocused), partial (some regions out of focus), or error. The
     last lines name the rule the tiles were judged by: the one submit or
     watch recorded for the section (a calibration chosen with --calibration,
     or relative), unless --calibration or --relative is given.

@@ -26,7 +26,7 @@ from mhd.contracts.record import TileRecord, finite
 
 from .calibration import DENSITY_FLOOR, Calibration
 from .rule import Rule
-from .wording import astigmatism_reason, cell_limit_words, low_reason
+from .wording import REFOCUS_TOO, STIGMATORS, astigmatism_reason, cell_limit_words, low_reason
 
 __all__ = ["Baseline", "BlurPoint", "BlurReference", "Explanation", "Judge", "SectionBlur", "focus_map", "log_density"]
 
@@ -75,11 +75,12 @@ ANISOTROPY_Z = 5.0
 DIAGNOSIS_Z = 2.5
 #: Smallest anisotropy of its own (px^2) a tile is credited with: about what a 2:1 elliptical probe of 1.7 px adds.
 ANISOTROPY_MIN = 0.2
-#: An out-of-focus tile is astigmatic also when its own anisotropy is at least this share of its whole ``blur**2``
-#: (its point spread function about 19 % longer along one axis than across), however much round blur adds beside it:
-#: a stigmator error on a field that is defocused as well, which ``astigmatism_share`` of the excess misses. Chosen on
-#: ``bench/blur_validation.py diagnosis`` (docs/validation.md): elliptical probes on defocused real SEM fields gained
-#: read 0.171-0.205, round disks on real fields up to 0.157, a simulated 3 um defocus (tests' section) 0.12.
+#: An out-of-focus tile is astigmatic also when its own anisotropy (beyond the section's) is at least this share of its
+#: whole ``blur**2`` (that part alone makes its blur about 19 % longer along one axis than across), however much round
+#: blur adds beside it: a stigmator error on a field that is defocused as well, which ``astigmatism_share`` of the
+#: excess misses. Not a configuration key. Chosen on ``bench/blur_validation.py diagnosis`` (docs/validation.md): the
+#: six elliptical probes it gained on real SEM fields read 0.171-0.205, round disks on real fields up to 0.157, a
+#: simulated 3 um defocus (the tests' section) 0.12.
 ASTIGMATIC_ELONGATION = 0.17
 #: Tiles whose spread the floor of :meth:`BlurReference.limit` is sure of: with ``n`` tiles it is ``blur_max**2 *
 #: (1 + WARM_TILES / n)``, twice at the first verdicts (``warmup`` 8).
@@ -251,8 +252,8 @@ class SectionBlur:
     anisotropy : float or None
         ``|delta - delta_ref|`` where it stands out of the section's spread by :data:`DIAGNOSIS_Z`, else 0
         (:meth:`BlurReference.own_anisotropy`); None without the axes.
-    elongated : bool
-        Whether that anisotropy is at least :data:`ASTIGMATIC_ELONGATION` of the tile's ``mean2``.
+    elongation : float
+        That anisotropy over the tile's ``mean2`` (0 without any).
     angle : float or None
         Direction (degrees) of its larger blur.
     ref : BlurReference
@@ -266,7 +267,7 @@ class SectionBlur:
     angle: float | None
     ref: BlurReference
     share: float
-    elongated: bool = False
+    elongation: float = 0.0
 
     @classmethod
     def of(cls, point: BlurPoint, ref: BlurReference, rule: Rule) -> "SectionBlur":
@@ -276,8 +277,8 @@ class SectionBlur:
         aniso = None if own is None else abs(own)
         angle = (math.degrees(cmath.phase(own)) / 2) % 180.0 if own else None
         excess = ref.worst_of(point, rule) - ref.focus
-        elongated = bool(aniso) and aniso >= ASTIGMATIC_ELONGATION * point.mean2
-        return cls(excess, ref.limit(point.at_focus(ref.focus), rule), aniso, angle, ref, rule.astigmatism_share, elongated)
+        elongation = aniso / point.mean2 if aniso and point.mean2 > 0 else 0.0
+        return cls(excess, ref.limit(point.at_focus(ref.focus), rule), aniso, angle, ref, rule.astigmatism_share, elongation)
 
     @property
     def oof(self) -> bool:
@@ -289,6 +290,11 @@ class SectionBlur:
         """Out of focus, and at least ``share`` of the worst direction's excess is anisotropy, or the tile's blur is
         :attr:`elongated` by it (defocused as well): turn the stigmators."""
         return self.oof and bool(self.anisotropy) and (self.mostly_anisotropic or self.elongated)
+
+    @property
+    def elongated(self) -> bool:
+        """The tile's own anisotropy is at least :data:`ASTIGMATIC_ELONGATION` of its ``mean2``."""
+        return self.elongation >= ASTIGMATIC_ELONGATION
 
     @property
     def mostly_anisotropic(self) -> bool:
@@ -306,8 +312,12 @@ class SectionBlur:
 
     def astigmatism_reason(self) -> str:
         where = "" if self.angle is None else f" along {self.angle:.0f} deg"
-        todo = "adjust the stigmators" if self.mostly_anisotropic else "adjust the stigmators and refocus"
-        return f"astigmatism: blurrier{where} ({todo}): {self._added()}, {self.anisotropy / self.excess:.0%} anisotropic"
+        share = f"{self.anisotropy / self.excess:.0%} anisotropic"
+        if self.mostly_anisotropic:
+            return f"astigmatism: blurrier{where} ({STIGMATORS}): {self._added()}, {share}"
+        longer = math.sqrt((1 + self.elongation) / max(1 - self.elongation, 1e-9)) - 1
+        own = f"its own anisotropy makes it {longer:.0%} longer that way than across"
+        return f"astigmatism: blurrier{where} ({REFOCUS_TOO}): {self._added()}, {share}; {own}"
 
 
 @dataclass(frozen=True)

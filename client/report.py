@@ -30,7 +30,7 @@ Everything is written to ``<section>/mhd-report/`` (each file replaced whole, so
     Tiles to image again (recorded or section verdict ``oof``, or ``error``),
     one per line: the tile id, a tab, and what to fix, e.g.
     ``tile_r1_c2.png<TAB>astigmatism 34 deg`` (turn the stigmators; blur
-    along 34 degrees), ``...<TAB>defocus`` (refocus),
+    along 34 degrees; ``astigmatism 34 deg, refocus too`` where the tile is also defocused), ``...<TAB>defocus`` (refocus),
     ``...<TAB>partial: cells 0,3 1,3 blurred`` or ``...<TAB>error: cannot decode ...``
     (what went wrong: check the file, or image the tile again).
     ``cut -f1 mhd-reacquire.txt`` lists the ids alone. Re-imaged tiles

@@ -68,7 +68,9 @@ class Rule:
         2.0, "... and this many robust standard deviations of the section's blurs (px^2; and of the tile's own error)"
     )
     astigmatism_share: float = _threshold(
-        0.25, "blur rule: an OOF tile whose added blur is at least this share anisotropic (0..0.5) is astigmatic (stigmators)"
+        0.25,
+        "blur rule: an OOF tile whose added blur is at least this share anisotropic (0..0.5) is astigmatic (stigmators); "
+        "so is one its own anisotropy makes ~19 % longer one way",
     )
     partial_blur: float = _threshold(
         2.0,

@@ -11,7 +11,12 @@ if TYPE_CHECKING:
     from .calibration import Calibration
     from .judge import Baseline
 
-__all__ = ["astigmatism_reason", "cell_limit_words", "describe", "low_reason"]
+__all__ = ["REFOCUS_TOO", "STIGMATORS", "astigmatism_reason", "cell_limit_words", "describe", "low_reason"]
+
+#: What an astigmatic tile's reason asks of the operator (:meth:`mhd.client.judge.SectionBlur.astigmatism_reason`):
+#: turn the stigmators, and refocus too where round blur makes most of what the tile adds.
+STIGMATORS = "adjust the stigmators"
+REFOCUS_TOO = "adjust the stigmators and refocus"
 
 
 def describe(rec: TileRecord, units: str = "") -> str:
@@ -30,7 +35,8 @@ def describe(rec: TileRecord, units: str = "") -> str:
     -------
     str
         ``"astigmatism 34 deg"`` (the direction of strongest blur: ``blur_angle``, or
-        ``astigmatism_angle`` in records without the blur's axes),
+        ``astigmatism_angle`` in records without the blur's axes; ``"astigmatism 34 deg, refocus too"`` where
+        the reason asks for both, :data:`REFOCUS_TOO`),
         ``"defocus"`` (``"defocus, est. 2.1 um"`` with a calibrated
         estimate), the reason of a ``partial`` tile
         (``"partial: cells 0,3 1,3 low"``), ``"error: cannot decode ..."`` (what went wrong), or the verdict.
@@ -41,7 +47,8 @@ def describe(rec: TileRecord, units: str = "") -> str:
         return f"error: {why}" if why else "error"
     if kind == "astigmatism":
         angle = finite(rec.blur_angle) if rec.blur_angle is not None else finite(rec.astigmatism_angle)
-        return "astigmatism" if angle is None else f"astigmatism {angle:.0f} deg"
+        said = "astigmatism" if angle is None else f"astigmatism {angle:.0f} deg"
+        return f"{said}, refocus too" if f"({REFOCUS_TOO})" in (rec.reason or "") else said
     if kind == "defocus":
         est = finite(rec.defocus)
         return "defocus" if est is None else f"defocus, est. {est:.2g} {rec.defocus_units or units}".rstrip()
