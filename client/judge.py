@@ -289,7 +289,7 @@ class SectionBlur:
     def astigmatic(self) -> bool:
         """Out of focus, and at least ``share`` of the worst direction's excess is anisotropy, or the tile's blur is
         :attr:`elongated` by it (defocused as well): turn the stigmators."""
-        return self.oof and bool(self.anisotropy) and (self.mostly_anisotropic or self.elongated)
+        return self.oof and (self.mostly_anisotropic or self.elongated)  # both need an anisotropy of the tile's own
 
     @property
     def elongated(self) -> bool:
